@@ -1,0 +1,48 @@
+"""Open a project lane's raw data: resolve its path as ilastik does, or use the user's override."""
+
+from __future__ import annotations
+
+import os
+
+from backend.errors import DataError
+from backend.project import Project, RawDataInfo
+from backend.sources import DataSource, open_source, split_internal_path
+
+
+def resolve_raw_path(project: Project, info: RawDataInfo) -> str:
+    """The raw data spec of a lane with relative paths made absolute (internal paths kept)."""
+    if info.location == "ProjectInternal":
+        return f"{os.path.abspath(project.path)}/Input Data/local_data/{info.dataset_id}"
+    parts = info.file_path.split(os.pathsep) if os.pathsep in info.file_path else [info.file_path]
+    resolved = [p if os.path.isabs(p) else os.path.join(project.directory, p) for p in parts]
+    return os.pathsep.join(resolved)
+
+
+def open_lane(project: Project, lane: int = 0, raw_data: str | None = None,
+              input_axes: str | None = None) -> DataSource:
+    """The raw data of ``lane`` (or the ``raw_data`` override) with its axes reconciled."""
+    if not 0 <= lane < len(project.lanes):
+        raise DataError(f"{project.path}: no lane {lane} (the project has {len(project.lanes)})")
+    info = project.lanes[lane]
+    spec = raw_data or resolve_raw_path(project, info)
+    file_path, _ = split_internal_path(spec)
+    if raw_data is None and os.pathsep not in spec and not os.path.exists(file_path):
+        raise DataError(
+            f"{project.path}: raw data of lane {lane} not found at {file_path} "
+            f"(recorded as '{info.file_path}'); pass --raw_data FILE to use another file"
+        )
+    source = open_source(spec, axes=input_axes)
+    if input_axes is None and source.axes_guessed and info.axes:
+        fitted = _fit_axes(info.axes, len(source.native_shape))
+        if fitted:
+            source.reinterpret(fitted)
+    return source
+
+
+def _fit_axes(axes: str, ndim: int) -> str | None:
+    """The project's axes adapted to an array that may lack the singleton channel axis."""
+    if len(axes) == ndim:
+        return axes
+    if len(axes) == ndim + 1 and "c" in axes:
+        return axes.replace("c", "")
+    return None

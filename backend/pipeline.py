@@ -1,0 +1,170 @@
+"""One block through the classifier: raw voxels with halo -> features -> forest -> results.
+
+A :class:`Pipeline` holds everything a worker needs; it travels as a JSON header plus arrays
+(:meth:`to_message` / :meth:`from_message`) so no pickle is ever involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.errors import ProjectError
+from backend.features import FeatureSet, FeatureSpec, normalise_feature_name
+from backend.forest import CompiledForests
+from backend.project import Classifier, Project
+
+RESULT_KINDS = ("Probabilities", "Simple Segmentation", "Uncertainty", "Features")
+_FOREST_FIELDS = ("feature", "threshold", "left", "right", "leaf32", "leaf64", "roots", "forest_ends")
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """Compute ``kind`` on ``target`` (global z, y, x bounds) from ``raw`` (z, y, x, c) at ``start``."""
+
+    key: str
+    kind: str
+    raw: np.ndarray
+    start: tuple[int, int, int]
+    image: tuple[int, int, int]
+    target: tuple[tuple[int, int], ...]
+    pipeline: str  # fingerprint of the Pipeline that must compute it
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Features, forests and output layout of one classifier applied to one kind of image."""
+
+    features: FeatureSet
+    forests: CompiledForests | None
+    known_labels: tuple[int, ...]
+    label_count: int
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        return self.features.halo
+
+    def channels(self, kind: str) -> int:
+        """Number of output channels of a result kind."""
+        return {"Probabilities": self.label_count, "Features": self.features.column_count}.get(kind, 1)
+
+    def dtype(self, kind: str) -> np.dtype:
+        """Output dtype of a result kind."""
+        return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
+
+    def run(self, task: BlockTask) -> np.ndarray:
+        """The result of one block, shaped (z, y, x, channels)."""
+        feats = self.features.compute(task.raw, task.start, task.image, task.target)
+        if task.kind == "Features":
+            return feats
+        probs = self.probabilities(feats)
+        if task.kind == "Probabilities":
+            return probs
+        if task.kind == "Simple Segmentation":
+            return simple_segmentation(probs)
+        if task.kind == "Uncertainty":
+            return uncertainty(probs)
+        raise ValueError(f"unknown result kind '{task.kind}'")
+
+    def probabilities(self, feats: np.ndarray) -> np.ndarray:
+        """Per-label probabilities (ilastik's channel order) for a feature block."""
+        if self.forests is None:
+            raise ProjectError("the project has no trained classifier")
+        flat = feats.reshape(-1, feats.shape[-1])
+        known = self.forests.predict(flat)
+        out = np.zeros((flat.shape[0], self.label_count), np.float32)
+        for column, label in enumerate(self.known_labels):
+            if 1 <= label <= self.label_count:
+                out[:, label - 1] = known[:, column]
+        return out.reshape(feats.shape[:-1] + (self.label_count,))
+
+    def fingerprint(self) -> str:
+        """Digest of everything the results depend on (features and classifier)."""
+        header, arrays = self.to_message()
+        h = hashlib.sha1(json.dumps(header, sort_keys=True).encode())
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:20]
+
+    def to_message(self) -> tuple[dict, list[np.ndarray]]:
+        """A JSON-able header and a list of arrays that :meth:`from_message` turns back into this."""
+        fs = self.features
+        header = {
+            "specs": [[s.feature_id, s.scale, s.in_2d] for s in fs.specs],
+            "named_in_2d": list(fs.named_in_2d),
+            "channels": fs.channels,
+            "volumetric": fs.volumetric,
+            "known_labels": list(self.known_labels),
+            "label_count": self.label_count,
+            "forests": None,
+        }
+        arrays: list[np.ndarray] = []
+        if self.forests is not None:
+            header["forests"] = {"class_count": self.forests.class_count,
+                                 "feature_count": self.forests.feature_count}
+            arrays = [getattr(self.forests, f) for f in _FOREST_FIELDS]
+        return header, arrays
+
+    @classmethod
+    def from_message(cls, header: dict, arrays: list[np.ndarray]) -> Pipeline:
+        """Inverse of :meth:`to_message`."""
+        fs = FeatureSet(tuple(FeatureSpec(f, float(s), bool(d)) for f, s, d in header["specs"]),
+                        int(header["channels"]), bool(header["volumetric"]), tuple(header["named_in_2d"]))
+        forests = None
+        if header["forests"] is not None:
+            fields = dict(zip(_FOREST_FIELDS, arrays))
+            forests = CompiledForests(**fields, **header["forests"])
+        return cls(fs, forests, tuple(header["known_labels"]), int(header["label_count"]))
+
+
+def build_pipeline(project: Project, channels: int, volumetric: bool, classifier: Classifier | None = None,
+                   require_classifier: bool = True) -> Pipeline:
+    """The pipeline of a project for an image with ``channels`` channels (3D if ``volumetric``)."""
+    sel = project.features
+    if sel.selected_count == 0:
+        raise ProjectError(f"{project.path}: no features are selected")
+    try:
+        fs = FeatureSet.from_selection(sel.ids, sel.scales, np.array(sel.matrix), sel.compute_in_2d,
+                                       channels, volumetric)
+    except ValueError as exc:
+        raise ProjectError(f"{project.path}: {exc}") from None
+    classifier = classifier or (project.require_classifier() if require_classifier else project.classifier)
+    forests = None
+    if classifier is not None:
+        check_feature_columns(project.path, fs, classifier)
+        forests = classifier.compile()
+    known = classifier.known_labels if classifier else ()
+    return Pipeline(fs, forests, known, max(len(project.label_names), max(known, default=0)))
+
+
+def check_feature_columns(path: str, fs: FeatureSet, classifier: Classifier) -> None:
+    """Fail clearly if the forest expects other feature columns than the selection produces."""
+    if classifier.feature_count != fs.column_count:
+        raise ProjectError(
+            f"{path}: the classifier expects {classifier.feature_count} features but the selection gives "
+            f"{fs.column_count} for this image (wrong number of channels or dimensions?)"
+        )
+    if classifier.feature_names is None:
+        return
+    ours = [normalise_feature_name(n) for n in fs.column_names()]
+    theirs = [normalise_feature_name(n) for n in classifier.feature_names]
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            raise ProjectError(f"{path}: feature column {i} is '{classifier.feature_names[i]}' in the "
+                               f"classifier but '{fs.column_names()[i]}' in the selection")
+
+
+def simple_segmentation(probs: np.ndarray) -> np.ndarray:
+    """ilastik's Simple Segmentation: the most probable label (1-based), uint8 with one channel."""
+    return (np.argmax(probs, axis=-1) + 1).astype(np.uint8)[..., None]
+
+
+def uncertainty(probs: np.ndarray) -> np.ndarray:
+    """ilastik's uncertainty: ``1 - (p_max - p_second)``, float32 with one channel."""
+    if probs.shape[-1] < 2:
+        return np.ones(probs.shape[:-1] + (1,), np.float32)
+    top = np.sort(probs, axis=-1)
+    return (1.0 - (top[..., -1] - top[..., -2])).astype(np.float32)[..., None]

@@ -1,0 +1,65 @@
+"""Open image data by path: HDF5, TIFF, PNG and other 2D images, .npy, zarr/OME-Zarr, stacks."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from backend.errors import DataError
+from backend.sources.base import CANONICAL, DataSource, parse_axistags
+
+__all__ = ["CANONICAL", "DataSource", "open_source", "split_internal_path", "parse_axistags"]
+
+_CONTAINERS = (".h5", ".hdf5", ".hdf", ".he5", ".ilp", ".zarr", ".n5")
+_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def split_internal_path(spec: str) -> tuple[str, str | None]:
+    """Split ``file.h5/group/data`` into the file path and the path inside it."""
+    lower = spec.lower()
+    for ext in _CONTAINERS:
+        pos = lower.find(ext + "/")
+        if pos >= 0:
+            cut = pos + len(ext)
+            return spec[:cut], spec[cut + 1 :] or None
+    return spec, None
+
+
+def _stack_paths(spec: str) -> list[str] | None:
+    if os.pathsep in spec and not os.path.exists(spec):
+        return [p for p in spec.split(os.pathsep) if p]
+    if any(ch in spec for ch in "*?[") and not os.path.exists(spec):
+        return sorted(glob.glob(spec))
+    return None
+
+
+def open_source(spec: str, axes: str | None = None, base_dir: str | None = None) -> DataSource:
+    """Open the image named by ``spec`` (relative paths resolve against ``base_dir``)."""
+    from backend.sources.arrays import open_image, open_npy
+    from backend.sources.hdf5 import Hdf5Source
+    from backend.sources.stack import StackSource
+    from backend.sources.tiff import TiffSource
+    from backend.sources.zarr_source import ZarrSource
+
+    if base_dir and not os.path.isabs(spec):
+        spec = os.path.join(base_dir, spec)
+    stack = _stack_paths(spec)
+    if stack is not None:
+        if not stack:
+            raise DataError(f"{spec}: no files match this pattern")
+        return StackSource(stack, axes)
+    path, internal = split_internal_path(spec)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    lower = path.lower().rstrip("/")
+    if lower.endswith((".h5", ".hdf5", ".hdf", ".he5", ".ilp")):
+        return Hdf5Source(path, internal, axes)
+    if lower.endswith((".zarr", ".n5")) or os.path.isdir(path):
+        return ZarrSource(path, internal, axes)
+    if lower.endswith((".tif", ".tiff")):
+        return TiffSource(path, axes)
+    if lower.endswith(".npy"):
+        return open_npy(path, axes)
+    if lower.endswith(_IMAGES):
+        return open_image(path, axes)
+    raise DataError(f"{path}: unknown image format (use HDF5, TIFF, PNG, .npy or zarr)")
