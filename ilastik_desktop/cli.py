@@ -1,0 +1,90 @@
+"""The ``ilastik-desktop`` command: headless export (ilastik-compatible options) and the demo project."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from backend.errors import UserError
+from backend.export import ExportOptions
+from backend.pipeline import RESULT_KINDS
+from backend.writers import FORMATS
+from ilastik_desktop import __version__
+from ilastik_desktop.config import Settings, parse_block_shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ilastik-desktop``."""
+    p = argparse.ArgumentParser(
+        prog="ilastik-desktop",
+        description="Open ilastik pixel-classification projects and compute their predictions block by block.",
+    )
+    p.add_argument("project_file", nargs="?", metavar="PROJECT.ilp", help="the ilastik project to open")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--project", help="the ilastik project (same as the positional argument)")
+    p.add_argument("--headless", action="store_true", help="export without a window, like ilastik --headless")
+    p.add_argument("--demo-project", metavar="DIR", help="write a small synthetic 3D demo project into DIR")
+    g = p.add_argument_group("input")
+    g.add_argument("--raw_data", metavar="FILE[/internal/path]",
+                   help="use this image instead of the project's raw data (e.g. when the project was moved)")
+    g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
+    g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
+    g.add_argument("--retrain", action="store_true",
+                   help="train a new classifier from the project's labels and save it in the project first")
+    g = p.add_argument_group("export")
+    g.add_argument("--export_source", default="Probabilities", choices=RESULT_KINDS, help="what to export")
+    g.add_argument("--output_format", default="hdf5", choices=list(FORMATS), help="file format (default hdf5)")
+    g.add_argument("--output_filename_format", default="{dataset_dir}/{nickname}_{result_type}",
+                   metavar="PATTERN", help="output path; placeholders {dataset_dir}, {nickname}, {result_type}; "
+                   "the extension is added if missing")
+    g.add_argument("--output_internal_path", default="exported_data", help="dataset name inside hdf5 output")
+    g.add_argument("--cutout_subregion", metavar='"[(start..),(stop..)]"',
+                   help="export only this box, one value per raw data axis, None for the full extent")
+    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
+    g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
+    g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The typed settings for a headless run."""
+    project = args.project or args.project_file
+    if not project:
+        raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    export = ExportOptions(
+        kind=args.export_source,
+        fmt=args.output_format,
+        filename_pattern=args.output_filename_format,
+        internal_path=args.output_internal_path,
+        block_shape=parse_block_shape(args.block_shape),
+        progress=not args.no_progress,
+    )
+    return Settings(project=project, raw_data=args.raw_data, input_axes=args.input_axes, lane=args.lane,
+                    workers=args.workers, retrain=args.retrain, export=export, cutout=args.cutout_subregion)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.demo_project:
+            from ilastik_desktop.demo import write_demo_project
+
+            path = write_demo_project(args.demo_project)
+            print(f"demo project written: {path}", file=sys.stderr)
+            if not args.headless:
+                return 0
+            args.project = args.project or path
+        if args.headless:
+            from ilastik_desktop.headless import run_headless
+
+            return run_headless(settings_from_args(args))
+        raise UserError("the desktop window is not part of this version yet; run with --headless to export")
+    except UserError as exc:
+        print(f"ilastik-desktop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ilastik-desktop: interrupted; unfinished output was removed", file=sys.stderr)
+        return 130

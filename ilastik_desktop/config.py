@@ -1,0 +1,60 @@
+"""The one typed settings object of a run, built from the command line and passed down."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from backend.errors import UserError
+from backend.export import ExportOptions
+from backend.geometry import Roi
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a headless run needs to know."""
+
+    project: str
+    raw_data: str | None = None
+    input_axes: str | None = None
+    lane: int = 0
+    workers: int | None = None
+    retrain: bool = False
+    export: ExportOptions = ExportOptions()
+    cutout: str | None = None
+
+
+def parse_block_shape(text: str | None) -> tuple[int, int, int, int] | None:
+    """``'64,128,128'`` (z,y,x) or ``'128,128'`` (y,x) as a tzyx block shape."""
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--block_shape '{text}': expected numbers like 64,128,128") from None
+    if len(values) == 2:
+        values = [1] + values
+    if len(values) != 3 or min(values) < 1:
+        raise UserError(f"--block_shape '{text}': expected z,y,x or y,x with positive sizes")
+    return (1, *values)
+
+
+def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
+    """ilastik's ``--cutout_subregion "[(start...), (stop...)]"`` (raw axes order, None = full) as a tzyx ROI."""
+    try:
+        start, stop = ast.literal_eval(text)
+        if len(start) != len(axes) or len(stop) != len(axes):
+            raise ValueError
+    except (ValueError, SyntaxError, TypeError):
+        raise UserError(
+            f"--cutout_subregion '{text}': expected \"[(start...), (stop...)]\" with one value per axis of "
+            f"'{axes}' (None for the full extent)"
+        ) from None
+    lo = dict(zip(axes, start))
+    hi = dict(zip(axes, stop))
+    begin = tuple(lo.get(a) or 0 for a in "tzyx")
+    end = tuple(hi.get(a) if hi.get(a) is not None else n for a, n in zip("tzyx", spatial_shape))
+    roi = Roi(begin, end) if all(a < b for a, b in zip(begin, end)) else None
+    if roi is None or not Roi.from_shape(spatial_shape).contains(roi):
+        raise UserError(f"--cutout_subregion '{text}' is empty or outside the image {spatial_shape}")
+    return roi
