@@ -15,7 +15,7 @@ from backend.errors import UserError
 from backend.executor import Executor
 from backend.geometry import BlockGrid, Roi
 from backend.pipeline import RESULT_KINDS, BlockTask, Pipeline
-from backend.sources import DataSource
+from backend.sources import DataSource, split_internal_path
 from backend.writers import FORMATS, BlockWriter, output_axes
 
 
@@ -51,7 +51,8 @@ def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, 
 
 def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind: str) -> str:
     """Fill ``{dataset_dir}``, ``{nickname}`` and ``{result_type}`` and add the format's extension."""
-    dataset_dir = os.path.dirname(os.path.abspath(source.description.split(os.pathsep)[0]))
+    file_path, _ = split_internal_path(source.description.split(os.pathsep)[0])
+    dataset_dir = os.path.dirname(os.path.abspath(file_path))
     try:
         path = pattern.format(dataset_dir=dataset_dir, nickname=nickname, result_type=kind.replace(" ", "_"))
     except (KeyError, IndexError, ValueError) as exc:

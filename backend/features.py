@@ -161,7 +161,6 @@ def _compute_scale(channel: Patch, scale: float, chosen, c: int, fset: FeatureSe
     pre_kernel = gaussian_kernel(presmoothing_sigma(scale), 0, PRESMOOTH_WINDOW)
     pre = channel.separable({a: pre_kernel for a in axes}, _grown(target, axes, reach, channel.image))
     bank = SeparableBank(pre, axes, s, FEATURE_WINDOW, target)
-    n = len(axes)
     for spec, offset in chosen:
         values = _feature(spec.feature_id, pre, bank, axes, s, target)
         k = values.shape[-1]

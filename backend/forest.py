@@ -2,7 +2,7 @@
 
 All trees of all forests are flattened into a few arrays walked by one compiled loop. Thresholds are
 stored as the smallest float32 not below vigra's float64 threshold, which keeps ``x < t`` exact for
-float32 features.
+float32 features. Leaves point to themselves, so walks need no branch on the node type.
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ def _float32_ceiling(values: np.ndarray) -> np.ndarray:
 class CompiledForests:
     """Flattened trees of one or more forests, ready for :func:`predict`."""
 
-    feature: np.ndarray  # int32 per node, -1 for leaves
-    threshold: np.ndarray  # float32 per node
-    left: np.ndarray  # int32 per node (for leaves: row in leaf_values)
-    right: np.ndarray  # int32 per node
+    feature: np.ndarray  # int32 per node (0 for leaves)
+    threshold: np.ndarray  # float32 per node (+inf for leaves)
+    children: np.ndarray  # int32, two per node: next node if x < threshold, else; leaves point to themselves
+    is_leaf: np.ndarray  # uint8 per node
+    leaf_row: np.ndarray  # int32 per node: row of leaf32/leaf64 (-1 for inner nodes)
     leaf32: np.ndarray  # float32 (leaves, classes)
     leaf64: np.ndarray  # float64 (leaves, classes)
     roots: np.ndarray  # int32 per tree
@@ -82,7 +83,7 @@ class CompiledForests:
     def build(cls, forests: Sequence[Forest], where: str = "forest") -> CompiledForests:
         """Flatten forests that share labels and feature count; reject non-threshold nodes."""
         first = forests[0]
-        nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right")}
+        nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right", "leaf_row")}
         leaves: list[np.ndarray] = []
         roots, ends = [], []
         for forest in forests:
@@ -93,11 +94,13 @@ class CompiledForests:
                 _flatten_tree(tree, len(first.labels), nodes, leaves, where)
             ends.append(len(roots))
         leaf64 = np.asarray(leaves, np.float64).reshape(-1, len(first.labels))
+        leaf_row = np.asarray(nodes["leaf_row"], np.int32)
         return cls(
             np.asarray(nodes["feature"], np.int32),
-            _float32_ceiling(np.asarray(nodes["threshold"], np.float64)),
-            np.asarray(nodes["left"], np.int32),
-            np.asarray(nodes["right"], np.int32),
+            np.where(leaf_row >= 0, np.float32(np.inf), _float32_ceiling(np.asarray(nodes["threshold"], np.float64))),
+            np.stack([nodes["left"], nodes["right"]], axis=1).astype(np.int32).reshape(-1),
+            (leaf_row >= 0).astype(np.uint8),
+            leaf_row,
             leaf64.astype(np.float32),
             leaf64,
             np.asarray(roots, np.int32),
@@ -112,8 +115,8 @@ class CompiledForests:
         if x.ndim != 2 or x.shape[1] != self.feature_count:
             raise ValueError(f"expected (n, {self.feature_count}) features, got {x.shape}")
         out = np.empty((x.shape[0], self.class_count), np.float32)
-        _predict(x, self.feature, self.threshold, self.left, self.right, self.leaf32, self.leaf64,
-                 self.roots, self.forest_ends, out)
+        _predict(x, self.feature, self.threshold, self.children, self.is_leaf, self.leaf_row, self.leaf32,
+                 self.leaf64, self.roots, self.forest_ends, out)
         return out
 
 
@@ -140,43 +143,73 @@ def _flatten_tree(tree: Tree, classes: int, nodes: dict, leaves: list, where: st
             nodes["threshold"].append(params[addr + 1])
             nodes["left"].append(order[int(topo[pos + 2])])
             nodes["right"].append(order[int(topo[pos + 3])])
+            nodes["leaf_row"].append(-1)
         else:
-            nodes["feature"].append(-1)
+            nodes["feature"].append(0)
             nodes["threshold"].append(0.0)
-            nodes["left"].append(len(leaves))
-            nodes["right"].append(-1)
+            nodes["left"].append(order[pos])
+            nodes["right"].append(order[pos])
+            nodes["leaf_row"].append(len(leaves))
             leaves.append(params[addr + 1 : addr + 1 + classes])
 
 
-@numba.njit(cache=True, nogil=True)
-def _predict(x, feature, threshold, left, right, leaf32, leaf64, roots, forest_ends, out):  # pragma: no cover
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _walk(x, i, node, feature, threshold, children, is_leaf):  # pragma: no cover - compiled
+    while not is_leaf[node]:
+        node = children[2 * node + np.int32(x[i, feature[node]] >= threshold[node])]
+    return node
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _predict(x, feature, threshold, children, is_leaf, leaf_row, leaf32, leaf64, roots, forest_ends,
+             out):  # pragma: no cover - compiled
+    """Eight neighbouring voxels walk each tree together: their paths are alike and independent."""
     n, classes = x.shape[0], leaf32.shape[1]
     total_trees = np.float32(roots.size)
-    acc = np.zeros(classes, np.float32)
-    combined = np.zeros(classes, np.float32)
-    for i in range(n):
-        has_nan = False
-        for j in range(x.shape[1]):
-            if np.isnan(x[i, j]):
-                has_nan = True
-                break
+    acc = np.zeros((8, classes), np.float32)
+    weight = np.zeros(8, np.float64)
+    combined = np.zeros((8, classes), np.float32)
+    leaves = np.zeros(8, np.int64)
+    for i0 in range(0, n, 8):
+        m = min(8, n - i0)
         combined[:] = 0
-        if not has_nan:
-            first = 0
-            for f in range(forest_ends.size):
-                acc[:] = 0
-                weight = 0.0
-                for t in range(first, forest_ends[f]):
-                    node = roots[t]
-                    while feature[node] >= 0:
-                        node = left[node] if x[i, feature[node]] < threshold[node] else right[node]
-                    leaf = left[node]
-                    for c in range(classes):
-                        acc[c] += leaf32[leaf, c]
-                        weight += leaf64[leaf, c]
-                trees = np.float32(forest_ends[f] - first)
-                for c in range(classes):
-                    combined[c] += (acc[c] / np.float32(weight)) * trees
-                first = forest_ends[f]
-        for c in range(classes):
-            out[i, c] = combined[c] / total_trees
+        first = 0
+        for f in range(forest_ends.size):
+            acc[:] = 0
+            weight[:] = 0
+            for t in range(first, forest_ends[f]):
+                if m == 8:
+                    a = b = c = d = e = g = h = k = roots[t]
+                    while (is_leaf[a] & is_leaf[b] & is_leaf[c] & is_leaf[d]
+                           & is_leaf[e] & is_leaf[g] & is_leaf[h] & is_leaf[k]) == 0:
+                        a = children[2 * a + np.int32(x[i0, feature[a]] >= threshold[a])]
+                        b = children[2 * b + np.int32(x[i0 + 1, feature[b]] >= threshold[b])]
+                        c = children[2 * c + np.int32(x[i0 + 2, feature[c]] >= threshold[c])]
+                        d = children[2 * d + np.int32(x[i0 + 3, feature[d]] >= threshold[d])]
+                        e = children[2 * e + np.int32(x[i0 + 4, feature[e]] >= threshold[e])]
+                        g = children[2 * g + np.int32(x[i0 + 5, feature[g]] >= threshold[g])]
+                        h = children[2 * h + np.int32(x[i0 + 6, feature[h]] >= threshold[h])]
+                        k = children[2 * k + np.int32(x[i0 + 7, feature[k]] >= threshold[k])]
+                    leaves[0], leaves[1], leaves[2], leaves[3] = a, b, c, d
+                    leaves[4], leaves[5], leaves[6], leaves[7] = e, g, h, k
+                else:
+                    for j in range(m):
+                        leaves[j] = _walk(x, i0 + j, roots[t], feature, threshold, children, is_leaf)
+                for j in range(m):
+                    row = leaf_row[leaves[j]]
+                    for c2 in range(classes):
+                        acc[j, c2] += leaf32[row, c2]
+                        weight[j] += leaf64[row, c2]
+            trees = np.float32(forest_ends[f] - first)
+            for j in range(m):
+                has_nan = False
+                for col in range(x.shape[1]):
+                    if np.isnan(x[i0 + j, col]):
+                        has_nan = True
+                if not has_nan:
+                    for c2 in range(classes):
+                        combined[j, c2] += (acc[j, c2] / np.float32(weight[j])) * trees
+            first = forest_ends[f]
+        for j in range(m):
+            for c2 in range(classes):
+                out[i0 + j, c2] = combined[j, c2] / total_trees

@@ -18,7 +18,8 @@ from backend.forest import CompiledForests
 from backend.project import Classifier, Project
 
 RESULT_KINDS = ("Probabilities", "Simple Segmentation", "Uncertainty", "Features")
-_FOREST_FIELDS = ("feature", "threshold", "left", "right", "leaf32", "leaf64", "roots", "forest_ends")
+_FOREST_FIELDS = ("feature", "threshold", "children", "is_leaf", "leaf_row", "leaf32", "leaf64", "roots",
+                  "forest_ends")
 
 
 @dataclass(frozen=True)

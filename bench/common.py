@@ -1,0 +1,87 @@
+"""Shared helpers for benchmarks: the prototype's benchmark project and process-tree measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from backend.features import FEATURE_IDS
+from backend.project import FeatureSelection, open_project
+from backend.project_writer import write_project
+from backend.sources import open_source
+from backend.synthetic import blob_volume, label_slabs
+from backend.training import labelled_samples, train_classifier
+from backend.writers import axistags_json
+
+PROTOTYPE_SHAPE = (192, 384, 384)  # z, y, x: the prototype's 384 x 384 x 192 volume
+PROTOTYPE_SCALES = (1.0, 3.5, 10.0)
+
+
+def prototype_project(directory: str, shape=PROTOTYPE_SHAPE, trees: int = 100, forests: int = 2) -> str:
+    """The prototype's benchmark: all six features at scales 1.0, 3.5, 10.0 (30 in 3D), 100 trees."""
+    import h5py
+
+    os.makedirs(directory, exist_ok=True)
+    raw = os.path.join(directory, "raw.h5")
+    project = os.path.join(directory, "bench.ilp")
+    if os.path.exists(project):
+        return project
+    image, mask = blob_volume(shape, seed=3, density=1e-4)
+    with h5py.File(raw, "w") as f:
+        f.create_dataset("data", data=image, chunks=(32, 128, 128)).attrs["axistags"] = axistags_json("zyx")
+    sel = FeatureSelection(FEATURE_IDS, PROTOTYPE_SCALES, tuple((True,) * 3 for _ in FEATURE_IDS), (False,) * 3)
+    args = dict(raw_path="raw.h5/data", axes="zyx", shape=shape, features=sel,
+                label_names=("Background", "Cells"), label_colors=((255, 0, 0), (0, 255, 0)),
+                label_blocks=label_slabs(mask, count=12, size=32), nickname="raw")
+    write_project(project, classifier=None, **args)
+    x, y = labelled_samples(open_project(project), open_source(raw + "/data"))
+    from backend.pipeline import build_pipeline
+
+    names = build_pipeline(open_project(project), 1, True, require_classifier=False).features.column_names()
+    write_project(project, classifier=train_classifier(x, y, names, trees=trees, forests=forests),
+                  row_count=len(y), **args)
+    return project
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a command; wall seconds and peak resident memory of its whole process tree."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0]
+
+    def poll() -> None:
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                peak[0] = max(peak[0], rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    watcher.join(timeout=5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err[-2000:]}")
+    return {"wall_s": round(time.perf_counter() - started, 2), "peak_rss_mb": round(peak[0] / 2**20, 1),
+            "stdout": out.strip(), "stderr_tail": err.strip()[-300:]}
+
+
+def report(name: str, rows: list[dict], extra: dict) -> None:
+    """Print the results as one JSON document and as a table."""
+    print(json.dumps({"benchmark": name, "rows": rows, **extra}, indent=2))
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
+    widths = [max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys]
+    print()
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)))
+    sys.stdout.flush()

@@ -1,0 +1,67 @@
+"""Fixtures shared by all tests: the shared data folder and the vigra oracle.
+
+Both exist beside the repository in CI; on a user's clone they may not, and the tests that need them
+skip with the reason. Under CI=true a missing one is a failure, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
+DATA = os.path.join(SHARED, "data")
+ORACLE = os.path.join(REPO, "tests", "oracle", "vigra_oracle.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    """``../shared/data``: real ilastik projects and images."""
+    if not os.path.isdir(DATA):
+        _missing(f"shared test data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def vigra_python() -> str:
+    """Debian's python3 with vigra, for oracle comparisons."""
+    ok = os.path.exists(SYSTEM_PYTHON) and subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import vigra, h5py"], capture_output=True).returncode == 0
+    if not ok:
+        _missing("Debian's vigra is not installed (apt-get install -y python3-vigra python3-h5py)")
+    return SYSTEM_PYTHON
+
+
+def run_oracle(vigra_python: str, *args: str) -> None:
+    """Run tests/oracle/vigra_oracle.py with real vigra."""
+    subprocess.run([vigra_python, ORACLE, *args], check=True, timeout=600)
+
+
+def run_cli(*args: str, cwd: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m ilastik_desktop`` and capture its output."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "ilastik_desktop", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    """Copy a file into the test's folder (shared data is read-only and must not be modified)."""
+    def _copy(path: str) -> str:
+        target = tmp_path / os.path.basename(path)
+        shutil.copyfile(path, target)
+        return str(target)
+    return _copy

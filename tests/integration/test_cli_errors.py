@@ -1,0 +1,116 @@
+"""Every user mistake prints one clear line naming the file and exits 2, without a traceback."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_file(tmp_path):
+    _assert_one_line_error(run_cli("--headless", "--project", str(tmp_path / "nope.ilp")), "nope.ilp", "no such file")
+
+
+def test_directory(tmp_path):
+    _assert_one_line_error(run_cli("--headless", "--project", str(tmp_path)), "not a file")
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "text.ilp"
+    path.write_text("hello")
+    _assert_one_line_error(run_cli("--headless", "--project", str(path)), "text.ilp", "not an HDF5 file")
+
+
+def test_truncated_project(tmp_path, data_dir):
+    data = open(os.path.join(data_dir, "seed", "pc.ilp"), "rb").read()
+    path = tmp_path / "cut.ilp"
+    path.write_bytes(data[: len(data) // 3])
+    _assert_one_line_error(run_cli("--headless", "--project", str(path)), "cut.ilp")
+
+
+def test_hdf5_but_not_a_project(tmp_path):
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    _assert_one_line_error(run_cli("--headless", "--project", str(path)), "not an ilastik project")
+
+
+def test_unsupported_workflow(tmp_path):
+    path = tmp_path / "auto.ilp"
+    with h5py.File(path, "w") as f:
+        f["workflowName"] = b"AutocontextTwoStage"
+        f["ilastikVersion"] = b"1.3.3"
+    _assert_one_line_error(run_cli("--headless", "--project", str(path)), "AutocontextTwoStage", "not supported")
+
+
+def test_no_classifier(data_dir):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClassNoClassifier.ilp")
+    png = os.path.join(data_dir, "ilastik-api", "Data_1channel.png")
+    _assert_one_line_error(run_cli("--headless", "--project", project, "--raw_data", png), "no trained classifier")
+
+
+def test_no_input_data(data_dir):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClassNoData.ilp")
+    _assert_one_line_error(run_cli("--headless", "--project", project), "no input data")
+
+
+def test_raw_data_missing_names_path_and_override(data_dir):
+    result = run_cli("--headless", "--project", os.path.join(data_dir, "ilastik-api", "PixelClass.ilp"))
+    _assert_one_line_error(result, "/Users/kutra/", "Data_1channel.png", "--raw_data")
+
+
+def test_raw_data_override_missing(data_dir, tmp_path):
+    result = run_cli("--headless", "--project", os.path.join(data_dir, "seed", "pc.ilp"),
+                     "--raw_data", str(tmp_path / "gone.h5/data"))
+    _assert_one_line_error(result, "gone.h5", "no such file")
+
+
+def test_feature_count_mismatch(data_dir, copy_of):
+    project = copy_of(os.path.join(data_dir, "seed", "pc.ilp"))
+    with h5py.File(project, "r+") as f:
+        matrix = f["FeatureSelections/SelectionMatrix"][()]
+        matrix[0, 6] = True
+        f["FeatureSelections/SelectionMatrix"][...] = matrix
+    result = run_cli("--headless", "--project", project, "--raw_data",
+                     os.path.join(data_dir, "seed", "raw.h5/exported_data"))
+    _assert_one_line_error(result, "expects 33 features", "gives 34")
+
+
+def test_unsupported_forest_node(data_dir, copy_of):
+    project = copy_of(os.path.join(data_dir, "seed", "pc.ilp"))
+    with h5py.File(project, "r+") as f:
+        topology = f["PixelClassification/ClassifierForests/Forest0000/Tree_00/topology"]
+        data = topology[()]
+        data[2] = 2  # hypersphere node at the root
+        topology[...] = data
+    _assert_one_line_error(run_cli("--headless", "--project", project), "node type 2", "not supported")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--cutout_subregion", "[(0,0),(5,)]"], "--cutout_subregion"),
+    (["--cutout_subregion", "[(0,0),(500,500)]"], "outside the image"),
+    (["--block_shape", "a,b"], "--block_shape"),
+    (["--workers", "0"], "--workers"),
+    (["--input_axes", "zyxc"], "do not fit"),
+    (["--output_filename_format", "/nonexistent-dir/x"], "does not exist"),
+    (["--output_filename_format", "{bogus}/x"], "unknown placeholder"),
+])
+def test_bad_options(data_dir, args, fragment):
+    result = run_cli("--headless", "--project", os.path.join(data_dir, "seed", "pc.ilp"), "--raw_data",
+                     os.path.join(data_dir, "seed", "raw.h5/exported_data"), "--no-progress", *args)
+    _assert_one_line_error(result, fragment)
+
+
+def test_gui_mode_says_what_to_do():
+    _assert_one_line_error(run_cli(), "--headless")

@@ -1,0 +1,76 @@
+import h5py
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+
+from backend.errors import ProjectError
+from backend.forest import CompiledForests, _float32_ceiling, read_forest
+from backend.forest_io import _vigra_threshold, forest_from_sklearn, write_forest
+
+
+def _data(seed=0, n=600, f=6):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, f)).astype(np.float32)
+    y = 1 + (x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.3).astype(int) + (x[:, 2] > 1).astype(int)
+    return x, y
+
+
+def test_float32_ceiling_keeps_comparisons_exact():
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=2000) * 10
+    t[:5] = [0.0, 1.0, -2.5, 3.4028234663852886e38, 1e-45]
+    t32 = _float32_ceiling(t)
+    x = np.concatenate([t.astype(np.float32), np.nextafter(t.astype(np.float32), np.float32(np.inf)),
+                        np.nextafter(t.astype(np.float32), np.float32(-np.inf))])
+    for xs in x.reshape(3, -1):
+        assert np.array_equal(xs.astype(np.float64) < t, xs < t32)
+
+
+def test_sklearn_threshold_conversion_is_exact():
+    for thr in np.random.default_rng(2).normal(size=500) * 5:
+        t = _vigra_threshold(float(thr))
+        for x in np.float32(thr) + np.array([-1, 0, 1], np.float32) * np.spacing(np.float32(thr)):
+            assert (float(x) <= thr) == (float(x) < t)
+
+
+def test_written_forest_predicts_like_sklearn(tmp_path):
+    x, y = _data()
+    rf = RandomForestClassifier(n_estimators=15, random_state=0).fit(x, y)
+    forest = forest_from_sklearn(rf, x.shape[1])
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        write_forest(f.create_group("Forest0000"), forest, len(y))
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        loaded = read_forest(f["Forest0000"])
+    assert loaded.labels == (1, 2, 3) and loaded.feature_count == 6 and len(loaded.trees) == 15
+    test_x, _ = _data(seed=9, n=3000)
+    ours = CompiledForests.build([loaded]).predict(test_x)
+    np.testing.assert_allclose(ours, rf.predict_proba(test_x), atol=1e-5)
+
+
+def test_forest_averaging_and_nan_rows():
+    x, y = _data()
+    forests = [forest_from_sklearn(RandomForestClassifier(n_estimators=n, random_state=n).fit(x, y), 6)
+               for n in (3, 5)]
+    compiled = CompiledForests.build(forests)
+    singles = [CompiledForests.build([f]).predict(x) for f in forests]
+    expected = ((singles[0] * np.float32(3) + singles[1] * np.float32(5)) / np.float32(8)).astype(np.float32)
+    got = compiled.predict(x)
+    assert np.array_equal(got, expected)
+    x[4, 2] = np.nan
+    assert np.array_equal(compiled.predict(x[:6])[4], np.zeros(3, np.float32))
+    with pytest.raises(ValueError):
+        compiled.predict(x[:, :5])
+
+
+def test_unsupported_node_type_is_rejected(tmp_path):
+    x, y = _data()
+    forest = forest_from_sklearn(RandomForestClassifier(n_estimators=2, random_state=0).fit(x, y), 6)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        write_forest(f.create_group("Forest0000"), forest, len(y))
+        topo = f["Forest0000/Tree_00/topology"]
+        data = topo[()]
+        data[2] = 1  # a hyperplane node
+        topo[...] = data
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        with pytest.raises(ProjectError, match="node type 1"):
+            CompiledForests.build([read_forest(f["Forest0000"])])

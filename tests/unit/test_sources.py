@@ -1,0 +1,126 @@
+import os
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from backend.errors import DataError
+from backend.geometry import Roi
+from backend.sources import open_source, split_internal_path
+from backend.writers import axistags_json
+
+
+@pytest.fixture
+def volume():
+    return np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+
+
+def _check(source, volume, axes="zyx"):
+    assert source.axes == axes
+    assert source.shape == (1, 4, 5, 6, 1)
+    roi = Roi((0, 1, 2, 3), (1, 3, 5, 6))
+    assert np.array_equal(source.read(roi)[0, ..., 0], volume[1:3, 2:5, 3:6])
+
+
+def test_split_internal_path():
+    assert split_internal_path("/a/b.h5/data/x") == ("/a/b.h5", "data/x")
+    assert split_internal_path("/a/b.tif") == ("/a/b.tif", None)
+    assert split_internal_path("x.zarr/0") == ("x.zarr", "0")
+
+
+def test_hdf5_with_axistags(tmp_path, volume):
+    path = str(tmp_path / "v.h5")
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("g/data", data=volume.transpose(2, 1, 0), chunks=(2, 2, 2))
+        ds.attrs["axistags"] = axistags_json("xyz")
+    source = open_source(path + "/g/data")
+    assert source.axes == "xyz" and source.shape == (1, 4, 5, 6, 1)
+    assert np.array_equal(source.read(Roi((0, 0, 0, 0), (1, 4, 5, 6)))[0, ..., 0], volume)
+    assert open_source(path).description.endswith("g/data")  # the only dataset is found
+
+
+def test_hdf5_errors(tmp_path):
+    path = str(tmp_path / "two.h5")
+    with h5py.File(path, "w") as f:
+        f["a"] = np.zeros(3)
+        f["b"] = np.zeros(3)
+    with pytest.raises(DataError, match="holds 2 datasets"):
+        open_source(path)
+    with pytest.raises(DataError, match="no dataset 'c'"):
+        open_source(path + "/c")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match="not a readable HDF5"):
+        open_source(str(tmp_path / "bad.h5"))
+    with pytest.raises(DataError, match="no such file"):
+        open_source(str(tmp_path / "missing.h5"))
+
+
+def test_npy_is_memory_mapped(tmp_path, volume):
+    path = str(tmp_path / "v.npy")
+    np.save(path, volume)
+    source = open_source(path)
+    assert isinstance(source.array, np.memmap)
+    _check(source, volume)
+    np.save(path, volume[None, ..., None])
+    assert open_source(path).axes == "tzyxc"
+
+
+def test_input_axes_override(tmp_path, volume):
+    path = str(tmp_path / "v.npy")
+    np.save(path, volume)
+    source = open_source(path, axes="tyx")
+    assert source.shape == (4, 1, 5, 6, 1)
+    with pytest.raises(DataError, match="do not fit"):
+        open_source(path, axes="yx")
+
+
+def test_multipage_tiff(tmp_path, volume):
+    path = str(tmp_path / "v.tif")
+    tifffile.imwrite(path, volume, photometric="minisblack")
+    _check(open_source(path), volume)
+
+
+def test_png_and_stack(tmp_path, volume):
+    import imageio.v3 as iio
+
+    paths = []
+    for z in range(4):
+        paths.append(str(tmp_path / f"s{z}.png"))
+        iio.imwrite(paths[-1], volume[z].astype(np.uint8))
+    single = open_source(paths[0])
+    assert single.axes == "yx" and single.shape == (1, 1, 5, 6, 1)
+    stack = open_source(str(tmp_path / "s*.png"))
+    assert stack.shape == (1, 4, 5, 6, 1)
+    assert np.array_equal(stack.read(Roi((0, 1, 0, 0), (1, 3, 5, 6)))[0, ..., 0], volume[1:3].astype(np.uint8))
+    assert open_source(os.pathsep.join(paths[:2])).shape == (1, 2, 5, 6, 1)
+
+
+def test_zarr_and_ome_zarr(tmp_path, volume):
+    import zarr
+
+    plain = str(tmp_path / "v.zarr")
+    zarr.open_array(plain, mode="w", shape=volume.shape, chunks=(2, 2, 2), dtype=volume.dtype)[:] = volume
+    _check(open_source(plain), volume)
+    ome = str(tmp_path / "ome.zarr")
+    group = zarr.open_group(ome, mode="w")
+    group.create_array("0", shape=(1,) + volume.shape, chunks=(1, 2, 2, 2), dtype=volume.dtype)[:] = volume[None]
+    group.attrs["multiscales"] = [{"axes": [{"name": "c"}, {"name": "z"}, {"name": "y"}, {"name": "x"}],
+                                   "datasets": [{"path": "0"}]}]
+    source = open_source(ome)
+    assert source.axes == "czyx" and source.shape == (1, 4, 5, 6, 1)
+
+
+def test_unknown_format(tmp_path):
+    (tmp_path / "x.doc").write_text("hello")
+    with pytest.raises(DataError, match="unknown image format"):
+        open_source(str(tmp_path / "x.doc"))
+
+
+def test_fingerprint_changes_with_content(tmp_path, volume):
+    path = str(tmp_path / "v.npy")
+    np.save(path, volume)
+    before = open_source(path).fingerprint()
+    np.save(path, volume + 1)
+    os.utime(path, ns=(1, 1))
+    assert open_source(path).fingerprint() != before
