@@ -1,0 +1,133 @@
+"""The Executor contract, checked on every implementation, and bounded memory of the export."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import psutil
+import pytest
+
+from backend.executor import LocalExecutor
+from backend.features import FEATURE_IDS
+from backend.pipeline import BlockTask, Pipeline, build_pipeline
+from backend.project import FeatureSelection, open_project
+from backend.project_writer import write_project
+from backend.synthetic import blob_volume, label_slabs
+from backend.training import labelled_samples, train_classifier
+from backend.writers import axistags_json
+from tests.conftest import REPO
+
+
+def small_project(folder, shape=(24, 64, 64), selection=((True, True, False),) + ((False,) * 3,) * 5,
+                  scales=(0.7, 1.6, 3.5)):
+    raw = os.path.join(folder, "raw.h5")
+    image, mask = blob_volume(shape, seed=7, density=5e-4)
+    with h5py.File(raw, "w") as f:
+        f.create_dataset("data", data=image, chunks=(8, 64, 64)).attrs["axistags"] = axistags_json("zyx")
+    sel = FeatureSelection(FEATURE_IDS, scales, selection, (False,) * len(scales))
+    args = dict(raw_path="raw.h5/data", axes="zyx", shape=shape, features=sel, label_names=("bg", "fg"),
+                label_colors=((0, 0, 0), (255, 255, 255)), label_blocks=label_slabs(mask, size=16))
+    path = os.path.join(folder, "p.ilp")
+    write_project(path, classifier=None, **args)
+    from backend.sources import open_source
+
+    x, y = labelled_samples(open_project(path), open_source(raw + "/data"))
+    names = build_pipeline(open_project(path), 1, True, require_classifier=False).features.column_names()
+    write_project(path, classifier=train_classifier(x, y, names, trees=10), row_count=len(y), **args)
+    return path, image
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("proj")))
+
+
+def _pipeline(path):
+    return build_pipeline(open_project(path), 1, True)
+
+
+def _task(pipeline, image, kind="Probabilities"):
+    target = ((4, 12), (8, 40), (16, 48))
+    halo = pipeline.halo
+    lo = [max(0, a - h) for (a, _), h in zip(target, halo)]
+    hi = [min(n, b + h) for (_, b), h, n in zip(target, halo, image.shape)]
+    raw = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
+    return BlockTask("k", kind, raw, tuple(lo), image.shape, target, pipeline.fingerprint())
+
+
+EXECUTORS = {"local": lambda pipeline: LocalExecutor(pipeline, workers=2)}
+
+
+@pytest.mark.parametrize("make", EXECUTORS.values(), ids=EXECUTORS.keys())
+def test_executor_contract(project, make):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    with make(pipeline) as executor:
+        futures = [executor.submit(_task(pipeline, image)) for _ in range(6)]
+        results = [f.result(timeout=120) for f in futures]
+        assert all(np.array_equal(r, expected) for r in results)
+        assert executor.status()["done"] == 6
+        bad = BlockTask("k", "Probabilities", np.zeros((1, 1, 1, 1)), (0, 0, 0), (1, 1, 1),
+                        ((0, 1),) * 3, "another-pipeline")
+        with pytest.raises(ValueError):
+            executor.submit(bad)
+        queued = [executor.submit(_task(pipeline, image)) for _ in range(20)]
+        cancelled = sum(executor.cancel(f) for f in queued)
+        assert cancelled > 0
+        assert all(f.cancelled() or np.array_equal(f.result(timeout=120), expected) for f in queued)
+
+
+def test_pipeline_message_round_trip(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    header, arrays = pipeline.to_message()
+    import json
+
+    copy = Pipeline.from_message(json.loads(json.dumps(header)), [a.copy() for a in arrays])
+    assert copy.fingerprint() == pipeline.fingerprint()
+    for kind in ("Probabilities", "Simple Segmentation", "Uncertainty", "Features"):
+        task = _task(pipeline, image, kind)
+        assert np.array_equal(copy.run(task), pipeline.run(task))
+
+
+def _peak_rss_of_export(project_path, out):
+    cmd = [sys.executable, "-m", "ilastik_desktop", "--headless", "--no-progress", "--project", project_path,
+           "--output_format", "npy", "--output_filename_format", out, "--workers", "2", "--block_shape", "32,64,64"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def poll():
+        root = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss - p.memory_info().shared for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    _, err = proc.communicate(timeout=600)
+    watcher.join()
+    assert proc.returncode == 0, err
+    return peak[0]
+
+
+@pytest.mark.timeout(900)
+def test_export_memory_does_not_grow_with_volume(tmp_path):
+    small_dir, large_dir = tmp_path / "small", tmp_path / "large"
+    small_dir.mkdir()
+    large_dir.mkdir()
+    small, _ = small_project(str(small_dir), shape=(32, 128, 128))
+    large, _ = small_project(str(large_dir), shape=(256, 256, 256))  # 32x the voxels, 128 MB of output
+    peak_small = _peak_rss_of_export(small, str(tmp_path / "s"))
+    peak_large = _peak_rss_of_export(large, str(tmp_path / "l"))
+    assert np.load(tmp_path / "l.npy", mmap_mode="r").shape == (256, 256, 256, 2)
+    print(f"peak private RSS: small {peak_small / 2**20:.0f} MB, large {peak_large / 2**20:.0f} MB")
+    assert peak_large < peak_small * 1.25 + 40 * 2**20, (peak_small / 2**20, peak_large / 2**20)
