@@ -1,4 +1,4 @@
-"""Open image data by path: HDF5, TIFF, PNG and other 2D images, .npy, zarr/OME-Zarr, stacks."""
+"""Open image data by path: HDF5, TIFF, PNG and other 2D images, .npy, zarr/OME-Zarr, N5, stacks."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def open_source(spec: str, axes: str | None = None, base_dir: str | None = None)
     """Open the image named by ``spec`` (relative paths resolve against ``base_dir``)."""
     from backend.sources.arrays import open_image, open_npy
     from backend.sources.hdf5 import Hdf5Source
+    from backend.sources.n5 import N5Source
     from backend.sources.stack import StackSource
     from backend.sources.tiff import TiffSource
     from backend.sources.zarr_source import ZarrSource
@@ -54,7 +55,9 @@ def open_source(spec: str, axes: str | None = None, base_dir: str | None = None)
     lower = path.lower().rstrip("/")
     if lower.endswith((".h5", ".hdf5", ".hdf", ".he5", ".ilp")):
         return Hdf5Source(path, internal, axes)
-    if lower.endswith((".zarr", ".n5")) or os.path.isdir(path):
+    if lower.endswith(".n5") or os.path.exists(os.path.join(path, internal or "", "attributes.json")):
+        return N5Source(path, internal, axes)
+    if lower.endswith(".zarr") or os.path.isdir(path):
         return ZarrSource(path, internal, axes)
     if lower.endswith((".tif", ".tiff")):
         return TiffSource(path, axes)

@@ -124,3 +124,36 @@ def test_fingerprint_changes_with_content(tmp_path, volume):
     np.save(path, volume + 1)
     os.utime(path, ns=(1, 1))
     assert open_source(path).fingerprint() != before
+
+
+def _write_n5(folder, volume, block, compression):
+    import gzip
+    import json
+    import struct
+
+    os.makedirs(folder)
+    with open(os.path.join(folder, "attributes.json"), "w") as f:
+        json.dump({"dimensions": list(reversed(volume.shape)), "blockSize": list(reversed(block)),
+                   "dataType": volume.dtype.name, "compression": {"type": compression}, "axes": ["x", "y", "z"]}, f)
+    for index in np.ndindex(*[-(-n // b) for n, b in zip(volume.shape, block)]):
+        if index == (1, 0, 0):
+            continue  # a missing block reads as zeros
+        part = volume[tuple(slice(i * b, (i + 1) * b) for i, b in zip(index, block))]
+        payload = part.astype(part.dtype.newbyteorder(">")).tobytes()
+        payload = gzip.compress(payload) if compression == "gzip" else payload
+        header = struct.pack(">HH", 0, 3) + struct.pack(">3I", *reversed(part.shape))
+        path = os.path.join(folder, *(str(i) for i in reversed(index)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(header + payload)
+
+
+@pytest.mark.parametrize("compression", ["raw", "gzip"])
+def test_n5(tmp_path, volume, compression):
+    _write_n5(str(tmp_path / "c.n5" / "vol"), volume, (3, 2, 4), compression)
+    source = open_source(str(tmp_path / "c.n5/vol"))
+    expected = volume.copy()
+    expected[3:4, 0:2, 0:4] = 0
+    assert source.axes == "zyx"
+    assert np.array_equal(source.read(Roi((0, 0, 0, 0), (1, 4, 5, 6)))[0, ..., 0], expected)
+    assert np.array_equal(source.read(Roi((0, 1, 1, 2), (1, 4, 4, 5)))[0, ..., 0], expected[1:4, 1:4, 2:5])
