@@ -6,16 +6,14 @@ import numba
 import numpy as np
 
 
-def eigenvalues_2d(a00: np.ndarray, a01: np.ndarray, a11: np.ndarray) -> np.ndarray:
-    """Eigenvalues (descending) of 2x2 symmetric tensors given by their components; float32 ``(..., 2)``."""
+def eigenvalues_2d(a00: np.ndarray, a01: np.ndarray, a11: np.ndarray, out: np.ndarray) -> None:
+    """Eigenvalues (descending) of 2x2 symmetric tensors into ``out`` (float32, shape ``(2,) + a00.shape``)."""
     a00 = a00.astype(np.float64)
     a11 = a11.astype(np.float64)
     d = np.hypot(a00 - a11, 2.0 * a01.astype(np.float64))
     trace = a00 + a11
-    out = np.empty(a00.shape + (2,), np.float32)
-    out[..., 0] = 0.5 * (trace + d)
-    out[..., 1] = 0.5 * (trace - d)
-    return out
+    out[0] = 0.5 * (trace + d)
+    out[1] = 0.5 * (trace - d)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -53,15 +51,12 @@ def _eig3(a00, a01, a02, a11, a12, a22, out):  # pragma: no cover - compiled
             r0, r2 = r2, r0
         if r1 < r2:
             r1, r2 = r2, r1
-        out[i, 0] = r0
-        out[i, 1] = r1
-        out[i, 2] = r2
+        out[0, i] = r0
+        out[1, i] = r1
+        out[2, i] = r2
 
 
-def eigenvalues_3d(a00, a01, a02, a11, a12, a22) -> np.ndarray:
-    """Eigenvalues (descending) of 3x3 symmetric tensors given by their six components; float32 ``(..., 3)``."""
-    shape = a00.shape
+def eigenvalues_3d(a00, a01, a02, a11, a12, a22, out: np.ndarray) -> None:
+    """Eigenvalues (descending) of 3x3 symmetric tensors into ``out`` (float32, ``(3,) + a00.shape``)."""
     parts = [np.ascontiguousarray(a, np.float32).reshape(-1) for a in (a00, a01, a02, a11, a12, a22)]
-    out = np.empty((parts[0].size, 3), np.float32)
-    _eig3(*parts, out)
-    return out.reshape(shape + (3,))
+    _eig3(*parts, out.reshape(3, -1))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 import numpy as np
@@ -15,8 +18,11 @@ from backend.pipeline import BlockTask, Pipeline
 class Executor(Protocol):
     """Something that computes block tasks, locally or remotely."""
 
-    def submit(self, task: BlockTask) -> Future:
-        """Start computing ``task``; the future resolves to the result array."""
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Make a pipeline available to the workers; returns the fingerprint tasks refer to."""
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Start computing ``task`` (lower priority values first); the future resolves to the result."""
 
     def cancel(self, future: Future) -> bool:
         """Drop a task that has not started; True if it will not run."""
@@ -29,18 +35,17 @@ class Executor(Protocol):
 
 
 _worker_pipelines: dict[str, Pipeline] = {}
+_worker_buffers: dict = {}
 
 
-def _init_worker(header: dict, arrays: list[np.ndarray], fingerprint: str) -> None:
-    _worker_pipelines[fingerprint] = Pipeline.from_message(header, arrays)
-
-
-def _run_task(task: BlockTask) -> np.ndarray:
-    try:
-        pipeline = _worker_pipelines[task.pipeline]
-    except KeyError:
-        raise RuntimeError(f"worker has no pipeline {task.pipeline}") from None
-    return pipeline.run(task)
+def _run_task(task: BlockTask, folder: str) -> np.ndarray:
+    pipeline = _worker_pipelines.get(task.pipeline)
+    if pipeline is None:
+        path = os.path.join(folder, task.pipeline + ".npz")
+        if not os.path.exists(path):
+            raise KeyError(f"unknown pipeline {task.pipeline}")
+        pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
+    return pipeline.run(task, _worker_buffers)
 
 
 def default_workers() -> int:
@@ -52,27 +57,41 @@ def default_workers() -> int:
 
 
 class LocalExecutor:
-    """Runs block tasks for one pipeline in ``workers`` local processes."""
+    """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles."""
 
-    def __init__(self, pipeline: Pipeline, workers: int | None = None):
+    def __init__(self, pipeline: Pipeline | None = None, workers: int | None = None):
         self.workers = workers or default_workers()
-        self.fingerprint = pipeline.fingerprint()
-        header, arrays = pipeline.to_message()
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(header, arrays, self.fingerprint),
-        )
+        self._folder = tempfile.mkdtemp(prefix="ilastik-desktop-pipelines-")
+        self._known: set[str] = set()
+        self._pool = self._new_pool()
         self._submitted = 0
         self._done = 0
+        self.fingerprint = self.add_pipeline(pipeline) if pipeline is not None else None
 
-    def submit(self, task: BlockTask) -> Future:
-        """Queue a task for the pool."""
-        if task.pipeline != self.fingerprint:
-            raise ValueError("task was planned for another pipeline")
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Store the pipeline where the worker processes load it on first use."""
+        fingerprint = pipeline.fingerprint()
+        if fingerprint not in self._known:
+            tmp = os.path.join(self._folder, f".{fingerprint}.npz")
+            pipeline.save(tmp)
+            os.replace(tmp, os.path.join(self._folder, fingerprint + ".npz"))
+            self._known.add(fingerprint)
+        return fingerprint
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Queue a task for the pool (the pool runs tasks in submission order)."""
+        if task.pipeline not in self._known:
+            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         self._submitted += 1
-        future = self._pool.submit(_run_task, task)
+        try:
+            future = self._pool.submit(_run_task, task, self._folder)
+        except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = self._new_pool()
+            future = self._pool.submit(_run_task, task, self._folder)
         future.add_done_callback(self._count)
         return future
 
@@ -88,8 +107,9 @@ class LocalExecutor:
         return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done}
 
     def close(self) -> None:
-        """Cancel what is queued and join the worker processes."""
+        """Cancel what is queued, join the worker processes and delete the pipeline files."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> LocalExecutor:
         return self

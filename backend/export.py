@@ -95,7 +95,7 @@ def run_export(source: DataSource, pipeline: Pipeline, executor: Executor, nickn
 
 
 def _stream(source, pipeline, executor, kind, blocks, writer, bar, max_in_flight) -> None:
-    fingerprint = pipeline.fingerprint()
+    fingerprint = executor.add_pipeline(pipeline)
     image = source.spatial_shape[1:]
     pending: dict[Future, Roi] = {}
     try:

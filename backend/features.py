@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from backend.eigen import eigenvalues_2d, eigenvalues_3d
@@ -127,8 +128,16 @@ class FeatureSet:
         ``data`` covers the box at ``start`` of an image of spatial shape ``image`` and must include
         :attr:`halo` around ``target`` wherever the image continues.
         """
+        planar = self.compute_planar(data, start, image, target)
+        return to_rows(planar, np.empty((planar[0].size, len(planar)), np.float32)).reshape(
+            planar.shape[1:] + (len(planar),))
+
+    def compute_planar(self, data: np.ndarray, start: Sequence[int], image: Sequence[int],
+                       target: Sequence[tuple[int, int]], out: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`compute` but shaped ``(columns, z, y, x)``; fills ``out`` if given (must fit)."""
         target = tuple((int(a), int(b)) for a, b in target)
-        out = np.empty(tuple(b - a for a, b in target) + (self.column_count,), np.float32)
+        shape = (self.column_count,) + tuple(b - a for a, b in target)
+        out = np.empty(shape, np.float32) if out is None else out.reshape(-1)[: int(np.prod(shape))].reshape(shape)
         offsets = np.cumsum([0] + [self.width(s) for s in self.specs])
         for scale in dict.fromkeys(s.scale for s in self.specs):
             chosen = [(s, int(offsets[i])) for i, s in enumerate(self.specs) if s.scale == scale]
@@ -162,36 +171,35 @@ def _compute_scale(channel: Patch, scale: float, chosen, c: int, fset: FeatureSe
     pre = channel.separable({a: pre_kernel for a in axes}, _grown(target, axes, reach, channel.image))
     bank = SeparableBank(pre, axes, s, FEATURE_WINDOW, target)
     for spec, offset in chosen:
-        values = _feature(spec.feature_id, pre, bank, axes, s, target)
-        k = values.shape[-1]
-        out[..., offset + c * k : offset + (c + 1) * k] = values
+        k = fset.width(spec) // fset.channels
+        _feature(spec.feature_id, pre, bank, axes, s, target, out[offset + c * k: offset + (c + 1) * k])
 
 
-def _feature(fid: str, pre: Patch, bank: SeparableBank, axes, s: float, target) -> np.ndarray:
+def _feature(fid: str, pre: Patch, bank: SeparableBank, axes, s: float, target, out: np.ndarray) -> None:
+    """Write one feature of one channel into ``out`` (its planes, shaped ``(k, z, y, x)``)."""
     n = len(axes)
     if fid == "GaussianSmoothing":
-        return bank.get((0,) * n)[..., None]
-    if fid == "LaplacianOfGaussian":
-        total = bank.get(_unit(n, 0, 2)).copy()
+        out[0] = bank.get((0,) * n)
+    elif fid == "LaplacianOfGaussian":
+        np.copyto(out[0], bank.get(_unit(n, 0, 2)))
         for i in range(1, n):
-            total += bank.get(_unit(n, i, 2))
-        return total[..., None]
-    if fid == "GaussianGradientMagnitude":
-        squares = sum(np.square(bank.get(_unit(n, i, 1))) for i in range(n))
-        return np.sqrt(squares)[..., None]
-    if fid == "DifferenceOfGaussians":
+            out[0] += bank.get(_unit(n, i, 2))
+    elif fid == "GaussianGradientMagnitude":
+        np.sqrt(sum(np.square(bank.get(_unit(n, i, 1))) for i in range(n)), out=out[0])
+    elif fid == "DifferenceOfGaussians":
         narrow = SeparableBank(pre, axes, 0.66 * s, FEATURE_WINDOW, target)
-        return (bank.get((0,) * n) - narrow.get((0,) * n))[..., None]
-    if fid == "HessianOfGaussianEigenvalues":
+        np.subtract(bank.get((0,) * n), narrow.get((0,) * n), out=out[0])
+    elif fid == "HessianOfGaussianEigenvalues":
         comps = {(i, j): bank.get(_unit(n, i, 2) if i == j else _unit(n, i, 1, j))
                  for i in range(n) for j in range(i, n)}
-        return _eigenvalues(comps, n)
-    if fid == "StructureTensorEigenvalues":
-        return _structure_tensor(pre, axes, s, target)
-    raise ValueError(f"unknown feature '{fid}'")
+        _eigenvalues(comps, n, out)
+    elif fid == "StructureTensorEigenvalues":
+        _structure_tensor(pre, axes, s, target, out)
+    else:
+        raise ValueError(f"unknown feature '{fid}'")
 
 
-def _structure_tensor(pre: Patch, axes, s: float, target) -> np.ndarray:
+def _structure_tensor(pre: Patch, axes, s: float, target, out: np.ndarray) -> None:
     n = len(axes)
     outer = kernel_radius(s, FEATURE_WINDOW)
     wide = _grown(target, axes, outer, pre.image)
@@ -203,13 +211,30 @@ def _structure_tensor(pre: Patch, axes, s: float, target) -> np.ndarray:
         (i, j): Patch(g[i] * g[j], start, pre.image).separable(smooth, target).data
         for i in range(n) for j in range(i, n)
     }
-    return _eigenvalues(comps, n)
+    _eigenvalues(comps, n, out)
 
 
-def _eigenvalues(comps: dict[tuple[int, int], np.ndarray], n: int) -> np.ndarray:
+def _eigenvalues(comps: dict[tuple[int, int], np.ndarray], n: int, out: np.ndarray) -> None:
     if n == 2:
-        return eigenvalues_2d(comps[0, 0], comps[0, 1], comps[1, 1])
-    return eigenvalues_3d(comps[0, 0], comps[0, 1], comps[0, 2], comps[1, 1], comps[1, 2], comps[2, 2])
+        eigenvalues_2d(comps[0, 0], comps[0, 1], comps[1, 1], out)
+    else:
+        eigenvalues_3d(comps[0, 0], comps[0, 1], comps[0, 2], comps[1, 1], comps[1, 2], comps[2, 2], out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose(planar, rows):  # pragma: no cover - compiled
+    columns, n = planar.shape
+    for i0 in range(0, n, 256):
+        i1 = min(n, i0 + 256)
+        for f in range(columns):
+            for i in range(i0, i1):
+                rows[i, f] = planar[f, i]
+
+
+def to_rows(planar: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Copy planar features ``(columns, ...)`` into a row-major ``(voxels, columns)`` buffer; returns it."""
+    _transpose(planar.reshape(len(planar), -1), rows)
+    return rows
 
 
 _NAME = re.compile(r"^(?P<name>.+?) \(σ=(?P<scale>[0-9.eE+-]+)\)(?: in 2D)?(?: \[(?P<index>\d+)\])?$")

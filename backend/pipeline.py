@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.errors import ProjectError
-from backend.features import FeatureSet, FeatureSpec, normalise_feature_name
+from backend.features import FeatureSet, FeatureSpec, normalise_feature_name, to_rows
 from backend.forest import CompiledForests
 from backend.project import Classifier, Project
 
@@ -56,11 +56,21 @@ class Pipeline:
         """Output dtype of a result kind."""
         return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
 
-    def run(self, task: BlockTask) -> np.ndarray:
-        """The result of one block, shaped (z, y, x, channels)."""
-        feats = self.features.compute(task.raw, task.start, task.image, task.target)
+    def run(self, task: BlockTask, workspace: dict | None = None) -> np.ndarray:
+        """The result of one block, shaped (z, y, x, channels).
+
+        ``workspace`` (a dict kept by the caller between blocks) lets large buffers be reused, which
+        saves the page faults of fresh allocations.
+        """
+        ws = {} if workspace is None else workspace
+        shape = tuple(b - a for a, b in task.target)
+        voxels, columns = int(np.prod(shape)), self.features.column_count
+        planar = self.features.compute_planar(task.raw, task.start, task.image, task.target,
+                                              out=_buffer(ws, "planar", voxels * columns))
+        rows = to_rows(planar, _buffer(ws, "rows", voxels * columns)[: voxels * columns].reshape(voxels, columns))
+        feats = rows.reshape(shape + (columns,))
         if task.kind == "Features":
-            return feats
+            return feats.copy()
         probs = self.probabilities(feats)
         if task.kind == "Probabilities":
             return probs
@@ -109,6 +119,20 @@ class Pipeline:
             arrays = [getattr(self.forests, f) for f in _FOREST_FIELDS]
         return header, arrays
 
+    def save(self, path: str) -> None:
+        """Store as ``.npz`` (JSON header plus arrays, no pickle)."""
+        header, arrays = self.to_message()
+        named = {f"a{i}": a for i, a in enumerate(arrays)}
+        np.savez(path, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **named)
+
+    @classmethod
+    def load(cls, path: str) -> Pipeline:
+        """Inverse of :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(data["header"].tobytes().decode())
+            arrays = [data[f"a{i}"] for i in range(len(data.files) - 1)]
+        return cls.from_message(header, arrays)
+
     @classmethod
     def from_message(cls, header: dict, arrays: list[np.ndarray]) -> Pipeline:
         """Inverse of :meth:`to_message`."""
@@ -119,6 +143,14 @@ class Pipeline:
             fields = dict(zip(_FOREST_FIELDS, arrays))
             forests = CompiledForests(**fields, **header["forests"])
         return cls(fs, forests, tuple(header["known_labels"]), int(header["label_count"]))
+
+
+def _buffer(workspace: dict, name: str, size: int) -> np.ndarray:
+    """A float32 scratch buffer of at least ``size`` elements, reused between calls."""
+    buf = workspace.get(name)
+    if buf is None or buf.size < size:
+        buf = workspace[name] = np.empty(size, np.float32)
+    return buf
 
 
 def build_pipeline(project: Project, channels: int, volumetric: bool, classifier: Classifier | None = None,

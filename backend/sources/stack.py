@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.errors import DataError
+from backend.geometry import Roi
 from backend.sources.base import DataSource, file_identity
 
 
@@ -29,8 +30,6 @@ class StackSource(DataSource):
 
     def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
         zs = range(len(self.slices))[index[0]]
-        from backend.geometry import Roi
-
         h, w = self.native_shape[1:3]
         parts = [self.slices[z].read(Roi((0, 0, 0, 0), (1, 1, h, w)))[0, 0] for z in zs]
         return np.stack(parts)[(slice(None),) + index[1:]]

@@ -1,0 +1,186 @@
+"""The ZeroMQ worker: one DEALER socket speaking the protocol, computing on a local process pool.
+
+The socket loop only moves messages and heartbeats (Paranoid Pirate: 1 s interval, liveness 3, any
+message counts as a heartbeat, reconnect with backoff), so it never waits on compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket as pysocket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import zmq
+
+from backend.executor import LocalExecutor
+from backend.pipeline import Pipeline
+from backend.protocol import ProtocolError, decode, encode, task_from_message
+
+log = logging.getLogger(__name__)
+PROTOCOL_NAME = "ilastik-desktop/1"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker reaches its gateway and how much it computes."""
+
+    connect: str | None = None
+    listen: str | None = None
+    processes: int = 1
+    heartbeat_s: float = 1.0
+    liveness: int = 3
+    backoff_max_s: float = 8.0
+    curve: tuple[bytes, bytes] | None = None  # this worker's (public, secret) key
+    server_key: bytes | None = None  # the gateway's public key (connect mode)
+
+
+class Worker:
+    """Serve block tasks until :meth:`stop` is called (from any thread)."""
+
+    def __init__(self, config: WorkerConfig, context: zmq.Context | None = None):
+        if bool(config.connect) == bool(config.listen):
+            raise ValueError("give exactly one of connect and listen")
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.pool = LocalExecutor(workers=config.processes)
+        self._stop = threading.Event()
+        self._done: list[tuple[str, Future]] = []
+        self._done_lock = threading.Lock()
+        self._wake_r, self._wake_w = pysocket.socketpair()
+        self.address: str | None = None
+        self.completed = 0
+
+    def stop(self) -> None:
+        """Ask the loop to send DISCONNECT and end."""
+        self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _open(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, uuid.uuid4().hex.encode())
+        if self.config.curve:
+            sock.curve_publickey, sock.curve_secretkey = self.config.curve
+            if self.config.listen:
+                sock.curve_server = True
+            else:
+                sock.curve_serverkey = self.config.server_key
+        if self.config.listen:
+            sock.bind(self.config.listen)
+            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            sock.connect(self.config.connect)
+            self.address = self.config.connect
+        return sock
+
+    def _ready(self) -> list[bytes]:
+        return encode("READY", {"processes": self.config.processes, "version": PROTOCOL_NAME,
+                                "host": platform.node(), "pid": os.getpid()})
+
+    def run(self) -> None:
+        """The socket loop; returns after :meth:`stop`."""
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                sock = self._open()
+                if self.config.connect:
+                    sock.send_multipart(self._ready())
+                if self._serve(sock):
+                    backoff = 0.5
+                sock.close(linger=0)
+                if not self._stop.is_set():
+                    log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.liveness,
+                                backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.config.backoff_max_s)
+        finally:
+            self.pool.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _serve(self, sock: zmq.Socket) -> bool:
+        """Handle one connection until it goes silent (False) or we stop (True)."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        interval = self.config.heartbeat_s
+        last_heard = time.monotonic() if self.config.connect else None
+        last_sent = time.monotonic()
+        heard_any = False
+        while not self._stop.is_set():
+            events = dict(poller.poll(interval * 1000 / 2))
+            if self._wake_r.fileno() in events:
+                self._wake_r.recv(4096)
+            if sock in events:
+                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    last_heard = time.monotonic()
+                    if not heard_any and self.config.listen:
+                        sock.send_multipart(self._ready())
+                    heard_any = True
+                    self._handle(sock, frames)
+            self._send_results(sock)
+            now = time.monotonic()
+            if now - last_sent >= interval and last_heard is not None:
+                sock.send_multipart(encode("HEARTBEAT"))
+                last_sent = now
+            if last_heard is not None and now - last_heard > interval * self.config.liveness:
+                return heard_any
+        if last_heard is not None:
+            sock.send_multipart(encode("DISCONNECT"))
+        return True
+
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        try:
+            message = decode(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message: %s", exc)
+            return
+        if message.type == "PIPELINE":
+            try:
+                self.pool.add_pipeline(Pipeline.from_message(message.fields["pipeline"], message.arrays))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("dropped a malformed pipeline: %s", exc)
+        elif message.type == "TASK":
+            try:
+                task = task_from_message(message)
+                future = self.pool.submit(task)
+            except (ProtocolError, ValueError) as exc:
+                key = str(message.fields.get("key", ""))
+                sock.send_multipart(encode("ERROR", {"key": key, "message": str(exc), "deterministic": False}))
+                return
+            future.add_done_callback(lambda f, key=task.key: self._finished(key, f))
+        elif message.type == "DISCONNECT":
+            log.info("gateway said goodbye")
+
+    def _finished(self, key: str, future: Future) -> None:
+        with self._done_lock:
+            self._done.append((key, future))
+        self._wake()
+
+    def _send_results(self, sock: zmq.Socket) -> None:
+        with self._done_lock:
+            done, self._done = self._done, []
+        for key, future in done:
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is None:
+                sock.send_multipart(encode("RESULT", {"key": key}, [future.result()]))
+                self.completed += 1
+            else:
+                deterministic = not isinstance(error, (OSError, RuntimeError, KeyError))
+                sock.send_multipart(encode("ERROR", {"key": key, "message": f"{type(error).__name__}: {error}",
+                                                     "deterministic": deterministic}))

@@ -1,0 +1,143 @@
+"""ZeroMQ workers and executor with real processes on loopback: failures, listen mode, hostile input."""
+
+import os
+import random
+import socket
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from backend.pipeline import BlockTask
+from backend.protocol import decode, encode
+from backend.zmq_executor import TaskError, ZmqExecutor
+from tests.integration.test_executor import _pipeline, _task, small_project
+from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("zmq")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_protocol_round_trip_and_rejections():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    m = decode(encode("RESULT", {"key": "7"}, [a]))
+    assert m.type == "RESULT" and m.fields == {"key": "7"} and np.array_equal(m.arrays[0], a)
+    from backend.protocol import ProtocolError
+
+    bad = [[b"not json"], [b"[]"], [b'{"v": 99, "type": "READY"}'], [b'{"v": 1, "type": "EXPLODE"}'],
+           [b'{"v": 1, "type": "RESULT", "arrays": [{"dtype": "<f4", "shape": [3]}]}', b"12345"],
+           [b'{"v": 1, "type": "RESULT", "arrays": [{"dtype": "|O", "shape": [1]}]}', b"12345678"], []]
+    for frames in bad:
+        with pytest.raises(ProtocolError):
+            decode(frames)
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_of_a_worker_mid_task_recomputes_its_blocks(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    with ZmqWithWorkers(pipeline, workers=2, processes=1) as ex:
+        futures = [ex.submit(_task(pipeline, image)) for _ in range(12)]
+        deadline = time.monotonic() + 30
+        while not any(w["in_flight"] for w in ex.status()["workers"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kill_worker(ex.procs[0])
+        started = time.monotonic()
+        results = [f.result(timeout=120) for f in futures]
+        assert all(np.array_equal(r, expected) for r in results)
+        status = ex.status()
+        assert len(status["workers"]) == 1 and status["redispatched"] >= 1
+        assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(180)
+def test_listen_mode_and_worker_restart(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = start_worker("--listen", endpoint)
+    try:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
+            ex.add_pipeline(pipeline)
+            assert ex.wait_for_workers(1, timeout=60)
+            assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
+            assert ex.status()["workers"][0]["endpoint"] == endpoint
+            kill_worker(proc)
+            future = ex.submit(_task(pipeline, image))
+            proc = start_worker("--listen", endpoint)
+            assert np.array_equal(future.result(timeout=90), expected)
+    finally:
+        kill_worker(proc)
+
+
+@pytest.mark.timeout(120)
+def test_deterministic_failure_is_reported_once(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline) as ex:
+        good = _task(pipeline, image)
+        broken = BlockTask("bad", "Probabilities", np.zeros((2, 2, 2, 1), np.float32), (0, 0, 0), (64, 64, 64),
+                           ((0, 40), (0, 40), (0, 40)), good.pipeline)
+        with pytest.raises(TaskError):
+            ex.submit(broken).result(timeout=60)
+        assert ex.status()["failed"] == 1 and ex.status()["redispatched"] == 0
+        assert ex.submit(good).result(timeout=60).shape == (8, 32, 32, 2)
+
+
+@pytest.mark.timeout(180)
+def test_random_and_truncated_messages_crash_neither_side(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    rng = random.Random(1)
+    valid = encode("TASK", {"key": "x"}, [np.zeros(4, np.float32)])
+    junk = [[os.urandom(rng.randint(0, 64)) for _ in range(rng.randint(1, 4))] for _ in range(150)]
+    junk += [[f[: rng.randint(0, len(f))] for f in valid] for _ in range(50)]
+    junk += [encode("RESULT", {"key": "nope"}, [np.zeros(3)]), encode("READY", {"processes": "many"})]
+    context = zmq.Context.instance()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    listener = start_worker("--listen", endpoint)
+    try:
+        with ZmqWithWorkers(pipeline) as ex:
+            for target in (ex.address, endpoint):
+                peer = context.socket(zmq.DEALER)
+                peer.setsockopt(zmq.LINGER, 0)
+                peer.connect(target)
+                for frames in junk:
+                    peer.send_multipart([bytes(f) for f in frames] or [b""])
+                time.sleep(0.5)
+                peer.close()
+            assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
+            assert listener.poll() is None and all(p.poll() is None for p in ex.procs)
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex2:
+            ex2.add_pipeline(pipeline)
+            assert ex2.wait_for_workers(1, timeout=60)
+            assert np.array_equal(ex2.submit(_task(pipeline, image)).result(timeout=60), expected)
+    finally:
+        kill_worker(listener)
+
+
+def test_priorities_order_the_queue(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline) as ex:
+        done_order = []
+        blockers = [ex.submit(_task(pipeline, image), priority=5) for _ in range(4)]
+        low = ex.submit(_task(pipeline, image), priority=9)
+        high = ex.submit(_task(pipeline, image), priority=0)
+        low.add_done_callback(lambda f: done_order.append("low"))
+        high.add_done_callback(lambda f: done_order.append("high"))
+        for f in blockers + [low, high]:
+            f.result(timeout=120)
+        assert done_order == ["high", "low"]

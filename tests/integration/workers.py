@@ -1,0 +1,59 @@
+"""Start real ``ilastik-worker`` processes for tests and always clean them up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subprocess.Popen:
+    """An ilastik-worker subprocess in its own process group (so its pool dies with it)."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "ilastik_desktop.worker_cli", *args, "--processes", str(processes),
+           "--heartbeat", str(heartbeat)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+
+
+def kill_worker(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Kill a worker and everything it started."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+class ZmqWithWorkers:
+    """A ZmqExecutor with real worker processes connected to it, closed together."""
+
+    def __init__(self, pipeline, workers: int = 1, processes: int = 1):
+        from backend.zmq_executor import ZmqExecutor
+
+        self.executor = ZmqExecutor(heartbeat_s=0.2, liveness=3)
+        self.executor.add_pipeline(pipeline)
+        self.procs = [start_worker("--connect", self.executor.address, processes=processes) for _ in range(workers)]
+        if not self.executor.wait_for_workers(workers * processes, timeout=60):
+            self.close()
+            raise RuntimeError("workers did not register")
+
+    def __getattr__(self, name):
+        return getattr(self.executor, name)
+
+    def close(self) -> None:
+        self.executor.close()
+        for proc in self.procs:
+            kill_worker(proc, signal.SIGTERM)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
