@@ -185,3 +185,29 @@ def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
         assert ex.status()["done"] <= 4 < total  # only what was already on the worker ran
         assert gateway.status()["blocks_in_progress"] <= 2
         gateway.close()
+
+
+@pytest.mark.timeout(180)
+def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project, redis_server):
+    from backend.objects import objects_key, request_objects
+    from backend.project import ThresholdSettings
+    from backend.threshold import threshold_frame
+
+    path, image = project
+    pipeline = _pipeline(path)
+    with LocalExecutor(workers=2) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client()),
+                          GatewayConfig(block_shape=(1, 12, 48, 48)))
+        settings = ThresholdSettings(channel=1, min_size=5, sigmas=(1.0, 1.0, 1.0))
+        part = Roi((0, 4, 10, 20), (1, 20, 90, 70))
+        labels = request_objects(gateway, part, settings).result(timeout=120)
+        expected = threshold_frame(whole_image(pipeline, image)[0], settings)
+        assert labels.dtype == np.uint32 and expected.max() > 3
+        assert np.array_equal(labels[0, ..., 0], expected[part.slices()[1:]])
+        assert gateway.cache.get(objects_key(gateway, 0, settings)) is not None
+        stricter = ThresholdSettings(channel=1, min_size=200, sigmas=(1.0, 1.0, 1.0))
+        assert objects_key(gateway, 0, stricter) != objects_key(gateway, 0, settings)
+        fewer = request_objects(gateway, part, stricter).result(timeout=120)
+        assert np.array_equal(fewer[0, ..., 0], threshold_frame(whole_image(pipeline, image)[0], stricter)[
+            part.slices()[1:]])
+        gateway.close()
