@@ -6,6 +6,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
@@ -38,14 +40,15 @@ _worker_pipelines: dict[str, Pipeline] = {}
 _worker_buffers: dict = {}
 
 
-def _run_task(task: BlockTask, folder: str) -> np.ndarray:
+def _run_task(task: BlockTask, folder: str) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
     pipeline = _worker_pipelines.get(task.pipeline)
     if pipeline is None:
         path = os.path.join(folder, task.pipeline + ".npz")
         if not os.path.exists(path):
             raise KeyError(f"unknown pipeline {task.pipeline}")
         pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
-    return pipeline.run(task, _worker_buffers)
+    return pipeline.run(task, _worker_buffers), time.perf_counter() - started
 
 
 def default_workers() -> int:
@@ -57,7 +60,10 @@ def default_workers() -> int:
 
 
 class LocalExecutor:
-    """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles."""
+    """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles.
+
+    Each returned future carries ``compute_s``, the seconds its task computed in the worker process.
+    """
 
     def __init__(self, pipeline: Pipeline | None = None, workers: int | None = None):
         self.workers = workers or default_workers()
@@ -66,6 +72,9 @@ class LocalExecutor:
         self._pool = self._new_pool()
         self._submitted = 0
         self._done = 0
+        self.compute_s = 0.0
+        self._lock = threading.Lock()
+        self._inner: dict[int, Future] = {}
         self.fingerprint = self.add_pipeline(pipeline) if pipeline is not None else None
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -87,24 +96,45 @@ class LocalExecutor:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         self._submitted += 1
         try:
-            future = self._pool.submit(_run_task, task, self._folder)
+            inner = self._pool.submit(_run_task, task, self._folder)
         except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = self._new_pool()
-            future = self._pool.submit(_run_task, task, self._folder)
-        future.add_done_callback(self._count)
-        return future
+            inner = self._pool.submit(_run_task, task, self._folder)
+        outer: Future = Future()
+        outer.compute_s = 0.0
+        with self._lock:
+            self._inner[id(outer)] = inner
+        inner.add_done_callback(lambda f: self._finished(outer, f))
+        return outer
 
-    def _count(self, _future: Future) -> None:
-        self._done += 1
+    def _finished(self, outer: Future, inner: Future) -> None:
+        with self._lock:
+            self._inner.pop(id(outer), None)
+            self._done += 1
+        if inner.cancelled():
+            outer.cancel()
+        elif inner.exception() is not None:
+            if not outer.done():
+                outer.set_exception(inner.exception())
+        else:
+            values, outer.compute_s = inner.result()
+            self.compute_s += outer.compute_s
+            if not outer.done():
+                outer.set_result(values)
 
     def cancel(self, future: Future) -> bool:
         """Cancel a task that has not started."""
+        with self._lock:
+            inner = self._inner.get(id(future))
+        if inner is None or not inner.cancel():
+            return future.cancelled()
         return future.cancel()
 
     def status(self) -> dict:
-        """Workers, submitted and finished task counts."""
-        return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done}
+        """Workers, submitted and finished task counts, summed compute seconds."""
+        return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done,
+                "compute_s": round(self.compute_s, 3)}
 
     def close(self) -> None:
         """Cancel what is queued, join the worker processes and delete the pipeline files."""

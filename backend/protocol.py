@@ -23,6 +23,14 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol (it is dropped and logged, never fatal)."""
 
 
+class VersionMismatch(ProtocolError):
+    """A well-formed message of another protocol version."""
+
+    def __init__(self, version):
+        super().__init__(f"protocol version {version!r}, expected {VERSION}")
+        self.version = version
+
+
 @dataclass
 class Message:
     """A decoded message: its type, its header fields and its arrays."""
@@ -53,7 +61,7 @@ def decode(frames: list[bytes]) -> Message:
     if not isinstance(header, dict):
         raise ProtocolError("header is not an object")
     if header.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {header.get('v')!r}, expected {VERSION}")
+        raise VersionMismatch(header.get("v"))
     kind = header.get("type")
     if kind not in TYPES:
         raise ProtocolError(f"unknown message type {kind!r}")

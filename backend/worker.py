@@ -21,6 +21,7 @@ import zmq
 from backend.executor import LocalExecutor
 from backend.pipeline import Pipeline
 from backend.protocol import ProtocolError, decode, encode, task_from_message
+from backend.security import Authenticator, CurveIdentity, is_local
 
 log = logging.getLogger(__name__)
 PROTOCOL_NAME = "ilastik-desktop/1"
@@ -36,18 +37,30 @@ class WorkerConfig:
     heartbeat_s: float = 1.0
     liveness: int = 3
     backoff_max_s: float = 8.0
-    curve: tuple[bytes, bytes] | None = None  # this worker's (public, secret) key
+    identity: CurveIdentity | None = None  # our keys; in listen mode ``allowed`` holds the gateways' keys
     server_key: bytes | None = None  # the gateway's public key (connect mode)
+
+    @property
+    def secure(self) -> bool:
+        """Whether this worker talks CurveZMQ."""
+        return self.server_key is not None if self.connect else bool(self.identity and self.identity.allowed)
 
 
 class Worker:
     """Serve block tasks until :meth:`stop` is called (from any thread)."""
 
-    def __init__(self, config: WorkerConfig, context: zmq.Context | None = None):
+    def __init__(self, config: WorkerConfig):
         if bool(config.connect) == bool(config.listen):
             raise ValueError("give exactly one of connect and listen")
+        endpoint = config.connect or config.listen
+        if not config.secure and not is_local(endpoint):
+            raise ValueError(f"{endpoint} is not on this machine: give the gateway's public key (--gateway-key)")
+        if config.secure and config.identity is None:
+            raise ValueError("an encrypted connection needs this worker's key pair")
         self.config = config
-        self.context = context or zmq.Context.instance()
+        self.context = zmq.Context()
+        self.authenticator = Authenticator(self.context, config.identity) if config.secure and config.listen \
+            else None
         self.pool = LocalExecutor(workers=config.processes)
         self._stop = threading.Event()
         self._done: list[tuple[str, Future]] = []
@@ -71,18 +84,20 @@ class Worker:
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, uuid.uuid4().hex.encode())
-        if self.config.curve:
-            sock.curve_publickey, sock.curve_secretkey = self.config.curve
+        if self.config.secure and self.config.listen:
+            self.config.identity.make_server(sock)
+        elif self.config.secure:
+            self.config.identity.make_client(sock, self.config.server_key)
+        try:
             if self.config.listen:
-                sock.curve_server = True
+                sock.bind(self.config.listen)
+                self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
-                sock.curve_serverkey = self.config.server_key
-        if self.config.listen:
-            sock.bind(self.config.listen)
-            self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        else:
-            sock.connect(self.config.connect)
-            self.address = self.config.connect
+                sock.connect(self.config.connect)
+                self.address = self.config.connect
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         return sock
 
     def _ready(self) -> list[bytes]:
@@ -95,11 +110,13 @@ class Worker:
         try:
             while not self._stop.is_set():
                 sock = self._open()
-                if self.config.connect:
-                    sock.send_multipart(self._ready())
-                if self._serve(sock):
-                    backoff = 0.5
-                sock.close(linger=0)
+                try:
+                    if self.config.connect:
+                        sock.send_multipart(self._ready())
+                    if self._serve(sock):
+                        backoff = 0.5
+                finally:
+                    sock.close(linger=0)
                 if not self._stop.is_set():
                     log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.liveness,
                                 backoff)
@@ -107,6 +124,9 @@ class Worker:
                     backoff = min(backoff * 2, self.config.backoff_max_s)
         finally:
             self.pool.close()
+            if self.authenticator:
+                self.authenticator.stop()
+            self.context.term()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -178,7 +198,8 @@ class Worker:
                 continue
             error = future.exception()
             if error is None:
-                sock.send_multipart(encode("RESULT", {"key": key}, [future.result()]))
+                compute_s = round(getattr(future, "compute_s", 0.0), 4)
+                sock.send_multipart(encode("RESULT", {"key": key, "compute_s": compute_s}, [future.result()]))
                 self.completed += 1
             else:
                 deterministic = not isinstance(error, (OSError, RuntimeError, KeyError))

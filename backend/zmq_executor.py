@@ -1,8 +1,10 @@
 """The ZeroMQ executor: the gateway's side of the worker protocol, behind the Executor interface.
 
-One I/O thread owns the sockets. Workers connect to the bound ROUTER, or the executor connects out
-to workers that listen. Tasks wait in a priority queue; each worker gets at most one task in flight
-per process plus one queued. A worker that stops heartbeating is dropped and its tasks re-dispatched;
+One I/O thread owns every socket. Local workers connect to a plain loopback/ipc ROUTER (``bind``);
+remote workers connect to a CurveZMQ ROUTER (:meth:`ZmqExecutor.listen`) or are reached by
+connecting out to a worker that listens (:meth:`ZmqExecutor.connect`, CurveZMQ when given the
+worker's key). Tasks wait in a priority queue; each worker gets at most one task in flight per
+process plus one queued. A worker that stops heartbeating is dropped and its tasks re-dispatched;
 a task that fails deterministically is reported once, other failures are retried.
 """
 
@@ -11,17 +13,20 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import queue
 import socket as pysocket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import zmq
 
 from backend.pipeline import BlockTask, Pipeline
-from backend.protocol import ProtocolError, decode, encode, task_message
+from backend.protocol import ProtocolError, VersionMismatch, decode, encode, task_message
+from backend.security import Authenticator, CurveIdentity, is_local
 
 log = logging.getLogger(__name__)
 
@@ -37,72 +42,108 @@ class _Job:
     task: BlockTask = field(compare=False)
     future: Future = field(compare=False)
     attempts: int = field(default=0, compare=False)
+    sent: float = field(default=0.0, compare=False)
 
 
 @dataclass
 class _Remote:
-    route: tuple[int, bytes]  # (socket index, routing id)
+    route: tuple[int, bytes]  # (socket number, routing id)
     host: str
     processes: int
     version: str
     last_heard: float
+    endpoint: str = ""
     in_flight: dict[str, _Job] = field(default_factory=dict)
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
     started: float = field(default_factory=time.monotonic)
-    endpoint: str = ""
 
 
 class ZmqExecutor:
     """Dispatch block tasks to ZeroMQ workers; see the module docstring."""
 
     def __init__(self, bind: str | None = "tcp://127.0.0.1:0", connect_to: tuple[str, ...] = (),
-                 heartbeat_s: float = 1.0, liveness: int = 3, max_attempts: int = 3,
-                 context: zmq.Context | None = None):
-        self.context = context or zmq.Context.instance()
+                 identity: CurveIdentity | None = None, heartbeat_s: float = 1.0, liveness: int = 3,
+                 max_attempts: int = 3):
+        self.context = zmq.Context()
+        self.identity = identity
         self.heartbeat_s, self.liveness, self.max_attempts = heartbeat_s, liveness, max_attempts
-        self._sockets: list[zmq.Socket] = []
-        self.address = None
-        if bind:
-            inbound = self._router()
-            inbound.bind(bind)
-            self.address = inbound.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._outbound = self._router()
-        self._pending_endpoints: dict[bytes, str] = {}
-        for endpoint in connect_to:
-            self.connect(endpoint)
+        self.authenticator = Authenticator(self.context, identity) if identity else None
+        self._sockets: dict[int, zmq.Socket] = {}
+        self._outbound: dict[int, tuple[str, bytes]] = {}  # socket number -> (worker endpoint, routing id)
+        self._commands: queue.Queue = queue.Queue()
         self._pipelines: dict[str, tuple[dict, list]] = {}
         self._queue: list[_Job] = []
-        self._jobs: dict[str, _Job] = {}
         self._workers: dict[tuple[int, bytes], _Remote] = {}
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._wake_r, self._wake_w = pysocket.socketpair()
-        self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0}
+        self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "compute_s": 0.0,
+                          "roundtrip_s": 0.0}
+        self._refused: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="zmq-executor", daemon=True)
         self._thread.start()
+        self.address = self._call(lambda: self._bind(bind, secure=False)).result(10) if bind else None
+        for endpoint in connect_to:
+            self.connect(endpoint)
 
-    def _router(self) -> zmq.Socket:
+    # -- endpoints (any thread) ------------------------------------------------------------------------
+    def listen(self, endpoint: str) -> str:
+        """Accept remote workers on ``endpoint`` (CurveZMQ, allowed keys only); returns the bound address."""
+        if self.identity is None:
+            raise ValueError("listening for remote workers needs a key pair (identity)")
+        return self._call(lambda: self._bind(endpoint, secure=True)).result(10)
+
+    def connect(self, endpoint: str, server_key: bytes | None = None) -> None:
+        """Connect out to a worker started with ``--listen`` (CurveZMQ when its key is given)."""
+        if server_key is None and not is_local(endpoint):
+            raise ValueError(f"{endpoint} is not on this machine: give the worker's public key")
+        if server_key is not None and self.identity is None:
+            raise ValueError("an encrypted connection needs a key pair (identity)")
+        self._call(lambda: self._connect(endpoint, server_key)).result(10)
+
+    def _call(self, function: Callable) -> Future:
+        future: Future = Future()
+        self._commands.put((function, future))
+        self._wake()
+        return future
+
+    def _bind(self, endpoint: str, secure: bool) -> str:
+        if not secure and not is_local(endpoint):
+            raise ValueError(f"{endpoint} is not on this machine: remote workers need listen() with CurveZMQ")
+        sock = self._new_socket()
+        if secure:
+            self.identity.make_server(sock)
+        sock.bind(endpoint)
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _connect(self, endpoint: str, server_key: bytes | None) -> None:
+        sock = self._new_socket()
+        if server_key is not None:
+            self.identity.make_client(sock, server_key)
+        routing_id = uuid.uuid4().hex.encode()
+        sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
+        sock.connect(endpoint)
+        self._outbound[self._number(sock)] = (endpoint, routing_id)
+
+    def _new_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        self._sockets.append(sock)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._sockets[len(self._sockets)] = sock
         return sock
 
-    def connect(self, endpoint: str) -> None:
-        """Connect out to a worker started with ``--listen``."""
-        route = uuid.uuid4().hex.encode()
-        with getattr(self, "_lock", threading.Lock()):
-            self._outbound.setsockopt(zmq.CONNECT_ROUTING_ID, route)
-            self._outbound.connect(endpoint)
-            self._pending_endpoints[route] = endpoint
+    def _number(self, sock: zmq.Socket) -> int:
+        return next(n for n, s in self._sockets.items() if s is sock)
 
-    # -- the Executor interface (any thread) -------------------------------------------------------------
+    # -- the Executor interface (any thread) -----------------------------------------------------------
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Register a pipeline; it is sent to each worker before its first task."""
         fingerprint = pipeline.fingerprint()
         with self._lock:
-            self._pipelines.setdefault(fingerprint, pipeline.to_message())
+            if fingerprint not in self._pipelines:
+                self._pipelines[fingerprint] = pipeline.to_message()
         return fingerprint
 
     def submit(self, task: BlockTask, priority: int = 0) -> Future:
@@ -110,9 +151,8 @@ class ZmqExecutor:
         if task.pipeline not in self._pipelines:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         future: Future = Future()
-        job = _Job(priority, next(self._seq), task, future)
         with self._lock:
-            heapq.heappush(self._queue, job)
+            heapq.heappush(self._queue, _Job(priority, next(self._seq), task, future))
             self._counters["submitted"] += 1
         self._wake()
         return future
@@ -123,7 +163,7 @@ class ZmqExecutor:
             return future.cancel()
 
     def status(self) -> dict:
-        """Workers (host, processes, heartbeat age, blocks done, blocks/s), queue depth and counters."""
+        """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth, counters."""
         now = time.monotonic()
         with self._lock:
             workers = [{"host": w.host, "processes": w.processes, "version": w.version, "endpoint": w.endpoint,
@@ -131,8 +171,10 @@ class ZmqExecutor:
                         "in_flight": len(w.in_flight), "blocks_done": w.done,
                         "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
                        for w in self._workers.values()]
+            refused = self._refused + (self.authenticator.refused if self.authenticator else [])
             return {"kind": "zmq", "address": self.address, "workers": workers, "queued": len(self._queue),
-                    "processes": sum(w["processes"] for w in workers), **self._counters}
+                    "processes": sum(w["processes"] for w in workers), "refused": refused[-20:],
+                    **{k: round(v, 3) if isinstance(v, float) else v for k, v in self._counters.items()}}
 
     def wait_for_workers(self, processes: int, timeout: float) -> bool:
         """Block until workers with at least ``processes`` processes are registered."""
@@ -144,12 +186,15 @@ class ZmqExecutor:
         return False
 
     def close(self) -> None:
-        """Say goodbye to the workers, fail what is pending and stop the I/O thread."""
+        """Say goodbye to the workers, fail what is pending, stop the I/O thread and free the sockets."""
         self._stop.set()
         self._wake()
         self._thread.join(timeout=10)
-        for sock in self._sockets:
+        for sock in self._sockets.values():
             sock.close(linger=0)
+        if self.authenticator:
+            self.authenticator.stop()
+        self.context.term()
         self._wake_r.close()
         self._wake_w.close()
 
@@ -159,27 +204,39 @@ class ZmqExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- the I/O thread ------------------------------------------------------------------------------------
+    # -- the I/O thread --------------------------------------------------------------------------------
     def _wake(self) -> None:
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
 
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                function, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(function())
+            except Exception as exc:  # reported to the caller, who raised the command
+                future.set_exception(exc)
+
     def _loop(self) -> None:
-        poller = zmq.Poller()
-        for sock in self._sockets:
-            poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
         last_beat = 0.0
         while not self._stop.is_set():
+            self._run_commands()
+            poller = zmq.Poller()
+            for sock in self._sockets.values():
+                poller.register(sock, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
             events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
             if self._wake_r.fileno() in events:
                 self._wake_r.recv(65536)
-            for index, sock in enumerate(self._sockets):
+            for number, sock in list(self._sockets.items()):
                 while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
-                    self._receive((index, frames[0]), frames[1:])
+                    self._receive((number, frames[0]), frames[1:])
             now = time.monotonic()
             with self._lock:
                 self._expire(now)
@@ -197,14 +254,18 @@ class ZmqExecutor:
 
     def _beat(self) -> None:
         with self._lock:
-            routes = list(self._workers)
-        routes += [(len(self._sockets) - 1, r) for r in self._pending_endpoints]
+            routes = set(self._workers)
+        # workers we connect to wait for us to speak first; keep knocking until they answer READY
+        routes.update((number, routing_id) for number, (_, routing_id) in self._outbound.items())
         for route in routes:
             self._send(route, encode("HEARTBEAT"))
 
     def _receive(self, route: tuple[int, bytes], frames: list[bytes]) -> None:
         try:
             message = decode(frames)
+        except VersionMismatch as exc:
+            self._refuse(f"a worker speaking {exc}")
+            return
         except ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
             return
@@ -222,16 +283,21 @@ class ZmqExecutor:
                 if message.type in ("RESULT", "ERROR"):
                     self._complete(worker, message)
 
+    def _refuse(self, why: str) -> None:
+        log.warning("refused %s", why)
+        with self._lock:
+            self._refused = (self._refused + [why])[-20:]
+
     def _register(self, route, fields: dict) -> None:
         if route in self._workers:
             self._drop(route, "re-registered")
-        endpoint = self._pending_endpoints.pop(route[1], "") if route[0] == len(self._sockets) - 1 else ""
         try:
             processes = max(1, int(fields.get("processes", 1)))
         except (TypeError, ValueError):
             processes = 1
         self._workers[route] = _Remote(route, str(fields.get("host", "?")), processes,
-                                       str(fields.get("version", "?")), time.monotonic(), endpoint=endpoint)
+                                       str(fields.get("version", "?")), time.monotonic(),
+                                       endpoint=self._outbound.get(route[0], ("", b""))[0])
         log.info("worker %s registered with %d processes", fields.get("host"), processes)
 
     def _complete(self, worker: _Remote, message) -> None:
@@ -240,7 +306,11 @@ class ZmqExecutor:
             return
         if message.type == "RESULT" and message.arrays:
             worker.done += 1
+            compute_s = _seconds(message.fields.get("compute_s"))
             self._counters["done"] += 1
+            self._counters["compute_s"] += compute_s
+            self._counters["roundtrip_s"] += time.monotonic() - job.sent
+            job.future.compute_s = compute_s
             if not job.future.done():
                 job.future.set_result(message.arrays[0])
         elif message.fields.get("deterministic") or job.attempts + 1 >= self.max_attempts:
@@ -261,13 +331,11 @@ class ZmqExecutor:
         for job in worker.in_flight.values():
             job.attempts -= 1  # a lost worker is not the task's fault
             self._requeue(job)
-        if worker.endpoint:  # a worker we connected to: keep knocking until it is back
-            self._pending_endpoints[route[1]] = worker.endpoint
 
     def _expire(self, now: float) -> None:
         limit = self.heartbeat_s * self.liveness
         for route in [r for r, w in self._workers.items() if now - w.last_heard > limit]:
-            self._drop(route, f"silent for {limit:.0f} s")
+            self._drop(route, f"silent for {limit:.1f} s")
 
     def _dispatch(self) -> None:
         for worker in sorted(self._workers.values(), key=lambda w: len(w.in_flight) / w.processes):
@@ -283,6 +351,7 @@ class ZmqExecutor:
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
                     worker.pipelines.add(fingerprint)
                 worker.in_flight[str(job.seq)] = job
+                job.sent = time.monotonic()
                 self._send(worker.route, task_message(replace(job.task, key=str(job.seq))))
 
     def _shutdown(self) -> None:
@@ -294,3 +363,10 @@ class ZmqExecutor:
         for job in pending:
             if not job.future.done():
                 job.future.set_exception(TaskError("executor closed"))
+
+
+def _seconds(value) -> float:
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 0.0

@@ -45,6 +45,15 @@ def vigra_python() -> str:
     return SYSTEM_PYTHON
 
 
+@pytest.fixture(scope="session")
+def vigra_reference(vigra_python) -> list[str]:
+    """The command running ``../shared/tools/vigra_reference.py`` with Debian's vigra."""
+    tool = os.path.join(SHARED, "tools", "vigra_reference.py")
+    if not os.path.exists(tool):
+        _missing(f"the vigra reference tool was not found at {tool}")
+    return [vigra_python, tool]
+
+
 def run_oracle(vigra_python: str, *args: str) -> None:
     """Run tests/oracle/vigra_oracle.py with real vigra."""
     subprocess.run([vigra_python, ORACLE, *args], check=True, timeout=600)

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from tests.conftest import SHARED, run_cli, run_oracle
+from tests.conftest import run_cli, run_oracle
 
 
 def assert_ilastik_tolerance(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -45,12 +45,12 @@ def test_3d_project_reproduces_ilastik_blockwise(tmp_path, data_dir):
     assert_ilastik_tolerance(ours, np.load(os.path.join(api, "res-Data_3D_pc3d.npy")))
 
 
-def test_seed_project_matches_vigra_reference(tmp_path, data_dir, vigra_python):
+def test_seed_project_matches_vigra_reference(tmp_path, data_dir, vigra_reference):
     seed = os.path.join(data_dir, "seed")
     raw = os.path.join(seed, "raw.h5/exported_data")
     export(tmp_path, "--project", os.path.join(seed, "pc.ilp"), "--raw_data", raw, "--block_shape", "64,64")
     reference = tmp_path / "reference.npy"
-    subprocess.run([vigra_python, os.path.join(SHARED, "tools", "vigra_reference.py"), "--project",
+    subprocess.run([*vigra_reference, "--project",
                     os.path.join(seed, "pc.ilp"), "--raw", raw, "--out", str(reference)], check=True, timeout=600)
     assert_ilastik_tolerance(np.load(tmp_path / "out.npy"), np.load(reference).reshape(193, 185, 2))
 
@@ -128,14 +128,14 @@ def test_retrained_forest_loads_in_vigra_and_predicts_identically(tmp_path, data
 
 
 @pytest.mark.timeout(600)
-def test_demo_project_opens_in_vigra_and_agrees(tmp_path, vigra_python):
+def test_demo_project_opens_in_vigra_and_agrees(tmp_path, vigra_reference):
 
     result = run_cli("--demo-project", str(tmp_path / "demo"), "--headless", "--no-progress",
                      "--output_format", "npy", "--output_filename_format", str(tmp_path / "demo_out"))
     assert result.returncode == 0, result.stderr
     ours = np.load(tmp_path / "demo_out.npy")
     reference = tmp_path / "ref.npy"
-    subprocess.run([vigra_python, os.path.join(SHARED, "tools", "vigra_reference.py"), "--project",
+    subprocess.run([*vigra_reference, "--project",
                     str(tmp_path / "demo" / "demo.ilp"), "--raw", str(tmp_path / "demo" / "demo_raw.h5/data"),
                     "--out", str(reference)], check=True, timeout=600)
     assert_ilastik_tolerance(ours, np.load(reference))
