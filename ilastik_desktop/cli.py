@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from backend.errors import UserError
-from backend.export import ExportOptions
-from backend.pipeline import RESULT_KINDS
+from backend.export import EXPORT_SOURCES, ExportOptions
+from backend.security import KeyStore, check_key, is_local
 from backend.writers import FORMATS
 from ilastik_desktop import __version__
-from ilastik_desktop.config import Settings, parse_block_shape
+from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--retrain", action="store_true",
                    help="train a new classifier from the project's labels and save it in the project first")
     g = p.add_argument_group("export")
-    g.add_argument("--export_source", default="Probabilities", choices=RESULT_KINDS, help="what to export")
+    g.add_argument("--export_source", default="Probabilities", choices=EXPORT_SOURCES,
+                   help="what to export (Objects: thresholded, labelled objects as uint32)")
     g.add_argument("--output_format", default="hdf5", choices=list(FORMATS), help="file format (default hdf5)")
     g.add_argument("--output_filename_format", default="{dataset_dir}/{nickname}_{result_type}",
                    metavar="PATTERN", help="output path; placeholders {dataset_dir}, {nickname}, {result_type}; "
@@ -40,10 +41,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_internal_path", default="exported_data", help="dataset name inside hdf5 output")
     g.add_argument("--cutout_subregion", metavar='"[(start..),(stop..)]"',
                    help="export only this box, one value per raw data axis, None for the full extent")
-    g.add_argument("--workers", type=int, default=None, help="local worker processes (default: all cores)")
     g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
     g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    g = p.add_argument_group("workers and cache")
+    g.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: all cores; 0 = remote workers only)")
+    g.add_argument("--connect", "--worker", action="append", default=[], metavar="tcp://HOST:PORT[,KEY]",
+                   help="use a remote 'ilastik-worker --listen' there; KEY is its public key (--print-key), "
+                   "required unless the endpoint is on this machine; repeatable")
+    g.add_argument("--listen", metavar="tcp://*:PORT",
+                   help="accept remote workers started with 'ilastik-worker --connect' here (CurveZMQ)")
+    g.add_argument("--worker-key", action="append", default=[], metavar="KEY",
+                   help="public key of a remote worker allowed to connect (also read from authorized_workers in "
+                   "the config directory); repeatable")
+    g.add_argument("--redis-url", metavar="URL",
+                   help="use this Redis server as the block cache instead of starting an embedded one")
+    g.add_argument("--cache-mb", type=int, default=1024, help="memory of the embedded cache in MB (default 1024)")
+    g.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
+    g.add_argument("--print-key", action="store_true", help="print this application's public key and exit")
     return p
+
+
+def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
+    """Where blocks are computed and cached, from the command line."""
+    remote = tuple(_remote_worker(text) for text in args.connect)
+    if args.workers is not None and args.workers < (0 if remote or args.listen else 1):
+        raise UserError("--workers must be at least 1 (or 0 together with --connect or --listen)")
+    if args.cache_mb < 16:
+        raise UserError("--cache-mb must be at least 16")
+    return ComputeSettings(workers=args.workers, connect=remote, listen=args.listen,
+                           worker_keys=tuple(check_key(k, "worker key") for k in args.worker_key),
+                           redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir)
+
+
+def _remote_worker(text: str) -> tuple[str, bytes | None]:
+    endpoint, _, key = text.partition(",")
+    if not endpoint.startswith("tcp://") and not endpoint.startswith("ipc://"):
+        raise UserError(f"--connect '{text}': expected tcp://HOST:PORT[,KEY]")
+    if not key and not is_local(endpoint):
+        raise UserError(f"--connect '{text}': {endpoint} is not on this machine, so give the worker's public key "
+                        "after a comma (ilastik-worker --print-key shows it)")
+    return endpoint, check_key(key, "worker key") if key else None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -51,8 +89,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     project = args.project or args.project_file
     if not project:
         raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
-    if args.workers is not None and args.workers < 1:
-        raise UserError("--workers must be at least 1")
     export = ExportOptions(
         kind=args.export_source,
         fmt=args.output_format,
@@ -62,13 +98,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         progress=not args.no_progress,
     )
     return Settings(project=project, raw_data=args.raw_data, input_axes=args.input_axes, lane=args.lane,
-                    workers=args.workers, retrain=args.retrain, export=export, cutout=args.cutout_subregion)
+                    retrain=args.retrain, export=export, cutout=args.cutout_subregion, compute=compute_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.print_key:
+            print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
+            return 0
         if args.demo_project:
             from ilastik_desktop.demo import write_demo_project
 

@@ -11,6 +11,21 @@ from backend.geometry import Roi
 
 
 @dataclass(frozen=True)
+class ComputeSettings:
+    """Where blocks are computed and cached."""
+
+    workers: int | None = None  # local worker processes; None = one per core, 0 = none
+    connect: tuple[tuple[str, bytes | None], ...] = ()  # (endpoint, public key) of listening remote workers
+    listen: str | None = None  # accept remote workers that connect here (CurveZMQ)
+    worker_keys: tuple[bytes, ...] = ()  # public keys of remote workers we accept
+    redis_url: str | None = None  # None = start an embedded redis-server
+    cache_mb: int = 1024
+    config_dir: str | None = None
+    heartbeat_s: float = 1.0
+    worker_timeout_s: float = 60.0  # how long to wait for the first workers
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a headless run needs to know."""
 
@@ -18,10 +33,10 @@ class Settings:
     raw_data: str | None = None
     input_axes: str | None = None
     lane: int = 0
-    workers: int | None = None
     retrain: bool = False
     export: ExportOptions = ExportOptions()
     cutout: str | None = None
+    compute: ComputeSettings = ComputeSettings()
 
 
 def parse_block_shape(text: str | None) -> tuple[int, int, int, int] | None:

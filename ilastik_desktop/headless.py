@@ -1,4 +1,4 @@
-"""The headless export command: open a project, (re)train if asked, stream the export."""
+"""The headless export command: open a project, (re)train if asked, stream the export through the gateway."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import dataclasses
 import sys
 
 from backend.dataset import open_lane
-from backend.executor import LocalExecutor
-from backend.export import run_export
+from backend.export import default_block_shape, run_export
 from backend.pipeline import build_pipeline
 from backend.project import open_project
 from ilastik_desktop.config import Settings, parse_cutout
+from ilastik_desktop.services import Services
 
 
 def run_headless(settings: Settings) -> int:
@@ -26,14 +26,28 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    options = settings.export
+    options = dataclasses.replace(settings.export, threshold=settings.export.threshold or project.threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
                                                                    source.spatial_shape))
-    with LocalExecutor(pipeline, settings.workers) as executor:
-        result = run_export(source, pipeline, executor, project.lanes[settings.lane].nickname, options,
-                            max_in_flight=2 * executor.workers)
+    block_shape = options.block_shape or default_block_shape(source.spatial_shape)
+    with Services(settings.compute) as services:
+        if services.listen_address:
+            key = services.identity.public.decode()
+            print(f"accepting workers at {services.listen_address}; start them with: ilastik-worker --connect "
+                  f"tcp://THIS-HOST:{services.listen_address.rsplit(':', 1)[1]} --gateway-key '{key}'",
+                  file=sys.stderr)
+        services.wait_for_workers()
+        gateway = services.gateway(source, pipeline, block_shape)
+        try:
+            in_flight = max(4, 2 * services.executor.status()["processes"] + 2)
+            result = run_export(gateway, project.lanes[settings.lane].nickname, options, in_flight)
+            status = gateway.status()
+        finally:
+            gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
-    print(f"wrote {result.path} ({result.blocks} blocks, {result.seconds:.1f} s, {rate / 1e6:.2f} Mvoxel/s)",
-          file=sys.stderr)
+    unit = "frames" if options.kind == "Objects" else "blocks"
+    print(f"wrote {result.path} ({result.blocks} {unit}, {result.seconds:.1f} s, {rate / 1e6:.2f} Mvoxel/s; "
+          f"{status['computed']} computed, {status['hits']} from the cache, "
+          f"{status['executor']['processes']} worker processes)", file=sys.stderr)
     return 0

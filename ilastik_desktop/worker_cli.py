@@ -11,6 +11,7 @@ import zmq
 
 from backend.errors import UserError
 from backend.executor import default_workers
+from backend.processes import die_with_parent
 from backend.security import CurveIdentity, KeyStore, check_key, is_local
 from backend.worker import Worker, WorkerConfig
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)")
     p.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     p.add_argument("--verbose", action="store_true", help="log every connection event")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by the app for its local workers
     return p
 
 
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ilastik-worker: %(message)s", stream=sys.stderr)
+    if args.parent_pid:
+        die_with_parent(args.parent_pid)
     try:
         if args.print_key:
             print(KeyStore(args.config_dir).keypair("worker")[0].decode())

@@ -101,7 +101,8 @@ def test_pipeline_message_round_trip(project):
 
 def _peak_rss_of_export(project_path, out):
     cmd = [sys.executable, "-m", "ilastik_desktop", "--headless", "--no-progress", "--project", project_path,
-           "--output_format", "npy", "--output_filename_format", out, "--workers", "2", "--block_shape", "32,64,64"]
+           "--output_format", "npy", "--output_filename_format", out, "--workers", "2", "--block_shape", "32,64,64",
+           "--cache-mb", "32"]
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
     peak = [0]
 
@@ -134,4 +135,5 @@ def test_export_memory_does_not_grow_with_volume(tmp_path):
     peak_large = _peak_rss_of_export(large, str(tmp_path / "l"))
     assert np.load(tmp_path / "l.npy", mmap_mode="r").shape == (256, 256, 256, 2)
     print(f"peak private RSS: small {peak_small / 2**20:.0f} MB, large {peak_large / 2**20:.0f} MB")
-    assert peak_large < peak_small * 1.25 + 40 * 2**20, (peak_small / 2**20, peak_large / 2**20)
+    # the block cache may fill up to its --cache-mb limit; everything else must stay flat
+    assert peak_large < peak_small * 1.25 + (40 + 32) * 2**20, (peak_small / 2**20, peak_large / 2**20)

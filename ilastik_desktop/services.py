@@ -1,0 +1,159 @@
+"""The application's compute services: the cache server, the ZeroMQ executor and local workers.
+
+They are started together, handed to gateways, and stopped together; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import redis
+
+from backend.cache import BlockCache
+from backend.errors import UserError
+from backend.executor import default_workers
+from backend.gateway import Gateway, GatewayConfig
+from backend.pipeline import Pipeline
+from backend.processes import stop_group
+from backend.redis_server import EmbeddedRedis, RedisSettings
+from backend.security import CurveIdentity, KeyStore
+from backend.sources import DataSource
+from backend.zmq_executor import ZmqExecutor
+from ilastik_desktop.config import ComputeSettings
+
+
+class LocalWorkers:
+    """One ``ilastik-worker`` process with ``processes`` compute processes, connected to a local endpoint."""
+
+    def __init__(self, endpoint: str, processes: int, folder: str, heartbeat_s: float = 1.0):
+        self.endpoint, self.processes = endpoint, processes
+        self.log_path = os.path.join(folder, "local-workers.log")
+        command = [sys.executable, "-m", "ilastik_desktop.worker_cli", "--connect", endpoint, "--processes",
+                   str(processes), "--heartbeat", str(heartbeat_s), "--parent-pid", str(os.getpid())]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                            start_new_session=True)
+
+    def failure(self) -> str | None:
+        """Why the worker process ended, if it did."""
+        if self.process.poll() is None:
+            return None
+        with open(self.log_path, errors="replace") as f:
+            tail = [line.strip() for line in f if line.strip()][-1:]
+        return f"the local worker process exited with code {self.process.returncode}: {' '.join(tail) or 'no output'}"
+
+    def stop(self) -> None:
+        """Stop the worker and its compute processes."""
+        stop_group(self.process)
+
+
+class Services:
+    """Cache, executor and workers of one application run; use as a context manager."""
+
+    def __init__(self, settings: ComputeSettings):
+        self.settings = settings
+        self.folder = tempfile.mkdtemp(prefix="ilastik-desktop-")
+        self.embedded: EmbeddedRedis | None = None
+        self.executor: ZmqExecutor | None = None
+        self.local: LocalWorkers | None = None
+        self.listen_address: str | None = None
+        self._restart_lock = threading.Lock()
+        try:
+            self.cache = BlockCache(self._cache_client())
+            self.identity = self._identity()
+            local = "ipc://" + os.path.join(self.folder, "workers") if os.name == "posix" else "tcp://127.0.0.1:0"
+            self.executor = ZmqExecutor(bind=local, identity=self.identity, heartbeat_s=settings.heartbeat_s)
+            if settings.listen:
+                self.listen_address = self._endpoint(lambda: self.executor.listen(settings.listen), settings.listen)
+            for endpoint, key in settings.connect:
+                self._endpoint(lambda e=endpoint, k=key: self.executor.connect(e, k), endpoint)
+            workers = default_workers() if settings.workers is None else settings.workers
+            if workers:
+                self.local = LocalWorkers(self.executor.address, workers, self.folder, settings.heartbeat_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _cache_client(self) -> redis.Redis:
+        if self.settings.redis_url:
+            try:
+                client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+                client.ping()
+            except (redis.RedisError, ValueError) as exc:
+                raise UserError(f"cannot use the Redis server at {self.settings.redis_url}: {exc}") from None
+            return client
+        self.embedded = EmbeddedRedis(RedisSettings(maxmemory_mb=self.settings.cache_mb)).start()
+        return self.embedded.client(socket_timeout=10)
+
+    def _identity(self) -> CurveIdentity | None:
+        remote_keys = [key for _, key in self.settings.connect if key is not None]
+        if not (self.settings.listen or remote_keys):
+            return None
+        store = KeyStore(self.settings.config_dir)
+        public, secret = store.keypair("gateway")
+        return CurveIdentity(public, secret, set(self.settings.worker_keys) | store.authorized("worker"))
+
+    @staticmethod
+    def _endpoint(action, endpoint: str):
+        try:
+            return action()
+        except Exception as exc:  # zmq raises ZMQError for bad, busy or unknown endpoints
+            raise UserError(f"cannot use {endpoint}: {exc}") from None
+
+    def wait_for_workers(self, timeout: float | None = None) -> None:
+        """Wait until the local workers (or, without them, any worker) registered; UserError if none did."""
+        wanted = self.local.processes if self.local else 1
+        timeout = self.settings.worker_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.executor.status()["processes"] >= wanted:
+                return
+            if self.local and self.local.failure():
+                raise UserError(self.local.failure())
+            time.sleep(0.05)
+        where = f"local workers (log: {self.local.log_path})" if self.local else "remote workers"
+        raise UserError(f"no {where} registered within {timeout:.0f} s; check that they run and can reach "
+                        f"{self.listen_address or self.executor.address}")
+
+    def gateway(self, source: DataSource, pipeline: Pipeline, block_shape: tuple[int, int, int, int]) -> Gateway:
+        """A gateway for one image on these services (close it before the services)."""
+        return Gateway(source, pipeline, self.executor, self.cache, GatewayConfig(block_shape=block_shape),
+                       on_cache_lost=self._restart_cache)
+
+    def _restart_cache(self) -> None:
+        if self.embedded is None:
+            return
+        with self._restart_lock:
+            try:
+                self.embedded.ensure_running()
+            except UserError:
+                pass  # the gateway reports the cache as unavailable; the next loss tries again
+
+    def status(self) -> dict:
+        """Executor status plus where the cache and the listening endpoint are."""
+        info = self.executor.status() if self.executor else {}
+        info["listen_address"] = self.listen_address
+        info["gateway_key"] = self.identity.public.decode() if self.identity else None
+        return info
+
+    def close(self) -> None:
+        """Stop workers, executor and cache server; remove temporary files."""
+        if self.executor is not None:
+            self.executor.close()
+        if self.local is not None:
+            self.local.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
