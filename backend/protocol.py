@@ -104,3 +104,12 @@ def task_from_message(message: Message):
                          target=tuple((int(a), int(b)) for a, b in f["target"]), pipeline=str(f["pipeline"]))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed TASK: {exc}") from None
+
+
+def peer_interval(fields: dict) -> float:
+    """The heartbeat interval a peer announced (READY, HEARTBEAT), clamped to 0..60 s; 0 if absent or bad."""
+    try:
+        value = float(fields.get("heartbeat_s", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+    return min(max(value, 0.0), 60.0) if value == value else 0.0

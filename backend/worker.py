@@ -20,7 +20,7 @@ import zmq
 
 from backend.executor import LocalExecutor
 from backend.pipeline import Pipeline
-from backend.protocol import ProtocolError, decode, encode, task_from_message
+from backend.protocol import ProtocolError, decode, encode, peer_interval, task_from_message
 from backend.security import Authenticator, CurveIdentity, is_local
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Worker:
         self._wake_r, self._wake_w = pysocket.socketpair()
         self.address: str | None = None
         self.completed = 0
+        self._peer_interval = 0.0
 
     def stop(self) -> None:
         """Ask the loop to send DISCONNECT and end."""
@@ -102,7 +103,7 @@ class Worker:
 
     def _ready(self) -> list[bytes]:
         return encode("READY", {"processes": self.config.processes, "version": PROTOCOL_NAME,
-                                "host": platform.node(), "pid": os.getpid()})
+                                "host": platform.node(), "pid": os.getpid(), "heartbeat_s": self.config.heartbeat_s})
 
     def run(self) -> None:
         """The socket loop; returns after :meth:`stop`."""
@@ -156,7 +157,8 @@ class Worker:
             if now - last_sent >= interval and last_heard is not None:
                 sock.send_multipart(encode("HEARTBEAT"))
                 last_sent = now
-            if last_heard is not None and now - last_heard > interval * self.config.liveness:
+            silence = max(interval, self._peer_interval) * self.config.liveness  # the slower side sets the pace
+            if last_heard is not None and now - last_heard > silence:
                 return heard_any
         if last_heard is not None:
             sock.send_multipart(encode("DISCONNECT"))
@@ -168,7 +170,9 @@ class Worker:
         except ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
             return
-        if message.type == "PIPELINE":
+        if message.type == "HEARTBEAT":
+            self._peer_interval = peer_interval(message.fields)
+        elif message.type == "PIPELINE":
             try:
                 self.pool.add_pipeline(Pipeline.from_message(message.fields["pipeline"], message.arrays))
             except (KeyError, TypeError, ValueError) as exc:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import zmq
 
 from backend.pipeline import BlockTask, Pipeline
-from backend.protocol import ProtocolError, VersionMismatch, decode, encode, task_message
+from backend.protocol import ProtocolError, VersionMismatch, decode, encode, peer_interval, task_message
 from backend.security import Authenticator, CurveIdentity, is_local
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class _Remote:
     version: str
     last_heard: float
     endpoint: str = ""
+    heartbeat_s: float = 0.0
     in_flight: dict[str, _Job] = field(default_factory=dict)
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
@@ -258,7 +259,7 @@ class ZmqExecutor:
         # workers we connect to wait for us to speak first; keep knocking until they answer READY
         routes.update((number, routing_id) for number, (_, routing_id) in self._outbound.items())
         for route in routes:
-            self._send(route, encode("HEARTBEAT"))
+            self._send(route, encode("HEARTBEAT", {"heartbeat_s": self.heartbeat_s}))
 
     def _receive(self, route: tuple[int, bytes], frames: list[bytes]) -> None:
         try:
@@ -297,7 +298,8 @@ class ZmqExecutor:
             processes = 1
         self._workers[route] = _Remote(route, str(fields.get("host", "?")), processes,
                                        str(fields.get("version", "?")), time.monotonic(),
-                                       endpoint=self._outbound.get(route[0], ("", b""))[0])
+                                       endpoint=self._outbound.get(route[0], ("", b""))[0],
+                                       heartbeat_s=peer_interval(fields))
         log.info("worker %s registered with %d processes", fields.get("host"), processes)
 
     def _complete(self, worker: _Remote, message) -> None:
@@ -333,9 +335,10 @@ class ZmqExecutor:
             self._requeue(job)
 
     def _expire(self, now: float) -> None:
-        limit = self.heartbeat_s * self.liveness
-        for route in [r for r, w in self._workers.items() if now - w.last_heard > limit]:
-            self._drop(route, f"silent for {limit:.1f} s")
+        for route, worker in list(self._workers.items()):
+            limit = max(self.heartbeat_s, worker.heartbeat_s) * self.liveness  # the slower side sets the pace
+            if now - worker.last_heard > limit:
+                self._drop(route, f"silent for {limit:.1f} s")
 
     def _dispatch(self) -> None:
         for worker in sorted(self._workers.values(), key=lambda w: len(w.in_flight) / w.processes):

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output_internal_path", default="exported_data", help="dataset name inside hdf5 output")
     g.add_argument("--cutout_subregion", metavar='"[(start..),(stop..)]"',
                    help="export only this box, one value per raw data axis, None for the full extent")
+    g.add_argument("--threshold", metavar="NAME=VALUE,...",
+                   help="thresholding for Objects over the project's settings (or ilastik's defaults): "
+                   "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x")
     g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
     g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     g = p.add_argument_group("workers and cache")
@@ -98,7 +101,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         progress=not args.no_progress,
     )
     return Settings(project=project, raw_data=args.raw_data, input_axes=args.input_axes, lane=args.lane,
-                    retrain=args.retrain, export=export, cutout=args.cutout_subregion, compute=compute_from_args(args))
+                    threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
+                    compute=compute_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:

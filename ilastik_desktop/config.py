@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass
 
 from backend.errors import UserError
 from backend.export import ExportOptions
 from backend.geometry import Roi
+from backend.project import ThresholdSettings
+
+_THRESHOLD_KEYS = "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x"
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Settings:
     retrain: bool = False
     export: ExportOptions = ExportOptions()
     cutout: str | None = None
+    threshold: str | None = None  # --threshold overrides, applied over the project's settings
     compute: ComputeSettings = ComputeSettings()
 
 
@@ -73,3 +78,37 @@ def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
     if roi is None or not Roi.from_shape(spatial_shape).contains(roi):
         raise UserError(f"--cutout_subregion '{text}' is empty or outside the image {spatial_shape}")
     return roi
+
+
+def parse_threshold(text: str, base: ThresholdSettings | None) -> ThresholdSettings:
+    """``'channel=1,low=0.6,min_size=20'`` applied over ``base`` (the project's settings or ilastik's defaults)."""
+    settings = base or ThresholdSettings()
+    changes: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            changes[name] = _threshold_value(name.strip(), value.strip())
+        except (KeyError, ValueError):
+            raise UserError(f"--threshold '{item}': expected NAME=VALUE with NAME one of {_THRESHOLD_KEYS}") from None
+    settings = dataclasses.replace(settings, **{k.strip(): v for k, v in changes.items()})
+    if settings.low > settings.high and settings.method == 1:
+        raise UserError(f"--threshold: low ({settings.low}) must not exceed high ({settings.high})")
+    return settings
+
+
+def _threshold_value(name: str, value: str):
+    if name == "method":
+        return {"simple": 0, "hysteresis": 1}[value]
+    if name in ("channel", "core_channel", "min_size", "max_size"):
+        number = int(value)
+        if number < 0:
+            raise ValueError
+        return number
+    if name in ("low", "high"):
+        return float(value)
+    if name == "sigmas":
+        sigmas = tuple(float(v) for v in value.split(":"))
+        if len(sigmas) != 3 or min(sigmas) < 0:
+            raise ValueError
+        return sigmas
+    raise KeyError(name)

@@ -9,7 +9,7 @@ from backend.dataset import open_lane
 from backend.export import default_block_shape, run_export
 from backend.pipeline import build_pipeline
 from backend.project import open_project
-from ilastik_desktop.config import Settings, parse_cutout
+from ilastik_desktop.config import Settings, parse_cutout, parse_threshold
 from ilastik_desktop.services import Services
 
 
@@ -26,7 +26,8 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    options = dataclasses.replace(settings.export, threshold=settings.export.threshold or project.threshold)
+    threshold = parse_threshold(settings.threshold or "", project.threshold)
+    options = dataclasses.replace(settings.export, threshold=threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
                                                                    source.spatial_shape))
