@@ -329,7 +329,8 @@ class ZmqExecutor:
 
     def _drop(self, route, why: str) -> None:
         worker = self._workers.pop(route)
-        log.warning("worker %s dropped (%s); re-dispatching %d tasks", worker.host, why, len(worker.in_flight))
+        level = logging.WARNING if worker.in_flight or why != "said goodbye" else logging.INFO
+        log.log(level, "worker %s dropped (%s); re-dispatching %d tasks", worker.host, why, len(worker.in_flight))
         for job in worker.in_flight.values():
             job.attempts -= 1  # a lost worker is not the task's fault
             self._requeue(job)

@@ -1,0 +1,60 @@
+"""The application's services: embedded Redis restarted after a crash, nothing left running after close."""
+
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from backend.gateway import CacheUnavailable
+from backend.geometry import Roi
+from backend.sources import open_source
+from ilastik_desktop.config import ComputeSettings
+from ilastik_desktop.services import Services
+from tests.integration.test_executor import _pipeline, small_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("services")), shape=(24, 96, 96))[0]
+
+
+def request_until_served(gateway, roi, timeout):
+    """The region, retrying while the cache is down (each try fails fast with CacheUnavailable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return gateway.request("Probabilities", roi).result(timeout=60)
+        except CacheUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.timeout(180)
+def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
+    path = project
+    source = open_source(os.path.join(os.path.dirname(path), "raw.h5/data"))
+    pipeline = _pipeline(path)
+    roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+    with Services(ComputeSettings(workers=1, cache_mb=64, heartbeat_s=0.2)) as services:
+        services.wait_for_workers(timeout=60)
+        children = [services.embedded.pid, services.local.process.pid]
+        gateway = services.gateway(source, pipeline, (1, 12, 48, 48))
+        try:
+            expected = gateway.request("Probabilities", roi).result(timeout=60)
+            os.kill(services.embedded.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not services.embedded.alive() and time.monotonic() < deadline:
+                time.sleep(0.1)  # nobody restarts it but the app itself
+            assert services.embedded.alive() and services.embedded.pid != children[0]
+            children.append(services.embedded.pid)
+            gateway.cache.client.flushall()  # prove it is recomputed, not served from the old server
+            assert np.array_equal(request_until_served(gateway, roi, timeout=30), expected)
+            assert gateway.status()["computed"] >= 8
+        finally:
+            gateway.close()
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in children)
