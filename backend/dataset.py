@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from backend.errors import DataError
+from backend.errors import DataError, RawDataMissing
 from backend.project import Project, RawDataInfo
 from backend.sources import DataSource, open_source, split_internal_path
 
@@ -27,10 +27,9 @@ def open_lane(project: Project, lane: int = 0, raw_data: str | None = None,
     spec = raw_data or resolve_raw_path(project, info)
     file_path, _ = split_internal_path(spec)
     if raw_data is None and os.pathsep not in spec and not os.path.exists(file_path):
-        raise DataError(
+        raise RawDataMissing(
             f"{project.path}: raw data of lane {lane} not found at {file_path} "
-            f"(recorded as '{info.file_path}'); pass --raw_data FILE to use another file"
-        )
+            f"(recorded as '{info.file_path}'); pass --raw_data FILE to use another file", file_path)
     source = open_source(spec, axes=input_axes)
     if input_axes is None and source.axes_guessed and info.axes:
         fitted = _fit_axes(info.axes, len(source.native_shape))

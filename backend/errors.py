@@ -11,3 +11,11 @@ class ProjectError(UserError):
 
 class DataError(UserError):
     """Image data that cannot be found, read or interpreted."""
+
+
+class RawDataMissing(DataError):
+    """A lane's raw data file is not where the project says; ``path`` is where it was looked for."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path

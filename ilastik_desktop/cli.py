@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--project", help="the ilastik project (same as the positional argument)")
     p.add_argument("--headless", action="store_true", help="export without a window, like ilastik --headless")
-    p.add_argument("--demo-project", metavar="DIR", help="write a small synthetic 3D demo project into DIR")
+    p.add_argument("--demo-project", metavar="DIR", help="write a small synthetic 3D demo project into DIR and open it")
+    p.add_argument("--screenshot", metavar="OUT.png",
+                   help="open the project, wait until the visible predictions are complete, save the window, exit")
+    p.add_argument("--window-size", default="1600x1000", metavar="WxH", help="window size (default 1600x1000)")
     g = p.add_argument_group("input")
     g.add_argument("--raw_data", metavar="FILE[/internal/path]",
                    help="use this image instead of the project's raw data (e.g. when the project was moved)")
@@ -77,6 +80,16 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
                            redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir)
 
 
+def _window_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+        if width < 200 or height < 200:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--window-size '{text}': expected WIDTHxHEIGHT, e.g. 1600x1000") from None
+    return width, height
+
+
 def _remote_worker(text: str) -> tuple[str, bytes | None]:
     endpoint, _, key = text.partition(",")
     if not endpoint.startswith("tcp://") and not endpoint.startswith("ipc://"):
@@ -117,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
 
             path = write_demo_project(args.demo_project)
             print(f"demo project written: {path}", file=sys.stderr)
-            if not args.headless:
-                return 0
             args.project = args.project or path
         if args.headless:
             from ilastik_desktop.headless import run_headless
 
             return run_headless(settings_from_args(args))
-        raise UserError("the desktop window is not part of this version yet; run with --headless to export")
+        from ilastik_desktop.app import run_gui
+
+        return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,
+                       _window_size(args.window_size))
     except UserError as exc:
         print(f"ilastik-desktop: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,49 @@
+"""An opened project lane: its project, raw data, pipeline and gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.dataset import open_lane
+from backend.gateway import Gateway
+from backend.pipeline import Pipeline, build_pipeline
+from backend.project import Project, ThresholdSettings, open_project
+from backend.sources import DataSource
+from ilastik_desktop.services import Services
+
+
+def viewer_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Blocks for browsing: flat enough that one slice costs little, big enough to amortise the halo."""
+    if spatial_shape[1] == 1:
+        return (1, 1, 256, 256)
+    return (1, 32, 128, 128)
+
+
+@dataclass
+class Document:
+    """Everything the window shows for one project lane."""
+
+    project: Project
+    source: DataSource
+    pipeline: Pipeline
+    gateway: Gateway
+    raw_data: str | None
+
+    @property
+    def threshold(self) -> ThresholdSettings:
+        """The project's thresholding parameters, or ilastik's defaults."""
+        return self.project.threshold or ThresholdSettings()
+
+    def close(self) -> None:
+        """Release the gateway's claims and threads."""
+        self.gateway.close()
+
+
+def open_document(path: str, services: Services, raw_data: str | None = None, lane: int = 0,
+                  input_axes: str | None = None) -> Document:
+    """Open a project lane for viewing (raises UserError subclasses with a clear message)."""
+    project = open_project(path)
+    source = open_lane(project, lane, raw_data, input_axes)
+    pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
+    gateway = services.gateway(source, pipeline, viewer_block_shape(source.spatial_shape))
+    return Document(project, source, pipeline, gateway, raw_data)

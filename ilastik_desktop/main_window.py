@@ -1,0 +1,252 @@
+"""The main window: open projects, browse them in orthogonal views, watch the workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from backend.errors import RawDataMissing, UserError
+from ilastik_desktop.document import Document, open_document
+from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
+from ilastik_desktop.services import Services
+from viewer.bridge import GuiBridge
+from viewer.loader import PlaneLoader
+from viewer.model import ViewerModel, default_layers
+from viewer.slice_view import SliceView
+
+log = logging.getLogger(__name__)
+RECENT_KEY, RAW_KEY = "recent", "raw_data/"
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """One window showing one project lane at a time."""
+
+    opened = QtCore.pyqtSignal(object)  # the Document, once it is on screen
+    failed = QtCore.pyqtSignal(str)
+
+    def __init__(self, services: Services, settings: QtCore.QSettings | None = None, interactive: bool = True):
+        super().__init__()
+        self.services, self.interactive = services, interactive
+        self.settings = settings or QtCore.QSettings("ilastik-desktop", "ilastik-desktop")
+        self.bridge = GuiBridge(self)
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-io")
+        self.document: Document | None = None
+        self.loader: PlaneLoader | None = None
+        self.model: ViewerModel | None = None
+        self.views: list[SliceView] = []
+        self.setWindowTitle("ilastik-desktop")
+        self.setAcceptDrops(True)
+        self._build_menu()
+        self._build_status()
+        self.setCentralWidget(self._placeholder())
+        self.tabs = QtWidgets.QTabWidget()
+        dock = QtWidgets.QDockWidget("Project", self)
+        dock.setObjectName("side")
+        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable)
+        dock.setWidget(self.tabs)
+        self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, dock)
+        self.status_timer = QtCore.QTimer(self, interval=500)
+        self.status_timer.timeout.connect(self._poll_status)
+        self.status_timer.start()
+
+    # -- building -------------------------------------------------------------------------------------
+    def _build_menu(self) -> None:
+        menu = self.menuBar().addMenu("&File")
+        menu.addAction("&Open project...", self.ask_open, QtGui.QKeySequence.Open)
+        self.recent_menu = menu.addMenu("Open &recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        menu.addSeparator()
+        menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
+
+    def _build_status(self) -> None:
+        self.workers_label, self.cache_label = QtWidgets.QLabel("workers: -"), QtWidgets.QLabel("cache: -")
+        self.pending = QtWidgets.QProgressBar(maximumWidth=180, textVisible=True)
+        self.pending.setFormat("%v blocks pending")
+        self.pending.setRange(0, 1)
+        for widget in (self.workers_label, self.cache_label, self.pending):
+            self.statusBar().addPermanentWidget(widget)
+
+    @staticmethod
+    def _placeholder() -> QtWidgets.QWidget:
+        label = QtWidgets.QLabel("Open an ilastik project (File > Open, or drop a .ilp file here)")
+        label.setAlignment(QtCore.Qt.AlignCenter)
+        label.setStyleSheet("color: #888; font-size: 15px;")
+        return label
+
+    # -- opening --------------------------------------------------------------------------------------
+    def ask_open(self) -> None:
+        """Ask for a project file and open it."""
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open ilastik project", "", "ilastik projects (*.ilp)")
+        if path:
+            self.open_project(path)
+
+    def open_project(self, path: str, raw_data: str | None = None) -> None:
+        """Open ``path`` in the background (the raw data override, or the one remembered for it)."""
+        path = os.path.abspath(path)
+        raw_data = raw_data or self.settings.value(RAW_KEY + path, None)
+        self.statusBar().showMessage(f"opening {path} ...")
+        self.io.submit(self._open_in_background, path, raw_data)
+
+    def _open_in_background(self, path: str, raw_data: str | None) -> None:
+        try:
+            document = open_document(path, self.services, raw_data)
+        except RawDataMissing as exc:
+            self.bridge.post(self._locate_raw, path, exc)
+            return
+        except UserError as exc:
+            self.bridge.post(self._fail, str(exc))
+            return
+        except Exception as exc:  # an unexpected failure is still a dialog, not a crash
+            log.exception("opening %s failed", path)
+            self.bridge.post(self._fail, f"{path}: {type(exc).__name__}: {exc}")
+            return
+        self.bridge.post(self._show, document)
+
+    def _locate_raw(self, path: str, error: RawDataMissing) -> None:
+        if not self.interactive:
+            self._fail(str(error))
+            return
+        QtWidgets.QMessageBox.information(self, "Raw data not found", f"{error}\n\nPlease locate the file.")
+        chosen, _ = QtWidgets.QFileDialog.getOpenFileName(self, f"Locate {os.path.basename(error.path)}",
+                                                          os.path.dirname(path))
+        if not chosen:
+            self._fail(str(error))
+            return
+        internal = error.path.split(".h5/", 1)[1] if ".h5/" in error.path else ""
+        raw = chosen + ("/" + internal if internal and chosen.endswith(".h5") else "")
+        self.settings.setValue(RAW_KEY + path, raw)
+        self.open_project(path, raw)
+
+    def _fail(self, message: str) -> None:
+        self.statusBar().showMessage("could not open the project", 5000)
+        self.failed.emit(message)
+        if self.interactive:
+            QtWidgets.QMessageBox.critical(self, "ilastik-desktop", message)
+
+    def _show(self, document: Document) -> None:
+        self._close_document()
+        self.document = document
+        source = document.source
+        self.model = ViewerModel(source.spatial_shape, source.channels,
+                                 default_layers(document.project.label_names, document.project.label_colors),
+                                 _contrast(source.dtype))
+        self.setCentralWidget(self._viewer_area())
+        self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self)
+        self.loader.progress.connect(self._show_pending)
+        self._fill_tabs(document)
+        self.model.position_changed.connect(lambda _axis: self._sync_crosshair())
+        self._sync_crosshair()
+        self._remember(document.project.path)
+        self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
+        self.statusBar().showMessage(f"opened {document.project.path}", 3000)
+        self.loader.refresh()
+        self.opened.emit(document)
+
+    def _viewer_area(self) -> QtWidgets.QWidget:
+        t, z, y, x = self.model.shape
+        planes = {"xy": (y, x), "xz": (z, x), "yz": (z, y)} if self.model.volumetric else {"xy": (y, x)}
+        self.views = [SliceView(plane, shape) for plane, shape in planes.items()]
+        area = QtWidgets.QWidget()
+        grid = QtWidgets.QGridLayout(area)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(2)
+        for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
+            grid.addWidget(view, *cell)
+            view.slice_step.connect(lambda d, a=view.normal_axis: self.loader.step(a, d))
+            view.pointed.connect(lambda r, c, v=view: self._point(v, r, c))
+        self.position_label = QtWidgets.QLabel()
+        self.position_label.setAlignment(QtCore.Qt.AlignCenter)
+        if self.model.volumetric:
+            grid.addWidget(self.position_label, 1, 1)
+        if t > 1:
+            self.time_slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=t - 1)
+            self.time_slider.valueChanged.connect(lambda v: self.model.move("t", v))
+            row = QtWidgets.QHBoxLayout()
+            row.addWidget(QtWidgets.QLabel("time"))
+            row.addWidget(self.time_slider)
+            grid.addLayout(row, 2, 0, 1, 2)
+        return area
+
+    def _fill_tabs(self, document: Document) -> None:
+        self.tabs.clear()
+        project = ProjectPanel()
+        project.show_document(document)
+        self.layers_panel = LayersPanel(self.model)
+        self.threshold_panel = ThresholdPanel(document.threshold, len(document.project.label_names))
+        self.threshold_panel.changed.connect(self.loader.set_threshold)
+        for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
+                              (self.threshold_panel, "Thresholding")):
+            self.tabs.addTab(widget, title)
+
+    def _point(self, view: SliceView, row: int, col: int) -> None:
+        self.model.move(view.rows_axis, row)
+        self.model.move(view.cols_axis, col)
+
+    def _sync_crosshair(self) -> None:
+        position = dict(zip("tzyx", self.model.position))
+        for view in self.views:
+            view.set_crosshair(position[view.rows_axis], position[view.cols_axis])
+        self.position_label.setText("t {t}   z {z}   y {y}   x {x}".format(**position))
+
+    # -- recent files and drops -------------------------------------------------------------------------
+    def _remember(self, path: str) -> None:
+        recent = [p for p in (self.settings.value(RECENT_KEY) or []) if p != path]
+        self.settings.setValue(RECENT_KEY, [path] + recent[:9])
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for path in self.settings.value(RECENT_KEY) or []:
+            self.recent_menu.addAction(path, lambda p=path: self.open_project(p))
+
+    def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802 - Qt's name
+        if any(url.toLocalFile().endswith(".ilp") for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QtGui.QDropEvent) -> None:  # noqa: N802 - Qt's name
+        for url in event.mimeData().urls():
+            if url.toLocalFile().endswith(".ilp"):
+                self.open_project(url.toLocalFile())
+                return
+
+    # -- status ---------------------------------------------------------------------------------------
+    def _poll_status(self) -> None:
+        if self.document is not None:
+            self.io.submit(lambda g=self.document.gateway: self.bridge.post(self._show_status, g.status()))
+
+    def _show_status(self, status: dict) -> None:
+        executor = status["executor"]
+        looked_up = status["hits"] + status["misses"]
+        rate = f"{100 * status['hits'] / looked_up:.0f} %" if looked_up else "-"
+        memory = status.get("cache_memory_mb")
+        self.workers_label.setText(f"workers: {len(executor['workers'])} ({executor['processes']} processes), "
+                                   f"queue {executor['queued']}")
+        self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
+
+    def _show_pending(self, count: int) -> None:
+        self.pending.setRange(0, max(count, self.pending.maximum() if count else 1))
+        self.pending.setValue(count)
+
+    def _close_document(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
+        if self.document is not None:
+            self.document.close()
+            self.document = None
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        self.status_timer.stop()
+        self.io.shutdown(wait=True, cancel_futures=True)
+        self._close_document()
+        super().closeEvent(event)
+
+
+def _contrast(dtype) -> tuple[float, float]:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return (float(max(info.min, 0)), float(min(info.max, 255 if info.bits == 8 else info.max)))
+    return (0.0, 1.0)

@@ -1,0 +1,170 @@
+"""The side panels: project summary, layers and display, thresholding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from backend.project import ThresholdSettings
+from ilastik_desktop.document import Document
+from viewer.model import ViewerModel
+
+
+def project_summary(document: Document) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Sections of (name, value) rows describing the project, its data, features and classifier."""
+    p, source = document.project, document.source
+    lanes = [(info.nickname or f"lane {i}", f"{info.location}: {info.file_path}") for i, info in enumerate(p.lanes)]
+    data = [("file", source.description), ("shape", " x ".join(map(str, source.native_shape))),
+            ("axes", source.axes), ("dtype", str(source.dtype)), ("channels", str(source.channels))]
+    selection = p.features
+    names = [f"{fid} ({', '.join(str(s) for s, on in zip(selection.scales, row) if on)})"
+             for fid, row in zip(selection.ids, selection.matrix) if any(row)]
+    features = [("selected", f"{selection.selected_count} ({document.pipeline.features.column_count} columns)")]
+    features += [("", name) for name in names]
+    classifier = p.classifier
+    forest = [("trees", str(classifier.tree_count)), ("forests", str(len(classifier.forests))),
+              ("features", str(classifier.feature_count))] if classifier else [("", "not trained")]
+    return [("Project", [("file", p.path), ("ilastik", p.version), ("workflow", p.workflow)]),
+            ("Lanes", lanes), ("Raw data", data), ("Features", features), ("Classifier", forest)]
+
+
+class ProjectPanel(QtWidgets.QTreeWidget):
+    """The project as a tree: lanes, data, label classes with colours, features, classifier."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setHeaderLabels(["", ""])
+        self.setHeaderHidden(True)
+        self.setColumnCount(2)
+        self.setRootIsDecorated(True)
+
+    def show_document(self, document: Document) -> None:
+        """Fill the tree for ``document``."""
+        self.clear()
+        for title, rows in project_summary(document):
+            self._section(title, rows)
+        labels = self._section("Label classes", [])
+        for name, color in zip(document.project.label_names, document.project.label_colors):
+            item = QtWidgets.QTreeWidgetItem(labels, [name, ""])
+            pixmap = QtGui.QPixmap(12, 12)
+            pixmap.fill(QtGui.QColor(*color))
+            item.setIcon(0, QtGui.QIcon(pixmap))
+        self.expandAll()
+        self.resizeColumnToContents(0)
+
+    def _section(self, title: str, rows) -> QtWidgets.QTreeWidgetItem:
+        section = QtWidgets.QTreeWidgetItem(self, [title])
+        font = section.font(0)
+        font.setBold(True)
+        section.setFont(0, font)
+        for key, value in rows:
+            item = QtWidgets.QTreeWidgetItem(section, [key, value])
+            item.setToolTip(1, value)
+        return section
+
+
+class LayersPanel(QtWidgets.QWidget):
+    """Visibility and opacity per layer, the live-update toggle, raw channel and contrast."""
+
+    def __init__(self, model: ViewerModel, parent=None):
+        super().__init__(parent)
+        self.model = model
+        grid = QtWidgets.QGridLayout(self)
+        grid.setContentsMargins(4, 4, 4, 4)
+        self.checks: dict[str, QtWidgets.QCheckBox] = {}
+        self.sliders: dict[str, QtWidgets.QSlider] = {}
+        for row, layer in enumerate(model.layers):
+            check = QtWidgets.QCheckBox(layer.name)
+            check.setChecked(layer.visible)
+            check.toggled.connect(lambda on, n=layer.name: model.set_layer(n, visible=on))
+            slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=100, value=int(layer.opacity * 100))
+            slider.setToolTip("opacity")
+            slider.valueChanged.connect(lambda v, n=layer.name: model.set_layer(n, opacity=v / 100))
+            grid.addWidget(check, row, 0)
+            grid.addWidget(slider, row, 1)
+            self.checks[layer.name], self.sliders[layer.name] = check, slider
+        row = len(model.layers)
+        self.live = QtWidgets.QCheckBox("Live update")
+        self.live.setChecked(model.live)
+        self.live.setToolTip("compute overlays as you browse (like ilastik's Live Update)")
+        self.live.toggled.connect(model.set_live)
+        grid.addWidget(self.live, row, 0, 1, 2)
+        self.channel = QtWidgets.QSpinBox(minimum=0, maximum=max(model.channels - 1, 0))
+        self.channel.valueChanged.connect(model.set_channel)
+        self.channel.setEnabled(model.channels > 1)
+        grid.addWidget(QtWidgets.QLabel("Raw channel"), row + 1, 0)
+        grid.addWidget(self.channel, row + 1, 1)
+        self.low = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=1e9, value=model.contrast[0])
+        self.high = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=1e9, value=model.contrast[1])
+        for box in (self.low, self.high):
+            box.valueChanged.connect(lambda _v: model.set_contrast(self.low.value(), self.high.value()))
+        grid.addWidget(QtWidgets.QLabel("Display range"), row + 2, 0)
+        pair = QtWidgets.QHBoxLayout()
+        pair.addWidget(self.low)
+        pair.addWidget(self.high)
+        grid.addLayout(pair, row + 2, 1)
+        grid.setRowStretch(row + 3, 1)
+
+
+class ThresholdPanel(QtWidgets.QWidget):
+    """ilastik's thresholding parameters; every change emits ``changed`` with the new settings."""
+
+    changed = QtCore.pyqtSignal(object)
+
+    def __init__(self, settings: ThresholdSettings, classes: int, parent=None):
+        super().__init__(parent)
+        form = QtWidgets.QFormLayout(self)
+        self.method = QtWidgets.QComboBox()
+        self.method.addItems(["Simple", "Hysteresis"])
+        self.channel = QtWidgets.QSpinBox(minimum=0, maximum=max(classes - 1, 0))
+        self.core = QtWidgets.QSpinBox(minimum=0, maximum=max(classes - 1, 0))
+        self.low = QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.high = QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.sigmas = [QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, decimals=1)
+                       for _ in range(3)]
+        self.min_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.max_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
+        sigmas = QtWidgets.QHBoxLayout()
+        for box in self.sigmas:
+            sigmas.addWidget(box)
+        for label, widget in (("Method", self.method), ("Channel", self.channel), ("Core channel", self.core),
+                              ("Threshold (low)", self.low), ("High", self.high), ("Size min", self.min_size),
+                              ("Size max", self.max_size)):
+            form.addRow(label, widget)
+        form.addRow("Smoothing z y x", sigmas)
+        self.set_settings(settings)
+        for widget in (self.method, self.channel, self.core, self.low, self.high, self.min_size, self.max_size,
+                       *self.sigmas):
+            signal = widget.currentIndexChanged if isinstance(widget, QtWidgets.QComboBox) else widget.valueChanged
+            signal.connect(lambda *_: self.changed.emit(self.settings()))
+
+    def set_settings(self, s: ThresholdSettings) -> None:
+        """Show ``s`` without emitting ``changed``."""
+        widgets = (self.method, self.channel, self.core, self.low, self.high, self.min_size, self.max_size,
+                   *self.sigmas)
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.method.setCurrentIndex(s.method)
+        self.channel.setValue(s.channel)
+        self.core.setValue(s.core_channel)
+        self.low.setValue(s.low)
+        self.high.setValue(s.high)
+        self.min_size.setValue(s.min_size)
+        self.max_size.setValue(s.max_size)
+        for box, sigma in zip(self.sigmas, s.sigmas):
+            box.setValue(sigma)
+        for widget in widgets:
+            widget.blockSignals(False)
+        self.high.setEnabled(s.method == 1)
+        self.core.setEnabled(s.method == 1)
+
+    def settings(self) -> ThresholdSettings:
+        """The parameters as shown."""
+        method = self.method.currentIndex()
+        self.high.setEnabled(method == 1)
+        self.core.setEnabled(method == 1)
+        return dataclasses.replace(
+            ThresholdSettings(), method=method, channel=self.channel.value(), core_channel=self.core.value(),
+            low=self.low.value(), high=self.high.value(), min_size=self.min_size.value(),
+            max_size=self.max_size.value(), sigmas=tuple(box.value() for box in self.sigmas))

@@ -1,0 +1,276 @@
+"""Fills the slice views from the gateway: visible tiles first, progressive painting, cancellation.
+
+Every gateway call runs on the loader's I/O threads; results come back through the GUI bridge. Each
+(view, kind) has a generation number: moving on bumps it, cancels the old request and makes any late
+block of it be ignored. Neighbouring slices in the direction of movement are prefetched at lower
+priority.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from PyQt5 import QtCore
+
+from backend.gateway import PREFETCH, RAW, VISIBLE, Gateway
+from backend.geometry import Roi
+from backend.objects import request_frame
+from backend.project import ThresholdSettings
+from viewer.bridge import GuiBridge
+from viewer.model import OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
+from viewer.painting import objects_rgba, probability_rgba, segmentation_rgba
+from viewer.slice_view import SliceView
+
+log = logging.getLogger(__name__)
+KIND_ORDER = {RAW: 0, PROBABILITIES: 1, SEGMENTATION: 2, OBJECTS: 3}
+
+
+class _Slot:
+    """The request currently feeding one (view, kind)."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.roi: Roi | None = None
+        self.request = None  # RegionRequest, or a Future for objects
+        self.values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
+        self.prefetch = None
+
+
+class PlaneLoader(QtCore.QObject):
+    """Keeps the views' layers filled; ``settled`` fires when everything visible is complete."""
+
+    settled = QtCore.pyqtSignal()
+    progress = QtCore.pyqtSignal(int)  # blocks still wanted by the visible views
+
+    def __init__(self, model: ViewerModel, gateway: Gateway, views: list[SliceView], bridge: GuiBridge,
+                 threshold: ThresholdSettings, parent=None):
+        super().__init__(parent)
+        self.model, self.gateway, self.views, self.bridge = model, gateway, views, bridge
+        self.threshold = threshold
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="viewer-io")
+        self.slots: dict[tuple[str, str], _Slot] = {}
+        self.direction = {"t": 1, "z": 1, "y": 1, "x": 1}
+        self._timer = QtCore.QTimer(self, singleShot=True, interval=15)
+        self._timer.timeout.connect(self.refresh)
+        model.position_changed.connect(self._moved)
+        model.layers_changed.connect(lambda _name: self.schedule())
+        model.display_changed.connect(self._display_changed)
+        for view in views:
+            view.range_changed.connect(self.schedule)
+
+    def schedule(self) -> None:
+        """Refresh soon (changes arriving together are handled once)."""
+        self._timer.start()
+
+    def set_threshold(self, settings: ThresholdSettings) -> None:
+        """Label objects with other parameters from now on."""
+        self.threshold = settings
+        for (_, kind), slot in self.slots.items():
+            if kind == OBJECTS:
+                slot.roi = None
+        self.schedule()
+
+    def close(self) -> None:
+        """Cancel everything and stop the I/O threads."""
+        self._timer.stop()
+        for slot in self.slots.values():
+            self._cancel(slot)
+        self.io.shutdown(wait=True, cancel_futures=True)
+
+    def pending_blocks(self) -> int:
+        """Blocks the visible views still wait for."""
+        count = 0
+        for slot in self.slots.values():
+            request = slot.request
+            if request is not None and hasattr(request, "pending") and not request.future.done():
+                count += len(request.pending)
+            elif isinstance(request, Future) and not request.done():
+                count += 1
+        return count
+
+    def is_settled(self) -> bool:
+        """True when every visible layer of every view is complete."""
+        return not self._timer.isActive() and all(self._done(slot) for slot in self.slots.values())
+
+    # -- reacting to the model -------------------------------------------------------------------------
+    def _moved(self, axis: str) -> None:
+        self.schedule()
+
+    def _display_changed(self) -> None:
+        for view in self.views:
+            view.set_levels(self.model.contrast)
+        for slot in [s for (_, kind), s in self.slots.items() if kind == RAW]:
+            slot.roi = None  # another channel
+        self.schedule()
+
+    def step(self, axis: str, delta: int) -> None:
+        """Move along ``axis`` and remember the direction for prefetching."""
+        if delta:
+            self.direction[axis] = 1 if delta > 0 else -1
+        self.model.step(axis, delta)
+
+    # -- requests --------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Request what each view shows now; recolour what is already there."""
+        visible = {layer.kind for layer in self.model.layers if layer.visible}
+        for view in self.views:
+            self._want(view, RAW, self._plane_roi(view, whole=True))
+            for kind in (PROBABILITIES, SEGMENTATION, OBJECTS):
+                if kind in visible and self.model.live:
+                    self._want(view, kind, self._plane_roi(view, whole=kind == OBJECTS))
+                self._recolour(view, kind)
+        self.progress.emit(self.pending_blocks())
+        self._check_settled()
+
+    def _plane_roi(self, view: SliceView, whole: bool) -> Roi:
+        start, stop = list(self.model.position), [p + 1 for p in self.model.position]
+        r0, r1, c0, c1 = (0, view.shape[0], 0, view.shape[1]) if whole else view.visible_rect()
+        rows, cols = "tzyx".index(view.rows_axis), "tzyx".index(view.cols_axis)
+        start[rows], stop[rows], start[cols], stop[cols] = r0, r1, c0, c1
+        return Roi(tuple(start), tuple(stop))
+
+    def _want(self, view: SliceView, kind: str, roi: Roi) -> None:
+        slot = self.slots.setdefault((view.plane, kind), _Slot())
+        normal = "tzyx".index(view.normal_axis)
+        same_plane = slot.roi is not None and slot.roi.start[normal] == roi.start[normal] \
+            and slot.roi.start[0] == roi.start[0]
+        if slot.roi is not None and slot.roi.contains(roi) and same_plane:
+            return
+        self._cancel(slot)
+        slot.generation += 1
+        if not same_plane or slot.values is None:
+            slot.values = None
+            if kind != RAW:
+                for name in self._layer_names(kind):
+                    view.clear_overlay(name)
+        slot.roi = roi
+        self.io.submit(self._start, view, kind, slot, slot.generation, roi)
+
+    def _start(self, view: SliceView, kind: str, slot: _Slot, generation: int, roi: Roi) -> None:
+        """On an I/O thread: ask the gateway."""
+        try:
+            if kind == OBJECTS:
+                handle = request_frame(self.gateway, roi.start[0], self.threshold, VISIBLE)
+                handle.add_done_callback(lambda f: self.bridge.post(self._objects_ready, view, slot, generation, f))
+            else:
+                handle = self.gateway.request(kind, roi, VISIBLE, lambda part, values: self.bridge.post(
+                    self._paint, view, kind, slot, generation, part, values.copy()))
+                handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
+                self._prefetch(view, kind, slot, roi)
+        except Exception as exc:  # the gateway refused (cache down, bad region): show it, do not crash
+            log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)
+            return
+        self.bridge.post(self._attach, slot, generation, handle)
+
+    def _prefetch(self, view: SliceView, kind: str, slot: _Slot, roi: Roi) -> None:
+        if kind == RAW:
+            return
+        axis = view.normal_axis
+        i = "tzyx".index(axis)
+        depth = self.gateway.config.block_shape[i]
+        target = roi.start[i] + self.direction[axis] * depth
+        if 0 <= target < self.model.shape[i]:
+            start, stop = list(roi.start), list(roi.stop)
+            start[i], stop[i] = target, target + 1
+            previous, slot.prefetch = slot.prefetch, self.gateway.request(kind, Roi(tuple(start), tuple(stop)),
+                                                                          PREFETCH)
+            if previous is not None:
+                previous.cancel()
+
+    def _attach(self, slot: _Slot, generation: int, handle) -> None:
+        if generation != slot.generation:
+            self.io.submit(_cancel_handle, handle)
+        else:
+            slot.request = handle
+            self._check_settled()
+
+    def _cancel(self, slot: _Slot) -> None:
+        for handle in (slot.request, slot.prefetch):
+            if handle is not None:
+                self.io.submit(_cancel_handle, handle)
+        slot.request = slot.prefetch = None
+
+    # -- painting (GUI thread) -------------------------------------------------------------------------
+    def _paint(self, view: SliceView, kind: str, slot: _Slot, generation: int, part: Roi, values) -> None:
+        if generation != slot.generation:
+            return
+        plane = _plane_of(values, view)
+        rows, cols = self._plane_slices(view, part)
+        if kind == RAW:
+            if slot.values is None or slot.values.shape[:2] != view.shape:
+                slot.values = np.zeros(view.shape, plane.dtype)
+            slot.values[rows, cols] = plane[..., self.model.channel]
+            view.set_raw(slot.values, self.model.contrast)
+            return
+        if slot.values is None:
+            slot.values = np.zeros(view.shape + (plane.shape[-1],), plane.dtype)
+        slot.values[rows, cols] = plane
+        self._recolour(view, kind, (rows, cols))
+
+    def _objects_ready(self, view: SliceView, slot: _Slot, generation: int, future: Future) -> None:
+        if generation != slot.generation or future.cancelled():
+            return
+        if future.exception() is not None:
+            log.warning("objects failed: %s", future.exception())
+            return
+        normal = "tzyx".index(view.normal_axis)
+        index = [slice(None)] * 5
+        index[normal] = slice(self.model.position[normal], self.model.position[normal] + 1)
+        slot.values = _plane_of(future.result()[tuple(index)], view)
+        self._recolour(view, OBJECTS)
+        self._check_settled()
+
+    def _finished(self, slot: _Slot, generation: int, future: Future) -> None:
+        if generation == slot.generation and not future.cancelled() and future.exception() is not None:
+            log.warning("blocks failed: %s", future.exception())
+        self.progress.emit(self.pending_blocks())
+        self._check_settled()
+
+    def _recolour(self, view: SliceView, kind: str, where=(slice(None), slice(None))) -> None:
+        slot = self.slots.get((view.plane, kind))
+        for layer in self.model.layers:
+            if layer.kind != kind or kind == RAW:
+                continue
+            buffer = view.overlay(layer.name, KIND_ORDER[kind] * 10 + layer.index)
+            view.show_overlay(layer.name, layer.visible)
+            if slot is None or slot.values is None or not layer.visible:
+                continue
+            values = slot.values[where]
+            if kind == PROBABILITIES:
+                buffer[where] = probability_rgba(values[..., layer.index], layer.color, layer.opacity)
+            elif kind == SEGMENTATION:
+                colors = [x.color for x in self.model.layers if x.kind == PROBABILITIES]
+                buffer[where] = segmentation_rgba(values[..., 0], colors, layer.opacity)
+            else:
+                buffer[where] = objects_rgba(values[..., 0], layer.opacity)
+            view.refresh(layer.name)
+
+    def _layer_names(self, kind: str) -> list[str]:
+        return [layer.name for layer in self.model.layers if layer.kind == kind]
+
+    @staticmethod
+    def _plane_slices(view: SliceView, part: Roi) -> tuple[slice, slice]:
+        rows, cols = "tzyx".index(view.rows_axis), "tzyx".index(view.cols_axis)
+        return slice(part.start[rows], part.stop[rows]), slice(part.start[cols], part.stop[cols])
+
+    def _done(self, slot: _Slot) -> bool:
+        request = slot.request
+        if request is None:
+            return slot.roi is None
+        future = request if isinstance(request, Future) else request.future
+        return future.done()
+
+    def _check_settled(self) -> None:
+        if self.is_settled():
+            self.settled.emit()
+
+
+def _plane_of(values: np.ndarray, view: SliceView) -> np.ndarray:
+    """``(t, z, y, x, c)`` values one voxel thick along the view's normal as ``(rows, cols, c)``."""
+    return values[0].take(0, axis="zyx".index(view.normal_axis))
+
+
+def _cancel_handle(handle) -> None:
+    handle.cancel()

@@ -1,0 +1,109 @@
+"""The viewer's state without Qt: position, raw channel and contrast, layers, live update.
+
+Widgets observe it through :class:`Event` callbacks and change it only through its methods, like
+napari's model layer; nothing here imports Qt, so it is tested and reasoned about on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+RAW, PROBABILITIES, SEGMENTATION, OBJECTS = "Raw", "Probabilities", "Simple Segmentation", "Objects"
+AXES = "tzyx"
+
+
+class Event:
+    """A list of callbacks called with the event's arguments."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable] = []
+
+    def connect(self, callback: Callable) -> None:
+        """Call ``callback`` on every emission."""
+        self._callbacks.append(callback)
+
+    def emit(self, *args) -> None:
+        """Call every callback."""
+        for callback in list(self._callbacks):
+            callback(*args)
+
+
+@dataclass
+class Layer:
+    """One displayed layer; ``index`` is the class of a probability layer."""
+
+    name: str
+    kind: str
+    index: int = 0
+    color: tuple[int, int, int] = (255, 255, 255)
+    visible: bool = True
+    opacity: float = 1.0
+
+
+class ViewerModel:
+    """What is shown: a point in ``(t, z, y, x)``, the raw channel and contrast, and the layers."""
+
+    def __init__(self, shape: tuple[int, int, int, int], channels: int, layers: list[Layer],
+                 contrast: tuple[float, float] = (0.0, 255.0)):
+        self.shape, self.channels, self.layers = shape, channels, layers
+        self.position = [0] + [n // 2 for n in shape[1:]]
+        self.channel = 0
+        self.contrast = contrast
+        self.live = True
+        self.position_changed, self.layers_changed, self.display_changed = Event(), Event(), Event()
+
+    @property
+    def volumetric(self) -> bool:
+        """True when the image has more than one z slice."""
+        return self.shape[1] > 1
+
+    def move(self, axis: str, value: int) -> None:
+        """Set one coordinate (clamped to the image)."""
+        i = AXES.index(axis)
+        value = min(max(int(value), 0), self.shape[i] - 1)
+        if value != self.position[i]:
+            self.position[i] = value
+            self.position_changed.emit(axis)
+
+    def step(self, axis: str, delta: int) -> None:
+        """Move ``delta`` slices along ``axis``."""
+        self.move(axis, self.position[AXES.index(axis)] + delta)
+
+    def set_layer(self, name: str, visible: bool | None = None, opacity: float | None = None) -> None:
+        """Show, hide or fade a layer."""
+        layer = self.layer(name)
+        if visible is not None:
+            layer.visible = visible
+        if opacity is not None:
+            layer.opacity = min(max(float(opacity), 0.0), 1.0)
+        self.layers_changed.emit(name)
+
+    def layer(self, name: str) -> Layer:
+        """The layer called ``name``."""
+        return next(layer for layer in self.layers if layer.name == name)
+
+    def set_channel(self, channel: int) -> None:
+        """Show another channel of the raw data."""
+        self.channel = min(max(int(channel), 0), self.channels - 1)
+        self.display_changed.emit()
+
+    def set_contrast(self, low: float, high: float) -> None:
+        """The raw display range."""
+        self.contrast = (float(low), float(max(high, low + 1e-6)))
+        self.display_changed.emit()
+
+    def set_live(self, live: bool) -> None:
+        """Compute overlays as the view moves (True) or only show what is cached."""
+        self.live = bool(live)
+        self.layers_changed.emit("live")
+
+
+def default_layers(label_names, colors) -> list[Layer]:
+    """Raw, one probability layer per class in the project's colours, segmentation and objects."""
+    layers = [Layer("Raw", RAW)]
+    layers += [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i]), True, 0.6)
+               for i, name in enumerate(label_names)]
+    layers += [Layer("Simple Segmentation", SEGMENTATION, visible=False, opacity=0.5),
+               Layer("Objects", OBJECTS, visible=False, opacity=0.6)]
+    return layers

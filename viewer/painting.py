@@ -1,0 +1,34 @@
+"""Colouring of layer values as RGBA images (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def probability_rgba(values: np.ndarray, color: tuple[int, int, int], opacity: float) -> np.ndarray:
+    """A class's probabilities ``(rows, cols)`` as its colour with alpha = probability x opacity."""
+    out = np.empty(values.shape + (4,), np.uint8)
+    out[..., :3] = color
+    out[..., 3] = np.clip(values * (255.0 * opacity), 0, 255).astype(np.uint8)
+    return out
+
+
+def segmentation_rgba(labels: np.ndarray, colors, opacity: float) -> np.ndarray:
+    """Labels 1..n in the classes' colours; 0 transparent."""
+    table = np.zeros((256, 4), np.uint8)
+    for i, color in enumerate(colors[:255]):
+        table[i + 1, :3] = color
+        table[i + 1, 3] = int(255 * opacity)
+    return table[labels.astype(np.uint8)]
+
+
+def objects_rgba(labels: np.ndarray, opacity: float) -> np.ndarray:
+    """Connected components in random but stable colours per label; background transparent."""
+    ids = labels.astype(np.uint64)
+    hashed = (ids * np.uint64(2654435761)) & np.uint64(0xFFFFFF)
+    out = np.empty(labels.shape + (4,), np.uint8)
+    out[..., 0] = 64 + (hashed & np.uint64(0x7F))
+    out[..., 1] = 64 + ((hashed >> np.uint64(8)) & np.uint64(0x7F))
+    out[..., 2] = 64 + ((hashed >> np.uint64(16)) & np.uint64(0x7F))
+    out[..., 3] = np.where(labels > 0, int(255 * opacity), 0)
+    return out

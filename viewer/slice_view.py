@@ -1,0 +1,119 @@
+"""One orthogonal slice view: raw image, overlay images and a crosshair, with ilastik's navigation.
+
+Wheel scrolls slices, Ctrl+wheel zooms, dragging pans, a click moves the crosshair, Up/Down and
+PageUp/PageDown step slices. The view paints what it is given; it never computes or reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt5 import QtCore, QtGui
+
+PLANES = {"xy": ("y", "x", "z"), "xz": ("z", "x", "y"), "yz": ("z", "y", "x")}  # rows, columns, normal
+
+
+class _ViewBox(pg.ViewBox):
+    """A ViewBox whose plain wheel steps slices (Ctrl+wheel zooms, as in ilastik)."""
+
+    def __init__(self, view: SliceView):
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self._view = view
+
+    def wheelEvent(self, ev, axis=None):  # noqa: N802 - Qt's name
+        if ev.modifiers() & QtCore.Qt.ControlModifier:
+            super().wheelEvent(ev, axis)
+        else:
+            self._view.slice_step.emit(1 if ev.delta() > 0 else -1)
+            ev.accept()
+
+    def mouseClickEvent(self, ev):  # noqa: N802 - Qt's name
+        if ev.button() == QtCore.Qt.LeftButton:
+            point = self.mapSceneToView(ev.scenePos())
+            self._view.pointed.emit(int(point.y()), int(point.x()))
+            ev.accept()
+        else:
+            super().mouseClickEvent(ev)
+
+
+class SliceView(pg.GraphicsView):
+    """Shows one plane (``xy``, ``xz`` or ``yz``) of the volume."""
+
+    slice_step = QtCore.pyqtSignal(int)
+    pointed = QtCore.pyqtSignal(int, int)  # row, column in image coordinates
+    range_changed = QtCore.pyqtSignal()
+
+    def __init__(self, plane: str, shape: tuple[int, int], parent=None):
+        super().__init__(parent, background="#202124")
+        self.plane, self.shape = plane, shape
+        self.rows_axis, self.cols_axis, self.normal_axis = PLANES[plane]
+        self.box = _ViewBox(self)
+        self.setCentralItem(self.box)
+        self.raw = pg.ImageItem(axisOrder="row-major")
+        self.box.addItem(self.raw)
+        self.overlays: dict[str, pg.ImageItem] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        pen = pg.mkPen((90, 200, 255, 160), width=1)
+        self.h_line = pg.InfiniteLine(angle=0, pen=pen, movable=False)
+        self.v_line = pg.InfiniteLine(angle=90, pen=pen, movable=False)
+        for line in (self.h_line, self.v_line):
+            line.setZValue(1000)
+            self.box.addItem(line)
+        self.title = pg.TextItem(plane, color=(200, 200, 200), anchor=(0, 0))
+        self.title.setParentItem(self.box)
+        self.box.setRange(xRange=(0, shape[1]), yRange=(0, shape[0]), padding=0.02)
+        self.box.sigRangeChanged.connect(lambda *_: self.range_changed.emit())
+        self.setFocusPolicy(QtCore.Qt.StrongFocus)
+
+    def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802 - Qt's name
+        steps = {QtCore.Qt.Key_Up: 1, QtCore.Qt.Key_Down: -1, QtCore.Qt.Key_PageUp: 10, QtCore.Qt.Key_PageDown: -10}
+        if ev.key() in steps:
+            self.slice_step.emit(steps[ev.key()])
+        else:
+            super().keyPressEvent(ev)
+
+    def visible_rect(self) -> tuple[int, int, int, int]:
+        """The image rows and columns currently on screen: (row0, row1, col0, col1), clipped."""
+        (x0, x1), (y0, y1) = self.box.viewRange()
+        rows, cols = self.shape
+        r0, r1 = max(0, int(np.floor(y0))), min(rows, int(np.ceil(y1)))
+        c0, c1 = max(0, int(np.floor(x0))), min(cols, int(np.ceil(x1)))
+        return (r0, max(r1, r0 + 1), c0, max(c1, c0 + 1)) if r0 < rows and c0 < cols else (0, rows, 0, cols)
+
+    def set_crosshair(self, row: int, col: int) -> None:
+        """Put the crosshair on a voxel's centre."""
+        self.h_line.setValue(row + 0.5)
+        self.v_line.setValue(col + 0.5)
+
+    def set_raw(self, plane: np.ndarray, levels: tuple[float, float]) -> None:
+        """The raw plane ``(rows, cols)``."""
+        self.raw.setImage(plane, levels=levels, autoLevels=False)
+
+    def set_levels(self, levels: tuple[float, float]) -> None:
+        """Change the raw display range."""
+        self.raw.setLevels(levels)
+
+    def overlay(self, name: str, order: int) -> np.ndarray:
+        """The RGBA buffer of overlay ``name`` (created transparent); paint into it, then :meth:`refresh`."""
+        if name not in self.overlays:
+            item = pg.ImageItem(axisOrder="row-major")
+            item.setZValue(10 + order)
+            self.box.addItem(item)
+            self.overlays[name] = item
+            self.buffers[name] = np.zeros(self.shape + (4,), np.uint8)
+        return self.buffers[name]
+
+    def clear_overlay(self, name: str) -> None:
+        """Make an overlay fully transparent."""
+        if name in self.buffers:
+            self.buffers[name][...] = 0
+            self.refresh(name)
+
+    def refresh(self, name: str) -> None:
+        """Show the current content of an overlay's buffer."""
+        self.overlays[name].setImage(self.buffers[name], autoLevels=False, levels=(0, 255))
+
+    def show_overlay(self, name: str, visible: bool) -> None:
+        """Show or hide an overlay."""
+        if name in self.overlays:
+            self.overlays[name].setVisible(visible)
