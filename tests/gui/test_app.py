@@ -1,0 +1,144 @@
+"""The desktop app offscreen (pytest-qt): real projects, real workers, overlays equal to the export."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from PyQt5 import QtCore, QtGui
+
+from ilastik_desktop.config import ComputeSettings
+from ilastik_desktop.main_window import MainWindow
+from ilastik_desktop.services import Services
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def services():
+    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5)) as running:
+        running.wait_for_workers(timeout=60)
+        yield running
+
+
+@pytest.fixture
+def window(qtbot, services, tmp_path):
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+    win = MainWindow(services, settings, interactive=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.close()
+
+
+def open_and_settle(qtbot, window, path, raw=None):
+    with qtbot.waitSignal(window.opened, timeout=60_000):
+        window.open_project(path, raw)
+    qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
+
+
+def shown(window, plane, kind="Probabilities"):
+    """The values the loader painted into a view, and the plane region they cover."""
+    slot = window.loader.slots[(plane, kind)]
+    view = next(v for v in window.views if v.plane == plane)
+    rows, cols = window.loader._plane_slices(view, slot.roi)
+    return slot.values[rows, cols], slot.roi
+
+
+def export(tmp_path, *args):
+    result = run_cli("--headless", "--no-progress", "--output_format", "npy", "--output_filename_format",
+                     str(tmp_path / "export"), "--workers", "1", *args)
+    assert result.returncode == 0, result.stderr
+    return np.load(tmp_path / "export.npy")
+
+
+def test_seed_project_overlay_equals_the_headless_export(qtbot, window, data_dir, tmp_path):
+    seed = os.path.join(data_dir, "seed")
+    raw = os.path.join(seed, "raw.h5/exported_data")
+    open_and_settle(qtbot, window, os.path.join(seed, "pc.ilp"), raw)
+    values, roi = shown(window, "xy")
+    expected = export(tmp_path, "--project", os.path.join(seed, "pc.ilp"), "--raw_data", raw)
+    expected = expected.reshape(window.model.shape[2:] + (2,))
+    assert np.array_equal(values, expected[roi.start[2]:roi.stop[2], roi.start[3]:roi.stop[3]])
+    assert [v.plane for v in window.views] == ["xy"]
+
+
+def test_3d_project_shows_three_views_and_equals_the_export(qtbot, window, data_dir, tmp_path):
+    api = os.path.join(data_dir, "ilastik-api")
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
+    assert [v.plane for v in window.views] == ["xy", "xz", "yz"]
+    expected = export(tmp_path, "--project", os.path.join(api, "PixelClass3D.ilp"))
+    z, y, x = window.model.position[1:]
+    assert np.array_equal(shown(window, "xy")[0], expected[z])
+    assert np.array_equal(shown(window, "xz")[0], expected[:, y])
+    assert np.array_equal(shown(window, "yz")[0], expected[:, :, x])
+    window.loader.step("z", 5)  # scrolling moves the plane and refills it
+    qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
+    assert np.array_equal(shown(window, "xy")[0], expected[z + 5])
+
+
+def test_time_series_follows_the_time_slider(qtbot, window, data_dir):
+    series = os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp")
+    open_and_settle(qtbot, window, series)
+    first = shown(window, "xy")[0].copy()
+    window.time_slider.setValue(5)
+    qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
+    later, roi = shown(window, "xy")
+    assert roi.start[0] == 5 and later.std() > 0.01 and not np.array_equal(first, later)
+
+
+def test_threshold_panel_changes_the_objects(qtbot, window, data_dir):
+    api = os.path.join(data_dir, "ilastik-api")
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
+    window.model.set_layer("Objects", visible=True)
+    qtbot.waitUntil(lambda: ("xy", "Objects") in window.loader.slots and window.loader.is_settled(),
+                    timeout=60_000)
+    before = shown(window, "xy", "Objects")[0].copy()
+    panel = window.threshold_panel
+    panel.channel.setValue(1)
+    panel.low.setValue(0.3 if panel.low.value() > 0.4 else 0.7)
+    qtbot.waitUntil(lambda: window.loader.is_settled() and not np.array_equal(
+        shown(window, "xy", "Objects")[0], before), timeout=60_000)
+    assert shown(window, "xy", "Objects")[0].max() >= 1
+
+
+def test_event_loop_never_stalls_while_workers_compute(qtbot, window, data_dir):
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QtCore.QTimer(interval=10)
+    timer.timeout.connect(tick)
+    timer.start()
+    api = os.path.join(data_dir, "ilastik-api")
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
+    for _ in range(6):  # browse while blocks compute
+        window.loader.step("z", 7)
+        qtbot.wait(50)
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    timer.stop()
+    assert len(gaps) > 20
+    assert max(gaps[1:]) < 0.1, f"longest event-loop stall {max(gaps[1:]) * 1000:.0f} ms"
+
+
+def test_missing_raw_data_is_reported_not_raised(qtbot, window, data_dir):
+    messages = []
+    window.failed.connect(messages.append)
+    window.open_project(os.path.join(data_dir, "seed", "pc.ilp"))  # its raw path does not exist here
+    qtbot.waitUntil(lambda: bool(messages), timeout=30_000)
+    assert "not found" in messages[0]
+
+
+def test_screenshot_command(data_dir, tmp_path):
+    seed = os.path.join(data_dir, "seed")
+    out = tmp_path / "shot.png"
+    result = run_cli("--screenshot", str(out), "--raw_data", os.path.join(seed, "raw.h5/exported_data"),
+                     os.path.join(seed, "pc.ilp"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    image = QtGui.QImage(str(out))
+    assert (image.width(), image.height()) == (1600, 1000)
