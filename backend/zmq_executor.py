@@ -71,6 +71,7 @@ class ZmqExecutor:
         self.heartbeat_s, self.liveness, self.max_attempts = heartbeat_s, liveness, max_attempts
         self.authenticator = Authenticator(self.context, identity) if identity else None
         self._sockets: dict[int, zmq.Socket] = {}
+        self._socket_numbers = itertools.count()
         self._outbound: dict[int, tuple[str, bytes]] = {}  # socket number -> (worker endpoint, routing id)
         self._commands: queue.Queue = queue.Queue()
         self._pipelines: dict[str, tuple[dict, list]] = {}
@@ -104,6 +105,19 @@ class ZmqExecutor:
             raise ValueError("an encrypted connection needs a key pair (identity)")
         self._call(lambda: self._connect(endpoint, server_key)).result(10)
 
+    def disconnect(self, endpoint: str) -> None:
+        """Stop using a worker we connected to (its unfinished tasks go to the others)."""
+        self._call(lambda: self._disconnect(endpoint)).result(10)
+
+    def _disconnect(self, endpoint: str) -> None:
+        for number in [n for n, (e, _) in self._outbound.items() if e == endpoint]:
+            with self._lock:
+                for route in [r for r in self._workers if r[0] == number]:
+                    self._send(route, encode("DISCONNECT"))
+                    self._drop(route, "disconnected by the user")
+            del self._outbound[number]
+            self._sockets.pop(number).close(linger=0)
+
     def _call(self, function: Callable) -> Future:
         future: Future = Future()
         self._commands.put((function, future))
@@ -132,7 +146,7 @@ class ZmqExecutor:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self._sockets[len(self._sockets)] = sock
+        self._sockets[next(self._socket_numbers)] = sock
         return sock
 
     def _number(self, sock: zmq.Socket) -> int:
@@ -248,8 +262,11 @@ class ZmqExecutor:
         self._shutdown()
 
     def _send(self, route: tuple[int, bytes], frames: list) -> None:
+        sock = self._sockets.get(route[0])
+        if sock is None:
+            return
         try:
-            self._sockets[route[0]].send_multipart([route[1], *frames], zmq.NOBLOCK)
+            sock.send_multipart([route[1], *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("could not send to a worker: %s", exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 
 from ilastik_desktop.config import ComputeSettings
@@ -21,7 +22,7 @@ def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings,
     app.setApplicationName("ilastik-desktop")
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    with Services(compute) as services:
+    with Services(dataclasses.replace(compute, enable_remote=True)) as services:
         window = MainWindow(services, interactive=screenshot is None)
         window.resize(*size)
         window.show()

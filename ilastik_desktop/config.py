@@ -27,6 +27,7 @@ class ComputeSettings:
     config_dir: str | None = None
     heartbeat_s: float = 1.0
     worker_timeout_s: float = 60.0  # how long to wait for the first workers
+    enable_remote: bool = False  # load our key pair at start so remote workers can be added later
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
 from ilastik_desktop.services import Services
+from ilastik_desktop.workers_ui import WorkersPanel
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
 from viewer.model import ViewerModel, default_layers
@@ -44,6 +45,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self._build_status()
         self.setCentralWidget(self._placeholder())
         self.tabs = QtWidgets.QTabWidget()
+        self.workers_panel = WorkersPanel(services, self.bridge)
+        self.tabs.addTab(self.workers_panel, "Workers")
         dock = QtWidgets.QDockWidget("Project", self)
         dock.setObjectName("side")
         dock.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable)
@@ -179,7 +182,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.threshold_panel = ThresholdPanel(document.threshold, len(document.project.label_names))
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
-                              (self.threshold_panel, "Thresholding")):
+                              (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(widget, title)
 
     def _point(self, view: SliceView, row: int, col: int) -> None:
@@ -214,6 +217,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     # -- status ---------------------------------------------------------------------------------------
     def _poll_status(self) -> None:
+        self.workers_panel.show_status(self.services.executor.status())
         if self.document is not None:
             self.io.submit(lambda g=self.document.gateway: self.bridge.post(self._show_status, g.status()))
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from urllib.parse import urlsplit
 
 import redis
 
@@ -26,6 +28,18 @@ from backend.security import CurveIdentity, KeyStore
 from backend.sources import DataSource
 from backend.zmq_executor import ZmqExecutor
 from ilastik_desktop.config import ComputeSettings
+
+
+def _probe(endpoint: str) -> None:
+    """UserError if nothing accepts TCP connections at ``endpoint``."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return
+    try:
+        port = parts.port
+        socket.create_connection((parts.hostname, port), timeout=3).close()
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{endpoint} is unreachable ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 class LocalWorkers:
@@ -93,7 +107,7 @@ class Services:
 
     def _identity(self) -> CurveIdentity | None:
         remote_keys = [key for _, key in self.settings.connect if key is not None]
-        if not (self.settings.listen or remote_keys):
+        if not (self.settings.listen or remote_keys or self.settings.enable_remote):
             return None
         store = KeyStore(self.settings.config_dir)
         public, secret = store.keypair("gateway")
@@ -120,6 +134,57 @@ class Services:
         where = f"local workers (log: {self.local.log_path})" if self.local else "remote workers"
         raise UserError(f"no {where} registered within {timeout:.0f} s; check that they run and can reach "
                         f"{self.listen_address or self.executor.address}")
+
+    # -- changing the workers while running ------------------------------------------------------------
+    def set_local_workers(self, processes: int) -> None:
+        """Run ``processes`` local compute processes (0 = none); their unfinished blocks go to the others."""
+        if self.local is not None:
+            self.local.stop()
+            self.local = None
+        if processes > 0:
+            self.local = LocalWorkers(self.executor.address, processes, self.folder, self.settings.heartbeat_s)
+
+    def add_remote_worker(self, endpoint: str, key: bytes | None, timeout: float = 8.0) -> dict:
+        """Connect to a listening worker and wait until it registers; UserError says why it did not."""
+        _probe(endpoint)
+        refused = len(self.executor.status()["refused"])
+        self._endpoint(lambda: self.executor.connect(endpoint, key), endpoint)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.executor.status()
+            found = [w for w in status["workers"] if w["endpoint"] == endpoint]
+            if found:
+                return found[0]
+            mismatch = [r for r in status["refused"][refused:] if "protocol version" in r]
+            if mismatch:
+                self.executor.disconnect(endpoint)
+                raise UserError(f"{endpoint}: version mismatch, {mismatch[0]}; install the same ilastik-desktop "
+                                "version on both machines")
+            time.sleep(0.05)
+        self.executor.disconnect(endpoint)
+        ours = self.identity.public.decode() if self.identity else "(none)"
+        raise UserError(f"{endpoint} answers but did not accept us within {timeout:.0f} s: check the worker's key "
+                        f"(ilastik-worker --print-key) and that it was started with --gateway-key '{ours}'")
+
+    def remove_remote_worker(self, endpoint: str) -> None:
+        """Stop using a worker added with :meth:`add_remote_worker`."""
+        self.executor.disconnect(endpoint)
+
+    def accept_workers(self, endpoint: str = "tcp://*:0") -> str:
+        """Listen for remote workers (CurveZMQ); returns the address they should connect to."""
+        if self.listen_address is None:
+            self.listen_address = self._endpoint(lambda: self.executor.listen(endpoint), endpoint)
+        return self.listen_address
+
+    def allow_worker(self, key: bytes) -> None:
+        """Accept remote workers with this public key from now on."""
+        self.identity.allow(key)
+
+    def worker_command(self) -> str:
+        """The command to run on a remote machine so its worker connects to us."""
+        port = self.accept_workers().rsplit(":", 1)[1]
+        return (f"ilastik-worker --connect tcp://{socket.getfqdn()}:{port} "
+                f"--gateway-key '{self.identity.public.decode()}'")
 
     def gateway(self, source: DataSource, pipeline: Pipeline, block_shape: tuple[int, int, int, int]) -> Gateway:
         """A gateway for one image on these services (close it before the services)."""

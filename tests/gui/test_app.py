@@ -16,8 +16,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def services():
-    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5)) as running:
+def services(tmp_path_factory):
+    config = str(tmp_path_factory.mktemp("config"))
+    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5, enable_remote=True,
+                                  config_dir=config)) as running:
         running.wait_for_workers(timeout=60)
         yield running
 
@@ -142,3 +144,33 @@ def test_screenshot_command(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     image = QtGui.QImage(str(out))
     assert (image.width(), image.height()) == (1600, 1000)
+
+
+def test_connect_dialog_adds_a_listening_worker_and_reports_a_wrong_key(qtbot, window, services, tmp_path):
+    from tests.integration.test_curve import worker_key
+    from tests.integration.test_zmq import free_port
+    from tests.integration.workers import kill_worker, start_worker
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = start_worker("--listen", endpoint, "--gateway-key", services.identity.public.decode(), "--config-dir",
+                        str(tmp_path / "worker"))
+    try:
+        dialog = window.workers_panel.open_dialog()
+        dialog.endpoint.setText(endpoint)
+        dialog.key.setText(worker_key(tmp_path / "stranger").decode())  # not this worker's key
+        with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as wrong:
+            dialog.connect_button.click()
+        assert wrong.args[0] is False and "did not accept us" in wrong.args[1]
+        dialog.key.setText(worker_key(tmp_path / "worker").decode())
+        with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as right:
+            dialog.connect_button.click()
+        assert right.args[0] is True, right.args[1]
+        qtbot.waitUntil(lambda: any(window.workers_panel.table.item(r, 1).text() == endpoint
+                                    for r in range(window.workers_panel.table.rowCount())), timeout=5_000)
+        services.remove_remote_worker(endpoint)
+        dialog.endpoint.setText("tcp://127.0.0.1:1")
+        with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as unreachable:
+            dialog.connect_button.click()
+        assert "unreachable" in unreachable.args[1]
+    finally:
+        kill_worker(proc)

@@ -1,0 +1,160 @@
+"""The workers panel and the connect-to-remote-workers dialog."""
+
+from __future__ import annotations
+
+import threading
+
+from PyQt5 import QtCore, QtWidgets
+
+from backend.errors import UserError
+from backend.security import check_key
+from ilastik_desktop.services import Services
+from viewer.bridge import GuiBridge
+
+COLUMNS = ("host", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")
+HEADERS = ("Host", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done", "Blocks/s")
+
+
+def in_background(bridge: GuiBridge, work, done) -> None:
+    """Run ``work()`` on a short-lived thread; ``done(result, error)`` runs on the GUI thread."""
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except UserError as exc:
+            result, error = None, str(exc)
+        except Exception as exc:  # shown in the dialog rather than lost
+            result, error = None, f"{type(exc).__name__}: {exc}"
+        bridge.post(done, result, error)
+
+    threading.Thread(target=run, name="workers-ui", daemon=True).start()
+
+
+class WorkersPanel(QtWidgets.QWidget):
+    """Every worker with its state and speed; local worker count; the connect dialog."""
+
+    def __init__(self, services: Services, bridge: GuiBridge, parent=None):
+        super().__init__(parent)
+        self.services, self.bridge = services, bridge
+        layout = QtWidgets.QVBoxLayout(self)
+        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(HEADERS)
+        self.table.verticalHeader().hide()
+        self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        layout.addWidget(self.table)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("Local processes"))
+        current = services.local.processes if services.local else 0
+        self.local_count = QtWidgets.QSpinBox(minimum=0, maximum=256, value=current)
+        row.addWidget(self.local_count)
+        self.apply_local = QtWidgets.QPushButton("Apply")
+        self.apply_local.clicked.connect(self._apply_local)
+        row.addWidget(self.apply_local)
+        row.addStretch(1)
+        layout.addLayout(row)
+        self.connect_button = QtWidgets.QPushButton("Connect to remote workers...")
+        self.connect_button.clicked.connect(self.open_dialog)
+        layout.addWidget(self.connect_button)
+        self.dialog: ConnectDialog | None = None
+
+    def show_status(self, executor_status: dict) -> None:
+        """Fill the table from the executor's status."""
+        workers = executor_status["workers"]
+        self.table.setRowCount(len(workers))
+        for r, worker in enumerate(workers):
+            for c, key in enumerate(COLUMNS):
+                self.table.setItem(r, c, QtWidgets.QTableWidgetItem(str(worker.get(key, ""))))
+
+    def _apply_local(self) -> None:
+        count = self.local_count.value()
+        self.apply_local.setEnabled(False)
+        in_background(self.bridge, lambda: self.services.set_local_workers(count),
+                      lambda _r, _e: self.apply_local.setEnabled(True))
+
+    def open_dialog(self) -> ConnectDialog:
+        """Show the connect dialog (non-modal)."""
+        if self.dialog is None:
+            self.dialog = ConnectDialog(self.services, self.bridge, self)
+        self.dialog.show()
+        return self.dialog
+
+
+class ConnectDialog(QtWidgets.QDialog):
+    """Add a listening worker by endpoint and key, or let workers connect to this computer."""
+
+    finished_check = QtCore.pyqtSignal(bool, str)  # connected?, message
+
+    def __init__(self, services: Services, bridge: GuiBridge, parent=None):
+        super().__init__(parent)
+        self.services, self.bridge = services, bridge
+        self.setWindowTitle("Connect to remote workers")
+        layout = QtWidgets.QVBoxLayout(self)
+        add = QtWidgets.QGroupBox("Use a worker started with 'ilastik-worker --listen tcp://*:PORT'")
+        form = QtWidgets.QFormLayout(add)
+        self.endpoint = QtWidgets.QLineEdit(placeholderText="tcp://host:port")
+        self.key = QtWidgets.QLineEdit(placeholderText="the worker's key (ilastik-worker --print-key)")
+        self.connect_button = QtWidgets.QPushButton("Connect and test")
+        self.connect_button.clicked.connect(self.connect_worker)
+        self.result = QtWidgets.QLabel(wordWrap=True, textInteractionFlags=QtCore.Qt.TextSelectableByMouse)
+        form.addRow("Endpoint", self.endpoint)
+        form.addRow("Public key", self.key)
+        form.addRow(self.connect_button, self.result)
+        layout.addWidget(add)
+        accept = QtWidgets.QGroupBox("Let workers connect to this computer")
+        form = QtWidgets.QFormLayout(accept)
+        self.command = QtWidgets.QLineEdit(readOnly=True)
+        self.own_key = QtWidgets.QLineEdit(readOnly=True)
+        listen = QtWidgets.QPushButton("Start accepting workers")
+        listen.clicked.connect(self.start_listening)
+        self.allow_key = QtWidgets.QLineEdit(placeholderText="a worker's key (ilastik-worker --print-key)")
+        allow = QtWidgets.QPushButton("Allow")
+        allow.clicked.connect(self.allow_worker)
+        form.addRow(listen)
+        form.addRow("This app's key", self.own_key)
+        form.addRow("Run on the worker", self.command)
+        form.addRow(self.allow_key, allow)
+        layout.addWidget(accept)
+        if services.identity is not None:
+            self.own_key.setText(services.identity.public.decode())
+
+    def connect_worker(self) -> None:
+        """Connect to the endpoint with the key and report what happened."""
+        endpoint, text = self.endpoint.text().strip(), self.key.text().strip()
+        try:
+            key = check_key(text, "worker key") if text else None
+            if not endpoint.startswith("tcp://"):
+                raise UserError(f"'{endpoint}' is not an endpoint like tcp://host:5556")
+        except UserError as exc:
+            self._report(None, str(exc))
+            return
+        self.connect_button.setEnabled(False)
+        self.result.setText(f"connecting to {endpoint} ...")
+        in_background(self.bridge, lambda: self.services.add_remote_worker(endpoint, key), self._report)
+
+    def _report(self, worker: dict | None, error: str | None) -> None:
+        self.connect_button.setEnabled(True)
+        if error is None:
+            message = f"connected: {worker['host']} with {worker['processes']} processes"
+            self.result.setStyleSheet("color: #1a7f37;")
+        else:
+            message = error
+            self.result.setStyleSheet("color: #c62828;")
+        self.result.setText(message)
+        self.finished_check.emit(error is None, message)
+
+    def start_listening(self) -> None:
+        """Listen for workers and show the command to run on them."""
+        try:
+            self.command.setText(self.services.worker_command())
+        except UserError as exc:
+            self.command.setText(str(exc))
+
+    def allow_worker(self) -> None:
+        """Accept workers with the given key."""
+        try:
+            self.services.allow_worker(check_key(self.allow_key.text(), "worker key"))
+            self.allow_key.clear()
+            self.allow_key.setPlaceholderText("allowed; add another key")
+        except UserError as exc:
+            self.allow_key.setPlaceholderText(str(exc))
+            self.allow_key.clear()
