@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -67,8 +68,18 @@ def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind:
     return path if path.lower().endswith((ext, ".hdf5", ".tiff")) else path + ext
 
 
-def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int = 8) -> ExportResult:
-    """Compute ``options.kind`` over the region through the gateway and write it; returns where and how long."""
+class ExportCancelled(Exception):
+    """The export was stopped before it finished; its partial output was removed."""
+
+
+def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int = 8,
+               on_progress: Callable[[int, int], None] | None = None,
+               cancel: threading.Event | None = None) -> ExportResult:
+    """Compute ``options.kind`` over the region through the gateway and write it; returns where and how long.
+
+    ``on_progress(done, total)`` is called after each written piece; setting ``cancel`` stops the
+    export with :class:`ExportCancelled` and removes the partial output.
+    """
     if options.kind not in EXPORT_SOURCES:
         raise UserError(f"unknown export source '{options.kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
     source, pipeline = gateway.source, gateway.pipeline
@@ -88,7 +99,7 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     bar = tqdm(total=len(pieces), unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
                disable=not options.progress, dynamic_ncols=True)
     try:
-        _stream(gateway, options, pieces, writer, bar, max_in_flight)
+        _stream(gateway, options, pieces, writer, _Progress(bar, len(pieces), on_progress, cancel), max_in_flight)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -116,23 +127,43 @@ def _request(gateway: Gateway, options: ExportOptions, roi: Roi) -> tuple[Future
     return cropped, lambda: None
 
 
+class _Progress:
+    """The progress bar, the caller's callback and the cancel flag, updated together."""
+
+    def __init__(self, bar, total: int, callback, cancel: threading.Event | None):
+        self.bar, self.total, self.callback, self.cancel, self.done = bar, total, callback, cancel, 0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        self.bar.update(count)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ExportCancelled("the export was cancelled")
+
+
 def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
     pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
     try:
         for roi in pieces:
+            bar.check()
             while len(pending) >= max_in_flight:
                 _drain(pending, writer, bar)
+                bar.check()
             future, cancel = _request(gateway, options, roi)
             pending[future] = (roi, cancel)
         while pending:
             _drain(pending, writer, bar)
+            bar.check()
     finally:
         for _, cancel in pending.values():
             cancel()
 
 
 def _drain(pending: dict, writer: BlockWriter, bar) -> None:
-    done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+    done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
     for future in done:
         roi, _ = pending.pop(future)
         writer.write(roi, future.result())

@@ -11,6 +11,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
+from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
 from ilastik_desktop.services import Services
 from ilastik_desktop.workers_ui import WorkersPanel
@@ -62,6 +63,8 @@ class MainWindow(QtWidgets.QMainWindow):
         menu.addAction("&Open project...", self.ask_open, QtGui.QKeySequence.Open)
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.export_action = menu.addAction("&Export...", self.open_export)
+        self.export_action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
 
@@ -146,6 +149,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self._remember(document.project.path)
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
         self.statusBar().showMessage(f"opened {document.project.path}", 3000)
+        self.export_action.setEnabled(True)
         self.loader.refresh()
         self.opened.emit(document)
 
@@ -184,6 +188,12 @@ class MainWindow(QtWidgets.QMainWindow):
         for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(widget, title)
+
+    def open_export(self) -> ExportDialog:
+        """Show the export dialog for the open project, with the thresholding panel's settings."""
+        dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self)
+        dialog.show()
+        return dialog
 
     def _point(self, view: SliceView, row: int, col: int) -> None:
         self.model.move(view.rows_axis, row)

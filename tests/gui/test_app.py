@@ -174,3 +174,25 @@ def test_connect_dialog_adds_a_listening_worker_and_reports_a_wrong_key(qtbot, w
         assert "unreachable" in unreachable.args[1]
     finally:
         kill_worker(proc)
+
+
+def test_export_dialog_writes_what_the_view_shows_and_can_cancel(qtbot, window, data_dir, tmp_path):
+    api = os.path.join(data_dir, "ilastik-api")
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
+    dialog = window.open_export()
+    dialog.format.setCurrentText("npy")
+    dialog.path.setText(str(tmp_path / "from_dialog"))
+    with qtbot.waitSignal(dialog.export_done, timeout=120_000) as finished:
+        dialog.start.click()
+    assert finished.args[0].endswith("from_dialog.npy"), finished.args[1]
+    exported = np.load(finished.args[0])
+    assert np.array_equal(exported[window.model.position[1]], shown(window, "xy")[0])
+    assert dialog.progress.value() == dialog.progress.maximum() > 0
+    dialog.source.setCurrentText("Features")
+    dialog.path.setText(str(tmp_path / "cancelled"))
+    with qtbot.waitSignal(dialog.export_done, timeout=120_000) as stopped:
+        dialog.start.click()
+        dialog.stop.click()
+    assert stopped.args[0] == "" and "cancelled" in stopped.args[1]
+    assert not any(name.startswith("cancelled") for name in os.listdir(tmp_path))
+    dialog.close()

@@ -1,0 +1,109 @@
+"""The export dialog: the headless export through the window's gateway, with progress and cancel."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from PyQt5 import QtCore, QtWidgets
+
+from backend.errors import UserError
+from backend.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
+from backend.project import ThresholdSettings
+from backend.writers import FORMATS
+from ilastik_desktop.document import Document
+from viewer.bridge import GuiBridge
+
+
+class ExportDialog(QtWidgets.QDialog):
+    """Choose what and where; ``export_done`` reports the written path or why nothing was written."""
+
+    export_done = QtCore.pyqtSignal(str, str)  # path ("" if none), message
+
+    def __init__(self, document: Document, threshold: ThresholdSettings, bridge: GuiBridge, parent=None):
+        super().__init__(parent)
+        self.document, self.threshold, self.bridge = document, threshold, bridge
+        self.cancel_event: threading.Event | None = None
+        self.thread: threading.Thread | None = None
+        self.setWindowTitle("Export")
+        form = QtWidgets.QFormLayout(self)
+        self.source = QtWidgets.QComboBox()
+        self.source.addItems(EXPORT_SOURCES)
+        self.format = QtWidgets.QComboBox()
+        self.format.addItems(list(FORMATS))
+        nickname = document.project.lanes[0].nickname or "export"
+        folder = os.path.dirname(os.path.abspath(document.project.path))
+        self.path = QtWidgets.QLineEdit(os.path.join(folder, f"{nickname}_{{result_type}}"))
+        browse = QtWidgets.QPushButton("...")
+        browse.clicked.connect(self._browse)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(self.path)
+        row.addWidget(browse)
+        self.progress = QtWidgets.QProgressBar()
+        self.message = QtWidgets.QLabel(wordWrap=True)
+        self.start = QtWidgets.QPushButton("Export")
+        self.start.clicked.connect(self.start_export)
+        self.stop = QtWidgets.QPushButton("Cancel", enabled=False)
+        self.stop.clicked.connect(self.cancel_export)
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.addWidget(self.start)
+        buttons.addWidget(self.stop)
+        form.addRow("Source", self.source)
+        form.addRow("Format", self.format)
+        form.addRow("File", row)
+        form.addRow(self.progress)
+        form.addRow(self.message)
+        form.addRow(buttons)
+
+    def _browse(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Export to", self.path.text())
+        if path:
+            self.path.setText(path)
+
+    def start_export(self) -> None:
+        """Start exporting in the background."""
+        options = ExportOptions(kind=self.source.currentText(), fmt=self.format.currentText(),
+                                filename_pattern=self.path.text(), progress=False, threshold=self.threshold)
+        self.cancel_event = threading.Event()
+        self.start.setEnabled(False)
+        self.stop.setEnabled(True)
+        self.progress.setValue(0)
+        self.message.setText("exporting ...")
+        self.thread = threading.Thread(target=self._run, args=(options, self.cancel_event), name="export",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, options: ExportOptions, cancel: threading.Event) -> None:
+        nickname = self.document.project.lanes[0].nickname or "export"
+        try:
+            result = run_export(self.document.gateway, nickname, options,
+                                on_progress=lambda d, t: self.bridge.post(self._progress, d, t), cancel=cancel)
+            outcome = (result.path, f"wrote {result.path} ({result.blocks} pieces, {result.seconds:.1f} s)")
+        except ExportCancelled:
+            outcome = ("", "cancelled; nothing was written")
+        except UserError as exc:
+            outcome = ("", str(exc))
+        except Exception as exc:  # reported in the dialog
+            outcome = ("", f"{type(exc).__name__}: {exc}")
+        self.bridge.post(self._finished, *outcome)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _finished(self, path: str, message: str) -> None:
+        self.start.setEnabled(True)
+        self.stop.setEnabled(False)
+        self.message.setText(message)
+        self.export_done.emit(path, message)
+
+    def cancel_export(self) -> None:
+        """Stop the running export (its partial output is removed)."""
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.cancel_export()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        super().closeEvent(event)
