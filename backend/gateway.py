@@ -27,7 +27,7 @@ from backend.sources import DataSource
 
 log = logging.getLogger(__name__)
 RAW = "Raw"
-VISIBLE, PREFETCH, BATCH = 0, 1, 2  # request priorities: lower is served first
+VISIBLE, SIDE_VIEW, PREFETCH, BATCH = 0, 1, 2, 3  # request priorities: lower is served first
 
 
 class CacheUnavailable(UserError):

@@ -16,7 +16,7 @@ def viewer_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, i
     """Blocks for browsing: flat enough that one slice costs little, big enough to amortise the halo."""
     if spatial_shape[1] == 1:
         return (1, 1, 256, 256)
-    return (1, 32, 128, 128)
+    return (1, 8, 128, 128)
 
 
 @dataclass

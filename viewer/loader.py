@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from PyQt5 import QtCore
 
-from backend.gateway import PREFETCH, RAW, VISIBLE, Gateway
+from backend.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.geometry import Roi
 from backend.objects import request_frame
 from backend.project import ThresholdSettings
@@ -155,7 +155,8 @@ class PlaneLoader(QtCore.QObject):
                 handle = request_frame(self.gateway, roi.start[0], self.threshold, VISIBLE)
                 handle.add_done_callback(lambda f: self.bridge.post(self._objects_ready, view, slot, generation, f))
             else:
-                handle = self.gateway.request(kind, roi, VISIBLE, lambda part, values: self.bridge.post(
+                priority = VISIBLE if view is self.views[0] else SIDE_VIEW  # the main (xy) view first
+                handle = self.gateway.request(kind, roi, priority, lambda part, values: self.bridge.post(
                     self._paint, view, kind, slot, generation, part, values.copy()))
                 handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
                 self._prefetch(view, kind, slot, roi)
