@@ -112,5 +112,16 @@ def test_bad_options(data_dir, args, fragment):
     _assert_one_line_error(result, fragment)
 
 
-def test_gui_mode_says_what_to_do():
-    _assert_one_line_error(run_cli(), "--headless")
+def test_window_mode_reports_a_bad_project_and_exits(tmp_path):
+    env_before = os.environ.get("QT_QPA_PLATFORM")
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    try:
+        result = run_cli("--screenshot", str(tmp_path / "shot.png"), str(tmp_path / "nope.ilp"), timeout=120)
+    finally:
+        if env_before is None:
+            del os.environ["QT_QPA_PLATFORM"]
+        else:
+            os.environ["QT_QPA_PLATFORM"] = env_before
+    assert result.returncode == 2, result.stderr
+    assert "nope.ilp" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "shot.png").exists()
