@@ -43,7 +43,11 @@ class GatewayConfig:
 
 
 class RegionRequest:
-    """One region of one layer being assembled; ``future`` resolves to the ``(t, z, y, x, c)`` array."""
+    """One region of one layer being assembled; ``future`` resolves to the ``(t, z, y, x, c)`` array.
+
+    ``on_block(part, values)`` is called once per finished block, before the future resolves; it must
+    return quickly (hand the values over, do not compute in it).
+    """
 
     def __init__(self, gateway: Gateway, kind: str, roi: Roi, channels: int, dtype,
                  on_block: Callable[[Roi, np.ndarray], None] | None):
@@ -70,8 +74,8 @@ class RegionRequest:
             self.data[part.relative_to(self.roi)] = values[part.relative_to(block)]
             self.pending.discard(key)
             finished = not self.pending
-        if self.on_block is not None:
-            self.on_block(part, self.data[part.relative_to(self.roi)])
+            if self.on_block is not None:  # under the lock: every block is announced before the future resolves
+                self.on_block(part, self.data[part.relative_to(self.roi)])
         if finished and not self.future.done():
             self.future.set_result(self.data)
 

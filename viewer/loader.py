@@ -36,6 +36,7 @@ class _Slot:
         self.request = None  # RegionRequest, or a Future for objects
         self.values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
         self.prefetch = None
+        self.complete = False  # every block of the current request is painted
 
 
 class PlaneLoader(QtCore.QObject):
@@ -146,6 +147,7 @@ class PlaneLoader(QtCore.QObject):
                 for name in self._layer_names(kind):
                     view.clear_overlay(name)
         slot.roi = roi
+        slot.complete = False
         self.io.submit(self._start, view, kind, slot, slot.generation, roi)
 
     def _start(self, view: SliceView, kind: str, slot: _Slot, generation: int, roi: Roi) -> None:
@@ -213,8 +215,10 @@ class PlaneLoader(QtCore.QObject):
     def _objects_ready(self, view: SliceView, slot: _Slot, generation: int, future: Future) -> None:
         if generation != slot.generation or future.cancelled():
             return
+        slot.complete = True
         if future.exception() is not None:
             log.warning("objects failed: %s", future.exception())
+            self._check_settled()
             return
         normal = "tzyx".index(view.normal_axis)
         index = [slice(None)] * 5
@@ -224,8 +228,10 @@ class PlaneLoader(QtCore.QObject):
         self._check_settled()
 
     def _finished(self, slot: _Slot, generation: int, future: Future) -> None:
-        if generation == slot.generation and not future.cancelled() and future.exception() is not None:
-            log.warning("blocks failed: %s", future.exception())
+        if generation == slot.generation and not future.cancelled():
+            slot.complete = True  # posted after the blocks' paints, so they are all on screen
+            if future.exception() is not None:
+                log.warning("blocks failed: %s", future.exception())
         self.progress.emit(self.pending_blocks())
         self._check_settled()
 
@@ -256,12 +262,9 @@ class PlaneLoader(QtCore.QObject):
         rows, cols = "tzyx".index(view.rows_axis), "tzyx".index(view.cols_axis)
         return slice(part.start[rows], part.stop[rows]), slice(part.start[cols], part.stop[cols])
 
-    def _done(self, slot: _Slot) -> bool:
-        request = slot.request
-        if request is None:
-            return slot.roi is None
-        future = request if isinstance(request, Future) else request.future
-        return future.done()
+    @staticmethod
+    def _done(slot: _Slot) -> bool:
+        return slot.roi is None or slot.complete
 
     def _check_settled(self) -> None:
         if self.is_settled():
