@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import socket as pysocket
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from backend.executor import LocalExecutor
 from backend.pipeline import Pipeline
 from backend.protocol import ProtocolError, decode, encode, peer_interval, task_from_message
 from backend.security import Authenticator, CurveIdentity, is_local
+from backend.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 PROTOCOL_NAME = "ilastik-desktop/1"
@@ -65,7 +65,7 @@ class Worker:
         self._stop = threading.Event()
         self._done: list[tuple[str, Future]] = []
         self._done_lock = threading.Lock()
-        self._wake_r, self._wake_w = pysocket.socketpair()
+        self._wakeup = Wakeup()
         self.address: str | None = None
         self.completed = 0
         self._peer_interval = 0.0
@@ -73,13 +73,8 @@ class Worker:
     def stop(self) -> None:
         """Ask the loop to send DISCONNECT and end."""
         self._stop.set()
-        self._wake()
+        self._wakeup.wake()
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     def _open(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
@@ -128,22 +123,21 @@ class Worker:
             if self.authenticator:
                 self.authenticator.stop()
             self.context.term()
-            self._wake_r.close()
-            self._wake_w.close()
+            self._wakeup.close()
 
     def _serve(self, sock: zmq.Socket) -> bool:
         """Handle one connection until it goes silent (False) or we stop (True)."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
         interval = self.config.heartbeat_s
         last_heard = time.monotonic() if self.config.connect else None
         last_sent = time.monotonic()
         heard_any = False
         while not self._stop.is_set():
             events = dict(poller.poll(interval * 1000 / 2))
-            if self._wake_r.fileno() in events:
-                self._wake_r.recv(4096)
+            if self._wakeup.fileno() in events:
+                self._wakeup.drain()
             if sock in events:
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -192,7 +186,7 @@ class Worker:
     def _finished(self, key: str, future: Future) -> None:
         with self._done_lock:
             self._done.append((key, future))
-        self._wake()
+        self._wakeup.wake()
 
     def _send_results(self, sock: zmq.Socket) -> None:
         with self._done_lock:

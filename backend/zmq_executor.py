@@ -14,7 +14,6 @@ import heapq
 import itertools
 import logging
 import queue
-import socket as pysocket
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ import zmq
 from backend.pipeline import BlockTask, Pipeline
 from backend.protocol import ProtocolError, VersionMismatch, decode, encode, peer_interval, task_message
 from backend.security import Authenticator, CurveIdentity, is_local
+from backend.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ZmqExecutor:
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = pysocket.socketpair()
+        self._wakeup = Wakeup()
         self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "compute_s": 0.0,
                           "roundtrip_s": 0.0}
         self._refused: list[str] = []
@@ -121,7 +121,7 @@ class ZmqExecutor:
     def _call(self, function: Callable) -> Future:
         future: Future = Future()
         self._commands.put((function, future))
-        self._wake()
+        self._wakeup.wake()
         return future
 
     def _bind(self, endpoint: str, secure: bool) -> str:
@@ -169,7 +169,7 @@ class ZmqExecutor:
         with self._lock:
             heapq.heappush(self._queue, _Job(priority, next(self._seq), task, future))
             self._counters["submitted"] += 1
-        self._wake()
+        self._wakeup.wake()
         return future
 
     def cancel(self, future: Future) -> bool:
@@ -203,15 +203,14 @@ class ZmqExecutor:
     def close(self) -> None:
         """Say goodbye to the workers, fail what is pending, stop the I/O thread and free the sockets."""
         self._stop.set()
-        self._wake()
+        self._wakeup.wake()
         self._thread.join(timeout=10)
         for sock in self._sockets.values():
             sock.close(linger=0)
         if self.authenticator:
             self.authenticator.stop()
         self.context.term()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wakeup.close()
 
     def __enter__(self) -> ZmqExecutor:
         return self
@@ -220,11 +219,6 @@ class ZmqExecutor:
         self.close()
 
     # -- the I/O thread --------------------------------------------------------------------------------
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     def _run_commands(self) -> None:
         while True:
@@ -244,10 +238,10 @@ class ZmqExecutor:
             poller = zmq.Poller()
             for sock in self._sockets.values():
                 poller.register(sock, zmq.POLLIN)
-            poller.register(self._wake_r, zmq.POLLIN)
+            poller.register(self._wakeup, zmq.POLLIN)
             events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
-            if self._wake_r.fileno() in events:
-                self._wake_r.recv(65536)
+            if self._wakeup.fileno() in events:
+                self._wakeup.drain()
             for number, sock in list(self._sockets.items()):
                 while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK)

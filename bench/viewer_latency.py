@@ -41,9 +41,7 @@ def wait_for(app: QtWidgets.QApplication, condition, timeout: float = 600.0) -> 
 
 def xy_done(window: MainWindow, kind: str) -> bool:
     """True when the xy view's layer of ``kind`` is complete."""
-    loader = window.loader
-    slot = loader.slots.get(("xy", kind)) if loader else None
-    return slot is not None and slot.values is not None and loader._done(slot)
+    return window.loader is not None and window.loader.is_complete("xy", kind)
 
 
 def open_and_time(app, window: MainWindow, project: str) -> dict:
@@ -83,7 +81,7 @@ def main() -> None:
         window.show()
         cold = open_and_time(app, window, project)
         wait_for(app, window.loader.is_settled)
-        window._close_document()
+        window.close_document()
         warm = open_and_time(app, window, project)
         wait_for(app, window.loader.is_settled)
         one = move_and_time(app, window, 1)

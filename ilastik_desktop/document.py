@@ -27,7 +27,6 @@ class Document:
     source: DataSource
     pipeline: Pipeline
     gateway: Gateway
-    raw_data: str | None
 
     @property
     def threshold(self) -> ThresholdSettings:
@@ -46,4 +45,4 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     source = open_lane(project, lane, raw_data, input_axes)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
     gateway = services.gateway(source, pipeline, viewer_block_shape(source.spatial_shape))
-    return Document(project, source, pipeline, gateway, raw_data)
+    return Document(project, source, pipeline, gateway)

@@ -34,9 +34,7 @@ def run_headless(settings: Settings) -> int:
     block_shape = options.block_shape or default_block_shape(source.spatial_shape)
     with Services(settings.compute) as services:
         if services.listen_address:
-            key = services.identity.public.decode()
-            print(f"accepting workers at {services.listen_address}; start them with: ilastik-worker --connect "
-                  f"tcp://THIS-HOST:{services.listen_address.rsplit(':', 1)[1]} --gateway-key '{key}'",
+            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
                   file=sys.stderr)
         services.wait_for_workers()
         gateway = services.gateway(source, pipeline, block_shape)

@@ -134,7 +134,7 @@ class MainWindow(QtWidgets.QMainWindow):
             QtWidgets.QMessageBox.critical(self, "ilastik-desktop", message)
 
     def _show(self, document: Document) -> None:
-        self._close_document()
+        self.close_document()
         self.document = document
         source = document.source
         self.model = ViewerModel(source.spatial_shape, source.channels,
@@ -244,7 +244,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pending.setRange(0, max(count, self.pending.maximum() if count else 1))
         self.pending.setValue(count)
 
-    def _close_document(self) -> None:
+    def close_document(self) -> None:
+        """Stop showing the current project and release its gateway."""
         if self.loader is not None:
             self.loader.close()
             self.loader = None
@@ -254,8 +255,9 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
         self.status_timer.stop()
+        self.workers_panel.shutdown()
         self.io.shutdown(wait=True, cancel_futures=True)
-        self._close_document()
+        self.close_document()
         super().closeEvent(event)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from PyQt5 import QtCore, QtWidgets
 
@@ -15,8 +15,8 @@ COLUMNS = ("host", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_
 HEADERS = ("Host", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done", "Blocks/s")
 
 
-def in_background(bridge: GuiBridge, work, done) -> None:
-    """Run ``work()`` on a short-lived thread; ``done(result, error)`` runs on the GUI thread."""
+def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> None:
+    """Run ``work()`` on ``pool``; ``done(result, error)`` runs on the GUI thread."""
     def run() -> None:
         try:
             result, error = work(), None
@@ -26,7 +26,7 @@ def in_background(bridge: GuiBridge, work, done) -> None:
             result, error = None, f"{type(exc).__name__}: {exc}"
         bridge.post(done, result, error)
 
-    threading.Thread(target=run, name="workers-ui", daemon=True).start()
+    pool.submit(run)
 
 
 class WorkersPanel(QtWidgets.QWidget):
@@ -35,6 +35,7 @@ class WorkersPanel(QtWidgets.QWidget):
     def __init__(self, services: Services, bridge: GuiBridge, parent=None):
         super().__init__(parent)
         self.services, self.bridge = services, bridge
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workers-ui")
         layout = QtWidgets.QVBoxLayout(self)
         self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(HEADERS)
@@ -68,15 +69,19 @@ class WorkersPanel(QtWidgets.QWidget):
     def _apply_local(self) -> None:
         count = self.local_count.value()
         self.apply_local.setEnabled(False)
-        in_background(self.bridge, lambda: self.services.set_local_workers(count),
+        in_background(self.pool, self.bridge, lambda: self.services.set_local_workers(count),
                       lambda _r, _e: self.apply_local.setEnabled(True))
 
     def open_dialog(self) -> ConnectDialog:
         """Show the connect dialog (non-modal)."""
         if self.dialog is None:
-            self.dialog = ConnectDialog(self.services, self.bridge, self)
+            self.dialog = ConnectDialog(self.services, self.bridge, self.pool, self)
         self.dialog.show()
         return self.dialog
+
+    def shutdown(self) -> None:
+        """Wait for a running connection test or worker change, then stop the background thread."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ConnectDialog(QtWidgets.QDialog):
@@ -84,9 +89,9 @@ class ConnectDialog(QtWidgets.QDialog):
 
     finished_check = QtCore.pyqtSignal(bool, str)  # connected?, message
 
-    def __init__(self, services: Services, bridge: GuiBridge, parent=None):
+    def __init__(self, services: Services, bridge: GuiBridge, pool: ThreadPoolExecutor, parent=None):
         super().__init__(parent)
-        self.services, self.bridge = services, bridge
+        self.services, self.bridge, self.pool = services, bridge, pool
         self.setWindowTitle("Connect to remote workers")
         layout = QtWidgets.QVBoxLayout(self)
         add = QtWidgets.QGroupBox("Use a worker started with 'ilastik-worker --listen tcp://*:PORT'")
@@ -129,7 +134,7 @@ class ConnectDialog(QtWidgets.QDialog):
             return
         self.connect_button.setEnabled(False)
         self.result.setText(f"connecting to {endpoint} ...")
-        in_background(self.bridge, lambda: self.services.add_remote_worker(endpoint, key), self._report)
+        in_background(self.pool, self.bridge, lambda: self.services.add_remote_worker(endpoint, key), self._report)
 
     def _report(self, worker: dict | None, error: str | None) -> None:
         self.connect_button.setEnabled(True)

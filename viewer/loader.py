@@ -91,6 +91,18 @@ class PlaneLoader(QtCore.QObject):
                 count += 1
         return count
 
+    def shown(self, plane: str, kind: str):
+        """The values painted for ``kind`` in view ``plane`` over the region last requested, and that region."""
+        slot = self.slots[(plane, kind)]
+        view = next(v for v in self.views if v.plane == plane)
+        rows, cols = self._plane_slices(view, slot.roi)
+        return slot.values[rows, cols], slot.roi
+
+    def is_complete(self, plane: str, kind: str) -> bool:
+        """True when view ``plane`` shows every block of ``kind`` it asked for."""
+        slot = self.slots.get((plane, kind))
+        return slot is not None and slot.values is not None and self._done(slot)
+
     def is_settled(self) -> bool:
         """True when every visible layer of every view is complete."""
         return not self._timer.isActive() and all(self._done(slot) for slot in self.slots.values())

@@ -43,10 +43,7 @@ def open_and_settle(qtbot, window, path, raw=None):
 
 def shown(window, plane, kind="Probabilities"):
     """The values the loader painted into a view, and the plane region they cover."""
-    slot = window.loader.slots[(plane, kind)]
-    view = next(v for v in window.views if v.plane == plane)
-    rows, cols = window.loader._plane_slices(view, slot.roi)
-    return slot.values[rows, cols], slot.roi
+    return window.loader.shown(plane, kind)
 
 
 def export(tmp_path, *args):
