@@ -51,6 +51,17 @@ def _run_task(task: BlockTask, folder: str) -> tuple[np.ndarray, float]:
     return pipeline.run(task, _worker_buffers), time.perf_counter() - started
 
 
+def _warm_up_process(warmed) -> None:
+    from backend.warmup import warm_up
+
+    warm_up()
+    warmed.release()
+
+
+def _started() -> None:
+    """A no-op task: submitting one per worker makes the pool start (and warm up) all its processes."""
+
+
 def default_workers() -> int:
     """One worker per available core."""
     try:
@@ -70,6 +81,8 @@ class LocalExecutor:
         self._folder = tempfile.mkdtemp(prefix="ilastik-desktop-pipelines-")
         self._known: set[str] = set()
         self._pool = self._new_pool()
+        for _ in range(self.workers):
+            self._pool.submit(_started)
         self._submitted = 0
         self._done = 0
         self.compute_s = 0.0
@@ -78,7 +91,19 @@ class LocalExecutor:
         self.fingerprint = self.add_pipeline(pipeline) if pipeline is not None else None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        context = multiprocessing.get_context("spawn")
+        self._warmed, self._ready = context.Semaphore(0), 0
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up_process,
+                                   initargs=(self._warmed,))
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker process has started and warmed up; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self._ready < self.workers:
+            if not self._warmed.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            self._ready += 1
+        return True
 
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Store the pipeline where the worker processes load it on first use."""

@@ -92,6 +92,7 @@ class _Block:
     priority: int
     waiters: list[RegionRequest] = field(default_factory=list)
     token: str | None = None
+    task: BlockTask | None = None
     future: Future | None = None
     since: float = field(default_factory=time.monotonic)
 
@@ -121,11 +122,25 @@ class Gateway:
         """Use another classifier or feature set from now on (its blocks get other keys)."""
         self.pipeline = pipeline
         self.pipeline_fingerprint = self.executor.add_pipeline(pipeline)
-        self.grid = BlockGrid(self.source.spatial_shape, self.config.block_shape, (0,) + pipeline.halo)
+        self._grids: dict[tuple[int, ...], BlockGrid] = {}
+        self.grid = self.grid_for(self.config.block_shape)
+
+    def grid_for(self, block_shape: tuple[int, int, int, int]) -> BlockGrid:
+        """The block grid of ``block_shape`` (tzyx) with the current pipeline's halo."""
+        grid = self._grids.get(block_shape)
+        if grid is None:
+            grid = self._grids[block_shape] = BlockGrid(self.source.spatial_shape, block_shape,
+                                                        (0,) + self.pipeline.halo)
+        return grid
 
     def request(self, kind: str, roi: Roi, priority: int = 0,
-                on_block: Callable[[Roi, np.ndarray], None] | None = None) -> RegionRequest:
-        """Start assembling ``roi`` (tzyx) of a layer: ``Raw`` or a result kind of the pipeline."""
+                on_block: Callable[[Roi, np.ndarray], None] | None = None,
+                block_shape: tuple[int, int, int, int] | None = None) -> RegionRequest:
+        """Start assembling ``roi`` (tzyx) of a layer: ``Raw`` or a result kind of the pipeline.
+
+        Results are computed in blocks of ``block_shape`` (default: the gateway's); a view asks for
+        blocks one voxel thin along its normal so that a slice costs no more than itself.
+        """
         if not Roi.from_shape(self.source.spatial_shape).contains(roi):
             raise ValueError(f"{roi} is outside the image {self.source.spatial_shape}")
         if kind == RAW:
@@ -137,13 +152,15 @@ class Gateway:
         fresh: list[_Block] = []
         with self._lock:
             blocks = [(block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, b.roi), b)
-                      for b in self.grid.blocks_in(roi)]
+                      for b in self.grid_for(block_shape or self.config.block_shape).blocks_in(roi)]
             req.pending.update(key for key, _ in blocks)
             for key, block in blocks:
                 state = self._blocks.get(key)
                 if state is None:
                     state = self._blocks[key] = _Block(key, block, kind, priority)
                     fresh.append(state)
+                elif priority < state.priority:
+                    self._hurry(state, priority)
                 state.waiters.append(req)
         for state in fresh:
             self._look_up(state)
@@ -164,7 +181,7 @@ class Gateway:
         return info
 
     def close(self) -> None:
-        """Stop the watchdog and the notice listener; release our claims."""
+        """Stop the watchdog and the notice listener; drop our queued blocks and release our claims."""
         self._stop.set()
         self._watchdog.join(timeout=5)
         self._listener.stop()
@@ -172,6 +189,9 @@ class Gateway:
             owned = [(s.key, s.token) for s in self._blocks.values() if s.token]
             waiting = list(self._blocks.values())
             self._blocks.clear()
+        for state in waiting:
+            if state.future is not None:
+                self.executor.cancel(state.future)  # nobody will look at it any more
         for key, token in owned:
             try:
                 self.cache.release(key, token)
@@ -217,17 +237,40 @@ class Gateway:
     def _compute(self, state: _Block) -> None:
         block = state.block
         raw = self.source.read(block.halo_roi)[0]
-        task = BlockTask(state.key, state.kind, raw, block.halo_roi.start[1:], self.source.spatial_shape[1:],
-                         tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint)
-        state.future = self.executor.submit(task, state.priority)
-        state.future.add_done_callback(lambda f, s=state: self._computed(s, f))
+        state.task = BlockTask(state.key, state.kind, raw, block.halo_roi.start[1:], self.source.spatial_shape[1:],
+                               tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint)
+        self._submit(state)
+
+    def _submit(self, state: _Block) -> None:
+        priority = state.priority
+        future = self.executor.submit(state.task, priority)
+        with self._lock:
+            state.future = future
+            if state.priority < priority:  # hurried while we were submitting
+                self._hurry(state, state.priority)
+        future.add_done_callback(lambda f, s=state: self._computed(s, f))
+
+    def _hurry(self, state: _Block, priority: int) -> None:
+        """A more urgent request wants a block: queue it again at that priority if it has not started.
+
+        The caller holds the gateway lock.
+        """
+        state.priority = priority
+        queued, state.future = state.future, None
+        if queued is not None and self.executor.cancel(queued):
+            state.future = self.executor.submit(state.task, priority)
+            state.future.add_done_callback(lambda f, s=state: self._computed(s, f))
+        else:
+            state.future = queued
 
     def _computed(self, state: _Block, future: Future) -> None:
+        if future is not state.future:
+            return  # replaced by a more urgent submission (see _hurry)
         started = time.perf_counter()
         try:
             self._store(state, future)
         finally:
-            state.future = None  # break the state <-> future cycle so the result is freed at once
+            state.future = state.task = None  # break the state <-> future cycle so the result is freed at once
             self._count("gateway_s", time.perf_counter() - started)
 
     def _store(self, state: _Block, future: Future) -> None:

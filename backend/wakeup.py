@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 
 
@@ -10,6 +11,7 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)  # wake() never blocks, so a signal handler may call it
 
     def fileno(self) -> int:
         """The descriptor to register with the poller."""
@@ -21,6 +23,11 @@ class Wakeup:
             self._write.send(b"x")
         except OSError:  # closed while stopping, or the buffer is full of wake-ups already
             pass
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until woken or ``timeout`` seconds passed, then consume the wake-ups."""
+        if select.select([self._read], [], [], timeout)[0]:
+            self.drain()
 
     def drain(self) -> None:
         """Consume pending wake-ups."""

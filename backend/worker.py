@@ -25,6 +25,7 @@ from backend.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 PROTOCOL_NAME = "ilastik-desktop/1"
+WARM_UP_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Worker:
         self.authenticator = Authenticator(self.context, config.identity) if config.secure and config.listen \
             else None
         self.pool = LocalExecutor(workers=config.processes)
-        self._stop = threading.Event()
+        self._stopping = False  # a plain flag: stop() must be safe in a signal handler, so it takes no lock
         self._done: list[tuple[str, Future]] = []
         self._done_lock = threading.Lock()
         self._wakeup = Wakeup()
@@ -71,10 +72,9 @@ class Worker:
         self._peer_interval = 0.0
 
     def stop(self) -> None:
-        """Ask the loop to send DISCONNECT and end."""
-        self._stop.set()
+        """Ask the loop to send DISCONNECT and end; safe to call from any thread and from signal handlers."""
+        self._stopping = True
         self._wakeup.wake()
-
 
     def _open(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
@@ -104,19 +104,20 @@ class Worker:
         """The socket loop; returns after :meth:`stop`."""
         backoff = 0.5
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 sock = self._open()
                 try:
+                    self._wait_for_pool()  # bound or connected, but silent until the compute processes are warm
                     if self.config.connect:
                         sock.send_multipart(self._ready())
                     if self._serve(sock):
                         backoff = 0.5
                 finally:
                     sock.close(linger=0)
-                if not self._stop.is_set():
+                if not self._stopping:
                     log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.liveness,
                                 backoff)
-                    self._stop.wait(backoff)
+                    self._wakeup.wait(backoff)
                     backoff = min(backoff * 2, self.config.backoff_max_s)
         finally:
             self.pool.close()
@@ -124,6 +125,14 @@ class Worker:
                 self.authenticator.stop()
             self.context.term()
             self._wakeup.close()
+
+    def _wait_for_pool(self) -> None:
+        """Announce ourselves only once the compute processes are warm (or after WARM_UP_LIMIT_S)."""
+        deadline = time.monotonic() + WARM_UP_LIMIT_S
+        while not self._stopping and not self.pool.wait_ready(0.2):
+            if time.monotonic() > deadline:
+                log.warning("compute processes still starting after %.0f s; serving anyway", WARM_UP_LIMIT_S)
+                return
 
     def _serve(self, sock: zmq.Socket) -> bool:
         """Handle one connection until it goes silent (False) or we stop (True)."""
@@ -134,7 +143,7 @@ class Worker:
         last_heard = time.monotonic() if self.config.connect else None
         last_sent = time.monotonic()
         heard_any = False
-        while not self._stop.is_set():
+        while not self._stopping:
             events = dict(poller.poll(interval * 1000 / 2))
             if self._wakeup.fileno() in events:
                 self._wakeup.drain()

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
 import zmq
@@ -174,8 +174,7 @@ class ZmqExecutor:
 
     def cancel(self, future: Future) -> bool:
         """Cancel a queued task; tasks already on a worker finish and are discarded."""
-        with self._lock:
-            return future.cancel()
+        return future.cancel()  # fails once dispatched: _dispatch marks the future running first
 
     def status(self) -> dict:
         """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth, counters."""
@@ -187,7 +186,8 @@ class ZmqExecutor:
                         "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
                        for w in self._workers.values()]
             refused = self._refused + (self.authenticator.refused if self.authenticator else [])
-            return {"kind": "zmq", "address": self.address, "workers": workers, "queued": len(self._queue),
+            queued = sum(not job.future.done() for job in self._queue)  # cancelled jobs leave when popped
+            return {"kind": "zmq", "address": self.address, "workers": workers, "queued": queued,
                     "processes": sum(w["processes"] for w in workers), "refused": refused[-20:],
                     **{k: round(v, 3) if isinstance(v, float) else v for k, v in self._counters.items()}}
 
@@ -281,6 +281,7 @@ class ZmqExecutor:
         except ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
             return
+        settle = None
         with self._lock:
             worker = self._workers.get(route)
             if message.type == "READY":
@@ -293,7 +294,9 @@ class ZmqExecutor:
             else:
                 worker.last_heard = time.monotonic()
                 if message.type in ("RESULT", "ERROR"):
-                    self._complete(worker, message)
+                    settle = self._complete(worker, message)
+        if settle is not None:
+            settle()  # outside the lock: the future's callbacks may take their own locks and call us
 
     def _refuse(self, why: str) -> None:
         log.warning("refused %s", why)
@@ -313,10 +316,11 @@ class ZmqExecutor:
                                        heartbeat_s=peer_interval(fields))
         log.info("worker %s registered with %d processes", fields.get("host"), processes)
 
-    def _complete(self, worker: _Remote, message) -> None:
+    def _complete(self, worker: _Remote, message) -> Callable[[], None] | None:
+        """Book a RESULT or ERROR (under the lock); returns what settles the task's future."""
         job = worker.in_flight.pop(str(message.fields.get("key")), None)
         if job is None:
-            return
+            return None
         if message.type == "RESULT" and message.arrays:
             worker.done += 1
             compute_s = _seconds(message.fields.get("compute_s"))
@@ -324,14 +328,13 @@ class ZmqExecutor:
             self._counters["compute_s"] += compute_s
             self._counters["roundtrip_s"] += time.monotonic() - job.sent
             job.future.compute_s = compute_s
-            if not job.future.done():
-                job.future.set_result(message.arrays[0])
-        elif message.fields.get("deterministic") or job.attempts + 1 >= self.max_attempts:
+            return lambda: _settle(job.future, result=message.arrays[0])
+        if message.fields.get("deterministic") or job.attempts + 1 >= self.max_attempts:
             self._counters["failed"] += 1
-            if not job.future.done():
-                job.future.set_exception(TaskError(str(message.fields.get("message", "task failed"))))
-        else:
-            self._requeue(job)
+            error = TaskError(str(message.fields.get("message", "task failed")))
+            return lambda: _settle(job.future, error=error)
+        self._requeue(job)
+        return None
 
     def _requeue(self, job: _Job) -> None:
         job.attempts += 1
@@ -358,8 +361,8 @@ class ZmqExecutor:
                 job = heapq.heappop(self._queue)
                 if job.future.done():
                     continue
-                if not job.future.running():
-                    job.future.set_running_or_notify_cancel()
+                if not job.future.running() and not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
                 fingerprint = job.task.pipeline
                 if fingerprint not in worker.pipelines:
                     header, arrays = self._pipelines[fingerprint]
@@ -378,6 +381,17 @@ class ZmqExecutor:
         for job in pending:
             if not job.future.done():
                 job.future.set_exception(TaskError("executor closed"))
+
+
+def _settle(future: Future, result=None, error: Exception | None = None) -> None:
+    """Resolve a future unless it was resolved or cancelled meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def _seconds(value) -> float:

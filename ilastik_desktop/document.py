@@ -5,18 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend.dataset import open_lane
+from backend.export import default_block_shape
 from backend.gateway import Gateway
 from backend.pipeline import Pipeline, build_pipeline
 from backend.project import Project, ThresholdSettings, open_project
 from backend.sources import DataSource
 from ilastik_desktop.services import Services
-
-
-def viewer_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """Blocks for browsing: flat enough that one slice costs little, big enough to amortise the halo."""
-    if spatial_shape[1] == 1:
-        return (1, 1, 256, 256)
-    return (1, 8, 128, 128)
 
 
 @dataclass
@@ -44,5 +38,5 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     project = open_project(path)
     source = open_lane(project, lane, raw_data, input_axes)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
-    gateway = services.gateway(source, pipeline, viewer_block_shape(source.spatial_shape))
+    gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
     return Document(project, source, pipeline, gateway)

@@ -25,6 +25,15 @@ from viewer.slice_view import SliceView
 
 log = logging.getLogger(__name__)
 KIND_ORDER = {RAW: 0, PROBABILITIES: 1, SEGMENTATION: 2, OBJECTS: 3}
+TILE = 128  # side of the square blocks a view asks for, in its plane
+PREFETCH_SLICES = 2  # slices ahead of the view computed in the direction of movement
+
+
+def view_block_shape(view: SliceView) -> tuple[int, int, int, int]:
+    """A view's blocks (tzyx): TILE x TILE in its plane, one voxel thin along its normal and in time."""
+    shape = [1, TILE, TILE, TILE]
+    shape["tzyx".index(view.normal_axis)] = 1
+    return tuple(shape)
 
 
 class _Slot:
@@ -163,7 +172,10 @@ class PlaneLoader(QtCore.QObject):
         self.io.submit(self._start, view, kind, slot, slot.generation, roi)
 
     def _start(self, view: SliceView, kind: str, slot: _Slot, generation: int, roi: Roi) -> None:
-        """On an I/O thread: ask the gateway."""
+        """On an I/O thread: ask the gateway (unless the view has moved on already)."""
+        if generation != slot.generation:
+            return
+        prefetch = None
         try:
             if kind == OBJECTS:
                 handle = request_frame(self.gateway, roi.start[0], self.threshold, VISIBLE)
@@ -171,34 +183,36 @@ class PlaneLoader(QtCore.QObject):
             else:
                 priority = VISIBLE if view is self.views[0] else SIDE_VIEW  # the main (xy) view first
                 handle = self.gateway.request(kind, roi, priority, lambda part, values: self.bridge.post(
-                    self._paint, view, kind, slot, generation, part, values.copy()))
+                    self._paint, view, kind, slot, generation, part, values.copy()), view_block_shape(view))
                 handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
-                self._prefetch(view, kind, slot, roi)
+                if kind != RAW and generation == slot.generation:
+                    prefetch = self._prefetch(view, kind, roi)
         except Exception as exc:  # the gateway refused (cache down, bad region): show it, do not crash
             log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)
             return
-        self.bridge.post(self._attach, slot, generation, handle)
+        self.bridge.post(self._attach, slot, generation, handle, prefetch)
 
-    def _prefetch(self, view: SliceView, kind: str, slot: _Slot, roi: Roi) -> None:
-        if kind == RAW:
-            return
+    def _prefetch(self, view: SliceView, kind: str, roi: Roi):
+        """Request the next slices in the direction of movement at low priority; the request or None."""
         axis = view.normal_axis
         i = "tzyx".index(axis)
-        depth = self.gateway.config.block_shape[i]
-        target = roi.start[i] + self.direction[axis] * depth
-        if 0 <= target < self.model.shape[i]:
-            start, stop = list(roi.start), list(roi.stop)
-            start[i], stop[i] = target, target + 1
-            previous, slot.prefetch = slot.prefetch, self.gateway.request(kind, Roi(tuple(start), tuple(stop)),
-                                                                          PREFETCH)
-            if previous is not None:
-                previous.cancel()
+        ahead = [roi.start[i] + self.direction[axis] * k for k in range(1, PREFETCH_SLICES + 1)]
+        ahead = [a for a in ahead if 0 <= a < self.model.shape[i]]
+        if not ahead:
+            return None
+        start, stop = list(roi.start), list(roi.stop)
+        start[i], stop[i] = min(ahead), max(ahead) + 1
+        return self.gateway.request(kind, Roi(tuple(start), tuple(stop)), PREFETCH,
+                                    block_shape=view_block_shape(view))
 
-    def _attach(self, slot: _Slot, generation: int, handle) -> None:
+    def _attach(self, slot: _Slot, generation: int, handle, prefetch) -> None:
+        """On the GUI thread: keep the requests of the current generation, cancel stale ones."""
         if generation != slot.generation:
-            self.io.submit(_cancel_handle, handle)
+            for stale in (handle, prefetch):
+                if stale is not None:
+                    self.io.submit(_cancel_handle, stale)
         else:
-            slot.request = handle
+            slot.request, slot.prefetch = handle, prefetch
             self._check_settled()
 
     def _cancel(self, slot: _Slot) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import random
+import signal
 import socket
 import time
 
@@ -141,3 +142,28 @@ def test_priorities_order_the_queue(project):
         for f in blockers + [low, high]:
             f.result(timeout=120)
         assert done_order == ["high", "low"]
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_stops_a_worker_whose_gateway_is_gone(tmp_path):
+    """SIGTERM to the worker process alone (not its group) ends it and its compute processes promptly,
+    also while it waits to reconnect and when signals arrive during the handler (which used to deadlock
+    on a lock the interrupted handler held)."""
+    import psutil
+
+    proc = start_worker("--connect", f"ipc://{tmp_path}/nobody-listens", processes=2, heartbeat=0.1)
+    try:
+        worker = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while len(worker.children(recursive=True)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # silent gateway: now in its reconnect back-off
+        children = worker.children(recursive=True)
+        stop_sending = time.monotonic() + 1.0
+        while time.monotonic() < stop_sending and proc.poll() is None:  # a storm: handlers interrupt handlers
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) in (0, -signal.SIGTERM)  # -SIGTERM: one arrived as Python was exiting
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        kill_worker(proc)
