@@ -2,8 +2,8 @@
 
 Every gateway call runs on the loader's I/O threads; results come back through the GUI bridge. Each
 (view, kind) has a generation number: moving on bumps it, cancels the old request and makes any late
-block of it be ignored. Neighbouring slices in the direction of movement are prefetched at lower
-priority.
+block of it be ignored. Views ask for blocks one voxel thin along their normal (a slice costs no more
+than itself); the next slices along the axis the user steps through are prefetched at low priority.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class PlaneLoader(QtCore.QObject):
         self.threshold = threshold
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="viewer-io")
         self.slots: dict[tuple[str, str], _Slot] = {}
+        self._styles: dict[tuple[str, str], tuple] = {}  # (view, kind) -> the layers' looks last painted
         self.direction = {"t": 1, "z": 1, "y": 1, "x": 1}
+        self.moving_axis = views[0].normal_axis  # prefetch only along the axis the user steps through
         self._timer = QtCore.QTimer(self, singleShot=True, interval=15)
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
@@ -128,9 +130,10 @@ class PlaneLoader(QtCore.QObject):
         self.schedule()
 
     def step(self, axis: str, delta: int) -> None:
-        """Move along ``axis`` and remember the direction for prefetching."""
+        """Move along ``axis`` and remember the axis and direction for prefetching."""
         if delta:
             self.direction[axis] = 1 if delta > 0 else -1
+            self.moving_axis = axis
         self.model.step(axis, delta)
 
     # -- requests --------------------------------------------------------------------------------------
@@ -142,7 +145,10 @@ class PlaneLoader(QtCore.QObject):
             for kind in (PROBABILITIES, SEGMENTATION, OBJECTS):
                 if kind in visible and self.model.live:
                     self._want(view, kind, self._plane_roi(view, whole=kind == OBJECTS))
-                self._recolour(view, kind)
+                style = tuple((layer.visible, layer.opacity) for layer in self.model.layers if layer.kind == kind)
+                if self._styles.get((view.plane, kind)) != style:  # recolour only what the user restyled
+                    self._styles[(view.plane, kind)] = style
+                    self._recolour(view, kind)
         self.progress.emit(self.pending_blocks())
         self._check_settled()
 
@@ -185,7 +191,7 @@ class PlaneLoader(QtCore.QObject):
                 handle = self.gateway.request(kind, roi, priority, lambda part, values: self.bridge.post(
                     self._paint, view, kind, slot, generation, part, values.copy()), view_block_shape(view))
                 handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
-                if kind != RAW and generation == slot.generation:
+                if kind != RAW and view.normal_axis == self.moving_axis and generation == slot.generation:
                     prefetch = self._prefetch(view, kind, roi)
         except Exception as exc:  # the gateway refused (cache down, bad region): show it, do not crash
             log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)

@@ -53,6 +53,9 @@ class SliceView(pg.GraphicsView):
         self.box.addItem(self.raw)
         self.overlays: dict[str, pg.ImageItem] = {}
         self.buffers: dict[str, np.ndarray] = {}
+        self._dirty: set[str] = set()
+        self._flush_timer = QtCore.QTimer(self, singleShot=True, interval=0)
+        self._flush_timer.timeout.connect(self.flush)
         pen = pg.mkPen((90, 200, 255, 160), width=1)
         self.h_line = pg.InfiniteLine(angle=0, pen=pen, movable=False)
         self.v_line = pg.InfiniteLine(angle=90, pen=pen, movable=False)
@@ -110,8 +113,18 @@ class SliceView(pg.GraphicsView):
             self.refresh(name)
 
     def refresh(self, name: str) -> None:
-        """Show the current content of an overlay's buffer."""
-        self.overlays[name].setImage(self.buffers[name], autoLevels=False, levels=(0, 255))
+        """Show the current content of an overlay's buffer at the next turn of the event loop.
+
+        Blocks arriving together are thus uploaded as one image instead of one each.
+        """
+        self._dirty.add(name)
+        self._flush_timer.start()
+
+    def flush(self) -> None:
+        """Show the overlays changed since the last flush now."""
+        dirty, self._dirty = self._dirty, set()
+        for name in dirty:
+            self.overlays[name].setImage(self.buffers[name], autoLevels=False, levels=(0, 255))
 
     def show_overlay(self, name: str, visible: bool) -> None:
         """Show or hide an overlay."""

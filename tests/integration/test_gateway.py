@@ -213,3 +213,29 @@ def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project,
         assert np.array_equal(fewer[0, ..., 0], threshold_frame(whole_image(pipeline, image)[0], stricter)[
             part.slices()[1:]])
         gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_visible_request_hurries_a_block_queued_for_prefetch(project, redis_server):
+    """A block queued at prefetch priority behind a long queue is computed next once the view needs it;
+    thin per-request blocks give the same values as the whole image."""
+    from backend.gateway import PREFETCH, SIDE_VIEW, VISIBLE
+
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline, workers=1, processes=1) as ex:
+        gateway = Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client()),
+                          GatewayConfig(block_shape=(1, 6, 24, 24)))
+        arrived = []
+        bulk = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)), SIDE_VIEW,
+                               on_block=lambda roi, values: arrived.append(roi))
+        plane, thin = Roi((0, 11, 0, 0), (1, 12, 96, 96)), (1, 1, 48, 48)
+        gateway.request("Probabilities", plane, PREFETCH, block_shape=thin)  # queued behind all of bulk
+        visible = gateway.request("Probabilities", plane, VISIBLE, block_shape=thin)
+        values = visible.result(timeout=60)
+        bulk_done_then = len(arrived)
+        total = len(list(gateway.grid.blocks_in(bulk.roi)))
+        assert bulk_done_then < total // 2, f"{bulk_done_then} of {total} bulk blocks went first"
+        assert np.array_equal(values, whole_image(pipeline, image)[:, 11:12])
+        bulk.result(timeout=60)
+        gateway.close()
