@@ -1,5 +1,40 @@
-"""GUI tests run offscreen unless a platform was chosen explicitly."""
+"""GUI tests run offscreen unless a platform was chosen explicitly; shared window fixtures."""
 
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PyQt5 import QtCore  # noqa: E402
+
+from ilastik_desktop.config import ComputeSettings  # noqa: E402
+from ilastik_desktop.main_window import MainWindow  # noqa: E402
+from ilastik_desktop.services import Services  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    config = str(tmp_path_factory.mktemp("config"))
+    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5, enable_remote=True,
+                                  config_dir=config)) as running:
+        running.wait_for_workers(timeout=60)
+        yield running
+
+
+@pytest.fixture
+def window(qtbot, services, tmp_path):
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+    win = MainWindow(services, settings, interactive=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.close()
+
+
+def open_and_settle(qtbot, window, path, raw=None):
+    with qtbot.waitSignal(window.opened, timeout=60_000):
+        window.open_project(path, raw)
+    qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
+
+

@@ -7,38 +7,10 @@ import numpy as np
 import pytest
 from PyQt5 import QtCore, QtGui
 
-from ilastik_desktop.config import ComputeSettings
-from ilastik_desktop.main_window import MainWindow
-from ilastik_desktop.services import Services
 from tests.conftest import run_cli
+from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    config = str(tmp_path_factory.mktemp("config"))
-    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5, enable_remote=True,
-                                  config_dir=config)) as running:
-        running.wait_for_workers(timeout=60)
-        yield running
-
-
-@pytest.fixture
-def window(qtbot, services, tmp_path):
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
-    win = MainWindow(services, settings, interactive=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    yield win
-    win.close()
-
-
-def open_and_settle(qtbot, window, path, raw=None):
-    with qtbot.waitSignal(window.opened, timeout=60_000):
-        window.open_project(path, raw)
-    qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
 
 
 def shown(window, plane, kind="Probabilities"):

@@ -1,0 +1,101 @@
+"""Ways into a project: drag and drop, Open recent, locating moved raw data, error dialogs."""
+
+import os
+
+import pytest
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from ilastik_desktop.main_window import MainWindow
+from tests.gui.conftest import open_and_settle
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+
+
+@pytest.fixture
+def interactive_window(qtbot, services, settings):
+    """A window that asks the user (its dialogs are answered by the test)."""
+    win = MainWindow(services, settings, interactive=True)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.close()
+
+
+def drop_event(window, path: str, kind=QtCore.QEvent.Drop):
+    """A drag-enter or drop event carrying ``path``, and its mime data (keep it alive with the event)."""
+    mime = QtCore.QMimeData()
+    mime.setUrls([QtCore.QUrl.fromLocalFile(path)])
+    center = QtCore.QPoint(window.width() // 2, window.height() // 2)
+    if kind == QtCore.QEvent.DragEnter:
+        event = QtGui.QDragEnterEvent(center, QtCore.Qt.CopyAction, mime, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier)
+    else:
+        event = QtGui.QDropEvent(QtCore.QPointF(center), QtCore.Qt.CopyAction, mime, QtCore.Qt.LeftButton,
+                                 QtCore.Qt.NoModifier)
+    return event, mime
+
+
+def test_dropping_a_project_opens_it_and_other_files_are_refused(qtbot, window, data_dir, tmp_path):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    enter, mime = drop_event(window, project, QtCore.QEvent.DragEnter)
+    QtWidgets.QApplication.sendEvent(window, enter)
+    assert enter.isAccepted()
+    other, other_mime = drop_event(window, os.path.join(data_dir, "ilastik-api", "Data_3D.npy"),
+                                   QtCore.QEvent.DragEnter)
+    other.ignore()
+    QtWidgets.QApplication.sendEvent(window, other)
+    assert not other.isAccepted()
+    drop, drop_mime = drop_event(window, project)
+    with qtbot.waitSignal(window.opened, timeout=60_000) as opened:
+        QtWidgets.QApplication.sendEvent(window, drop)
+    assert opened.args[0].project.path == project
+    qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
+
+
+def test_open_recent_lists_opened_projects_newest_first(qtbot, window, data_dir):
+    first = os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp")
+    second = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    open_and_settle(qtbot, window, first)
+    open_and_settle(qtbot, window, second)
+    window.recent_menu.aboutToShow.emit()
+    entries = [action.text() for action in window.recent_menu.actions()]
+    assert entries[:2] == [second, first]
+    with qtbot.waitSignal(window.opened, timeout=60_000) as opened:
+        window.recent_menu.actions()[1].trigger()
+    assert opened.args[0].project.path == first
+    qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
+
+
+def test_moved_raw_data_is_located_by_the_user_and_remembered(qtbot, interactive_window, settings, data_dir,
+                                                               monkeypatch):
+    seed = os.path.join(data_dir, "seed")
+    project, raw = os.path.join(seed, "pc.ilp"), os.path.join(seed, "raw.h5")
+    told, asked = [], []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "information", lambda _parent, _title, text: told.append(text))
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName",
+                        lambda _parent, title, _folder, *_: asked.append(title) or (raw, ""))
+    with qtbot.waitSignal(interactive_window.opened, timeout=60_000):
+        interactive_window.open_project(project)  # its raw path (t063_preprocessed.tif) does not exist here
+    assert "t063_preprocessed.tif" in told[0] and asked == ["Locate t063_preprocessed.tif"]
+    assert interactive_window.document.source.path.startswith(raw)
+    qtbot.waitUntil(interactive_window.loader.is_settled, timeout=180_000)
+    interactive_window.close_document()
+    with qtbot.waitSignal(interactive_window.opened, timeout=60_000):
+        interactive_window.open_project(project)
+    assert len(asked) == 1, "the located file is remembered"
+    assert settings.value("raw_data/" + project).startswith(raw)
+
+
+def test_project_errors_are_dialogs_with_the_reader_message(qtbot, interactive_window, data_dir, monkeypatch):
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "critical", lambda _parent, _title, text: shown.append(text))
+    broken = os.path.join(data_dir, "ilastik-api", "PixelClassNoClassifier.ilp")
+    with qtbot.waitSignal(interactive_window.failed, timeout=60_000):
+        interactive_window.open_project(broken)
+    assert shown and "PixelClassNoClassifier.ilp" in shown[0] and "Traceback" not in shown[0]
+    assert interactive_window.document is None
