@@ -118,12 +118,13 @@ def test_screenshot_command(data_dir, tmp_path):
 def test_connect_dialog_adds_a_listening_worker_and_reports_a_wrong_key(qtbot, window, services, tmp_path):
     from tests.integration.test_curve import worker_key
     from tests.integration.test_zmq import free_port
-    from tests.integration.workers import kill_worker, start_worker
+    from tests.integration.workers import kill_worker, start_worker, wait_listening
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     proc = start_worker("--listen", endpoint, "--gateway-key", services.identity.public.decode(), "--config-dir",
                         str(tmp_path / "worker"))
     try:
+        wait_listening(endpoint)
         dialog = window.workers_panel.open_dialog()
         dialog.endpoint.setText(endpoint)
         dialog.key.setText(worker_key(tmp_path / "stranger").decode())  # not this worker's key

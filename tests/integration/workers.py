@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 from tests.conftest import REPO
 
@@ -16,6 +18,20 @@ def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subp
     cmd = [sys.executable, "-m", "ilastik_desktop.worker_cli", *args, "--processes", str(processes),
            "--heartbeat", str(heartbeat)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+
+
+def wait_listening(endpoint: str, timeout: float = 60.0) -> None:
+    """Wait until a worker started with ``--listen tcp://host:port`` accepts TCP connections."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {endpoint} after {timeout:.0f} s") from None
+            time.sleep(0.1)
 
 
 def kill_worker(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
