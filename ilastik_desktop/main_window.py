@@ -17,7 +17,7 @@ from ilastik_desktop.services import Services
 from ilastik_desktop.workers_ui import WorkersPanel
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
-from viewer.model import ViewerModel, default_layers
+from viewer.model import OBJECTS, PROBABILITIES, RAW, ViewerModel, default_layers
 from viewer.slice_view import SliceView
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class MainWindow(QtWidgets.QMainWindow):
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
 
     def _build_status(self) -> None:
+        self.cursor_label = QtWidgets.QLabel()
+        self.statusBar().addWidget(self.cursor_label)
         self.workers_label, self.cache_label = QtWidgets.QLabel("workers: -"), QtWidgets.QLabel("cache: -")
         self.pending = QtWidgets.QProgressBar(maximumWidth=180, textVisible=True)
         self.pending.setFormat("%v blocks pending")
@@ -161,14 +163,18 @@ class MainWindow(QtWidgets.QMainWindow):
         grid = QtWidgets.QGridLayout(area)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(2)
+        for i in (0, 1):  # the views share the space equally, whatever the fourth quadrant holds
+            grid.setColumnStretch(i, 1)
+            grid.setRowStretch(i, 1)
         for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
             grid.addWidget(view, *cell)
             view.slice_step.connect(lambda d, a=view.normal_axis: self.loader.step(a, d))
             view.pointed.connect(lambda r, c, v=view: self._point(v, r, c))
+            view.hovered.connect(lambda r, c, v=view: self._hover(v, r, c))
         self.position_label = QtWidgets.QLabel()
         self.position_label.setAlignment(QtCore.Qt.AlignCenter)
         if self.model.volumetric:
-            grid.addWidget(self.position_label, 1, 1)
+            grid.addWidget(self._info_box(), 1, 1)
         if t > 1:
             self.time_slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=t - 1)
             self.time_slider.valueChanged.connect(lambda v: self.model.move("t", v))
@@ -177,6 +183,26 @@ class MainWindow(QtWidgets.QMainWindow):
             row.addWidget(self.time_slider)
             grid.addLayout(row, 2, 0, 1, 2)
         return area
+
+    def _info_box(self) -> QtWidgets.QWidget:
+        """The fourth quadrant: crosshair position and the classes' colours."""
+        box = QtWidgets.QWidget()
+        layout = QtWidgets.QVBoxLayout(box)
+        layout.addStretch(1)
+        self.position_label.setStyleSheet("font-size: 15px;")
+        layout.addWidget(self.position_label)
+        project = self.document.project
+        legend = "&nbsp;&nbsp;&nbsp;".join(
+            f'<span style="color: rgb{tuple(color)}; font-size: 18px;">&#9632;</span> {name}'
+            for name, color in zip(project.label_names, project.label_colors))
+        legend_label = QtWidgets.QLabel(legend, alignment=QtCore.Qt.AlignCenter)
+        layout.addWidget(legend_label)
+        hint = QtWidgets.QLabel("wheel: slices    Ctrl+wheel: zoom\ndrag: pan    click: move the crosshair",
+                                alignment=QtCore.Qt.AlignCenter)
+        hint.setStyleSheet("color: #888;")
+        layout.addWidget(hint)
+        layout.addStretch(1)
+        return box
 
     def _fill_tabs(self, document: Document) -> None:
         self.tabs.clear()
@@ -198,6 +224,27 @@ class MainWindow(QtWidgets.QMainWindow):
     def _point(self, view: SliceView, row: int, col: int) -> None:
         self.model.move(view.rows_axis, row)
         self.model.move(view.cols_axis, col)
+
+    def _hover(self, view: SliceView, row: int, col: int) -> None:
+        """Show the voxel under the mouse with its raw value and the results painted there."""
+        if row < 0 or self.loader is None:
+            self.cursor_label.clear()
+            return
+        position = list(self.model.position)
+        position["tzyx".index(view.rows_axis)], position["tzyx".index(view.cols_axis)] = row, col
+        text = "  ".join(f"{axis} {value}" for axis, value in zip("xyzt", reversed(position))
+                         if axis != "z" or self.model.volumetric)
+        raw = self.loader.value_at(view.plane, RAW, row, col)
+        if raw is not None:
+            text += f"   raw {raw[0]:g}"
+        probabilities = self.loader.value_at(view.plane, PROBABILITIES, row, col)
+        if probabilities is not None:
+            names = self.document.project.label_names
+            text += "   " + "  ".join(f"{name} {p:.2f}" for name, p in zip(names, probabilities))
+        objects = self.loader.value_at(view.plane, OBJECTS, row, col)
+        if objects is not None and self.model.layer("Objects").visible:
+            text += f"   object {objects[0]}" if objects[0] else "   background"
+        self.cursor_label.setText(text)
 
     def _sync_crosshair(self) -> None:
         position = dict(zip("tzyx", self.model.position))

@@ -44,6 +44,7 @@ class _Slot:
         self.roi: Roi | None = None
         self.request = None  # RegionRequest, or a Future for objects
         self.values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
+        self.painted: np.ndarray | None = None  # which pixels of ``values`` have arrived (None: all of them)
         self.prefetch = None
         self.complete = False  # every block of the current request is painted
 
@@ -109,6 +110,13 @@ class PlaneLoader(QtCore.QObject):
         rows, cols = self._plane_slices(view, slot.roi)
         return slot.values[rows, cols], slot.roi
 
+    def value_at(self, plane: str, kind: str, row: int, col: int) -> np.ndarray | None:
+        """The painted values (one per channel) of ``kind`` at a pixel of view ``plane``, None if not there yet."""
+        slot = self.slots.get((plane, kind))
+        if slot is None or slot.values is None or (slot.painted is not None and not slot.painted[row, col]):
+            return None
+        return np.atleast_1d(slot.values[row, col])
+
     def is_complete(self, plane: str, kind: str) -> bool:
         """True when view ``plane`` shows every block of ``kind`` it asked for."""
         slot = self.slots.get((plane, kind))
@@ -169,7 +177,7 @@ class PlaneLoader(QtCore.QObject):
         self._cancel(slot)
         slot.generation += 1
         if not same_plane or slot.values is None:
-            slot.values = None
+            slot.values = slot.painted = None
             if kind != RAW:
                 for name in self._layer_names(kind):
                     view.clear_overlay(name)
@@ -241,7 +249,9 @@ class PlaneLoader(QtCore.QObject):
             return
         if slot.values is None:
             slot.values = np.zeros(view.shape + (plane.shape[-1],), plane.dtype)
+            slot.painted = np.zeros(view.shape, bool)
         slot.values[rows, cols] = plane
+        slot.painted[rows, cols] = True
         self._recolour(view, kind, (rows, cols))
 
     def _objects_ready(self, view: SliceView, slot: _Slot, generation: int, future: Future) -> None:
@@ -255,7 +265,7 @@ class PlaneLoader(QtCore.QObject):
         normal = "tzyx".index(view.normal_axis)
         index = [slice(None)] * 5
         index[normal] = slice(self.model.position[normal], self.model.position[normal] + 1)
-        slot.values = _plane_of(future.result()[tuple(index)], view)
+        slot.values, slot.painted = _plane_of(future.result()[tuple(index)], view), None
         self._recolour(view, OBJECTS)
         self._check_settled()
 

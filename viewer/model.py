@@ -99,10 +99,13 @@ class ViewerModel:
         self.layers_changed.emit("live")
 
 
+PROBABILITY_OPACITY = 0.25  # ilastik's default for its prediction layers: the raw data stays readable
+
+
 def default_layers(label_names, colors) -> list[Layer]:
     """Raw, one probability layer per class in the project's colours, segmentation and objects."""
     layers = [Layer("Raw", RAW)]
-    layers += [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i]), True, 0.6)
+    layers += [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i]), True, PROBABILITY_OPACITY)
                for i, name in enumerate(label_names)]
     layers += [Layer("Simple Segmentation", SEGMENTATION, visible=False, opacity=0.5),
                Layer("Objects", OBJECTS, visible=False, opacity=0.6)]

@@ -41,6 +41,7 @@ class SliceView(pg.GraphicsView):
 
     slice_step = QtCore.pyqtSignal(int)
     pointed = QtCore.pyqtSignal(int, int)  # row, column in image coordinates
+    hovered = QtCore.pyqtSignal(int, int)  # row, column under the mouse; (-1, -1) when off the image
     range_changed = QtCore.pyqtSignal()
 
     def __init__(self, plane: str, shape: tuple[int, int], parent=None):
@@ -66,6 +67,7 @@ class SliceView(pg.GraphicsView):
         self.title.setParentItem(self.box)
         self.box.setRange(xRange=(0, shape[1]), yRange=(0, shape[0]), padding=0.02)
         self.box.sigRangeChanged.connect(lambda *_: self.range_changed.emit())
+        self.scene().sigMouseMoved.connect(self._mouse_moved)
         self.setFocusPolicy(QtCore.Qt.StrongFocus)
 
     def keyPressEvent(self, ev: QtGui.QKeyEvent) -> None:  # noqa: N802 - Qt's name
@@ -74,6 +76,12 @@ class SliceView(pg.GraphicsView):
             self.slice_step.emit(steps[ev.key()])
         else:
             super().keyPressEvent(ev)
+
+    def _mouse_moved(self, scene_pos) -> None:
+        point = self.box.mapSceneToView(scene_pos)
+        row, col = int(np.floor(point.y())), int(np.floor(point.x()))
+        inside = 0 <= row < self.shape[0] and 0 <= col < self.shape[1]
+        self.hovered.emit(row if inside else -1, col if inside else -1)
 
     def visible_rect(self) -> tuple[int, int, int, int]:
         """The image rows and columns currently on screen: (row0, row1, col0, col1), clipped."""

@@ -48,6 +48,13 @@ def test_3d_project_shows_three_views_and_equals_the_export(qtbot, window, data_
     window.loader.step("z", 5)  # scrolling moves the plane and refills it
     qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
     assert np.array_equal(shown(window, "xy")[0], expected[z + 5])
+    window.views[1].hovered.emit(3, 7)  # the mouse over the xz view at z 3, x 7
+    names = window.document.project.label_names
+    readout = window.cursor_label.text()
+    assert f"x 7  y {y}  z 3" in readout
+    assert "  ".join(f"{n} {p:.2f}" for n, p in zip(names, expected[3, y, 7])) in readout
+    window.views[1].hovered.emit(-1, -1)
+    assert window.cursor_label.text() == ""
 
 
 def test_time_series_follows_the_time_slider(qtbot, window, data_dir):
