@@ -54,7 +54,8 @@ def _arm_screenshot(window, path: str, timeout_s: float, outcome: dict, app) -> 
         app.quit()
 
     def opened(_document) -> None:
-        window.loader.settled.connect(lambda: QtCore.QTimer.singleShot(300, capture))
+        # wait a little longer than the status bar's refresh so it shows the current figures
+        window.loader.settled.connect(lambda: QtCore.QTimer.singleShot(700, capture))
 
     def capture() -> None:
         if not window.loader.is_settled():

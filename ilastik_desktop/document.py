@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from backend.dataset import open_lane
 from backend.export import default_block_shape
 from backend.gateway import Gateway
+from backend.geometry import Roi
 from backend.pipeline import Pipeline, build_pipeline
 from backend.project import Project, ThresholdSettings, open_project
 from backend.sources import DataSource
@@ -21,6 +24,7 @@ class Document:
     source: DataSource
     pipeline: Pipeline
     gateway: Gateway
+    display_range: tuple[float, float] = (0.0, 255.0)
 
     @property
     def threshold(self) -> ThresholdSettings:
@@ -38,5 +42,16 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     project = open_project(path)
     source = open_lane(project, lane, raw_data, input_axes)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
+    display_range = default_display_range(source)
     gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
-    return Document(project, source, pipeline, gateway)
+    return Document(project, source, pipeline, gateway, display_range)
+
+
+def default_display_range(source: DataSource) -> tuple[float, float]:
+    """The raw display range: 0-255 for 8-bit data, else the 0.1-99.9 percentiles of the first middle slice."""
+    if source.dtype == np.uint8:
+        return (0.0, 255.0)
+    _, z, y, x = source.spatial_shape
+    sample = source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x)))
+    low, high = (float(v) for v in np.percentile(sample, (0.1, 99.9)))
+    return (low, high if high > low else low + 1.0)

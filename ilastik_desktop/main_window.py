@@ -6,7 +6,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.errors import RawDataMissing, UserError
@@ -141,7 +140,7 @@ class MainWindow(QtWidgets.QMainWindow):
         source = document.source
         self.model = ViewerModel(source.spatial_shape, source.channels,
                                  default_layers(document.project.label_names, document.project.label_colors),
-                                 _contrast(source.dtype))
+                                 document.display_range)
         self.setCentralWidget(self._viewer_area())
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self)
         self.loader.progress.connect(self._show_pending)
@@ -163,7 +162,7 @@ class MainWindow(QtWidgets.QMainWindow):
         grid = QtWidgets.QGridLayout(area)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(2)
-        for i in (0, 1):  # the views share the space equally, whatever the fourth quadrant holds
+        for i in (0, 1) if self.model.volumetric else ():  # the views share the space equally
             grid.setColumnStretch(i, 1)
             grid.setRowStretch(i, 1)
         for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
@@ -177,9 +176,12 @@ class MainWindow(QtWidgets.QMainWindow):
             grid.addWidget(self._info_box(), 1, 1)
         if t > 1:
             self.time_slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=t - 1)
+            time_label = QtWidgets.QLabel(f"time 0 / {t - 1}")
             self.time_slider.valueChanged.connect(lambda v: self.model.move("t", v))
+            self.time_slider.valueChanged.connect(lambda v: time_label.setText(f"time {v} / {t - 1}"))
+            self.time_slider.setTickPosition(QtWidgets.QSlider.TicksBelow)
             row = QtWidgets.QHBoxLayout()
-            row.addWidget(QtWidgets.QLabel("time"))
+            row.addWidget(time_label)
             row.addWidget(self.time_slider)
             grid.addLayout(row, 2, 0, 1, 2)
         return area
@@ -306,10 +308,3 @@ class MainWindow(QtWidgets.QMainWindow):
         self.io.shutdown(wait=True, cancel_futures=True)
         self.close_document()
         super().closeEvent(event)
-
-
-def _contrast(dtype) -> tuple[float, float]:
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return (float(max(info.min, 0)), float(min(info.max, 255 if info.bits == 8 else info.max)))
-    return (0.0, 1.0)

@@ -60,6 +60,9 @@ def test_3d_project_shows_three_views_and_equals_the_export(qtbot, window, data_
 def test_time_series_follows_the_time_slider(qtbot, window, data_dir):
     series = os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp")
     open_and_settle(qtbot, window, series)
+    raw, _ = shown(window, "xy", "Raw")  # uint16: the display range follows the data, not 0..65535
+    low, high = window.model.contrast
+    assert raw.min() <= low < high <= raw.max() and high < 65535
     first = shown(window, "xy")[0].copy()
     window.time_slider.setValue(5)
     qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
