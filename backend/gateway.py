@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,6 +117,7 @@ class Gateway:
             raise CacheUnavailable("the cache server does not answer")
         self._watchdog = threading.Thread(target=self._watch, name="gateway-watchdog", daemon=True)
         self._watchdog.start()
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-helper")
 
     def set_pipeline(self, pipeline: Pipeline) -> None:
         """Use another classifier or feature set from now on (its blocks get other keys)."""
@@ -166,6 +167,10 @@ class Gateway:
             self._look_up(state)
         return req
 
+    def run_local(self, function: Callable, *args) -> Future:
+        """Run a short computation on the results (labelling a frame) on the gateway's helper thread."""
+        return self._helper.submit(function, *args)
+
     def status(self) -> dict:
         """Executor status plus cache hits, misses and blocks in progress."""
         with self._lock:
@@ -185,6 +190,7 @@ class Gateway:
         self._stop.set()
         self._watchdog.join(timeout=5)
         self._listener.stop()
+        self._helper.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             owned = [(s.key, s.token) for s in self._blocks.values() if s.token]
             waiting = list(self._blocks.values())

@@ -84,5 +84,11 @@ def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priorit
             if not result.done():
                 result.set_exception(exc)
 
-    probabilities.future.add_done_callback(lambda f: threading.Thread(target=label, args=(f,), daemon=True).start())
+    def hand_over(future: Future) -> None:
+        try:
+            gateway.run_local(label, future)
+        except RuntimeError:  # the gateway was closed meanwhile
+            result.cancel()
+
+    probabilities.future.add_done_callback(hand_over)
     return result

@@ -135,7 +135,7 @@ class Worker:
                 return
 
     def _serve(self, sock: zmq.Socket) -> bool:
-        """Handle one connection until it goes silent (False) or we stop (True)."""
+        """Handle the gateway until we stop (True) or, when connecting, until it goes silent (False)."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
@@ -162,7 +162,11 @@ class Worker:
                 last_sent = now
             silence = max(interval, self._peer_interval) * self.config.liveness  # the slower side sets the pace
             if last_heard is not None and now - last_heard > silence:
-                return heard_any
+                if self.config.connect:
+                    return heard_any  # reconnect with back-off
+                # listening: keep the bound socket (re-binding the port can fail) and wait for a gateway
+                log.warning("gateway silent for %d heartbeats; waiting for a gateway", self.config.liveness)
+                last_heard, heard_any = None, False
         if last_heard is not None:
             sock.send_multipart(encode("DISCONNECT"))
         return True

@@ -78,6 +78,7 @@ class ZmqExecutor:
         self._queue: list[_Job] = []
         self._workers: dict[tuple[int, bytes], _Remote] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when a worker registers
         self._seq = itertools.count()
         self._stop = threading.Event()
         self._wakeup = Wakeup()
@@ -193,12 +194,9 @@ class ZmqExecutor:
 
     def wait_for_workers(self, processes: int, timeout: float) -> bool:
         """Block until workers with at least ``processes`` processes are registered."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.status()["processes"] >= processes:
-                return True
-            time.sleep(0.02)
-        return False
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(w.processes for w in self._workers.values()) >= processes, timeout)
 
     def close(self) -> None:
         """Say goodbye to the workers, fail what is pending, stop the I/O thread and free the sockets."""
@@ -314,6 +312,7 @@ class ZmqExecutor:
                                        str(fields.get("version", "?")), time.monotonic(),
                                        endpoint=self._outbound.get(route[0], ("", b""))[0],
                                        heartbeat_s=peer_interval(fields))
+        self._changed.notify_all()
         log.info("worker %s registered with %d processes", fields.get("host"), processes)
 
     def _complete(self, worker: _Remote, message) -> Callable[[], None] | None:

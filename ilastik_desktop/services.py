@@ -126,11 +126,10 @@ class Services:
         timeout = self.settings.worker_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.executor.status()["processes"] >= wanted:
+            if self.executor.wait_for_workers(wanted, timeout=0.25):  # wakes as soon as they register
                 return
-            if self.local and self.local.failure():
+            if self.local and self.local.failure():  # a worker that died will never register
                 raise UserError(self.local.failure())
-            time.sleep(0.05)
         where = f"local workers (log: {self.local.log_path})" if self.local else "remote workers"
         raise UserError(f"no {where} registered within {timeout:.0f} s; check that they run and can reach "
                         f"{self.listen_address or self.executor.address}")

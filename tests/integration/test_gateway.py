@@ -17,7 +17,7 @@ from backend.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
 from backend.sources import open_source
 from backend.training import labelled_samples, train_classifier
 from tests.integration.test_executor import _pipeline, small_project
-from tests.integration.workers import ZmqWithWorkers
+from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,12 @@ def whole_image(pipeline, image, kind="Probabilities"):
 
 def source_of(path):
     return open_source(os.path.join(os.path.dirname(path), "raw.h5/data"))
+
+
+def gateway_on(path, pipeline, executor, client, block_shape, lease_s=10.0):
+    """A gateway for the test project's image, caching through ``client`` with the given lease."""
+    return Gateway(source_of(path), pipeline, executor, BlockCache(client, lease_s),
+                   GatewayConfig(block_shape=block_shape, lease_s=lease_s))
 
 
 def test_cache_values_round_trip_and_keys_are_deterministic():
@@ -70,9 +76,8 @@ def test_overlapping_concurrent_requests_compute_each_block_once(project, redis_
     path, image = project
     pipeline = _pipeline(path)
     expected = whole_image(pipeline, image)
-    config = GatewayConfig(block_shape=(1, 12, 32, 32), lease_s=3)
     with ZmqWithWorkers(pipeline, workers=1, processes=2) as ex:
-        gateways = [Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client(), 3), config)
+        gateways = [gateway_on(path, pipeline, ex.executor, redis_server.client(), (1, 12, 32, 32), 3)
                     for _ in range(2)]
         rois = [Roi((0, z, y, x), (1, z + 14, y + 50, x + 50)) for z, y, x in
                 [(0, 0, 0), (5, 10, 20), (10, 30, 30), (0, 46, 46), (3, 20, 0), (8, 0, 40), (0, 40, 10), (10, 5, 5)]]
@@ -101,9 +106,8 @@ def test_overlapping_concurrent_requests_compute_each_block_once(project, redis_
 def test_a_dead_owner_is_taken_over_after_its_lease(project, redis_server):
     path, image = project
     pipeline = _pipeline(path)
-    config = GatewayConfig(block_shape=(1, 24, 96, 96), lease_s=1.5)
     with LocalExecutor(workers=1) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client(), 1.5), config)
+        gateway = gateway_on(path, pipeline, ex, redis_server.client(), (1, 24, 96, 96), 1.5)
         roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
         key = block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities", roi)
         ghost = BlockCache(redis_server.client(), lease_s=1.5)
@@ -119,10 +123,8 @@ def test_a_dead_owner_is_taken_over_after_its_lease(project, redis_server):
 def test_redis_killed_mid_request_fails_clearly_then_recovers(project, redis_server):
     path, image = project
     pipeline = _pipeline(path)
-    config = GatewayConfig(block_shape=(1, 12, 48, 48), lease_s=2)
     with LocalExecutor(workers=1) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client(socket_timeout=2), 2),
-                          config)
+        gateway = gateway_on(path, pipeline, ex, redis_server.client(socket_timeout=2), (1, 12, 48, 48), 2)
         roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
         ghost = BlockCache(redis_server.client(), lease_s=30)
         for block in gateway.grid.blocks_in(roi):  # someone else "computes" everything: we must wait
@@ -154,8 +156,7 @@ def test_changing_the_classifier_never_serves_old_blocks(project, redis_server):
     assert pipeline2.fingerprint() != pipeline.fingerprint()
     roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
     with LocalExecutor(workers=2) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client()),
-                          GatewayConfig(block_shape=(1, 12, 48, 48)))
+        gateway = gateway_on(path, pipeline, ex, redis_server.client(), (1, 12, 48, 48))
         first = gateway.request("Probabilities", roi).result(timeout=120)
         gateway.set_pipeline(pipeline2)
         second = gateway.request("Probabilities", roi).result(timeout=120)
@@ -174,8 +175,7 @@ def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
     path, _ = project
     pipeline = _pipeline(path)
     with ZmqWithWorkers(pipeline, workers=1, processes=1) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client()),
-                          GatewayConfig(block_shape=(1, 6, 24, 24)))
+        gateway = gateway_on(path, pipeline, ex.executor, redis_server.client(), (1, 6, 24, 24))
         arrived = []
         request = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)),
                                   on_block=lambda roi, values: arrived.append(roi))
@@ -198,8 +198,7 @@ def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project,
     path, image = project
     pipeline = _pipeline(path)
     with LocalExecutor(workers=2) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex, BlockCache(redis_server.client()),
-                          GatewayConfig(block_shape=(1, 12, 48, 48)))
+        gateway = gateway_on(path, pipeline, ex, redis_server.client(), (1, 12, 48, 48))
         settings = ThresholdSettings(channel=1, min_size=5, sigmas=(1.0, 1.0, 1.0))
         part = Roi((0, 4, 10, 20), (1, 20, 90, 70))
         labels = request_objects(gateway, part, settings).result(timeout=120)
@@ -217,25 +216,27 @@ def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project,
 
 @pytest.mark.timeout(120)
 def test_a_visible_request_hurries_a_block_queued_for_prefetch(project, redis_server):
-    """A block queued at prefetch priority behind a long queue is computed next once the view needs it;
+    """A block queued at prefetch priority behind a long queue is computed first once the view needs it;
     thin per-request blocks give the same values as the whole image."""
     from backend.gateway import PREFETCH, SIDE_VIEW, VISIBLE
 
     path, image = project
     pipeline = _pipeline(path)
-    with ZmqWithWorkers(pipeline, workers=1, processes=1) as ex:
-        gateway = Gateway(source_of(path), pipeline, ex.executor, BlockCache(redis_server.client()),
-                          GatewayConfig(block_shape=(1, 6, 24, 24)))
+    with ZmqWithWorkers(pipeline, workers=0) as ex:  # everything queues until the worker comes
+        gateway = gateway_on(path, pipeline, ex.executor, redis_server.client(), (1, 6, 24, 24))
         arrived = []
         bulk = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)), SIDE_VIEW,
                                on_block=lambda roi, values: arrived.append(roi))
         plane, thin = Roi((0, 11, 0, 0), (1, 12, 96, 96)), (1, 1, 48, 48)
         gateway.request("Probabilities", plane, PREFETCH, block_shape=thin)  # queued behind all of bulk
         visible = gateway.request("Probabilities", plane, VISIBLE, block_shape=thin)
-        values = visible.result(timeout=60)
-        bulk_done_then = len(arrived)
-        total = len(list(gateway.grid.blocks_in(bulk.roi)))
-        assert bulk_done_then < total // 2, f"{bulk_done_then} of {total} bulk blocks went first"
+        worker = start_worker("--connect", ex.address)
+        try:
+            values = visible.result(timeout=60)
+            overtaken = len(arrived)
+            bulk.result(timeout=60)
+        finally:
+            kill_worker(worker)
+        assert overtaken == 0, f"{overtaken} of {len(arrived)} bulk blocks went before the visible ones"
         assert np.array_equal(values, whole_image(pipeline, image)[:, 11:12])
-        bulk.result(timeout=60)
         gateway.close()
