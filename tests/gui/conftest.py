@@ -22,14 +22,32 @@ def services(tmp_path_factory):
 
 
 @pytest.fixture
-def window(qtbot, services, tmp_path):
-    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
-    win = MainWindow(services, settings, interactive=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    yield win
-    win.close()
+def settings(tmp_path):
+    """The window's QSettings, in a file of this test's own."""
+    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+
+
+@pytest.fixture
+def make_window(qtbot, services, settings):
+    """Make shown main windows (closed after the test); interactive ones ask the user in dialogs."""
+    windows = []
+
+    def make(interactive: bool = False) -> MainWindow:
+        win = MainWindow(services, settings, interactive=interactive)
+        qtbot.addWidget(win)
+        win.resize(1200, 800)
+        win.show()
+        windows.append(win)
+        return win
+
+    yield make
+    for win in windows:
+        win.close()
+
+
+@pytest.fixture
+def window(make_window):
+    return make_window()
 
 
 def open_and_settle(qtbot, window, path, raw=None):

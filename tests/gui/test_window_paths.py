@@ -5,26 +5,15 @@ import os
 import pytest
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from ilastik_desktop.main_window import MainWindow
 from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
-
-
-@pytest.fixture
-def interactive_window(qtbot, services, settings):
+def interactive_window(make_window):
     """A window that asks the user (its dialogs are answered by the test)."""
-    win = MainWindow(services, settings, interactive=True)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    yield win
-    win.close()
+    return make_window(interactive=True)
 
 
 def drop_event(window, path: str, kind=QtCore.QEvent.Drop):
