@@ -37,6 +37,11 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], KEYS[3])
 return 1
 """
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -77,6 +82,7 @@ class BlockCache:
         self.client = client
         self.lease_ms = int(lease_s * 1000)
         self.error_ms = int(error_ttl_s * 1000)
+        self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
         self._renew = client.register_script(_RENEW)
@@ -100,8 +106,11 @@ class BlockCache:
         return message.decode() if message is not None else None
 
     def claim(self, key: str, token: str) -> bool:
-        """Take the lease of a missing block; False if someone else holds it."""
-        return bool(self.client.set(key + ":lease", token, nx=True, px=self.lease_ms))
+        """Take the lease of a missing block; False if someone else holds it or it is already done (or failed).
+
+        One atomic step: a block finished between our look-up and our claim is never claimed again.
+        """
+        return bool(self._claim(keys=[key, key + ":lease", key + ":error"], args=[token, self.lease_ms]))
 
     def renew(self, key: str, token: str) -> bool:
         """Extend our lease; False if it was lost."""

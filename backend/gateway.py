@@ -221,24 +221,30 @@ class Gateway:
 
     def _serve(self, state: _Block) -> None:
         try:
-            values = self.cache.get(state.key)
-            if values is not None:
-                self._count("hits")
-                self._finish(state.key, values=values)
-                return
-            message = self.cache.error(state.key)
-            if message is not None:
-                self._finish(state.key, error=RuntimeError(message))
+            if self._served_from_cache(state):
                 return
             token = uuid.uuid4().hex
             if self.cache.claim(state.key, token):
                 self._count("misses")
                 state.token = token
                 self._compute(state)
-            else:
+            elif not self._served_from_cache(state):  # it may have finished or failed since we looked
                 self._count("waited")
         except redis.RedisError as exc:
             self._finish(state.key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
+
+    def _served_from_cache(self, state: _Block) -> bool:
+        """Finish the block from its cached values or recorded error, if either is there."""
+        values = self.cache.get(state.key)
+        if values is not None:
+            self._count("hits")
+            self._finish(state.key, values=values)
+            return True
+        message = self.cache.error(state.key)
+        if message is not None:
+            self._finish(state.key, error=RuntimeError(message))
+            return True
+        return False
 
     def _compute(self, state: _Block) -> None:
         block = state.block

@@ -109,7 +109,7 @@ class Worker:
                 try:
                     self._wait_for_pool()  # bound or connected, but silent until the compute processes are warm
                     if self.config.connect:
-                        sock.send_multipart(self._ready())
+                        _send(sock, self._ready())
                     if self._serve(sock):
                         backoff = 0.5
                 finally:
@@ -152,13 +152,17 @@ class Worker:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                     last_heard = time.monotonic()
                     if not heard_any and self.config.listen:
-                        sock.send_multipart(self._ready())
+                        _send(sock, self._ready())
                     heard_any = True
-                    self._handle(sock, frames)
+                    if self._handle(sock, frames) == "DISCONNECT":
+                        if self.config.connect:
+                            _send(sock, self._ready())  # a restarted gateway does not know us: register again
+                        else:
+                            last_heard, heard_any = None, False  # greet whichever gateway speaks next
             self._send_results(sock)
             now = time.monotonic()
             if now - last_sent >= interval and last_heard is not None:
-                sock.send_multipart(encode("HEARTBEAT"))
+                _send(sock, encode("HEARTBEAT"))
                 last_sent = now
             silence = max(interval, self._peer_interval) * self.config.liveness  # the slower side sets the pace
             if last_heard is not None and now - last_heard > silence:
@@ -168,15 +172,16 @@ class Worker:
                 log.warning("gateway silent for %d heartbeats; waiting for a gateway", self.config.liveness)
                 last_heard, heard_any = None, False
         if last_heard is not None:
-            sock.send_multipart(encode("DISCONNECT"))
+            _send(sock, encode("DISCONNECT"))
         return True
 
-    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
+        """Act on one message from the gateway; returns its type (None if malformed)."""
         try:
             message = decode(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed message: %s", exc)
-            return
+            return None
         if message.type == "HEARTBEAT":
             self._peer_interval = peer_interval(message.fields)
         elif message.type == "PIPELINE":
@@ -190,11 +195,12 @@ class Worker:
                 future = self.pool.submit(task)
             except (ProtocolError, ValueError) as exc:
                 key = str(message.fields.get("key", ""))
-                sock.send_multipart(encode("ERROR", {"key": key, "message": str(exc), "deterministic": False}))
-                return
+                _send(sock, encode("ERROR", {"key": key, "message": str(exc), "deterministic": False}))
+                return message.type
             future.add_done_callback(lambda f, key=task.key: self._finished(key, f))
         elif message.type == "DISCONNECT":
-            log.info("gateway said goodbye")
+            log.info("the gateway said goodbye or does not know us")
+        return message.type
 
     def _finished(self, key: str, future: Future) -> None:
         with self._done_lock:
@@ -210,9 +216,22 @@ class Worker:
             error = future.exception()
             if error is None:
                 compute_s = round(getattr(future, "compute_s", 0.0), 4)
-                sock.send_multipart(encode("RESULT", {"key": key, "compute_s": compute_s}, [future.result()]))
+                _send(sock, encode("RESULT", {"key": key, "compute_s": compute_s}, [future.result()]))
                 self.completed += 1
             else:
                 deterministic = not isinstance(error, (OSError, RuntimeError, KeyError))
-                sock.send_multipart(encode("ERROR", {"key": key, "message": f"{type(error).__name__}: {error}",
-                                                     "deterministic": deterministic}))
+                _send(sock, encode("ERROR", {"key": key, "message": f"{type(error).__name__}: {error}",
+                                             "deterministic": deterministic}))
+
+
+def _send(sock: zmq.Socket, frames: list[bytes]) -> bool:
+    """Send without blocking; False (message dropped) while no gateway is connected to a listening worker.
+
+    A bound DEALER with no peer would block a plain send, and with it heartbeats, silence detection and
+    stop(); the gateway re-dispatches whatever a lost result was for.
+    """
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False

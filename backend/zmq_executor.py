@@ -80,6 +80,8 @@ class ZmqExecutor:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a worker registers
         self._seq = itertools.count()
+        self._run_id = uuid.uuid4().hex[:12]  # task keys are unique across executors: a worker that served
+        # an earlier gateway may still send its late results, which must never complete our tasks
         self._stop = threading.Event()
         self._wakeup = Wakeup()
         self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "compute_s": 0.0,
@@ -367,9 +369,10 @@ class ZmqExecutor:
                     header, arrays = self._pipelines[fingerprint]
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
                     worker.pipelines.add(fingerprint)
-                worker.in_flight[str(job.seq)] = job
+                key = f"{self._run_id}-{job.seq}"
+                worker.in_flight[key] = job
                 job.sent = time.monotonic()
-                self._send(worker.route, task_message(replace(job.task, key=str(job.seq))))
+                self._send(worker.route, task_message(replace(job.task, key=key)))
 
     def _shutdown(self) -> None:
         with self._lock:

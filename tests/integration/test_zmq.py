@@ -12,6 +12,7 @@ import zmq
 
 from backend.pipeline import BlockTask
 from backend.protocol import decode, encode
+from backend.worker import PROTOCOL_NAME
 from backend.zmq_executor import TaskError, ZmqExecutor
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
@@ -80,6 +81,65 @@ def test_listen_mode_and_worker_restart(project):
             assert np.array_equal(future.result(timeout=90), expected)
     finally:
         kill_worker(proc)
+
+
+@pytest.mark.timeout(120)
+def test_a_listening_worker_serves_gateway_after_gateway_and_stops_when_alone(project):
+    """A gateway reconnecting at once (within the worker's silence window) is greeted like a new one,
+    and a listening worker whose gateway left still answers SIGTERM (its sends used to block with no peer)."""
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = start_worker("--listen", endpoint, heartbeat=1.0)
+    try:
+        for _ in range(3):
+            with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
+                ex.add_pipeline(pipeline)
+                assert ex.wait_for_workers(1, timeout=60)
+                assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
+        time.sleep(2.5)  # alone: a heartbeat or two would have been due
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        kill_worker(proc)
+
+
+@pytest.mark.timeout(60)
+def test_late_results_of_another_gateways_tasks_are_ignored(project):
+    """A worker that served an earlier gateway may still send that gateway's results: their keys must
+    never match a task of ours (task keys used to be plain sequence numbers, the same in every gateway)."""
+    path, image = project
+    pipeline = _pipeline(path)
+    task = _task(pipeline, image)
+    expected = pipeline.run(task)
+    with ZmqExecutor(heartbeat_s=0.2) as ex:
+        ex.add_pipeline(pipeline)
+        peer = zmq.Context.instance().socket(zmq.DEALER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.connect(ex.address)
+        try:
+            peer.send_multipart(encode("READY", {"processes": 1, "version": PROTOCOL_NAME, "host": "fake"}))
+            assert ex.wait_for_workers(1, timeout=10)
+            future = ex.submit(task)
+            sent = _next_message(peer, "TASK")
+            for stale in ("0", "1", "k"):
+                peer.send_multipart(encode("RESULT", {"key": stale}, [np.zeros_like(expected)]))
+            peer.send_multipart(encode("RESULT", {"key": sent.fields["key"]}, [expected]))
+            assert np.array_equal(future.result(timeout=10), expected)
+            assert ex.status()["done"] == 1
+        finally:
+            peer.close()
+
+
+def _next_message(sock: zmq.Socket, kind: str, timeout_s: float = 10.0):
+    """The next message of type ``kind`` arriving on ``sock`` (others are skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+        message = decode(sock.recv_multipart())
+        if message.type == kind:
+            return message
+    raise TimeoutError(f"no {kind} within {timeout_s} s")
 
 
 @pytest.mark.timeout(120)
