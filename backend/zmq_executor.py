@@ -78,7 +78,7 @@ class ZmqExecutor:
         self._queue: list[_Job] = []
         self._workers: dict[tuple[int, bytes], _Remote] = {}
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # notified when a worker registers
+        self._changed = threading.Condition(self._lock)  # notified when a worker registers or is refused
         self._seq = itertools.count()
         self._run_id = uuid.uuid4().hex[:12]  # task keys are unique across executors: a worker that served
         # an earlier gateway may still send its late results, which must never complete our tasks
@@ -200,6 +200,11 @@ class ZmqExecutor:
             return self._changed.wait_for(
                 lambda: sum(w.processes for w in self._workers.values()) >= processes, timeout)
 
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a worker registers or a peer is refused, or ``timeout`` seconds pass."""
+        with self._changed:
+            self._changed.wait(timeout)
+
     def close(self) -> None:
         """Say goodbye to the workers, fail what is pending, stop the I/O thread and free the sockets."""
         self._stop.set()
@@ -302,6 +307,7 @@ class ZmqExecutor:
         log.warning("refused %s", why)
         with self._lock:
             self._refused = (self._refused + [why])[-20:]
+            self._changed.notify_all()
 
     def _register(self, route, fields: dict) -> None:
         if route in self._workers:

@@ -159,7 +159,7 @@ class Services:
                 self.executor.disconnect(endpoint)
                 raise UserError(f"{endpoint}: version mismatch, {mismatch[0]}; install the same ilastik-desktop "
                                 "version on both machines")
-            time.sleep(0.05)
+            self.executor.wait_for_change(min(0.25, max(0.0, deadline - time.monotonic())))
         self.executor.disconnect(endpoint)
         ours = self.identity.public.decode() if self.identity else "(none)"
         raise UserError(f"{endpoint} answers but did not accept us within {timeout:.0f} s: check the worker's key "
