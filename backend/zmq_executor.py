@@ -80,8 +80,9 @@ class ZmqExecutor:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a worker registers or is refused
         self._seq = itertools.count()
-        self._run_id = uuid.uuid4().hex[:12]  # task keys are unique across executors: a worker that served
-        # an earlier gateway may still send its late results, which must never complete our tasks
+        # task keys are unique across executors: a worker that served an earlier gateway may still send
+        # that gateway's late results, which must never complete our tasks
+        self._run_id = uuid.uuid4().hex[:12]
         self._stop = threading.Event()
         self._wakeup = Wakeup()
         self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "compute_s": 0.0,
