@@ -151,6 +151,7 @@ class Gateway:
             return req
         req = RegionRequest(self, kind, roi, self.pipeline.channels(kind), self.pipeline.dtype(kind), on_block)
         fresh: list[_Block] = []
+        hurried: list[_Block] = []
         with self._lock:
             blocks = [(block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, b.roi), b)
                       for b in self.grid_for(block_shape or self.config.block_shape).blocks_in(roi)]
@@ -161,8 +162,12 @@ class Gateway:
                     state = self._blocks[key] = _Block(key, block, kind, priority)
                     fresh.append(state)
                 elif priority < state.priority:
-                    self._hurry(state, priority)
+                    state.priority = priority
+                    if self._unqueue(state):
+                        hurried.append(state)
                 state.waiters.append(req)
+        for state in hurried:
+            self._submit(state)  # again, at the more urgent priority
         for state in fresh:
             self._look_up(state)
         return req
@@ -254,30 +259,27 @@ class Gateway:
         self._submit(state)
 
     def _submit(self, state: _Block) -> None:
-        priority = state.priority
-        future = self.executor.submit(state.task, priority)
-        with self._lock:
-            state.future = future
-            if state.priority < priority:  # hurried while we were submitting
-                self._hurry(state, state.priority)
+        """Queue the block's task at its priority, again if a more urgent request came meanwhile."""
+        while True:
+            priority = state.priority
+            future = self.executor.submit(state.task, priority)
+            with self._lock:
+                state.future = future
+                if not (state.priority < priority and self._unqueue(state)):
+                    break
         future.add_done_callback(lambda f, s=state: self._computed(s, f))
 
-    def _hurry(self, state: _Block, priority: int) -> None:
-        """A more urgent request wants a block: queue it again at that priority if it has not started.
-
-        The caller holds the gateway lock.
-        """
-        state.priority = priority
-        queued, state.future = state.future, None
+    def _unqueue(self, state: _Block) -> bool:
+        """Take the block's task off the executor's queue if it has not started (the caller holds the lock)."""
+        queued, state.future = state.future, None  # first, so that the cancelled future's callback ignores it
         if queued is not None and self.executor.cancel(queued):
-            state.future = self.executor.submit(state.task, priority)
-            state.future.add_done_callback(lambda f, s=state: self._computed(s, f))
-        else:
-            state.future = queued
+            return True
+        state.future = queued
+        return False
 
     def _computed(self, state: _Block, future: Future) -> None:
         if future is not state.future:
-            return  # replaced by a more urgent submission (see _hurry)
+            return  # taken off the queue for a more urgent submission (see _unqueue)
         started = time.perf_counter()
         try:
             self._store(state, future)
