@@ -42,6 +42,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
+_ABANDON = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], KEYS[2])
+return 1
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -87,6 +92,7 @@ class BlockCache:
         self._fail = client.register_script(_FAIL)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._abandon = client.register_script(_ABANDON)
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached block, or None."""
@@ -119,6 +125,10 @@ class BlockCache:
     def release(self, key: str, token: str) -> None:
         """Give up our lease without a result (e.g. the block was cancelled)."""
         self._release(keys=[key + ":lease"], args=[token])
+
+    def abandon(self, key: str, token: str) -> None:
+        """Give up our lease after a transient failure and tell everyone, so that a waiter claims it again."""
+        self._abandon(keys=[key + ":lease", key], args=[token, CHANNEL])
 
     def leased(self, key: str) -> bool:
         """True while someone holds the block's lease."""
@@ -158,7 +168,7 @@ class NoticeListener:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and message["type"] == "message":
-                        self.on_notice(message["data"].decode())
+                        self._notify(message["data"])
             except redis.RedisError as exc:
                 self.subscribed.clear()
                 self.on_lost(exc)
@@ -169,6 +179,12 @@ class NoticeListener:
                     pubsub.close()
                 except redis.RedisError:
                     pass
+
+    def _notify(self, data: bytes) -> None:
+        try:
+            self.on_notice(data.decode())
+        except Exception:  # a failing receiver must not end the notices of every other block
+            log.exception("cache notice for %r: unexpected error (going on)", data[:200])
 
     def stop(self) -> None:
         """Unsubscribe and join the thread."""

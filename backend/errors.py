@@ -19,3 +19,17 @@ class RawDataMissing(DataError):
     def __init__(self, message: str, path: str):
         super().__init__(message)
         self.path = path
+
+
+class TransientError(RuntimeError):
+    """A failure that may not happen again (a lost worker, a closed executor): retried, never cached."""
+
+    deterministic = False
+
+
+def is_deterministic(error: BaseException) -> bool:
+    """Whether computing again would fail the same way (bad data, bad classifier), so the failure may be cached."""
+    flag = getattr(error, "deterministic", None)
+    if flag is not None:
+        return bool(flag)
+    return not isinstance(error, (OSError, RuntimeError, KeyError, TimeoutError, MemoryError))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -51,9 +52,13 @@ def _run_task(task: BlockTask, folder: str) -> tuple[np.ndarray, float]:
     return pipeline.run(task, _worker_buffers), time.perf_counter() - started
 
 
-def _warm_up_process(warmed) -> None:
+def _warm_up_process(warmed, parent_pid: int) -> None:
+    """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C to it, warm up."""
+    from backend.processes import watch_parent
     from backend.warmup import warm_up
 
+    watch_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
     warm_up()
     warmed.release()
 
@@ -94,7 +99,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("spawn")
         self._warmed, self._ready = context.Semaphore(0), 0
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up_process,
-                                   initargs=(self._warmed,))
+                                   initargs=(self._warmed, os.getpid()))
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until every worker process has started and warmed up; False if ``timeout`` passed first."""

@@ -79,9 +79,42 @@ class CompiledForests:
     class_count: int
     feature_count: int
 
+    def validate(self) -> CompiledForests:
+        """Check what the compiled walk relies on (ValueError otherwise): sizes agree, indices are in range,
+        every inner node's children come after it (so no walk can loop) and leaves point to themselves."""
+        n = self.feature.size
+        arrays = (self.feature, self.threshold, self.is_leaf, self.leaf_row)
+        if any(a.ndim != 1 or a.size != n for a in arrays) or self.children.shape != (2 * n,) or n == 0:
+            raise ValueError("forest arrays of inconsistent sizes")
+        if self.leaf32.ndim != 2 or self.leaf32.shape != self.leaf64.shape or self.leaf32.shape[1] != self.class_count:
+            raise ValueError("forest leaf tables of inconsistent sizes")
+        if not (0 < self.class_count <= 4096 and 0 < self.feature_count <= 1 << 16):
+            raise ValueError(f"forest with {self.class_count} classes and {self.feature_count} features")
+        leaf = self.is_leaf.astype(bool)
+        left, right = self.children[0::2].astype(np.int64), self.children[1::2].astype(np.int64)
+        index = np.arange(n)
+        inner_ok = (self.feature >= 0) & (self.feature < self.feature_count) & (left > index) & (right > index) \
+            & (left < n) & (right < n) & (self.leaf_row == -1)
+        leaf_ok = (left == index) & (right == index) & (self.leaf_row >= 0) & (self.leaf_row < self.leaf32.shape[0])
+        if not np.all(np.where(leaf, leaf_ok, inner_ok)):
+            raise ValueError("forest nodes point out of range or backwards (a crafted or damaged forest)")
+        ends = self.forest_ends.astype(np.int64)
+        if self.roots.ndim != 1 or self.roots.size == 0 or np.any((self.roots < 0) | (self.roots >= n)) \
+                or ends.ndim != 1 or ends.size == 0 or np.any(np.diff(ends) <= 0) or ends[0] <= 0 \
+                or ends[-1] != self.roots.size:
+            raise ValueError("forest roots or tree counts out of range")
+        return self
+
     @classmethod
     def build(cls, forests: Sequence[Forest], where: str = "forest") -> CompiledForests:
-        """Flatten forests that share labels and feature count; reject non-threshold nodes."""
+        """Flatten forests that share labels and feature count; reject non-threshold nodes and damaged trees."""
+        try:
+            return cls._build(forests, where).validate()
+        except (IndexError, ValueError) as exc:
+            raise ProjectError(f"{where}: damaged forest ({exc})") from None
+
+    @classmethod
+    def _build(cls, forests: Sequence[Forest], where: str) -> CompiledForests:
         first = forests[0]
         nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right", "leaf_row")}
         leaves: list[np.ndarray] = []

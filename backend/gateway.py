@@ -20,7 +20,7 @@ import numpy as np
 import redis
 
 from backend.cache import BlockCache, block_key
-from backend.errors import UserError
+from backend.errors import TransientError, UserError, is_deterministic
 from backend.geometry import Block, BlockGrid, Roi
 from backend.pipeline import BlockTask, Pipeline
 from backend.sources import DataSource
@@ -163,11 +163,10 @@ class Gateway:
                     fresh.append(state)
                 elif priority < state.priority:
                     state.priority = priority
-                    if self._unqueue(state):
-                        hurried.append(state)
+                    hurried.append(state)
                 state.waiters.append(req)
         for state in hurried:
-            self._submit(state)  # again, at the more urgent priority
+            self._hurry(state)
         for state in fresh:
             self._look_up(state)
         return req
@@ -236,18 +235,35 @@ class Gateway:
             elif not self._served_from_cache(state):  # it may have finished or failed since we looked
                 self._count("waited")
         except redis.RedisError as exc:
-            self._finish(state.key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
+            self._give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
+        except Exception as exc:  # e.g. the raw data could not be read: nobody may wait for this block forever
+            log.warning("block %s failed before it reached a worker: %s", state.key, exc)
+            self._give_up(state, exc)
+
+    def _give_up(self, state: _Block, error: Exception) -> None:
+        """Fail the block's waiters; record a deterministic error for everyone, else just free our claim."""
+        token, state.token = state.token, None
+        self._finish(state, error=error)
+        if token is None:
+            return
+        try:
+            if is_deterministic(error):
+                self.cache.fail(state.key, f"{type(error).__name__}: {error}")
+            else:
+                self.cache.abandon(state.key, token)  # others waiting elsewhere look again and may claim it
+        except redis.RedisError as exc:
+            log.warning("could not release block %s: %s (its lease expires by itself)", state.key, exc)
 
     def _served_from_cache(self, state: _Block) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
         if values is not None:
             self._count("hits")
-            self._finish(state.key, values=values)
+            self._finish(state, values=values)
             return True
         message = self.cache.error(state.key)
         if message is not None:
-            self._finish(state.key, error=RuntimeError(message))
+            self._finish(state, error=RuntimeError(message))
             return True
         return False
 
@@ -259,57 +275,71 @@ class Gateway:
         self._submit(state)
 
     def _submit(self, state: _Block) -> None:
-        """Queue the block's task at its priority, again if a more urgent request came meanwhile."""
-        while True:
-            priority = state.priority
-            future = self.executor.submit(state.task, priority)
-            with self._lock:
-                state.future = future
-                if not (state.priority < priority and self._unqueue(state)):
-                    break
+        """Queue the block's task at its priority (again, if a more urgent request came meanwhile)."""
+        priority = state.priority
+        future = self.executor.submit(state.task, priority)
+        with self._lock:
+            state.future = future
         future.add_done_callback(lambda f, s=state: self._computed(s, f))
+        if state.priority < priority:
+            self._hurry(state)
 
-    def _unqueue(self, state: _Block) -> bool:
-        """Take the block's task off the executor's queue if it has not started (the caller holds the lock)."""
-        queued, state.future = state.future, None  # first, so that the cancelled future's callback ignores it
-        if queued is not None and self.executor.cancel(queued):
-            return True
-        state.future = queued
-        return False
+    def _hurry(self, state: _Block) -> None:
+        """Take a queued task off the executor's queue: its cancellation re-submits it at the new priority.
+
+        Never called with the gateway lock held (the executor's callbacks take it).
+        """
+        queued = state.future
+        if queued is not None:
+            self.executor.cancel(queued)
 
     def _computed(self, state: _Block, future: Future) -> None:
         if future is not state.future:
-            return  # taken off the queue for a more urgent submission (see _unqueue)
+            return
         started = time.perf_counter()
         try:
-            self._store(state, future)
+            if future.cancelled():
+                self._cancelled(state)
+            else:
+                state.future = None  # break the state <-> future cycle so the result is freed at once
+                self._store(state, future)
+                state.task = None
         finally:
-            state.future = state.task = None  # break the state <-> future cycle so the result is freed at once
             self._count("gateway_s", time.perf_counter() - started)
 
+    def _cancelled(self, state: _Block) -> None:
+        """A task taken off the queue: submit it again if someone still wants it, else free the claim."""
+        with self._lock:
+            state.future = None
+            wanted = bool(state.waiters) and self._blocks.get(state.key) is state
+            if not wanted and self._blocks.get(state.key) is state:
+                del self._blocks[state.key]
+        if wanted:
+            self._submit(state)
+        else:
+            state.task = None
+            self._give_up(state, TransientError("nobody wants the block any more"))
+
     def _store(self, state: _Block, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            self._count("failed")
+            self._give_up(state, error)
+            return
+        values = future.result()[None]
+        self._count("computed")
+        self._finish(state, values=values)
         try:
-            if future.cancelled():
-                self.cache.release(state.key, state.token)
-                return
-            error = future.exception()
-            if error is not None:
-                self._count("failed")
-                self.cache.fail(state.key, f"{type(error).__name__}: {error}")
-                self._finish(state.key, error=error)
-                return
-            values = future.result()[None]
-            self._count("computed")
-            self._finish(state.key, values=values)
             self.cache.complete(state.key, values)
         except redis.RedisError as exc:
             log.warning("could not store block %s: %s", state.key, exc)
 
-    def _finish(self, key: str, values: np.ndarray | None = None, error: Exception | None = None) -> None:
+    def _finish(self, state: _Block, values: np.ndarray | None = None, error: Exception | None = None) -> None:
+        key = state.key
         with self._lock:
-            state = self._blocks.pop(key, None)
-        if state is None:
-            return
+            if self._blocks.get(key) is not state:
+                return  # finished already, or dropped (a newer request for the same block has its own state)
+            del self._blocks[key]
         waiters, state.waiters = state.waiters, []
         for req in waiters:
             if error is not None:
@@ -318,21 +348,19 @@ class Gateway:
                 req._deliver(key, state.block.roi, values)
 
     def _detach(self, req: RegionRequest) -> None:
-        dropped = []
+        unwanted = []
         with self._lock:
             for key in list(req.pending):
                 state = self._blocks.get(key)
                 if state is None:
                     continue
                 state.waiters = [w for w in state.waiters if w is not req]
-                if not state.waiters and (state.future is None or self.executor.cancel(state.future)):
-                    dropped.append(self._blocks.pop(key))
-        for state in dropped:
-            if state.token:
-                try:
-                    self.cache.release(state.key, state.token)
-                except redis.RedisError:
-                    pass
+                if not state.waiters and state.token is None:
+                    del self._blocks[key]  # we only waited for another owner's result
+                elif not state.waiters:
+                    unwanted.append(state)
+        for state in unwanted:
+            self._hurry(state)  # a queued task is cancelled and, still unwanted then, its claim freed
 
     # -- notices and the watchdog ------------------------------------------------------------------------
     def _on_notice(self, key: str) -> None:
@@ -346,21 +374,25 @@ class Gateway:
         if self.on_cache_lost is not None:
             self.on_cache_lost()
         with self._lock:
-            waiting = [s.key for s in self._blocks.values() if s.token is None]
-        for key in waiting:
-            self._finish(key, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
+            waiting = [s for s in self._blocks.values() if s.token is None]
+        for state in waiting:
+            self._finish(state, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
 
     def _watch(self) -> None:
         interval = self.config.lease_s / 3
         while not self._stop.wait(interval):
-            with self._lock:
-                states = list(self._blocks.values())
-            for state in states:
-                try:
-                    if state.token:
-                        self.cache.renew(state.key, state.token)
-                    elif time.monotonic() - state.since > interval and not self.cache.leased(state.key):
-                        self._look_up(state)  # the owner died or gave up: take over
-                except redis.RedisError as exc:
-                    self._on_lost(exc)
-                    break
+            try:
+                self._renew_or_take_over(interval)
+            except redis.RedisError as exc:
+                self._on_lost(exc)
+            except Exception:  # never let one bad block stop the renewal of all the others
+                log.exception("gateway watchdog: unexpected error (going on)")
+
+    def _renew_or_take_over(self, interval: float) -> None:
+        with self._lock:
+            states = list(self._blocks.values())
+        for state in states:
+            if state.token:
+                self.cache.renew(state.key, state.token)
+            elif time.monotonic() - state.since > interval and not self.cache.leased(state.key):
+                self._look_up(state)  # the owner died or gave up: take over

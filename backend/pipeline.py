@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.checks import whole_number
 from backend.errors import ProjectError
 from backend.features import FeatureSet, FeatureSpec, normalise_feature_name, to_rows
 from backend.forest import CompiledForests
@@ -135,14 +136,29 @@ class Pipeline:
 
     @classmethod
     def from_message(cls, header: dict, arrays: list[np.ndarray]) -> Pipeline:
-        """Inverse of :meth:`to_message`."""
-        fs = FeatureSet(tuple(FeatureSpec(f, float(s), bool(d)) for f, s, d in header["specs"]),
-                        int(header["channels"]), bool(header["volumetric"]), tuple(header["named_in_2d"]))
-        forests = None
-        if header["forests"] is not None:
-            fields = dict(zip(_FOREST_FIELDS, arrays))
-            forests = CompiledForests(**fields, **header["forests"])
-        return cls(fs, forests, tuple(header["known_labels"]), int(header["label_count"]))
+        """Inverse of :meth:`to_message`; ValueError for anything malformed (sizes, counts, forest indices)."""
+        try:
+            specs = tuple(FeatureSpec(str(f), _scale(s), bool(d)) for f, s, d in header["specs"])
+            fs = FeatureSet(specs, whole_number(header["channels"], 1, 1024), bool(header["volumetric"]),
+                            tuple(bool(n) for n in header["named_in_2d"]))
+            forests = None
+            if header["forests"] is not None:
+                if len(arrays) != len(_FOREST_FIELDS):
+                    raise ValueError(f"{len(arrays)} forest arrays instead of {len(_FOREST_FIELDS)}")
+                counts = {k: whole_number(header["forests"][k], 1, 1 << 16) for k in ("class_count", "feature_count")}
+                forests = CompiledForests(**dict(zip(_FOREST_FIELDS, arrays)), **counts).validate()
+                if forests.feature_count != fs.column_count:
+                    raise ValueError("the forest's feature count differs from the feature selection's")
+            known = tuple(whole_number(v, 0, 4096) for v in header["known_labels"])
+            return cls(fs, forests, known, whole_number(header["label_count"], 0, 4096))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed pipeline: {str(exc)[:200]}") from None
+
+
+def _scale(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError(f"feature scale {str(value)[:40]} out of range")
+    return float(value)
 
 
 def _buffer(workspace: dict, name: str, size: int) -> np.ndarray:

@@ -1,20 +1,83 @@
-"""Child processes that never outlive the application."""
+"""Child processes that never outlive the application, however it ends.
+
+Two mechanisms, both tied to the parent *process* (not to the thread that started the child):
+- our own Python children call :func:`watch_parent`: a thread that notices when the parent is gone
+  (the child is re-parented) and ends the child within half a second;
+- programs we cannot change (redis-server) are started by a :class:`Spawner`, one long-lived thread
+  per owner that asks the kernel (Linux PR_SET_PDEATHSIG) to kill them when that thread, and so the
+  process, ends. PR_SET_PDEATHSIG fires when the *spawning thread* ends, which is why it is never
+  used from short-lived threads.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+log = logging.getLogger(__name__)
+PARENT_POLL_S = 0.5
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (Linux); exit now if it already did."""
+def watch_parent(parent_pid: int, on_orphaned: Callable[[], None] | None = None) -> threading.Thread:
+    """Call ``on_orphaned`` (default: exit at once) as soon as ``parent_pid`` is no longer our parent."""
+    def orphaned() -> None:
+        os._exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            stop.wait(PARENT_POLL_S)
+        (on_orphaned or orphaned)()
+
+    stop = threading.Event()  # never set: the thread lives as long as the process
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _die_with_spawning_thread() -> None:
+    """In the child before exec: SIGKILL us when the thread that forked us ends (Linux)."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if parent_pid is not None and os.getppid() != parent_pid:
-        raise SystemExit(0)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Spawner:
+    """Starts programs from one long-lived thread so that they die with this process (see module doc)."""
+
+    def __init__(self, name: str):
+        self._requests: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"spawner-{name}", daemon=True)
+        self._thread.start()
+
+    def popen(self, command: list[str], **kwargs) -> subprocess.Popen:
+        """``subprocess.Popen(command, **kwargs)`` in its own session, started by the spawner thread."""
+        future: Future = Future()
+        self._requests.put((command, kwargs, future))
+        return future.result(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            command, kwargs, future = request
+            try:
+                future.set_result(subprocess.Popen(command, preexec_fn=_die_with_spawning_thread,
+                                                   start_new_session=True, **kwargs))
+            except Exception as exc:  # reported to the caller of popen()
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """End the spawner thread (its children must have been stopped first: they die with it)."""
+        self._requests.put(None)
+        self._thread.join(timeout=5)
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.checks import whole_number
+
 VERSION = 1
 TYPES = ("READY", "HEARTBEAT", "PIPELINE", "TASK", "RESULT", "ERROR", "DISCONNECT")
 _DTYPES = {"|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f4", "<f8", "|b1", ">u2", ">i2", ">u4", ">i4",
            ">f4", ">f8"}
 MAX_HEADER = 1 << 20
+MAX_MESSAGE_BYTES = 1 << 30  # set as ZMQ_MAXMSGSIZE on every socket: larger frames never reach us
+MAX_DIMENSION = 1 << 31
 
 
 class ProtocolError(ValueError):
@@ -55,9 +59,9 @@ def decode(frames: list[bytes]) -> Message:
     if not frames or len(frames[0]) > MAX_HEADER:
         raise ProtocolError("missing or oversized header")
     try:
-        header = json.loads(bytes(frames[0]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"header is not JSON: {exc}") from None
+        header = json.loads(bytes(frames[0]), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"header is not JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not an object")
     if header.get("v") != VERSION:
@@ -73,15 +77,24 @@ def decode(frames: list[bytes]) -> Message:
     return Message(kind, fields, arrays)
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
 def _array(spec, frame: bytes) -> np.ndarray:
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or not isinstance(spec.get("dtype"), str):
+        raise ProtocolError(f"bad array description {str(spec)[:200]}")
+    if spec["dtype"] not in _DTYPES or len(spec["shape"]) > 8:
+        raise ProtocolError(f"array type {spec['dtype'][:20]!r} with {len(spec['shape'])} axes not allowed")
+    dtype = np.dtype(spec["dtype"])
     try:
-        dtype = np.dtype(spec["dtype"])
-        shape = tuple(int(n) for n in spec["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad array description {spec!r}: {exc}") from None
-    if dtype.str not in _DTYPES or any(n < 0 for n in shape):
-        raise ProtocolError(f"array type {dtype.str} {shape} not allowed")
-    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(frame):
+        shape = tuple(whole_number(n, 0, MAX_DIMENSION) for n in spec["shape"])
+    except ValueError as exc:
+        raise ProtocolError(f"bad array shape: {exc}") from None
+    size = dtype.itemsize
+    for n in shape:  # Python integers: no wrap-around, however large the claimed shape
+        size *= n
+    if size != len(frame):
         raise ProtocolError(f"array frame of {len(frame)} bytes does not hold {dtype.str} {shape}")
     return np.frombuffer(frame, dtype).reshape(shape)
 
@@ -99,17 +112,23 @@ def task_from_message(message: Message):
 
     f = message.fields
     try:
-        return BlockTask(key=str(f["key"]), kind=str(f["kind"]), raw=message.arrays[0],
-                         start=tuple(int(v) for v in f["start"]), image=tuple(int(v) for v in f["image"]),
-                         target=tuple((int(a), int(b)) for a, b in f["target"]), pipeline=str(f["pipeline"]))
+        start = tuple(whole_number(v, 0, MAX_DIMENSION) for v in f["start"])
+        image = tuple(whole_number(v, 1, MAX_DIMENSION) for v in f["image"])
+        target = tuple((whole_number(a, 0, MAX_DIMENSION), whole_number(b, 0, MAX_DIMENSION)) for a, b in f["target"])
+        task = BlockTask(key=str(f["key"]), kind=str(f["kind"]), raw=message.arrays[0], start=start, image=image,
+                         target=target, pipeline=str(f["pipeline"]))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed TASK: {exc}") from None
+        raise ProtocolError(f"malformed TASK: {str(exc)[:200]}") from None
+    stop = tuple(a + n for a, n in zip(task.start, task.raw.shape))
+    if not (len(task.start) == len(task.image) == len(task.target) == 3 and task.raw.ndim == 4
+            and all(a <= lo < hi <= b <= n for (lo, hi), a, b, n in zip(task.target, task.start, stop, task.image))):
+        raise ProtocolError("malformed TASK: its target is not inside its raw data and image")
+    return task
 
 
 def peer_interval(fields: dict) -> float:
     """The heartbeat interval a peer announced (READY, HEARTBEAT), clamped to 0..60 s; 0 if absent or bad."""
-    try:
-        value = float(fields.get("heartbeat_s", 0.0))
-    except (TypeError, ValueError):
+    value = fields.get("heartbeat_s", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return 0.0
-    return min(max(value, 0.0), 60.0) if value == value else 0.0
+    return min(max(float(value), 0.0), 60.0)

@@ -1,8 +1,9 @@
 """The embedded cache server: a private redis-server that lives and dies with the application.
 
 It listens only on a unix socket in a private temporary folder, requires a random password, keeps
-nothing on disk and evicts least-recently-used blocks beyond ``maxmemory``. On Linux it is also
-killed by the kernel if the application dies without stopping it.
+nothing on disk and evicts least-recently-used blocks beyond ``maxmemory``. It runs in its own session
+(Ctrl-C in the terminal reaches the application, which stops it last) and, on Linux, is killed by the
+kernel when the application dies without stopping it (see :class:`~backend.processes.Spawner`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import redis
 
 from backend.errors import UserError
-from backend.processes import die_with_parent
+from backend.processes import Spawner
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class EmbeddedRedis:
         self.password = secrets.token_hex(16)
         self._folder: str | None = None
         self._process: subprocess.Popen | None = None
+        self._spawner: Spawner | None = None
 
     @property
     def socket_path(self) -> str:
@@ -84,8 +86,10 @@ class EmbeddedRedis:
         conf = os.path.join(self._folder, "redis.conf")
         with open(conf, "w") as f:
             f.write(config + "\n")
-        self._process = subprocess.Popen([find_redis_server(self.settings.binary), conf], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self._spawner = self._spawner or Spawner("redis")
+        self._process = self._spawner.popen([find_redis_server(self.settings.binary), conf],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.settings.start_timeout_s
         while time.monotonic() < deadline:
             if self.alive():
@@ -128,6 +132,9 @@ class EmbeddedRedis:
     def stop(self) -> None:
         """Stop the server and delete its folder."""
         self._kill()
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
         if self._folder:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None

@@ -1,7 +1,9 @@
 """The ZeroMQ worker: one DEALER socket speaking the protocol, computing on a local process pool.
 
 The socket loop only moves messages and heartbeats (Paranoid Pirate: 1 s interval, liveness 3, any
-message counts as a heartbeat, reconnect with backoff), so it never waits on compute.
+message counts as a heartbeat, reconnect with backoff), so it never waits on compute. A listening
+worker binds a ROUTER, so it knows which gateway sent what: it serves exactly one gateway at a time
+and answers any other with a DISCONNECT that says why, until the first leaves or falls silent.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 
 import zmq
 
+from backend.errors import is_deterministic
 from backend.executor import LocalExecutor
 from backend.pipeline import Pipeline
-from backend.protocol import ProtocolError, decode, encode, peer_interval, task_from_message
+from backend.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, peer_interval, task_from_message
 from backend.security import Authenticator, CurveIdentity, is_local
 from backend.wakeup import Wakeup
 
@@ -64,12 +67,14 @@ class Worker:
             else None
         self.pool = LocalExecutor(workers=config.processes)
         self._stopping = False  # a plain flag: stop() must be safe in a signal handler, so it takes no lock
-        self._done: list[tuple[str, Future]] = []
+        self._done: list[tuple[str, bytes | None, Future]] = []  # (task key, gateway it came from, future)
         self._done_lock = threading.Lock()
         self._wakeup = Wakeup()
         self.address: str | None = None
         self.completed = 0
         self._peer_interval = 0.0
+        self._gateway: bytes | None = None  # listening: the routing id of the gateway we serve
+        self.dropped_messages = 0
 
     def stop(self) -> None:
         """Ask the loop to send DISCONNECT and end; safe to call from any thread and from signal handlers."""
@@ -77,9 +82,11 @@ class Worker:
         self._wakeup.wake()
 
     def _open(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
+        sock = self.context.socket(zmq.ROUTER if self.config.listen else zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IDENTITY, uuid.uuid4().hex.encode())
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        if self.config.connect:
+            sock.setsockopt(zmq.IDENTITY, uuid.uuid4().hex.encode())
         if self.config.secure and self.config.listen:
             self.config.identity.make_server(sock)
         elif self.config.secure:
@@ -150,19 +157,21 @@ class Worker:
             if sock in events:
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                    if self.config.listen and not self._admit(sock, frames[0], last_heard):
+                        continue
                     last_heard = time.monotonic()
                     if not heard_any and self.config.listen:
-                        _send(sock, self._ready())
+                        self._send(sock, self._ready())
                     heard_any = True
-                    if self._handle(sock, frames) == "DISCONNECT":
+                    if self._handle(sock, frames[1:] if self.config.listen else frames) == "DISCONNECT":
                         if self.config.connect:
-                            _send(sock, self._ready())  # a restarted gateway does not know us: register again
+                            self._send(sock, self._ready())  # a restarted gateway does not know us: register again
                         else:
-                            last_heard, heard_any = None, False  # greet whichever gateway speaks next
+                            last_heard, heard_any, self._gateway = None, False, None  # greet the next gateway
             self._send_results(sock)
             now = time.monotonic()
             if now - last_sent >= interval and last_heard is not None:
-                _send(sock, encode("HEARTBEAT"))
+                self._send(sock, encode("HEARTBEAT"))
                 last_sent = now
             silence = max(interval, self._peer_interval) * self.config.liveness  # the slower side sets the pace
             if last_heard is not None and now - last_heard > silence:
@@ -170,16 +179,33 @@ class Worker:
                     return heard_any  # reconnect with back-off
                 # listening: keep the bound socket (re-binding the port can fail) and wait for a gateway
                 log.warning("gateway silent for %d heartbeats; waiting for a gateway", self.config.liveness)
-                last_heard, heard_any = None, False
+                last_heard, heard_any, self._gateway = None, False, None
         if last_heard is not None:
-            _send(sock, encode("DISCONNECT"))
+            self._send(sock, encode("DISCONNECT"))
         return True
+
+    def _admit(self, sock: zmq.Socket, peer: bytes, last_heard: float | None) -> bool:
+        """Listening: serve the first gateway that speaks; refuse others while it is there."""
+        if self._gateway is None or last_heard is None:
+            self._gateway = peer
+        if peer == self._gateway:
+            return True
+        _send(sock, [peer, *encode("DISCONNECT", {"reason": "busy: this worker serves another gateway"})])
+        return False
+
+    def _send(self, sock: zmq.Socket, frames: list[bytes], gateway: bytes | None = None) -> bool:
+        """Send to our gateway (listening: to ``gateway`` or the one we serve)."""
+        if self.config.connect:
+            return _send(sock, frames)
+        target = gateway or self._gateway
+        return target is not None and _send(sock, [target, *frames])
 
     def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
         """Act on one message from the gateway; returns its type (None if malformed)."""
         try:
             message = decode(frames)
         except ProtocolError as exc:
+            self.dropped_messages += 1
             log.warning("dropped a malformed message: %s", exc)
             return None
         if message.type == "HEARTBEAT":
@@ -188,47 +214,49 @@ class Worker:
             try:
                 self.pool.add_pipeline(Pipeline.from_message(message.fields["pipeline"], message.arrays))
             except (KeyError, TypeError, ValueError) as exc:
+                self.dropped_messages += 1
                 log.warning("dropped a malformed pipeline: %s", exc)
         elif message.type == "TASK":
             try:
                 task = task_from_message(message)
                 future = self.pool.submit(task)
             except (ProtocolError, ValueError) as exc:
-                key = str(message.fields.get("key", ""))
-                _send(sock, encode("ERROR", {"key": key, "message": str(exc), "deterministic": False}))
+                self.dropped_messages += 1
+                key = str(message.fields.get("key", ""))[:200]
+                self._send(sock, encode("ERROR", {"key": key, "message": str(exc)[:500], "deterministic": True}))
                 return message.type
-            future.add_done_callback(lambda f, key=task.key: self._finished(key, f))
+            gateway = self._gateway
+            future.add_done_callback(lambda f, key=task.key: self._finished(key, gateway, f))
         elif message.type == "DISCONNECT":
             log.info("the gateway said goodbye or does not know us")
         return message.type
 
-    def _finished(self, key: str, future: Future) -> None:
+    def _finished(self, key: str, gateway: bytes | None, future: Future) -> None:
         with self._done_lock:
-            self._done.append((key, future))
+            self._done.append((key, gateway, future))
         self._wakeup.wake()
 
     def _send_results(self, sock: zmq.Socket) -> None:
         with self._done_lock:
             done, self._done = self._done, []
-        for key, future in done:
+        for key, gateway, future in done:  # each result goes to the gateway that asked for it
             if future.cancelled():
                 continue
             error = future.exception()
             if error is None:
                 compute_s = round(getattr(future, "compute_s", 0.0), 4)
-                _send(sock, encode("RESULT", {"key": key, "compute_s": compute_s}, [future.result()]))
+                self._send(sock, encode("RESULT", {"key": key, "compute_s": compute_s}, [future.result()]), gateway)
                 self.completed += 1
             else:
-                deterministic = not isinstance(error, (OSError, RuntimeError, KeyError))
-                _send(sock, encode("ERROR", {"key": key, "message": f"{type(error).__name__}: {error}",
-                                             "deterministic": deterministic}))
+                self._send(sock, encode("ERROR", {"key": key, "message": f"{type(error).__name__}: {error}",
+                                                   "deterministic": is_deterministic(error)}), gateway)
 
 
 def _send(sock: zmq.Socket, frames: list[bytes]) -> bool:
-    """Send without blocking; False (message dropped) while no gateway is connected to a listening worker.
+    """Send without blocking; False if the message was dropped (no gateway connected, or its queue is full).
 
-    A bound DEALER with no peer would block a plain send, and with it heartbeats, silence detection and
-    stop(); the gateway re-dispatches whatever a lost result was for.
+    A blocking send would stall heartbeats, silence detection and stop(); the gateway re-dispatches
+    whatever a lost result was for.
     """
     try:
         sock.send_multipart(frames, zmq.NOBLOCK)

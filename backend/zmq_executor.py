@@ -5,7 +5,11 @@ remote workers connect to a CurveZMQ ROUTER (:meth:`ZmqExecutor.listen`) or are 
 connecting out to a worker that listens (:meth:`ZmqExecutor.connect`, CurveZMQ when given the
 worker's key). Tasks wait in a priority queue; each worker gets at most one task in flight per
 process plus one queued. A worker that stops heartbeating is dropped and its tasks re-dispatched;
-a task that fails deterministically is reported once, other failures are retried.
+a task that fails deterministically is reported once, other failures are retried. A task that takes
+far longer than its peers (a hung compute process) is re-dispatched and its worker reported as slow;
+with no worker at all for ``no_worker_timeout_s``, queued tasks fail with :class:`NoWorkers`.
+Results are checked against their task (shape, dtype) and settled on a completion thread, so a slow
+consumer (a cache write) never delays heartbeats.
 """
 
 from __future__ import annotations
@@ -17,14 +21,25 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import zmq
 
+from backend.checks import whole_number
+from backend.errors import TransientError
 from backend.pipeline import BlockTask, Pipeline
-from backend.protocol import ProtocolError, VersionMismatch, decode, encode, peer_interval, task_message
+from backend.protocol import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    VersionMismatch,
+    decode,
+    encode,
+    peer_interval,
+    task_message,
+)
 from backend.security import Authenticator, CurveIdentity, is_local
 from backend.wakeup import Wakeup
 
@@ -32,7 +47,15 @@ log = logging.getLogger(__name__)
 
 
 class TaskError(RuntimeError):
-    """A task that failed on a worker (the message says why)."""
+    """A task that failed on a worker (the message says why); ``deterministic`` if it would fail again."""
+
+    def __init__(self, message: str, deterministic: bool = False):
+        super().__init__(message)
+        self.deterministic = deterministic
+
+
+class NoWorkers(TransientError):
+    """No worker was registered for longer than the executor's ``no_worker_timeout_s``."""
 
 
 @dataclass(order=True)
@@ -55,6 +78,7 @@ class _Remote:
     endpoint: str = ""
     heartbeat_s: float = 0.0
     in_flight: dict[str, _Job] = field(default_factory=dict)
+    overdue: dict[str, _Job] = field(default_factory=dict)  # re-dispatched elsewhere; still occupy a process
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -65,10 +89,15 @@ class ZmqExecutor:
 
     def __init__(self, bind: str | None = "tcp://127.0.0.1:0", connect_to: tuple[str, ...] = (),
                  identity: CurveIdentity | None = None, heartbeat_s: float = 1.0, liveness: int = 3,
-                 max_attempts: int = 3):
+                 max_attempts: int = 3, no_worker_timeout_s: float | None = None, deadline_floor_s: float = 30.0):
         self.context = zmq.Context()
         self.identity = identity
         self.heartbeat_s, self.liveness, self.max_attempts = heartbeat_s, liveness, max_attempts
+        self.no_worker_timeout_s, self.deadline_floor_s = no_worker_timeout_s, deadline_floor_s
+        self._no_workers_since: float | None = time.monotonic()
+        self._roundtrips: deque[float] = deque(maxlen=64)  # seconds from dispatch to result, recent tasks
+        self._completions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmq-completions")
+        self._pipeline_objects: dict[str, Pipeline] = {}
         self.authenticator = Authenticator(self.context, identity) if identity else None
         self._sockets: dict[int, zmq.Socket] = {}
         self._socket_numbers = itertools.count()
@@ -85,8 +114,8 @@ class ZmqExecutor:
         self._run_id = uuid.uuid4().hex[:12]
         self._stop = threading.Event()
         self._wakeup = Wakeup()
-        self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "compute_s": 0.0,
-                          "roundtrip_s": 0.0}
+        self._counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "overdue": 0, "rejected": 0,
+                          "dropped_messages": 0, "compute_s": 0.0, "roundtrip_s": 0.0}
         self._refused: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="zmq-executor", daemon=True)
         self._thread.start()
@@ -150,6 +179,7 @@ class ZmqExecutor:
         sock = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._sockets[next(self._socket_numbers)] = sock
         return sock
 
@@ -163,6 +193,7 @@ class ZmqExecutor:
         with self._lock:
             if fingerprint not in self._pipelines:
                 self._pipelines[fingerprint] = pipeline.to_message()
+                self._pipeline_objects[fingerprint] = pipeline
         return fingerprint
 
     def submit(self, task: BlockTask, priority: int = 0) -> Future:
@@ -185,13 +216,15 @@ class ZmqExecutor:
         now = time.monotonic()
         with self._lock:
             workers = [{"host": w.host, "processes": w.processes, "version": w.version, "endpoint": w.endpoint,
-                        "state": "busy" if w.in_flight else "idle", "heartbeat_age_s": round(now - w.last_heard, 2),
+                        "state": "slow" if w.overdue else "busy" if w.in_flight else "idle",
+                        "heartbeat_age_s": round(now - w.last_heard, 2), "overdue": len(w.overdue),
                         "in_flight": len(w.in_flight), "blocks_done": w.done,
                         "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
                        for w in self._workers.values()]
             refused = self._refused + (self.authenticator.refused if self.authenticator else [])
             queued = sum(not job.future.done() for job in self._queue)  # cancelled jobs leave when popped
             return {"kind": "zmq", "address": self.address, "workers": workers, "queued": queued,
+                    "no_workers_s": round(now - self._no_workers_since, 1) if self._no_workers_since else 0.0,
                     "processes": sum(w["processes"] for w in workers), "refused": refused[-20:],
                     **{k: round(v, 3) if isinstance(v, float) else v for k, v in self._counters.items()}}
 
@@ -211,6 +244,7 @@ class ZmqExecutor:
         self._stop.set()
         self._wakeup.wake()
         self._thread.join(timeout=10)
+        self._completions.shutdown(wait=True)
         for sock in self._sockets.values():
             sock.close(linger=0)
         if self.authenticator:
@@ -240,26 +274,36 @@ class ZmqExecutor:
     def _loop(self) -> None:
         last_beat = 0.0
         while not self._stop.is_set():
-            self._run_commands()
-            poller = zmq.Poller()
-            for sock in self._sockets.values():
-                poller.register(sock, zmq.POLLIN)
-            poller.register(self._wakeup, zmq.POLLIN)
-            events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
-            if self._wakeup.fileno() in events:
-                self._wakeup.drain()
-            for number, sock in list(self._sockets.items()):
-                while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                    self._receive((number, frames[0]), frames[1:])
-            now = time.monotonic()
-            with self._lock:
-                self._expire(now)
-                self._dispatch()
-            if now - last_beat >= self.heartbeat_s:
-                self._beat()
-                last_beat = now
+            try:
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    last_beat = time.monotonic()
+                    self._beat()
+                self._turn()
+            except Exception:  # one bad message or bug must not leave every future pending forever
+                log.exception("zmq executor: unexpected error (going on)")
         self._shutdown()
+
+    def _turn(self) -> None:
+        """One turn of the I/O loop: commands, incoming messages, expiry and dispatch."""
+        self._run_commands()
+        poller = zmq.Poller()
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
+        events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
+        if self._wakeup.fileno() in events:
+            self._wakeup.drain()
+        for number, sock in list(self._sockets.items()):
+            while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                self._receive((number, frames[0]), frames[1:])
+        now = time.monotonic()
+        with self._lock:
+            self._expire(now)
+            failed = self._fail_without_workers(now)
+            self._dispatch()
+        for job in failed:
+            _settle(job.future, error=NoWorkers(f"no worker was available for {self.no_worker_timeout_s:.0f} s"))
 
     def _send(self, route: tuple[int, bytes], frames: list) -> None:
         sock = self._sockets.get(route[0])
@@ -285,8 +329,12 @@ class ZmqExecutor:
             self._refuse(f"a worker speaking {exc}")
             return
         except ProtocolError as exc:
+            self._counters["dropped_messages"] += 1
             log.warning("dropped a malformed message: %s", exc)
             return
+        reason = message.fields.get("reason") if message.type == "DISCONNECT" else None
+        if isinstance(reason, str) and route[0] in self._outbound and route not in self._workers:
+            self._refuse(f"{self._outbound[route[0]][0]}: {reason[:200]}")  # e.g. busy with another gateway
         settle = None
         with self._lock:
             worker = self._workers.get(route)
@@ -301,8 +349,8 @@ class ZmqExecutor:
                 worker.last_heard = time.monotonic()
                 if message.type in ("RESULT", "ERROR"):
                     settle = self._complete(worker, message)
-        if settle is not None:
-            settle()  # outside the lock: the future's callbacks may take their own locks and call us
+        if settle is not None:  # on the completion thread: callbacks may write to a slow cache and call us
+            self._completions.submit(settle)
 
     def _refuse(self, why: str) -> None:
         log.warning("refused %s", why)
@@ -311,12 +359,15 @@ class ZmqExecutor:
             self._changed.notify_all()
 
     def _register(self, route, fields: dict) -> None:
+        try:
+            processes = whole_number(fields.get("processes", 1), 1, 4096)
+        except ValueError as exc:
+            self._counters["dropped_messages"] += 1
+            log.warning("dropped a READY with a bad process count: %s", exc)
+            return
         if route in self._workers:
             self._drop(route, "re-registered")
-        try:
-            processes = max(1, int(fields.get("processes", 1)))
-        except (TypeError, ValueError):
-            processes = 1
+        self._no_workers_since = None
         self._workers[route] = _Remote(route, str(fields.get("host", "?")), processes,
                                        str(fields.get("version", "?")), time.monotonic(),
                                        endpoint=self._outbound.get(route[0], ("", b""))[0],
@@ -326,10 +377,17 @@ class ZmqExecutor:
 
     def _complete(self, worker: _Remote, message) -> Callable[[], None] | None:
         """Book a RESULT or ERROR (under the lock); returns what settles the task's future."""
-        job = worker.in_flight.pop(str(message.fields.get("key")), None)
-        if job is None:
+        key = str(message.fields.get("key"))
+        job = worker.in_flight.pop(key, None) or worker.overdue.pop(key, None)
+        if job is None or job.future.done():
             return None
-        if message.type == "RESULT" and message.arrays:
+        if message.type == "RESULT" and not self._acceptable(job, message.arrays):
+            self._counters["rejected"] += 1
+            log.warning("worker %s answered a task with %s instead of %s; rejected", worker.host,
+                        [(a.dtype.str, a.shape) for a in message.arrays][:2], self._expected(job))
+            message = replace(message, type="ERROR", fields={"message": "the worker sent a malformed result"})
+        if message.type == "RESULT":
+            self._roundtrips.append(time.monotonic() - job.sent)
             worker.done += 1
             compute_s = _seconds(message.fields.get("compute_s"))
             self._counters["done"] += 1
@@ -339,10 +397,20 @@ class ZmqExecutor:
             return lambda: _settle(job.future, result=message.arrays[0])
         if message.fields.get("deterministic") or job.attempts + 1 >= self.max_attempts:
             self._counters["failed"] += 1
-            error = TaskError(str(message.fields.get("message", "task failed")))
+            error = TaskError(str(message.fields.get("message", "task failed")),
+                              deterministic=message.fields.get("deterministic") is True)
             return lambda: _settle(job.future, error=error)
         self._requeue(job)
         return None
+
+    def _expected(self, job: _Job) -> tuple[str, tuple[int, ...]]:
+        pipeline = self._pipeline_objects[job.task.pipeline]
+        shape = tuple(b - a for a, b in job.task.target) + (pipeline.channels(job.task.kind),)
+        return pipeline.dtype(job.task.kind).str, shape
+
+    def _acceptable(self, job: _Job, arrays: list) -> bool:
+        """A result must be exactly what its task asked for: one array of the expected dtype and shape."""
+        return len(arrays) == 1 and (arrays[0].dtype.str, arrays[0].shape) == self._expected(job)
 
     def _requeue(self, job: _Job) -> None:
         job.attempts += 1
@@ -358,14 +426,48 @@ class ZmqExecutor:
             self._requeue(job)
 
     def _expire(self, now: float) -> None:
+        deadline = self._deadline()
         for route, worker in list(self._workers.items()):
             limit = max(self.heartbeat_s, worker.heartbeat_s) * self.liveness  # the slower side sets the pace
             if now - worker.last_heard > limit:
                 self._drop(route, f"silent for {limit:.1f} s")
+                continue
+            for key, job in [(k, j) for k, j in worker.in_flight.items() if now - j.sent > deadline]:
+                del worker.in_flight[key]
+                worker.overdue[key] = job  # its late result is still welcome; its process stays counted busy
+                self._counters["overdue"] += 1
+                log.warning("worker %s is slow: a task took more than %.0f s; re-dispatching it", worker.host,
+                            deadline)
+                if job.attempts + 1 >= self.max_attempts:
+                    _settle(job.future, error=TaskError(f"a task took more than {deadline:.0f} s on "
+                                                        f"{self.max_attempts} workers"))
+                else:
+                    self._requeue(job)
+
+    def _deadline(self) -> float:
+        """How long a task may take before it is re-dispatched: ten times the recent median plus a floor."""
+        if not self._roundtrips:
+            return 4 * self.deadline_floor_s
+        return self.deadline_floor_s + 10 * sorted(self._roundtrips)[len(self._roundtrips) // 2]
+
+    def _fail_without_workers(self, now: float) -> list[_Job]:
+        """The queued jobs to fail because no worker has been registered for ``no_worker_timeout_s``."""
+        if self._workers:
+            self._no_workers_since = None
+            return []
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        if self.no_worker_timeout_s is None or now - self._no_workers_since < self.no_worker_timeout_s:
+            return []
+        failed = [job for job in self._queue if not job.future.done()]
+        self._queue.clear()
+        if failed:
+            log.error("no worker for %.0f s: failing %d queued tasks", now - self._no_workers_since, len(failed))
+        return failed
 
     def _dispatch(self) -> None:
         for worker in sorted(self._workers.values(), key=lambda w: len(w.in_flight) / w.processes):
-            while len(worker.in_flight) < 2 * worker.processes and self._queue:
+            while len(worker.in_flight) + len(worker.overdue) < 2 * worker.processes and self._queue:
                 job = heapq.heappop(self._queue)
                 if job.future.done():
                     continue

@@ -34,7 +34,7 @@ from backend.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
 from backend.sources import DataSource, open_source  # noqa: E402
 from backend.zmq_executor import ZmqExecutor  # noqa: E402
 from bench.common import PROTOTYPE_SHAPE, prototype_project, report  # noqa: E402
-from ilastik_desktop.services import LocalWorkers  # noqa: E402
+from ilastik_desktop.local_workers import LocalWorkers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

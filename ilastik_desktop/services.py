@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,12 +20,12 @@ from backend.errors import UserError
 from backend.executor import default_workers
 from backend.gateway import Gateway, GatewayConfig
 from backend.pipeline import Pipeline
-from backend.processes import stop_group
 from backend.redis_server import EmbeddedRedis, RedisSettings
 from backend.security import CurveIdentity, KeyStore
 from backend.sources import DataSource
 from backend.zmq_executor import ZmqExecutor
 from ilastik_desktop.config import ComputeSettings
+from ilastik_desktop.local_workers import LocalWorkers
 
 
 def _probe(endpoint: str) -> None:
@@ -40,31 +38,6 @@ def _probe(endpoint: str) -> None:
         socket.create_connection((parts.hostname, port), timeout=3).close()
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{endpoint} is unreachable ({getattr(exc, 'strerror', None) or exc})") from None
-
-
-class LocalWorkers:
-    """One ``ilastik-worker`` process with ``processes`` compute processes, connected to a local endpoint."""
-
-    def __init__(self, endpoint: str, processes: int, folder: str, heartbeat_s: float = 1.0):
-        self.endpoint, self.processes = endpoint, processes
-        self.log_path = os.path.join(folder, "local-workers.log")
-        command = [sys.executable, "-m", "ilastik_desktop.worker_cli", "--connect", endpoint, "--processes",
-                   str(processes), "--heartbeat", str(heartbeat_s), "--parent-pid", str(os.getpid())]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True)
-
-    def failure(self) -> str | None:
-        """Why the worker process ended, if it did."""
-        if self.process.poll() is None:
-            return None
-        with open(self.log_path, errors="replace") as f:
-            tail = [line.strip() for line in f if line.strip()][-1:]
-        return f"the local worker process exited with code {self.process.returncode}: {' '.join(tail) or 'no output'}"
-
-    def stop(self) -> None:
-        """Stop the worker and its compute processes."""
-        stop_group(self.process)
 
 
 class Services:
@@ -154,11 +127,16 @@ class Services:
             found = [w for w in status["workers"] if w["endpoint"] == endpoint]
             if found:
                 return found[0]
-            mismatch = [r for r in status["refused"][refused:] if "protocol version" in r]
+            news = status["refused"][refused:]
+            mismatch = [r for r in news if "protocol version" in r]
             if mismatch:
                 self.executor.disconnect(endpoint)
                 raise UserError(f"{endpoint}: version mismatch, {mismatch[0]}; install the same ilastik-desktop "
                                 "version on both machines")
+            busy = [r for r in news if r.startswith(f"{endpoint}: busy")]
+            if busy:
+                self.executor.disconnect(endpoint)
+                raise UserError(f"{busy[0]}; stop that gateway first or start another worker")
             self.executor.wait_for_change(min(0.25, max(0.0, deadline - time.monotonic())))
         self.executor.disconnect(endpoint)
         ours = self.identity.public.decode() if self.identity else "(none)"

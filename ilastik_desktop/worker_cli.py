@@ -11,7 +11,7 @@ import zmq
 
 from backend.errors import UserError
 from backend.executor import default_workers
-from backend.processes import die_with_parent
+from backend.processes import watch_parent
 from backend.security import CurveIdentity, KeyStore, check_key, is_local
 from backend.worker import Worker, WorkerConfig
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ilastik-worker: %(message)s", stream=sys.stderr)
     if args.parent_pid:
-        die_with_parent(args.parent_pid)
+        watch_parent(args.parent_pid)
     try:
         if args.print_key:
             print(KeyStore(args.config_dir).keypair("worker")[0].decode())

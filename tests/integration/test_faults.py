@@ -1,0 +1,190 @@
+"""Faults a user loses work to: the real processes of a real export killed (compute process, local
+worker, the app itself); the export still ends with the undisturbed output, and nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.test_executor import small_project
+
+FEATURES = ((True, True, True),) * 3 + ((False,) * 3,) * 3  # 9 features: a few seconds of compute
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("faults")), shape=(64, 256, 256), selection=FEATURES)[0]
+
+
+class Run:
+    """The app run as a user runs it, its progress read from its progress bar, its process tree watched."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
+        self.process = subprocess.Popen([sys.executable, "-m", "ilastik_desktop", *args], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, env=env, start_new_session=True)
+        self.stderr: list[str] = []
+        self.done = 0
+        self.seen: set[int] = set()  # every process of the tree we ever saw
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for chunk in iter(lambda: self.process.stderr.read1(4096), b""):
+            text = chunk.decode(errors="replace")
+            self.stderr.append(text)
+            counts = re.findall(r"(\d+)/(\d+) \[", text)
+            if counts:
+                self.done = int(counts[-1][0])
+
+    def tree(self) -> list[psutil.Process]:
+        """The app and all its descendants now (remembered in ``seen``)."""
+        try:
+            procs = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        self.seen.update(p.pid for p in procs)
+        return procs
+
+    def find(self, marker: str, timeout: float = 60) -> list[psutil.Process]:
+        """Processes of the tree whose command line contains ``marker``."""
+        return wait_for(lambda: [p for p in self.tree() if marker in " ".join(_cmdline(p))], timeout,
+                        f"no process with '{marker}' in the tree")
+
+    def wait_progress(self, blocks: int, timeout: float = 120) -> None:
+        wait_for(lambda: self.done >= blocks or self.process.poll() is not None, timeout,
+                 f"export did not reach {blocks} blocks")
+        assert self.process.poll() is None, f"the export ended early: {''.join(self.stderr)[-2000:]}"
+
+    def finish(self, timeout: float = 300) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (cleanup after a failed test)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def wait_for(condition, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(message)
+
+
+def alive(pids: set[int]) -> list[str]:
+    """The processes among ``pids`` that still run (zombies aside)."""
+    left = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{pid}: {' '.join(_cmdline(proc))[:200]}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def assert_all_gone(pids: set[int], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(pids) == []
+
+
+def export_args(project: str, out: str) -> list[str]:
+    return ["--headless", "--project", project, "--output_format", "npy", "--output_filename_format", out,
+            "--block_shape", "32,64,64", "--workers", "2"]
+
+
+@pytest.fixture(scope="module")
+def undisturbed(project, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("undisturbed") / "out")
+    run = Run(*export_args(project, out))
+    assert run.finish() == 0, "".join(run.stderr)
+    return np.load(out + ".npy")
+
+
+@pytest.mark.timeout(400)
+def test_killing_a_compute_process_then_the_local_worker_mid_export_changes_nothing(project, undisturbed, tmp_path):
+    out = str(tmp_path / "out")
+    run = Run(*export_args(project, out))
+    try:
+        run.wait_progress(2)
+        worker = run.find("ilastik_desktop.worker_cli")[0]
+        compute = wait_for(lambda: [p for p in worker.children() if "resource_tracker" not in " ".join(_cmdline(p))],
+                           30, "no compute process")
+        run.tree()
+        compute[0].kill()  # one compute process of the local worker
+        run.wait_progress(run.done + 2)
+        run.tree()
+        worker.kill()  # the local worker itself; its compute processes must follow it
+        assert_all_gone({p.pid for p in compute} | {worker.pid}, within=5)
+        assert run.finish() == 0, "".join(run.stderr)
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    stderr = "".join(run.stderr)
+    assert "restarting it" in stderr, stderr[-2000:]
+    assert np.array_equal(np.load(out + ".npy"), undisturbed)
+    assert_all_gone(run.seen - {run.process.pid})
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_the_app_mid_export_leaves_nothing_running(project, tmp_path):
+    run = Run(*export_args(project, str(tmp_path / "out")))
+    try:
+        run.wait_progress(2)
+        run.find("redis-server")
+        run.find("ilastik_desktop.worker_cli")
+        assert len(run.tree()) >= 5  # app, redis-server, worker, two compute processes
+        run.process.kill()  # the app alone, as the OOM killer or a user's kill -9 would
+        run.process.wait(timeout=10)
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    assert_all_gone(run.seen - {run.process.pid}, within=5)
+    assert not [name for name in os.listdir(tmp_path) if not name.startswith(".")]  # no finished-looking output
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, tmp_path):
+    raw = os.path.join(os.path.dirname(project), "raw.h5/data")
+    run = Run(project, "--raw_data", raw, env={"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)})
+    try:
+        run.find("redis-server")
+        workers = run.find("ilastik_desktop.worker_cli")
+        wait_for(lambda: workers[0].children(), 60, "the local worker started no compute process")
+        run.tree()
+        run.process.kill()
+        run.process.wait(timeout=10)
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    assert len(run.seen) >= 4
+    assert_all_gone(run.seen - {run.process.pid}, within=5)
