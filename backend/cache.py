@@ -18,6 +18,7 @@ import lz4.frame
 import numpy as np
 import redis
 
+from backend.checks import whole_number
 from backend.geometry import Roi
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,20 @@ def encode_block(array: np.ndarray) -> bytes:
 
 
 def decode_block(blob: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_block`; raises ValueError for anything else."""
-    if blob[:4] != MAGIC:
-        raise ValueError("not a cached block")
-    (size,) = struct.unpack(">I", blob[4:8])
-    header = json.loads(blob[8:8 + size])
-    data = lz4.frame.decompress(blob[8 + size:])
-    return np.frombuffer(data, np.dtype(header["dtype"])).reshape(header["shape"])
+    """Inverse of :func:`encode_block`; raises ValueError for anything else (a damaged or foreign entry)."""
+    try:
+        if blob[:4] != MAGIC:
+            raise ValueError("not a cached block")
+        (size,) = struct.unpack(">I", blob[4:8])
+        header = json.loads(blob[8:8 + size])
+        dtype = np.dtype(header["dtype"])
+        shape = tuple(whole_number(n, 0, 1 << 31) for n in header["shape"])
+        if dtype.kind not in "uif" or len(shape) > 8:
+            raise ValueError(f"unexpected array type {dtype} {shape}")
+        data = lz4.frame.decompress(blob[8 + size:])
+        return np.frombuffer(data, dtype).reshape(shape)
+    except (struct.error, KeyError, TypeError, RuntimeError, RecursionError) as exc:
+        raise ValueError(f"damaged cache entry ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
 class BlockCache:
@@ -101,10 +109,14 @@ class BlockCache:
             return None
         try:
             return decode_block(blob)
-        except (ValueError, KeyError, RuntimeError) as exc:
+        except ValueError as exc:
             log.warning("dropping an unreadable cache entry %s: %s", key, exc)
             self.client.delete(key)
             return None
+
+    def discard(self, key: str) -> None:
+        """Delete a cached block that turned out to be wrong (it is computed again)."""
+        self.client.delete(key)
 
     def error(self, key: str) -> str | None:
         """The error a failed block left behind, if any."""

@@ -257,6 +257,12 @@ class Gateway:
     def _served_from_cache(self, state: _Block) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
+        expected = (1, *state.block.roi.shape[1:], self.pipeline.channels(state.kind)), self.pipeline.dtype(state.kind)
+        if values is not None and (values.shape, values.dtype) != expected:
+            log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
+                        *expected)
+            self.cache.discard(state.key)
+            values = None
         if values is not None:
             self._count("hits")
             self._finish(state, values=values)

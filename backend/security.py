@@ -66,8 +66,15 @@ class KeyStore:
         """The (public, secret) key pair of ``role`` ("gateway" or "worker"), created on first use."""
         public_path = os.path.join(self.directory, "keys", f"{role}.key")
         secret_path = public_path + "_secret"
-        if not os.path.exists(secret_path):
-            self._create(public_path, secret_path)
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise UserError(f"the configuration directory {self.directory} is a file; give a folder (--config-dir)")
+        try:
+            if not os.path.exists(secret_path):
+                self._create(public_path, secret_path)
+            _check_private(secret_path)
+        except OSError as exc:
+            raise UserError(f"cannot create or read the key pair in {os.path.dirname(public_path)}: "
+                            f"{exc.strerror or exc}") from None
         try:
             with open(public_path, "rb") as f:
                 public = f.read().strip()
@@ -105,6 +112,17 @@ class KeyStore:
                 except UserError as exc:
                     raise UserError(f"{path}, line {number}: {exc}") from None
         return keys
+
+
+def _check_private(secret_path: str) -> None:
+    """Refuse a secret key that other users can read or replace (checked on every load, not only at creation)."""
+    if os.name != "posix":
+        return
+    for path, what in ((secret_path, "secret key"), (os.path.dirname(secret_path), "key folder")):
+        mode = os.stat(path).st_mode
+        if mode & (0o077 if path == secret_path else 0o022):
+            raise UserError(f"the {what} {path} can be read or changed by other users (mode {mode & 0o777:o}); "
+                            f"run: chmod {'600' if path == secret_path else '700'} '{path}'")
 
 
 @dataclass

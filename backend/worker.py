@@ -22,7 +22,7 @@ import zmq
 from backend.errors import is_deterministic
 from backend.executor import LocalExecutor
 from backend.pipeline import Pipeline
-from backend.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, peer_interval, task_from_message
+from backend.protocol import MAX_MESSAGE_BYTES, Message, ProtocolError, decode, encode, peer_interval, task_from_message
 from backend.security import Authenticator, CurveIdentity, is_local
 from backend.wakeup import Wakeup
 
@@ -157,13 +157,14 @@ class Worker:
             if sock in events:
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
-                    if self.config.listen and not self._admit(sock, frames[0], last_heard):
+                    message = self._decode(frames[1:] if self.config.listen else frames)
+                    if message is None or (self.config.listen and not self._admit(sock, frames[0], last_heard)):
                         continue
                     last_heard = time.monotonic()
                     if not heard_any and self.config.listen:
                         self._send(sock, self._ready())
                     heard_any = True
-                    if self._handle(sock, frames[1:] if self.config.listen else frames) == "DISCONNECT":
+                    if self._handle(sock, message) == "DISCONNECT":
                         if self.config.connect:
                             self._send(sock, self._ready())  # a restarted gateway does not know us: register again
                         else:
@@ -200,14 +201,17 @@ class Worker:
         target = gateway or self._gateway
         return target is not None and _send(sock, [target, *frames])
 
-    def _handle(self, sock: zmq.Socket, frames: list[bytes]) -> str | None:
-        """Act on one message from the gateway; returns its type (None if malformed)."""
+    def _decode(self, frames: list[bytes]) -> Message | None:
+        """The message in ``frames``, or None (dropped, counted and logged) if it is malformed."""
         try:
-            message = decode(frames)
+            return decode(frames)
         except ProtocolError as exc:
             self.dropped_messages += 1
-            log.warning("dropped a malformed message: %s", exc)
+            log.warning("dropped a malformed message (%d so far): %s", self.dropped_messages, exc)
             return None
+
+    def _handle(self, sock: zmq.Socket, message: Message) -> str:
+        """Act on one message from the gateway; returns its type."""
         if message.type == "HEARTBEAT":
             self._peer_interval = peer_interval(message.fields)
         elif message.type == "PIPELINE":

@@ -22,7 +22,7 @@ def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings,
     app.setApplicationName("ilastik-desktop")
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    with Services(dataclasses.replace(compute, enable_remote=True)) as services:
+    with Services(dataclasses.replace(compute, enable_remote=True, fail_without_workers=False)) as services:
         window = MainWindow(services, interactive=screenshot is None)
         window.resize(*size)
         window.show()

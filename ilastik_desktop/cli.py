@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--redis-url", metavar="URL",
                    help="use this Redis server as the block cache instead of starting an embedded one")
     g.add_argument("--cache-mb", type=int, default=1024, help="memory of the embedded cache in MB (default 1024)")
+    g.add_argument("--worker-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="end a headless run with an error when no worker is registered for this long (default 60)")
     g.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     g.add_argument("--print-key", action="store_true", help="print this application's public key and exit")
     return p
@@ -75,9 +77,12 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
         raise UserError("--workers must be at least 1 (or 0 together with --connect or --listen)")
     if args.cache_mb < 16:
         raise UserError("--cache-mb must be at least 16")
+    if not 1 <= args.worker_timeout <= 86400:
+        raise UserError("--worker-timeout must be between 1 and 86400 seconds")
     return ComputeSettings(workers=args.workers, connect=remote, listen=args.listen,
                            worker_keys=tuple(check_key(k, "worker key") for k in args.worker_key),
-                           redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir)
+                           redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir,
+                           worker_timeout_s=args.worker_timeout)
 
 
 def _window_size(text: str) -> tuple[int, int]:

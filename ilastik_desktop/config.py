@@ -26,7 +26,8 @@ class ComputeSettings:
     cache_mb: int = 1024
     config_dir: str | None = None
     heartbeat_s: float = 1.0
-    worker_timeout_s: float = 60.0  # how long to wait for the first workers
+    worker_timeout_s: float = 60.0  # how long to wait for the first workers, and without any worker
+    fail_without_workers: bool = True  # fail waiting blocks after worker_timeout_s with no worker (headless)
     enable_remote: bool = False  # load our key pair at start so remote workers can be added later
 
 

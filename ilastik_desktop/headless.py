@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 
 from backend.dataset import open_lane
+from backend.errors import TransientError, UserError
 from backend.export import default_block_shape, run_export
 from backend.pipeline import build_pipeline
 from backend.project import open_project
+from backend.zmq_executor import TaskError
 from ilastik_desktop.config import Settings, parse_cutout, parse_threshold
 from ilastik_desktop.services import Services
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: partial output and temporary files removed
+
+
 def run_headless(settings: Settings) -> int:
     """Run one export as configured; returns the exit code."""
+    signal.signal(signal.SIGTERM, _interrupt)
     project = open_project(settings.project)
     source = open_lane(project, settings.lane, settings.raw_data, settings.input_axes)
     volumetric = source.shape[1] > 1
@@ -40,7 +48,10 @@ def run_headless(settings: Settings) -> int:
         gateway = services.gateway(source, pipeline, block_shape)
         try:
             in_flight = max(4, 2 * services.executor.status()["processes"] + 2)
-            result = run_export(gateway, project.lanes[settings.lane].nickname, options, in_flight)
+            try:
+                result = run_export(gateway, project.lanes[settings.lane].nickname, options, in_flight)
+            except (TaskError, TransientError) as exc:
+                raise UserError(f"the export failed and its partial output was removed: {exc}") from None
             status = gateway.status()
         finally:
             gateway.close()

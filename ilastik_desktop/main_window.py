@@ -13,7 +13,7 @@ from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
 from ilastik_desktop.services import Services
-from ilastik_desktop.workers_ui import WorkersPanel
+from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
 from viewer.model import OBJECTS, PROBABILITIES, RAW, ViewerModel, default_layers
@@ -285,8 +285,7 @@ class MainWindow(QtWidgets.QMainWindow):
         looked_up = status["hits"] + status["misses"]
         rate = f"{100 * status['hits'] / looked_up:.0f} %" if looked_up else "-"
         memory = status.get("cache_memory_mb")
-        self.workers_label.setText(f"workers: {len(executor['workers'])} ({executor['processes']} processes), "
-                                   f"queue {executor['queued']}")
+        self.workers_label.setText(workers_summary(executor))
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
 
     def _show_pending(self, count: int) -> None:

@@ -55,7 +55,9 @@ class Services:
             self.cache = BlockCache(self._cache_client())
             self.identity = self._identity()
             local = "ipc://" + os.path.join(self.folder, "workers") if os.name == "posix" else "tcp://127.0.0.1:0"
-            self.executor = ZmqExecutor(bind=local, identity=self.identity, heartbeat_s=settings.heartbeat_s)
+            no_worker_timeout = settings.worker_timeout_s if settings.fail_without_workers else None
+            self.executor = ZmqExecutor(bind=local, identity=self.identity, heartbeat_s=settings.heartbeat_s,
+                                        no_worker_timeout_s=no_worker_timeout)
             if settings.listen:
                 self.listen_address = self._endpoint(lambda: self.executor.listen(settings.listen), settings.listen)
             for endpoint, key in settings.connect:

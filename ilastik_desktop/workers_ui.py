@@ -29,6 +29,15 @@ def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> No
     pool.submit(run)
 
 
+def workers_summary(executor_status: dict) -> str:
+    """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers'."""
+    workers = executor_status["workers"]
+    if not workers:
+        waited = executor_status.get("no_workers_s", 0.0)
+        return f"no workers for {waited:.0f} s: blocks wait (queue {executor_status['queued']}); see Workers"
+    return f"workers: {len(workers)} ({executor_status['processes']} processes), queue {executor_status['queued']}"
+
+
 class WorkersPanel(QtWidgets.QWidget):
     """Every worker with its state and speed; local worker count; the connect dialog."""
 
@@ -42,6 +51,8 @@ class WorkersPanel(QtWidgets.QWidget):
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.summary = QtWidgets.QLabel()
+        layout.addWidget(self.summary)
         layout.addWidget(self.table)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Local processes"))
@@ -59,8 +70,10 @@ class WorkersPanel(QtWidgets.QWidget):
         self.dialog: ConnectDialog | None = None
 
     def show_status(self, executor_status: dict) -> None:
-        """Fill the table from the executor's status."""
+        """Fill the table from the executor's status; say plainly when there is no worker at all."""
         workers = executor_status["workers"]
+        self.summary.setText(workers_summary(executor_status))
+        self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
         self.table.setRowCount(len(workers))
         for r, worker in enumerate(workers):
             for c, key in enumerate(COLUMNS):

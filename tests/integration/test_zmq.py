@@ -3,7 +3,6 @@
 import os
 import random
 import signal
-import socket
 import time
 
 import numpy as np
@@ -15,18 +14,12 @@ from backend.protocol import decode, encode
 from backend.worker import PROTOCOL_NAME
 from backend.zmq_executor import TaskError, ZmqExecutor
 from tests.integration.test_executor import _pipeline, _task, small_project
-from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
+from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     return small_project(str(tmp_path_factory.mktemp("zmq")))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_protocol_round_trip_and_rejections():

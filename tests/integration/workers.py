@@ -12,6 +12,13 @@ import time
 from tests.conftest import REPO
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subprocess.Popen:
     """An ilastik-worker subprocess in its own process group (so its pool dies with it)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -50,10 +57,10 @@ def kill_worker(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 class ZmqWithWorkers:
     """A ZmqExecutor with real worker processes connected to it, closed together."""
 
-    def __init__(self, pipeline, workers: int = 1, processes: int = 1):
+    def __init__(self, pipeline, workers: int = 1, processes: int = 1, **executor_options):
         from backend.zmq_executor import ZmqExecutor
 
-        self.executor = ZmqExecutor(heartbeat_s=0.2, liveness=3)
+        self.executor = ZmqExecutor(**{"heartbeat_s": 0.2, "liveness": 3, **executor_options})
         self.executor.add_pipeline(pipeline)
         self.procs = [start_worker("--connect", self.executor.address, processes=processes) for _ in range(workers)]
         if not self.executor.wait_for_workers(workers * processes, timeout=60):

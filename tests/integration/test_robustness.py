@@ -1,0 +1,175 @@
+"""Failures inside the gateway and executor: every claim and every waiter is settled, nothing hangs."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from backend.cache import BlockCache, block_key
+from backend.errors import is_deterministic
+from backend.gateway import Gateway, GatewayConfig
+from backend.geometry import Roi
+from backend.redis_server import EmbeddedRedis, RedisSettings
+from backend.sources import open_source
+from backend.zmq_executor import NoWorkers, ZmqExecutor
+from tests.integration.test_executor import _pipeline, _task, small_project
+from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
+
+ROI = Roi((0, 0, 0, 0), (1, 24, 48, 48))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return small_project(str(tmp_path_factory.mktemp("robust")), shape=(24, 96, 96))
+
+
+@pytest.fixture
+def redis_server():
+    server = EmbeddedRedis(RedisSettings(maxmemory_mb=64)).start()
+    yield server
+    server.stop()
+
+
+class FailingReads:
+    """A real HDF5 source whose reads fail with an OSError while ``broken`` is set (a disk or network error)."""
+
+    def __init__(self, source):
+        self._source, self.broken = source, threading.Event()
+
+    def read(self, roi):
+        if self.broken.is_set():
+            raise OSError(5, "Input/output error", "raw.h5")
+        return self._source.read(roi)
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+
+def _gateway(source, pipeline, executor, client, lease_s=3.0):
+    return Gateway(source, pipeline, executor, BlockCache(client, lease_s), GatewayConfig((1, 24, 48, 48), lease_s))
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_raw_read_frees_the_claim_and_settles_every_waiter(project, redis_server):
+    path, _ = project
+    pipeline = _pipeline(path)
+    raw = os.path.join(os.path.dirname(path), "raw.h5/data")
+    failing = FailingReads(open_source(raw))
+    with ZmqWithWorkers(pipeline) as ex:
+        first = _gateway(failing, pipeline, ex.executor, redis_server.client())
+        second = _gateway(open_source(raw), pipeline, ex.executor, redis_server.client())
+        try:
+            key = block_key(first.data_fingerprint, first.pipeline_fingerprint, "Probabilities", ROI)
+            failing.broken.set()
+            with pytest.raises(OSError):
+                first.request("Probabilities", ROI).result(timeout=10)
+            assert not first.cache.leased(key) and first.cache.error(key) is None  # freed, and not cached
+            expected = second.request("Probabilities", ROI).result(timeout=30)  # another process computes it
+            failing.broken.clear()
+            assert np.array_equal(first.request("Probabilities", ROI).result(timeout=30), expected)
+        finally:
+            first.close()
+            second.close()
+
+
+@pytest.mark.timeout(60)
+def test_transient_failures_are_not_cached(project, redis_server):
+    path, _ = project
+    pipeline = _pipeline(path)
+    executor = ZmqExecutor(heartbeat_s=0.2)  # no worker: the block waits in the queue
+    gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, executor,
+                       redis_server.client())
+    try:
+        key = block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities", ROI)
+        request = gateway.request("Probabilities", ROI)
+        executor.close()  # as at Ctrl-C
+        with pytest.raises(RuntimeError, match="executor closed"):
+            request.result(timeout=10)
+        assert not is_deterministic(request.future.exception())
+        deadline = time.monotonic() + 5
+        while gateway.cache.leased(key) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert gateway.cache.error(key) is None and not gateway.cache.leased(key)
+    finally:
+        gateway.close()
+
+
+@pytest.mark.timeout(30)
+def test_without_any_worker_queued_tasks_fail_after_the_timeout(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqExecutor(heartbeat_s=0.2, no_worker_timeout_s=1.0) as ex:
+        ex.add_pipeline(pipeline)
+        started = time.monotonic()
+        future = ex.submit(_task(pipeline, image))
+        with pytest.raises(NoWorkers, match="no worker was available for 1 s"):
+            future.result(timeout=10)
+        assert time.monotonic() - started < 5
+        assert ex.status()["workers"] == [] and ex.status()["no_workers_s"] >= 1.0
+
+
+@pytest.mark.timeout(180)
+def test_a_hung_compute_process_has_its_task_redispatched(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    with ZmqWithWorkers(pipeline, workers=2, deadline_floor_s=1.0) as ex:
+        for _ in range(4):  # measure a few block times first
+            ex.submit(_task(pipeline, image)).result(timeout=60)
+        hung = psutil.Process(ex.procs[0].pid).children()
+        for proc in hung:
+            proc.suspend()  # the worker still heartbeats; its compute process never answers
+        try:
+            futures = [ex.submit(_task(pipeline, image)) for _ in range(6)]
+            assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
+            status = ex.status()
+            assert status["overdue"] >= 1 and any(w["state"] == "slow" for w in status["workers"])
+        finally:
+            for proc in hung:
+                proc.resume()
+
+
+@pytest.mark.timeout(180)
+def test_a_listening_worker_serves_one_gateway_and_refuses_a_second(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    worker = start_worker("--listen", endpoint)
+    try:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as first:
+            first.add_pipeline(pipeline)
+            assert first.wait_for_workers(1, timeout=60)
+            with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as second:
+                second.add_pipeline(pipeline)
+                deadline = time.monotonic() + 10
+                while not second.status()["refused"] and time.monotonic() < deadline:
+                    second.wait_for_change(0.2)
+                assert "busy" in second.status()["refused"][0] and not second.status()["workers"]
+                futures = [first.submit(_task(pipeline, image)) for _ in range(4)]
+                assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
+                first.close()  # the first leaves: the second is served
+                assert second.wait_for_workers(1, timeout=20)
+                assert np.array_equal(second.submit(_task(pipeline, image)).result(timeout=60), expected)
+    finally:
+        kill_worker(worker)
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_consumer_of_results_does_not_get_healthy_workers_dropped(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline) as ex:
+        slow = ex.submit(_task(pipeline, image))
+        slow.add_done_callback(lambda _: time.sleep(3))  # like a cache write against a stalled Redis (0.6 s limit)
+        slow.result(timeout=60)
+        after = ex.submit(_task(pipeline, image))
+        after.result(timeout=60)
+        assert len(ex.status()["workers"]) == 1 and ex.status()["redispatched"] == 0
+
+
