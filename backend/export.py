@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 import sys
 import threading
 import time
@@ -56,16 +57,45 @@ def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, 
     return (1, 64, 128, 128)
 
 
+PLACEHOLDERS = ("dataset_dir", "nickname", "result_type")
+_EXTENSIONS = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr"}
+
+
 def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind: str) -> str:
-    """Fill ``{dataset_dir}``, ``{nickname}`` and ``{result_type}`` and add the format's extension."""
+    """Fill ``{dataset_dir}``, ``{nickname}`` and ``{result_type}`` and add the format's extension.
+
+    UserError for other placeholders (only plain names are filled in), an extension of another format, and
+    an output that would overwrite the raw data it is computed from.
+    """
     file_path, _ = split_internal_path(source.description.split(os.pathsep)[0])
     dataset_dir = os.path.dirname(os.path.abspath(file_path))
     try:
-        path = pattern.format(dataset_dir=dataset_dir, nickname=nickname, result_type=kind.replace(" ", "_"))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UserError(f"--output_filename_format '{pattern}': unknown placeholder {exc}") from None
-    ext = FORMATS[fmt]
-    return path if path.lower().endswith((ext, ".hdf5", ".tiff")) else path + ext
+        fields = [field for _, field, spec, conversion in string.Formatter().parse(pattern) if field is not None
+                  and (field not in PLACEHOLDERS or spec or conversion)]
+    except ValueError as exc:
+        raise UserError(f"--output_filename_format '{pattern}': {exc}") from None
+    if fields:
+        raise UserError(f"--output_filename_format '{pattern}': unknown placeholder {{{fields[0]}}} (use "
+                        f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+    path = pattern.format(dataset_dir=dataset_dir, nickname=nickname, result_type=kind.replace(" ", "_"))
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _EXTENSIONS and _EXTENSIONS[ext] != fmt:
+        raise UserError(f"--output_filename_format '{pattern}' ends in {ext} but --output_format is {fmt}")
+    path = path if ext in _EXTENSIONS else path + FORMATS[fmt]
+    inputs = {os.path.realpath(p) for p in source.description.split(os.pathsep)}
+    inputs |= {os.path.realpath(split_internal_path(p)[0]) for p in source.description.split(os.pathsep)}
+    if os.path.realpath(path) in inputs:
+        raise UserError(f"{path}: the export would overwrite its own raw data; choose another "
+                        "--output_filename_format")
+    return path
+
+
+def check_internal_path(internal_path: str) -> str:
+    """A dataset name inside HDF5 output: not empty, not the root, no '.' or '..' parts."""
+    parts = [p for p in internal_path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UserError(f"--output_internal_path '{internal_path}': expected a dataset name such as exported_data")
+    return "/".join(parts)
 
 
 class ExportCancelled(Exception):
@@ -90,7 +120,7 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
                                                                  pipeline.dtype(options.kind))
     chunks = gateway.config.block_shape
     writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype, chunks,
-                         options.internal_path)
+                         check_internal_path(options.internal_path))
     if objects:
         pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
     else:

@@ -89,6 +89,7 @@ def replace_classifier(project_path: str, classifier: Classifier, row_count: int
     os.close(fd)
     try:
         shutil.copyfile(project_path, tmp)
+        shutil.copymode(project_path, tmp)  # the project keeps its permissions (mkstemp makes 0600 files)
         with h5py.File(tmp, "r+") as f:
             write_classifier(f.require_group("PixelClassification"), classifier, row_count)
         os.replace(tmp, project_path)

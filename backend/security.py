@@ -43,6 +43,17 @@ def is_local(endpoint: str) -> bool:
         return False
 
 
+def check_endpoint(endpoint: str, what: str) -> str:
+    """A ZeroMQ endpoint ``tcp://HOST:PORT`` (port 0-65535, or ``*``) or ``ipc://PATH``; UserError otherwise."""
+    if endpoint.startswith("ipc://") and len(endpoint) > 6:
+        return endpoint
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    valid = endpoint.startswith("tcp://") and bool(host) and (port == "*" or (port.isdigit() and int(port) <= 65535))
+    if not valid:
+        raise UserError(f"{what} '{endpoint}': expected tcp://HOST:PORT with a port from 0 to 65535 (or ipc://PATH)")
+    return endpoint
+
+
 def check_key(text: str, what: str = "public key") -> bytes:
     """A Z85 public key as bytes, or a UserError that says what is wrong with it."""
     key = text.strip()

@@ -6,6 +6,7 @@ interrupted export never leaves a file that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,9 +48,14 @@ class BlockWriter:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise UserError(f"{path}: the output folder {parent} does not exist")
-        _remove(self.partial)
-        self._file = None
-        self.array = self._create(shape, np.dtype(dtype), chunks, internal_path)
+        self._file, self.array = None, None
+        try:
+            _remove(self.partial)
+            self.array = self._create(shape, np.dtype(dtype), chunks, internal_path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.abort()
+            raise UserError(f"{path}: cannot write the output here ({exc.strerror or exc})") from None
         self._order = [CANONICAL.index(a) for a in axes] + [i for i, a in enumerate(CANONICAL) if a not in axes]
 
     def _create(self, shape, dtype, chunks, internal_path):

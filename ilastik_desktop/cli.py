@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from backend.errors import UserError
 from backend.export import EXPORT_SOURCES, ExportOptions
-from backend.security import KeyStore, check_key, is_local
+from backend.security import KeyStore, check_endpoint, check_key, is_local
 from backend.writers import FORMATS
 from ilastik_desktop import __version__
 from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
@@ -75,6 +76,8 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
     remote = tuple(_remote_worker(text) for text in args.connect)
     if args.workers is not None and args.workers < (0 if remote or args.listen else 1):
         raise UserError("--workers must be at least 1 (or 0 together with --connect or --listen)")
+    if args.listen:
+        check_endpoint(args.listen, "--listen")
     if args.cache_mb < 16:
         raise UserError("--cache-mb must be at least 16")
     if not 1 <= args.worker_timeout <= 86400:
@@ -95,10 +98,17 @@ def _window_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _check_display() -> None:
+    """UserError when a window cannot be shown (Qt would abort with a plugin message and exit code 0)."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if sys.platform.startswith("linux") and not platform and not (os.environ.get("DISPLAY")
+                                                                   or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("no display found: use --headless (or set DISPLAY)")
+
+
 def _remote_worker(text: str) -> tuple[str, bytes | None]:
     endpoint, _, key = text.partition(",")
-    if not endpoint.startswith("tcp://") and not endpoint.startswith("ipc://"):
-        raise UserError(f"--connect '{text}': expected tcp://HOST:PORT[,KEY]")
+    check_endpoint(endpoint, "--connect")
     if not key and not is_local(endpoint):
         raise UserError(f"--connect '{text}': {endpoint} is not on this machine, so give the worker's public key "
                         "after a comma (ilastik-worker --print-key shows it)")
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             from ilastik_desktop.headless import run_headless
 
             return run_headless(settings_from_args(args))
+        _check_display()
         from ilastik_desktop.app import run_gui
 
         return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,

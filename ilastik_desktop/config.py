@@ -11,7 +11,9 @@ from backend.export import ExportOptions
 from backend.geometry import Roi
 from backend.project import ThresholdSettings
 
-_THRESHOLD_KEYS = "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x"
+MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo
+_THRESHOLD_KEYS = ("method=simple|hysteresis, channel, core_channel, low, high (0 to 1), min_size, max_size, "
+                   f"sigmas=z:y:x (0 to {MAX_SIGMA:g})")
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,12 @@ def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
         start, stop = ast.literal_eval(text)
         if len(start) != len(axes) or len(stop) != len(axes):
             raise ValueError
-    except (ValueError, SyntaxError, TypeError):
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (*start, *stop)):
+            raise ValueError  # no silent truncation of 10.5, no strings
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise UserError(
             f"--cutout_subregion '{text}': expected \"[(start...), (stop...)]\" with one value per axis of "
-            f"'{axes}' (None for the full extent)"
+            f"'{axes}' (whole numbers, or None for the full extent)"
         ) from None
     lo = dict(zip(axes, start))
     hi = dict(zip(axes, stop))
@@ -82,8 +86,9 @@ def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
     return roi
 
 
-def parse_threshold(text: str, base: ThresholdSettings | None) -> ThresholdSettings:
-    """``'channel=1,low=0.6,min_size=20'`` applied over ``base`` (the project's settings or ilastik's defaults)."""
+def parse_threshold(text: str, base: ThresholdSettings | None, channels: int) -> ThresholdSettings:
+    """``'channel=1,low=0.6,min_size=20'`` applied over ``base`` (the project's settings or ilastik's defaults),
+    checked against the ``channels`` (classes) the probabilities have."""
     settings = base or ThresholdSettings()
     changes: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -95,6 +100,12 @@ def parse_threshold(text: str, base: ThresholdSettings | None) -> ThresholdSetti
     settings = dataclasses.replace(settings, **{k.strip(): v for k, v in changes.items()})
     if settings.low > settings.high and settings.method == 1:
         raise UserError(f"--threshold: low ({settings.low}) must not exceed high ({settings.high})")
+    if settings.max_size < settings.min_size:
+        raise UserError(f"--threshold: max_size ({settings.max_size}) is smaller than min_size ({settings.min_size})")
+    for name in ("channel", "core_channel"):
+        if getattr(settings, name) >= channels:
+            raise UserError(f"--threshold {name}={getattr(settings, name)}: the project has {channels} classes "
+                            f"(channels 0 to {channels - 1})")
     return settings
 
 
@@ -107,10 +118,13 @@ def _threshold_value(name: str, value: str):
             raise ValueError
         return number
     if name in ("low", "high"):
-        return float(value)
+        number = float(value)
+        if not 0.0 <= number <= 1.0:
+            raise ValueError
+        return number
     if name == "sigmas":
         sigmas = tuple(float(v) for v in value.split(":"))
-        if len(sigmas) != 3 or min(sigmas) < 0:
+        if len(sigmas) != 3 or not all(0 <= v <= MAX_SIGMA for v in sigmas):  # also refuses nan and inf
             raise ValueError
         return sigmas
     raise KeyError(name)

@@ -8,7 +8,7 @@ import sys
 
 from backend.dataset import open_lane
 from backend.errors import TransientError, UserError
-from backend.export import default_block_shape, run_export
+from backend.export import check_internal_path, default_block_shape, output_path, run_export
 from backend.pipeline import build_pipeline
 from backend.project import open_project
 from backend.zmq_executor import TaskError
@@ -34,12 +34,15 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    threshold = parse_threshold(settings.threshold or "", project.threshold)
+    threshold = parse_threshold(settings.threshold or "", project.threshold, pipeline.label_count)
     options = dataclasses.replace(settings.export, threshold=threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
                                                                    source.spatial_shape))
     block_shape = options.block_shape or default_block_shape(source.spatial_shape)
+    nickname = project.lanes[settings.lane].nickname
+    output_path(options.filename_pattern, options.fmt, source, nickname, options.kind)  # checked before any
+    check_internal_path(options.internal_path)  # process starts
     with Services(settings.compute) as services:
         if services.listen_address:
             print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
@@ -49,7 +52,7 @@ def run_headless(settings: Settings) -> int:
         try:
             in_flight = max(4, 2 * services.executor.status()["processes"] + 2)
             try:
-                result = run_export(gateway, project.lanes[settings.lane].nickname, options, in_flight)
+                result = run_export(gateway, nickname, options, in_flight)
             except (TaskError, TransientError) as exc:
                 raise UserError(f"the export failed and its partial output was removed: {exc}") from None
             status = gateway.status()

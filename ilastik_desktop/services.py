@@ -161,8 +161,10 @@ class Services:
 
     def worker_command(self) -> str:
         """The command to run on a remote machine so its worker connects to us."""
-        port = self.accept_workers().rsplit(":", 1)[1]
-        return (f"ilastik-worker --connect tcp://{socket.getfqdn()}:{port} "
+        host, port = self.accept_workers().removeprefix("tcp://").rsplit(":", 1)
+        if host in ("0.0.0.0", "*", "[::]", "::"):
+            host = socket.getfqdn()  # bound to every interface: the name others know this machine by
+        return (f"ilastik-worker --connect tcp://{host}:{port} "
                 f"--gateway-key '{self.identity.public.decode()}'")
 
     def gateway(self, source: DataSource, pipeline: Pipeline, block_shape: tuple[int, int, int, int]) -> Gateway:

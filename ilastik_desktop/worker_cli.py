@@ -12,7 +12,7 @@ import zmq
 from backend.errors import UserError
 from backend.executor import default_workers
 from backend.processes import watch_parent
-from backend.security import CurveIdentity, KeyStore, check_key, is_local
+from backend.security import CurveIdentity, KeyStore, check_endpoint, check_key, is_local
 from backend.worker import Worker, WorkerConfig
 
 EPILOG = """\
@@ -48,7 +48,7 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
         raise UserError("--processes must be at least 1")
     if args.heartbeat <= 0:
         raise UserError("--heartbeat must be positive")
-    endpoint = args.connect or args.listen
+    endpoint = check_endpoint(args.connect or args.listen, "--connect" if args.connect else "--listen")
     keys = [check_key(k, "gateway key") for k in args.gateway_key]
     store = KeyStore(args.config_dir)
     if args.listen:

@@ -33,8 +33,26 @@ def _stack_paths(spec: str) -> list[str] | None:
     return None
 
 
+SUPPORTED_DTYPES = ("bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32",
+                    "float64")
+
+
 def open_source(spec: str, axes: str | None = None, base_dir: str | None = None) -> DataSource:
-    """Open the image named by ``spec`` (relative paths resolve against ``base_dir``)."""
+    """Open the image named by ``spec`` (relative paths resolve against ``base_dir``); DataError says what is wrong
+    with a file that is missing, unreadable, empty or of an unsupported pixel type."""
+    try:
+        source = _open(spec, axes, base_dir)
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise DataError(f"{spec}: cannot read this image ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if source.dtype.name not in SUPPORTED_DTYPES:
+        raise DataError(f"{spec}: pixel type {source.dtype.name} is not supported (use one of "
+                        f"{', '.join(SUPPORTED_DTYPES)}; convert float16 or complex data first)")
+    if 0 in source.shape:
+        raise DataError(f"{spec}: the image is empty (shape {source.native_shape})")
+    return source
+
+
+def _open(spec: str, axes: str | None, base_dir: str | None) -> DataSource:
     from backend.sources.arrays import open_image, open_npy
     from backend.sources.hdf5 import Hdf5Source
     from backend.sources.n5 import N5Source
