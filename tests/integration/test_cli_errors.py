@@ -65,9 +65,18 @@ def test_no_input_data(data_dir):
     _assert_one_line_error(run_cli("--headless", "--project", project), "no input data")
 
 
-def test_raw_data_missing_names_path_and_override(data_dir):
-    result = run_cli("--headless", "--project", os.path.join(data_dir, "ilastik-api", "PixelClass.ilp"))
+def test_raw_data_missing_names_path_and_override(data_dir, copy_of):
+    result = run_cli("--headless", "--project", copy_of(os.path.join(data_dir, "ilastik-api", "PixelClass.ilp")))
     _assert_one_line_error(result, "/Users/kutra/", "Data_1channel.png", "--raw_data")
+
+
+def test_raw_data_moved_next_to_the_project_is_found_there(data_dir, copy_of, tmp_path):
+    project = copy_of(os.path.join(data_dir, "ilastik-api", "PixelClass.ilp"))  # recorded: /Users/kutra/...
+    copy_of(os.path.join(data_dir, "ilastik-api", "Data_1channel.png"))
+    result = run_cli("--headless", "--no-progress", "--project", project, "--output_filename_format",
+                     str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.h5").exists()
 
 
 def test_raw_data_override_missing(data_dir, tmp_path):
