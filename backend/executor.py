@@ -110,6 +110,11 @@ class LocalExecutor:
             self._ready += 1
         return True
 
+    @property
+    def pipelines(self) -> frozenset[str]:
+        """Fingerprints of the pipelines added so far."""
+        return frozenset(self._known)
+
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Store the pipeline where the worker processes load it on first use."""
         fingerprint = pipeline.fingerprint()

@@ -221,14 +221,18 @@ class Worker:
                 self.dropped_messages += 1
                 log.warning("dropped a malformed pipeline: %s", exc)
         elif message.type == "TASK":
+            key = str(message.fields.get("key", ""))[:200]
             try:
                 task = task_from_message(message)
-                future = self.pool.submit(task)
-            except (ProtocolError, ValueError) as exc:
+            except ProtocolError as exc:  # the same message would fail again
                 self.dropped_messages += 1
-                key = str(message.fields.get("key", ""))[:200]
                 self._send(sock, encode("ERROR", {"key": key, "message": str(exc)[:500], "deterministic": True}))
                 return message.type
+            if task.pipeline not in self.pool.pipelines:  # lost on the way, or we restarted: ask for it again
+                self._send(sock, encode("ERROR", {"key": key, "message": "unknown pipeline", "deterministic": False,
+                                                  "missing_pipeline": task.pipeline}))
+                return message.type
+            future = self.pool.submit(task)
             gateway = self._gateway
             future.add_done_callback(lambda f, key=task.key: self._finished(key, gateway, f))
         elif message.type == "DISCONNECT":

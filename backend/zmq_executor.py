@@ -395,6 +395,8 @@ class ZmqExecutor:
             self._counters["roundtrip_s"] += time.monotonic() - job.sent
             job.future.compute_s = compute_s
             return lambda: _settle(job.future, result=message.arrays[0])
+        if message.fields.get("missing_pipeline") == job.task.pipeline:
+            worker.pipelines.discard(job.task.pipeline)  # sent again before the task's next dispatch
         if message.fields.get("deterministic") or job.attempts + 1 >= self.max_attempts:
             self._counters["failed"] += 1
             error = TaskError(str(message.fields.get("message", "task failed")),
