@@ -11,13 +11,8 @@ import time
 
 import psutil
 
-from backend.features import FEATURE_IDS
-from backend.project import FeatureSelection, open_project
-from backend.project_writer import write_project
-from backend.sources import open_source
-from backend.synthetic import blob_volume, label_slabs
-from backend.training import labelled_samples, train_classifier
-from backend.writers import axistags_json
+from backend.compute.features import FEATURE_IDS
+from backend.io.synthetic import SyntheticProject, write_synthetic_project
 
 PROTOTYPE_SHAPE = (192, 384, 384)  # z, y, x: the prototype's 384 x 384 x 192 volume
 PROTOTYPE_SCALES = (1.0, 3.5, 10.0)
@@ -25,28 +20,14 @@ PROTOTYPE_SCALES = (1.0, 3.5, 10.0)
 
 def prototype_project(directory: str, shape=PROTOTYPE_SHAPE, trees: int = 100, forests: int = 2) -> str:
     """The prototype's benchmark: all six features at scales 1.0, 3.5, 10.0 (30 in 3D), 100 trees."""
-    import h5py
-
     os.makedirs(directory, exist_ok=True)
-    raw = os.path.join(directory, "raw.h5")
     project = os.path.join(directory, "bench.ilp")
     if os.path.exists(project):
         return project
-    image, mask = blob_volume(shape, seed=3, density=1e-4)
-    with h5py.File(raw, "w") as f:
-        f.create_dataset("data", data=image, chunks=(32, 128, 128)).attrs["axistags"] = axistags_json("zyx")
-    sel = FeatureSelection(FEATURE_IDS, PROTOTYPE_SCALES, tuple((True,) * 3 for _ in FEATURE_IDS), (False,) * 3)
-    args = dict(raw_path="raw.h5/data", axes="zyx", shape=shape, features=sel,
-                label_names=("Background", "Cells"), label_colors=((255, 0, 0), (0, 255, 0)),
-                label_blocks=label_slabs(mask, count=12, size=32), nickname="raw")
-    write_project(project, classifier=None, **args)
-    x, y = labelled_samples(open_project(project), open_source(raw + "/data"))
-    from backend.pipeline import build_pipeline
-
-    names = build_pipeline(open_project(project), 1, True, require_classifier=False).features.column_names()
-    write_project(project, classifier=train_classifier(x, y, names, trees=trees, forests=forests),
-                  row_count=len(y), **args)
-    return project
+    spec = SyntheticProject(tuple(shape), tuple((True,) * 3 for _ in FEATURE_IDS), PROTOTYPE_SCALES, seed=3,
+                            density=1e-4, label_count=12, label_size=32, trees=trees, forests=forests,
+                            chunks=(32, 128, 128), label_colors=((255, 0, 0), (0, 255, 0)))
+    return write_synthetic_project(directory, spec, "bench.ilp", "raw.h5")[0]
 
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:

@@ -24,15 +24,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backend.cache import BlockCache  # noqa: E402
-from backend.executor import LocalExecutor  # noqa: E402
-from backend.gateway import BATCH, Gateway, GatewayConfig  # noqa: E402
-from backend.geometry import BlockGrid, Roi  # noqa: E402
-from backend.pipeline import BlockTask, Pipeline, build_pipeline  # noqa: E402
-from backend.project import open_project  # noqa: E402
-from backend.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
-from backend.sources import DataSource, open_source  # noqa: E402
-from backend.zmq_executor import ZmqExecutor  # noqa: E402
+from backend.cache.block_cache import BlockCache  # noqa: E402
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
+from backend.compute.geometry import BlockGrid, Roi  # noqa: E402
+from backend.compute.pipeline import BlockTask, Pipeline  # noqa: E402
+from backend.distributed.executor import LocalExecutor  # noqa: E402
+from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
+from backend.io.project import open_project  # noqa: E402
+from backend.io.project_pipeline import build_pipeline  # noqa: E402
+from backend.io.sources import DataSource, open_source  # noqa: E402
+from backend.service.gateway import BATCH, Gateway, GatewayConfig  # noqa: E402
 from bench.common import PROTOTYPE_SHAPE, prototype_project, report  # noqa: E402
 from ilastik_desktop.local_workers import LocalWorkers  # noqa: E402
 

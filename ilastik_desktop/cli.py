@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
+from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
 from backend.errors import UserError
-from backend.export import EXPORT_SOURCES, ExportOptions
-from backend.security import KeyStore, check_endpoint, check_key, is_local
-from backend.writers import FORMATS
+from backend.io.writers import FORMATS
+from backend.service.export import EXPORT_SOURCES, ExportOptions
 from ilastik_desktop import __version__
 from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
 

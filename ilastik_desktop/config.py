@@ -6,10 +6,10 @@ import ast
 import dataclasses
 from dataclasses import dataclass
 
+from backend.compute.geometry import Roi
 from backend.errors import UserError
-from backend.export import ExportOptions
-from backend.geometry import Roi
-from backend.project import ThresholdSettings
+from backend.io.project import ThresholdSettings
+from backend.service.export import ExportOptions
 
 MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo
 _THRESHOLD_KEYS = ("method=simple|hysteresis, channel, core_channel, low, high (0 to 1), min_size, max_size, "

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend.dataset import open_lane
-from backend.export import default_block_shape
-from backend.gateway import Gateway
-from backend.geometry import Roi
-from backend.pipeline import Pipeline, build_pipeline
-from backend.project import Project, ThresholdSettings, open_project
-from backend.sources import DataSource
+from backend.compute.geometry import Roi
+from backend.compute.pipeline import Pipeline
+from backend.io.dataset import open_lane
+from backend.io.project import Project, ThresholdSettings, open_project
+from backend.io.project_pipeline import build_pipeline
+from backend.io.sources import DataSource
+from backend.service.export import default_block_shape
+from backend.service.gateway import Gateway
 from ilastik_desktop.services import Services
 
 

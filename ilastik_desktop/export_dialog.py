@@ -8,9 +8,9 @@ import threading
 from PyQt5 import QtCore, QtWidgets
 
 from backend.errors import UserError
-from backend.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
-from backend.project import ThresholdSettings
-from backend.writers import FORMATS
+from backend.io.project import ThresholdSettings
+from backend.io.writers import FORMATS
+from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
 from ilastik_desktop.document import Document
 from viewer.bridge import GuiBridge
 

@@ -6,12 +6,12 @@ import dataclasses
 import signal
 import sys
 
-from backend.dataset import open_lane
+from backend.distributed.zmq_executor import TaskError
 from backend.errors import TransientError, UserError
-from backend.export import check_internal_path, default_block_shape, output_path, run_export
-from backend.pipeline import build_pipeline
-from backend.project import open_project
-from backend.zmq_executor import TaskError
+from backend.io.dataset import open_lane
+from backend.io.project import open_project
+from backend.io.project_pipeline import build_pipeline
+from backend.service.export import check_internal_path, default_block_shape, output_path, run_export
 from ilastik_desktop.config import Settings, parse_cutout, parse_threshold
 from ilastik_desktop.services import Services
 
@@ -28,7 +28,7 @@ def run_headless(settings: Settings) -> int:
     volumetric = source.shape[1] > 1
     classifier = None
     if settings.retrain:
-        from backend.training import retrain_project
+        from backend.io.training import retrain_project
 
         classifier = retrain_project(project, source, progress=settings.export.progress)
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)

@@ -15,15 +15,15 @@ from urllib.parse import urlsplit
 
 import redis
 
-from backend.cache import BlockCache
+from backend.cache.block_cache import BlockCache
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.pipeline import Pipeline
+from backend.distributed.executor import default_workers
+from backend.distributed.security import CurveIdentity, KeyStore
+from backend.distributed.zmq_executor import ZmqExecutor
 from backend.errors import UserError
-from backend.executor import default_workers
-from backend.gateway import Gateway, GatewayConfig
-from backend.pipeline import Pipeline
-from backend.redis_server import EmbeddedRedis, RedisSettings
-from backend.security import CurveIdentity, KeyStore
-from backend.sources import DataSource
-from backend.zmq_executor import ZmqExecutor
+from backend.io.sources import DataSource
+from backend.service.gateway import Gateway, GatewayConfig
 from ilastik_desktop.config import ComputeSettings
 from ilastik_desktop.local_workers import LocalWorkers
 

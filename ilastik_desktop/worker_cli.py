@@ -9,11 +9,11 @@ import sys
 
 import zmq
 
+from backend.distributed.executor import default_workers
+from backend.distributed.security import CurveIdentity, KeyStore, check_endpoint, check_key, is_local
+from backend.distributed.worker import Worker, WorkerConfig
 from backend.errors import UserError
-from backend.executor import default_workers
 from backend.processes import watch_parent
-from backend.security import CurveIdentity, KeyStore, check_endpoint, check_key, is_local
-from backend.worker import Worker, WorkerConfig
 
 EPILOG = """\
 Endpoints that are not on this machine are encrypted and authenticated with CurveZMQ. The worker's

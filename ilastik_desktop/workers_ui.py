@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PyQt5 import QtCore, QtWidgets
 
+from backend.distributed.security import check_key
 from backend.errors import UserError
-from backend.security import check_key
 from ilastik_desktop.services import Services
 from viewer.bridge import GuiBridge
 

@@ -14,10 +14,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from PyQt5 import QtCore
 
-from backend.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
-from backend.geometry import Roi
-from backend.objects import request_frame
-from backend.project import ThresholdSettings
+from backend.compute.geometry import Roi
+from backend.io.project import ThresholdSettings
+from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
+from backend.service.objects import request_frame
 from viewer.bridge import GuiBridge
 from viewer.model import OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
 from viewer.painting import objects_rgba, probability_rgba, segmentation_rgba

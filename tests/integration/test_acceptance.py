@@ -56,7 +56,7 @@ def test_seed_project_matches_vigra_reference(tmp_path, data_dir, vigra_referenc
 
 
 def test_forest_prediction_is_bit_identical_to_vigra(tmp_path, data_dir, vigra_python):
-    from backend.project import open_project
+    from backend.io.project import open_project
 
     seed = os.path.join(data_dir, "seed")
     features, predictions = tmp_path / "x.npy", tmp_path / "p.npy"
@@ -113,7 +113,7 @@ def test_default_output_next_to_the_data(tmp_path, data_dir, copy_of):
 
 
 def test_retrained_forest_loads_in_vigra_and_predicts_identically(tmp_path, data_dir, vigra_python, copy_of):
-    from backend.project import open_project
+    from backend.io.project import open_project
 
     seed = os.path.join(data_dir, "seed")
     project = copy_of(os.path.join(seed, "pc.ilp"))
@@ -139,7 +139,7 @@ def test_demo_project_opens_in_vigra_and_agrees(tmp_path, vigra_reference):
                     str(tmp_path / "demo" / "demo.ilp"), "--raw", str(tmp_path / "demo" / "demo_raw.h5/data"),
                     "--out", str(reference)], check=True, timeout=600)
     assert_ilastik_tolerance(ours, np.load(reference))
-    from backend.synthetic import blob_volume
+    from backend.io.synthetic import blob_volume
 
     _, mask = blob_volume(ours.shape[:3], seed=0)
     assert ((ours[..., 1] > 0.5) == mask).mean() > 0.95

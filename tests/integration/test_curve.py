@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from backend.security import CurveIdentity, KeyStore, is_local
-from backend.zmq_executor import ZmqExecutor
+from backend.distributed.security import CurveIdentity, KeyStore, is_local
+from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import REPO
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_zmq import free_port

@@ -1,45 +1,29 @@
 """The Executor contract, checked on every implementation, and bounded memory of the export."""
 
-import os
 import subprocess
 import sys
 import threading
 import time
 
-import h5py
 import numpy as np
 import psutil
 import pytest
 
-from backend.executor import LocalExecutor
-from backend.features import FEATURE_IDS
-from backend.pipeline import BlockTask, Pipeline, build_pipeline
-from backend.project import FeatureSelection, open_project
-from backend.project_writer import write_project
-from backend.synthetic import blob_volume, label_slabs
-from backend.training import labelled_samples, train_classifier
-from backend.writers import axistags_json
+from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.executor import LocalExecutor
+from backend.io.project import open_project
+from backend.io.project_pipeline import build_pipeline
+from backend.io.synthetic import SyntheticProject, write_synthetic_project
 from tests.conftest import REPO
 from tests.integration.workers import ZmqWithWorkers
 
 
 def small_project(folder, shape=(24, 64, 64), selection=((True, True, False),) + ((False,) * 3,) * 5,
                   scales=(0.7, 1.6, 3.5)):
-    raw = os.path.join(folder, "raw.h5")
-    image, mask = blob_volume(shape, seed=7, density=5e-4)
-    with h5py.File(raw, "w") as f:
-        f.create_dataset("data", data=image, chunks=(8, 64, 64)).attrs["axistags"] = axistags_json("zyx")
-    sel = FeatureSelection(FEATURE_IDS, scales, selection, (False,) * len(scales))
-    args = dict(raw_path="raw.h5/data", axes="zyx", shape=shape, features=sel, label_names=("bg", "fg"),
-                label_colors=((0, 0, 0), (255, 255, 255)), label_blocks=label_slabs(mask, size=16))
-    path = os.path.join(folder, "p.ilp")
-    write_project(path, classifier=None, **args)
-    from backend.sources import open_source
-
-    x, y = labelled_samples(open_project(path), open_source(raw + "/data"))
-    names = build_pipeline(open_project(path), 1, True, require_classifier=False).features.column_names()
-    write_project(path, classifier=train_classifier(x, y, names, trees=10), row_count=len(y), **args)
-    return path, image
+    """A trained 10-tree project on a synthetic volume in ``folder``: (``p.ilp`` path, image)."""
+    spec = SyntheticProject(tuple(shape), selection, scales, seed=7, density=5e-4, label_size=16, trees=10,
+                            chunks=(8, 64, 64), label_names=("bg", "fg"), label_colors=((0, 0, 0), (255, 255, 255)))
+    return write_synthetic_project(str(folder), spec, "p.ilp", "raw.h5")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,14 @@ import time
 import numpy as np
 import pytest
 
-from backend.cache import BlockCache, block_key, decode_block, encode_block
-from backend.executor import LocalExecutor
-from backend.gateway import CacheUnavailable, Gateway, GatewayConfig
-from backend.geometry import Roi
-from backend.project import open_project
-from backend.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
-from backend.sources import open_source
-from backend.training import labelled_samples, train_classifier
+from backend.cache.block_cache import BlockCache, block_key, decode_block, encode_block
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
+from backend.compute.geometry import Roi
+from backend.distributed.executor import LocalExecutor
+from backend.io.project import open_project
+from backend.io.sources import open_source
+from backend.io.training import labelled_samples, train_classifier
+from backend.service.gateway import CacheUnavailable, Gateway, GatewayConfig
 from tests.integration.test_executor import _pipeline, small_project
 from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
 
@@ -162,7 +162,7 @@ def test_changing_the_classifier_never_serves_old_blocks(project, redis_server):
     x, y = labelled_samples(p, source_of(path))
     names = pipeline.features.column_names()
     other = train_classifier(x, y, names, trees=3, forests=1, seed=42)
-    from backend.pipeline import build_pipeline
+    from backend.io.project_pipeline import build_pipeline
 
     pipeline2 = build_pipeline(p, 1, True, other)
     assert pipeline2.fingerprint() != pipeline.fingerprint()
@@ -203,9 +203,9 @@ def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
 
 @pytest.mark.timeout(180)
 def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project, redis_server):
-    from backend.objects import objects_key, request_objects
-    from backend.project import ThresholdSettings
-    from backend.threshold import threshold_frame
+    from backend.compute.threshold import threshold_frame
+    from backend.io.project import ThresholdSettings
+    from backend.service.objects import objects_key, request_objects
 
     path, image = project
     pipeline = _pipeline(path)
@@ -230,7 +230,7 @@ def test_objects_layer_thresholds_whole_frames_and_caches_by_parameters(project,
 def test_a_visible_request_hurries_a_block_queued_for_prefetch(project, redis_server):
     """A block queued at prefetch priority behind a long queue is computed first once the view needs it;
     thin per-request blocks give the same values as the whole image."""
-    from backend.gateway import PREFETCH, SIDE_VIEW, VISIBLE
+    from backend.service.gateway import PREFETCH, SIDE_VIEW, VISIBLE
 
     path, image = project
     pipeline = _pipeline(path)

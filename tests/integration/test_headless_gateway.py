@@ -8,9 +8,9 @@ import numpy as np
 import psutil
 import pytest
 
-from backend.project import ThresholdSettings, open_project
-from backend.redis_server import EmbeddedRedis, RedisSettings
-from backend.threshold import threshold_frame
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.threshold import threshold_frame
+from backend.io.project import ThresholdSettings, open_project
 from tests.conftest import REPO, run_cli
 from tests.integration.test_executor import small_project
 from tests.integration.test_zmq import free_port

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import zmq
 
-from backend.cache import BlockCache, block_key
+from backend.cache.block_cache import BlockCache, block_key
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.forest import CompiledForests
+from backend.compute.geometry import Roi
+from backend.distributed.protocol import VERSION, decode, encode
+from backend.distributed.worker import PROTOCOL_NAME
+from backend.distributed.zmq_executor import TaskError, ZmqExecutor
 from backend.errors import ProjectError
-from backend.forest import CompiledForests
-from backend.geometry import Roi
-from backend.protocol import VERSION, decode, encode
-from backend.redis_server import EmbeddedRedis, RedisSettings
-from backend.worker import PROTOCOL_NAME
-from backend.zmq_executor import TaskError, ZmqExecutor
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_gateway import gateway_on
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
@@ -182,7 +182,7 @@ def test_damaged_forests_are_refused_before_any_walk(damage):
 
 
 def test_a_crafted_forest_in_a_project_is_a_project_error():
-    from backend.forest import Forest, Tree
+    from backend.compute.forest import Forest, Tree
 
     topology = np.array([0, 0, 0, 0, 2, 2, 0], np.int32)  # a threshold node whose children are itself
     tree = Tree(topology, np.zeros(8))

@@ -10,13 +10,13 @@ import numpy as np
 import psutil
 import pytest
 
-from backend.cache import BlockCache, block_key
+from backend.cache.block_cache import BlockCache, block_key
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.geometry import Roi
+from backend.distributed.zmq_executor import NoWorkers, ZmqExecutor
 from backend.errors import is_deterministic
-from backend.gateway import Gateway, GatewayConfig
-from backend.geometry import Roi
-from backend.redis_server import EmbeddedRedis, RedisSettings
-from backend.sources import open_source
-from backend.zmq_executor import NoWorkers, ZmqExecutor
+from backend.io.sources import open_source
+from backend.service.gateway import Gateway, GatewayConfig
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
 

@@ -8,9 +8,9 @@ import numpy as np
 import psutil
 import pytest
 
-from backend.gateway import CacheUnavailable
-from backend.geometry import Roi
-from backend.sources import open_source
+from backend.compute.geometry import Roi
+from backend.io.sources import open_source
+from backend.service.gateway import CacheUnavailable
 from ilastik_desktop.config import ComputeSettings
 from ilastik_desktop.services import Services
 from tests.integration.test_executor import _pipeline, small_project

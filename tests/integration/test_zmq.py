@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import zmq
 
-from backend.pipeline import BlockTask
-from backend.protocol import decode, encode
-from backend.worker import PROTOCOL_NAME
-from backend.zmq_executor import TaskError, ZmqExecutor
+from backend.compute.pipeline import BlockTask
+from backend.distributed.protocol import decode, encode
+from backend.distributed.worker import PROTOCOL_NAME
+from backend.distributed.zmq_executor import TaskError, ZmqExecutor
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
 
@@ -26,7 +26,7 @@ def test_protocol_round_trip_and_rejections():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     m = decode(encode("RESULT", {"key": "7"}, [a]))
     assert m.type == "RESULT" and m.fields == {"key": "7"} and np.array_equal(m.arrays[0], a)
-    from backend.protocol import ProtocolError
+    from backend.distributed.protocol import ProtocolError
 
     bad = [[b"not json"], [b"[]"], [b'{"v": 99, "type": "READY"}'], [b'{"v": 1, "type": "EXPLODE"}'],
            [b'{"v": 1, "type": "RESULT", "arrays": [{"dtype": "<f4", "shape": [3]}]}', b"12345"],

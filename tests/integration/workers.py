@@ -58,7 +58,7 @@ class ZmqWithWorkers:
     """A ZmqExecutor with real worker processes connected to it, closed together."""
 
     def __init__(self, pipeline, workers: int = 1, processes: int = 1, **executor_options):
-        from backend.zmq_executor import ZmqExecutor
+        from backend.distributed.zmq_executor import ZmqExecutor
 
         self.executor = ZmqExecutor(**{"heartbeat_s": 0.2, "liveness": 3, **executor_options})
         self.executor.add_pipeline(pipeline)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from backend.features import FEATURE_IDS, FeatureSet, normalise_feature_name, presmoothing_sigma
-from backend.filters import gaussian_kernel, kernel_radius
+from backend.compute.features import FEATURE_IDS, FeatureSet, normalise_feature_name, presmoothing_sigma
+from backend.compute.filters import gaussian_kernel, kernel_radius
 
 SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 

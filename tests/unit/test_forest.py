@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
+from backend.compute.forest import CompiledForests, _float32_ceiling, read_forest
 from backend.errors import ProjectError
-from backend.forest import CompiledForests, _float32_ceiling, read_forest
-from backend.forest_io import _vigra_threshold, forest_from_sklearn, write_forest
+from backend.io.forest_io import _vigra_threshold, forest_from_sklearn, write_forest
 
 
 def _data(seed=0, n=600, f=6):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from backend.geometry import BlockGrid, Roi
+from backend.compute.geometry import BlockGrid, Roi
 
 
 def test_roi_basics():

@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from backend.dataset import open_lane
 from backend.errors import DataError, ProjectError
-from backend.pipeline import build_pipeline
-from backend.project import ThresholdSettings, open_project
+from backend.io.dataset import open_lane
+from backend.io.project import ThresholdSettings, open_project
+from backend.io.project_pipeline import build_pipeline
 
 
 def test_seed_project_1_2(data_dir):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tifffile
 
+from backend.compute.geometry import Roi
 from backend.errors import DataError
-from backend.geometry import Roi
-from backend.sources import open_source, split_internal_path
-from backend.writers import axistags_json
+from backend.io.sources import open_source, split_internal_path
+from backend.io.writers import axistags_json
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from backend.project import ThresholdSettings
-from backend.threshold import settings_fingerprint, smooth, threshold_frame
+from backend.compute.threshold import settings_fingerprint, smooth, threshold_frame
+from backend.io.project import ThresholdSettings
 
 
 def _probs(shape, blobs):

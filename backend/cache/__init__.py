@@ -1,0 +1,1 @@
+"""The Redis block cache: keys, claims, notices, and the embedded redis-server."""

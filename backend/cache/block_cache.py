@@ -1,0 +1,204 @@
+"""The Redis block cache: deterministic keys, compressed values, placeholders and completion notices.
+
+A missing block is claimed with a lease (``SET NX PX`` holding the owner's token) that the owner
+renews while it computes. Completing a block stores the value, drops the lease and publishes the key
+on one channel, atomically (one Lua script). A failed block stores a short-lived error instead. Anyone
+waiting hears the notice; if the owner dies, its lease expires and a waiter claims the block again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+from collections.abc import Callable
+
+import lz4.frame
+import numpy as np
+import redis
+
+from backend.checks import whole_number
+from backend.compute.geometry import Roi
+
+log = logging.getLogger(__name__)
+PREFIX = "ild:v1"
+CHANNEL = f"{PREFIX}:done"
+MAGIC = b"ILD1"
+
+_COMPLETE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+"""
+_FAIL = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', ARGV[2], KEYS[3])
+return 1
+"""
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+_ABANDON = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], KEYS[2])
+return 1
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def block_key(data: str, pipeline: str, kind: str, roi: Roi) -> str:
+    """The cache key of one block: data fingerprint, pipeline (features + classifier), result kind, ROI."""
+    bounds = ",".join(f"{a}-{b}" for a, b in zip(roi.start, roi.stop))
+    return f"{PREFIX}:{data}:{pipeline}:{kind.replace(' ', '_')}:{bounds}"
+
+
+def encode_block(array: np.ndarray) -> bytes:
+    """``ILD1`` + header length + JSON header (dtype, shape, codec) + lz4-compressed voxels."""
+    array = np.ascontiguousarray(array)
+    header = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape), "codec": "lz4"}).encode()
+    return MAGIC + struct.pack(">I", len(header)) + header + lz4.frame.compress(array.tobytes())
+
+
+def decode_block(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_block`; raises ValueError for anything else (a damaged or foreign entry)."""
+    try:
+        if blob[:4] != MAGIC:
+            raise ValueError("not a cached block")
+        (size,) = struct.unpack(">I", blob[4:8])
+        header = json.loads(blob[8:8 + size])
+        dtype = np.dtype(header["dtype"])
+        shape = tuple(whole_number(n, 0, 1 << 31) for n in header["shape"])
+        if dtype.kind not in "uif" or len(shape) > 8:
+            raise ValueError(f"unexpected array type {dtype} {shape}")
+        data = lz4.frame.decompress(blob[8 + size:])
+        return np.frombuffer(data, dtype).reshape(shape)
+    except (struct.error, KeyError, TypeError, RuntimeError, RecursionError) as exc:
+        raise ValueError(f"damaged cache entry ({type(exc).__name__}: {str(exc)[:100]})") from None
+
+
+class BlockCache:
+    """Blocks, leases and notices in one Redis database."""
+
+    def __init__(self, client: redis.Redis, lease_s: float = 10.0, error_ttl_s: float = 60.0):
+        self.client = client
+        self.lease_ms = int(lease_s * 1000)
+        self.error_ms = int(error_ttl_s * 1000)
+        self._claim = client.register_script(_CLAIM)
+        self._complete = client.register_script(_COMPLETE)
+        self._fail = client.register_script(_FAIL)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._abandon = client.register_script(_ABANDON)
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached block, or None."""
+        blob = self.client.get(key)
+        if blob is None:
+            return None
+        try:
+            return decode_block(blob)
+        except ValueError as exc:
+            log.warning("dropping an unreadable cache entry %s: %s", key, exc)
+            self.client.delete(key)
+            return None
+
+    def discard(self, key: str) -> None:
+        """Delete a cached block that turned out to be wrong (it is computed again)."""
+        self.client.delete(key)
+
+    def error(self, key: str) -> str | None:
+        """The error a failed block left behind, if any."""
+        message = self.client.get(key + ":error")
+        return message.decode() if message is not None else None
+
+    def claim(self, key: str, token: str) -> bool:
+        """Take the lease of a missing block; False if someone else holds it or it is already done (or failed).
+
+        One atomic step: a block finished between our look-up and our claim is never claimed again.
+        """
+        return bool(self._claim(keys=[key, key + ":lease", key + ":error"], args=[token, self.lease_ms]))
+
+    def renew(self, key: str, token: str) -> bool:
+        """Extend our lease; False if it was lost."""
+        return bool(self._renew(keys=[key + ":lease"], args=[token, self.lease_ms]))
+
+    def release(self, key: str, token: str) -> None:
+        """Give up our lease without a result (e.g. the block was cancelled)."""
+        self._release(keys=[key + ":lease"], args=[token])
+
+    def abandon(self, key: str, token: str) -> None:
+        """Give up our lease after a transient failure and tell everyone, so that a waiter claims it again."""
+        self._abandon(keys=[key + ":lease", key], args=[token, CHANNEL])
+
+    def leased(self, key: str) -> bool:
+        """True while someone holds the block's lease."""
+        return bool(self.client.exists(key + ":lease"))
+
+    def complete(self, key: str, array: np.ndarray) -> None:
+        """Store a block, drop its lease and tell everyone."""
+        self._complete(keys=[key, key + ":lease"], args=[encode_block(array), CHANNEL])
+
+    def fail(self, key: str, message: str) -> None:
+        """Record that a block failed, drop its lease and tell everyone."""
+        self._fail(keys=[key + ":error", key + ":lease", key], args=[message, CHANNEL, self.error_ms])
+
+    def listen(self, on_notice: Callable[[str], None], on_lost: Callable[[Exception], None]) -> NoticeListener:
+        """Start calling ``on_notice(key)`` for every completed or failed block."""
+        return NoticeListener(self.client, on_notice, on_lost)
+
+
+class NoticeListener:
+    """A thread subscribed to the completion channel; reconnects after the server comes back."""
+
+    def __init__(self, client: redis.Redis, on_notice, on_lost):
+        self.client, self.on_notice, self.on_lost = client, on_notice, on_lost
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-notices", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(CHANNEL)
+                self.subscribed.set()
+                delay = 0.1
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message["type"] == "message":
+                        self._notify(message["data"])
+            except redis.RedisError as exc:
+                self.subscribed.clear()
+                self.on_lost(exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                try:
+                    pubsub.close()
+                except redis.RedisError:
+                    pass
+
+    def _notify(self, data: bytes) -> None:
+        try:
+            self.on_notice(data.decode())
+        except Exception:  # a failing receiver must not end the notices of every other block
+            log.exception("cache notice for %r: unexpected error (going on)", data[:200])
+
+    def stop(self) -> None:
+        """Unsubscribe and join the thread."""
+        self._stop.set()
+        self._thread.join(timeout=5)

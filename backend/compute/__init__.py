@@ -1,0 +1,1 @@
+"""Computation on arrays, no I/O: geometry, filters, features, forests, one block's pipeline, thresholding."""

@@ -1,0 +1,181 @@
+"""One block through the classifier: raw voxels with halo -> features -> forest -> results.
+
+A :class:`Pipeline` holds everything a worker needs; it travels as a JSON header plus arrays
+(:meth:`to_message` / :meth:`from_message`) so no pickle is ever involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend.checks import whole_number
+from backend.compute.features import FeatureSet, FeatureSpec, to_rows
+from backend.compute.forest import CompiledForests
+from backend.errors import ProjectError
+
+RESULT_KINDS = ("Probabilities", "Simple Segmentation", "Uncertainty", "Features")
+_FOREST_FIELDS = ("feature", "threshold", "children", "is_leaf", "leaf_row", "leaf32", "leaf64", "roots",
+                  "forest_ends")
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """Compute ``kind`` on ``target`` (global z, y, x bounds) from ``raw`` (z, y, x, c) at ``start``."""
+
+    key: str
+    kind: str
+    raw: np.ndarray
+    start: tuple[int, int, int]
+    image: tuple[int, int, int]
+    target: tuple[tuple[int, int], ...]
+    pipeline: str  # fingerprint of the Pipeline that must compute it
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Features, forests and output layout of one classifier applied to one kind of image."""
+
+    features: FeatureSet
+    forests: CompiledForests | None
+    known_labels: tuple[int, ...]
+    label_count: int
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        return self.features.halo
+
+    def channels(self, kind: str) -> int:
+        """Number of output channels of a result kind."""
+        return {"Probabilities": self.label_count, "Features": self.features.column_count}.get(kind, 1)
+
+    def dtype(self, kind: str) -> np.dtype:
+        """Output dtype of a result kind."""
+        return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
+
+    def run(self, task: BlockTask, workspace: dict | None = None) -> np.ndarray:
+        """The result of one block, shaped (z, y, x, channels).
+
+        ``workspace`` (a dict kept by the caller between blocks) lets large buffers be reused, which
+        saves the page faults of fresh allocations.
+        """
+        ws = {} if workspace is None else workspace
+        shape = tuple(b - a for a, b in task.target)
+        voxels, columns = int(np.prod(shape)), self.features.column_count
+        planar = self.features.compute_planar(task.raw, task.start, task.image, task.target,
+                                              out=_buffer(ws, "planar", voxels * columns))
+        rows = to_rows(planar, _buffer(ws, "rows", voxels * columns)[: voxels * columns].reshape(voxels, columns))
+        feats = rows.reshape(shape + (columns,))
+        if task.kind == "Features":
+            return feats.copy()
+        probs = self.probabilities(feats)
+        if task.kind == "Probabilities":
+            return probs
+        if task.kind == "Simple Segmentation":
+            return simple_segmentation(probs)
+        if task.kind == "Uncertainty":
+            return uncertainty(probs)
+        raise ValueError(f"unknown result kind '{task.kind}'")
+
+    def probabilities(self, feats: np.ndarray) -> np.ndarray:
+        """Per-label probabilities (ilastik's channel order) for a feature block."""
+        if self.forests is None:
+            raise ProjectError("the project has no trained classifier")
+        flat = feats.reshape(-1, feats.shape[-1])
+        known = self.forests.predict(flat)
+        out = np.zeros((flat.shape[0], self.label_count), np.float32)
+        for column, label in enumerate(self.known_labels):
+            if 1 <= label <= self.label_count:
+                out[:, label - 1] = known[:, column]
+        return out.reshape(feats.shape[:-1] + (self.label_count,))
+
+    def fingerprint(self) -> str:
+        """Digest of everything the results depend on (features and classifier)."""
+        header, arrays = self.to_message()
+        h = hashlib.sha1(json.dumps(header, sort_keys=True).encode())
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:20]
+
+    def to_message(self) -> tuple[dict, list[np.ndarray]]:
+        """A JSON-able header and a list of arrays that :meth:`from_message` turns back into this."""
+        fs = self.features
+        header = {
+            "specs": [[s.feature_id, s.scale, s.in_2d] for s in fs.specs],
+            "named_in_2d": list(fs.named_in_2d),
+            "channels": fs.channels,
+            "volumetric": fs.volumetric,
+            "known_labels": list(self.known_labels),
+            "label_count": self.label_count,
+            "forests": None,
+        }
+        arrays: list[np.ndarray] = []
+        if self.forests is not None:
+            header["forests"] = {"class_count": self.forests.class_count,
+                                 "feature_count": self.forests.feature_count}
+            arrays = [getattr(self.forests, f) for f in _FOREST_FIELDS]
+        return header, arrays
+
+    def save(self, path: str) -> None:
+        """Store as ``.npz`` (JSON header plus arrays, no pickle)."""
+        header, arrays = self.to_message()
+        named = {f"a{i}": a for i, a in enumerate(arrays)}
+        np.savez(path, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **named)
+
+    @classmethod
+    def load(cls, path: str) -> Pipeline:
+        """Inverse of :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(data["header"].tobytes().decode())
+            arrays = [data[f"a{i}"] for i in range(len(data.files) - 1)]
+        return cls.from_message(header, arrays)
+
+    @classmethod
+    def from_message(cls, header: dict, arrays: list[np.ndarray]) -> Pipeline:
+        """Inverse of :meth:`to_message`; ValueError for anything malformed (sizes, counts, forest indices)."""
+        try:
+            specs = tuple(FeatureSpec(str(f), _scale(s), bool(d)) for f, s, d in header["specs"])
+            fs = FeatureSet(specs, whole_number(header["channels"], 1, 1024), bool(header["volumetric"]),
+                            tuple(bool(n) for n in header["named_in_2d"]))
+            forests = None
+            if header["forests"] is not None:
+                if len(arrays) != len(_FOREST_FIELDS):
+                    raise ValueError(f"{len(arrays)} forest arrays instead of {len(_FOREST_FIELDS)}")
+                counts = {k: whole_number(header["forests"][k], 1, 1 << 16) for k in ("class_count", "feature_count")}
+                forests = CompiledForests(**dict(zip(_FOREST_FIELDS, arrays)), **counts).validate()
+                if forests.feature_count != fs.column_count:
+                    raise ValueError("the forest's feature count differs from the feature selection's")
+            known = tuple(whole_number(v, 0, 4096) for v in header["known_labels"])
+            return cls(fs, forests, known, whole_number(header["label_count"], 0, 4096))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed pipeline: {str(exc)[:200]}") from None
+
+
+def _scale(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError(f"feature scale {str(value)[:40]} out of range")
+    return float(value)
+
+
+def _buffer(workspace: dict, name: str, size: int) -> np.ndarray:
+    """A float32 scratch buffer of at least ``size`` elements, reused between calls."""
+    buf = workspace.get(name)
+    if buf is None or buf.size < size:
+        buf = workspace[name] = np.empty(size, np.float32)
+    return buf
+
+
+def simple_segmentation(probs: np.ndarray) -> np.ndarray:
+    """ilastik's Simple Segmentation: the most probable label (1-based), uint8 with one channel."""
+    return (np.argmax(probs, axis=-1) + 1).astype(np.uint8)[..., None]
+
+
+def uncertainty(probs: np.ndarray) -> np.ndarray:
+    """ilastik's uncertainty: ``1 - (p_max - p_second)``, float32 with one channel."""
+    if probs.shape[-1] < 2:
+        return np.ones(probs.shape[:-1] + (1,), np.float32)
+    top = np.sort(probs, axis=-1)
+    return (1.0 - (top[..., -1] - top[..., -2])).astype(np.float32)[..., None]

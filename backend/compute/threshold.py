@@ -1,0 +1,83 @@
+"""Objects from probabilities, as ilastik 1.4's thresholding applet computes them for one time frame."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from backend.compute.filters import Patch, gaussian_kernel
+
+SMOOTHING_WINDOW = 2.0
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """ilastik's thresholding parameters (defaults are ilastik 1.4's)."""
+
+    method: int = 0  # 0 simple, 1 hysteresis
+    min_size: int = 10
+    max_size: int = 1_000_000
+    high: float = 0.8
+    low: float = 0.5
+    sigmas: tuple[float, float, float] = (1.0, 1.0, 1.0)  # z, y, x
+    channel: int = 0
+    core_channel: int = 0
+
+
+def settings_fingerprint(settings: ThresholdSettings) -> str:
+    """A digest of the parameters, for cache keys."""
+    return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def smooth(channel: np.ndarray, sigmas: tuple[float, float, float]) -> np.ndarray:
+    """Gaussian smoothing of one (z, y, x) channel, one sigma per axis; none if any sigma is below 0.1."""
+    data = np.ascontiguousarray(channel, np.float32)
+    if min(sigmas) < 0.1:
+        return data
+    axes = (0, 1, 2) if data.shape[0] > 1 else (1, 2)
+    patch = Patch(data, (0, 0, 0), data.shape)
+    kernels = {a: gaussian_kernel(float(sigmas[a]), 0, SMOOTHING_WINDOW) for a in axes}
+    return patch.separable(kernels, tuple((0, n) for n in data.shape)).data
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    structure = ndimage.generate_binary_structure(3, 1)
+    if mask.shape[0] == 1:
+        structure[0] = structure[2] = False  # 4-neighbourhood within the single slice
+    return ndimage.label(mask, structure=structure)
+
+
+def _size_filter(labels: np.ndarray, count: int, min_size: int, max_size: int) -> np.ndarray:
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = (sizes >= min_size) & (sizes <= max_size)
+    keep[0] = False
+    return keep[labels]
+
+
+def threshold_frame(probabilities: np.ndarray, settings: ThresholdSettings) -> np.ndarray:
+    """uint32 object labels (0 = background, 1..n in scan order) of one (z, y, x, channels) frame."""
+    channels = probabilities.shape[-1]
+    for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
+        if not 0 <= index < channels:
+            raise ValueError(f"threshold {name} {index} does not exist (the frame has {channels} channels)")
+    low = smooth(probabilities[..., settings.channel], settings.sigmas) >= settings.low
+    if settings.method == 0:
+        labels, count = _components(low)
+        keep = _size_filter(labels, count, settings.min_size, settings.max_size)
+    else:
+        core = smooth(probabilities[..., settings.core_channel], settings.sigmas) >= settings.high
+        core_labels, core_count = _components(core)
+        cores = _size_filter(core_labels, core_count, settings.min_size, settings.max_size)
+        labels, count = _components(low)
+        seeded = np.zeros(count + 1, bool)
+        seeded[np.unique(labels[cores])] = True
+        seeded[0] = False
+        grown = seeded[labels]
+        labels, count = _components(grown)
+        keep = _size_filter(labels, count, settings.min_size, settings.max_size)
+    out, _ = _components(keep)
+    return out.astype(np.uint32)

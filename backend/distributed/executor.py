@@ -1,0 +1,183 @@
+"""The Executor interface (submit a block task, get a future) and its local process-pool implementation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
+
+import numpy as np
+
+from backend.compute.pipeline import BlockTask, Pipeline
+
+
+class Executor(Protocol):
+    """Something that computes block tasks, locally or remotely."""
+
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Make a pipeline available to the workers; returns the fingerprint tasks refer to."""
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Start computing ``task`` (lower priority values first); the future resolves to the result."""
+
+    def cancel(self, future: Future) -> bool:
+        """Drop a task that has not started; True if it will not run."""
+
+    def status(self) -> dict:
+        """Counters for display: workers, queued and finished tasks."""
+
+    def close(self) -> None:
+        """Stop all workers and wait for them."""
+
+
+_worker_pipelines: dict[str, Pipeline] = {}
+_worker_buffers: dict = {}
+
+
+def _run_task(task: BlockTask, folder: str) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    pipeline = _worker_pipelines.get(task.pipeline)
+    if pipeline is None:
+        path = os.path.join(folder, task.pipeline + ".npz")
+        if not os.path.exists(path):
+            raise KeyError(f"unknown pipeline {task.pipeline}")
+        pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
+    return pipeline.run(task, _worker_buffers), time.perf_counter() - started
+
+
+def _warm_up_process(warmed, parent_pid: int) -> None:
+    """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C to it, warm up."""
+    from backend.compute.warmup import warm_up
+    from backend.processes import watch_parent
+
+    watch_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
+    warm_up()
+    warmed.release()
+
+
+def _started() -> None:
+    """A no-op task: submitting one per worker makes the pool start (and warm up) all its processes."""
+
+
+def default_workers() -> int:
+    """One worker per available core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LocalExecutor:
+    """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles.
+
+    Each returned future carries ``compute_s``, the seconds its task computed in the worker process.
+    """
+
+    def __init__(self, pipeline: Pipeline | None = None, workers: int | None = None):
+        self.workers = workers or default_workers()
+        self._folder = tempfile.mkdtemp(prefix="ilastik-desktop-pipelines-")
+        self._known: set[str] = set()
+        self._pool = self._new_pool()
+        for _ in range(self.workers):
+            self._pool.submit(_started)
+        self._submitted = 0
+        self._done = 0
+        self.compute_s = 0.0
+        self._lock = threading.Lock()
+        self._inner: dict[int, Future] = {}
+        self.fingerprint = self.add_pipeline(pipeline) if pipeline is not None else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        self._warmed, self._ready = context.Semaphore(0), 0
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up_process,
+                                   initargs=(self._warmed, os.getpid()))
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every worker process has started and warmed up; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self._ready < self.workers:
+            if not self._warmed.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return False
+            self._ready += 1
+        return True
+
+    @property
+    def pipelines(self) -> frozenset[str]:
+        """Fingerprints of the pipelines added so far."""
+        return frozenset(self._known)
+
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Store the pipeline where the worker processes load it on first use."""
+        fingerprint = pipeline.fingerprint()
+        if fingerprint not in self._known:
+            tmp = os.path.join(self._folder, f".{fingerprint}.npz")
+            pipeline.save(tmp)
+            os.replace(tmp, os.path.join(self._folder, fingerprint + ".npz"))
+            self._known.add(fingerprint)
+        return fingerprint
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Queue a task for the pool (the pool runs tasks in submission order)."""
+        if task.pipeline not in self._known:
+            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
+        self._submitted += 1
+        try:
+            inner = self._pool.submit(_run_task, task, self._folder)
+        except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = self._new_pool()
+            inner = self._pool.submit(_run_task, task, self._folder)
+        outer: Future = Future()
+        outer.compute_s = 0.0
+        with self._lock:
+            self._inner[id(outer)] = inner
+        inner.add_done_callback(lambda f: self._finished(outer, f))
+        return outer
+
+    def _finished(self, outer: Future, inner: Future) -> None:
+        with self._lock:
+            self._inner.pop(id(outer), None)
+            self._done += 1
+        if inner.cancelled():
+            outer.cancel()
+        elif inner.exception() is not None:
+            if not outer.done():
+                outer.set_exception(inner.exception())
+        else:
+            values, outer.compute_s = inner.result()
+            self.compute_s += outer.compute_s
+            if not outer.done():
+                outer.set_result(values)
+
+    def cancel(self, future: Future) -> bool:
+        """Cancel a task that has not started."""
+        with self._lock:
+            inner = self._inner.get(id(future))
+        if inner is None or not inner.cancel():
+            return future.cancelled()
+        return future.cancel()
+
+    def status(self) -> dict:
+        """Workers, submitted and finished task counts, summed compute seconds."""
+        return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done,
+                "compute_s": round(self.compute_s, 3)}
+
+    def close(self) -> None:
+        """Cancel what is queued, join the worker processes and delete the pipeline files."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,285 @@
+"""The ZeroMQ executor's books: queued jobs, registered workers and what each of them computes.
+
+Pure bookkeeping, no sockets and no threads: the executor calls it under its lock and sends what it
+decides. The rules live here: each worker gets at most one task in flight per process plus one
+queued; the slower side's heartbeat sets the silence limit; a lost worker's tasks go back to the
+queue (not the tasks' fault); a task far slower than its peers (10 x the recent median plus a floor)
+is re-dispatched and its worker counts as slow; a result must be exactly what its task asked for;
+with no worker for ``no_worker_timeout_s`` the queued tasks fail. Futures are never settled here:
+the methods return what settles them, for the executor to run outside its lock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+from backend.checks import whole_number
+from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.protocol import Message, peer_interval
+from backend.errors import TransientError
+
+log = logging.getLogger(__name__)
+Settle = Callable[[], None]
+
+
+class TaskError(RuntimeError):
+    """A task that failed on a worker (the message says why); ``deterministic`` if it would fail again."""
+
+    def __init__(self, message: str, deterministic: bool = False):
+        super().__init__(message)
+        self.deterministic = deterministic
+
+
+class NoWorkers(TransientError):
+    """No worker was registered for longer than the executor's ``no_worker_timeout_s``."""
+
+
+@dataclass(order=True)
+class Job:
+    """A task on its way: queued, or in flight on one worker."""
+
+    priority: int
+    seq: int
+    task: BlockTask = field(compare=False)
+    future: Future = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+    sent: float = field(default=0.0, compare=False)
+
+
+@dataclass
+class Remote:
+    """A registered worker and the tasks it holds."""
+
+    route: tuple[int, bytes]  # (socket number, routing id)
+    host: str
+    processes: int
+    version: str
+    last_heard: float
+    endpoint: str = ""
+    heartbeat_s: float = 0.0
+    in_flight: dict[str, Job] = field(default_factory=dict)
+    overdue: dict[str, Job] = field(default_factory=dict)  # re-dispatched elsewhere; still occupy a process
+    pipelines: set[str] = field(default_factory=set)
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class RosterRules:
+    """Timing and retry rules of an executor."""
+
+    heartbeat_s: float = 1.0
+    liveness: int = 3
+    max_attempts: int = 3
+    no_worker_timeout_s: float | None = None
+    deadline_floor_s: float = 30.0
+
+
+class Roster:
+    """Queue, workers and counters of one executor (see the module docstring)."""
+
+    def __init__(self, rules: RosterRules):
+        self.rules = rules
+        self.queue: list[Job] = []
+        self.workers: dict[tuple[int, bytes], Remote] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.counters = {"submitted": 0, "done": 0, "failed": 0, "redispatched": 0, "overdue": 0, "rejected": 0,
+                         "dropped_messages": 0, "compute_s": 0.0, "roundtrip_s": 0.0}
+        self._seq = itertools.count()
+        # task keys are unique across executors: a worker that served an earlier gateway may still send
+        # that gateway's late results, which must never complete our tasks
+        self._run_id = uuid.uuid4().hex[:12]
+        self._roundtrips: deque[float] = deque(maxlen=64)  # seconds from dispatch to result, recent tasks
+        self._no_workers_since: float | None = time.monotonic()
+
+    def push(self, task: BlockTask, priority: int) -> Future:
+        """Queue a task; returns its future."""
+        future: Future = Future()
+        heapq.heappush(self.queue, Job(priority, next(self._seq), task, future))
+        self.counters["submitted"] += 1
+        return future
+
+    def register(self, route: tuple[int, bytes], fields: dict, endpoint: str) -> Remote | None:
+        """Book a worker that said READY; None (counted as dropped) if its announcement is malformed."""
+        try:
+            processes = whole_number(fields.get("processes", 1), 1, 4096)
+        except ValueError as exc:
+            self.counters["dropped_messages"] += 1
+            log.warning("dropped a READY with a bad process count: %s", exc)
+            return None
+        if route in self.workers:
+            self.drop(route, "re-registered")
+        self._no_workers_since = None
+        worker = self.workers[route] = Remote(route, str(fields.get("host", "?"))[:200], processes,
+                                              str(fields.get("version", "?"))[:100], time.monotonic(),
+                                              endpoint=endpoint, heartbeat_s=peer_interval(fields))
+        log.info("worker %s registered with %d processes", worker.host, processes)
+        return worker
+
+    def drop(self, route: tuple[int, bytes], why: str) -> None:
+        """Forget a worker; its tasks go back to the queue (a lost worker is not the tasks' fault)."""
+        worker = self.workers.pop(route)
+        level = logging.WARNING if worker.in_flight or why != "said goodbye" else logging.INFO
+        log.log(level, "worker %s dropped (%s); re-dispatching %d tasks", worker.host, why, len(worker.in_flight))
+        for job in worker.in_flight.values():
+            job.attempts -= 1
+            self._requeue(job)
+
+    def complete(self, worker: Remote, message: Message) -> Settle | None:
+        """Book a RESULT or ERROR; returns what settles the task's future (None: nothing to settle)."""
+        key = str(message.fields.get("key"))
+        job = worker.in_flight.pop(key, None) or worker.overdue.pop(key, None)
+        if job is None or job.future.done():
+            return None
+        fields = message.fields
+        if message.type == "RESULT" and not self._acceptable(job, message.arrays):
+            self.counters["rejected"] += 1
+            log.warning("worker %s answered a task with %s instead of %s; rejected", worker.host,
+                        [(a.dtype.str, a.shape) for a in message.arrays][:2], self._expected(job))
+            fields = {"message": "the worker sent a malformed result"}
+        elif message.type == "RESULT":
+            return self._book_result(worker, job, message)
+        if fields.get("missing_pipeline") == job.task.pipeline:
+            worker.pipelines.discard(job.task.pipeline)  # sent again before the task's next dispatch
+        if fields.get("deterministic") or job.attempts + 1 >= self.rules.max_attempts:
+            self.counters["failed"] += 1
+            error = TaskError(str(fields.get("message", "task failed"))[:1000],
+                              deterministic=fields.get("deterministic") is True)
+            return lambda: settle(job.future, error=error)
+        self._requeue(job)
+        return None
+
+    def _book_result(self, worker: Remote, job: Job, message: Message) -> Settle:
+        roundtrip = time.monotonic() - job.sent
+        self._roundtrips.append(roundtrip)
+        worker.done += 1
+        compute_s = _seconds(message.fields.get("compute_s"))
+        self.counters["done"] += 1
+        self.counters["compute_s"] += compute_s
+        self.counters["roundtrip_s"] += roundtrip
+        job.future.compute_s = compute_s
+        return lambda: settle(job.future, result=message.arrays[0])
+
+    def _expected(self, job: Job) -> tuple[str, tuple[int, ...]]:
+        pipeline = self.pipelines[job.task.pipeline]
+        shape = tuple(b - a for a, b in job.task.target) + (pipeline.channels(job.task.kind),)
+        return pipeline.dtype(job.task.kind).str, shape
+
+    def _acceptable(self, job: Job, arrays: list) -> bool:
+        """A result must be exactly what its task asked for: one array of the expected dtype and shape."""
+        return len(arrays) == 1 and (arrays[0].dtype.str, arrays[0].shape) == self._expected(job)
+
+    def _requeue(self, job: Job) -> None:
+        job.attempts += 1
+        self.counters["redispatched"] += 1
+        heapq.heappush(self.queue, job)
+
+    def expire(self, now: float) -> list[Settle]:
+        """Drop silent workers, re-dispatch overdue tasks, fail tasks that waited too long for any worker."""
+        settles: list[Settle] = []
+        deadline = self.deadline()
+        for route, worker in list(self.workers.items()):
+            limit = max(self.rules.heartbeat_s, worker.heartbeat_s) * self.rules.liveness  # the slower side
+            if now - worker.last_heard > limit:
+                self.drop(route, f"silent for {limit:.1f} s")
+                continue
+            for key, job in [(k, j) for k, j in worker.in_flight.items() if now - j.sent > deadline]:
+                settles += self._overdue(worker, key, job, deadline)
+        return settles + self._fail_without_workers(now)
+
+    def _overdue(self, worker: Remote, key: str, job: Job, deadline: float) -> list[Settle]:
+        del worker.in_flight[key]
+        worker.overdue[key] = job  # its late result is still welcome; its process stays counted busy
+        self.counters["overdue"] += 1
+        log.warning("worker %s is slow: a task took more than %.0f s; re-dispatching it", worker.host, deadline)
+        if job.attempts + 1 < self.rules.max_attempts:
+            self._requeue(job)
+            return []
+        error = TaskError(f"a task took more than {deadline:.0f} s on {self.rules.max_attempts} workers")
+        return [lambda: settle(job.future, error=error)]
+
+    def deadline(self) -> float:
+        """How long a task may take before it is re-dispatched: ten times the recent median plus a floor."""
+        if not self._roundtrips:
+            return 4 * self.rules.deadline_floor_s
+        return self.rules.deadline_floor_s + 10 * sorted(self._roundtrips)[len(self._roundtrips) // 2]
+
+    def _fail_without_workers(self, now: float) -> list[Settle]:
+        if self.workers:
+            self._no_workers_since = None
+            return []
+        if self._no_workers_since is None:
+            self._no_workers_since = now
+        timeout = self.rules.no_worker_timeout_s
+        if timeout is None or now - self._no_workers_since < timeout:
+            return []
+        failed = [job for job in self.queue if not job.future.done()]
+        self.queue.clear()
+        if failed:
+            log.error("no worker for %.0f s: failing %d queued tasks", now - self._no_workers_since, len(failed))
+        error = NoWorkers(f"no worker was available for {timeout:.0f} s")
+        return [lambda job=job: settle(job.future, error=error) for job in failed]
+
+    def dispatch(self) -> list[tuple[Remote, str, Job, bool]]:
+        """Hand queued jobs to workers with room: (worker, task key, job, whether it needs the pipeline first)."""
+        sent = []
+        for worker in sorted(self.workers.values(), key=lambda w: len(w.in_flight) / w.processes):
+            while len(worker.in_flight) + len(worker.overdue) < 2 * worker.processes and self.queue:
+                job = heapq.heappop(self.queue)
+                if job.future.done():
+                    continue
+                if not job.future.running() and not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                needs_pipeline = job.task.pipeline not in worker.pipelines
+                worker.pipelines.add(job.task.pipeline)
+                key = f"{self._run_id}-{job.seq}"
+                worker.in_flight[key] = job
+                job.sent = time.monotonic()
+                sent.append((worker, key, job, needs_pipeline))
+        return sent
+
+    def close(self) -> list[Settle]:
+        """Empty the books; returns what fails every pending task."""
+        pending = self.queue + [job for w in self.workers.values() for job in w.in_flight.values()]
+        self.queue = []
+        error = TaskError("executor closed")
+        return [lambda job=job: settle(job.future, error=error) for job in pending]
+
+    def status(self, now: float) -> dict:
+        """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth and counters."""
+        workers = [{"host": w.host, "processes": w.processes, "version": w.version, "endpoint": w.endpoint,
+                    "state": "slow" if w.overdue else "busy" if w.in_flight else "idle",
+                    "heartbeat_age_s": round(now - w.last_heard, 2), "overdue": len(w.overdue),
+                    "in_flight": len(w.in_flight), "blocks_done": w.done,
+                    "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
+                   for w in self.workers.values()]
+        queued = sum(not job.future.done() for job in self.queue)  # cancelled jobs leave when popped
+        waited = now - self._no_workers_since if self._no_workers_since is not None else 0.0
+        return {"workers": workers, "queued": queued, "no_workers_s": round(waited, 1),
+                "processes": sum(w["processes"] for w in workers),
+                **{k: round(v, 3) if isinstance(v, float) else v for k, v in self.counters.items()}}
+
+
+def settle(future: Future, result=None, error: Exception | None = None) -> None:
+    """Resolve a future unless it was resolved or cancelled meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _seconds(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value:
+        return 0.0
+    return min(max(0.0, float(value)), 1e6)

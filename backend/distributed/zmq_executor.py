@@ -1,0 +1,313 @@
+"""The ZeroMQ executor: the gateway's side of the worker protocol, behind the Executor interface.
+
+One I/O thread owns every socket. Local workers connect to a plain loopback/ipc ROUTER (``bind``);
+remote workers connect to a CurveZMQ ROUTER (:meth:`ZmqExecutor.listen`) or are reached by
+connecting out to a worker that listens (:meth:`ZmqExecutor.connect`, CurveZMQ when given the
+worker's key). Who gets which task, and when a task or worker has failed, is decided by the
+:class:`~backend.distributed.roster.Roster` under the executor's lock. Futures are settled on a
+completion thread, so a slow consumer (a cache write) never delays heartbeats; the I/O loop logs and
+survives unexpected errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+
+import zmq
+
+from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.protocol import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    VersionMismatch,
+    decode,
+    encode,
+    task_message,
+)
+from backend.distributed.roster import NoWorkers, Roster, RosterRules, Settle, TaskError
+from backend.distributed.security import Authenticator, CurveIdentity, is_local
+from backend.distributed.wakeup import Wakeup
+
+log = logging.getLogger(__name__)
+__all__ = ["NoWorkers", "TaskError", "ZmqExecutor"]
+
+
+class ZmqExecutor:
+    """Dispatch block tasks to ZeroMQ workers; see the module docstring."""
+
+    def __init__(self, bind: str | None = "tcp://127.0.0.1:0", connect_to: tuple[str, ...] = (),
+                 identity: CurveIdentity | None = None, heartbeat_s: float = 1.0, liveness: int = 3,
+                 max_attempts: int = 3, no_worker_timeout_s: float | None = None, deadline_floor_s: float = 30.0):
+        self.context = zmq.Context()
+        self.identity = identity
+        self.heartbeat_s = heartbeat_s
+        self.roster = Roster(RosterRules(heartbeat_s, liveness, max_attempts, no_worker_timeout_s, deadline_floor_s))
+        self._completions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmq-completions")
+        self.authenticator = Authenticator(self.context, identity) if identity else None
+        self._sockets: dict[int, zmq.Socket] = {}
+        self._socket_numbers = itertools.count()
+        self._outbound: dict[int, tuple[str, bytes]] = {}  # socket number -> (worker endpoint, routing id)
+        self._commands: queue.Queue = queue.Queue()
+        self._messages: dict[str, tuple[dict, list]] = {}  # pipeline fingerprint -> its PIPELINE message
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when a worker registers or is refused
+        self._stop = threading.Event()
+        self._wakeup = Wakeup()
+        self._refused: list[str] = []
+        self._thread = threading.Thread(target=self._loop, name="zmq-executor", daemon=True)
+        self._thread.start()
+        self.address = self._call(lambda: self._bind(bind, secure=False)).result(10) if bind else None
+        for endpoint in connect_to:
+            self.connect(endpoint)
+
+    # -- endpoints (any thread) ------------------------------------------------------------------------
+    def listen(self, endpoint: str) -> str:
+        """Accept remote workers on ``endpoint`` (CurveZMQ, allowed keys only); returns the bound address."""
+        if self.identity is None:
+            raise ValueError("listening for remote workers needs a key pair (identity)")
+        return self._call(lambda: self._bind(endpoint, secure=True)).result(10)
+
+    def connect(self, endpoint: str, server_key: bytes | None = None) -> None:
+        """Connect out to a worker started with ``--listen`` (CurveZMQ when its key is given)."""
+        if server_key is None and not is_local(endpoint):
+            raise ValueError(f"{endpoint} is not on this machine: give the worker's public key")
+        if server_key is not None and self.identity is None:
+            raise ValueError("an encrypted connection needs a key pair (identity)")
+        self._call(lambda: self._connect(endpoint, server_key)).result(10)
+
+    def disconnect(self, endpoint: str) -> None:
+        """Stop using a worker we connected to (its unfinished tasks go to the others)."""
+        self._call(lambda: self._disconnect(endpoint)).result(10)
+
+    def _disconnect(self, endpoint: str) -> None:
+        for number in [n for n, (e, _) in self._outbound.items() if e == endpoint]:
+            with self._lock:
+                for route in [r for r in self.roster.workers if r[0] == number]:
+                    self._send(route, encode("DISCONNECT"))
+                    self.roster.drop(route, "disconnected by the user")
+            del self._outbound[number]
+            self._sockets.pop(number).close(linger=0)
+
+    def _call(self, function: Callable) -> Future:
+        future: Future = Future()
+        self._commands.put((function, future))
+        self._wakeup.wake()
+        return future
+
+    def _bind(self, endpoint: str, secure: bool) -> str:
+        if not secure and not is_local(endpoint):
+            raise ValueError(f"{endpoint} is not on this machine: remote workers need listen() with CurveZMQ")
+        sock = self._new_socket()
+        if secure:
+            self.identity.make_server(sock)
+        sock.bind(endpoint)
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _connect(self, endpoint: str, server_key: bytes | None) -> None:
+        sock = self._new_socket()
+        if server_key is not None:
+            self.identity.make_client(sock, server_key)
+        routing_id = uuid.uuid4().hex.encode()
+        sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
+        sock.connect(endpoint)
+        self._outbound[self._number(sock)] = (endpoint, routing_id)
+
+    def _new_socket(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._sockets[next(self._socket_numbers)] = sock
+        return sock
+
+    def _number(self, sock: zmq.Socket) -> int:
+        return next(n for n, s in self._sockets.items() if s is sock)
+
+    # -- the Executor interface (any thread) -----------------------------------------------------------
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Register a pipeline; it is sent to each worker before its first task."""
+        fingerprint = pipeline.fingerprint()
+        with self._lock:
+            if fingerprint not in self._messages:
+                self._messages[fingerprint] = pipeline.to_message()
+                self.roster.pipelines[fingerprint] = pipeline
+        return fingerprint
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Queue a task; lower ``priority`` values are dispatched first."""
+        if task.pipeline not in self._messages:
+            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
+        with self._lock:
+            future = self.roster.push(task, priority)
+        self._wakeup.wake()
+        return future
+
+    def cancel(self, future: Future) -> bool:
+        """Cancel a queued task; tasks already on a worker finish and are discarded."""
+        return future.cancel()  # fails once dispatched: the roster marks the future running first
+
+    def status(self) -> dict:
+        """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth, counters."""
+        with self._lock:
+            refused = self._refused + (self.authenticator.refused if self.authenticator else [])
+            return {"kind": "zmq", "address": self.address, "refused": refused[-20:],
+                    **self.roster.status(time.monotonic())}
+
+    def wait_for_workers(self, processes: int, timeout: float) -> bool:
+        """Block until workers with at least ``processes`` processes are registered."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(w.processes for w in self.roster.workers.values()) >= processes, timeout)
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until a worker registers or a peer is refused, or ``timeout`` seconds pass."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def close(self) -> None:
+        """Say goodbye to the workers, fail what is pending, stop the I/O thread and free the sockets."""
+        self._stop.set()
+        self._wakeup.wake()
+        self._thread.join(timeout=10)
+        self._completions.shutdown(wait=True)
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        if self.authenticator:
+            self.authenticator.stop()
+        self.context.term()
+        self._wakeup.close()
+
+    def __enter__(self) -> ZmqExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the I/O thread --------------------------------------------------------------------------------
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                function, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(function())
+            except Exception as exc:  # reported to the caller, who raised the command
+                future.set_exception(exc)
+
+    def _loop(self) -> None:
+        last_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    last_beat = time.monotonic()
+                    self._beat()
+                self._turn()
+            except Exception:  # one bad message or bug must not leave every future pending forever
+                log.exception("zmq executor: unexpected error (going on)")
+        self._shutdown()
+
+    def _turn(self) -> None:
+        """One turn of the I/O loop: commands, incoming messages, expiry and dispatch."""
+        self._run_commands()
+        poller = zmq.Poller()
+        for sock in self._sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
+        events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
+        if self._wakeup.fileno() in events:
+            self._wakeup.drain()
+        for number, sock in list(self._sockets.items()):
+            while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+                self._receive((number, frames[0]), frames[1:])
+        with self._lock:
+            settles = self.roster.expire(time.monotonic())
+            for worker, key, job, needs_pipeline in self.roster.dispatch():
+                if needs_pipeline:
+                    header, arrays = self._messages[job.task.pipeline]
+                    self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
+                self._send(worker.route, task_message(replace(job.task, key=key)))
+        self._settle_later(settles)
+
+    def _settle_later(self, settles: list[Settle]) -> None:
+        """Settle futures on the completion thread: their callbacks may be slow and may call us."""
+        for settle in settles:
+            self._completions.submit(settle)
+
+    def _send(self, route: tuple[int, bytes], frames: list) -> None:
+        sock = self._sockets.get(route[0])
+        if sock is None:
+            return
+        try:
+            sock.send_multipart([route[1], *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not send to a worker: %s", exc)
+
+    def _beat(self) -> None:
+        with self._lock:
+            routes = set(self.roster.workers)
+        # workers we connect to wait for us to speak first; keep knocking until they answer READY
+        routes.update((number, routing_id) for number, (_, routing_id) in self._outbound.items())
+        for route in routes:
+            self._send(route, encode("HEARTBEAT", {"heartbeat_s": self.heartbeat_s}))
+
+    def _receive(self, route: tuple[int, bytes], frames: list[bytes]) -> None:
+        try:
+            message = decode(frames)
+        except VersionMismatch as exc:
+            self._refuse(f"a worker speaking {exc}")
+            return
+        except ProtocolError as exc:
+            with self._lock:
+                self.roster.counters["dropped_messages"] += 1
+            log.warning("dropped a malformed message: %s", exc)
+            return
+        with self._lock:
+            self._book(route, message)
+
+    def _book(self, route: tuple[int, bytes], message) -> None:
+        """Act on one decoded message (under the lock)."""
+        worker = self.roster.workers.get(route)
+        reason = message.fields.get("reason") if message.type == "DISCONNECT" else None
+        if isinstance(reason, str) and route[0] in self._outbound and worker is None:
+            self._refused = (self._refused + [f"{self._outbound[route[0]][0]}: {reason[:200]}"])[-20:]
+            log.warning("refused by %s", self._refused[-1])  # e.g. a listening worker busy with another gateway
+            self._changed.notify_all()
+        if message.type == "READY":
+            endpoint = self._outbound.get(route[0], ("", b""))[0]
+            if self.roster.register(route, message.fields, endpoint) is not None:
+                self._changed.notify_all()
+        elif worker is None:
+            if message.type != "DISCONNECT":
+                self._send(route, encode("DISCONNECT"))  # unknown peer: ask it to re-register
+        elif message.type == "DISCONNECT":
+            self.roster.drop(route, "said goodbye")
+        else:
+            worker.last_heard = time.monotonic()
+            if message.type in ("RESULT", "ERROR"):
+                settle = self.roster.complete(worker, message)
+                self._settle_later([settle] if settle else [])
+
+    def _refuse(self, why: str) -> None:
+        log.warning("refused %s", why)
+        with self._lock:
+            self._refused = (self._refused + [why])[-20:]
+            self._changed.notify_all()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            for route in list(self.roster.workers):
+                self._send(route, encode("DISCONNECT"))
+            settles = self.roster.close()
+        for settle in settles:
+            settle()

@@ -1,0 +1,1 @@
+"""Files: ilastik projects (read and write), image sources, output writers, training data, synthetic data."""

@@ -1,0 +1,98 @@
+"""Write ilastik pixel-classification projects (1.4 layout) and replace a project's classifier safely."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from backend.io.forest_io import write_forest
+from backend.io.project import Classifier, FeatureSelection
+from backend.io.writers import axistags_json
+
+ILASTIK_VERSION = "1.4.1"
+# Class names ilastik records for its default classifier; ilastik reads them, we never unpickle them.
+_PICKLED_TYPE = b"clazyflow.classifiers.parallelVigraRfLazyflowClassifier\nParallelVigraRfLazyflowClassifier\np0\n."
+
+
+@dataclass(frozen=True)
+class LabelBlock:
+    """Labels (0 = unlabelled) for a box of the raw data, given per raw axis plus channel."""
+
+    bounds: tuple[tuple[int, int], ...]
+    labels: np.ndarray
+
+
+def write_classifier(pc: h5py.Group, classifier: Classifier, row_count: int) -> None:
+    """Replace ``PixelClassification/ClassifierForests`` with ``classifier``."""
+    if "ClassifierForests" in pc:
+        del pc["ClassifierForests"]
+    cf = pc.create_group("ClassifierForests")
+    for i, forest in enumerate(classifier.forests):
+        write_forest(cf.create_group(f"Forest{i:04d}"), forest, row_count)
+    cf.create_dataset("known_labels", data=np.asarray(classifier.known_labels, np.int64))
+    names = [n.encode() for n in classifier.feature_names or ()]
+    cf.create_dataset("feature_names", data=np.asarray(names, dtype=object), dtype=h5py.string_dtype())
+    cf.create_dataset("pickled_type", data=_PICKLED_TYPE)
+
+
+def write_project(path: str, raw_path: str, axes: str, shape: Sequence[int], features: FeatureSelection,
+                  label_names: Sequence[str], label_colors: Sequence[Sequence[int]],
+                  label_blocks: Sequence[LabelBlock], classifier: Classifier | None, row_count: int = 0,
+                  nickname: str = "raw") -> None:
+    """Write a complete project that ilastik and ilastik-desktop open."""
+    with h5py.File(path, "w") as f:
+        f["ilastikVersion"] = ILASTIK_VERSION.encode()
+        f["workflowName"] = b"Pixel Classification"
+        f["time"] = b"written by ilastik-desktop"
+        f["currentApplet"] = 2
+        raw = f.create_group("Input Data/infos/lane0000/Raw Data")
+        for key, value in {"filePath": raw_path, "location": "FileSystem", "nickname": nickname,
+                           "datasetId": str(uuid.uuid4()), "axistags": axistags_json(axes),
+                           "__class__": "RelativeFilesystemDatasetInfo", "display_mode": "default"}.items():
+            raw[key] = value.encode()
+        raw["shape"] = np.asarray(shape, np.int64)
+        raw["allowLabels"] = True
+        f.create_group("Input Data/infos/lane0000/Prediction Mask")
+        f["Input Data/Role Names"] = np.asarray([b"Raw Data", b"Prediction Mask"], dtype=object)
+        f["Input Data/StorageVersion"] = b"0.2"
+        fs = f.create_group("FeatureSelections")
+        fs["FeatureIds"] = np.asarray([i.encode() for i in features.ids])
+        fs["Scales"] = np.asarray(features.scales, np.float64)
+        fs["SelectionMatrix"] = np.asarray(features.matrix, bool)
+        fs["ComputeIn2d"] = np.asarray(features.compute_in_2d or [False] * len(features.scales), bool)
+        fs["StorageVersion"] = b"0.1"
+        pc = f.create_group("PixelClassification")
+        pc["LabelNames"] = np.asarray([n.encode() for n in label_names])
+        pc["LabelColors"] = np.asarray(label_colors, np.int64)
+        pc["PmapColors"] = np.asarray(label_colors, np.int64)
+        pc["StorageVersion"] = b"0.1"
+        sets = pc.create_group("LabelSets/labels000")
+        for i, block in enumerate(label_blocks):
+            ds = sets.create_dataset(f"block{i:04d}", data=block.labels.astype(np.uint8))
+            ds.attrs["blockSlice"] = "[" + ",".join(f"{a}:{b}" for a, b in block.bounds) + "]"
+            ds.attrs["axistags"] = axistags_json(axes if "c" in axes else axes + "c")
+        if classifier is not None:
+            write_classifier(pc, classifier, row_count)
+
+
+def replace_classifier(project_path: str, classifier: Classifier, row_count: int) -> None:
+    """Save a new classifier into an existing project; the file is swapped in only when complete."""
+    folder = os.path.dirname(os.path.abspath(project_path))
+    fd, tmp = tempfile.mkstemp(suffix=".ilp", dir=folder)
+    os.close(fd)
+    try:
+        shutil.copyfile(project_path, tmp)
+        shutil.copymode(project_path, tmp)  # the project keeps its permissions (mkstemp makes 0600 files)
+        with h5py.File(tmp, "r+") as f:
+            write_classifier(f.require_group("PixelClassification"), classifier, row_count)
+        os.replace(tmp, project_path)
+    except BaseException:
+        os.remove(tmp)
+        raise

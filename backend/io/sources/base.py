@@ -1,0 +1,113 @@
+"""The DataSource interface: an image read by ROI in the canonical axis order ``tzyxc``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from backend.compute.geometry import Roi
+from backend.errors import DataError
+
+CANONICAL = "tzyxc"
+SPATIAL = "tzyx"
+
+
+def parse_axistags(text: str | bytes) -> str:
+    """Axis keys (e.g. ``'zyxc'``) from vigra's JSON axistags."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    return "".join(axis["key"] for axis in json.loads(text)["axes"]).lower()
+
+
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """The axes ilastik would assume for an array of this shape when nothing says otherwise."""
+    ndim = len(shape)
+    if ndim == 2:
+        return "yx"
+    if ndim == 3:
+        return "yxc" if shape[-1] <= 4 else "zyx"
+    if ndim == 4:
+        return "zyxc" if shape[-1] <= 4 else "tzyx"
+    if ndim == 5:
+        return "tzyxc"
+    raise DataError(f"cannot guess the axes of a {ndim}-d array {shape}: pass --input_axes")
+
+
+def check_axes(axes: str, ndim: int, where: str) -> str:
+    """Validate an axes string against an array's dimensionality."""
+    axes = axes.lower()
+    if len(axes) != ndim or len(set(axes)) != ndim or not set(axes) <= set(CANONICAL):
+        raise DataError(
+            f"{where}: axes '{axes}' do not fit a {ndim}-d array (use each of t, z, y, x, c at most once)"
+        )
+    return axes
+
+
+class DataSource(ABC):
+    """An image in some file, seen as a 5-d ``tzyxc`` array and read by ``tzyx`` ROIs."""
+
+    def __init__(self, description: str, native_shape: tuple[int, ...], dtype: np.dtype, axes: str | None):
+        self.description = description
+        self.native_shape = tuple(int(s) for s in native_shape)
+        self.dtype = np.dtype(dtype)
+        self.axes_guessed = axes is None
+        self.axes = check_axes(axes or guess_axes(self.native_shape), len(self.native_shape), description)
+
+    def reinterpret(self, axes: str) -> None:
+        """Use other axes for the same array (e.g. those the project recorded)."""
+        self.axes = check_axes(axes, len(self.native_shape), self.description)
+        self.axes_guessed = False
+
+    @abstractmethod
+    def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Read a box given as slices in the file's own axis order."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The canonical ``tzyxc`` shape (missing axes have length 1)."""
+        sizes = dict(zip(self.axes, self.native_shape))
+        return tuple(sizes.get(a, 1) for a in CANONICAL)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The ``tzyx`` shape: the domain that ROIs live in."""
+        return self.shape[:4]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[4]
+
+    def read(self, roi: Roi) -> np.ndarray:
+        """Voxels of a ``tzyx`` ROI as a ``(t, z, y, x, c)`` array in the file's dtype."""
+        if roi.ndim != 4 or not Roi.from_shape(self.spatial_shape).contains(roi):
+            raise ValueError(f"ROI {roi} outside image {self.spatial_shape}")
+        bounds = dict(zip(SPATIAL, roi.slices()))
+        index = tuple(bounds.get(a, slice(None)) for a in self.axes)
+        data = np.asarray(self._read_native(index))
+        present = [a for a in CANONICAL if a in self.axes]
+        data = data.transpose([self.axes.index(a) for a in present])
+        out_shape = roi.shape + (self.channels,)
+        return data.reshape(out_shape)
+
+    def fingerprint(self) -> str:
+        """A short digest that changes whenever the data may have changed."""
+        return hashlib.sha1(self._identity().encode()).hexdigest()[:16]
+
+    def _identity(self) -> str:
+        return f"{self.description}|{self.native_shape}|{self.dtype}|{self.axes}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.description} {self.axes} {self.native_shape} {self.dtype}>"
+
+
+def file_identity(path: str) -> str:
+    """Path, size and modification time of a file or directory, for fingerprints."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"

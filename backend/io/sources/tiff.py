@@ -1,0 +1,49 @@
+"""TIFF files (single and multi-page), memory-mapped when stored uncompressed."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from backend.errors import DataError
+from backend.io.sources.base import DataSource, file_identity
+
+_TIFF_AXES = {"T": "t", "Z": "z", "Y": "y", "X": "x", "C": "c", "S": "c"}
+
+
+def _axes_from_tifffile(series_axes: str, shape: tuple[int, ...]) -> str | None:
+    axes = ""
+    for letter in series_axes.upper():
+        key = _TIFF_AXES.get(letter)
+        if key is None:  # unknown stacking axis (Q, I, ...): a z stack unless z is taken
+            key = "z" if "z" not in axes and "Z" not in series_axes else "t"
+        if key in axes:
+            return None
+        axes += key
+    return axes if len(axes) == len(shape) else None
+
+
+class TiffSource(DataSource):
+    """The first image series of a TIFF file."""
+
+    def __init__(self, path: str, axes: str | None):
+        self.path = path
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, dtype = tuple(series.shape), series.dtype
+                native_axes = _axes_from_tifffile(series.axes, shape)
+        except (tifffile.TiffFileError, OSError, IndexError) as exc:
+            raise DataError(f"{path}: not a readable TIFF file ({exc})") from None
+        try:
+            self.array = tifffile.memmap(path, mode="r")
+        except (ValueError, OSError):
+            self.array = tifffile.imread(path)
+        self.array = np.asarray(self.array).reshape(shape) if self.array.shape != shape else self.array
+        super().__init__(path, shape, dtype, axes or native_axes)
+
+    def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
+        return self.array[index]
+
+    def _identity(self) -> str:
+        return f"{file_identity(self.path)}|{super()._identity()}"

@@ -1,0 +1,88 @@
+"""Train a classifier from a project's label blocks, as ilastik's "Live Update" would."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import h5py
+import numpy as np
+
+from backend.compute.geometry import Roi
+from backend.errors import ProjectError
+from backend.io.forest_io import forest_from_sklearn
+from backend.io.project import Classifier, Project
+from backend.io.project_pipeline import build_pipeline
+from backend.io.project_writer import replace_classifier
+from backend.io.sources import DataSource, parse_axistags
+
+_SLICE = re.compile(r"(\d+):(\d+)")
+
+
+def label_blocks(project: Project, source: DataSource, lane: int = 0) -> Iterator[tuple[Roi, np.ndarray]]:
+    """Each stored label block as (tzyx ROI, labels shaped like the ROI)."""
+    with h5py.File(project.path, "r") as f:
+        group = f.get(f"PixelClassification/LabelSets/labels{lane:03d}")
+        for name in sorted(group.keys()) if group is not None else []:
+            ds = group[name]
+            bounds = [(int(a), int(b)) for a, b in _SLICE.findall(str(ds.attrs.get("blockSlice", "")))]
+            axes = parse_axistags(ds.attrs["axistags"]) if "axistags" in ds.attrs else _label_axes(source, ds.ndim)
+            if len(bounds) != ds.ndim or len(axes) != ds.ndim:
+                raise ProjectError(f"{project.path}: label block {name} has unreadable bounds")
+            where = dict(zip(axes, bounds))
+            roi = Roi(tuple(where.get(a, (0, 1))[0] for a in "tzyx"), tuple(where.get(a, (0, 1))[1] for a in "tzyx"))
+            present = [a for a in "tzyx" if a in axes]
+            data = ds[()].transpose([axes.index(a) for a in present] + [axes.index("c")] if "c" in axes else
+                                    [axes.index(a) for a in present])
+            yield roi, data.reshape(roi.shape)
+
+
+def _label_axes(source: DataSource, ndim: int) -> str:
+    axes = source.axes if "c" in source.axes else source.axes + "c"
+    return axes if len(axes) == ndim else source.axes
+
+
+def labelled_samples(project: Project, source: DataSource, lane: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels of every labelled voxel."""
+    pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
+    fs = pipeline.features
+    image = Roi.from_shape(source.spatial_shape)
+    xs, ys = [], []
+    for roi, labels in label_blocks(project, source, lane):
+        roi = roi.intersect(image)
+        if roi is None or not labels.any():
+            continue
+        labels = labels[tuple(slice(0, s) for s in roi.shape)]
+        for t in range(roi.start[0], roi.stop[0]):
+            frame = Roi((t, *roi.start[1:]), (t + 1, *roi.stop[1:]))
+            halo = frame.grow((0, *fs.halo), image)
+            feats = fs.compute(source.read(halo)[0], halo.start[1:], image.shape[1:],
+                               tuple(zip(frame.start[1:], frame.stop[1:])))
+            mask = labels[t - roi.start[0]] > 0
+            xs.append(feats[mask])
+            ys.append(labels[t - roi.start[0]][mask])
+    if not xs or sum(len(y) for y in ys) == 0:
+        raise ProjectError(f"{project.path}: the project has no labels to train from")
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], trees: int = 100,
+                     forests: int = 2, seed: int = 0) -> Classifier:
+    """A classifier of ``forests`` random forests with ``trees`` trees in total, in vigra's layout."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    per = [trees // forests + (1 if i < trees % forests else 0) for i in range(forests)]
+    fitted = []
+    for i, n in enumerate(per):
+        rf = RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed + i)
+        fitted.append(forest_from_sklearn(rf.fit(x, y), x.shape[1]))
+    return Classifier(tuple(fitted), fitted[0].labels, tuple(feature_names))
+
+
+def retrain_project(project: Project, source: DataSource, lane: int = 0, progress: bool = True) -> Classifier:
+    """Train on the project's labels and save the new classifier into the project file."""
+    x, y = labelled_samples(project, source, lane)
+    pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
+    classifier = train_classifier(x, y, pipeline.features.column_names())
+    replace_classifier(project.path, classifier, len(y))
+    return classifier

@@ -1,0 +1,200 @@
+"""Headless export: stream every block (or frame, for Objects) of a region through the gateway into a file."""
+
+from __future__ import annotations
+
+import os
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from backend.compute.geometry import Roi
+from backend.compute.pipeline import RESULT_KINDS
+from backend.errors import UserError
+from backend.io.project import ThresholdSettings
+from backend.io.sources import DataSource, split_internal_path
+from backend.io.writers import FORMATS, BlockWriter, output_axes
+from backend.service.gateway import BATCH, Gateway
+from backend.service.objects import OBJECTS, frame_roi, request_frame
+
+EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export, where, and how to cut it into blocks."""
+
+    kind: str = "Probabilities"
+    fmt: str = "hdf5"
+    filename_pattern: str = "{dataset_dir}/{nickname}_{result_type}"
+    internal_path: str = "exported_data"
+    region: Roi | None = None  # tzyx; None = whole image
+    block_shape: tuple[int, int, int, int] | None = None  # tzyx; None = default_block_shape()
+    progress: bool = True
+    threshold: ThresholdSettings | None = None  # for Objects; None = ilastik's defaults
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and what it took."""
+
+    path: str
+    blocks: int
+    seconds: float
+    voxels: int
+
+
+def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Blocks large enough to amortise the halo and small enough to keep memory bounded."""
+    if spatial_shape[1] == 1:
+        return (1, 1, 512, 512)
+    return (1, 64, 128, 128)
+
+
+PLACEHOLDERS = ("dataset_dir", "nickname", "result_type")
+_EXTENSIONS = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr"}
+
+
+def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind: str) -> str:
+    """Fill ``{dataset_dir}``, ``{nickname}`` and ``{result_type}`` and add the format's extension.
+
+    UserError for other placeholders (only plain names are filled in), an extension of another format, and
+    an output that would overwrite the raw data it is computed from.
+    """
+    file_path, _ = split_internal_path(source.description.split(os.pathsep)[0])
+    dataset_dir = os.path.dirname(os.path.abspath(file_path))
+    try:
+        fields = [field for _, field, spec, conversion in string.Formatter().parse(pattern) if field is not None
+                  and (field not in PLACEHOLDERS or spec or conversion)]
+    except ValueError as exc:
+        raise UserError(f"--output_filename_format '{pattern}': {exc}") from None
+    if fields:
+        raise UserError(f"--output_filename_format '{pattern}': unknown placeholder {{{fields[0]}}} (use "
+                        f"{', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+    path = pattern.format(dataset_dir=dataset_dir, nickname=nickname, result_type=kind.replace(" ", "_"))
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _EXTENSIONS and _EXTENSIONS[ext] != fmt:
+        raise UserError(f"--output_filename_format '{pattern}' ends in {ext} but --output_format is {fmt}")
+    path = path if ext in _EXTENSIONS else path + FORMATS[fmt]
+    inputs = {os.path.realpath(p) for p in source.description.split(os.pathsep)}
+    inputs |= {os.path.realpath(split_internal_path(p)[0]) for p in source.description.split(os.pathsep)}
+    if os.path.realpath(path) in inputs:
+        raise UserError(f"{path}: the export would overwrite its own raw data; choose another "
+                        "--output_filename_format")
+    return path
+
+
+def check_internal_path(internal_path: str) -> str:
+    """A dataset name inside HDF5 output: not empty, not the root, no '.' or '..' parts."""
+    parts = [p for p in internal_path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UserError(f"--output_internal_path '{internal_path}': expected a dataset name such as exported_data")
+    return "/".join(parts)
+
+
+class ExportCancelled(Exception):
+    """The export was stopped before it finished; its partial output was removed."""
+
+
+def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int = 8,
+               on_progress: Callable[[int, int], None] | None = None,
+               cancel: threading.Event | None = None) -> ExportResult:
+    """Compute ``options.kind`` over the region through the gateway and write it; returns where and how long.
+
+    ``on_progress(done, total)`` is called after each written piece; setting ``cancel`` stops the
+    export with :class:`ExportCancelled` and removes the partial output.
+    """
+    if options.kind not in EXPORT_SOURCES:
+        raise UserError(f"unknown export source '{options.kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
+    source, pipeline = gateway.source, gateway.pipeline
+    region = options.region or Roi.from_shape(source.spatial_shape)
+    objects = options.kind == OBJECTS
+    path = output_path(options.filename_pattern, options.fmt, source, nickname, options.kind)
+    channels, dtype = (1, np.dtype(np.uint32)) if objects else (pipeline.channels(options.kind),
+                                                                 pipeline.dtype(options.kind))
+    chunks = gateway.config.block_shape
+    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype, chunks,
+                         check_internal_path(options.internal_path))
+    if objects:
+        pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
+    else:
+        pieces = [block.roi.intersect(region) for block in gateway.grid.blocks_in(region)]
+    started = time.perf_counter()
+    bar = tqdm(total=len(pieces), unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
+               disable=not options.progress, dynamic_ncols=True)
+    try:
+        _stream(gateway, options, pieces, writer, _Progress(bar, len(pieces), on_progress, cancel), max_in_flight)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    return ExportResult(path, len(pieces), time.perf_counter() - started, region.size)
+
+
+def _request(gateway: Gateway, options: ExportOptions, roi: Roi) -> tuple[Future, Callable[[], None]]:
+    """A future of ``roi``'s values and how to cancel it."""
+    if options.kind != OBJECTS:
+        request = gateway.request(options.kind, roi, BATCH)
+        return request.future, request.cancel
+    frame = request_frame(gateway, roi.start[0], options.threshold or ThresholdSettings(), BATCH)
+    cropped: Future = Future()
+
+    def crop(done: Future) -> None:
+        try:
+            cropped.set_result(done.result()[roi.relative_to(frame_roi(gateway, roi.start[0]))])
+        except Exception as exc:  # the frame failed: the export reports it
+            cropped.set_exception(exc)
+
+    frame.add_done_callback(crop)
+    return cropped, lambda: None
+
+
+class _Progress:
+    """The progress bar, the caller's callback and the cancel flag, updated together."""
+
+    def __init__(self, bar, total: int, callback, cancel: threading.Event | None):
+        self.bar, self.total, self.callback, self.cancel, self.done = bar, total, callback, cancel, 0
+
+    def update(self, count: int) -> None:
+        self.done += count
+        self.bar.update(count)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise ExportCancelled("the export was cancelled")
+
+
+def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
+    pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
+    try:
+        for roi in pieces:
+            bar.check()
+            while len(pending) >= max_in_flight:
+                _drain(pending, writer, bar)
+                bar.check()
+            future, cancel = _request(gateway, options, roi)
+            pending[future] = (roi, cancel)
+        while pending:
+            _drain(pending, writer, bar)
+            bar.check()
+    finally:
+        for _, cancel in pending.values():
+            cancel()
+
+
+def _drain(pending: dict, writer: BlockWriter, bar) -> None:
+    done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+    for future in done:
+        roi, _ = pending.pop(future)
+        writer.write(roi, future.result())
+        bar.update(1)

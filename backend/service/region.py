@@ -1,0 +1,53 @@
+"""One region of one layer being assembled from blocks, as the gateway delivers them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+import numpy as np
+
+from backend.compute.geometry import Roi
+
+
+class RegionRequest:
+    """One region of one layer being assembled; ``future`` resolves to the ``(t, z, y, x, c)`` array.
+
+    ``on_block(part, values)`` is called once per finished block, before the future resolves; it must
+    return quickly (hand the values over, do not compute in it).
+    """
+
+    def __init__(self, gateway, kind: str, roi: Roi, channels: int, dtype,
+                 on_block: Callable[[Roi, np.ndarray], None] | None):
+        self.gateway, self.kind, self.roi, self.on_block = gateway, kind, roi, on_block
+        self.data = np.zeros(roi.shape + (channels,), dtype)
+        self.future: Future = Future()
+        self.pending: set[str] = set()
+        self._lock = threading.Lock()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """The assembled region (raises the first block error, or TimeoutError)."""
+        return self.future.result(timeout)
+
+    def cancel(self) -> None:
+        """Stop waiting; blocks nobody else wants are dropped from the queue."""
+        self.gateway._detach(self)
+        self.future.cancel()
+
+    def _deliver(self, key: str, block: Roi, values: np.ndarray) -> None:
+        part = block.intersect(self.roi)
+        with self._lock:
+            if key not in self.pending or self.future.done():
+                return
+            self.data[part.relative_to(self.roi)] = values[part.relative_to(block)]
+            self.pending.discard(key)
+            finished = not self.pending
+            if self.on_block is not None:  # under the lock: every block is announced before the future resolves
+                self.on_block(part, self.data[part.relative_to(self.roi)])
+        if finished and not self.future.done():
+            self.future.set_result(self.data)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
