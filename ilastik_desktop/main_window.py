@@ -35,6 +35,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = settings or QtCore.QSettings("ilastik-desktop", "ilastik-desktop")
         self.bridge = GuiBridge(self)
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-io")
+        # status polls ask Redis, which may hang while it is down: never on the thread that opens projects
+        self.status_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-status")
+        self._status_poll = None
         self.document: Document | None = None
         self.loader: PlaneLoader | None = None
         self.model: ViewerModel | None = None
@@ -277,8 +280,10 @@ class MainWindow(QtWidgets.QMainWindow):
     # -- status ---------------------------------------------------------------------------------------
     def _poll_status(self) -> None:
         self.workers_panel.show_status(self.services.executor.status())
-        if self.document is not None:
-            self.io.submit(lambda g=self.document.gateway: self.bridge.post(self._show_status, g.status()))
+        polling = self._status_poll
+        if self.document is not None and (polling is None or polling.done()):  # never queue polls up
+            gateway = self.document.gateway
+            self._status_poll = self.status_io.submit(lambda: self.bridge.post(self._show_status, gateway.status()))
 
     def _show_status(self, status: dict) -> None:
         executor = status["executor"]
@@ -305,5 +310,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status_timer.stop()
         self.workers_panel.shutdown()
         self.io.shutdown(wait=True, cancel_futures=True)
+        self.status_io.shutdown(wait=True, cancel_futures=True)
         self.close_document()
         super().closeEvent(event)

@@ -72,13 +72,13 @@ class Services:
     def _cache_client(self) -> redis.Redis:
         if self.settings.redis_url:
             try:
-                client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+                client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
                 client.ping()
             except (redis.RedisError, ValueError) as exc:
                 raise UserError(f"cannot use the Redis server at {self.settings.redis_url}: {exc}") from None
             return client
         self.embedded = EmbeddedRedis(RedisSettings(maxmemory_mb=self.settings.cache_mb)).start()
-        return self.embedded.client(socket_timeout=10)
+        return self.embedded.client(socket_timeout=10, socket_connect_timeout=10)
 
     def _identity(self) -> CurveIdentity | None:
         remote_keys = [key for _, key in self.settings.connect if key is not None]
@@ -190,6 +190,8 @@ class Services:
 
     def close(self) -> None:
         """Stop workers, executor and cache server; remove temporary files."""
+        if getattr(self, "cache", None) is not None:
+            self.cache.stop_retrying()  # shutting down: never wait for a cache server that is gone
         if self.executor is not None:
             self.executor.close()
         if self.local is not None:

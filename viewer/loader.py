@@ -1,9 +1,8 @@
 """Fills the slice views from the gateway: visible tiles first, progressive painting, cancellation.
 
-Every gateway call runs on the loader's I/O threads; results come back through the GUI bridge. Each
-(view, kind) has a generation number: moving on bumps it, cancels the old request and makes any late
-block of it be ignored. Views ask for blocks one voxel thin along their normal (a slice costs no more
-than itself); the next slices along the axis the user steps through are prefetched at low priority.
+What to ask for, in which blocks, what to prefetch and what is stale is decided by the Qt-free
+:class:`~viewer.slicing.SlicingPolicy`; this module carries it out. Every gateway call runs on the
+loader's I/O threads; results come back through the GUI bridge.
 """
 
 from __future__ import annotations
@@ -22,31 +21,10 @@ from viewer.bridge import GuiBridge
 from viewer.model import OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
 from viewer.painting import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.slice_view import SliceView
+from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
 log = logging.getLogger(__name__)
 KIND_ORDER = {RAW: 0, PROBABILITIES: 1, SEGMENTATION: 2, OBJECTS: 3}
-TILE = 128  # side of the square blocks a view asks for, in its plane
-PREFETCH_SLICES = 2  # slices ahead of the view computed in the direction of movement
-
-
-def view_block_shape(view: SliceView) -> tuple[int, int, int, int]:
-    """A view's blocks (tzyx): TILE x TILE in its plane, one voxel thin along its normal and in time."""
-    shape = [1, TILE, TILE, TILE]
-    shape["tzyx".index(view.normal_axis)] = 1
-    return tuple(shape)
-
-
-class _Slot:
-    """The request currently feeding one (view, kind)."""
-
-    def __init__(self) -> None:
-        self.generation = 0
-        self.roi: Roi | None = None
-        self.request = None  # RegionRequest, or a Future for objects
-        self.values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
-        self.painted: np.ndarray | None = None  # which pixels of ``values`` have arrived (None: all of them)
-        self.prefetch = None
-        self.complete = False  # every block of the current request is painted
 
 
 class PlaneLoader(QtCore.QObject):
@@ -61,10 +39,9 @@ class PlaneLoader(QtCore.QObject):
         self.model, self.gateway, self.views, self.bridge = model, gateway, views, bridge
         self.threshold = threshold
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="viewer-io")
-        self.slots: dict[tuple[str, str], _Slot] = {}
+        self.policy = SlicingPolicy(views[0].normal_axis)
+        self.slots = self.policy.slots
         self._styles: dict[tuple[str, str], tuple] = {}  # (view, kind) -> the layers' looks last painted
-        self.direction = {"t": 1, "z": 1, "y": 1, "x": 1}
-        self.moving_axis = views[0].normal_axis  # prefetch only along the axis the user steps through
         self._timer = QtCore.QTimer(self, singleShot=True, interval=15)
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
@@ -80,9 +57,7 @@ class PlaneLoader(QtCore.QObject):
     def set_threshold(self, settings: ThresholdSettings) -> None:
         """Label objects with other parameters from now on."""
         self.threshold = settings
-        for (_, kind), slot in self.slots.items():
-            if kind == OBJECTS:
-                slot.roi = None
+        self.policy.forget(OBJECTS)
         self.schedule()
 
     def close(self) -> None:
@@ -94,14 +69,7 @@ class PlaneLoader(QtCore.QObject):
 
     def pending_blocks(self) -> int:
         """Blocks the visible views still wait for."""
-        count = 0
-        for slot in self.slots.values():
-            request = slot.request
-            if request is not None and hasattr(request, "pending") and not request.future.done():
-                count += len(request.pending)
-            elif isinstance(request, Future) and not request.done():
-                count += 1
-        return count
+        return self.policy.pending_blocks()
 
     def shown(self, plane: str, kind: str):
         """The values painted for ``kind`` in view ``plane`` over the region last requested, and that region."""
@@ -120,11 +88,11 @@ class PlaneLoader(QtCore.QObject):
     def is_complete(self, plane: str, kind: str) -> bool:
         """True when view ``plane`` shows every block of ``kind`` it asked for."""
         slot = self.slots.get((plane, kind))
-        return slot is not None and slot.values is not None and self._done(slot)
+        return slot is not None and slot.values is not None and slot.done
 
     def is_settled(self) -> bool:
         """True when every visible layer of every view is complete."""
-        return not self._timer.isActive() and all(self._done(slot) for slot in self.slots.values())
+        return not self._timer.isActive() and self.policy.all_done()
 
     # -- reacting to the model -------------------------------------------------------------------------
     def _moved(self, axis: str) -> None:
@@ -133,15 +101,12 @@ class PlaneLoader(QtCore.QObject):
     def _display_changed(self) -> None:
         for view in self.views:
             view.set_levels(self.model.contrast)
-        for slot in [s for (_, kind), s in self.slots.items() if kind == RAW]:
-            slot.roi = None  # another channel
+        self.policy.forget(RAW)  # another channel
         self.schedule()
 
     def step(self, axis: str, delta: int) -> None:
         """Move along ``axis`` and remember the axis and direction for prefetching."""
-        if delta:
-            self.direction[axis] = 1 if delta > 0 else -1
-            self.moving_axis = axis
+        self.policy.step(axis, delta)
         self.model.step(axis, delta)
 
     # -- requests --------------------------------------------------------------------------------------
@@ -161,31 +126,20 @@ class PlaneLoader(QtCore.QObject):
         self._check_settled()
 
     def _plane_roi(self, view: SliceView, whole: bool) -> Roi:
-        start, stop = list(self.model.position), [p + 1 for p in self.model.position]
-        r0, r1, c0, c1 = (0, view.shape[0], 0, view.shape[1]) if whole else view.visible_rect()
-        rows, cols = "tzyx".index(view.rows_axis), "tzyx".index(view.cols_axis)
-        start[rows], stop[rows], start[cols], stop[cols] = r0, r1, c0, c1
-        return Roi(tuple(start), tuple(stop))
+        rect = (0, view.shape[0], 0, view.shape[1]) if whole else view.visible_rect()
+        return plane_roi(self.model.position, view.rows_axis, view.cols_axis, rect)
 
     def _want(self, view: SliceView, kind: str, roi: Roi) -> None:
-        slot = self.slots.setdefault((view.plane, kind), _Slot())
-        normal = "tzyx".index(view.normal_axis)
-        same_plane = slot.roi is not None and slot.roi.start[normal] == roi.start[normal] \
-            and slot.roi.start[0] == roi.start[0]
-        if slot.roi is not None and slot.roi.contains(roi) and same_plane:
+        wanted = self.policy.want(view.plane, kind, view.normal_axis, roi)
+        if wanted is None:
             return
-        self._cancel(slot)
-        slot.generation += 1
-        if not same_plane or slot.values is None:
-            slot.values = slot.painted = None
-            if kind != RAW:
-                for name in self._layer_names(kind):
-                    view.clear_overlay(name)
-        slot.roi = roi
-        slot.complete = False
-        self.io.submit(self._start, view, kind, slot, slot.generation, roi)
+        self._cancel_all(wanted.stale)
+        if wanted.clear and kind != RAW:
+            for name in self._layer_names(kind):
+                view.clear_overlay(name)
+        self.io.submit(self._start, view, kind, wanted.slot, wanted.generation, roi)
 
-    def _start(self, view: SliceView, kind: str, slot: _Slot, generation: int, roi: Roi) -> None:
+    def _start(self, view: SliceView, kind: str, slot: Slot, generation: int, roi: Roi) -> None:
         """On an I/O thread: ask the gateway (unless the view has moved on already)."""
         if generation != slot.generation:
             return
@@ -196,47 +150,32 @@ class PlaneLoader(QtCore.QObject):
                 handle.add_done_callback(lambda f: self.bridge.post(self._objects_ready, view, slot, generation, f))
             else:
                 priority = VISIBLE if view is self.views[0] else SIDE_VIEW  # the main (xy) view first
+                blocks = view_block_shape(view.normal_axis)
                 handle = self.gateway.request(kind, roi, priority, lambda part, values: self.bridge.post(
-                    self._paint, view, kind, slot, generation, part, values.copy()), view_block_shape(view))
+                    self._paint, view, kind, slot, generation, part, values.copy()), blocks)
                 handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
-                if kind != RAW and view.normal_axis == self.moving_axis and generation == slot.generation:
-                    prefetch = self._prefetch(view, kind, roi)
+                ahead = self.policy.prefetch_for(view.normal_axis, roi, self.model.shape) if kind != RAW else None
+                if ahead is not None and generation == slot.generation:
+                    prefetch = self.gateway.request(kind, ahead, PREFETCH, block_shape=blocks)
         except Exception as exc:  # the gateway refused (cache down, bad region): show it, do not crash
             log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)
             return
         self.bridge.post(self._attach, slot, generation, handle, prefetch)
 
-    def _prefetch(self, view: SliceView, kind: str, roi: Roi):
-        """Request the next slices in the direction of movement at low priority; the request or None."""
-        axis = view.normal_axis
-        i = "tzyx".index(axis)
-        ahead = [roi.start[i] + self.direction[axis] * k for k in range(1, PREFETCH_SLICES + 1)]
-        ahead = [a for a in ahead if 0 <= a < self.model.shape[i]]
-        if not ahead:
-            return None
-        start, stop = list(roi.start), list(roi.stop)
-        start[i], stop[i] = min(ahead), max(ahead) + 1
-        return self.gateway.request(kind, Roi(tuple(start), tuple(stop)), PREFETCH,
-                                    block_shape=view_block_shape(view))
-
-    def _attach(self, slot: _Slot, generation: int, handle, prefetch) -> None:
+    def _attach(self, slot: Slot, generation: int, handle, prefetch) -> None:
         """On the GUI thread: keep the requests of the current generation, cancel stale ones."""
-        if generation != slot.generation:
-            for stale in (handle, prefetch):
-                if stale is not None:
-                    self.io.submit(_cancel_handle, stale)
-        else:
-            slot.request, slot.prefetch = handle, prefetch
-            self._check_settled()
+        self._cancel_all(self.policy.attach(slot, generation, handle, prefetch))
+        self._check_settled()
 
-    def _cancel(self, slot: _Slot) -> None:
-        for handle in (slot.request, slot.prefetch):
-            if handle is not None:
-                self.io.submit(_cancel_handle, handle)
-        slot.request = slot.prefetch = None
+    def _cancel(self, slot: Slot) -> None:
+        self._cancel_all(self.policy.release(slot))
+
+    def _cancel_all(self, handles: list) -> None:
+        for handle in handles:
+            self.io.submit(_cancel_handle, handle)
 
     # -- painting (GUI thread) -------------------------------------------------------------------------
-    def _paint(self, view: SliceView, kind: str, slot: _Slot, generation: int, part: Roi, values) -> None:
+    def _paint(self, view: SliceView, kind: str, slot: Slot, generation: int, part: Roi, values) -> None:
         if generation != slot.generation:
             return
         plane = _plane_of(values, view)
@@ -254,7 +193,7 @@ class PlaneLoader(QtCore.QObject):
         slot.painted[rows, cols] = True
         self._recolour(view, kind, (rows, cols))
 
-    def _objects_ready(self, view: SliceView, slot: _Slot, generation: int, future: Future) -> None:
+    def _objects_ready(self, view: SliceView, slot: Slot, generation: int, future: Future) -> None:
         if generation != slot.generation or future.cancelled():
             return
         slot.complete = True
@@ -269,7 +208,7 @@ class PlaneLoader(QtCore.QObject):
         self._recolour(view, OBJECTS)
         self._check_settled()
 
-    def _finished(self, slot: _Slot, generation: int, future: Future) -> None:
+    def _finished(self, slot: Slot, generation: int, future: Future) -> None:
         if generation == slot.generation and not future.cancelled():
             slot.complete = True  # posted after the blocks' paints, so they are all on screen
             if future.exception() is not None:
@@ -303,10 +242,6 @@ class PlaneLoader(QtCore.QObject):
     def _plane_slices(view: SliceView, part: Roi) -> tuple[slice, slice]:
         rows, cols = "tzyx".index(view.rows_axis), "tzyx".index(view.cols_axis)
         return slice(part.start[rows], part.stop[rows]), slice(part.start[cols], part.stop[cols])
-
-    @staticmethod
-    def _done(slot: _Slot) -> bool:
-        return slot.roi is None or slot.complete
 
     def _check_settled(self) -> None:
         if self.is_settled():

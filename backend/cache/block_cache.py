@@ -1,6 +1,7 @@
 """The Redis block cache: deterministic keys, compressed values, placeholders and completion notices.
 
-A missing block is claimed with a lease (``SET NX PX`` holding the owner's token) that the owner
+Calls ride out short outages and refused writes (see :mod:`backend.cache.resilience`). A missing
+block is claimed with a lease (``SET NX PX`` holding the owner's token) that the owner
 renews while it computes. Completing a block stores the value, drops the lease and publishes the key
 on one channel, atomically (one Lua script). A failed block stores a short-lived error instead. Anyone
 waiting hears the notice; if the owner dies, its lease expires and a waiter claims the block again.
@@ -18,6 +19,7 @@ import lz4.frame
 import numpy as np
 import redis
 
+from backend.cache.resilience import Resilient, RetryPolicy
 from backend.checks import whole_number
 from backend.compute.geometry import Roi
 
@@ -91,8 +93,10 @@ def decode_block(blob: bytes) -> np.ndarray:
 class BlockCache:
     """Blocks, leases and notices in one Redis database."""
 
-    def __init__(self, client: redis.Redis, lease_s: float = 10.0, error_ttl_s: float = 60.0):
+    def __init__(self, client: redis.Redis, lease_s: float = 10.0, error_ttl_s: float = 60.0,
+                 retry: RetryPolicy | None = None):
         self.client = client
+        self._r = Resilient(retry or RetryPolicy())
         self.lease_ms = int(lease_s * 1000)
         self.error_ms = int(error_ttl_s * 1000)
         self._claim = client.register_script(_CLAIM)
@@ -103,87 +107,108 @@ class BlockCache:
         self._abandon = client.register_script(_ABANDON)
 
     def get(self, key: str) -> np.ndarray | None:
-        """The cached block, or None."""
-        blob = self.client.get(key)
+        """The cached block, or None (a damaged entry is deleted and counts as missing)."""
+        blob = self._r.call(lambda: self.client.get(key))
         if blob is None:
             return None
         try:
             return decode_block(blob)
         except ValueError as exc:
             log.warning("dropping an unreadable cache entry %s: %s", key, exc)
-            self.client.delete(key)
+            self.discard(key)
             return None
 
     def discard(self, key: str) -> None:
         """Delete a cached block that turned out to be wrong (it is computed again)."""
-        self.client.delete(key)
+        self._r.write(lambda: self.client.delete(key), None)
 
     def error(self, key: str) -> str | None:
         """The error a failed block left behind, if any."""
-        message = self.client.get(key + ":error")
-        return message.decode() if message is not None else None
+        message = self._r.call(lambda: self.client.get(key + ":error"))
+        return message.decode(errors="replace") if message is not None else None
 
     def claim(self, key: str, token: str) -> bool:
         """Take the lease of a missing block; False if someone else holds it or it is already done (or failed).
 
-        One atomic step: a block finished between our look-up and our claim is never claimed again.
+        One atomic step: a block finished between our look-up and our claim is never claimed again. A server
+        that refuses writes lets us compute the block ourselves (True).
         """
-        return bool(self._claim(keys=[key, key + ":lease", key + ":error"], args=[token, self.lease_ms]))
+        keys = [key, key + ":lease", key + ":error"]
+        return bool(self._r.write(lambda: self._claim(keys=keys, args=[token, self.lease_ms]), True))
 
     def renew(self, key: str, token: str) -> bool:
         """Extend our lease; False if it was lost."""
-        return bool(self._renew(keys=[key + ":lease"], args=[token, self.lease_ms]))
+        return bool(self._r.write(lambda: self._renew(keys=[key + ":lease"], args=[token, self.lease_ms]), True))
 
-    def release(self, key: str, token: str) -> None:
+    def release(self, key: str, token: str, retry: bool = True) -> None:
         """Give up our lease without a result (e.g. the block was cancelled)."""
-        self._release(keys=[key + ":lease"], args=[token])
+        self._r.write(lambda: self._release(keys=[key + ":lease"], args=[token]), None, retry)
 
     def abandon(self, key: str, token: str) -> None:
         """Give up our lease after a transient failure and tell everyone, so that a waiter claims it again."""
-        self._abandon(keys=[key + ":lease", key], args=[token, CHANNEL])
+        self._r.write(lambda: self._abandon(keys=[key + ":lease", key], args=[token, CHANNEL]), None)
 
     def leased(self, key: str) -> bool:
         """True while someone holds the block's lease."""
-        return bool(self.client.exists(key + ":lease"))
+        return bool(self._r.call(lambda: self.client.exists(key + ":lease")))
 
     def complete(self, key: str, array: np.ndarray) -> None:
-        """Store a block, drop its lease and tell everyone."""
-        self._complete(keys=[key, key + ":lease"], args=[encode_block(array), CHANNEL])
+        """Store a block, drop its lease and tell everyone (skipped, with one warning, if writes are refused)."""
+        blob = encode_block(array)
+        self._r.write(lambda: self._complete(keys=[key, key + ":lease"], args=[blob, CHANNEL]), None)
 
     def fail(self, key: str, message: str) -> None:
         """Record that a block failed, drop its lease and tell everyone."""
-        self._fail(keys=[key + ":error", key + ":lease", key], args=[message, CHANNEL, self.error_ms])
+        keys = [key + ":error", key + ":lease", key]
+        self._r.write(lambda: self._fail(keys=keys, args=[message, CHANNEL, self.error_ms]), None)
 
-    def listen(self, on_notice: Callable[[str], None], on_lost: Callable[[Exception], None]) -> NoticeListener:
-        """Start calling ``on_notice(key)`` for every completed or failed block."""
-        return NoticeListener(self.client, on_notice, on_lost)
+    def memory_mb(self) -> float | None:
+        """Memory the cache server uses, in MB; None if it does not answer at once (never retried)."""
+        try:
+            return round(self._r.call(lambda: self.client.info("memory"), retry=False)["used_memory"] / 2**20, 1)
+        except redis.RedisError:
+            return None
+
+    def stop_retrying(self) -> None:
+        """From now on fail at once when the server does not answer (the owner is shutting down)."""
+        self._r.closing.set()
+
+    def listen(self, on_notice: Callable[[str], None], on_lost: Callable[[Exception], None],
+               on_back: Callable[[], None] | None = None) -> NoticeListener:
+        """Start calling ``on_notice(key)`` for every completed or failed block; ``on_lost`` when the
+        subscription breaks, ``on_back`` when it is back (notices sent meanwhile are lost: look again)."""
+        return NoticeListener(self.client, on_notice, on_lost, on_back)
 
 
 class NoticeListener:
     """A thread subscribed to the completion channel; reconnects after the server comes back."""
 
-    def __init__(self, client: redis.Redis, on_notice, on_lost):
-        self.client, self.on_notice, self.on_lost = client, on_notice, on_lost
+    def __init__(self, client: redis.Redis, on_notice, on_lost, on_back=None):
+        self.client, self.on_notice, self.on_lost, self.on_back = client, on_notice, on_lost, on_back
         self._stop = threading.Event()
         self.subscribed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cache-notices", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        delay = 0.1
+        delay, lost = 0.1, False
         while not self._stop.is_set():
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(CHANNEL)
                 self.subscribed.set()
                 delay = 0.1
+                if lost and self.on_back is not None:
+                    lost = False
+                    self._guarded(self.on_back)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and message["type"] == "message":
                         self._notify(message["data"])
             except redis.RedisError as exc:
                 self.subscribed.clear()
-                self.on_lost(exc)
+                lost = True
+                self._guarded(self.on_lost, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 2.0)
             finally:
@@ -193,10 +218,14 @@ class NoticeListener:
                     pass
 
     def _notify(self, data: bytes) -> None:
+        self._guarded(self.on_notice, data.decode(errors="replace"))
+
+    @staticmethod
+    def _guarded(callback, *args) -> None:
         try:
-            self.on_notice(data.decode())
+            callback(*args)
         except Exception:  # a failing receiver must not end the notices of every other block
-            log.exception("cache notice for %r: unexpected error (going on)", data[:200])
+            log.exception("cache notice receiver failed (going on)")
 
     def stop(self) -> None:
         """Unsubscribe and join the thread."""

@@ -54,6 +54,8 @@ class _Block:
     task: BlockTask | None = None
     future: Future | None = None
     since: float = field(default_factory=time.monotonic)
+    produce: Callable[[], Future] | None = None  # computed here, not by the executor (a frame's objects)
+    expected: tuple[tuple[int, ...], np.dtype] | None = None  # shape and dtype of a valid cached value
 
 
 class Gateway:
@@ -70,7 +72,7 @@ class Gateway:
         self._counter_lock = threading.Lock()
         self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0, "gateway_s": 0.0}
         self._stop = threading.Event()
-        self._listener = cache.listen(self._on_notice, self._on_lost)
+        self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
         if not self._listener.subscribed.wait(10):
             self._listener.stop()
             raise CacheUnavailable("the cache server does not answer")
@@ -118,7 +120,8 @@ class Gateway:
             for key, block in blocks:
                 state = self._blocks.get(key)
                 if state is None:
-                    state = self._blocks[key] = _Block(key, block, kind, priority)
+                    expected = (1, *block.roi.shape[1:], self.pipeline.channels(kind)), self.pipeline.dtype(kind)
+                    state = self._blocks[key] = _Block(key, block, kind, priority, expected=expected)
                     fresh.append(state)
                 elif priority < state.priority:
                     state.priority = priority
@@ -127,6 +130,26 @@ class Gateway:
         for state in hurried:
             self._hurry(state)
         for state in fresh:
+            self._look_up(state)
+        return req
+
+    def request_derived(self, key: str, roi: Roi, channels: int, dtype, produce: Callable[[], Future],
+                        priority: int = 0) -> RegionRequest:
+        """A value derived from results (a frame's objects) under ``key``, computed once however many ask.
+
+        It goes through the same look-up, claim and notices as blocks; ``produce()`` is called only by the
+        claim's owner and returns a future of the ``roi``-shaped values without the time axis.
+        """
+        req = RegionRequest(self, "derived", roi, channels, dtype, None)
+        req.pending.add(key)
+        with self._lock:
+            state = self._blocks.get(key)
+            fresh = state is None
+            if fresh:
+                state = self._blocks[key] = _Block(key, Block((), roi, roi), "derived", priority, produce=produce,
+                                                   expected=((1, *roi.shape[1:], channels), np.dtype(dtype)))
+            state.waiters.append(req)
+        if fresh:
             self._look_up(state)
         return req
 
@@ -140,13 +163,8 @@ class Gateway:
             in_progress = len(self._blocks)
         with self._counter_lock:
             counters = dict(self.counters, gateway_s=round(self.counters["gateway_s"], 3))
-        info = {"executor": self.executor.status(), "blocks_in_progress": in_progress, **counters}
-        try:
-            memory = self.cache.client.info("memory")
-            info["cache_memory_mb"] = round(memory["used_memory"] / 2**20, 1)
-        except redis.RedisError:
-            info["cache_memory_mb"] = None
-        return info
+        return {"executor": self.executor.status(), "blocks_in_progress": in_progress,
+                "cache_memory_mb": self.cache.memory_mb(), **counters}
 
     def close(self) -> None:
         """Stop the watchdog and the notice listener; drop our queued blocks and release our claims."""
@@ -163,7 +181,7 @@ class Gateway:
                 self.executor.cancel(state.future)  # nobody will look at it any more
         for key, token in owned:
             try:
-                self.cache.release(key, token)
+                self.cache.release(key, token, retry=False)  # closing: never wait for a dead cache
             except redis.RedisError:
                 pass
         for state in waiting:
@@ -216,10 +234,9 @@ class Gateway:
     def _served_from_cache(self, state: _Block) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
-        expected = (1, *state.block.roi.shape[1:], self.pipeline.channels(state.kind)), self.pipeline.dtype(state.kind)
-        if values is not None and (values.shape, values.dtype) != expected:
+        if values is not None and (values.shape, values.dtype) != state.expected:
             log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
-                        *expected)
+                        *state.expected)
             self.cache.discard(state.key)
             values = None
         if values is not None:
@@ -233,6 +250,10 @@ class Gateway:
         return False
 
     def _compute(self, state: _Block) -> None:
+        if state.produce is not None:
+            future = state.future = state.produce()
+            future.add_done_callback(lambda f, s=state: self._computed(s, f))
+            return
         block = state.block
         raw = self.source.read(block.halo_roi)[0]
         state.task = BlockTask(state.key, state.kind, raw, block.halo_roi.start[1:], self.source.spatial_shape[1:],
@@ -255,7 +276,7 @@ class Gateway:
         Never called with the gateway lock held (the executor's callbacks take it).
         """
         queued = state.future
-        if queued is not None:
+        if queued is not None and state.produce is None:
             self.executor.cancel(queued)
 
     def _computed(self, state: _Block, future: Future) -> None:
@@ -279,11 +300,11 @@ class Gateway:
             wanted = bool(state.waiters) and self._blocks.get(state.key) is state
             if not wanted and self._blocks.get(state.key) is state:
                 del self._blocks[state.key]
-        if wanted:
+        if wanted and state.produce is None:
             self._submit(state)
         else:
             state.task = None
-            self._give_up(state, TransientError("nobody wants the block any more"))
+            self._give_up(state, TransientError("the block's computation was cancelled"))
 
     def _store(self, state: _Block, future: Future) -> None:
         error = future.exception()
@@ -336,8 +357,20 @@ class Gateway:
             self._look_up(state)
 
     def _on_lost(self, exc: Exception) -> None:
+        """The notice subscription broke: restart an embedded server; waiters wait (calls retry)."""
+        log.warning("lost the cache server's notices (%s); waiting for it to come back", exc)
         if self.on_cache_lost is not None:
             self.on_cache_lost()
+
+    def _on_back(self) -> None:
+        """Subscribed again: notices sent meanwhile were lost, so every waiting block looks again."""
+        with self._lock:
+            waiting = [s for s in self._blocks.values() if s.token is None]
+        for state in waiting:
+            self._look_up(state)
+
+    def _cache_gone(self, exc: Exception) -> None:
+        """The cache stayed unreachable beyond the retry window: fail what waits for other owners."""
         with self._lock:
             waiting = [s for s in self._blocks.values() if s.token is None]
         for state in waiting:
@@ -349,7 +382,7 @@ class Gateway:
             try:
                 self._renew_or_take_over(interval)
             except redis.RedisError as exc:
-                self._on_lost(exc)
+                self._cache_gone(exc)
             except Exception:  # never let one bad block stop the renewal of all the others
                 log.exception("gateway watchdog: unexpected error (going on)")
 

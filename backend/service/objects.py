@@ -10,7 +10,6 @@ import threading
 from concurrent.futures import Future
 
 import numpy as np
-import redis
 
 from backend.cache.block_cache import block_key
 from backend.compute.geometry import Roi
@@ -60,35 +59,27 @@ def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, pri
 
 
 def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0) -> Future:
-    """A future of one whole frame's labels ``(1, z, y, x, 1)``, from the cache when possible."""
+    """A future of one whole frame's labels ``(1, z, y, x, 1)``, labelled once however many ask (cached)."""
+    frame = frame_roi(gateway, t)
+
+    def produce() -> Future:
+        labelled: Future = Future()
+        probabilities = gateway.request("Probabilities", frame, priority)
+
+        def label(future: Future) -> None:
+            try:
+                labelled.set_result(threshold_frame(future.result()[0], settings)[..., None])
+            except Exception as exc:  # a failed probability block or bad parameters
+                labelled.set_exception(exc)
+
+        def hand_over(future: Future) -> None:
+            try:
+                gateway.run_local(label, future)
+            except RuntimeError:  # the gateway was closed meanwhile
+                labelled.cancel()
+
+        probabilities.future.add_done_callback(hand_over)
+        return labelled
+
     key = objects_key(gateway, t, settings)
-    result: Future = Future()
-    try:
-        cached = gateway.cache.get(key)
-    except redis.RedisError as exc:
-        result.set_exception(exc)
-        return result
-    if cached is not None:
-        result.set_result(cached)
-        return result
-    probabilities = gateway.request("Probabilities", frame_roi(gateway, t), priority)
-
-    def label(future: Future) -> None:
-        try:
-            labels = threshold_frame(future.result()[0], settings)[None, ..., None]
-            result.set_result(labels)
-            gateway.cache.complete(key, labels)
-        except redis.RedisError:
-            pass  # the labels were delivered; only caching them failed
-        except Exception as exc:  # a failed probability block or bad parameters
-            if not result.done():
-                result.set_exception(exc)
-
-    def hand_over(future: Future) -> None:
-        try:
-            gateway.run_local(label, future)
-        except RuntimeError:  # the gateway was closed meanwhile
-            result.cancel()
-
-    probabilities.future.add_done_callback(hand_over)
-    return result
+    return gateway.request_derived(key, frame, 1, np.uint32, produce, priority).future

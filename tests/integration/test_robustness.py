@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
 import numpy as np
 import psutil
 import pytest
+from scipy import ndimage
 
 from backend.cache.block_cache import BlockCache, block_key
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
+from backend.compute.threshold import ThresholdSettings
 from backend.distributed.zmq_executor import NoWorkers, ZmqExecutor
 from backend.errors import is_deterministic
 from backend.io.sources import open_source
 from backend.service.gateway import Gateway, GatewayConfig
+from backend.service.objects import request_frame
 from tests.integration.test_executor import _pipeline, _task, small_project
+from tests.integration.test_gateway import whole_image
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
 
 ROI = Roi((0, 0, 0, 0), (1, 24, 48, 48))
@@ -173,3 +178,101 @@ def test_a_slow_consumer_of_results_does_not_get_healthy_workers_dropped(project
         assert len(ex.status()["workers"]) == 1 and ex.status()["redispatched"] == 0
 
 
+
+
+def independent_objects(probabilities: np.ndarray, settings: ThresholdSettings) -> np.ndarray:
+    """ilastik 1.4's simple thresholding from its documented rules, with scipy alone (not our code)."""
+    smoothed = ndimage.gaussian_filter(probabilities[..., settings.channel].astype(np.float64), settings.sigmas,
+                                       mode="mirror", truncate=2.0)
+    labels, count = ndimage.label(smoothed >= settings.low, structure=ndimage.generate_binary_structure(3, 1))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = (sizes >= settings.min_size) & (sizes <= settings.max_size)
+    keep[0] = False
+    return np.where(keep[labels], labels, 0)
+
+
+@pytest.mark.timeout(120)
+def test_a_frames_objects_are_labelled_once_however_many_views_ask(project, redis_server):
+    path, _ = project
+    pipeline = _pipeline(path)
+    settings = ThresholdSettings(min_size=20)
+    with ZmqWithWorkers(pipeline) as ex:
+        gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, ex.executor,
+                           redis_server.client())
+        try:
+            frames = [request_frame(gateway, 0, settings) for _ in range(3)]  # the three orthoviews
+            labels = [f.result(timeout=60) for f in frames]
+            assert all(np.array_equal(x, labels[0]) for x in labels)
+            assert gateway.status()["computed"] == 4 + 1  # four probability blocks, one labelling
+            probabilities = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96))).result(timeout=60)
+            expected = independent_objects(probabilities[0], settings)
+            ours = labels[0][0, ..., 0]
+            assert (ours > 0).sum() > 100  # there are objects to compare
+            assert np.mean((ours > 0) == (expected > 0)) > 0.995  # scipy's smoothing borders differ slightly
+            assert abs(len(np.unique(ours)) - len(np.unique(expected))) <= 1
+        finally:
+            gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_cache_server_delays_but_neither_fails_the_request_nor_drops_workers(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+    with ZmqWithWorkers(pipeline) as ex:  # heartbeats every 0.2 s: a worker is dropped after 0.6 s of silence
+        gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, ex.executor,
+                           redis_server.client(socket_timeout=10, socket_connect_timeout=10))
+        try:
+            expected = whole_image(pipeline, image)
+            server = psutil.Process(redis_server.pid)
+            server.suspend()  # SIGSTOP, as a swapping or overloaded Redis
+            resume = threading.Timer(3.0, server.resume)
+            resume.start()
+            try:
+                request = gateway.request("Probabilities", roi)  # looks up on this thread: blocks meanwhile
+            finally:
+                resume.join()
+            assert np.allclose(request.result(timeout=60), expected, atol=1e-6)
+            assert len(ex.status()["workers"]) == 1 and ex.status()["redispatched"] == 0
+        finally:
+            gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_cache_server_restarted_mid_request_is_ridden_out(project, redis_server):
+    path, image = project
+    pipeline = _pipeline(path)
+    roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+    with ZmqWithWorkers(pipeline) as ex:
+        gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, ex.executor,
+                           redis_server.client(socket_timeout=5, socket_connect_timeout=5))
+        try:
+            os.kill(redis_server.pid, signal.SIGKILL)
+            restart = threading.Timer(2.0, redis_server.ensure_running)  # back on the same socket, empty
+            restart.start()
+            try:
+                request = gateway.request("Probabilities", roi)  # retried on this thread while the server is down
+            finally:
+                restart.join()
+            assert np.allclose(request.result(timeout=60), whole_image(pipeline, image), atol=1e-6)
+        finally:
+            gateway.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_cache_server_that_refuses_writes_still_gets_blocks_computed_and_delivered(project, redis_server, caplog):
+    path, image = project
+    pipeline = _pipeline(path)
+    client = redis_server.client()
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # every write: OOM command not allowed
+    with ZmqWithWorkers(pipeline) as ex:
+        gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, ex.executor,
+                           client)
+        try:
+            values = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96))).result(timeout=60)
+            assert np.allclose(values, whole_image(pipeline, image), atol=1e-6)
+            assert gateway.status()["computed"] == 4 and client.dbsize() == 0
+            assert sum("refuses writes" in r.message for r in caplog.records) == 1  # one warning, not one per block
+        finally:
+            gateway.close()
