@@ -2,12 +2,13 @@
 
 Pure bookkeeping, no sockets and no threads: the executor calls it under its lock and sends what it
 decides. The rules live here: each worker gets at most one task in flight per process plus one
-queued; the slower side's heartbeat sets the silence limit; a lost worker's tasks go back to the
-queue (not the tasks' fault); a task far slower than its peers (10 x the recent median plus a floor)
-is re-dispatched and its worker counts as slow; a result must be exactly what its task asked for;
-with no worker for ``no_worker_timeout_s`` the queued tasks fail. Futures are never settled here:
-the methods return what settles them, for the executor to run outside its lock.
-"""
+queued; exports (background priority) fill at most one of those slots per process, so a visible
+tile never waits behind more than one export block per process; the slower side's heartbeat sets
+the silence limit; a lost worker's tasks go back to the queue (not the tasks' fault); a task far
+slower than its peers (10 x the recent median plus a floor) is re-dispatched and its worker counts
+as slow; a result must be exactly what its task asked for; with no worker for
+``no_worker_timeout_s`` the queued tasks fail. Futures are never settled here: the methods return
+what settles them, for the executor to run outside its lock."""
 
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ class RosterRules:
     max_attempts: int = 3
     no_worker_timeout_s: float | None = None
     deadline_floor_s: float = 30.0
+    background_priority: int = 3  # tasks this urgent or less (exports) fill at most one slot per process
 
 
 class Roster:
@@ -233,6 +235,9 @@ class Roster:
         sent = []
         for worker in sorted(self.workers.values(), key=lambda w: len(w.in_flight) / w.processes):
             while len(worker.in_flight) + len(worker.overdue) < 2 * worker.processes and self.queue:
+                if self.queue[0].priority >= self.rules.background_priority and self._background(worker) >= \
+                        worker.processes:
+                    break  # keep a slot per process for what a viewer needs next
                 job = heapq.heappop(self.queue)
                 if job.future.done():
                     continue
@@ -245,6 +250,9 @@ class Roster:
                 job.sent = time.monotonic()
                 sent.append((worker, key, job, needs_pipeline))
         return sent
+
+    def _background(self, worker: Remote) -> int:
+        return sum(job.priority >= self.rules.background_priority for job in worker.in_flight.values())
 
     def close(self) -> list[Settle]:
         """Empty the books; returns what fails every pending task."""

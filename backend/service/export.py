@@ -175,9 +175,12 @@ class _Progress:
 
 
 def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
+    """Request every piece, at most ``max_in_flight`` at a time; pieces another process is computing right
+    now are put off to the end (by then they are cached), so concurrent exports share the work."""
     pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
+    deferred: list[Roi] = []
     try:
-        for roi in pieces:
+        for roi in _own_first(gateway, options, pieces, deferred):
             bar.check()
             while len(pending) >= max_in_flight:
                 _drain(pending, writer, bar)
@@ -190,6 +193,18 @@ def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
     finally:
         for _, cancel in pending.values():
             cancel()
+
+
+def _own_first(gateway, options, pieces, deferred: list[Roi]):
+    """The pieces, those held by another process's claim when their turn comes moved to the end; if another
+    export is at the first piece already, from the last piece backwards (the two meet in the middle)."""
+    held = options.kind != OBJECTS and bool(pieces) and gateway.held_elsewhere(options.kind, pieces[0])
+    for roi in reversed(pieces) if held else pieces:
+        if options.kind != OBJECTS and gateway.held_elsewhere(options.kind, roi):
+            deferred.append(roi)
+        else:
+            yield roi
+    yield from deferred
 
 
 def _drain(pending: dict, writer: BlockWriter, bar) -> None:

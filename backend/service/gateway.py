@@ -8,13 +8,14 @@ blocks whose owner died. Nothing here imports Qt; the viewer observes requests t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -24,6 +25,7 @@ from backend.compute.geometry import Block, BlockGrid, Roi
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.errors import TransientError, UserError, is_deterministic
 from backend.io.sources import DataSource
+from backend.service.block_state import BlockState
 from backend.service.region import RegionRequest
 
 log = logging.getLogger(__name__)
@@ -43,21 +45,6 @@ class GatewayConfig:
     lease_s: float = 10.0
 
 
-@dataclass
-class _Block:
-    key: str
-    block: Block
-    kind: str
-    priority: int
-    waiters: list[RegionRequest] = field(default_factory=list)
-    token: str | None = None
-    task: BlockTask | None = None
-    future: Future | None = None
-    since: float = field(default_factory=time.monotonic)
-    produce: Callable[[], Future] | None = None  # computed here, not by the executor (a frame's objects)
-    expected: tuple[tuple[int, ...], np.dtype] | None = None  # shape and dtype of a valid cached value
-
-
 class Gateway:
     """Serves regions of raw data and classifier results for one image."""
 
@@ -67,7 +54,7 @@ class Gateway:
         self.on_cache_lost = on_cache_lost
         self.data_fingerprint = source.fingerprint()
         self.set_pipeline(pipeline)
-        self._blocks: dict[str, _Block] = {}
+        self._blocks: dict[str, BlockState] = {}
         self._lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0, "gateway_s": 0.0}
@@ -111,8 +98,8 @@ class Gateway:
             req._deliver(RAW, roi, self.source.read(roi))
             return req
         req = RegionRequest(self, kind, roi, self.pipeline.channels(kind), self.pipeline.dtype(kind), on_block)
-        fresh: list[_Block] = []
-        hurried: list[_Block] = []
+        fresh: list[BlockState] = []
+        hurried: list[BlockState] = []
         with self._lock:
             blocks = [(block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, b.roi), b)
                       for b in self.grid_for(block_shape or self.config.block_shape).blocks_in(roi)]
@@ -121,7 +108,7 @@ class Gateway:
                 state = self._blocks.get(key)
                 if state is None:
                     expected = (1, *block.roi.shape[1:], self.pipeline.channels(kind)), self.pipeline.dtype(kind)
-                    state = self._blocks[key] = _Block(key, block, kind, priority, expected=expected)
+                    state = self._blocks[key] = BlockState(key, block, kind, priority, expected=expected)
                     fresh.append(state)
                 elif priority < state.priority:
                     state.priority = priority
@@ -132,6 +119,18 @@ class Gateway:
         for state in fresh:
             self._look_up(state)
         return req
+
+    def held_elsewhere(self, kind: str, roi: Roi) -> bool:
+        """True if the one block under ``roi`` is being computed by another process (it holds the claim)."""
+        block = next(iter(self.grid.blocks_in(roi)))
+        key = block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, block.roi)
+        with self._lock:
+            if key in self._blocks:
+                return False
+        try:
+            return self.cache.leased(key)
+        except redis.RedisError:
+            return False
 
     def request_derived(self, key: str, roi: Roi, channels: int, dtype, produce: Callable[[], Future],
                         priority: int = 0) -> RegionRequest:
@@ -146,7 +145,7 @@ class Gateway:
             state = self._blocks.get(key)
             fresh = state is None
             if fresh:
-                state = self._blocks[key] = _Block(key, Block((), roi, roi), "derived", priority, produce=produce,
+                state = self._blocks[key] = BlockState(key, Block((), roi, roi), "derived", priority, produce=produce,
                                                    expected=((1, *roi.shape[1:], channels), np.dtype(dtype)))
             state.waiters.append(req)
         if fresh:
@@ -180,10 +179,8 @@ class Gateway:
             if state.future is not None:
                 self.executor.cancel(state.future)  # nobody will look at it any more
         for key, token in owned:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.cache.release(key, token, retry=False)  # closing: never wait for a dead cache
-            except redis.RedisError:
-                pass
         for state in waiting:
             for req in state.waiters:
                 req._fail(CacheUnavailable("the gateway was closed"))
@@ -193,14 +190,14 @@ class Gateway:
         with self._counter_lock:
             self.counters[name] += amount
 
-    def _look_up(self, state: _Block) -> None:
+    def _look_up(self, state: BlockState) -> None:
         started = time.perf_counter()
         try:
             self._serve(state)
         finally:
             self._count("gateway_s", time.perf_counter() - started)
 
-    def _serve(self, state: _Block) -> None:
+    def _serve(self, state: BlockState) -> None:
         try:
             if self._served_from_cache(state):
                 return
@@ -217,7 +214,7 @@ class Gateway:
             log.warning("block %s failed before it reached a worker: %s", state.key, exc)
             self._give_up(state, exc)
 
-    def _give_up(self, state: _Block, error: Exception) -> None:
+    def _give_up(self, state: BlockState, error: Exception) -> None:
         """Fail the block's waiters; record a deterministic error for everyone, else just free our claim."""
         token, state.token = state.token, None
         self._finish(state, error=error)
@@ -231,7 +228,7 @@ class Gateway:
         except redis.RedisError as exc:
             log.warning("could not release block %s: %s (its lease expires by itself)", state.key, exc)
 
-    def _served_from_cache(self, state: _Block) -> bool:
+    def _served_from_cache(self, state: BlockState) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
         if values is not None and (values.shape, values.dtype) != state.expected:
@@ -249,7 +246,7 @@ class Gateway:
             return True
         return False
 
-    def _compute(self, state: _Block) -> None:
+    def _compute(self, state: BlockState) -> None:
         if state.produce is not None:
             future = state.future = state.produce()
             future.add_done_callback(lambda f, s=state: self._computed(s, f))
@@ -260,7 +257,7 @@ class Gateway:
                                tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint)
         self._submit(state)
 
-    def _submit(self, state: _Block) -> None:
+    def _submit(self, state: BlockState) -> None:
         """Queue the block's task at its priority (again, if a more urgent request came meanwhile)."""
         priority = state.priority
         future = self.executor.submit(state.task, priority)
@@ -270,7 +267,7 @@ class Gateway:
         if state.priority < priority:
             self._hurry(state)
 
-    def _hurry(self, state: _Block) -> None:
+    def _hurry(self, state: BlockState) -> None:
         """Take a queued task off the executor's queue: its cancellation re-submits it at the new priority.
 
         Never called with the gateway lock held (the executor's callbacks take it).
@@ -279,7 +276,7 @@ class Gateway:
         if queued is not None and state.produce is None:
             self.executor.cancel(queued)
 
-    def _computed(self, state: _Block, future: Future) -> None:
+    def _computed(self, state: BlockState, future: Future) -> None:
         if future is not state.future:
             return
         started = time.perf_counter()
@@ -293,7 +290,7 @@ class Gateway:
         finally:
             self._count("gateway_s", time.perf_counter() - started)
 
-    def _cancelled(self, state: _Block) -> None:
+    def _cancelled(self, state: BlockState) -> None:
         """A task taken off the queue: submit it again if someone still wants it, else free the claim."""
         with self._lock:
             state.future = None
@@ -306,7 +303,7 @@ class Gateway:
             state.task = None
             self._give_up(state, TransientError("the block's computation was cancelled"))
 
-    def _store(self, state: _Block, future: Future) -> None:
+    def _store(self, state: BlockState, future: Future) -> None:
         error = future.exception()
         if error is not None:
             self._count("failed")
@@ -320,7 +317,7 @@ class Gateway:
         except redis.RedisError as exc:
             log.warning("could not store block %s: %s", state.key, exc)
 
-    def _finish(self, state: _Block, values: np.ndarray | None = None, error: Exception | None = None) -> None:
+    def _finish(self, state: BlockState, values: np.ndarray | None = None, error: Exception | None = None) -> None:
         key = state.key
         with self._lock:
             if self._blocks.get(key) is not state:

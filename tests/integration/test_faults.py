@@ -188,3 +188,30 @@ def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, 
             run.kill()
     assert len(run.seen) >= 4
     assert_all_gone(run.seen - {run.process.pid}, within=5)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupting_an_export_is_quick_and_leaves_nothing(project, tmp_path, how):
+    """Ctrl-C in a terminal reaches the whole foreground process group; SIGTERM only the app."""
+    run = Run(*export_args(project, str(tmp_path / "out")))
+    try:
+        run.wait_progress(2)
+        run.find("redis-server")
+        run.tree()
+        started = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(run.process.pid, signal.SIGINT)
+        else:
+            run.process.terminate()
+        code = run.finish(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    stderr = "".join(run.stderr)
+    assert code == 130, stderr[-2000:]
+    assert took < 5, f"took {took:.1f} s"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert os.listdir(tmp_path) == []  # neither the output nor its hidden partial file
+    assert_all_gone(run.seen - {run.process.pid}, within=5)

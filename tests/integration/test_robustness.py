@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import psutil
@@ -19,6 +20,7 @@ from backend.compute.threshold import ThresholdSettings
 from backend.distributed.zmq_executor import NoWorkers, ZmqExecutor
 from backend.errors import is_deterministic
 from backend.io.sources import open_source
+from backend.service.export import ExportOptions, run_export
 from backend.service.gateway import Gateway, GatewayConfig
 from backend.service.objects import request_frame
 from tests.integration.test_executor import _pipeline, _task, small_project
@@ -276,3 +278,29 @@ def test_a_cache_server_that_refuses_writes_still_gets_blocks_computed_and_deliv
             assert sum("refuses writes" in r.message for r in caplog.records) == 1  # one warning, not one per block
         finally:
             gateway.close()
+
+
+@pytest.mark.timeout(180)
+def test_two_exports_of_one_volume_share_the_work(project, redis_server, tmp_path):
+    path, _ = project
+    pipeline = _pipeline(path)
+    raw = os.path.join(os.path.dirname(path), "raw.h5/data")
+    with ZmqWithWorkers(pipeline, workers=2) as ex:
+        gateways = [Gateway(open_source(raw), pipeline, ex.executor, BlockCache(redis_server.client()),
+                            GatewayConfig((1, 6, 48, 48))) for _ in range(2)]
+        try:
+            options = [ExportOptions(fmt="npy", filename_pattern=str(tmp_path / f"out{i}"), progress=False,
+                                     block_shape=(1, 6, 48, 48)) for i in range(2)]
+            with ThreadPoolExecutor(2) as pool:  # the second starts while the first holds claims
+                first = pool.submit(run_export, gateways[0], "raw", options[0], max_in_flight=4)
+                deadline = time.monotonic() + 30
+                while gateways[0].status()["misses"] < 4 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                results = [run_export(gateways[1], "raw", options[1], max_in_flight=4), first.result(timeout=120)]
+            computed = [g.status()["computed"] for g in gateways]
+            assert sum(computed) == results[0].blocks == 16  # no block twice
+            assert min(computed) >= 3, computed  # both did a share, neither only waited for the other
+            assert np.array_equal(np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy"))
+        finally:
+            for g in gateways:
+                g.close()

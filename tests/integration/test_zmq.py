@@ -3,6 +3,7 @@
 import os
 import random
 import signal
+import threading
 import time
 
 import numpy as np
@@ -220,3 +221,44 @@ def test_sigterm_stops_a_worker_whose_gateway_is_gone(tmp_path):
         assert not alive, [p.cmdline() for p in alive]
     finally:
         kill_worker(proc)
+
+
+@pytest.mark.timeout(180)
+def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(project):
+    """Exports fill one slot per process; the second (queued) slot stays free for what a viewer needs.
+    Also what the README claims: never more than one task in flight plus one queued per process."""
+    path, image = project
+    pipeline = _pipeline(path)
+    with ZmqWithWorkers(pipeline, workers=1, processes=1) as ex:
+        finished: list[str] = []
+        lock = threading.Lock()
+
+        def record(name):
+            def done(_):
+                with lock:
+                    finished.append(name)
+            return done
+
+        exports = [ex.submit(_task(pipeline, image), priority=3) for _ in range(6)]
+        for f in exports:
+            f.add_done_callback(record("export"))
+        most_in_flight = 0
+        deadline = time.monotonic() + 30
+        while not finished and time.monotonic() < deadline:
+            most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
+            time.sleep(0.005)
+        assert most_in_flight == 1  # exports alone: one slot of the process
+        with lock:
+            before = len(finished)
+            visible = ex.submit(_task(pipeline, image), priority=0)
+        visible.add_done_callback(record("visible"))
+        visible.result(timeout=60)
+        for f in exports:
+            f.result(timeout=60)
+        assert finished.index("visible") - before <= 1, finished  # behind the running export block at most
+        views = [ex.submit(_task(pipeline, image), priority=0) for _ in range(6)]
+        for _ in range(100):
+            most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
+            time.sleep(0.005)
+        assert all(f.result(timeout=60) is not None for f in views)
+        assert most_in_flight == 2  # one computing plus one queued per process, never more
