@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from backend.compute.geometry import Roi
+from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
-from backend.io.project import ThresholdSettings
 from backend.service.export import ExportOptions
 
 MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo

@@ -8,8 +8,9 @@ import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import Pipeline
+from backend.compute.threshold import ThresholdSettings
 from backend.io.dataset import open_lane
-from backend.io.project import Project, ThresholdSettings, open_project
+from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource
 from backend.service.export import default_block_shape

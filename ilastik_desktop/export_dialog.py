@@ -7,8 +7,8 @@ import threading
 
 from PyQt5 import QtCore, QtWidgets
 
+from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
-from backend.io.project import ThresholdSettings
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
 from ilastik_desktop.document import Document

@@ -6,7 +6,7 @@ import dataclasses
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from backend.io.project import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings
 from ilastik_desktop.document import Document
 from viewer.model import ViewerModel
 

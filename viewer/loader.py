@@ -14,7 +14,7 @@ import numpy as np
 from PyQt5 import QtCore
 
 from backend.compute.geometry import Roi
-from backend.io.project import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from viewer.bridge import GuiBridge

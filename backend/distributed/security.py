@@ -3,7 +3,8 @@
 Keys are created on first use in the user's configuration directory (``keys/<role>.key`` holds the
 public key, ``keys/<role>.key_secret`` the secret one, readable by the user only). Peers are
 trusted when their public key was given explicitly or is listed in ``authorized_<role>s`` there
-(one Z85 key per line, ``#`` starts a comment). Loopback and ipc endpoints stay unencrypted.
+(one Z85 key per line, anything after it and a space is a comment; other lines starting with ``#``
+are comments). Loopback and ipc endpoints stay unencrypted.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def check_key(text: str, what: str = "public key") -> bytes:
     key = text.strip()
     try:
         valid = len(key) == KEY_LENGTH and len(zmq.utils.z85.decode(key.encode())) == 32
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # z85 raises ValueError, KeyError or struct.error for text that is not Z85
         valid = False
     if not valid:
         raise UserError(f"'{text}' is not a valid {what} (expected {KEY_LENGTH} Z85 characters, "
@@ -113,14 +114,17 @@ class KeyStore:
         keys: set[bytes] = set()
         try:
             with open(path, encoding="utf-8") as f:
-                lines = [line.split("#", 1)[0].strip() for line in f]
+                lines = [line.strip() for line in f]
         except FileNotFoundError:
             return keys
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read this allow-list ({exc})") from None
         for number, line in enumerate(lines, 1):
-            if line:
-                try:
-                    keys.add(check_key(line.split()[0]))
-                except UserError as exc:
+            token = line.split()[0] if line else ""
+            try:
+                keys.add(check_key(token))
+            except UserError as exc:
+                if token and not token.startswith("#"):  # '#' is a Z85 character too: a key may start with it
                     raise UserError(f"{path}, line {number}: {exc}") from None
         return keys
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import RESULT_KINDS
+from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
-from backend.io.project import ThresholdSettings
 from backend.io.sources import DataSource, split_internal_path
 from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway

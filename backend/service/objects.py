@@ -13,8 +13,7 @@ import numpy as np
 
 from backend.cache.block_cache import block_key
 from backend.compute.geometry import Roi
-from backend.compute.threshold import settings_fingerprint, threshold_frame
-from backend.io.project import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, settings_fingerprint, threshold_frame
 from backend.service.gateway import Gateway
 
 OBJECTS = "Objects"

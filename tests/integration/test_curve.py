@@ -4,6 +4,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -87,16 +89,22 @@ def test_listening_worker_accepts_only_its_gateways(project, tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     proc = start_worker("--listen", endpoint, "--gateway-key", trusted.public.decode(), "--config-dir",
                         str(tmp_path / "worker"))
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
     key = worker_key(tmp_path / "worker")
     try:
-        with ZmqExecutor(bind=None, identity=stranger, heartbeat_s=0.2) as ex:
-            ex.connect(endpoint, server_key=key)
-            assert not ex.wait_for_workers(1, timeout=3)
-        with ZmqExecutor(bind=None, identity=trusted, heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, identity=trusted, heartbeat_s=0.2) as ex:  # first: the worker is warm now
             ex.add_pipeline(pipeline)
             ex.connect(endpoint, server_key=key)
             assert ex.wait_for_workers(1, timeout=60)
             expected = pipeline.run(_task(pipeline, image))
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
+        with ZmqExecutor(bind=None, identity=stranger, heartbeat_s=0.2) as ex:
+            ex.connect(endpoint, server_key=key)
+            assert not ex.wait_for_workers(1, timeout=3)
+            deadline = time.monotonic() + 10  # its knocking arrived and was refused, not merely unanswered yet
+            while not any(stranger.public.decode() in line for line in lines) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any("refused" in line and stranger.public.decode() in line for line in lines), lines[-5:]
     finally:
         kill_worker(proc)

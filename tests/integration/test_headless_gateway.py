@@ -1,18 +1,19 @@
 """The headless export through the gateway: remote workers both ways, a shared cache, Objects."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
 import numpy as np
-import psutil
 import pytest
 
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
-from backend.compute.threshold import threshold_frame
-from backend.io.project import ThresholdSettings, open_project
+from backend.compute.threshold import ThresholdSettings, threshold_frame
+from backend.io.project import open_project
 from tests.conftest import REPO, run_cli
 from tests.integration.test_executor import small_project
+from tests.integration.test_faults import Run, assert_all_gone, wait_for
 from tests.integration.test_zmq import free_port
 from tests.integration.workers import kill_worker, start_worker
 
@@ -106,10 +107,18 @@ def test_compute_options_errors_are_one_clear_line(project, args, message):
 
 
 def test_nothing_is_left_running_after_an_export(project, tmp_path):
-    export(tmp_path, project, "clean", "--workers", "1")
-    leftovers = []
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if "--parent-pid" in line or "ilastik-desktop-redis" in line or "ilastik-desktop-" in line:
-            leftovers.append(line)
-    assert leftovers == []
+    """Only this export's own process tree is looked at (not every process on the machine by name)."""
+    run = Run("--headless", "--no-progress", "--project", project, "--output_format", "npy",
+              "--output_filename_format", str(tmp_path / "clean"), "--workers", "1")
+    try:
+        run.find("redis-server")
+        workers = run.find("ilastik_desktop.worker_cli")
+        wait_for(lambda: workers[0].children(), 60, "no compute process")
+        run.tree()
+        assert run.finish() == 0, "".join(run.stderr)
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    assert len(run.seen) >= 4  # app, redis-server, worker, compute process
+    assert_all_gone(run.seen - {run.process.pid}, within=5)
+    assert sorted(os.listdir(tmp_path)) == ["clean.npy"]

@@ -163,15 +163,21 @@ def test_random_and_truncated_messages_crash_neither_side(project):
     context = zmq.Context.instance()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     listener = start_worker("--listen", endpoint)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(listener.stderr.readline, "")), daemon=True).start()
     try:
         with ZmqWithWorkers(pipeline) as ex:
-            for target in (ex.address, endpoint):
+            for target, arrived in ((ex.address, lambda: ex.status()["dropped_messages"] >= 200),
+                                    (endpoint, lambda: any("(200 so far)" in line for line in lines))):
                 peer = context.socket(zmq.DEALER)
                 peer.setsockopt(zmq.LINGER, 0)
                 peer.connect(target)
                 for frames in junk:
                     peer.send_multipart([bytes(f) for f in frames] or [b""])
-                time.sleep(0.5)
+                deadline = time.monotonic() + 60  # proven arrived: the receiver counted at least 200 drops
+                while not arrived() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert arrived(), (ex.status()["dropped_messages"], lines[-3:])
                 peer.close()
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
             assert listener.poll() is None and all(p.poll() is None for p in ex.procs)

@@ -2,9 +2,10 @@ import os
 
 import pytest
 
+from backend.compute.threshold import ThresholdSettings
 from backend.errors import DataError, ProjectError
 from backend.io.dataset import open_lane
-from backend.io.project import ThresholdSettings, open_project
+from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 
 

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from backend.compute.threshold import settings_fingerprint, smooth, threshold_frame
-from backend.io.project import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, settings_fingerprint, smooth, threshold_frame
 
 
 def _probs(shape, blobs):
