@@ -1,4 +1,5 @@
 import os
+import time
 
 import h5py
 import numpy as np
@@ -157,3 +158,37 @@ def test_n5(tmp_path, volume, compression):
     assert source.axes == "zyx"
     assert np.array_equal(source.read(Roi((0, 0, 0, 0), (1, 4, 5, 6)))[0, ..., 0], expected)
     assert np.array_equal(source.read(Roi((0, 1, 1, 2), (1, 4, 4, 5)))[0, ..., 0], expected[1:4, 1:4, 2:5])
+
+
+def test_zarr_fingerprint_changes_when_a_chunk_is_rewritten_in_place(tmp_path, volume):
+    import zarr
+
+    path = str(tmp_path / "v.zarr")
+    array = zarr.open_array(path, mode="w", shape=volume.shape, chunks=(2, 5, 6), dtype=volume.dtype)
+    array[:] = volume
+    root_mtime = os.stat(path).st_mtime_ns
+    before = open_source(path).fingerprint()
+    array[0:2] = volume[0:2] + 1  # one chunk rewritten; the store's root folder is untouched
+    assert os.stat(path).st_mtime_ns == root_mtime
+    assert open_source(path).fingerprint() != before
+
+
+def test_n5_fingerprint_changes_when_a_block_is_rewritten_in_place(tmp_path, volume):
+    folder = tmp_path / "c.n5" / "vol"
+    _write_n5(str(folder), volume, (3, 2, 4), "raw")
+    before = open_source(str(folder)).fingerprint()
+    block = folder / "0" / "0" / "0"
+    block.write_bytes(block.read_bytes()[:-2] + b"\x00\x07")
+    later = time.time_ns() + 10**9  # a coarse file-system clock could otherwise keep the old time
+    os.utime(block, ns=(later, later))
+    assert open_source(str(folder)).fingerprint() != before
+
+
+def test_compressed_tiff_is_read_by_region_not_whole(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (6, 256, 256), dtype=np.uint8)
+    path = str(tmp_path / "c.tif")
+    tifffile.imwrite(path, image, compression="zlib", tile=(64, 64))
+    source = open_source(path)
+    assert not isinstance(source.array, np.ndarray)  # a lazy view: only the tiles a region touches are read
+    roi = Roi((0, 2, 60, 130), (1, 4, 100, 200))
+    assert np.array_equal(source.read(roi)[0, ..., 0], image[2:4, 60:100, 130:200])

@@ -104,6 +104,23 @@ class DataSource(ABC):
         return f"<{type(self).__name__} {self.description} {self.axes} {self.native_shape} {self.dtype}>"
 
 
+def tree_identity(path: str) -> str:
+    """For chunked formats (zarr, N5): file count, total size and newest modification time of every file
+    below ``path``, so that a chunk rewritten, added or removed in place changes the fingerprint. A rewrite
+    that keeps a chunk's size and modification time (a copy with preserved times) is not detected."""
+    if not os.path.isdir(path):
+        return file_identity(path)
+    count = size = newest = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            count, size, newest = count + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+    return f"{os.path.abspath(path)}|{count}|{size}|{newest}"
+
+
 def file_identity(path: str) -> str:
     """Path, size and modification time of a file or directory, for fingerprints."""
     try:

@@ -18,7 +18,7 @@ import struct
 import numpy as np
 
 from backend.errors import DataError
-from backend.io.sources.base import DataSource, file_identity
+from backend.io.sources.base import DataSource, tree_identity
 
 _DECOMPRESS = {"raw": lambda b: b, "gzip": gzip.decompress, "bzip2": bz2.decompress, "xz": lzma.decompress}
 
@@ -77,4 +77,4 @@ class N5Source(DataSource):
         return data[: int(np.prod(shape))].reshape(shape).astype(self.dtype)
 
     def _identity(self) -> str:
-        return f"{file_identity(os.path.join(self.path, 'attributes.json'))}|{super()._identity()}"
+        return f"{tree_identity(self.path)}|{super()._identity()}"

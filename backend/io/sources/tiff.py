@@ -1,4 +1,5 @@
-"""TIFF files (single and multi-page), memory-mapped when stored uncompressed."""
+"""TIFF files (single and multi-page): memory-mapped when stored uncompressed, else read by region through
+tifffile's zarr view (only the strips or tiles a region touches are decompressed, so memory stays bounded)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,16 @@ def _axes_from_tifffile(series_axes: str, shape: tuple[int, ...]) -> str | None:
     return axes if len(axes) == len(shape) else None
 
 
+def _by_region(path: str):
+    """The first series as a lazily read zarr array (the file stays open while the array is used)."""
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    array = zarr.open(tif.series[0].aszarr(), mode="r")
+    array.attrs  # noqa: B018 - fails early for a broken file
+    return array
+
+
 class TiffSource(DataSource):
     """The first image series of a TIFF file."""
 
@@ -37,9 +48,10 @@ class TiffSource(DataSource):
             raise DataError(f"{path}: not a readable TIFF file ({exc})") from None
         try:
             self.array = tifffile.memmap(path, mode="r")
-        except (ValueError, OSError):
-            self.array = tifffile.imread(path)
-        self.array = np.asarray(self.array).reshape(shape) if self.array.shape != shape else self.array
+        except (ValueError, OSError):  # compressed (or otherwise not mappable): read by region
+            self.array = _by_region(path)
+        if self.array.shape != shape:
+            self.array = np.asarray(self.array).reshape(shape)
         super().__init__(path, shape, dtype, axes or native_axes)
 
     def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:

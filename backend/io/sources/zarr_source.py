@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from backend.errors import DataError
-from backend.io.sources.base import DataSource, file_identity
+from backend.io.sources.base import DataSource, tree_identity
 
 
 def _ome_axes(attrs: dict) -> tuple[str, str] | None:
@@ -52,4 +54,5 @@ class ZarrSource(DataSource):
         return self.array[index]
 
     def _identity(self) -> str:
-        return f"{file_identity(self.path)}|{super()._identity()}"
+        array_folder = os.path.join(self.path, self.array.path) if self.array.path else self.path
+        return f"{tree_identity(array_folder)}|{super()._identity()}"
