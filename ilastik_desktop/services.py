@@ -105,9 +105,21 @@ class Services:
                 return
             if self.local and self.local.failure():  # a worker that died will never register
                 raise UserError(self.local.failure())
-        where = f"local workers (log: {self.local.log_path})" if self.local else "remote workers"
-        raise UserError(f"no {where} registered within {timeout:.0f} s; check that they run and can reach "
-                        f"{self.listen_address or self.executor.address}")
+        raise UserError(self._no_workers(timeout))
+
+    def _no_workers(self, timeout: float) -> str:
+        """Why no worker registered, pointing at what the user can check."""
+        if self.local:
+            return f"no local workers registered within {timeout:.0f} s (log: {self.local.log_path})"
+        refused = self.executor.status()["refused"][-3:]
+        if refused:
+            return f"no worker registered within {timeout:.0f} s: {'; '.join(refused)}"
+        hints = [f"no worker answered at {endpoint} (is 'ilastik-worker --listen' running there"
+                 + (", and is the key after the comma its key, see ilastik-worker --print-key?)" if key else "?)")
+                 for endpoint, key in self.settings.connect]
+        if self.listen_address:
+            hints.append(f"no worker connected to {self.listen_address} (start one with: {self.worker_command()})")
+        return f"no worker registered within {timeout:.0f} s: {'; '.join(hints)}"
 
     # -- changing the workers while running ------------------------------------------------------------
     def set_local_workers(self, processes: int) -> None:
@@ -130,6 +142,10 @@ class Services:
             if found:
                 return found[0]
             news = status["refused"][refused:]
+            keys = [r for r in news if r.startswith(f"{endpoint}:") and ("our key" in r or "handshake" in r)]
+            if keys:
+                self.executor.disconnect(endpoint)
+                raise UserError(keys[0])
             mismatch = [r for r in news if "protocol version" in r]
             if mismatch:
                 self.executor.disconnect(endpoint)

@@ -21,6 +21,7 @@ import zmq
 
 from backend.compute.pipeline import Pipeline
 from backend.distributed.executor import LocalExecutor
+from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
     Message,
@@ -121,13 +122,16 @@ class Worker:
         try:
             while not self._stopping:
                 sock = self._open()
+                monitor = HandshakeMonitor(sock, self.address) if self.config.secure else None
                 try:
                     self._wait_for_pool()  # bound or connected, but silent until the compute processes are warm
                     if self.config.connect:
                         _send(sock, self._ready())
-                    if self._serve(sock):
+                    if self._serve(sock, monitor):
                         backoff = 0.5
                 finally:
+                    if monitor:
+                        monitor.close()
                     sock.close(linger=0)
                 if not self._stopping:
                     log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.liveness,
@@ -149,11 +153,13 @@ class Worker:
                 log.warning("compute processes still starting after %.0f s; serving anyway", WARM_UP_LIMIT_S)
                 return
 
-    def _serve(self, sock: zmq.Socket) -> bool:
+    def _serve(self, sock: zmq.Socket, monitor: HandshakeMonitor | None = None) -> bool:
         """Handle the gateway until we stop (True) or, when connecting, until it goes silent (False)."""
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
+        if monitor:
+            poller.register(monitor.socket, zmq.POLLIN)
         interval = self.config.heartbeat_s
         last_heard = time.monotonic() if self.config.connect else None
         last_sent = time.monotonic()
@@ -162,6 +168,10 @@ class Worker:
             events = dict(poller.poll(interval * 1000 / 2))
             if self._wakeup.fileno() in events:
                 self._wakeup.drain()
+            if monitor and monitor.socket in events:
+                for failure in monitor.read():
+                    if self.config.connect or failure != REFUSED_OUR_KEY:  # refused gateways: the authenticator
+                        log.error("%s", self._explain(failure))
             if sock in events:
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -192,6 +202,17 @@ class Worker:
         if last_heard is not None:
             self._send(sock, encode("DISCONNECT"))
         return True
+
+    def _explain(self, failure: str) -> str:
+        endpoint, key = self.config.connect, self.config.identity.public.decode()
+        if self.config.listen:
+            return (f"a gateway failed the encrypted handshake on {self.address}: give it this worker's key "
+                    f"'{key}' (e.g. --connect tcp://HOST:PORT,{key})")
+        if failure == REFUSED_OUR_KEY:
+            return (f"the gateway at {endpoint} refused this worker's key '{key}': allow it there (Connect workers "
+                    f"dialog, --worker-key '{key}' or a line in its authorized_workers file)")
+        return (f"the encrypted handshake with the gateway at {endpoint} failed: check --gateway-key (the gateway "
+                "shows its key in Connect workers; 'ilastik-desktop --print-key' prints it)")
 
     def _admit(self, sock: zmq.Socket, peer: bytes, last_heard: float | None) -> bool:
         """Listening: serve the first gateway that speaks; refuse others while it is there."""

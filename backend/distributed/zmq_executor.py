@@ -24,6 +24,7 @@ from dataclasses import replace
 import zmq
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
     ProtocolError,
@@ -55,6 +56,7 @@ class ZmqExecutor:
         self._sockets: dict[int, zmq.Socket] = {}
         self._socket_numbers = itertools.count()
         self._outbound: dict[int, tuple[str, bytes]] = {}  # socket number -> (worker endpoint, routing id)
+        self._monitors: dict[int, HandshakeMonitor] = {}  # socket number -> its CURVE handshake monitor
         self._commands: queue.Queue = queue.Queue()
         self._messages: dict[str, tuple[dict, list]] = {}  # pipeline fingerprint -> its PIPELINE message
         self._lock = threading.Lock()
@@ -94,6 +96,8 @@ class ZmqExecutor:
                     self._send(route, encode("DISCONNECT"))
                     self.roster.drop(route, "disconnected by the user")
             del self._outbound[number]
+            if number in self._monitors:
+                self._monitors.pop(number).close()
             self._sockets.pop(number).close(linger=0)
 
     def _call(self, function: Callable) -> Future:
@@ -109,7 +113,10 @@ class ZmqExecutor:
         if secure:
             self.identity.make_server(sock)
         sock.bind(endpoint)
-        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if secure:
+            self._monitors[self._number(sock)] = HandshakeMonitor(sock, address)
+        return address
 
     def _connect(self, endpoint: str, server_key: bytes | None) -> None:
         sock = self._new_socket()
@@ -117,8 +124,11 @@ class ZmqExecutor:
             self.identity.make_client(sock, server_key)
         routing_id = uuid.uuid4().hex.encode()
         sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
+        number = self._number(sock)
+        if server_key is not None:
+            self._monitors[number] = HandshakeMonitor(sock, endpoint)
         sock.connect(endpoint)
-        self._outbound[self._number(sock)] = (endpoint, routing_id)
+        self._outbound[number] = (endpoint, routing_id)
 
     def _new_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -178,6 +188,8 @@ class ZmqExecutor:
         self._wakeup.wake()
         self._thread.join(timeout=10)
         self._completions.shutdown(wait=True)
+        for monitor in self._monitors.values():
+            monitor.close()
         for sock in self._sockets.values():
             sock.close(linger=0)
         if self.authenticator:
@@ -222,10 +234,15 @@ class ZmqExecutor:
         poller = zmq.Poller()
         for sock in self._sockets.values():
             poller.register(sock, zmq.POLLIN)
+        for monitor in self._monitors.values():
+            poller.register(monitor.socket, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
         events = dict(poller.poll(self.heartbeat_s * 1000 / 4))
         if self._wakeup.fileno() in events:
             self._wakeup.drain()
+        for number, monitor in self._monitors.items():
+            for failure in monitor.read() if monitor.socket in events else ():
+                self._refuse(self._explain(monitor.endpoint, failure, outbound=number in self._outbound))
         for number, sock in list(self._sockets.items()):
             while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -298,7 +315,19 @@ class ZmqExecutor:
                 settle = self.roster.complete(worker, message)
                 self._settle_later([settle] if settle else [])
 
+    def _explain(self, endpoint: str, failure: str, outbound: bool) -> str:
+        ours = self.identity.public.decode()
+        if not outbound:  # our listening socket; refused keys are reported by the authenticator
+            return (f"a worker failed the encrypted handshake on {endpoint}: start it with --gateway-key '{ours}'"
+                    if failure != REFUSED_OUR_KEY else "")
+        if failure == REFUSED_OUR_KEY:
+            return f"{endpoint}: the worker refused our key; start it with --gateway-key '{ours}'"
+        return (f"{endpoint}: the encrypted handshake failed; is the key given for it that worker's key "
+                "(ilastik-worker --print-key)?")
+
     def _refuse(self, why: str) -> None:
+        if not why:
+            return
         log.warning("refused %s", why)
         with self._lock:
             self._refused = (self._refused + [why])[-20:]

@@ -81,7 +81,8 @@ def write_synthetic_project(directory: str, spec: SyntheticProject, project_name
     path = os.path.join(directory, project_name)
     image, mask = blob_volume(spec.shape, seed=spec.seed, density=spec.density)
     with h5py.File(raw, "w") as f:
-        f.create_dataset("data", data=image, chunks=spec.chunks).attrs["axistags"] = axistags_json("zyx")
+        chunks = tuple(min(c, n) for c, n in zip(spec.chunks, image.shape))
+        f.create_dataset("data", data=image, chunks=chunks).attrs["axistags"] = axistags_json("zyx")
     features = FeatureSelection(FEATURE_IDS, tuple(spec.scales), tuple(tuple(r) for r in spec.selection),
                                 (False,) * len(spec.scales))
     args = dict(raw_path=f"{raw_name}/data", axes="zyx", shape=spec.shape, features=features,
