@@ -66,7 +66,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.export_action = menu.addAction("&Export...", self.open_export)
-        self.export_action.setEnabled(False)
+        self.change_raw_action = menu.addAction("Change &raw data...", self.ask_raw_data)
+        self.forget_raw_action = menu.addAction("&Forget remembered raw data", self.forget_raw_data)
+        for action in (self.export_action, self.change_raw_action, self.forget_raw_action):
+            action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
 
@@ -94,27 +97,55 @@ class MainWindow(QtWidgets.QMainWindow):
         if path:
             self.open_project(path)
 
-    def open_project(self, path: str, raw_data: str | None = None) -> None:
-        """Open ``path`` in the background (the raw data override, or the one remembered for it)."""
+    def open_project(self, path: str, raw_data: str | None = None, remember: bool = False) -> None:
+        """Open ``path`` in the background with ``raw_data`` (kept for next time if ``remember`` and it opens),
+        else the raw data remembered for it, else the project's own."""
         path = os.path.abspath(path)
-        raw_data = raw_data or self.settings.value(RAW_KEY + path, None)
+        remembered = self.settings.value(RAW_KEY + path, None)
         self.statusBar().showMessage(f"opening {path} ...")
-        self.io.submit(self._open_in_background, path, raw_data)
+        self.io.submit(self._open_in_background, path, raw_data or remembered,
+                       "remember" if remember and raw_data else "remembered" if not raw_data and remembered else "")
 
-    def _open_in_background(self, path: str, raw_data: str | None) -> None:
+    def _open_in_background(self, path: str, raw_data: str | None, memory: str) -> None:
         try:
             document = open_document(path, self.services, raw_data)
         except RawDataMissing as exc:
             self.bridge.post(self._locate_raw, path, exc)
             return
         except UserError as exc:
+            if memory == "remembered":  # it no longer fits (or reads): do not offer it again
+                self.bridge.post(self._forget, path)
+                exc = UserError(f"{exc}\n\nThe remembered raw data {raw_data} was forgotten; opening the project "
+                                "again uses the path it records.")
             self.bridge.post(self._fail, str(exc))
             return
         except Exception as exc:  # an unexpected failure is still a dialog, not a crash
             log.exception("opening %s failed", path)
             self.bridge.post(self._fail, f"{path}: {type(exc).__name__}: {exc}")
             return
+        if memory == "remember":
+            self.bridge.post(self.settings.setValue, RAW_KEY + path, raw_data)
         self.bridge.post(self._show, document)
+
+    def ask_raw_data(self) -> None:
+        """Ask for another raw data file for the open project; it is remembered once it opens and fits."""
+        if self.document is None:
+            return
+        path = self.document.project.path
+        chosen, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Raw data for " + os.path.basename(path),
+                                                          os.path.dirname(path))
+        if chosen:
+            self.open_project(path, chosen, remember=True)
+
+    def forget_raw_data(self) -> None:
+        """Forget the raw data remembered for the open project and reopen it with the path it records."""
+        if self.document is not None:
+            self._forget(self.document.project.path)
+            self.open_project(self.document.project.path)
+
+    def _forget(self, path: str) -> None:
+        self.settings.remove(RAW_KEY + path)
+        self.forget_raw_action.setEnabled(False)
 
     def _locate_raw(self, path: str, error: RawDataMissing) -> None:
         if not self.interactive:
@@ -128,8 +159,7 @@ class MainWindow(QtWidgets.QMainWindow):
             return
         internal = error.path.split(".h5/", 1)[1] if ".h5/" in error.path else ""
         raw = chosen + ("/" + internal if internal and chosen.endswith(".h5") else "")
-        self.settings.setValue(RAW_KEY + path, raw)
-        self.open_project(path, raw)
+        self.open_project(path, raw, remember=True)
 
     def _fail(self, message: str) -> None:
         self.statusBar().showMessage("could not open the project", 5000)
@@ -154,6 +184,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
         self.statusBar().showMessage(f"opened {document.project.path}", 3000)
         self.export_action.setEnabled(True)
+        self.change_raw_action.setEnabled(True)
+        self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
         self.loader.refresh()
         self.opened.emit(document)
 

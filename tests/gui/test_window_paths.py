@@ -1,6 +1,7 @@
 """Ways into a project: drag and drop, Open recent, locating moved raw data, error dialogs."""
 
 import os
+import shutil
 
 import pytest
 from PyQt5 import QtCore, QtGui, QtWidgets
@@ -88,3 +89,53 @@ def test_project_errors_are_dialogs_with_the_reader_message(qtbot, interactive_w
         interactive_window.open_project(broken)
     assert shown and "PixelClassNoClassifier.ilp" in shown[0] and "Traceback" not in shown[0]
     assert interactive_window.document is None
+
+
+def test_raw_data_that_does_not_fit_is_refused_and_not_remembered(qtbot, interactive_window, settings, data_dir,
+                                                                  monkeypatch):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass.ilp")  # 2D
+    volume = os.path.join(data_dir, "ilastik-api", "Data_3D.npy")
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "critical", lambda _parent, _title, text: shown.append(text))
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName", lambda *_: (volume, ""))
+    open_and_settle(qtbot, interactive_window, project)
+    opened = interactive_window.document
+    with qtbot.waitSignal(interactive_window.failed, timeout=60_000):
+        interactive_window.change_raw_action.trigger()
+    assert "Data_3D.npy" in shown[0] and "Traceback" not in shown[0]
+    assert not settings.contains("raw_data/" + project)
+    assert interactive_window.document is opened, "the open project stays"
+
+
+def test_changed_raw_data_is_remembered_until_forgotten(qtbot, interactive_window, settings, data_dir, tmp_path,
+                                                         monkeypatch):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    recorded = os.path.join(data_dir, "ilastik-api", "Data_3D.npy")
+    other = str(tmp_path / "other.npy")
+    shutil.copyfile(recorded, other)
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName", lambda *_: (other, ""))
+    open_and_settle(qtbot, interactive_window, project)
+    assert not interactive_window.forget_raw_action.isEnabled()
+    with qtbot.waitSignal(interactive_window.opened, timeout=60_000):
+        interactive_window.change_raw_action.trigger()
+    assert interactive_window.document.source.description == other
+    assert settings.value("raw_data/" + project) == other and interactive_window.forget_raw_action.isEnabled()
+    qtbot.waitUntil(interactive_window.loader.is_settled, timeout=180_000)
+    with qtbot.waitSignal(interactive_window.opened, timeout=60_000):
+        interactive_window.forget_raw_action.trigger()
+    assert interactive_window.document.source.description == recorded
+    assert not settings.contains("raw_data/" + project) and not interactive_window.forget_raw_action.isEnabled()
+    qtbot.waitUntil(interactive_window.loader.is_settled, timeout=180_000)
+
+
+def test_remembered_raw_data_that_no_longer_fits_is_forgotten(qtbot, interactive_window, settings, data_dir,
+                                                              monkeypatch):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass.ilp")
+    settings.setValue("raw_data/" + project, os.path.join(data_dir, "ilastik-api", "Data_3D.npy"))
+    shown = []
+    monkeypatch.setattr(QtWidgets.QMessageBox, "critical", lambda _parent, _title, text: shown.append(text))
+    with qtbot.waitSignal(interactive_window.failed, timeout=60_000):
+        interactive_window.open_project(project)
+    assert "forgotten" in shown[0]
+    qtbot.waitUntil(lambda: not settings.contains("raw_data/" + project), timeout=5_000)
+    open_and_settle(qtbot, interactive_window, project)  # the project's own raw data again
