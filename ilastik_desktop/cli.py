@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
@@ -12,6 +11,7 @@ from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportOptions
 from ilastik_desktop import __version__
 from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
+from ilastik_desktop.display import check_display
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +98,6 @@ def _window_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def _check_display() -> None:
-    """UserError when a window cannot be shown (Qt would abort with a plugin message and exit code 0)."""
-    platform = os.environ.get("QT_QPA_PLATFORM", "")
-    if sys.platform.startswith("linux") and not platform and not (os.environ.get("DISPLAY")
-                                                                   or os.environ.get("WAYLAND_DISPLAY")):
-        raise UserError("no display found: use --headless (or set DISPLAY)")
-
-
 def _remote_worker(text: str) -> tuple[str, bytes | None]:
     endpoint, _, key = text.partition(",")
     check_endpoint(endpoint, "--connect")
@@ -150,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             from ilastik_desktop.headless import run_headless
 
             return run_headless(settings_from_args(args))
-        _check_display()
+        check_display()
         from ilastik_desktop.app import run_gui
 
         return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,

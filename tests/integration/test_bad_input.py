@@ -114,6 +114,27 @@ def test_without_a_display_the_window_is_refused_with_a_hint(api):
     _assert_one_line_error(result, "no display found: use --headless")
 
 
+def test_missing_x11_libraries_are_named_with_their_packages(api):
+    from ilastik_desktop.display import debian_packages, missing_libraries, xcb_plugin
+
+    missing = missing_libraries(xcb_plugin())
+    if not missing:
+        pytest.skip("this machine has every library Qt's X11 plugin needs")
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env["DISPLAY"] = ":97"
+    result = subprocess.run([sys.executable, "-m", "ilastik_desktop", str(api / "PixelClass3D.ilp")], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    _assert_one_line_error(result, missing[0], "apt-get install " + " ".join(debian_packages(missing)))
+
+
+def test_debian_package_names_follow_the_sonames():
+    from ilastik_desktop.display import debian_packages
+
+    assert debian_packages(["libxcb-icccm.so.4", "libxkbcommon-x11.so.0", "libGL.so.1", "libX11-xcb.so.1",
+                            "libdbus-1.so.3", "libglib-2.0.so.0"]) == [
+        "libxcb-icccm4", "libxkbcommon-x11-0", "libgl1", "libx11-xcb1", "libdbus-1-3", "libglib2.0-0"]
+
+
 def test_retrain_keeps_the_project_files_permissions(api):
     project = api / "PixelClass3D.ilp"
     os.chmod(project, 0o640)
