@@ -14,6 +14,7 @@ from backend.distributed.security import CurveIdentity, KeyStore, check_endpoint
 from backend.distributed.worker import Worker, WorkerConfig
 from backend.errors import UserError
 from backend.processes import watch_parent
+from ilastik_desktop import __version__
 
 EPILOG = """\
 Endpoints that are not on this machine are encrypted and authenticated with CurveZMQ. The worker's
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ilastik-worker``."""
     p = argparse.ArgumentParser(prog="ilastik-worker", description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--connect", metavar="tcp://HOST:PORT", help="connect to a gateway listening there")
     where.add_argument("--listen", metavar="tcp://*:PORT", help="wait for a gateway to connect here")

@@ -134,3 +134,17 @@ def test_window_mode_reports_a_bad_project_and_exits(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "nope.ilp" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "shot.png").exists()
+
+
+def test_both_programs_print_their_version():
+    import subprocess
+    import sys
+
+    from ilastik_desktop import __version__
+    from tests.conftest import REPO
+
+    worker = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--version"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0 and worker.stdout.strip() == f"ilastik-worker {__version__}"
+    app = run_cli("--version")
+    assert app.returncode == 0 and app.stdout.strip() == f"ilastik-desktop {__version__}"
