@@ -77,9 +77,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cursor_label = QtWidgets.QLabel()
         self.statusBar().addWidget(self.cursor_label)
         self.workers_label, self.cache_label = QtWidgets.QLabel("workers: -"), QtWidgets.QLabel("cache: -")
-        self.pending = QtWidgets.QProgressBar(maximumWidth=180, textVisible=True)
-        self.pending.setFormat("%v blocks pending")
+        self.pending = QtWidgets.QProgressBar(maximumWidth=260, textVisible=True)
         self.pending.setRange(0, 1)
+        self._all_pending = 0  # blocks of every request of the open project (views, prefetch, exports, objects)
+        self._format_pending()
         for widget in (self.workers_label, self.cache_label, self.pending):
             self.statusBar().addPermanentWidget(widget)
 
@@ -323,11 +324,18 @@ class MainWindow(QtWidgets.QMainWindow):
         rate = f"{100 * status['hits'] / looked_up:.0f} %" if looked_up else "-"
         memory = status.get("cache_memory_mb")
         self.workers_label.setText(workers_summary(executor))
+        self._all_pending = status["blocks_in_progress"]
+        self._format_pending()
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
 
     def _show_pending(self, count: int) -> None:
         self.pending.setRange(0, max(count, self.pending.maximum() if count else 1))
         self.pending.setValue(count)
+        self._format_pending()
+
+    def _format_pending(self) -> None:
+        """The bar counts the blocks the views wait for; its text also gives every request's blocks."""
+        self.pending.setFormat(f"%v visible, {max(self._all_pending, self.pending.value(), 0)} in all pending")
 
     def close_document(self) -> None:
         """Stop showing the current project and release its gateway."""
@@ -337,6 +345,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.document is not None:
             self.document.close()
             self.document = None
+        self._all_pending = 0
+        self._show_pending(0)
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
         self.status_timer.stop()

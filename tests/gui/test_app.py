@@ -140,7 +140,7 @@ def test_connect_dialog_adds_a_listening_worker_and_reports_a_wrong_key(qtbot, w
         dialog.key.setText(worker_key(tmp_path / "stranger").decode())  # not this worker's key
         with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as wrong:
             dialog.connect_button.click()
-        assert wrong.args[0] is False and "did not accept us" in wrong.args[1]
+        assert wrong.args[0] is False and "handshake failed" in wrong.args[1] and "--print-key" in wrong.args[1]
         dialog.key.setText(worker_key(tmp_path / "worker").decode())
         with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as right:
             dialog.connect_button.click()
