@@ -5,6 +5,7 @@ They are started together, handed to gateways, and stopped together; nothing is 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import socket
@@ -38,6 +39,26 @@ def _probe(endpoint: str) -> None:
         socket.create_connection((parts.hostname, port), timeout=3).close()
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{endpoint} is unreachable ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def machine_name() -> str:
+    """The name (else the address) other machines know this one by; never a loopback name."""
+    for name in (socket.getfqdn(), socket.gethostname()):
+        if name and not name.startswith("localhost") and not _is_loopback(name):
+            return name
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def _is_loopback(name: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(name, None))
+    except (OSError, ValueError):
+        return False
 
 
 class Services:
@@ -179,7 +200,7 @@ class Services:
         """The command to run on a remote machine so its worker connects to us."""
         host, port = self.accept_workers().removeprefix("tcp://").rsplit(":", 1)
         if host in ("0.0.0.0", "*", "[::]", "::"):
-            host = socket.getfqdn()  # bound to every interface: the name others know this machine by
+            host = machine_name()  # bound to every interface
         return (f"ilastik-worker --connect tcp://{host}:{port} "
                 f"--gateway-key '{self.identity.public.decode()}'")
 

@@ -58,3 +58,18 @@ def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
             gateway.close()
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                    for pid in children)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("listen", ["tcp://127.0.0.1:0", "tcp://*:0"])
+def test_the_printed_worker_command_names_the_address_we_listen_on(tmp_path, listen):
+    from ilastik_desktop.services import machine_name
+
+    settings = ComputeSettings(workers=0, listen=listen, config_dir=str(tmp_path), cache_mb=64)
+    with Services(settings) as services:
+        port = services.listen_address.rsplit(":", 1)[1]
+        host = "127.0.0.1" if "127.0.0.1" in listen else machine_name()  # every interface: this machine's name
+        command = services.worker_command()
+        assert f"--connect tcp://{host}:{port} " in command and "localhost" not in command
+        assert services.identity.public.decode() in command
+    assert not machine_name().startswith(("localhost", "127."))
