@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -88,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: worker.stop())
     try:
         worker.run()
+        code = 0
     except zmq.ZMQError as exc:
         print(f"ilastik-worker: error: cannot use {args.connect or args.listen}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        code = 2
+    # The compute processes are ended (see LocalExecutor.close). Leave without the interpreter's exit hooks:
+    # one joins the process pool's manager thread, which a process killed while writing a result leaves
+    # blocked for good.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

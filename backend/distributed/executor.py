@@ -53,12 +53,14 @@ def _run_task(task: BlockTask, folder: str) -> tuple[np.ndarray, float]:
 
 
 def _warm_up_process(warmed, parent_pid: int) -> None:
-    """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C to it, warm up."""
+    """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C and SIGTERM to it
+    (a process killed while it writes a result would leave the pool's reader waiting forever), warm up."""
     from backend.compute.warmup import warm_up
     from backend.processes import watch_parent
 
     watch_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
     warm_up()
     warmed.release()
 
@@ -133,7 +135,7 @@ class LocalExecutor:
         try:
             inner = self._pool.submit(_run_task, task, self._folder)
         except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            _end_pool(self._pool, grace_s=0.0)
             self._pool = self._new_pool()
             inner = self._pool.submit(_run_task, task, self._folder)
         outer: Future = Future()
@@ -171,9 +173,9 @@ class LocalExecutor:
         return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done,
                 "compute_s": round(self.compute_s, 3)}
 
-    def close(self) -> None:
-        """Cancel what is queued, join the worker processes and delete the pipeline files."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, grace_s: float = 2.0) -> None:
+        """Cancel what is queued, give running tasks ``grace_s`` seconds, end the processes, delete the files."""
+        _end_pool(self._pool, grace_s)
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> LocalExecutor:
@@ -181,3 +183,17 @@ class LocalExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _end_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
+    """Shut ``pool`` down without waiting on its manager thread (which a process killed while writing a result
+    leaves blocked for good): join its processes for ``grace_s`` seconds, then kill what is left."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # the pool's own; gone after shutdown
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)

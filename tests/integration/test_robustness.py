@@ -304,3 +304,23 @@ def test_two_exports_of_one_volume_share_the_work(project, redis_server, tmp_pat
         finally:
             for g in gateways:
                 g.close()
+
+
+@pytest.mark.timeout(120)
+def test_closing_a_local_pool_never_waits_on_a_stuck_compute_process(project):
+    """A compute process that never finishes its task (stopped here; in the field, one killed while writing
+    its result leaves the pool's reader blocked) must not hold up closing: it is killed after the grace time."""
+    from backend.distributed.executor import LocalExecutor
+
+    path, image = project
+    pipeline = _pipeline(path)
+    pool = LocalExecutor(pipeline, workers=1)
+    assert pool.wait_ready(60)
+    compute = [p for p in psutil.Process().children() if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(compute) == 1
+    os.kill(compute[0].pid, signal.SIGSTOP)
+    pool.submit(_task(pipeline, image))
+    started = time.monotonic()
+    pool.close(grace_s=0.5)
+    assert time.monotonic() - started < 5
+    assert not compute[0].is_running() or compute[0].status() == psutil.STATUS_ZOMBIE
