@@ -10,7 +10,7 @@ from backend.errors import UserError
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportOptions
 from ilastik_desktop import __version__
-from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
+from ilastik_desktop.config import ComputeSettings, Settings, attach_key_values, parse_block_shape
 from ilastik_desktop.display import check_display
 
 
@@ -127,7 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return 2."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_key_values(sys.argv[1:] if argv is None else argv, ("--worker-key",)))
     try:
         if args.print_key:
             print(KeyStore(args.config_dir).keypair("gateway")[0].decode())

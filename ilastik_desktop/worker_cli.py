@@ -16,6 +16,7 @@ from backend.distributed.worker import Worker, WorkerConfig
 from backend.errors import UserError
 from backend.processes import watch_parent
 from ilastik_desktop import __version__
+from ilastik_desktop.config import attach_key_values
 
 EPILOG = """\
 Endpoints that are not on this machine are encrypted and authenticated with CurveZMQ. The worker's
@@ -72,7 +73,7 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run until interrupted or terminated; user errors print one line and return 2."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_key_values(sys.argv[1:] if argv is None else argv, ("--gateway-key",)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ilastik-worker: %(message)s", stream=sys.stderr)
     if args.parent_pid:

@@ -108,3 +108,14 @@ def test_listening_worker_accepts_only_its_gateways(project, tmp_path):
             assert any("refused" in line and stranger.public.decode() in line for line in lines), lines[-5:]
     finally:
         kill_worker(proc)
+
+
+def test_keys_beginning_with_a_dash_are_taken_as_keys(tmp_path):
+    """A Z85 key may begin with '-' (1 in 85): argparse must not take it for an option."""
+    key = "-" + worker_key(tmp_path)[1:].decode()  # a key of the right form that nobody holds
+    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--gateway-key", key, "--config-dir",
+                          str(tmp_path), "--print-key"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "expected one argument" not in out.stderr, out.stderr
+    app = subprocess.run([sys.executable, "-m", "ilastik_desktop", "--worker-key", key, "--config-dir",
+                          str(tmp_path), "--print-key"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert app.returncode == 0 and "expected one argument" not in app.stderr, app.stderr

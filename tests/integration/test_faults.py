@@ -215,3 +215,46 @@ def test_interrupting_an_export_is_quick_and_leaves_nothing(project, tmp_path, h
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
     assert os.listdir(tmp_path) == []  # neither the output nor its hidden partial file
     assert_all_gone(run.seen - {run.process.pid}, within=5)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_standalone_worker_stopped_mid_task_ends_quietly_with_its_compute_processes(project, sig):
+    """Ctrl-C in the worker's terminal (SIGINT to its whole process group) or SIGTERM, while it computes."""
+    from backend.distributed.zmq_executor import ZmqExecutor
+    from tests.integration.test_executor import _pipeline
+    from tests.integration.workers import kill_worker, start_worker
+
+    pipeline = _pipeline(project)
+    image = np.zeros((64, 256, 256), np.uint8)
+    with ZmqExecutor(heartbeat_s=0.5) as ex:
+        ex.add_pipeline(pipeline)
+        worker = start_worker("--connect", ex.address, processes=2, heartbeat=0.5)
+        try:
+            assert ex.wait_for_workers(1, timeout=60)
+            tree = {worker.pid} | {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+            futures = [ex.submit(_whole_task(pipeline, image)) for _ in range(6)]
+            wait_for(lambda: ex.status()["workers"][0]["in_flight"] > 0 if ex.status()["workers"] else False, 30,
+                     "the worker took no task")
+            time.sleep(0.3)  # mid-task
+            started = time.monotonic()
+            os.killpg(worker.pid, sig) if sig == signal.SIGINT else worker.send_signal(sig)
+            code = worker.wait(timeout=30)
+            took = time.monotonic() - started
+            stderr = worker.stderr.read()
+        finally:
+            kill_worker(worker)
+        for future in futures:
+            future.cancel()
+    assert code == 0, stderr
+    assert took < 5, f"took {took:.1f} s"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert_all_gone(tree, within=5)
+
+
+def _whole_task(pipeline, image):
+    from backend.compute.pipeline import BlockTask
+
+    target = ((0, 32), (0, 128), (0, 128))
+    raw = image[:40, :136, :136, None]
+    return BlockTask("k", "Probabilities", raw, (0, 0, 0), image.shape, target, pipeline.fingerprint())
