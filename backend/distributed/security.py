@@ -88,25 +88,35 @@ class KeyStore:
             raise UserError(f"cannot create or read the key pair in {os.path.dirname(public_path)}: "
                             f"{exc.strerror or exc}") from None
         try:
-            with open(public_path, "rb") as f:
-                public = f.read().strip()
             with open(secret_path, "rb") as f:
                 secret = f.read().strip()
-            check_key(public.decode()), check_key(secret.decode(), "secret key")
-        except (OSError, UnicodeDecodeError, UserError) as exc:
+            check_key(secret.decode(), "secret key")
+            public = zmq.curve_public(secret)  # the secret decides: the public file is a copy for the user
+        except (OSError, UnicodeDecodeError, UserError, zmq.ZMQError) as exc:
             raise UserError(f"the key pair in {os.path.dirname(public_path)} is unreadable ({exc}); "
                             f"delete {role}.key and {role}.key_secret to create a new one") from None
         return public, secret
 
     def _create(self, public_path: str, secret_path: str) -> None:
-        os.makedirs(os.path.dirname(public_path), mode=0o700, exist_ok=True)
+        """Create the pair unless another process does so at the same time: the secret is written in full under
+        a temporary name and linked into place, which fails if it exists, so every process uses the same pair."""
+        folder = os.path.dirname(public_path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         public, secret = zmq.curve_keypair()
-        with open(public_path, "wb") as f:
-            f.write(public + b"\n")
-        descriptor = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        temporary = os.path.join(folder, f".{os.getpid()}-{threading.get_ident()}.key_secret")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as f:
             f.write(secret + b"\n")
-        log.info("created a new key pair in %s", os.path.dirname(public_path))
+        try:
+            os.link(temporary, secret_path)
+        except FileExistsError:
+            return  # another process was first: its pair is the one
+        finally:
+            os.unlink(temporary)
+        with open(public_path + ".tmp", "wb") as f:
+            f.write(public + b"\n")
+        os.replace(public_path + ".tmp", public_path)
+        log.info("created a new key pair in %s", folder)
 
     def authorized(self, role: str) -> set[bytes]:
         """The public keys listed in ``authorized_<role>s`` (empty when the file does not exist)."""

@@ -119,3 +119,25 @@ def test_keys_beginning_with_a_dash_are_taken_as_keys(tmp_path):
     app = subprocess.run([sys.executable, "-m", "ilastik_desktop", "--worker-key", key, "--config-dir",
                           str(tmp_path), "--print-key"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert app.returncode == 0 and "expected one argument" not in app.stderr, app.stderr
+
+
+def test_processes_creating_the_key_pair_at_once_agree_on_one(tmp_path):
+    """A worker started while its key is printed (a test, a script) must use the key that was printed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for attempt in range(20):
+        folder = str(tmp_path / str(attempt))
+        barrier = threading.Barrier(8)
+
+        def create(_, folder=folder, barrier=barrier):
+            barrier.wait()
+            return KeyStore(folder).keypair("worker")
+
+        with ThreadPoolExecutor(8) as pool:
+            pairs = set(pool.map(create, range(8)))
+        assert len(pairs) == 1, f"attempt {attempt}: {len(pairs)} different key pairs"
+        public, _ = pairs.pop()
+        assert (tmp_path / str(attempt) / "keys" / "worker.key").read_bytes().strip() == public
+    procs = [subprocess.Popen([sys.executable, "-m", "ilastik_desktop.worker_cli", "--print-key", "--config-dir",
+                               str(tmp_path / "p")], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    assert len({proc.communicate(timeout=60)[0].strip() for proc in procs}) == 1
