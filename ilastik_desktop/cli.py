@@ -12,6 +12,7 @@ from backend.service.export import EXPORT_SOURCES, ExportOptions
 from ilastik_desktop import __version__
 from ilastik_desktop.config import ComputeSettings, Settings, attach_key_values, parse_block_shape
 from ilastik_desktop.display import check_display
+from ilastik_desktop.frozen import announce_first_start
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ilastik-desktop",
         description="Open ilastik pixel-classification projects and compute their predictions block by block.",
+        epilog="'ilastik-desktop worker [OPTIONS]' runs a compute worker, the same as 'ilastik-worker [OPTIONS]'.",
     )
     p.add_argument("project_file", nargs="?", metavar="PROJECT.ilp", help="the ilastik project to open")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -127,11 +129,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and return 2."""
-    args = build_parser().parse_args(attach_key_values(sys.argv[1:] if argv is None else argv, ("--worker-key",)))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # one program for every role (the bundle has no separate worker executable)
+        from ilastik_desktop.worker_cli import main as worker_main
+
+        return worker_main(argv[1:])
+    args = build_parser().parse_args(attach_key_values(argv, ("--worker-key",)))
     try:
         if args.print_key:
             print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
             return 0
+        announce_first_start()
         if args.demo_project:
             from ilastik_desktop.demo import write_demo_project
 

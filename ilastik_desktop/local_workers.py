@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 
 from backend.processes import stop_group
+from ilastik_desktop.frozen import worker_command
 
 log = logging.getLogger(__name__)
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S
@@ -29,7 +29,7 @@ class LocalWorkers:
     def __init__(self, endpoint: str, processes: int, folder: str, heartbeat_s: float = 1.0):
         self.endpoint, self.processes = endpoint, processes
         self.log_path = os.path.join(folder, "local-workers.log")
-        self._command = [sys.executable, "-m", "ilastik_desktop.worker_cli", "--connect", endpoint, "--processes",
+        self._command = [*worker_command(), "--connect", endpoint, "--processes",
                          str(processes), "--heartbeat", str(heartbeat_s), "--parent-pid", str(os.getpid())]
         self.restarts: list[float] = []  # monotonic times of the restarts within the window
         self._gave_up: str | None = None

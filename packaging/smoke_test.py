@@ -1,0 +1,164 @@
+"""Smoke test of the bundle through the bundle alone (run by packaging/smoke-test with Debian's python3,
+which has numpy, h5py and vigra for the comparisons; the bundle runs with no virtualenv and no project
+source on PATH or PYTHONPATH, in a fresh folder with a fresh HOME).
+
+    packaging/smoke-test dist/ilastik-desktop-VERSION-linux-x86_64.tar.gz [--reference WHEEL_APP]
+
+WHEEL_APP is the wheel's ilastik-desktop (default: build/venv/bin/ilastik-desktop, installed by
+packaging/build): the demo exported by both must be equal bit for bit.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import vigra
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+results = []
+
+
+def check(name, condition, detail=""):
+    """Record and print one check."""
+    results.append((name, bool(condition)))
+    print(f"{'PASS' if condition else 'FAIL'}  {name}{': ' + detail if detail else ''}", flush=True)
+
+
+def run(cmd, env, timeout=600, **kw):
+    """Run a command in the user's home (not in this repository); (completed process, seconds)."""
+    started = time.monotonic()
+    done = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=env["HOME"], **kw)
+    return done, time.monotonic() - started
+
+
+def export_args(out):
+    return ["--headless", "--no-progress", "--output_format", "npy", "--output_filename_format", out]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ours_still_running(folder):
+    """Processes whose program or command line lies in ``folder``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if folder in exe or folder in cmdline:
+            found.append(f"{pid} {cmdline.replace(chr(0), ' ')[:120]}")
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("tarball")
+    parser.add_argument("--reference", default=os.path.join(REPO, "build", "venv", "bin", "ilastik-desktop"))
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="ilastik-smoke-")
+    try:
+        subprocess.run(["tar", "-xzf", os.path.abspath(args.tarball), "-C", work], check=True)
+        bundle = os.path.join(work, os.listdir(work)[0])
+        app = os.path.join(bundle, "ilastik-desktop", "ilastik-desktop")
+        env = {"PATH": "/usr/bin:/bin", "HOME": os.path.join(work, "home"), "LANG": "C.UTF-8",
+               "QT_QPA_PLATFORM": "offscreen"}
+        os.makedirs(env["HOME"])
+        before = _files(bundle)
+        checks(work, bundle, app, env, args.reference)
+        written = sorted(_files(bundle) - before)
+        check("nothing written into the bundle", not written, ", ".join(written[:5]))
+        time.sleep(1)
+        left = ours_still_running(work)
+        check("no process of the bundle left", not left, "; ".join(left))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    failed = [name for name, ok in results if not ok]
+    print(f"\n{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+def checks(work, bundle, app, env, reference):
+    done, seconds = run([app, "--version"], env)
+    check("--version", done.returncode == 0 and done.stdout.startswith("ilastik-desktop "),
+          f"{done.stdout.strip()} in {seconds:.1f} s")
+
+    demo = os.path.join(work, "demo")
+    done, seconds = run([app, "--demo-project", demo, *export_args(os.path.join(work, "demo-bundle"))], env)
+    check("demo exported headless (first start: says it compiles the kernels)",
+          done.returncode == 0 and "first start: compiling" in done.stderr, f"{seconds:.1f} s {done.stderr[-300:]}")
+    done, seconds = run([app, "--project", os.path.join(demo, "demo.ilp"),
+                         *export_args(os.path.join(work, "demo-bundle-2"))], env)
+    check("demo exported again (kernels from the user's cache)", done.returncode == 0, f"{seconds:.1f} s")
+    done, _ = run([reference, "--project", os.path.join(demo, "demo.ilp"),
+                   *export_args(os.path.join(work, "demo-wheel"))], dict(os.environ, HOME=env["HOME"]))
+    same = done.returncode == 0 and _equal(work, "demo-bundle.npy", "demo-wheel.npy")
+    check("demo export equal bit for bit to the wheel's", same, done.stderr.strip()[-300:])
+
+    seed = os.path.join(SHARED, "data", "seed")
+    if os.path.isdir(seed):
+        raw = os.path.join(seed, "raw.h5/exported_data")
+        out = os.path.join(work, "seed")
+        done, _ = run([app, "--project", os.path.join(seed, "pc.ilp"), "--raw_data", raw, *export_args(out)], env)
+        oracle, _ = run(["/usr/bin/python3", os.path.join(SHARED, "tools", "vigra_reference.py"), "--project",
+                         os.path.join(seed, "pc.ilp"), "--raw", raw, "--out", out + "-vigra.npy"], dict(os.environ))
+        check("seed project within ilastik's tolerance of vigra", done.returncode == 0 and oracle.returncode == 0
+              and _tolerated(np.load(out + ".npy"), np.load(out + "-vigra.npy")), done.stderr.strip()[-300:])
+    else:
+        check("seed project within ilastik's tolerance of vigra", False, f"{seed} is missing")
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    worker = subprocess.Popen([os.path.join(bundle, "ilastik-worker"), "--listen", endpoint, "--processes", "1"],
+                              env=env, stderr=subprocess.DEVNULL, cwd=env["HOME"], start_new_session=True)
+    try:
+        done, seconds = run([app, "--project", os.path.join(demo, "demo.ilp"), "--workers", "0", "--connect",
+                             endpoint, *export_args(os.path.join(work, "demo-remote"))], env)
+        check("a listening worker of the bundle serves an export of the bundle",
+              done.returncode == 0 and _equal(work, "demo-remote.npy", "demo-bundle.npy"),
+              f"{seconds:.1f} s {done.stderr.strip()[-300:]}")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+    shot = os.path.join(work, "shot.png")
+    done, seconds = run([app, "--project", os.path.join(demo, "demo.ilp"), "--screenshot", shot], env)
+    image = np.asarray(vigra.impex.readImage(shot)) if os.path.exists(shot) else np.zeros(1)
+    check("screenshot of the demo (offscreen), not blank", done.returncode == 0 and image.std() > 10,
+          f"{seconds:.1f} s to the complete window, pixel std {image.std():.1f}")
+
+    done, _ = run([app, "--headless", "--project", os.path.join(work, "nope.ilp")], env)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    check("a mistake exits 2 with one line", done.returncode == 2 and len(lines) == 1, done.stderr.strip())
+
+
+def _files(folder):
+    return {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
+
+
+def _equal(work, a, b):
+    first, second = np.load(os.path.join(work, a)), np.load(os.path.join(work, b))
+    return first.dtype == second.dtype and np.array_equal(first, second)
+
+
+def _tolerated(ours, theirs):
+    """ilastik's cross-platform rule: at most 0.1 % of values off by >= 0.015, none by >= 0.15."""
+    diff = np.abs(ours.reshape(theirs.shape).astype(np.float64) - theirs)
+    return (diff >= 0.015).mean() <= 0.001 and diff.max() < 0.15
+
+
+if __name__ == "__main__":
+    sys.exit(main())
