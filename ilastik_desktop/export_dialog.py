@@ -12,6 +12,7 @@ from backend.errors import UserError
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
 from ilastik_desktop.document import Document
+from ilastik_desktop.frozen import open_externally
 from viewer.bridge import GuiBridge
 
 
@@ -45,9 +46,13 @@ class ExportDialog(QtWidgets.QDialog):
         self.start.clicked.connect(self.start_export)
         self.stop = QtWidgets.QPushButton("Cancel", enabled=False)
         self.stop.clicked.connect(self.cancel_export)
+        self.show_folder = QtWidgets.QPushButton("Show in folder", enabled=False)
+        self.show_folder.clicked.connect(lambda: open_externally(os.path.dirname(self.written)))
+        self.written = ""
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.start)
         buttons.addWidget(self.stop)
+        buttons.addWidget(self.show_folder)
         form.addRow("Source", self.source)
         form.addRow("Format", self.format)
         form.addRow("File", row)
@@ -92,6 +97,8 @@ class ExportDialog(QtWidgets.QDialog):
         self.progress.setValue(done)
 
     def _finished(self, path: str, message: str) -> None:
+        self.written = path
+        self.show_folder.setEnabled(bool(path))  # the desktop's file manager, with the user's own libraries
         self.start.setEnabled(True)
         self.stop.setEnabled(False)
         self.message.setText(message)

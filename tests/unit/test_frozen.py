@@ -1,0 +1,37 @@
+"""Running from the bundle: the worker role through the one executable, and programs outside the bundle
+started with the user's own library path (PyInstaller's bootloader puts the bundle's libraries first)."""
+
+import os
+import sys
+import time
+
+from ilastik_desktop.frozen import external_environment, open_externally, worker_command
+
+
+def test_outside_the_bundle_workers_run_as_a_module(monkeypatch):
+    monkeypatch.delattr(sys, "frozen", raising=False)
+    assert worker_command() == [sys.executable, "-m", "ilastik_desktop.worker_cli"]
+
+
+def test_in_the_bundle_the_executable_serves_the_worker_role(monkeypatch):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert worker_command() == [sys.executable, "worker"]
+
+
+def test_programs_outside_the_bundle_get_the_users_library_path_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/bundle/_internal")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/home/me/lib")
+    assert external_environment()["LD_LIBRARY_PATH"] == "/home/me/lib"
+    opener = tmp_path / "xdg-open"  # stands in for the desktop's opener: records what it was given
+    opener.write_text(f'#!/bin/sh\necho "$1 ${{LD_LIBRARY_PATH-unset}}" > {tmp_path}/opened\n')
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    open_externally("/some/folder")
+    deadline = time.monotonic() + 10
+    while not ((tmp_path / "opened").exists() and (tmp_path / "opened").read_text().endswith("\n")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "opened").read_text().split() == ["/some/folder", "/home/me/lib"]
+    monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")
+    assert "LD_LIBRARY_PATH" not in external_environment()  # the user had none
