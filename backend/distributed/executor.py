@@ -175,7 +175,10 @@ class LocalExecutor:
 
     def close(self, grace_s: float = 2.0) -> None:
         """Cancel what is queued, give running tasks ``grace_s`` seconds, end the processes, delete the files."""
+        if self._pool is None:
+            return
         _end_pool(self._pool, grace_s)
+        self._pool = self._warmed = None  # the last references: the warm-up semaphore is unlinked now
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> LocalExecutor:
