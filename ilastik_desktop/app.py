@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from ilastik_desktop.config import ComputeSettings
+from ilastik_desktop.frozen import resource_path
 
 
 def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings, screenshot: str | None = None,
@@ -20,6 +21,11 @@ def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings,
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setApplicationName("ilastik-desktop")
+    icon = resource_path("icon.svg")
+    if icon:
+        from PyQt5 import QtGui
+
+        app.setWindowIcon(QtGui.QIcon(icon))
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     with Services(dataclasses.replace(compute, enable_remote=True, fail_without_workers=False)) as services:

@@ -24,6 +24,14 @@ def worker_command() -> list[str]:
     return [sys.executable, "worker"] if is_frozen() else [sys.executable, "-m", "ilastik_desktop.worker_cli"]
 
 
+def resource_path(name: str) -> str | None:
+    """Path of a file of ``resources/`` (in the bundle, or next to the packages in a source checkout); None when
+    this installation has none (a wheel ships code only)."""
+    base = getattr(sys, "_MEIPASS", None) or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(base, "resources", name)
+    return path if os.path.exists(path) else None
+
+
 def external_environment() -> dict[str, str]:
     """The environment for programs outside the bundle: the library path as it was before the bundle started."""
     env = dict(os.environ)

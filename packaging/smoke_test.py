@@ -140,9 +140,55 @@ def checks(work, bundle, app, env, reference):
     check("screenshot of the demo (offscreen), not blank", done.returncode == 0 and image.std() > 10,
           f"{seconds:.1f} s to the complete window, pixel std {image.std():.1f}")
 
+    window = subprocess.Popen([app, "--project", os.path.join(demo, "demo.ilp")], env=env, cwd=env["HOME"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = _wait_for_tree(window.pid, 3, 60)  # the app, its redis-server, its worker and compute processes
+    window.kill()  # kill -9: the frozen app's children must still end by themselves
+    window.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in tree if os.path.exists(f"/proc/{pid}") and not _zombie(pid)]
+    check("kill -9 of the app (window open): all its processes end within 5 s", len(tree) >= 4 and not left,
+          f"{len(tree)} processes, left: {left}")
+
     done, _ = run([app, "--headless", "--project", os.path.join(work, "nope.ilp")], env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     check("a mistake exits 2 with one line", done.returncode == 2 and len(lines) == 1, done.stderr.strip())
+
+
+def _children(pid):
+    found = []
+    for other in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{other}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(other))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _wait_for_tree(pid, descendants, timeout):
+    """The process and its descendants once it has at least ``descendants`` of them (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tree, frontier = {pid}, [pid]
+        while frontier:
+            children = _children(frontier.pop())
+            tree.update(children)
+            frontier.extend(children)
+        if len(tree) > descendants + 1 or time.monotonic() > deadline:
+            return tree
+        time.sleep(0.2)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def _files(folder):

@@ -5,7 +5,7 @@ import os
 import sys
 import time
 
-from ilastik_desktop.frozen import external_environment, open_externally, worker_command
+from ilastik_desktop.frozen import external_environment, open_externally, resource_path, worker_command
 
 
 def test_outside_the_bundle_workers_run_as_a_module(monkeypatch):
@@ -35,3 +35,12 @@ def test_programs_outside_the_bundle_get_the_users_library_path_back(monkeypatch
     assert (tmp_path / "opened").read_text().split() == ["/some/folder", "/home/me/lib"]
     monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")
     assert "LD_LIBRARY_PATH" not in external_environment()  # the user had none
+
+
+def test_resources_are_found_in_a_source_checkout_and_in_the_bundle(monkeypatch, tmp_path):
+    assert resource_path("icon.svg").endswith(os.path.join("resources", "icon.svg"))
+    assert resource_path("nothing.svg") is None
+    (tmp_path / "resources").mkdir()
+    (tmp_path / "resources" / "icon.svg").write_text("<svg/>")
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)  # where the bundle unpacks its data
+    assert resource_path("icon.svg") == str(tmp_path / "resources" / "icon.svg")
