@@ -25,7 +25,6 @@ class HandshakeMonitor:
         self.endpoint = endpoint
         self.socket = sock.get_monitor_socket(_EVENTS)
         self._reported: set[str] = set()
-        self.succeeded = False
 
     def read(self) -> list[str]:
         """Failures seen since the last call (each kind once until a handshake succeeds); never blocks."""
@@ -36,7 +35,6 @@ class HandshakeMonitor:
             except zmq.Again:
                 break
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.succeeded = True
                 self._reported.clear()
                 continue
             kind = REFUSED_OUR_KEY if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else WRONG_SERVER_KEY
