@@ -25,11 +25,24 @@ def worker_command() -> list[str]:
 
 
 def resource_path(name: str) -> str | None:
-    """Path of a file of ``resources/`` (in the bundle, or next to the packages in a source checkout); None when
-    this installation has none (a wheel ships code only)."""
-    base = getattr(sys, "_MEIPASS", None) or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(base, "resources", name)
-    return path if os.path.exists(path) else None
+    """Path of a file of ``resources/``: in the bundle, next to the packages in a source checkout, or where a
+    wheel installed it (``<prefix>/share/ilastik-desktop``); None when there is none."""
+    for folder in _resource_folders():
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _resource_folders() -> list[str]:
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        return [os.path.join(bundle, "resources")]
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+    import site  # the user base of ``pip install --user``
+
+    prefixes = [sys.prefix, site.getuserbase()]
+    return [checkout] + [os.path.join(prefix, "share", "ilastik-desktop") for prefix in prefixes]
 
 
 def external_environment() -> dict[str, str]:
@@ -52,16 +65,29 @@ def open_externally(target: str) -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def use_user_kernel_cache() -> None:
+    """In the bundle, before numba is imported: keep compiled kernels in the user's cache folder only.
+
+    The bundle's code objects carry relative source paths; numba's default search would cache next to any
+    source tree of ours that happens to lie under the working folder."""
+    if is_frozen():
+        os.environ["NUMBA_CACHE_LOCATOR_CLASSES"] = "UserWideCacheLocator"
+
+
+def _kernel_cache_folder() -> str:
+    from platformdirs import user_cache_dir
+
+    return user_cache_dir("numba")
+
+
 def announce_first_start() -> None:
     """In the bundle, before the first computation: say that the kernels are compiled once (it takes seconds).
 
-    numba caches kernels of frozen programs in the user's cache folder (``~/.cache/numba`` on Linux),
-    never next to the bundle's files."""
+    The kernels are cached in the user's cache folder (``~/.cache/numba`` on Linux), never next to the
+    bundle's files (:func:`use_user_kernel_cache`)."""
     if not is_frozen():
         return
-    from platformdirs import user_cache_dir
-
-    folder = user_cache_dir("numba")
+    folder = _kernel_cache_folder()
     if not any(name.endswith(".nbi") for _, _, names in os.walk(folder) for name in names):
         print(f"ilastik-desktop: first start: compiling the compute kernels once (cached in {folder})",
               file=sys.stderr)

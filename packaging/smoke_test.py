@@ -78,10 +78,15 @@ def main():
         env = {"PATH": "/usr/bin:/bin", "HOME": os.path.join(work, "home"), "LANG": "C.UTF-8",
                "QT_QPA_PLATFORM": "offscreen"}
         os.makedirs(env["HOME"])
+        # a copy of our compute sources in the working folder: numba must not take it for the bundle's
+        shutil.copytree(os.path.join(REPO, "backend", "compute"), os.path.join(env["HOME"], "backend", "compute"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
         before = _files(bundle)
         checks(work, bundle, app, env, args.reference)
         written = sorted(_files(bundle) - before)
         check("nothing written into the bundle", not written, ", ".join(written[:5]))
+        stray = [d for d, _, _ in os.walk(os.path.join(env["HOME"], "backend")) if d.endswith("__pycache__")]
+        check("no kernel cache written next to source files in the working folder", not stray, ", ".join(stray))
         time.sleep(1)
         left = ours_still_running(work)
         check("no process of the bundle left", not left, "; ".join(left))

@@ -37,9 +37,14 @@ def test_programs_outside_the_bundle_get_the_users_library_path_back(monkeypatch
     assert "LD_LIBRARY_PATH" not in external_environment()  # the user had none
 
 
-def test_resources_are_found_in_a_source_checkout_and_in_the_bundle(monkeypatch, tmp_path):
+def test_resources_are_found_in_a_source_checkout_an_installed_wheel_and_the_bundle(monkeypatch, tmp_path):
     assert resource_path("icon.svg").endswith(os.path.join("resources", "icon.svg"))
     assert resource_path("nothing.svg") is None
+    installed = tmp_path / "share" / "ilastik-desktop"  # a wheel's data files, under the environment's prefix
+    installed.mkdir(parents=True)
+    (installed / "wheel.svg").write_text("<svg/>")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert resource_path("wheel.svg") == str(installed / "wheel.svg")
     (tmp_path / "resources").mkdir()
     (tmp_path / "resources" / "icon.svg").write_text("<svg/>")
     monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)  # where the bundle unpacks its data
