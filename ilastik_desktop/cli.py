@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ilastik-desktop",
         description="Open ilastik pixel-classification projects and compute their predictions block by block.",
-        epilog="'ilastik-desktop worker [OPTIONS]' runs a compute worker, the same as 'ilastik-worker [OPTIONS]'.",
+        epilog="'ilastik-desktop worker [OPTIONS]' runs a compute worker, the same as 'ilastik-worker [OPTIONS]'; "
+               "'ilastik-desktop serve PROJECT.ilp [OPTIONS]' serves it over HTTP (see serve --help).",
     )
     p.add_argument("project_file", nargs="?", metavar="PROJECT.ilp", help="the ilastik project to open")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -30,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="open the project, wait until the visible predictions are complete, save the window, exit")
     p.add_argument("--window-size", default="1600x1000", metavar="WxH", help="window size (default 1600x1000)")
-    g = p.add_argument_group("input")
-    g.add_argument("--raw_data", metavar="FILE[/internal/path]",
-                   help="use this image instead of the project's raw data (e.g. when the project was moved)")
-    g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
-    g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
-    g.add_argument("--retrain", action="store_true",
-                   help="train a new classifier from the project's labels and save it in the project first")
+    add_input_options(p)
     g = p.add_argument_group("export")
     g.add_argument("--export_source", default="Probabilities", choices=EXPORT_SOURCES,
                    help="what to export (Objects: thresholded, labelled objects as uint32)")
@@ -52,6 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x")
     g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
     g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_compute_options(p)
+    return p
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    """The options choosing the raw data (shared by the export and ``serve``)."""
+    g = p.add_argument_group("input")
+    g.add_argument("--raw_data", metavar="FILE[/internal/path]",
+                   help="use this image instead of the project's raw data (e.g. when the project was moved)")
+    g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
+    g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
+    g.add_argument("--retrain", action="store_true",
+                   help="train a new classifier from the project's labels and save it in the project first")
+
+
+def add_compute_options(p: argparse.ArgumentParser) -> None:
+    """The options choosing workers and cache (shared by the export and ``serve``)."""
     g = p.add_argument_group("workers and cache")
     g.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: all cores; 0 = remote workers only)")
@@ -70,7 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end a headless run with an error when no worker is registered for this long (default 60)")
     g.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     g.add_argument("--print-key", action="store_true", help="print this application's public key and exit")
-    return p
 
 
 def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
@@ -134,30 +145,49 @@ def main(argv: list[str] | None = None) -> int:
         from ilastik_desktop.worker_cli import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        return _guarded(_serve, argv[1:])
     args = build_parser().parse_args(attach_key_values(argv, ("--worker-key",)))
+    return _guarded(_run, args)
+
+
+def _serve(argv: list[str]) -> int:
+    from ilastik_desktop.serve import serve
+
+    announce_first_start()
+    return serve(argv)
+
+
+def _guarded(function, *args) -> int:
+    """Run ``function``; user errors print one line and return 2, Ctrl-C returns 130."""
     try:
-        if args.print_key:
-            print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
-            return 0
-        announce_first_start()
-        if args.demo_project:
-            from ilastik_desktop.demo import write_demo_project
-
-            path = write_demo_project(args.demo_project)
-            print(f"demo project written: {path}", file=sys.stderr)
-            args.project = args.project or path
-        if args.headless:
-            from ilastik_desktop.headless import run_headless
-
-            return run_headless(settings_from_args(args))
-        check_display()
-        from ilastik_desktop.app import run_gui
-
-        return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,
-                       _window_size(args.window_size))
+        return function(*args)
     except UserError as exc:
         print(f"ilastik-desktop: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ilastik-desktop: interrupted; unfinished output was removed", file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The window, the headless export, the demo project or the key, as the options say."""
+    if args.print_key:
+        print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
+        return 0
+    announce_first_start()
+    if args.demo_project:
+        from ilastik_desktop.demo import write_demo_project
+
+        path = write_demo_project(args.demo_project)
+        print(f"demo project written: {path}", file=sys.stderr)
+        args.project = args.project or path
+    if args.headless:
+        from ilastik_desktop.headless import run_headless
+
+        return run_headless(settings_from_args(args))
+    check_display()
+    from ilastik_desktop.app import run_gui
+
+    return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,
+                   _window_size(args.window_size))

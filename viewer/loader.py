@@ -17,9 +17,9 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
+from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
 from viewer.model import OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
-from viewer.painting import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 

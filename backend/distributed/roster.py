@@ -269,9 +269,12 @@ class Roster:
                     "in_flight": len(w.in_flight), "blocks_done": w.done,
                     "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
                    for w in self.workers.values()]
-        queued = sum(not job.future.done() for job in self.queue)  # cancelled jobs leave when popped
+        waiting = [job.priority for job in self.queue if not job.future.done()]  # cancelled jobs leave when popped
+        queued = len(waiting)
         waited = now - self._no_workers_since if self._no_workers_since is not None else 0.0
-        return {"workers": workers, "queued": queued, "no_workers_s": round(waited, 1),
+        return {"workers": workers, "queued": queued,
+                "queued_by_priority": {p: waiting.count(p) for p in sorted(set(waiting))},
+                "no_workers_s": round(waited, 1),
                 "processes": sum(w["processes"] for w in workers),
                 **{k: round(v, 3) if isinstance(v, float) else v for k, v in self.counters.items()}}
 

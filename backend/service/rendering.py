@@ -1,4 +1,4 @@
-"""Colouring of layer values as RGBA images (numpy only)."""
+"""Colouring of layer values as RGBA images (numpy only), for the viewer and the web API."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def objects_rgba(labels: np.ndarray, opacity: float) -> np.ndarray:
     out[..., 2] = 64 + ((hashed >> np.uint64(16)) & np.uint64(0x7F))
     out[..., 3] = np.where(labels > 0, int(255 * opacity), 0)
     return out
+
+
+def blend_classes(probabilities: np.ndarray, colors) -> np.ndarray:
+    """Probabilities ``(rows, cols, classes)`` as one RGBA image: each class's colour over the ones before it
+    with alpha = its probability, as the viewer stacks the class layers (opaque where the classes sum to 1)."""
+    out = np.zeros(probabilities.shape[:2] + (3,), np.float32)
+    alpha = np.zeros(probabilities.shape[:2], np.float32)
+    for channel, color in enumerate(colors[: probabilities.shape[2]]):
+        a = np.clip(probabilities[..., channel].astype(np.float32), 0, 1)
+        out = out * (1 - a[..., None]) + np.asarray(color, np.float32) * a[..., None]
+        alpha = alpha * (1 - a) + a
+    rgba = np.empty(probabilities.shape[:2] + (4,), np.uint8)
+    rgba[..., :3] = np.clip(np.round(out / np.maximum(alpha, 1e-6)[..., None]), 0, 255)
+    rgba[..., 3] = np.clip(np.round(alpha * 255), 0, 255)
+    return rgba

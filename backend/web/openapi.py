@@ -1,0 +1,91 @@
+"""The OpenAPI 3 description of the web service and its interactive docs page (Swagger UI, served locally)."""
+
+from __future__ import annotations
+
+import os
+
+SOURCE_NAMES = ["raw", "probabilities", "segmentation", "uncertainty", "objects"]
+DOCS_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css")
+
+
+def _param(name: str, where: str, text: str, schema: dict, required: bool = False) -> dict:
+    return {"name": name, "in": where, "description": text, "required": required or where == "path",
+            "schema": schema}
+
+
+_LANE = _param("lane", "path", "index of the project's input lane (see /api/v1/info)", {"type": "integer"})
+_SOURCE = _param("source", "path", "what to read", {"type": "string", "enum": SOURCE_NAMES})
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ERRORS = {code: {"description": text, "content": _ERROR}
+           for code, text in (("400", "bad request: what is wrong"), ("401", "token missing or wrong"),
+                              ("404", "no such lane, source or chunk"), ("413", "region larger than the limit"))}
+
+
+def _get(summary: str, params: list[dict], content: dict, tag: str) -> dict:
+    return {"get": {"summary": summary, "tags": [tag], "parameters": params,
+                    "responses": {"200": {"description": "OK", "content": content}, **_ERRORS}}}
+
+
+def describe(version: str) -> dict:
+    """The OpenAPI document."""
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    json_any = {"application/json": {"schema": {"type": "object"}}}
+    roi_params = [
+        _LANE, _SOURCE,
+        _param("start", "query", "first voxel along z,y,x (y,x for 2D data); default 0", {"type": "string"}),
+        _param("stop", "query", "end (exclusive) along z,y,x (y,x for 2D); default the image's size",
+               {"type": "string"}),
+        _param("t", "query", "time step or range a:b (default 0)", {"type": "string"}),
+        _param("format", "query", "npy (t,z,y,x,c as present, c always), tiff, or png (one plane, 8 bit)",
+               {"type": "string", "enum": ["npy", "tiff", "png"], "default": "npy"}),
+        _param("channel", "query", "png: the channel shown in grey (default 0)", {"type": "integer"}),
+        _param("colors", "query", "png: 1 = the classes' colours blended as the viewer shows them",
+               {"type": "integer", "enum": [0, 1]}),
+    ]
+    paths = {
+        "/health": _get("is the server up; workers registered", [], json_any, "service"),
+        "/api/v1/info": _get("project, lanes, shapes, axes, classes and sources", [], json_any, "service"),
+        "/api/v1/lanes/{lane}/{source}": _get(
+            "a region of the raw data or of a result, computed on demand (large regions stream block by block)",
+            roi_params, {**binary, "image/tiff": {}, "image/png": {}}, "regions"),
+        "/zarr/{lane}/{source}/.zattrs": _get("OME-NGFF 0.4 image metadata (multiscales, axes, classes)",
+                                              [_LANE, _SOURCE], json_any, "zarr"),
+        "/zarr/{lane}/{source}/0/.zarray": _get("zarr v2 array metadata (chunks = the gateway's blocks, Blosc)",
+                                                [_LANE, _SOURCE], json_any, "zarr"),
+        "/zarr/{lane}/{source}/0/{chunk}": _get(
+            "one chunk, computed on demand and Blosc-compressed; ETag carries the classifier's fingerprint",
+            [_LANE, _SOURCE, _param("chunk", "path", "chunk key, one index per axis joined by '.', e.g. 0.0.1.2.3",
+                                    {"type": "string"})], binary, "zarr"),
+        "/metrics": _get("Prometheus metrics", [], {"text/plain": {}}, "service"),
+    }
+    return {"openapi": "3.0.3",
+            "info": {"title": "ilastik-desktop web service", "version": version,
+                     "description": "Raw data and pixel-classification results of an ilastik project, computed "
+                                    "block by block on demand. Send the token (if the server has one) as "
+                                    "'Authorization: Bearer TOKEN', as ?token=TOKEN, or as a /t/TOKEN prefix "
+                                    "of any path (for zarr clients that cannot send headers)."},
+            "paths": paths,
+            "components": {"schemas": {"Error": {"type": "object", "properties": {"error": {"type": "string"}}}},
+                           "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"token": []}, {}]}
+
+
+def docs_page(prefix: str) -> str:
+    """The interactive docs page; its script and style come from this server, so it works offline."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ilastik-desktop web service</title>
+<link rel="stylesheet" href="{prefix}/doc/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{prefix}/doc/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({{url: "{prefix}/openapi.json", dom_id: "#swagger-ui"}});</script>
+</body></html>"""
+
+
+def docs_asset(name: str) -> str | None:
+    """Path of one of Swagger UI's files (from the swagger-ui-bundle package); None for any other name."""
+    if name not in DOCS_ASSETS:
+        return None
+    import swagger_ui_bundle
+
+    path = os.path.join(swagger_ui_bundle.swagger_ui_path, name)
+    return path if os.path.exists(path) else None

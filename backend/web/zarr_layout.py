@@ -1,0 +1,79 @@
+"""Zarr v2 / OME-NGFF 0.4 documents of a served source, and its chunks encoded as a zarr client reads them."""
+
+from __future__ import annotations
+
+import numpy as np
+from numcodecs import Blosc
+
+from backend.web.catalog import ArrayLayout, Lane, NotFound
+
+LEVEL = "0"  # the full-resolution array of each multiscale image
+AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+OUR_ATTRS = "ilastik-desktop"
+
+
+def compressor() -> Blosc:
+    """The chunks' compressor: Blosc with lz4 and byte shuffle, which every zarr client decodes."""
+    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)
+
+
+def zgroup() -> dict:
+    """``.zgroup`` of an image group."""
+    return {"zarr_format": 2}
+
+
+def zattrs(lane: Lane, source: str, classes: list[dict]) -> dict:
+    """``.zattrs`` of an image group: NGFF multiscales with named, typed axes, plus our own attributes."""
+    layout = lane.layout(source)
+    axes = [{"name": a, "type": AXIS_TYPES[a]} for a in layout.axes]
+    scale = [1.0] * len(layout.axes)
+    gateway = lane.require_gateway()
+    ours = {"lane": lane.index, "nickname": lane.nickname, "source": source,
+            "data_fingerprint": gateway.data_fingerprint, "classifier": gateway.pipeline_fingerprint}
+    if source != "raw":
+        ours["classes"] = classes
+    return {"multiscales": [{"version": "0.4", "name": f"{lane.nickname} {source}", "axes": axes,
+                             "datasets": [{"path": LEVEL, "coordinateTransformations": [{"type": "scale",
+                                                                                        "scale": scale}]}],
+                             "type": "none"}],
+            OUR_ATTRS: ours}
+
+
+def zarray(layout: ArrayLayout) -> dict:
+    """``.zarray`` of the full-resolution array: chunks = gateway blocks, Blosc, fill value 0."""
+    return {"zarr_format": 2, "shape": list(layout.shape), "chunks": list(layout.chunks),
+            "dtype": layout.dtype.str, "compressor": compressor().get_config(), "fill_value": 0, "order": "C",
+            "filters": None, "dimension_separator": "."}
+
+
+def level_zattrs(layout: ArrayLayout) -> dict:
+    """``.zattrs`` of the array itself (axis names for clients that look there, as xarray does)."""
+    return {"_ARRAY_DIMENSIONS": list(layout.axes)}
+
+
+def parse_chunk_key(key: str, layout: ArrayLayout) -> tuple[int, ...]:
+    """The chunk index of a key such as ``0.0.1.2.3``; NotFound for a malformed or out-of-range key."""
+    parts = key.split(".")
+    if len(parts) != len(layout.axes) or not all(p.isdigit() for p in parts):
+        raise NotFound(f"'{key}' is not a chunk key of this array (expected {len(layout.axes)} numbers "
+                       f"joined by '.', one per axis {layout.axes})")
+    index = tuple(int(p) for p in parts)
+    layout.chunk_roi(index)  # raises NotFound outside the array
+    return index
+
+
+def encode_chunk(layout: ArrayLayout, values: np.ndarray) -> bytes:
+    """One chunk's ``(t, z, y, x, c)`` values, padded to the full chunk shape (as zarr v2 stores edge chunks)
+    and compressed."""
+    data = layout.to_ngff(values).astype(layout.dtype, copy=False)
+    if data.shape != layout.chunks:
+        padded = np.zeros(layout.chunks, layout.dtype)
+        padded[tuple(slice(0, s) for s in data.shape)] = data
+        data = padded
+    return compressor().encode(np.ascontiguousarray(data))
+
+
+def check_level(level: str) -> None:
+    """NotFound for any resolution level but the full one."""
+    if level != LEVEL:
+        raise NotFound(f"no resolution level '{level}' (this server has level {LEVEL} only)")

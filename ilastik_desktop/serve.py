@@ -1,0 +1,131 @@
+"""``ilastik-desktop serve``: a project's raw data and results over HTTP (OME-Zarr and ROI endpoints).
+
+Usage: ``ilastik-desktop serve PROJECT.ilp [--host 127.0.0.1] [--port 8000] [compute options]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+
+from backend.errors import UserError
+from backend.io.dataset import open_lane
+from backend.io.project import Project, open_project
+from backend.io.project_pipeline import build_pipeline
+from backend.service.export import default_block_shape
+from backend.web.catalog import Lane
+from backend.web.server import WebServer, WebSettings, is_loopback
+from ilastik_desktop import __version__
+from ilastik_desktop.cli import add_compute_options, add_input_options, compute_from_args
+from ilastik_desktop.config import attach_key_values, parse_block_shape, parse_threshold
+from ilastik_desktop.services import Services
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ilastik-desktop serve``."""
+    p = argparse.ArgumentParser(prog="ilastik-desktop serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("project", metavar="PROJECT.ilp", help="the ilastik project to serve")
+    g = p.add_argument_group("web service")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; any other needs a token)")
+    g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    g.add_argument("--token", help="require this token (default: none on loopback, a new one printed otherwise)")
+    g.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                   help="let browser viewers from this origin read (e.g. https://neuroglancer-demo.appspot.com, "
+                   "or '*'); repeatable")
+    g.add_argument("--max-roi-mb", type=float, default=1024.0, help="largest region the ROI API answers (MB)")
+    g.add_argument("--threshold", metavar="NAME=VALUE,...", help="thresholding of 'objects' (as for the export)")
+    g.add_argument("--block_shape", metavar="Z,Y,X",
+                   help="block (and zarr chunk) size (default 64,128,128 in 3D, 512,512 in 2D)")
+    add_input_options(p)
+    add_compute_options(p)
+    return p
+
+
+def open_lanes(project: Project, services: Services, args: argparse.Namespace) -> list[Lane]:
+    """Every lane of the project on its own gateway; a lane whose data does not open is listed with the reason."""
+    classifier = None
+    if args.retrain:
+        from backend.io.training import retrain_project
+
+        source = open_lane(project, args.lane, args.raw_data, args.input_axes)
+        classifier = retrain_project(project, source, progress=True)
+    lanes = []
+    for index, info in enumerate(project.lanes):
+        raw_data = args.raw_data if index == args.lane else None
+        try:
+            source = open_lane(project, index, raw_data, args.input_axes)
+            pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
+            threshold = parse_threshold(args.threshold or "", project.threshold, pipeline.label_count)
+        except UserError as exc:
+            lanes.append(Lane(index, info.nickname, None, error=str(exc)))
+            continue
+        block_shape = parse_block_shape(args.block_shape) or default_block_shape(source.spatial_shape)
+        lanes.append(Lane(index, info.nickname, services.gateway(source, pipeline, block_shape), threshold))
+    if not any(lane.gateway for lane in lanes):
+        raise UserError(lanes[0].error if lanes else f"{project.path}: the project has no input lanes")
+    return lanes
+
+
+def describe_project(project: Project) -> dict:
+    """The project part of ``/api/v1/info``: its file and classes with their colours."""
+    return {"project": project.path,
+            "classes": [{"name": name, "color": list(color)} for name, color in zip(project.label_names,
+                                                                                   project.label_colors)]}
+
+
+def web_settings(args: argparse.Namespace) -> WebSettings:
+    """The web service's settings, checked."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: expected 0 to 65535")
+    if args.max_roi_mb <= 0:
+        raise UserError("--max-roi-mb must be positive")
+    if args.token is not None and len(args.token) < 8:
+        raise UserError("--token must have at least 8 characters")
+    return WebSettings(host=args.host, port=args.port, token=args.token, cors=tuple(args.cors),
+                       max_roi_mb=args.max_roi_mb)
+
+
+def announce(server: WebServer) -> None:
+    """Print where the service is and how to use it."""
+    url = server.url
+    suffix = "" if server.token is None else f"/t/{server.token}"
+    print(f"serving at {url} (docs: {url}{suffix}/doc)", file=sys.stderr)
+    if server.token is not None:
+        print(f"token: {server.token} (send 'Authorization: Bearer TOKEN' or use {url}/t/TOKEN/...)",
+              file=sys.stderr)
+    elif not is_loopback(server.settings.host):
+        print("warning: no token on a non-loopback address", file=sys.stderr)
+    print(f"zarr: {url}{suffix}/zarr/0/probabilities", file=sys.stderr)
+
+
+def serve(argv: list[str]) -> int:
+    """Run the web service until interrupted; returns the exit code."""
+    args = build_parser().parse_args(attach_key_values(argv, ("--worker-key",)))
+    settings = web_settings(args)
+    compute = dataclasses.replace(compute_from_args(args), fail_without_workers=True)
+    project = open_project(args.project)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with Services(compute) as services:
+        if services.listen_address:
+            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
+                  file=sys.stderr)
+        services.wait_for_workers()
+        lanes = open_lanes(project, services, args)
+        server = WebServer(lanes, describe_project(project), settings, __version__)
+        try:
+            server.start()
+            announce(server)
+            stop.wait()
+            print("stopping the web service", file=sys.stderr)
+        finally:
+            server.stop()
+            for lane in lanes:
+                if lane.gateway is not None:
+                    lane.gateway.close()
+    return 0

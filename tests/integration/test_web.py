@@ -1,0 +1,242 @@
+"""The web service through real clients: zarr-python over fsspec's HTTP store, ome-zarr, urllib, threads."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import run_cli
+from tests.integration.webserver import ServeProcess
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _export(tmp_path, *args) -> np.ndarray:
+    result = run_cli("--headless", "--no-progress", "--output_format", "npy",
+                     "--output_filename_format", str(tmp_path / "export"), *args)
+    assert result.returncode == 0, result.stderr
+    return np.load(tmp_path / "export.npy")
+
+
+def _metric(server: ServeProcess, name: str) -> float:
+    _, body, _ = server.get("/metrics")
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name in (name, name + "_total"):
+                return sample.value
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="module")
+def project_3d(data_dir):
+    return os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+
+
+@pytest.fixture(scope="module")
+def server_3d(project_3d):
+    with ServeProcess(project_3d, "--workers", "2", "--block_shape", "32,32,32", "--max-roi-mb", "1") as server:
+        yield server
+
+
+def test_zarr_python_reads_3d_probabilities_equal_to_the_export(server_3d, project_3d, tmp_path):
+    array = zarr.open_array(server_3d.url + "/zarr/0/probabilities/0", mode="r", zarr_format=2)
+    assert array.shape == (2, 64, 64, 64) and array.chunks == (2, 32, 32, 32) and array.dtype == np.float32
+    served = array[:]
+    exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32")
+    assert np.array_equal(np.moveaxis(exported, -1, 0), served)  # zyxc export vs czyx NGFF order, bit for bit
+    raw = zarr.open_array(server_3d.url + "/zarr/0/raw/0", mode="r", zarr_format=2)
+    original = np.load(os.path.join(os.path.dirname(project_3d), "Data_3D.npy"))
+    assert np.array_equal(raw[:], np.moveaxis(original, -1, 0))
+
+
+def test_ome_zarr_reader_recognises_the_image_with_its_axes(server_3d):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    nodes = list(Reader(parse_url(server_3d.url + "/zarr/0/probabilities"))())
+    image = nodes[0]
+    assert any(isinstance(spec, Multiscales) for spec in image.specs)
+    assert [axis["name"] for axis in image.metadata["axes"]] == ["c", "z", "y", "x"]
+    assert [axis["type"] for axis in image.metadata["axes"]] == ["channel", "space", "space", "space"]
+    assert image.data[0].shape == (2, 64, 64, 64)
+    group = zarr.open_group(server_3d.url + "/zarr/0/probabilities", mode="r", zarr_format=2)
+    ours = group.attrs["ilastik-desktop"]
+    assert [c["name"] for c in ours["classes"]] == ["Label 1", "Label 2"] or len(ours["classes"]) == 2
+    assert ours["classifier"]
+
+
+def test_zarr_python_reads_the_2d_seed_project_equal_to_the_export(data_dir, tmp_path):
+    seed = os.path.join(data_dir, "seed")
+    args = (os.path.join(seed, "pc.ilp"), "--raw_data", os.path.join(seed, "raw.h5/exported_data"))
+    with ServeProcess(*args, "--workers", "2") as server:
+        array = zarr.open_array(server.url + "/zarr/0/probabilities/0", mode="r", zarr_format=2)
+        served = array[:]
+    exported = _export(tmp_path, "--project", *args)
+    assert served.shape == np.moveaxis(exported, -1, 0).shape
+    assert np.array_equal(np.moveaxis(exported, -1, 0), served)
+
+
+def test_eight_clients_on_overlapping_regions_get_every_block_computed_once(project_3d, tmp_path):
+    exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32")
+    regions = [((z, y, 0), (z + 40, y + 40, 64)) for z in (0, 24) for y in (0, 12, 24, 20)]
+    with ServeProcess(project_3d, "--workers", "2", "--block_shape", "32,32,32") as server:
+        def read(region):
+            (z0, y0, x0), (z1, y1, x1) = region
+            status, body, _ = server.get(f"/api/v1/lanes/0/probabilities?start={z0},{y0},{x0}&stop={z1},{y1},{x1}")
+            assert status == 200, body
+            return region, np.load(io.BytesIO(body))
+
+        def chunks(_):
+            return zarr.open_array(server.url + "/zarr/0/probabilities/0", mode="r", zarr_format=2)[:]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(read, regions))
+            whole = list(pool.map(chunks, range(2)))
+        for ((z0, y0, x0), (z1, y1, x1)), values in answers:
+            assert np.array_equal(values, exported[z0:z1, y0:y1, x0:x1])
+        assert all(np.array_equal(np.moveaxis(exported, -1, 0), w) for w in whole)
+        assert _metric(server, "ilastik_blocks_computed") == 8  # 2 x 2 x 2 blocks of 32^3, each once
+        assert _metric(server, "ilastik_cache_misses") == 8
+
+
+def test_roi_formats_npy_tiff_and_png(server_3d):
+    status, body, headers = server_3d.get("/api/v1/lanes/0/probabilities?start=10,0,0&stop=12,64,64&format=npy")
+    assert status == 200 and headers["X-Axes"] == "zyxc"
+    values = np.load(io.BytesIO(body))
+    status, body, _ = server_3d.get("/api/v1/lanes/0/probabilities?start=10,0,0&stop=12,64,64&format=tiff")
+    assert status == 200 and np.array_equal(tifffile.imread(io.BytesIO(body)).reshape(values.shape), values)
+    status, body, headers = server_3d.get("/api/v1/lanes/0/probabilities?start=10,0,0&stop=11,64,64&format=png"
+                                          "&channel=1")
+    import imageio.v3 as iio
+
+    grey = iio.imread(body)
+    assert status == 200 and headers["Content-Type"] == "image/png" and grey.shape == (64, 64)
+    assert np.abs(grey.astype(int) - np.round(values[0, ..., 1] * 255)).max() <= 1
+    status, body, _ = server_3d.get("/api/v1/lanes/0/probabilities?start=10,0,0&stop=11,64,64&format=png&colors=1")
+    assert status == 200 and iio.imread(body).shape == (64, 64, 4)
+
+
+@pytest.mark.parametrize("path, status, words", [
+    ("/api/v1/lanes/0/nonsense", 404, "unknown source 'nonsense'"),
+    ("/api/v1/lanes/7/probabilities", 404, "no lane '7'"),
+    ("/api/v1/lanes/0/probabilities?start=a,b,c", 400, "expected 3 whole numbers"),
+    ("/api/v1/lanes/0/probabilities?start=0,0&stop=4,4", 400, "expected 3 numbers"),
+    ("/api/v1/lanes/0/probabilities?start=0,0,0&stop=65,10,10", 400, "outside the image"),
+    ("/api/v1/lanes/0/probabilities?start=5,0,0&stop=5,10,10", 400, "outside the image (0 to 64) or empty"),
+    ("/api/v1/lanes/0/probabilities?t=3", 400, "outside the time steps"),
+    ("/api/v1/lanes/0/probabilities", 413, "more than this server's limit of 1 MB"),
+    ("/api/v1/lanes/0/probabilities?stop=4,4,4&format=jpeg", 400, "unknown format 'jpeg'"),
+    ("/api/v1/lanes/0/probabilities?stop=4,4,4&format=png", 400, "needs one plane"),
+    ("/zarr/0/probabilities/0/0.0.x.0", 404, "not a chunk key"),
+    ("/zarr/0/probabilities/0/0.0.9.0", 404, "no chunk 0.0.9.0"),
+    ("/zarr/0/probabilities/0/0.0.0.9", 404, "no chunk 0.0.0.9"),
+    ("/zarr/0/probabilities/3/.zarray", 404, "no resolution level '3'"),
+    ("/nowhere", 404, "Not Found"),
+])
+def test_bad_requests_answer_4xx_with_a_message_and_the_server_stays_up(server_3d, path, status, words):
+    got, body, headers = server_3d.get(path)
+    assert got == status and words in json.loads(body)["error"], (got, body)
+    assert headers["Content-Type"].startswith("application/json")
+    assert server_3d.get("/health")[0] == 200
+
+
+def test_token_is_required_on_every_request_including_chunks(project_3d):
+    with ServeProcess(project_3d, "--workers", "1", "--token", "sesame-1234") as server:
+        for path in ("/health", "/api/v1/info", "/zarr/0/raw/0/.zarray", "/zarr/0/raw/0/0.0.0.0"):
+            assert server.get(path)[0] == 401
+            assert server.get(path, {"Authorization": "Bearer wrong-token"})[0] == 401
+            assert server.get(path, {"Authorization": "Bearer sesame-1234"})[0] == 200
+        assert json.loads(server.get("/health")[1])["error"].startswith("a token is required")
+        assert server.get("/health?token=sesame-1234")[0] == 200
+        assert server.get("/t/sesame-1234/zarr/0/raw/.zattrs")[0] == 200
+        array = zarr.open_array(server.url + "/t/sesame-1234/zarr/0/raw/0", mode="r", zarr_format=2)
+        assert array[:].shape == (1, 64, 64, 64)
+
+
+def test_a_server_on_all_interfaces_gets_a_generated_token(project_3d):
+    with ServeProcess(project_3d, "--workers", "1", "--host", "0.0.0.0") as server:
+        assert server.token and len(server.token) >= 24
+        port = server.url.rsplit(":", 1)[1]
+        server.url = f"http://127.0.0.1:{port}"
+        assert server.get("/health")[0] == 401
+        assert server.get("/health", {"Authorization": f"Bearer {server.token}"})[0] == 200
+
+
+def test_cors_only_for_configured_origins_and_etag_carries_the_classifier(project_3d, server_3d):
+    origin = {"Origin": "https://viewer.example"}
+    assert "Access-Control-Allow-Origin" not in server_3d.get("/zarr/0/raw/.zattrs", origin)[2]
+    with ServeProcess(project_3d, "--workers", "1", "--cors", "https://viewer.example") as server:
+        headers = server.get("/zarr/0/probabilities/.zattrs", origin)[2]
+        assert headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+        info = json.loads(server.get("/api/v1/info")[1])
+        etag = server.get("/zarr/0/probabilities/0/0.0.0.0")[2]["ETag"]
+        assert info["lanes"][0]["classifier"] in etag and info["lanes"][0]["data_fingerprint"] in etag
+        assert server.get("/zarr/0/probabilities/0/0.0.0.0", {"If-None-Match": etag})[0] == 304
+
+
+def test_metrics_info_health_and_openapi(server_3d):
+    info = json.loads(server_3d.get("/api/v1/info")[1])
+    lane = info["lanes"][0]
+    assert lane["sources"]["probabilities"]["axes"] == "czyx" and lane["spatial_axes"] == "zyx"
+    assert set(lane["sources"]) == {"raw", "probabilities", "segmentation", "uncertainty", "objects"}
+    assert len(info["classes"]) == 2 and all(len(c["color"]) == 3 for c in info["classes"])
+    assert json.loads(server_3d.get("/health")[1])["worker_processes"] == 2
+    spec = json.loads(server_3d.get("/openapi.json")[1])
+    assert "/api/v1/lanes/{lane}/{source}" in spec["paths"] and "/zarr/{lane}/{source}/0/{chunk}" in spec["paths"]
+    server_3d.get("/zarr/0/probabilities/0/0.0.0.0")
+    _, body, headers = server_3d.get("/metrics")
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {"ilastik_blocks_computed", "ilastik_cache_hits", "ilastik_queue_depth", "ilastik_workers",
+            "ilastik_http_request_seconds"} <= names
+    assert _metric(server_3d, "ilastik_workers") >= 1
+    status, page, _ = server_3d.get("/doc")
+    assert status == 200 and b"/doc/static/swagger-ui-bundle.js" in page and b"https://" not in page
+    assert server_3d.get("/doc/static/swagger-ui-bundle.js")[0] == 200
+
+
+def test_objects_and_segmentation_chunks(server_3d, project_3d, tmp_path):
+    objects = zarr.open_array(server_3d.url + "/zarr/0/objects/0", mode="r", zarr_format=2)[:]
+    exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32", "--export_source", "Objects")
+    assert objects.dtype == np.uint32 and np.array_equal(objects, np.moveaxis(exported, -1, 0))
+    segmentation = zarr.open_array(server_3d.url + "/zarr/0/segmentation/0", mode="r", zarr_format=2)[:]
+    exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32",
+                       "--export_source", "Simple Segmentation")
+    assert segmentation.dtype == np.uint8 and np.array_equal(segmentation, np.moveaxis(exported, -1, 0))
+
+
+def _chromium() -> str:
+    import shutil
+
+    from tests.conftest import IN_CI
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if IN_CI:
+            pytest.fail("headless Chromium is required under CI=true (apt-get install -y chromium)")
+        pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    return found
+
+
+def test_docs_page_renders_offline_in_headless_chromium(server_3d, tmp_path):
+    import subprocess
+
+    import imageio.v3 as iio
+
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1280,1400"]
+    url = server_3d.url + "/doc"
+    dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    for endpoint in ("/api/v1/info", "/api/v1/lanes/{lane}/{source}", "/zarr/{lane}/{source}/0/{chunk}", "/metrics"):
+        assert endpoint in dom, f"{endpoint} is not on the rendered page"
+    shot = tmp_path / "docs.png"
+    subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    image = iio.imread(shot)
+    assert image.shape[0] >= 1000 and len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20

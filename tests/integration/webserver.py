@@ -1,0 +1,79 @@
+"""A real ``ilastik-desktop serve`` process on a free loopback port, for the web service's tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from tests.conftest import REPO
+
+
+class ServeProcess:
+    """``ilastik-desktop serve ARGS --port 0``; its URL is read from what it prints. Use as a context manager."""
+
+    def __init__(self, *args: str, timeout: float = 120):
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.process = subprocess.Popen([sys.executable, "-m", "ilastik_desktop", "serve", *args, "--port", "0"],
+                                        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                                        start_new_session=True)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self.token: str | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout) or self.url is None:
+            self.stop()
+            raise RuntimeError("serve did not start:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+            found = re.match(r"serving at (http://\S+)", line)
+            if found:
+                self.url = found.group(1)
+            token = re.match(r"token: (\S+)", line)
+            if token:
+                self.token = token.group(1)
+            if line.startswith("zarr: "):
+                self._ready.set()
+        self._ready.set()
+
+    def get(self, path: str, headers: dict | None = None, timeout: float = 120) -> tuple[int, bytes, dict]:
+        """Status, body and headers of ``GET path`` (errors included)."""
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return answer.status, answer.read(), dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read(), dict(error.headers)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL after 20 s; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # its workers and redis-server are in its session
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        return self.process.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
