@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 
 from aiohttp import web
@@ -165,8 +166,6 @@ async def _stream_tiff(request: web.Request, lane: Lane, query: RoiQuery, header
 
 
 def _remove_folder(folder: str) -> None:
-    import shutil
-
     shutil.rmtree(folder, ignore_errors=True)
 
 

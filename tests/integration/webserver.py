@@ -26,6 +26,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self.url: str | None = None
         self.token: str | None = None
+        self.left_running = False
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(timeout) or self.url is None:
@@ -64,12 +65,15 @@ class ServeProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # its workers and redis-server are in its session
+        self.left_running = True
+        while self.left_running and time.monotonic() < deadline:  # its workers and redis-server: same group
             try:
                 os.killpg(self.process.pid, 0)
+                time.sleep(0.1)
             except ProcessLookupError:
-                break
-            time.sleep(0.1)
+                self.left_running = False
+        if self.left_running:
+            os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
 
     def __enter__(self) -> ServeProcess:
