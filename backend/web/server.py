@@ -7,7 +7,6 @@ was given), checked on every request; CORS answers only the configured origins.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 from aiohttp import web
 
 from backend.compute.geometry import Roi
+from backend.distributed.security import is_local
 from backend.errors import UserError
 from backend.service.gateway import PREFETCH
 from backend.web.catalog import Lane, NotFound
@@ -46,16 +46,8 @@ class WebSettings:
 
 
 def is_loopback(host: str) -> bool:
-    """True if ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(ipaddress.ip_address(i[4][0]).is_loopback for i in socket.getaddrinfo(host, None))
-        except OSError:
-            return False
+    """True if ``host`` is reachable from this machine only (the rule ZeroMQ endpoints follow too)."""
+    return is_local(f"tcp://[{host}]:0" if ":" in host else f"tcp://{host}:0")
 
 
 class Unauthorized(UserError):
