@@ -12,6 +12,7 @@ from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
+from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
 from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
 from viewer.bridge import GuiBridge
@@ -44,6 +45,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.views: list[SliceView] = []
         self.setWindowTitle("ilastik-desktop")
         self.setAcceptDrops(True)
+        self.serve_dialog = ServeDialog(services, self.bridge, self)
         self._build_menu()
         self._build_status()
         self.setCentralWidget(self._placeholder())
@@ -68,7 +70,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.export_action = menu.addAction("&Export...", self.open_export)
         self.change_raw_action = menu.addAction("Change &raw data...", self.ask_raw_data)
         self.forget_raw_action = menu.addAction("&Forget remembered raw data", self.forget_raw_data)
-        for action in (self.export_action, self.change_raw_action, self.forget_raw_action):
+        self.serve_action = menu.addAction("&Serve over HTTP...", self.open_serve)
+        for action in (self.export_action, self.change_raw_action, self.forget_raw_action, self.serve_action):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
@@ -81,7 +84,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.pending.setRange(0, 1)
         self._all_pending = 0  # blocks of every request of the open project (views, prefetch, exports, objects)
         self._format_pending()
-        for widget in (self.workers_label, self.cache_label, self.pending):
+        self.web_label = QtWidgets.QLabel(visible=False)
+        self.serve_dialog.serving.connect(self._show_serving)
+        for widget in (self.web_label, self.workers_label, self.cache_label, self.pending):
             self.statusBar().addPermanentWidget(widget)
 
     @staticmethod
@@ -185,6 +190,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
         self.statusBar().showMessage(f"opened {document.project.path}", 3000)
         self.export_action.setEnabled(True)
+        self.serve_action.setEnabled(True)
+        self.serve_dialog.set_document(document, self.threshold_panel.settings())
         self.change_raw_action.setEnabled(True)
         self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
         self.loader.refresh()
@@ -249,6 +256,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.layers_panel = LayersPanel(self.model)
         self.threshold_panel = ThresholdPanel(document.threshold, len(document.project.label_names))
         self.threshold_panel.changed.connect(self.loader.set_threshold)
+        self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
         for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(widget, title)
@@ -258,6 +266,16 @@ class MainWindow(QtWidgets.QMainWindow):
         dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self)
         dialog.show()
         return dialog
+
+    def open_serve(self) -> ServeDialog:
+        """Show the dialog that serves the open project over HTTP."""
+        self.serve_dialog.show()
+        self.serve_dialog.raise_()
+        return self.serve_dialog
+
+    def _show_serving(self, url: str) -> None:
+        self.web_label.setText(f"serving {url}")
+        self.web_label.setVisible(bool(url))
 
     def _point(self, view: SliceView, row: int, col: int) -> None:
         self.model.move(view.rows_axis, row)
@@ -342,6 +360,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.loader is not None:
             self.loader.close()
             self.loader = None
+        self.serve_dialog.set_document(None)  # it serves through the document's gateway
         if self.document is not None:
             self.document.close()
             self.document = None
@@ -353,5 +372,6 @@ class MainWindow(QtWidgets.QMainWindow):
         self.workers_panel.shutdown()
         self.io.shutdown(wait=True, cancel_futures=True)
         self.status_io.shutdown(wait=True, cancel_futures=True)
+        self.serve_dialog.shutdown()
         self.close_document()
         super().closeEvent(event)

@@ -53,21 +53,27 @@ def open_lanes(project: Project, services: Services, args: argparse.Namespace) -
 
         source = open_lane(project, args.lane, args.raw_data, args.input_axes)
         classifier = retrain_project(project, source, progress=True)
-    lanes = []
-    for index, info in enumerate(project.lanes):
-        raw_data = args.raw_data if index == args.lane else None
-        try:
-            source = open_lane(project, index, raw_data, args.input_axes)
-            pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-            threshold = parse_threshold(args.threshold or "", project.threshold, pipeline.label_count)
-        except UserError as exc:
-            lanes.append(Lane(index, info.nickname, None, error=str(exc)))
-            continue
-        block_shape = parse_block_shape(args.block_shape) or default_block_shape(source.spatial_shape)
-        lanes.append(Lane(index, info.nickname, services.gateway(source, pipeline, block_shape), threshold))
+    lanes = [open_served_lane(project, index, services, args.raw_data if index == args.lane else None,
+                              args.input_axes, args.threshold or "", parse_block_shape(args.block_shape), classifier)
+             for index in range(len(project.lanes))]
     if not any(lane.gateway for lane in lanes):
         raise UserError(lanes[0].error if lanes else f"{project.path}: the project has no input lanes")
     return lanes
+
+
+def open_served_lane(project: Project, index: int, services: Services, raw_data: str | None = None,
+                     input_axes: str | None = None, threshold: str = "", block_shape: tuple | None = None,
+                     classifier=None) -> Lane:
+    """Lane ``index`` on a gateway of its own, or without one and with the reason when its data does not open."""
+    nickname = project.lanes[index].nickname
+    try:
+        source = open_lane(project, index, raw_data, input_axes)
+        pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
+        settings = parse_threshold(threshold, project.threshold, pipeline.label_count)
+    except UserError as exc:
+        return Lane(index, nickname, None, error=str(exc))
+    gateway = services.gateway(source, pipeline, block_shape or default_block_shape(source.spatial_shape))
+    return Lane(index, nickname, gateway, settings)
 
 
 def describe_project(project: Project) -> dict:

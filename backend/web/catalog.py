@@ -67,8 +67,7 @@ class Lane:
 
     def layout(self, source: str) -> ArrayLayout:
         """How ``source`` is laid out; NotFound for an unknown source."""
-        if source not in SOURCES:
-            raise NotFound(f"unknown source '{source}' (choose one of {', '.join(SOURCES)})")
+        check_source(source)
         gateway = self.require_gateway()
         raw = gateway.source
         present = {a for a in "tz" if a in raw.axes} | {"y", "x"}
@@ -109,6 +108,12 @@ class Lane:
                 "spatial_axes": spatial_axes(raw.axes), "shape_tzyx": list(raw.spatial_shape),
                 "data_fingerprint": self.gateway.data_fingerprint, "classifier": self.gateway.pipeline_fingerprint,
                 "sources": sources}
+
+
+def check_source(source: str) -> None:
+    """NotFound for an unknown source name."""
+    if source not in SOURCES:
+        raise NotFound(f"unknown source '{source}' (choose one of {', '.join(SOURCES)})")
 
 
 def spatial_axes(raw_axes: str) -> str:

@@ -17,7 +17,7 @@ from backend.compute.geometry import Roi
 from backend.errors import UserError
 from backend.service.objects import OBJECTS
 from backend.service.rendering import blend_classes, objects_rgba, segmentation_rgba
-from backend.web.catalog import SOURCES, Lane, NotFound, spatial_axes
+from backend.web.catalog import SOURCES, Lane, spatial_axes
 
 FORMATS = {"npy": "application/octet-stream", "tiff": "image/tiff", "png": "image/png"}
 
@@ -167,9 +167,3 @@ def _grey(channel: np.ndarray, kind: str) -> np.ndarray:
     low, high = float(channel.min()), float(channel.max())  # raw data of other types: stretched to 0-255
     scale = 255.0 / (high - low) if high > low else 0.0
     return np.clip(np.round((channel - low) * scale), 0, 255).astype(np.uint8)
-
-
-def check_source(source: str) -> None:
-    """NotFound for an unknown source name."""
-    if source not in SOURCES:
-        raise NotFound(f"unknown source '{source}' (choose one of {', '.join(SOURCES)})")

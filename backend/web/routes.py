@@ -14,11 +14,12 @@ import tempfile
 
 from aiohttp import web
 
+from backend.compute.threshold import settings_fingerprint
 from backend.io.writers import BlockWriter
 from backend.web import zarr_layout
-from backend.web.catalog import Lane, NotFound
+from backend.web.catalog import Lane, NotFound, check_source
 from backend.web.openapi import describe, docs_asset, docs_page
-from backend.web.roi_query import FORMATS, RoiQuery, check_source, npy_header, parse_query, png_bytes, slabs
+from backend.web.roi_query import FORMATS, RoiQuery, npy_header, parse_query, png_bytes, slabs
 
 SERVICE = web.AppKey("service", object)
 
@@ -59,7 +60,8 @@ def _lane(request: web.Request) -> Lane:
 def _etag(lane: Lane, source: str) -> str:
     gateway = lane.require_gateway()
     classifier = "" if source == "raw" else f"-{gateway.pipeline_fingerprint}"
-    return f'"{gateway.data_fingerprint}{classifier}"'
+    threshold = f"-{settings_fingerprint(lane.threshold)}" if source == "objects" else ""
+    return f'"{gateway.data_fingerprint}{classifier}{threshold}"'
 
 
 def _not_modified(request: web.Request, etag: str) -> bool:

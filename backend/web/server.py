@@ -87,8 +87,8 @@ class Service:
 
     def executor_status(self) -> dict:
         """The executor's status (shared by all lanes), or {} without any lane."""
-        statuses = self.gateway_statuses()
-        return statuses[0]["executor"] if statuses else {}
+        gateway = next((lane.gateway for lane in self.lanes if lane.gateway is not None), None)
+        return gateway.executor.status() if gateway is not None else {}
 
     def describe(self) -> dict:
         """``/api/v1/info``."""

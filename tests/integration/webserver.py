@@ -15,6 +15,16 @@ import urllib.request
 from tests.conftest import REPO
 
 
+def http_get(url: str, headers: dict | None = None, timeout: float = 120) -> tuple[int, bytes, dict]:
+    """Status, body and headers of ``GET url`` (HTTP errors included)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
 class ServeProcess:
     """``ilastik-desktop serve ARGS --port 0``; its URL is read from what it prints. Use as a context manager."""
 
@@ -48,12 +58,7 @@ class ServeProcess:
 
     def get(self, path: str, headers: dict | None = None, timeout: float = 120) -> tuple[int, bytes, dict]:
         """Status, body and headers of ``GET path`` (errors included)."""
-        request = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
-                return answer.status, answer.read(), dict(answer.headers)
-        except urllib.error.HTTPError as error:
-            return error.code, error.read(), dict(error.headers)
+        return http_get(self.url + path, headers, timeout)
 
     def stop(self) -> int:
         """SIGTERM, then SIGKILL after 20 s; returns the exit code."""
