@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let browser viewers from this origin read (e.g. https://neuroglancer-demo.appspot.com, "
                    "or '*'); repeatable")
     g.add_argument("--max-roi-mb", type=float, default=1024.0, help="largest region the ROI API answers (MB)")
+    g.add_argument("--chunk-memory-mb", type=float, default=256.0,
+                   help="encoded zarr chunks kept in memory for repeated reads (MB, default 256; 0 = none)")
     g.add_argument("--threshold", metavar="NAME=VALUE,...", help="thresholding of 'objects' (as for the export)")
     g.add_argument("--block_shape", metavar="Z,Y,X",
                    help="block (and zarr chunk) size (default 64,128,128 in 3D, 512,512 in 2D)")
@@ -89,10 +91,12 @@ def web_settings(args: argparse.Namespace) -> WebSettings:
         raise UserError(f"--port {args.port}: expected 0 to 65535")
     if args.max_roi_mb <= 0:
         raise UserError("--max-roi-mb must be positive")
+    if args.chunk_memory_mb < 0:
+        raise UserError("--chunk-memory-mb must not be negative")
     if args.token is not None and len(args.token) < 8:
         raise UserError("--token must have at least 8 characters")
     return WebSettings(host=args.host, port=args.port, token=args.token, cors=tuple(args.cors),
-                       max_roi_mb=args.max_roi_mb)
+                       max_roi_mb=args.max_roi_mb, chunk_memory_mb=args.chunk_memory_mb)
 
 
 def announce(server: WebServer) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
 import vigra
@@ -139,6 +140,8 @@ def checks(work, bundle, app, env, reference):
         worker.terminate()
         worker.wait(timeout=30)
 
+    _check_serve(app, env, os.path.join(demo, "demo.ilp"))
+
     shot = os.path.join(work, "shot.png")
     done, seconds = run([app, "--project", os.path.join(demo, "demo.ilp"), "--screenshot", shot], env)
     image = np.asarray(vigra.impex.readImage(shot)) if os.path.exists(shot) else np.zeros(1)
@@ -160,6 +163,33 @@ def checks(work, bundle, app, env, reference):
     done, _ = run([app, "--headless", "--project", os.path.join(work, "nope.ilp")], env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     check("a mistake exits 2 with one line", done.returncode == 2 and len(lines) == 1, done.stderr.strip())
+
+
+def _check_serve(app, env, project):
+    """``serve``: the docs page's own files, the zarr metadata and a computed chunk; ends with 0 on SIGTERM."""
+    port = free_port()
+    server = subprocess.Popen([app, "serve", project, "--port", str(port), "--workers", "1"], env=env,
+                              cwd=env["HOME"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    answers, lines = {}, []
+    try:
+        for line in server.stderr:
+            lines.append(line)
+            if line.startswith("zarr: "):
+                break
+        for path in ("/doc", "/doc/static/swagger-ui-bundle.js", "/doc/static/swagger-ui.css",
+                     "/zarr/0/probabilities/0/.zarray", "/zarr/0/probabilities/0/0.0.0.0"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
+                answers[path] = (answer.status, len(answer.read()))
+    except (OSError, ValueError) as exc:
+        lines.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        server.terminate()
+        code = server.wait(timeout=60)
+    good = len(answers) == 5 and all(status == 200 and size > 0 for status, size in answers.values())
+    check("serve: docs page with its own files, zarr metadata and a computed chunk; SIGTERM ends it with 0",
+          good and answers["/doc/static/swagger-ui-bundle.js"][1] > 100_000 and code == 0,
+          f"{answers} exit {code} {''.join(lines)[-300:]}")
 
 
 def _children(pid):

@@ -91,8 +91,12 @@ async def zarr_document(request: web.Request) -> web.StreamResponse:
     if rest in ("", ".zgroup") or rest.startswith("zarr.json") or "/" in rest:
         raise NotFound(f"nothing at {request.path}")
     index = zarr_layout.parse_chunk_key(rest, layout)
-    values = await service.fetch(lane, source, layout.chunk_roi(index))
-    body = await service.run(zarr_layout.encode_chunk, layout, values)
+
+    async def produce() -> bytes:
+        values = await service.fetch(lane, source, layout.chunk_roi(index))
+        return await service.run(zarr_layout.encode_chunk, layout, values)
+
+    body = await service.chunks.get((lane.index, source, index, etag), produce)
     return web.Response(body=body, content_type="application/octet-stream", headers=headers)
 
 

@@ -26,6 +26,7 @@ from backend.distributed.security import is_local
 from backend.errors import UserError
 from backend.service.gateway import PREFETCH
 from backend.web.catalog import Lane, NotFound
+from backend.web.chunk_memory import ChunkMemory
 from backend.web.metrics import Metrics
 from backend.web.roi_query import TooLarge
 from backend.web.routes import SERVICE, add_routes, error_body
@@ -43,6 +44,7 @@ class WebSettings:
     cors: tuple[str, ...] = ()  # origins allowed to read from browsers ('*' for any)
     max_roi_mb: float = 1024.0  # largest region the ROI API answers
     threads: int = 8  # for gateway look-ups, raw reads and encoding
+    chunk_memory_mb: float = 256.0  # encoded zarr chunks kept in memory for repeated reads
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +69,7 @@ class Service:
         self.folder = tempfile.mkdtemp(prefix="ilastik-web-")
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="web")
         self.metrics = Metrics(self.gateway_statuses)
+        self.chunks = ChunkMemory(int(settings.chunk_memory_mb * 2**20))
 
     async def run(self, function: Callable, *args):
         """Run a blocking call on the pool."""

@@ -1,4 +1,4 @@
-"""A real ``ilastik-desktop serve`` process on a free loopback port, for the web service's tests."""
+"""A real ``ilastik-desktop serve`` process on a free loopback port, for the web service's tests and benchmark."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.conftest import REPO
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def http_get(url: str, headers: dict | None = None, timeout: float = 120) -> tuple[int, bytes, dict]:
