@@ -2,6 +2,8 @@
 
     python bench/web.py [--shape Z,Y,X] [--workers 2] [--clients 1,8] [--dir bench/out]
 
+Needs fsspec (in the test extras: pip install -e ".[test]").
+
 For each client count, a fresh ``ilastik-desktop serve`` (its own redis-server and workers) is read whole
 by that many concurrent zarr-python clients over fsspec's HTTP store: cold (every block computed on the
 workers, once) and then warm (every block from the cache). Cold is compared with the headless export's

@@ -70,7 +70,7 @@ def _not_modified(request: web.Request, etag: str) -> bool:
 
 async def zarr_document(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    lane, source = _lane(request), request.match_info["source"]
+    lane, source = _lane(request), request.match_info["source"].removesuffix(".zarr")  # napari wants *.zarr
     check_source(source)
     path = request.match_info["path"].strip("/")
     etag = _etag(lane, source)

@@ -32,11 +32,23 @@ def zattrs(lane: Lane, source: str, classes: list[dict]) -> dict:
             "data_fingerprint": gateway.data_fingerprint, "classifier": gateway.pipeline_fingerprint}
     if source != "raw":
         ours["classes"] = classes
-    return {"multiscales": [{"version": "0.4", "name": f"{lane.nickname} {source}", "axes": axes,
-                             "datasets": [{"path": LEVEL, "coordinateTransformations": [{"type": "scale",
-                                                                                        "scale": scale}]}],
-                             "type": "none"}],
-            OUR_ATTRS: ours}
+    attrs = {"multiscales": [{"version": "0.4", "name": f"{lane.nickname} {source}", "axes": axes,
+                              "datasets": [{"path": LEVEL, "coordinateTransformations": [{"type": "scale",
+                                                                                         "scale": scale}]}],
+                              "type": "none"}],
+             OUR_ATTRS: ours}
+    if source in ("probabilities", "uncertainty") and "c" in layout.axes:
+        attrs["omero"] = omero_channels(classes if source == "probabilities" else [])
+    return attrs
+
+
+def omero_channels(classes: list[dict]) -> dict:
+    """NGFF's ``omero`` display hints: one channel per class with its name and colour, values 0 to 1
+    (viewers such as napari name and colour the channels from it); a single grey channel without classes."""
+    shown = classes or [{"name": "uncertainty", "color": [255, 255, 255]}]
+    window = {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}
+    return {"channels": [{"label": c["name"], "color": "".join(f"{v:02X}" for v in c["color"][:3]),
+                          "window": window, "active": True} for c in shown]}
 
 
 def zarray(layout: ArrayLayout) -> dict:

@@ -71,6 +71,11 @@ def test_ome_zarr_reader_recognises_the_image_with_its_axes(server_3d):
     ours = group.attrs["ilastik-desktop"]
     info = json.loads(server_3d.get("/api/v1/info")[1])
     assert ours["classes"] == info["classes"] and len(ours["classes"]) == 2
+    channels = group.attrs["omero"]["channels"]  # what napari names and colours the channels by
+    assert [c["label"] for c in channels] == [c["name"] for c in info["classes"]]
+    assert [c["color"] for c in channels] == ["".join(f"{v:02X}" for v in c["color"]) for c in info["classes"]]
+    same = zarr.open_array(server_3d.url + "/zarr/0/probabilities.zarr/0", mode="r", zarr_format=2)
+    assert same.shape == image.data[0].shape  # also under a name ending in .zarr, as napari's reader wants
     assert ours["classifier"]
 
 
