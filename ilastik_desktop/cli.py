@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backend.compute.pipeline import combined_kind
+from backend.distributed.dask_clusters import CLUSTERS, DaskSettings, check_address, job_script
 from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
 from backend.errors import UserError
 from backend.io.writers import FORMATS
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-size", default="1600x1000", metavar="WxH", help="window size (default 1600x1000)")
     add_input_options(p)
     g = p.add_argument_group("export")
-    g.add_argument("--export_source", default="Probabilities", choices=EXPORT_SOURCES,
-                   help="what to export (Objects: thresholded, labelled objects as uint32)")
+    g.add_argument("--export_source", action="append", choices=EXPORT_SOURCES,
+                   help="what to export (default Probabilities; Objects: thresholded, labelled objects as uint32); "
+                   "repeat it to write several results from one feature computation (each to its own file: put "
+                   "{result_type} in --output_filename_format)")
     g.add_argument("--output_format", default="hdf5", choices=list(FORMATS), help="file format (default hdf5)")
     g.add_argument("--output_filename_format", default="{dataset_dir}/{nickname}_{result_type}",
                    metavar="PATTERN", help="output path; placeholders {dataset_dir}, {nickname}, {result_type}; "
@@ -82,6 +86,44 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
                    help="end a headless run with an error when no worker is registered for this long (default 60)")
     g.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     g.add_argument("--print-key", action="store_true", help="print this application's public key and exit")
+    add_dask_options(p)
+
+
+def add_dask_options(p: argparse.ArgumentParser) -> None:
+    """The options that compute on a Dask cluster instead of our own workers."""
+    g = p.add_argument_group("Dask and batch clusters (pip install 'ilastik-desktop[dask]')")
+    g.add_argument("--dask", metavar="tcp://HOST:8786|local[:N]",
+                   help="compute on this running Dask scheduler, or on a local Dask cluster of N processes")
+    g.add_argument("--cluster", choices=CLUSTERS, help="start Dask workers as batch jobs (dask-jobqueue)")
+    g.add_argument("--cluster-jobs", type=int, default=1, metavar="N", help="batch jobs to submit (default 1)")
+    g.add_argument("--cluster-cores", type=int, default=1, metavar="C",
+                   help="cores per job, each a single-threaded worker process (default 1)")
+    g.add_argument("--cluster-memory", default="4GB", metavar="M", help="memory per job (default 4GB)")
+    g.add_argument("--cluster-queue", metavar="Q", help="queue or partition")
+    g.add_argument("--cluster-walltime", metavar="T", help="wall time per job, e.g. 01:00:00")
+    g.add_argument("--cluster-account", metavar="A", help="account to charge")
+    g.add_argument("--cluster-dry-run", action="store_true", help="print the job script and exit (submits nothing)")
+    g.add_argument("--shared-filesystem", action="store_true",
+                   help="Dask workers read the raw data by path (they must see the same file system) instead of "
+                   "receiving each block's raw data")
+
+
+def dask_from_args(args: argparse.Namespace) -> DaskSettings | None:
+    """The Dask engine the command line asks for, checked; None for our own workers."""
+    if args.dask and args.cluster:
+        raise UserError("use either --dask or --cluster, not both")
+    if not (args.dask or args.cluster):
+        if args.shared_filesystem or args.cluster_dry_run:
+            raise UserError("--shared-filesystem and --cluster-dry-run need --dask or --cluster")
+        return None
+    if args.connect or args.listen or args.workers is not None:
+        raise UserError("--dask and --cluster replace --workers, --connect and --listen (use --dask local:N for N "
+                        "local processes)")
+    if args.dask:
+        check_address(args.dask)
+    return DaskSettings(address=args.dask, cluster=args.cluster, jobs=args.cluster_jobs, cores=args.cluster_cores,
+                        memory=args.cluster_memory, queue=args.cluster_queue, walltime=args.cluster_walltime,
+                        account=args.cluster_account, shared_filesystem=args.shared_filesystem)
 
 
 def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
@@ -98,7 +140,7 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
     return ComputeSettings(workers=args.workers, connect=remote, listen=args.listen,
                            worker_keys=tuple(check_key(k, "worker key") for k in args.worker_key),
                            redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir,
-                           worker_timeout_s=args.worker_timeout)
+                           worker_timeout_s=args.worker_timeout, dask=dask_from_args(args))
 
 
 def _window_size(text: str) -> tuple[int, int]:
@@ -126,7 +168,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if not project:
         raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
     export = ExportOptions(
-        kind=args.export_source,
+        kind=combined_kind(args.export_source or ["Probabilities"]),
         fmt=args.output_format,
         filename_pattern=args.output_filename_format,
         internal_path=args.output_internal_path,
@@ -174,6 +216,9 @@ def _run(args: argparse.Namespace) -> int:
     """The window, the headless export, the demo project or the key, as the options say."""
     if args.print_key:
         print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
+        return 0
+    if args.cluster_dry_run:
+        print(job_script(dask_from_args(args)))
         return 0
     announce_first_start()
     if args.demo_project:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
+from backend.distributed.dask_clusters import DaskSettings
 from backend.errors import UserError
 from backend.service.export import ExportOptions
 
@@ -31,6 +32,7 @@ class ComputeSettings:
     worker_timeout_s: float = 60.0  # how long to wait for the first workers, and without any worker
     fail_without_workers: bool = True  # fail waiting blocks after worker_timeout_s with no worker (headless)
     enable_remote: bool = False  # load our key pair at start so remote workers can be added later
+    dask: DaskSettings | None = None  # compute on a Dask cluster instead of our ZeroMQ workers
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ import dataclasses
 import signal
 import sys
 
+from backend.compute.pipeline import split_kind
 from backend.distributed.zmq_executor import TaskError
 from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.service.export import check_internal_path, default_block_shape, output_path, run_export
+from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
 from ilastik_desktop.config import Settings, parse_cutout, parse_threshold
 from ilastik_desktop.services import Services
 
@@ -32,7 +33,7 @@ def run_headless(settings: Settings) -> int:
 
         classifier = retrain_project(project, source, progress=settings.export.progress)
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
-    needs_forest = settings.export.kind != "Features"
+    needs_forest = settings.export.kind != "Features"  # a combined kind with Features needs it too
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
     threshold = parse_threshold(settings.threshold or "", project.threshold, pipeline.label_count)
     options = dataclasses.replace(settings.export, threshold=threshold)
@@ -41,8 +42,9 @@ def run_headless(settings: Settings) -> int:
                                                                    source.spatial_shape))
     block_shape = options.block_shape or default_block_shape(source.spatial_shape)
     nickname = project.lanes[settings.lane].nickname
-    output_path(options.filename_pattern, options.fmt, source, nickname, options.kind)  # checked before any
-    check_internal_path(options.internal_path)  # process starts
+    for kind in check_sources(split_kind(options.kind), options.filename_pattern):  # checked before any
+        output_path(options.filename_pattern, options.fmt, source, nickname, kind)  # process starts
+    check_internal_path(options.internal_path)
     with Services(settings.compute) as services:
         if services.listen_address:
             print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
@@ -60,7 +62,8 @@ def run_headless(settings: Settings) -> int:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
     unit = "frames" if options.kind == "Objects" else "blocks"
-    print(f"wrote {result.path} ({result.blocks} {unit}, {result.seconds:.1f} s, {rate / 1e6:.2f} Mvoxel/s; "
+    print(f"wrote {', '.join(result.paths)} ({result.blocks} {unit}, {result.seconds:.1f} s, "
+          f"{rate / 1e6:.2f} Mvoxel/s; "
           f"{status['computed']} computed, {status['hits']} from the cache, "
           f"{status['executor']['processes']} worker processes)", file=sys.stderr)
     return 0

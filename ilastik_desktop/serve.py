@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from backend.distributed.dask_clusters import job_script
 from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
@@ -19,7 +20,7 @@ from backend.service.export import default_block_shape
 from backend.web.catalog import Lane
 from backend.web.server import WebServer, WebSettings, is_loopback
 from ilastik_desktop import __version__
-from ilastik_desktop.cli import add_compute_options, add_input_options, compute_from_args
+from ilastik_desktop.cli import add_compute_options, add_input_options, compute_from_args, dask_from_args
 from ilastik_desktop.config import attach_key_values, parse_block_shape, parse_threshold
 from ilastik_desktop.services import Services
 
@@ -115,6 +116,9 @@ def announce(server: WebServer) -> None:
 def serve(argv: list[str]) -> int:
     """Run the web service until interrupted; returns the exit code."""
     args = build_parser().parse_args(attach_key_values(argv, ("--worker-key",)))
+    if args.cluster_dry_run:
+        print(job_script(dask_from_args(args)))
+        return 0
     settings = web_settings(args)
     compute = dataclasses.replace(compute_from_args(args), fail_without_workers=True)
     project = open_project(args.project)

@@ -19,6 +19,7 @@ import redis
 from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.pipeline import Pipeline
+from backend.distributed.dask_clusters import local_worker_count, start_dask
 from backend.distributed.executor import default_workers
 from backend.distributed.security import CurveIdentity, KeyStore
 from backend.distributed.zmq_executor import ZmqExecutor
@@ -75,6 +76,9 @@ class Services:
         try:
             self.cache = BlockCache(self._cache_client())
             self.identity = self._identity()
+            if settings.dask is not None:
+                self.executor = start_dask(settings.dask)
+                return
             local = "ipc://" + os.path.join(self.folder, "workers") if os.name == "posix" else "tcp://127.0.0.1:0"
             no_worker_timeout = settings.worker_timeout_s if settings.fail_without_workers else None
             self.executor = ZmqExecutor(bind=local, identity=self.identity, heartbeat_s=settings.heartbeat_s,
@@ -118,7 +122,7 @@ class Services:
 
     def wait_for_workers(self, timeout: float | None = None) -> None:
         """Wait until the local workers (or, without them, any worker) registered; UserError if none did."""
-        wanted = self.local.processes if self.local else 1
+        wanted = self.local.processes if self.local else self._dask_processes()
         timeout = self.settings.worker_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -128,8 +132,18 @@ class Services:
                 raise UserError(self.local.failure())
         raise UserError(self._no_workers(timeout))
 
+    def _dask_processes(self) -> int:
+        """How many worker processes a Dask engine should have before we start (1 unless local:N)."""
+        address = self.settings.dask.address if self.settings.dask else None
+        if address and address.startswith("local"):
+            return local_worker_count(address) or default_workers()
+        return 1
+
     def _no_workers(self, timeout: float) -> str:
         """Why no worker registered, pointing at what the user can check."""
+        if self.settings.dask is not None:
+            return (f"no Dask worker joined {self.settings.dask.describe()} within {timeout:.0f} s (batch jobs may "
+                    "still be queued: see --worker-timeout)")
         if self.local:
             return f"no local workers registered within {timeout:.0f} s (log: {self.local.log_path})"
         refused = self.executor.status()["refused"][-3:]
@@ -206,8 +220,9 @@ class Services:
 
     def gateway(self, source: DataSource, pipeline: Pipeline, block_shape: tuple[int, int, int, int]) -> Gateway:
         """A gateway for one image on these services (close it before the services)."""
-        return Gateway(source, pipeline, self.executor, self.cache, GatewayConfig(block_shape=block_shape),
-                       on_cache_lost=self._restart_cache)
+        by_path = self.settings.dask is not None and self.settings.dask.shared_filesystem
+        return Gateway(source, pipeline, self.executor, self.cache,
+                       GatewayConfig(block_shape=block_shape, raw_by_path=by_path), on_cache_lost=self._restart_cache)
 
     def _restart_cache(self) -> None:
         if self.embedded is None:

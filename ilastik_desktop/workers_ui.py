@@ -13,6 +13,8 @@ from viewer.bridge import GuiBridge
 
 COLUMNS = ("host", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")
 HEADERS = ("Host", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done", "Blocks/s")
+DASK_COLUMNS = ("endpoint", "threads", "memory_mb", "memory_limit_mb", "tasks", "state")
+DASK_HEADERS = ("Dask worker", "Threads", "Memory (MB)", "Memory limit (MB)", "Tasks running", "State")
 
 
 def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> None:
@@ -46,7 +48,7 @@ class WorkersPanel(QtWidgets.QWidget):
         self.services, self.bridge = services, bridge
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workers-ui")
         layout = QtWidgets.QVBoxLayout(self)
-        self.table = QtWidgets.QTableWidget(0, len(COLUMNS))
+        self.table = QtWidgets.QTableWidget(0, max(len(COLUMNS), len(DASK_COLUMNS)))
         self.table.setHorizontalHeaderLabels(HEADERS)
         self.table.verticalHeader().hide()
         self.table.setEditTriggers(QtWidgets.QAbstractItemView.NoEditTriggers)
@@ -68,6 +70,12 @@ class WorkersPanel(QtWidgets.QWidget):
         self.connect_button.clicked.connect(self.open_dialog)
         layout.addWidget(self.connect_button)
         self.dialog: ConnectDialog | None = None
+        self.columns = COLUMNS
+        if services.settings.dask is not None:  # the Dask cluster decides its workers
+            for widget in (self.local_count, self.apply_local, self.connect_button):
+                widget.setEnabled(False)
+            self.columns = DASK_COLUMNS
+            self.table.setHorizontalHeaderLabels(DASK_HEADERS)
 
     def show_status(self, executor_status: dict) -> None:
         """Fill the table from the executor's status; say plainly when there is no worker at all."""
@@ -76,7 +84,7 @@ class WorkersPanel(QtWidgets.QWidget):
         self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
         self.table.setRowCount(len(workers))
         for r, worker in enumerate(workers):
-            for c, key in enumerate(COLUMNS):
+            for c, key in enumerate(self.columns):
                 self.table.setItem(r, c, QtWidgets.QTableWidgetItem(str(worker.get(key, ""))))
 
     def _apply_local(self) -> None:

@@ -33,6 +33,7 @@ class BlockTask:
     image: tuple[int, int, int]
     target: tuple[tuple[int, int], ...]
     pipeline: str  # fingerprint of the Pipeline that must compute it
+    raw_ref: dict | None = None  # instead of raw: {spec, axes, start, stop} for workers that read the file
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,12 @@ class Pipeline:
         return self.features.halo
 
     def channels(self, kind: str) -> int:
-        """Number of output channels of a result kind."""
-        return {"Probabilities": self.label_count, "Features": self.features.column_count}.get(kind, 1)
+        """Number of output channels of a result kind (of all its parts for a combined kind)."""
+        counts = {"Probabilities": self.label_count, "Features": self.features.column_count}
+        return sum(counts.get(part, 1) for part in split_kind(kind))
 
     def dtype(self, kind: str) -> np.dtype:
-        """Output dtype of a result kind."""
+        """Output dtype of a result kind (float32 for a combined kind: it holds every part exactly)."""
         return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
 
     def run(self, task: BlockTask, workspace: dict | None = None) -> np.ndarray:
@@ -69,16 +71,22 @@ class Pipeline:
                                               out=_buffer(ws, "planar", voxels * columns))
         rows = to_rows(planar, _buffer(ws, "rows", voxels * columns)[: voxels * columns].reshape(voxels, columns))
         feats = rows.reshape(shape + (columns,))
-        if task.kind == "Features":
-            return feats.copy()
-        probs = self.probabilities(feats)
-        if task.kind == "Probabilities":
+        parts = split_kind(task.kind)
+        if any(part not in RESULT_KINDS for part in parts):
+            raise ValueError(f"unknown result kind '{task.kind}'")
+        probs = self.probabilities(feats) if parts != ("Features",) else None
+        results = [self._result(part, feats, probs) for part in parts]
+        if len(results) == 1:
+            return results[0].copy() if parts == ("Features",) else results[0]
+        return np.concatenate([r.astype(np.float32, copy=False) for r in results], axis=-1)
+
+    @staticmethod
+    def _result(kind: str, feats: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+        if kind == "Features":
+            return feats
+        if kind == "Probabilities":
             return probs
-        if task.kind == "Simple Segmentation":
-            return simple_segmentation(probs)
-        if task.kind == "Uncertainty":
-            return uncertainty(probs)
-        raise ValueError(f"unknown result kind '{task.kind}'")
+        return simple_segmentation(probs) if kind == "Simple Segmentation" else uncertainty(probs)
 
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
         """Per-label probabilities (ilastik's channel order) for a feature block."""
@@ -152,6 +160,16 @@ class Pipeline:
             return cls(fs, forests, known, whole_number(header["label_count"], 0, 4096))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed pipeline: {str(exc)[:200]}") from None
+
+
+def combined_kind(kinds: tuple[str, ...] | list[str]) -> str:
+    """One kind that computes several results from the same features (their channels side by side)."""
+    return "+".join(kinds)
+
+
+def split_kind(kind: str) -> tuple[str, ...]:
+    """The results a (possibly combined) kind stands for."""
+    return tuple(kind.split("+"))
 
 
 def _scale(value) -> float:

@@ -100,7 +100,9 @@ def _array(spec, frame: bytes) -> np.ndarray:
 
 
 def task_message(task) -> list[bytes]:
-    """A TASK message for a :class:`~backend.compute.pipeline.BlockTask`."""
+    """A TASK message for a :class:`~backend.compute.pipeline.BlockTask` (which carries its raw data)."""
+    if task.raw_ref is not None:
+        raise ValueError("this executor's workers need the raw data in the task (--shared-filesystem is for Dask)")
     fields = {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
               "target": [list(t) for t in task.target], "pipeline": task.pipeline}
     return encode("TASK", fields, [task.raw])

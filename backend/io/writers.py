@@ -40,6 +40,7 @@ class BlockWriter:
         if fmt not in FORMATS:
             raise UserError(f"unknown output format '{fmt}' (choose one of {', '.join(FORMATS)})")
         self.path, self.fmt, self.axes, self.region = path, fmt, axes, region
+        self.channels, self.dtype = channels, np.dtype(dtype)
         self.partial = _partial_name(path)
         sizes = dict(zip("tzyx", region.shape), c=channels)
         shape = tuple(sizes[a] for a in axes)

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from backend.compute.geometry import Roi
-from backend.compute.pipeline import RESULT_KINDS
+from backend.compute.pipeline import RESULT_KINDS, split_kind
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
 from backend.io.sources import DataSource, split_internal_path
@@ -48,6 +48,7 @@ class ExportResult:
     blocks: int
     seconds: float
     voxels: int
+    paths: tuple[str, ...] = ()  # every file, when one run wrote several sources
 
 
 def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -110,17 +111,22 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     ``on_progress(done, total)`` is called after each written piece; setting ``cancel`` stops the
     export with :class:`ExportCancelled` and removes the partial output.
     """
-    if options.kind not in EXPORT_SOURCES:
-        raise UserError(f"unknown export source '{options.kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
+    kinds = check_sources(split_kind(options.kind), options.filename_pattern)
     source, pipeline = gateway.source, gateway.pipeline
     region = options.region or Roi.from_shape(source.spatial_shape)
     objects = options.kind == OBJECTS
-    path = output_path(options.filename_pattern, options.fmt, source, nickname, options.kind)
-    channels, dtype = (1, np.dtype(np.uint32)) if objects else (pipeline.channels(options.kind),
-                                                                 pipeline.dtype(options.kind))
-    chunks = gateway.config.block_shape
-    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype, chunks,
-                         check_internal_path(options.internal_path))
+    paths = [output_path(options.filename_pattern, options.fmt, source, nickname, kind) for kind in kinds]
+    writers = []
+    try:
+        for kind, path in zip(kinds, paths):
+            channels, dtype = (1, np.dtype(np.uint32)) if objects else (pipeline.channels(kind), pipeline.dtype(kind))
+            writers.append(BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype,
+                                       gateway.config.block_shape, check_internal_path(options.internal_path)))
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    writer = SplitWriter(writers)
     if objects:
         pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
     else:
@@ -136,7 +142,47 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         raise
     finally:
         bar.close()
-    return ExportResult(path, len(pieces), time.perf_counter() - started, region.size)
+    return ExportResult(paths[0], len(pieces), time.perf_counter() - started, region.size, tuple(paths))
+
+
+def check_sources(kinds: tuple[str, ...], pattern: str) -> tuple[str, ...]:
+    """The export sources of one run, checked: known, no repeats, Objects alone, one file each."""
+    for kind in kinds:
+        if kind not in EXPORT_SOURCES:
+            raise UserError(f"unknown export source '{kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
+    if len(kinds) > 1:
+        if len(set(kinds)) < len(kinds) or OBJECTS in kinds:
+            raise UserError("several export sources in one run must differ and cannot include Objects "
+                            "(it is exported in its own run)")
+        if "{result_type}" not in pattern:
+            raise UserError(f"--output_filename_format '{pattern}': several export sources need {{result_type}} "
+                            "in the name, so that each gets its own file")
+    return kinds
+
+
+class SplitWriter:
+    """Writes a combined result's channels into one writer per source (each its own dtype)."""
+
+    def __init__(self, writers: list[BlockWriter]):
+        self.writers = writers
+
+    def write(self, roi: Roi, values: np.ndarray) -> None:
+        """Store each writer's channels of ``values`` over ``roi``."""
+        start = 0
+        for writer in self.writers:
+            part = values[..., start:start + writer.channels] if len(self.writers) > 1 else values
+            writer.write(roi, part.astype(writer.dtype, copy=False))
+            start += writer.channels
+
+    def commit(self) -> None:
+        """Finish every file."""
+        for writer in self.writers:
+            writer.commit()
+
+    def abort(self) -> None:
+        """Remove every partial file."""
+        for writer in self.writers:
+            writer.abort()
 
 
 def _request(gateway: Gateway, options: ExportOptions, roi: Roi) -> tuple[Future, Callable[[], None]]:

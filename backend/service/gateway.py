@@ -43,6 +43,7 @@ class GatewayConfig:
 
     block_shape: tuple[int, int, int, int] = (1, 64, 64, 64)
     lease_s: float = 10.0
+    raw_by_path: bool = False  # tasks name the raw data's file and region; workers read it themselves
 
 
 class Gateway:
@@ -252,9 +253,14 @@ class Gateway:
             future.add_done_callback(lambda f, s=state: self._computed(s, f))
             return
         block = state.block
-        raw = self.source.read(block.halo_roi)[0]
-        state.task = BlockTask(state.key, state.kind, raw, block.halo_roi.start[1:], self.source.spatial_shape[1:],
-                               tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint)
+        halo = block.halo_roi
+        if self.config.raw_by_path:
+            raw, reference = np.empty((0, 0, 0, 0), self.source.dtype), self.source.reference(halo)
+        else:
+            raw, reference = self.source.read(halo)[0], None
+        state.task = BlockTask(state.key, state.kind, raw, halo.start[1:], self.source.spatial_shape[1:],
+                               tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint,
+                               reference)
         self._submit(state)
 
     def _submit(self, state: BlockState) -> None:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import zmq
+from PyQt5 import QtCore
 
 from tests.gui.conftest import open_and_settle
 from tests.integration.test_zmq import free_port
@@ -70,3 +71,24 @@ def test_changing_the_local_process_count(qtbot, window, services, data_dir):
         panel.apply_local.click()
         qtbot.waitUntil(lambda: panel.apply_local.isEnabled() and services.executor.status()["processes"] == 2,
                         timeout=60_000)
+
+
+def test_the_workers_panel_lists_dask_workers_with_threads_memory_and_tasks(qtbot, tmp_path):
+    from backend.distributed.dask_clusters import DaskSettings
+    from ilastik_desktop.config import ComputeSettings
+    from ilastik_desktop.main_window import MainWindow
+    from ilastik_desktop.services import Services
+
+    settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
+    with Services(ComputeSettings(dask=DaskSettings(address="local:2"), config_dir=str(tmp_path))) as services:
+        services.wait_for_workers(timeout=60)
+        window = MainWindow(services, settings, interactive=False)
+        qtbot.addWidget(window)
+        panel = window.workers_panel
+        qtbot.waitUntil(lambda: panel.table.rowCount() == 2, timeout=15_000)
+        headers = [panel.table.horizontalHeaderItem(c).text() for c in range(4)]
+        assert headers == ["Dask worker", "Threads", "Memory (MB)", "Memory limit (MB)"]
+        assert panel.table.item(0, 0).text().startswith("tcp://127.0.0.1:") and panel.table.item(0, 1).text() == "1"
+        assert int(panel.table.item(0, 2).text()) > 0 and "2 processes" in panel.summary.text()
+        assert not panel.connect_button.isEnabled() and not panel.apply_local.isEnabled()
+        window.close()

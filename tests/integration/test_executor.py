@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.dask_clusters import DaskSettings, start_dask
 from backend.distributed.executor import LocalExecutor
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
@@ -44,9 +45,17 @@ def _task(pipeline, image, kind="Probabilities"):
     return BlockTask("k", kind, raw, tuple(lo), image.shape, target, pipeline.fingerprint())
 
 
+def _dask(pipeline):
+    """A LocalCluster of two single-threaded worker processes, as ``--dask local:2`` starts it."""
+    executor = start_dask(DaskSettings(address="local:2"))
+    executor.add_pipeline(pipeline)
+    return executor
+
+
 EXECUTORS = {
     "local": lambda pipeline: LocalExecutor(pipeline, workers=2),
     "zmq": lambda pipeline: ZmqWithWorkers(pipeline, workers=1, processes=2),
+    "dask": _dask,
 }
 
 

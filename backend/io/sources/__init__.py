@@ -49,6 +49,8 @@ def open_source(spec: str, axes: str | None = None, base_dir: str | None = None)
                         f"{', '.join(SUPPORTED_DTYPES)}; convert float16 or complex data first)")
     if 0 in source.shape:
         raise DataError(f"{spec}: the image is empty (shape {source.native_shape})")
+    resolved = os.path.join(base_dir, spec) if base_dir and not os.path.isabs(spec) else spec
+    source.spec = resolved if os.pathsep in resolved else os.path.abspath(resolved)
     return source
 
 

@@ -52,6 +52,7 @@ class DataSource(ABC):
 
     def __init__(self, description: str, native_shape: tuple[int, ...], dtype: np.dtype, axes: str | None):
         self.description = description
+        self.spec: str | None = None  # what open_source opens it by again (set by open_source)
         self.native_shape = tuple(int(s) for s in native_shape)
         self.dtype = np.dtype(dtype)
         self.axes_guessed = axes is None
@@ -92,6 +93,10 @@ class DataSource(ABC):
         data = data.transpose([self.axes.index(a) for a in present])
         out_shape = roi.shape + (self.channels,)
         return data.reshape(out_shape)
+
+    def reference(self, roi: Roi) -> dict:
+        """What a process that sees the same files needs to read ``roi`` itself (file, axes, region)."""
+        return {"spec": self.spec, "axes": self.axes, "start": list(roi.start), "stop": list(roi.stop)}
 
     def fingerprint(self) -> str:
         """A short digest that changes whenever the data may have changed."""

@@ -1,0 +1,243 @@
+"""The Executor interface on a Dask cluster (``distributed``): a running scheduler, a LocalCluster, or a batch
+cluster started through dask-jobqueue (see :mod:`backend.distributed.dask_clusters`).
+
+Each pipeline goes to every worker once, as a worker plugin named by its fingerprint that also warms the
+compiled kernels; tasks travel as our own TASK message (JSON header and raw array frames) and name that
+fingerprint in their Dask key, so a worker never computes a block with another classifier. Dask itself
+reschedules the tasks of a worker that died. Dask's own protocol pickles task functions and plugins: only
+connect to schedulers you trust (as for any Dask cluster).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from concurrent.futures import Future
+
+import numpy as np
+from distributed import Client, WorkerPlugin, get_worker
+
+from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.protocol import Message, decode, encode, task_from_message, task_message
+from backend.distributed.roster import TaskError
+from backend.errors import TransientError
+
+STATUS_EVERY_S = 1.0  # the scheduler is asked for its workers at most this often
+
+
+def plugin_name(fingerprint: str) -> str:
+    """The worker plugin that holds one pipeline."""
+    return f"ilastik-pipeline-{fingerprint}"
+
+
+class PipelinePlugin(WorkerPlugin):
+    """One pipeline on one Dask worker, loaded and warmed once; a workspace per worker thread."""
+
+    def __init__(self, fingerprint: str, header: str, arrays: list[np.ndarray]):
+        self.name = plugin_name(fingerprint)
+        self.fingerprint, self.header, self.arrays = fingerprint, header, arrays
+        self.pipeline: Pipeline | None = None
+        self._local: threading.local | None = None
+
+    def setup(self, worker) -> None:
+        """Build the pipeline and compile its kernels before the first task."""
+        from backend.compute.warmup import warm_up
+
+        self.pipeline = Pipeline.from_message(json.loads(self.header), self.arrays)
+        self._local = threading.local()
+        warm_up()
+
+    def workspace(self) -> dict:
+        """Buffers reused between the blocks of the calling thread."""
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = {}
+        return self._local.buffers
+
+
+class ParentWatch(WorkerPlugin):
+    """On the worker processes of a LocalCluster: end when the application that started them is gone."""
+
+    name = "ilastik-parent-watch"
+
+    def __init__(self, parent_pid: int):
+        self.parent_pid = parent_pid
+
+    def setup(self, worker) -> None:
+        """Start watching (only in processes the application started itself)."""
+        import os
+
+        from backend.processes import watch_parent
+
+        if os.getppid() == self.parent_pid:
+            watch_parent(self.parent_pid)
+
+
+def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, float]:
+    """On a Dask worker: the block's result and the seconds it computed."""
+    plugin = get_worker().plugins.get(plugin_name(fingerprint))
+    if plugin is None or plugin.pipeline is None:
+        raise KeyError(f"this worker has no pipeline {fingerprint}")
+    message = decode(frames)
+    reference = message.fields.pop("raw_ref", None)
+    if reference is not None:
+        message = Message(message.type, message.fields, [read_raw(reference)])
+    task = task_from_message(message)
+    started = time.perf_counter()
+    values = plugin.pipeline.run(task, plugin.workspace())
+    return values, time.perf_counter() - started
+
+
+def read_raw(reference: dict) -> np.ndarray:
+    """Raw data (z, y, x, c) a task names by file and region (workers on a shared file system)."""
+    from backend.compute.geometry import Roi
+    from backend.io.sources import open_source
+
+    try:
+        source = open_source(reference["spec"], axes=reference["axes"])
+    except Exception as exc:
+        raise OSError(f"worker cannot open {reference['spec']}: {exc}") from None
+    return source.read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
+
+
+class DaskExecutor:
+    """Block tasks on a Dask cluster through ``client``; futures carry ``compute_s`` like the other executors."""
+
+    def __init__(self, client: Client, description: str = "", on_close=None):
+        self.client, self.description, self._on_close = client, description, on_close
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+        self._inner: dict[int, object] = {}
+        self._counter = itertools.count()
+        self._submitted = self._done = 0
+        self.compute_s = 0.0
+        self._workers: list[dict] = []
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="dask-status", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        """Ask the scheduler for its workers every STATUS_EVERY_S (status() never waits on it)."""
+        while not self._stop.is_set():
+            self._workers = self._ask_scheduler()
+            self._stop.wait(STATUS_EVERY_S)
+
+    def add_pipeline(self, pipeline: Pipeline) -> str:
+        """Send the pipeline to every worker (and to workers that join later) as a plugin."""
+        fingerprint = pipeline.fingerprint()
+        if fingerprint not in self._known:
+            header, arrays = pipeline.to_message()
+            self.client.register_plugin(PipelinePlugin(fingerprint, json.dumps(header), arrays))
+            self._known.add(fingerprint)
+        return fingerprint
+
+    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+        """Queue ``task`` on the scheduler (lower values first; Dask runs higher priorities first)."""
+        if task.pipeline not in self._known:
+            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
+        frames = task_frames(task)
+        key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
+        outer: Future = Future()
+        outer.compute_s = 0.0
+        inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority, pure=False,
+                                   retries=1)
+        with self._lock:
+            self._submitted += 1
+            self._inner[id(outer)] = inner
+        inner.add_done_callback(lambda f: self._finished(outer, f))
+        return outer
+
+    def _finished(self, outer: Future, inner) -> None:
+        with self._lock:
+            self._inner.pop(id(outer), None)
+            self._done += 1
+        if outer.done():
+            return
+        if inner.status == "finished":
+            values, outer.compute_s = inner.result()
+            self.compute_s += outer.compute_s
+            outer.set_result(values)
+        elif inner.status == "cancelled" and self.client.status == "running":
+            outer.cancel()
+        elif inner.status == "cancelled":  # not by us: the scheduler went away
+            outer.set_exception(TransientError(self.lost_message()))
+        else:
+            outer.set_exception(TaskError(f"{type(inner.exception()).__name__}: {inner.exception()}"[:1000]))
+
+    def lost_message(self) -> str:
+        """What to tell the user when the scheduler is gone."""
+        return f"lost the Dask scheduler {self.description or self.client.scheduler.address}"
+
+    def cancel(self, future: Future) -> bool:
+        """Withdraw a task; its result, if it was already running, is dropped."""
+        with self._lock:
+            inner = self._inner.pop(id(future), None)
+        if inner is None:
+            return future.cancelled()
+        inner.cancel()
+        return future.cancel()
+
+    def status(self) -> dict:
+        """The Dask workers (address, threads, memory, tasks; as last asked), queued and finished counts."""
+        with self._lock:
+            queued = len(self._inner)
+        workers = self._workers
+        return {"kind": "dask", "address": self.description, "workers": workers, "queued": queued,
+                "queued_by_priority": {}, "no_workers_s": 0.0, "processes": sum(w["processes"] for w in workers),
+                "submitted": self._submitted, "done": self._done, "compute_s": round(self.compute_s, 3)}
+
+    def _ask_scheduler(self) -> list[dict]:
+        try:
+            info = self.client.scheduler_info(n_workers=-1)
+        except Exception:  # the scheduler is gone or slow: show no workers
+            return []
+        workers = []
+        for address, w in sorted(info.get("workers", {}).items()):
+            metrics = w.get("metrics", {})
+            workers.append({"host": address, "endpoint": address, "processes": int(w.get("nthreads", 1)),
+                            "threads": int(w.get("nthreads", 1)), "state": "busy" if metrics.get("executing") else
+                            "idle", "memory_mb": round(metrics.get("memory", 0) / 2**20),
+                            "memory_limit_mb": round((w.get("memory_limit") or 0) / 2**20),
+                            "in_flight": int(metrics.get("executing", 0)), "tasks": int(metrics.get("executing", 0)),
+                            "version": "dask", "heartbeat_age_s": 0.0, "overdue": 0, "blocks_done": 0,
+                            "blocks_per_s": 0.0})
+        return workers
+
+    def wait_for_workers(self, processes: int, timeout: float) -> bool:
+        """Block until the cluster has workers with at least ``processes`` threads."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.client.scheduler_info(n_workers=-1)
+            if sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()) >= processes:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def close(self) -> None:
+        """Withdraw what is pending, stop polling, close the client (and the cluster we started)."""
+        self._stop.set()
+        self._poller.join(timeout=15)
+        with self._lock:
+            pending = list(self._inner.values())
+            self._inner.clear()
+        for inner in pending:
+            inner.cancel()
+        self.client.close(timeout=10)
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> DaskExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def task_frames(task: BlockTask) -> list[bytes]:
+    """The TASK message of ``task``; with ``raw_ref`` the raw data stays behind and the worker reads it."""
+    if task.raw_ref is None:
+        return task_message(task)
+    fields = {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
+              "target": [list(t) for t in task.target], "pipeline": task.pipeline, "raw_ref": task.raw_ref}
+    return encode("TASK", fields, [])
