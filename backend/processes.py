@@ -42,6 +42,27 @@ def watch_parent(parent_pid: int, on_orphaned: Callable[[], None] | None = None)
     return thread
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> None:
+    """In a compute process: let malloc keep freed blocks of up to 32 MB for reuse (Linux, glibc).
+
+    A block's temporaries are a few MB each; handed back to the kernel when freed (as glibc does below its
+    dynamic thresholds at first, and always under Dask's MALLOC_TRIM_THRESHOLD_=65536), they fault in again
+    for the next block. These are the upper limits of glibc's own dynamic thresholds; measured in
+    bench/scaling.py.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
+
+
 def _die_with_spawning_thread() -> None:
     """In the child before exec: SIGKILL us when the thread that forked us ends (Linux)."""
     if sys.platform.startswith("linux"):

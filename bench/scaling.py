@@ -1,9 +1,10 @@
 """Scaling benchmark: the prototype's experiment through gateway, Redis and ZeroMQ workers.
 
-    python bench/scaling.py [--shape Z,Y,X] [--workers 1,2] [--block 64] [--dir bench/out]
+    python bench/scaling.py [--shape Z,Y,X] [--workers 1,2] [--engines zeromq,dask] [--block 64] [--dir bench/out]
 
 The prototype's volume (384 x 384 x 192 uint8, 30 3D features, 100 trees) is requested whole through
-the gateway in 64^3 blocks, once per worker count (each worker one process, a fresh cache each time).
+the gateway in 64^3 blocks, once per engine (our ZeroMQ workers, a Dask LocalCluster) and worker count
+(each worker one process, a fresh cache each time).
 It reports wall time, summed compute time, per-block overhead (everything that is not computing:
 gateway, Redis, ZeroMQ, process hand-over), parallel efficiency, a cached re-request of the full
 volume, and the compute core's single-process time on the same blocks without gateway; as JSON, a
@@ -14,6 +15,7 @@ table and a PNG plot in the style of the prototype's scaling figure (needs matpl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -28,6 +30,7 @@ from backend.cache.block_cache import BlockCache  # noqa: E402
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
 from backend.compute.geometry import BlockGrid, Roi  # noqa: E402
 from backend.compute.pipeline import BlockTask, Pipeline  # noqa: E402
+from backend.distributed.dask_clusters import DaskSettings, start_dask  # noqa: E402
 from backend.distributed.executor import LocalExecutor  # noqa: E402
 from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
 from backend.io.project import open_project  # noqa: E402
@@ -51,38 +54,58 @@ def warm_up(gateway_for, pipeline: Pipeline, folder: str) -> None:
         gateway.close()
 
 
-def run_workers(count: int, source: DataSource, pipeline: Pipeline, block: int, folder: str) -> dict:
-    """Request the whole volume through a fresh cache and ``count`` one-process workers."""
-    with EmbeddedRedis(RedisSettings(maxmemory_mb=2048)) as server, ZmqExecutor(bind="ipc://" + folder + "/w") as ex:
+@contextlib.contextmanager
+def zeromq_engine(count: int, folder: str):
+    """Our ZeroMQ executor with ``count`` one-process local workers."""
+    with ZmqExecutor(bind="ipc://" + folder + "/w") as ex:
         workers = [LocalWorkers(ex.address, 1, folder) for _ in range(count)]
         try:
             if not ex.wait_for_workers(count, timeout=120):
                 raise RuntimeError("workers did not register")
-            cache = BlockCache(server.client(socket_timeout=30))
-
-            def gateway_for(src: DataSource) -> Gateway:
-                return Gateway(src, pipeline, ex, cache, GatewayConfig(block_shape=(1, block, block, block)))
-
-            warm_up(gateway_for, pipeline, folder)
-            gateway = gateway_for(source)
-            before = ex.status()
-            whole = Roi.from_shape(source.spatial_shape)
-            started = time.perf_counter()
-            first = gateway.request("Probabilities", whole, BATCH).result(timeout=7200)
-            wall = time.perf_counter() - started
-            status, after = gateway.status(), ex.status()
-            started = time.perf_counter()
-            again = gateway.request("Probabilities", whole, BATCH).result(timeout=600)
-            cached = time.perf_counter() - started
-            assert np.array_equal(first, again)
-            gateway.close()
+            yield ex
         finally:
             for worker in workers:
                 worker.stop()
+
+
+@contextlib.contextmanager
+def dask_engine(count: int, folder: str):
+    """A Dask LocalCluster of ``count`` single-threaded worker processes (as ``--dask local:N``)."""
+    with start_dask(DaskSettings(address=f"local:{count}")) as ex:
+        if not ex.wait_for_workers(count, timeout=120):
+            raise RuntimeError("Dask workers did not start")
+        yield ex
+
+
+ENGINES = {"zeromq": zeromq_engine, "dask": dask_engine}
+
+
+def run_workers(engine: str, count: int, source: DataSource, pipeline: Pipeline, block: int, folder: str) -> dict:
+    """Request the whole volume through a fresh cache and ``count`` one-process workers of ``engine``."""
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=2048)) as server, ENGINES[engine](count, folder) as ex:
+        cache = BlockCache(server.client(socket_timeout=30))
+
+        def gateway_for(src: DataSource) -> Gateway:
+            return Gateway(src, pipeline, ex, cache, GatewayConfig(block_shape=(1, block, block, block)))
+
+        warm_up(gateway_for, pipeline, folder)
+        gateway = gateway_for(source)
+        before = ex.status()
+        whole = Roi.from_shape(source.spatial_shape)
+        started = time.perf_counter()
+        first = gateway.request("Probabilities", whole, BATCH).result(timeout=7200)
+        wall = time.perf_counter() - started
+        status, after = gateway.status(), ex.status()
+        started = time.perf_counter()
+        again = gateway.request("Probabilities", whole, BATCH).result(timeout=600)
+        cached = time.perf_counter() - started
+        assert np.array_equal(first, again)
+        gateway.close()
     blocks = status["computed"]
     compute = after["compute_s"] - before["compute_s"]
     overhead = max(wall * count - compute, 0.0) / blocks
-    return {"workers": count, "blocks": blocks, "wall_s": round(wall, 2), "compute_s": round(compute, 2),
+    return {"engine": engine, "workers": count, "blocks": blocks, "wall_s": round(wall, 2),
+            "compute_s": round(compute, 2),
             "compute_per_block_s": round(compute / blocks, 3), "overhead_per_block_s": round(overhead, 4),
             "overhead_pct": round(100 * overhead / (compute / blocks), 2),
             "gateway_per_block_ms": round(1000 * status["gateway_s"] / blocks, 2), "cached_s": round(cached, 3),
@@ -142,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default=",".join(map(str, PROTOTYPE_SHAPE)), help="z,y,x of the volume")
     ap.add_argument("--workers", default="1,2", help="worker counts to try (default 1,2)")
+    ap.add_argument("--engines", default="zeromq,dask", help="engines to try (default zeromq,dask)")
     ap.add_argument("--block", type=int, default=64, help="cubic block edge (default 64, as the prototype)")
     ap.add_argument("--dir", default=os.path.join(HERE, "out"))
     a = ap.parse_args()
@@ -151,11 +175,13 @@ def main() -> None:
     source = open_source(os.path.join(work, "raw.h5/data"))
     pipeline = build_pipeline(project, 1, True)
     with tempfile.TemporaryDirectory(prefix="ilastik-scaling-") as folder:
-        rows = [run_workers(int(n), source, pipeline, a.block, folder) for n in a.workers.split(",")]
+        rows = [run_workers(engine, int(n), source, pipeline, a.block, folder)
+                for engine in a.engines.split(",") for n in a.workers.split(",")]
     single = run_single_process(source, pipeline, a.block)
     for r in rows:
-        r["efficiency_pct"] = round(100 * rows[0]["wall_s"] / (r["workers"] * r["wall_s"]), 1)
-    figure = plot(rows, single, os.path.join(a.dir, "scaling.png"))
+        first = next(f for f in rows if f["engine"] == r["engine"])
+        r["efficiency_pct"] = round(100 * first["wall_s"] / (r["workers"] * r["wall_s"]) * first["workers"], 1)
+    figure = plot([r for r in rows if r["engine"] == rows[0]["engine"]], single, os.path.join(a.dir, "scaling.png"))
     report("scaling", rows, {"shape_zyx": shape, "block": a.block, "single_process": single, "plot": figure,
                              "gateway_vs_single_process_1_worker": round(rows[0]["wall_s"] / single["wall_s"], 3)})
 

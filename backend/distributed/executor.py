@@ -56,9 +56,10 @@ def _warm_up_process(warmed, parent_pid: int) -> None:
     """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C and SIGTERM to it
     (a process killed while it writes a result would leave the pool's reader waiting forever), warm up."""
     from backend.compute.warmup import warm_up
-    from backend.processes import watch_parent
+    from backend.processes import keep_freed_memory, watch_parent
 
     watch_parent(parent_pid)
+    keep_freed_memory()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
     warm_up()

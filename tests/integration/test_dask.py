@@ -197,3 +197,28 @@ def test_each_dask_worker_holds_the_pipeline_once_as_a_plugin_named_by_its_finge
         futures = [executor.submit(_task(pipeline, image)) for _ in range(4)]
         assert all(np.array_equal(f.result(timeout=120), pipeline.run(_task(pipeline, image))) for f in futures)
         assert max(f.compute_s for f in futures) < 2.0  # kernels were warm before the first task
+
+
+def test_kill_9_of_the_app_with_a_local_dask_cluster_leaves_nothing_running(project, tmp_path):
+    run = Run(*_args(project, str(tmp_path / "out"), "--dask", "local:2"))
+    try:
+        run.wait_progress(1)
+        assert len(_dask_workers(run)) == 2
+        run.kill_app()
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    assert_all_gone(run.seen - {run.process.pid}, within=10)
+
+
+def test_serve_on_a_local_dask_cluster_answers_like_the_export(data_dir, tmp_path):
+    import zarr
+
+    from tests.integration.webserver import ServeProcess
+
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    exported, out = _export(tmp_path, "export", "--project", project, "--workers", "2")
+    assert exported.returncode == 0, exported.stderr
+    with ServeProcess(project, "--dask", "local:2") as server:
+        served = zarr.open_array(server.url + "/zarr/0/probabilities/0", mode="r", zarr_format=2)[:]
+    assert np.array_equal(np.moveaxis(np.load(out), -1, 0), served) and not server.left_running

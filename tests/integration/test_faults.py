@@ -71,6 +71,12 @@ class Run:
         self._reader.join(timeout=10)
         return code
 
+    def kill_app(self) -> None:
+        """SIGKILL the app alone, as the OOM killer or a user's kill -9 would (its process tree noted first)."""
+        self.tree()
+        self.process.kill()
+        self.process.wait(timeout=10)
+
     def kill(self) -> None:
         """SIGKILL the whole group (cleanup after a failed test)."""
         try:
@@ -163,8 +169,7 @@ def test_kill_9_of_the_app_mid_export_leaves_nothing_running(project, tmp_path):
         run.find("redis-server")
         run.find("ilastik_desktop.worker_cli")
         assert len(run.tree()) >= 5  # app, redis-server, worker, two compute processes
-        run.process.kill()  # the app alone, as the OOM killer or a user's kill -9 would
-        run.process.wait(timeout=10)
+        run.kill_app()
     finally:
         if run.process.poll() is None:
             run.kill()
@@ -180,9 +185,7 @@ def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, 
         run.find("redis-server")
         workers = run.find("ilastik_desktop.worker_cli")
         wait_for(lambda: workers[0].children(), 60, "the local worker started no compute process")
-        run.tree()
-        run.process.kill()
-        run.process.wait(timeout=10)
+        run.kill_app()
     finally:
         if run.process.poll() is None:
             run.kill()
