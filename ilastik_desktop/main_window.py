@@ -17,11 +17,21 @@ from ilastik_desktop.services import Services
 from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
-from viewer.model import OBJECTS, PROBABILITIES, RAW, ViewerModel, default_layers
+from viewer.model import ViewerModel, default_layers
+from viewer.readout import voxel_readout
 from viewer.slice_view import SliceView
 
 log = logging.getLogger(__name__)
 RECENT_KEY, RAW_KEY = "recent", "raw_data/"
+
+
+def scrolled(panel: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    """``panel`` in a scroll area, so that the side panel is as wide as the user makes it, not as its
+    widest field asks (it grew to 1100 px on opening another project, leaving the views 69 px)."""
+    area = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.NoFrame)
+    area.setWidget(panel)
+    area.setMinimumWidth(120)
+    return area
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -43,6 +53,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.loader: PlaneLoader | None = None
         self.model: ViewerModel | None = None
         self.views: list[SliceView] = []
+        self._pointer: tuple[SliceView, int, int] | None = None  # the view and pixel under the mouse
         self.setWindowTitle("ilastik-desktop")
         self.setAcceptDrops(True)
         self.serve_dialog = ServeDialog(services, self.bridge, self)
@@ -51,12 +62,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(self._placeholder())
         self.tabs = QtWidgets.QTabWidget()
         self.workers_panel = WorkersPanel(services, self.bridge)
-        self.tabs.addTab(self.workers_panel, "Workers")
-        dock = QtWidgets.QDockWidget("Project", self)
-        dock.setObjectName("side")
-        dock.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable)
-        dock.setWidget(self.tabs)
-        self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, dock)
+        self.tabs.addTab(scrolled(self.workers_panel), "Workers")
+        self.side = QtWidgets.QDockWidget("Project", self)
+        self.side.setObjectName("side")
+        self.side.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable | QtWidgets.QDockWidget.DockWidgetClosable)
+        self.side.setWidget(self.tabs)
+        self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, self.side)
+        self.side_width = 360  # what the user gave the side panel; kept when another project opens
+        self.resizeDocks([self.side], [self.side_width], QtCore.Qt.Horizontal)
+        toggle = self.side.toggleViewAction()
+        toggle.setText("&Side panel")
+        toggle.setShortcut(QtGui.QKeySequence("F9"))
+        self.menuBar().addMenu("&View").addAction(toggle)
         self.status_timer = QtCore.QTimer(self, interval=500)
         self.status_timer.timeout.connect(self._poll_status)
         self.status_timer.start()
@@ -174,6 +191,8 @@ class MainWindow(QtWidgets.QMainWindow):
             QtWidgets.QMessageBox.critical(self, "ilastik-desktop", message)
 
     def _show(self, document: Document) -> None:
+        if self.side.isVisible() and self.document is not None:
+            self.side_width = self.side.width()
         self.close_document()
         self.document = document
         source = document.source
@@ -183,8 +202,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(self._viewer_area())
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self)
         self.loader.progress.connect(self._show_pending)
+        self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document)
+        self._keep_side_width()
         self.model.position_changed.connect(lambda _axis: self._sync_crosshair())
+        self.model.position_changed.connect(lambda _axis: self._refresh_readout())
         self._sync_crosshair()
         self._remember(document.project.path)
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
@@ -196,6 +218,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
         self.loader.refresh()
         self.opened.emit(document)
+
+    def _keep_side_width(self) -> None:
+        """Give the side panel back its width once the new views are laid out (they would take it otherwise)."""
+        width = self.side_width  # applied after the layout that the new central widget triggers
+        QtCore.QTimer.singleShot(0, lambda: self.resizeDocks([self.side], [width], QtCore.Qt.Horizontal))
 
     def _viewer_area(self) -> QtWidgets.QWidget:
         t, z, y, x = self.model.shape
@@ -259,7 +286,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
         for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
-            self.tabs.addTab(widget, title)
+            self.tabs.addTab(scrolled(widget), title)
 
     def open_export(self) -> ExportDialog:
         """Show the export dialog for the open project, with the thresholding panel's settings."""
@@ -283,24 +310,17 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _hover(self, view: SliceView, row: int, col: int) -> None:
         """Show the voxel under the mouse with its raw value and the results painted there."""
-        if row < 0 or self.loader is None:
+        self._pointer = (view, row, col) if row >= 0 else None
+        self._refresh_readout()
+
+    def _refresh_readout(self) -> None:
+        """The readout of the voxel under the mouse, for the current slice, time and painted values."""
+        if self._pointer is None or self.loader is None:
             self.cursor_label.clear()
             return
-        position = list(self.model.position)
-        position["tzyx".index(view.rows_axis)], position["tzyx".index(view.cols_axis)] = row, col
-        text = "  ".join(f"{axis} {value}" for axis, value in zip("xyzt", reversed(position))
-                         if axis != "z" or self.model.volumetric)
-        raw = self.loader.value_at(view.plane, RAW, row, col)
-        if raw is not None:
-            text += f"   raw {raw[0]:g}"
-        probabilities = self.loader.value_at(view.plane, PROBABILITIES, row, col)
-        if probabilities is not None:
-            names = self.document.project.label_names
-            text += "   " + "  ".join(f"{name} {p:.2f}" for name, p in zip(names, probabilities))
-        objects = self.loader.value_at(view.plane, OBJECTS, row, col)
-        if objects is not None and self.model.layer("Objects").visible:
-            text += f"   object {objects[0]}" if objects[0] else "   background"
-        self.cursor_label.setText(text)
+        view, row, col = self._pointer
+        self.cursor_label.setText(voxel_readout(self.model, self.loader, view, row, col,
+                                                self.document.project.label_names))
 
     def _sync_crosshair(self) -> None:
         position = dict(zip("tzyx", self.model.position))
@@ -366,6 +386,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.document = None
         self._all_pending = 0
         self._show_pending(0)
+        self._pointer = None
+        self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
         self.status_timer.stop()

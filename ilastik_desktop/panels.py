@@ -11,6 +11,13 @@ from ilastik_desktop.document import Document
 from viewer.model import ViewerModel
 
 
+def narrow(panel: QtWidgets.QWidget, width: int = 70) -> None:
+    """Let the panel's number fields be narrower than their largest value, so the panel never asks for
+    more width than a side panel has (a range of +-1e9 alone asked for 250 px per field)."""
+    for box in panel.findChildren(QtWidgets.QAbstractSpinBox):
+        box.setMinimumWidth(width)
+
+
 def project_summary(document: Document) -> list[tuple[str, list[tuple[str, str]]]]:
     """Sections of (name, value) rows describing the project, its data, features and classifier."""
     p, source = document.project, document.source
@@ -105,6 +112,7 @@ class LayersPanel(QtWidgets.QWidget):
         pair.addWidget(self.high)
         grid.addLayout(pair, row + 2, 1)
         grid.setRowStretch(row + 3, 1)
+        narrow(self)
 
 
 class ThresholdPanel(QtWidgets.QWidget):
@@ -133,6 +141,7 @@ class ThresholdPanel(QtWidgets.QWidget):
                               ("Size max", self.max_size)):
             form.addRow(label, widget)
         form.addRow("Smoothing z y x", sigmas)
+        narrow(self, 60)
         self.set_settings(settings)
         for widget in (self.method, self.channel, self.core, self.low, self.high, self.min_size, self.max_size,
                        *self.sigmas):

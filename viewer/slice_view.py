@@ -47,6 +47,7 @@ class SliceView(pg.GraphicsView):
     def __init__(self, plane: str, shape: tuple[int, int], parent=None):
         super().__init__(parent, background="#202124")
         self.plane, self.shape = plane, shape
+        self.setMinimumSize(160, 160)  # never crushed by the side panel
         self.rows_axis, self.cols_axis, self.normal_axis = PLANES[plane]
         self.box = _ViewBox(self)
         self.setCentralItem(self.box)
@@ -66,7 +67,9 @@ class SliceView(pg.GraphicsView):
         self.title = pg.TextItem(plane, color=(200, 200, 200), anchor=(0, 0))
         self.title.setParentItem(self.box)
         self.box.setRange(xRange=(0, shape[1]), yRange=(0, shape[0]), padding=0.02)
+        self._mouse_at = None  # scene position of the mouse over this view, None when it left
         self.box.sigRangeChanged.connect(lambda *_: self.range_changed.emit())
+        self.box.sigRangeChanged.connect(lambda *_: self._mouse_at is not None and self._mouse_moved(self._mouse_at))
         self.scene().sigMouseMoved.connect(self._mouse_moved)
         self.setFocusPolicy(QtCore.Qt.StrongFocus)
 
@@ -77,7 +80,14 @@ class SliceView(pg.GraphicsView):
         else:
             super().keyPressEvent(ev)
 
+    def leaveEvent(self, ev) -> None:  # noqa: N802 - Qt's name
+        self._mouse_at = None
+        self.hovered.emit(-1, -1)
+        super().leaveEvent(ev)
+
     def _mouse_moved(self, scene_pos) -> None:
+        """Say which pixel is under the mouse (again after a pan or zoom moved the image under it)."""
+        self._mouse_at = scene_pos
         point = self.box.mapSceneToView(scene_pos)
         row, col = int(np.floor(point.y())), int(np.floor(point.x()))
         inside = 0 <= row < self.shape[0] and 0 <= col < self.shape[1]

@@ -33,3 +33,31 @@ def test_pending_counts_include_a_batch_request_of_the_open_project(qtbot, windo
     finally:
         batch.cancel()
     qtbot.waitUntil(lambda: _counts(window) == (0, 0), timeout=60_000)
+
+
+def test_the_readout_follows_scrolling_panning_and_a_new_project(qtbot, window, data_dir):
+    import os
+
+    from PyQt5 import QtCore
+
+    api = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    open_and_settle(qtbot, window, api)
+    qtbot.wait(100)  # the side panel gets its width back: the views are laid out again
+    xy = window.views[0]
+    mouse = xy.box.mapViewToScene(QtCore.QPointF(7.5, 3.5))
+    xy._mouse_moved(mouse)  # the mouse over x 7, y 3
+    z = window.model.position[1]
+    assert f"x 7  y 3  z {z}" in window.cursor_label.text()
+    window.loader.step("z", 5)  # scrolled with the mouse still there
+    qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
+    values = window.loader.value_at("xy", "Probabilities", 3, 7)
+    names = window.document.project.label_names
+    assert f"x 7  y 3  z {z + 5}" in window.cursor_label.text()
+    assert "  ".join(f"{n} {p:.2f}" for n, p in zip(names, values)) in window.cursor_label.text()
+    xy.box.translateBy(x=-2)  # panned: the image moved under the mouse
+    now = xy.box.mapSceneToView(mouse)
+    x, y = int(now.x()), int(now.y())
+    assert (x, y) != (7, 3) and f"x {x}  y {y}" in window.cursor_label.text()
+    seed = os.path.join(data_dir, "seed")
+    open_and_settle(qtbot, window, os.path.join(seed, "pc.ilp"), os.path.join(seed, "raw.h5/exported_data"))
+    assert all(name not in window.cursor_label.text() for name in names)
