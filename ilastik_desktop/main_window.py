@@ -11,9 +11,10 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
-from ilastik_desktop.panels import LayersPanel, ProjectPanel, ThresholdPanel
+from ilastik_desktop.panels import LayersPanel, ProjectPanel, info_box
 from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
+from ilastik_desktop.threshold_panel import ThresholdPanel
 from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
@@ -243,7 +244,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.position_label = QtWidgets.QLabel()
         self.position_label.setAlignment(QtCore.Qt.AlignCenter)
         if self.model.volumetric:
-            grid.addWidget(self._info_box(), 1, 1)
+            grid.addWidget(info_box(self.position_label, self.document.project), 1, 1)
         if t > 1:
             self.time_slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=t - 1)
             time_label = QtWidgets.QLabel(f"time 0 / {t - 1}")
@@ -256,32 +257,13 @@ class MainWindow(QtWidgets.QMainWindow):
             grid.addLayout(row, 2, 0, 1, 2)
         return area
 
-    def _info_box(self) -> QtWidgets.QWidget:
-        """The fourth quadrant: crosshair position and the classes' colours."""
-        box = QtWidgets.QWidget()
-        layout = QtWidgets.QVBoxLayout(box)
-        layout.addStretch(1)
-        self.position_label.setStyleSheet("font-size: 15px;")
-        layout.addWidget(self.position_label)
-        project = self.document.project
-        legend = "&nbsp;&nbsp;&nbsp;".join(
-            f'<span style="color: rgb{tuple(color)}; font-size: 18px;">&#9632;</span> {name}'
-            for name, color in zip(project.label_names, project.label_colors))
-        legend_label = QtWidgets.QLabel(legend, alignment=QtCore.Qt.AlignCenter)
-        layout.addWidget(legend_label)
-        hint = QtWidgets.QLabel("wheel: slices    Ctrl+wheel: zoom\ndrag: pan    click: move the crosshair",
-                                alignment=QtCore.Qt.AlignCenter)
-        hint.setStyleSheet("color: #888;")
-        layout.addWidget(hint)
-        layout.addStretch(1)
-        return box
-
     def _fill_tabs(self, document: Document) -> None:
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
         self.layers_panel = LayersPanel(self.model)
-        self.threshold_panel = ThresholdPanel(document.threshold, len(document.project.label_names))
+        self.threshold_panel = ThresholdPanel(document.threshold, document.project.label_names,
+                                              self.model.volumetric)
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
         for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from backend.compute.threshold import ThresholdSettings
 from ilastik_desktop.document import Document
 from viewer.model import ViewerModel
 
@@ -115,65 +112,20 @@ class LayersPanel(QtWidgets.QWidget):
         narrow(self)
 
 
-class ThresholdPanel(QtWidgets.QWidget):
-    """ilastik's thresholding parameters; every change emits ``changed`` with the new settings."""
-
-    changed = QtCore.pyqtSignal(object)
-
-    def __init__(self, settings: ThresholdSettings, classes: int, parent=None):
-        super().__init__(parent)
-        form = QtWidgets.QFormLayout(self)
-        self.method = QtWidgets.QComboBox()
-        self.method.addItems(["Simple", "Hysteresis"])
-        self.channel = QtWidgets.QSpinBox(minimum=0, maximum=max(classes - 1, 0))
-        self.core = QtWidgets.QSpinBox(minimum=0, maximum=max(classes - 1, 0))
-        self.low = QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
-        self.high = QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
-        self.sigmas = [QtWidgets.QDoubleSpinBox(minimum=0.0, maximum=20.0, singleStep=0.5, decimals=1)
-                       for _ in range(3)]
-        self.min_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
-        self.max_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
-        sigmas = QtWidgets.QHBoxLayout()
-        for box in self.sigmas:
-            sigmas.addWidget(box)
-        for label, widget in (("Method", self.method), ("Channel", self.channel), ("Core channel", self.core),
-                              ("Threshold (low)", self.low), ("High", self.high), ("Size min", self.min_size),
-                              ("Size max", self.max_size)):
-            form.addRow(label, widget)
-        form.addRow("Smoothing z y x", sigmas)
-        narrow(self, 60)
-        self.set_settings(settings)
-        for widget in (self.method, self.channel, self.core, self.low, self.high, self.min_size, self.max_size,
-                       *self.sigmas):
-            signal = widget.currentIndexChanged if isinstance(widget, QtWidgets.QComboBox) else widget.valueChanged
-            signal.connect(lambda *_: self.changed.emit(self.settings()))
-
-    def set_settings(self, s: ThresholdSettings) -> None:
-        """Show ``s`` without emitting ``changed``."""
-        widgets = (self.method, self.channel, self.core, self.low, self.high, self.min_size, self.max_size,
-                   *self.sigmas)
-        for widget in widgets:
-            widget.blockSignals(True)
-        self.method.setCurrentIndex(s.method)
-        self.channel.setValue(s.channel)
-        self.core.setValue(s.core_channel)
-        self.low.setValue(s.low)
-        self.high.setValue(s.high)
-        self.min_size.setValue(s.min_size)
-        self.max_size.setValue(s.max_size)
-        for box, sigma in zip(self.sigmas, s.sigmas):
-            box.setValue(sigma)
-        for widget in widgets:
-            widget.blockSignals(False)
-        self.high.setEnabled(s.method == 1)
-        self.core.setEnabled(s.method == 1)
-
-    def settings(self) -> ThresholdSettings:
-        """The parameters as shown."""
-        method = self.method.currentIndex()
-        self.high.setEnabled(method == 1)
-        self.core.setEnabled(method == 1)
-        return dataclasses.replace(
-            ThresholdSettings(), method=method, channel=self.channel.value(), core_channel=self.core.value(),
-            low=self.low.value(), high=self.high.value(), min_size=self.min_size.value(),
-            max_size=self.max_size.value(), sigmas=tuple(box.value() for box in self.sigmas))
+def info_box(position_label: QtWidgets.QLabel, project) -> QtWidgets.QWidget:
+    """The fourth quadrant of a 3D view: crosshair position, the classes' colours and the mouse hints."""
+    box = QtWidgets.QWidget()
+    layout = QtWidgets.QVBoxLayout(box)
+    layout.addStretch(1)
+    position_label.setStyleSheet("font-size: 15px;")
+    layout.addWidget(position_label)
+    legend = "&nbsp;&nbsp;&nbsp;".join(
+        f'<span style="color: rgb{tuple(color)}; font-size: 18px;">&#9632;</span> {name}'
+        for name, color in zip(project.label_names, project.label_colors))
+    layout.addWidget(QtWidgets.QLabel(legend, alignment=QtCore.Qt.AlignCenter))
+    hint = QtWidgets.QLabel("wheel: slices    Ctrl+wheel: zoom\ndrag: pan    click: move the crosshair",
+                            alignment=QtCore.Qt.AlignCenter)
+    hint.setStyleSheet("color: #888;")
+    layout.addWidget(hint)
+    layout.addStretch(1)
+    return box

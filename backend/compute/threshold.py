@@ -28,6 +28,14 @@ class ThresholdSettings:
     core_channel: int = 0
 
 
+def default_channel(class_names: list[str]) -> int:
+    """The first class that is not background (by name): the channel the window thresholds by default."""
+    for index, name in enumerate(class_names):
+        if name.strip().lower() not in ("background", "bg"):
+            return index
+    return 0
+
+
 def settings_fingerprint(settings: ThresholdSettings) -> str:
     """A digest of the parameters, for cache keys."""
     return hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]

@@ -78,7 +78,7 @@ def test_threshold_panel_changes_the_objects(qtbot, window, data_dir):
                     timeout=60_000)
     before = shown(window, "xy", "Objects")[0].copy()
     panel = window.threshold_panel
-    panel.channel.setValue(1)
+    panel.channel.setCurrentIndex(1 - panel.channel.currentIndex())
     panel.low.setValue(0.3 if panel.low.value() > 0.4 else 0.7)
     qtbot.waitUntil(lambda: window.loader.is_settled() and not np.array_equal(
         shown(window, "xy", "Objects")[0], before), timeout=60_000)
