@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
+from backend.io.sources import split_internal_path
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
 from ilastik_desktop.document import Document
 from ilastik_desktop.frozen import open_externally
 from viewer.bridge import GuiBridge
+
+
+def raw_name(document: Document) -> str:
+    """The name of the raw data actually shown (another file than the project's, when the user chose one)."""
+    path, _ = split_internal_path(document.source.description.split(os.pathsep)[0])
+    return os.path.splitext(os.path.basename(path))[0] or document.project.lanes[0].nickname or "export"
+
+
+def default_pattern(document: Document) -> str:
+    """Next to the raw data's name, in the project's folder: ``FOLDER/RAWNAME_{result_type}``."""
+    folder = os.path.dirname(os.path.abspath(document.project.path))
+    return os.path.join(folder, f"{raw_name(document)}_{{result_type}}")
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s`` or ``3 min 05 s`` or ``2 h 07 min``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class ExportDialog(QtWidgets.QDialog):
@@ -32,16 +56,17 @@ class ExportDialog(QtWidgets.QDialog):
         self.source.addItems(EXPORT_SOURCES)
         self.format = QtWidgets.QComboBox()
         self.format.addItems(list(FORMATS))
-        nickname = document.project.lanes[0].nickname or "export"
-        folder = os.path.dirname(os.path.abspath(document.project.path))
-        self.path = QtWidgets.QLineEdit(os.path.join(folder, f"{nickname}_{{result_type}}"))
+        self.setMinimumWidth(720)  # paths and messages readable
+        self.path = QtWidgets.QLineEdit(default_pattern(document))
         browse = QtWidgets.QPushButton("...")
         browse.clicked.connect(self._browse)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.path)
         row.addWidget(browse)
         self.progress = QtWidgets.QProgressBar()
-        self.message = QtWidgets.QLabel(wordWrap=True)
+        self.progress.setFormat("%v / %m")
+        self.started_at = 0.0
+        self.message = QtWidgets.QLabel(wordWrap=True, textInteractionFlags=QtCore.Qt.TextSelectableByMouse)
         self.start = QtWidgets.QPushButton("Export")
         self.start.clicked.connect(self.start_export)
         self.stop = QtWidgets.QPushButton("Cancel", enabled=False)
@@ -65,8 +90,19 @@ class ExportDialog(QtWidgets.QDialog):
         if path:
             self.path.setText(path)
 
+    def running(self) -> bool:
+        """True while an export runs."""
+        return self.thread is not None and self.thread.is_alive()
+
     def start_export(self) -> None:
-        """Start exporting in the background."""
+        """Start exporting in the background (creating the output folder if it is missing)."""
+        folder = os.path.dirname(os.path.abspath(self.path.text()))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            self.message.setText(f"cannot create the folder {folder}: {exc.strerror or exc}")
+            return
+        self.started_at = time.monotonic()
         options = ExportOptions(kind=self.source.currentText(), fmt=self.format.currentText(),
                                 filename_pattern=self.path.text(), progress=False, threshold=self.threshold)
         self.cancel_event = threading.Event()
@@ -79,9 +115,8 @@ class ExportDialog(QtWidgets.QDialog):
         self.thread.start()
 
     def _run(self, options: ExportOptions, cancel: threading.Event) -> None:
-        nickname = self.document.project.lanes[0].nickname or "export"
         try:
-            result = run_export(self.document.gateway, nickname, options,
+            result = run_export(self.document.gateway, raw_name(self.document), options,
                                 on_progress=lambda d, t: self.bridge.post(self._progress, d, t), cancel=cancel)
             outcome = (result.path, f"wrote {result.path} ({result.blocks} pieces, {result.seconds:.1f} s)")
         except ExportCancelled:
@@ -95,6 +130,10 @@ class ExportDialog(QtWidgets.QDialog):
     def _progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, total)
         self.progress.setValue(done)
+        elapsed = time.monotonic() - self.started_at
+        left = elapsed / done * (total - done) if done else None
+        self.message.setText("exporting ..." if left is None else
+                             f"exporting: {elapsed:.0f} s so far, about {format_seconds(left)} left")
 
     def _finished(self, path: str, message: str) -> None:
         self.written = path

@@ -55,6 +55,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.model: ViewerModel | None = None
         self.views: list[SliceView] = []
         self._pointer: tuple[SliceView, int, int] | None = None  # the view and pixel under the mouse
+        self.export_dialog: ExportDialog | None = None
         self.setWindowTitle("ilastik-desktop")
         self.setAcceptDrops(True)
         self.serve_dialog = ServeDialog(services, self.bridge, self)
@@ -272,7 +273,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def open_export(self) -> ExportDialog:
         """Show the export dialog for the open project, with the thresholding panel's settings."""
-        dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self)
+        dialog = self.export_dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self)
         dialog.show()
         return dialog
 
@@ -372,6 +373,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        exporting = self.export_dialog is not None and self.export_dialog.running()
+        if exporting and self.interactive and QtWidgets.QMessageBox.question(
+                self, "ilastik-desktop", "An export is running. Quit and discard it?") != QtWidgets.QMessageBox.Yes:
+            event.ignore()
+            return
+        if exporting:
+            self.export_dialog.close()  # cancels it and removes its partial output
         self.status_timer.stop()
         self.workers_panel.shutdown()
         self.io.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,61 @@
+"""The export dialog for daily use: wide enough, a default name from the raw data actually shown, a missing
+folder created, time left shown, and quitting during an export asks first."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PyQt5 import QtCore, QtWidgets
+
+from tests.gui.conftest import open_and_settle
+from tests.integration.test_executor import small_project
+from tests.integration.test_faults import FEATURES
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_default_name_from_the_raw_data_shown_and_a_missing_folder_is_created(qtbot, window, data_dir, tmp_path):
+    api = os.path.join(data_dir, "ilastik-api")
+    other = tmp_path / "other_volume.npy"
+    shutil.copyfile(os.path.join(api, "Data_3D.npy"), other)
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"), str(other))
+    dialog = window.open_export()
+    assert dialog.minimumWidth() >= 720
+    assert dialog.path.text() == os.path.join(api, "other_volume_{result_type}")
+    dialog.format.setCurrentText("npy")
+    dialog.path.setText(str(tmp_path / "new" / "folder" / "result"))
+    with qtbot.waitSignal(dialog.export_done, timeout=120_000) as finished:
+        dialog.start.click()
+    assert finished.args[0] == str(tmp_path / "new" / "folder" / "result.npy"), finished.args[1]
+    assert np.load(finished.args[0]).shape == (64, 64, 64, 2)
+    dialog.started_at -= 10
+    dialog._progress(5, 10)  # half done after 10 s
+    assert "about 10 s left" in dialog.message.text()
+    dialog.close()
+
+
+def test_quitting_during_an_export_asks_and_no_keeps_it_running(qtbot, make_window, tmp_path):
+    path, _ = small_project(tmp_path, shape=(64, 256, 256), selection=FEATURES)
+    window = make_window(interactive=True)
+    open_and_settle(qtbot, window, path)
+    dialog = window.open_export()
+    dialog.format.setCurrentText("npy")
+    dialog.source.setCurrentText("Features")
+    dialog.path.setText(str(tmp_path / "out" / "features"))
+    dialog.start.click()
+    answers = []
+
+    def answer(button):
+        box = QtWidgets.QApplication.activeModalWidget()
+        answers.append(box.text())
+        box.button(button).click()
+
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.No))
+    window.close()
+    assert answers == ["An export is running. Quit and discard it?"]
+    assert window.isVisible() and dialog.running()
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Yes))
+    window.close()
+    assert not window.isVisible() and not dialog.running()
+    assert not [n for n in os.listdir(tmp_path / "out")]  # the partial output removed
