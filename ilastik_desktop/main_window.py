@@ -11,6 +11,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
+from ilastik_desktop.help_menu import add_help_menu, add_view_shortcuts
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, info_box
 from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
@@ -94,6 +95,8 @@ class MainWindow(QtWidgets.QMainWindow):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
+        add_help_menu(self)
+        add_view_shortcuts(self)
 
     def _build_status(self) -> None:
         self.cursor_label = QtWidgets.QLabel()
@@ -239,7 +242,8 @@ class MainWindow(QtWidgets.QMainWindow):
             grid.setRowStretch(i, 1)
         for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
             grid.addWidget(view, *cell)
-            view.slice_step.connect(lambda d, a=view.normal_axis: self.loader.step(a, d))
+            axis = view.normal_axis if self.model.volumetric or t == 1 else "t"  # 2D+t: the wheel steps time
+            view.slice_step.connect(lambda d, a=axis: self.loader.step(a, d))
             view.pointed.connect(lambda r, c, v=view: self._point(v, r, c))
             view.hovered.connect(lambda r, c, v=view: self._hover(v, r, c))
         self.position_label = QtWidgets.QLabel()
@@ -252,6 +256,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.time_slider.valueChanged.connect(lambda v: self.model.move("t", v))
             self.time_slider.valueChanged.connect(lambda v: time_label.setText(f"time {v} / {t - 1}"))
             self.time_slider.setTickPosition(QtWidgets.QSlider.TicksBelow)
+            self.model.position_changed.connect(lambda axis: axis == "t" and self.time_slider.setValue(
+                self.model.position[0]))  # the wheel and Alt+arrows move it too
             row = QtWidgets.QHBoxLayout()
             row.addWidget(time_label)
             row.addWidget(self.time_slider)

@@ -110,6 +110,15 @@ class LayersPanel(QtWidgets.QWidget):
         grid.addLayout(pair, row + 2, 1)
         grid.setRowStretch(row + 3, 1)
         narrow(self)
+        model.layers_changed.connect(self._sync)
+
+    def _sync(self, name: str) -> None:
+        """Show a layer's state changed elsewhere (keyboard shortcuts)."""
+        if name in self.checks:
+            layer = self.model.layer(name)
+            self.checks[name].blockSignals(True)
+            self.checks[name].setChecked(layer.visible)
+            self.checks[name].blockSignals(False)
 
 
 def info_box(position_label: QtWidgets.QLabel, project) -> QtWidgets.QWidget:

@@ -1,0 +1,91 @@
+"""The Help menu (keyboard shortcuts, the README, About with versions and licences) and the window's
+keyboard shortcuts for time steps and layers."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+from ilastik_desktop import __version__
+from ilastik_desktop.frozen import open_externally, resource_path
+
+SHORTCUTS = (
+    ("Ctrl+O", "open a project"),
+    ("Up / Down, mouse wheel", "next / previous slice (time step on 2D+t data)"),
+    ("Page Up / Page Down", "10 slices"),
+    ("Alt+Right / Alt+Left", "next / previous time step"),
+    ("Ctrl+1 ... Ctrl+9", "show or hide layer 1 to 9 (as listed in Layers)"),
+    ("Ctrl+wheel, drag, click", "zoom, pan, move the crosshair"),
+    ("F9", "show or hide the side panel"),
+    ("F1", "this list"),
+    ("Ctrl+Q", "quit"),
+)
+LIBRARIES = ("numpy", "scipy", "numba", "scikit-learn", "h5py", "PyQt5", "pyqtgraph", "pyzmq", "redis", "zarr",
+             "aiohttp", "tifffile")
+
+
+def readme_path() -> str | None:
+    """The README: beside the packages in a source checkout, else where the wheel or the bundle put it."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    return checkout if os.path.exists(checkout) else resource_path("README.md")
+
+
+def licences() -> list[tuple[str, str, str]]:
+    """(name, version, licence) of the main libraries as installed."""
+    found = []
+    for name in LIBRARIES:
+        try:
+            meta = metadata.metadata(name)
+        except metadata.PackageNotFoundError:
+            continue
+        licence = meta.get("License-Expression") or meta.get("License") or ""
+        if not licence or len(licence) > 40:  # some put the whole text there: use the classifier
+            classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+            licence = classifiers[0] if classifiers else "see its package"
+        found.append((name, meta["Version"], licence))
+    return found
+
+
+def about_text() -> str:
+    """The About box: our version and licence, Python and Qt, the libraries' licences."""
+    rows = "".join(f"<tr><td>{n}</td><td>{v}</td><td>{lic}</td></tr>" for n, v, lic in licences())
+    return (f"<h3>ilastik-desktop {__version__}</h3><p>MIT licence. Python {platform.python_version()}, "
+            f"Qt {QtCore.QT_VERSION_STR}.</p><p>Reads ilastik projects; ilastik is GPL software by the "
+            f"ilastik team, not part of this program.</p><table>{rows}</table>")
+
+
+def shortcut_sheet() -> str:
+    """The keyboard shortcuts as an HTML table."""
+    return "<table>" + "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{what}</td></tr>" for k, what in SHORTCUTS) \
+        + "</table>"
+
+
+def add_help_menu(window: QtWidgets.QMainWindow) -> QtWidgets.QMenu:
+    """Help > Keyboard shortcuts (F1), Read me, About."""
+    menu = window.menuBar().addMenu("&Help")
+    menu.addAction("&Keyboard shortcuts", lambda: QtWidgets.QMessageBox.information(
+        window, "Keyboard shortcuts", shortcut_sheet()), QtGui.QKeySequence("F1"))
+    readme = menu.addAction("&Read me", lambda: open_externally(readme_path()))
+    readme.setEnabled(readme_path() is not None)
+    menu.addAction("&About ilastik-desktop", lambda: QtWidgets.QMessageBox.about(window, "About", about_text()))
+    return menu
+
+
+def add_view_shortcuts(window) -> None:
+    """On the main window: Alt+Right/Left step time, Ctrl+1..9 show or hide a layer."""
+    def step_time(delta: int) -> None:
+        if window.loader is not None and window.model.shape[0] > 1:
+            window.loader.step("t", delta)
+
+    def toggle_layer(index: int) -> None:
+        if window.model is not None and index < len(window.model.layers):
+            layer = window.model.layers[index]
+            window.model.set_layer(layer.name, visible=not layer.visible)
+
+    for key, delta in (("Alt+Right", 1), ("Alt+Left", -1)):
+        QtWidgets.QShortcut(QtGui.QKeySequence(key), window, lambda d=delta: step_time(d))
+    for index in range(9):
+        QtWidgets.QShortcut(QtGui.QKeySequence(f"Ctrl+{index + 1}"), window, lambda i=index: toggle_layer(i))

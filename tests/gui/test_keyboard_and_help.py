@@ -1,0 +1,62 @@
+"""Keyboard and Help for daily use: time steps and layer toggles from the keyboard, the wheel steps time
+on 2D+t data, a shortcut sheet, About with versions and licences, the README reachable."""
+
+import os
+
+import pytest
+from PyQt5 import QtCore, QtWidgets
+
+from ilastik_desktop.help_menu import SHORTCUTS, about_text, licences, readme_path, shortcut_sheet
+from tests.gui.conftest import open_and_settle
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _activate(window) -> None:
+    """Keyboard shortcuts go to the active window (offscreen, only the first one shown becomes active)."""
+    QtWidgets.QApplication.setActiveWindow(window)
+    assert QtWidgets.QApplication.activeWindow() is window
+
+
+def _action(window, menu_title: str, text: str) -> QtWidgets.QAction:
+    menu = next(a.menu() for a in window.menuBar().actions() if a.text().replace("&", "") == menu_title)
+    return next(a for a in menu.actions() if a.text().replace("&", "") == text)
+
+
+def test_time_steps_by_keyboard_and_wheel_on_2d_plus_t_data(qtbot, window, data_dir):
+    series = os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp")
+    open_and_settle(qtbot, window, series)
+    _activate(window)
+    assert window.model.position[0] == 0
+    qtbot.keyClick(window, QtCore.Qt.Key_Right, QtCore.Qt.AltModifier)
+    qtbot.keyClick(window, QtCore.Qt.Key_Right, QtCore.Qt.AltModifier)
+    assert window.model.position[0] == 2 and window.time_slider.value() == 2
+    qtbot.keyClick(window, QtCore.Qt.Key_Left, QtCore.Qt.AltModifier)
+    assert window.model.position[0] == 1
+    window.views[0].slice_step.emit(3)  # the mouse wheel over the only (xy) view
+    assert window.model.position[0] == 4 and window.time_slider.value() == 4
+    qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
+    assert window.loader.shown("xy", "Probabilities")[1].start[0] == 4
+
+
+def test_layers_toggle_from_the_keyboard_and_the_panel_follows(qtbot, window, data_dir):
+    open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
+    _activate(window)
+    first = window.model.layers[1]
+    before = first.visible
+    qtbot.keyClick(window, QtCore.Qt.Key_2, QtCore.Qt.ControlModifier)
+    assert window.model.layer(first.name).visible is (not before)
+    assert window.layers_panel.checks[first.name].isChecked() is (not before)
+
+
+def test_help_menu_lists_shortcuts_about_with_licences_and_the_readme(qtbot, window):
+    for text in ("Keyboard shortcuts", "Read me", "About ilastik-desktop"):
+        assert _action(window, "Help", text).isEnabled()
+    assert _action(window, "Help", "Keyboard shortcuts").shortcut().toString() == "F1"
+    sheet = shortcut_sheet()
+    assert all(key in sheet for key, _ in SHORTCUTS) and "Alt+Right" in sheet and "Ctrl+1" in sheet
+    names = {name: licence for name, _, licence in licences()}
+    assert {"numpy", "PyQt5", "scikit-learn"} <= set(names) and all(names.values())
+    assert "MIT licence" in about_text() and "GPL" in names["PyQt5"] + about_text()
+    assert readme_path().endswith("README.md") and os.path.exists(readme_path())
+    assert _action(window, "View", "Side panel").shortcut().toString() == "F9"
