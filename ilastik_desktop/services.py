@@ -207,8 +207,9 @@ class Services:
         return self.listen_address
 
     def allow_worker(self, key: bytes) -> None:
-        """Accept remote workers with this public key from now on."""
+        """Accept remote workers with this public key from now on, and in later runs (authorized_workers)."""
         self.identity.allow(key)
+        KeyStore(self.settings.config_dir).add_authorized("worker", key)
 
     def worker_command(self) -> str:
         """The command to run on a remote machine so its worker connects to us."""

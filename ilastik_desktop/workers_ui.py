@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from PyQt5 import QtCore, QtWidgets
+from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.distributed.security import check_key
 from backend.errors import UserError
 from ilastik_desktop.services import Services
 from viewer.bridge import GuiBridge
 
-COLUMNS = ("host", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")
-HEADERS = ("Host", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done", "Blocks/s")
+COLUMNS = ("host", "kind", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")
+HEADERS = ("Host", "Kind", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done",
+           "Blocks/s (last 10 s)")
 DASK_COLUMNS = ("endpoint", "threads", "memory_mb", "memory_limit_mb", "tasks", "state")
 DASK_HEADERS = ("Dask worker", "Threads", "Memory (MB)", "Memory limit (MB)", "Tasks running", "State")
 
@@ -80,12 +81,19 @@ class WorkersPanel(QtWidgets.QWidget):
     def show_status(self, executor_status: dict) -> None:
         """Fill the table from the executor's status; say plainly when there is no worker at all."""
         workers = executor_status["workers"]
+        lost = [{**w, "state": f"lost {w['ago_s']:.0f} s ago: {w['reason']}"}
+                for w in reversed(executor_status.get("lost", []))]
         self.summary.setText(workers_summary(executor_status))
         self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
-        self.table.setRowCount(len(workers))
-        for r, worker in enumerate(workers):
+        self.table.setRowCount(len(workers) + len(lost))
+        for r, worker in enumerate(workers + lost):
             for c, key in enumerate(self.columns):
-                self.table.setItem(r, c, QtWidgets.QTableWidgetItem(str(worker.get(key, ""))))
+                item = QtWidgets.QTableWidgetItem(str(worker.get(key, "")))
+                item.setToolTip(item.text())  # long endpoints and reasons stay readable
+                if r >= len(workers):
+                    item.setForeground(QtGui.QBrush(QtGui.QColor("#999999")))
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
 
     def _apply_local(self) -> None:
         count = self.local_count.value()

@@ -29,6 +29,8 @@ from backend.errors import TransientError
 
 log = logging.getLogger(__name__)
 Settle = Callable[[], None]
+RATE_WINDOW_S = 10.0  # blocks/s of a worker: over this recent window
+LOST_SHOWN = 20  # lost workers kept for display
 
 
 class TaskError(RuntimeError):
@@ -71,6 +73,13 @@ class Remote:
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
     started: float = field(default_factory=time.monotonic)
+    kind: str = "remote"  # "local": one of the application's own worker processes
+    finished: deque = field(default_factory=lambda: deque(maxlen=256))  # when its recent blocks came back
+
+    def recent_rate(self, now: float, window_s: float = RATE_WINDOW_S) -> float:
+        """Blocks per second over the last ``window_s`` seconds (or since it registered, if later)."""
+        recent = sum(1 for at in self.finished if at > now - window_s)
+        return recent / max(min(window_s, now - self.started), 1e-6)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class Roster:
         self._run_id = uuid.uuid4().hex[:12]
         self._roundtrips: deque[float] = deque(maxlen=64)  # seconds from dispatch to result, recent tasks
         self._no_workers_since: float | None = time.monotonic()
+        self.lost: deque[dict] = deque(maxlen=LOST_SHOWN)  # workers dropped, with why and when
 
     def push(self, task: BlockTask, priority: int) -> Future:
         """Queue a task; returns its future."""
@@ -109,7 +119,7 @@ class Roster:
         self.counters["submitted"] += 1
         return future
 
-    def register(self, route: tuple[int, bytes], fields: dict, endpoint: str) -> Remote | None:
+    def register(self, route: tuple[int, bytes], fields: dict, endpoint: str, kind: str = "remote") -> Remote | None:
         """Book a worker that said READY; None (counted as dropped) if its announcement is malformed."""
         try:
             processes = whole_number(fields.get("processes", 1), 1, 4096)
@@ -122,13 +132,19 @@ class Roster:
         self._no_workers_since = None
         worker = self.workers[route] = Remote(route, str(fields.get("host", "?"))[:200], processes,
                                               str(fields.get("version", "?"))[:100], time.monotonic(),
-                                              endpoint=endpoint, heartbeat_s=peer_interval(fields))
+                                              endpoint=endpoint, heartbeat_s=peer_interval(fields), kind=kind)
+        back = [w for w in self.lost if (w["host"], w["endpoint"]) == (worker.host, endpoint)]
+        for entry in back:  # it came back: no longer shown as lost
+            self.lost.remove(entry)
         log.info("worker %s registered with %d processes", worker.host, processes)
         return worker
 
     def drop(self, route: tuple[int, bytes], why: str) -> None:
         """Forget a worker; its tasks go back to the queue (a lost worker is not the tasks' fault)."""
         worker = self.workers.pop(route)
+        if why != "re-registered":
+            self.lost.append({"host": worker.host, "endpoint": worker.endpoint, "kind": worker.kind, "reason": why,
+                              "at": time.monotonic()})
         level = logging.WARNING if worker.in_flight or why != "said goodbye" else logging.INFO
         log.log(level, "worker %s dropped (%s); re-dispatching %d tasks", worker.host, why, len(worker.in_flight))
         for job in worker.in_flight.values():
@@ -163,6 +179,7 @@ class Roster:
         roundtrip = time.monotonic() - job.sent
         self._roundtrips.append(roundtrip)
         worker.done += 1
+        worker.finished.append(time.monotonic())
         compute_s = _seconds(message.fields.get("compute_s"))
         self.counters["done"] += 1
         self.counters["compute_s"] += compute_s
@@ -267,12 +284,13 @@ class Roster:
                     "state": "slow" if w.overdue else "busy" if w.in_flight else "idle",
                     "heartbeat_age_s": round(now - w.last_heard, 2), "overdue": len(w.overdue),
                     "in_flight": len(w.in_flight), "blocks_done": w.done,
-                    "blocks_per_s": round(w.done / max(now - w.started, 1e-6), 2)}
+                    "blocks_per_s": round(w.recent_rate(now), 2), "kind": w.kind}
                    for w in self.workers.values()]
         waiting = [job.priority for job in self.queue if not job.future.done()]  # cancelled jobs leave when popped
         queued = len(waiting)
         waited = now - self._no_workers_since if self._no_workers_since is not None else 0.0
-        return {"workers": workers, "queued": queued,
+        lost = [{**entry, "ago_s": round(now - entry["at"], 1)} for entry in self.lost]
+        return {"workers": workers, "lost": lost, "queued": queued,
                 "queued_by_priority": {p: waiting.count(p) for p in sorted(set(waiting))},
                 "no_workers_s": round(waited, 1),
                 "processes": sum(w["processes"] for w in workers),

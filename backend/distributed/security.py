@@ -138,6 +138,17 @@ class KeyStore:
                     raise UserError(f"{path}, line {number}: {exc}") from None
         return keys
 
+    def add_authorized(self, role: str, key: bytes) -> None:
+        """Append ``key`` to ``authorized_<role>s`` (unless it is listed already), so later runs accept it."""
+        if key in self.authorized(role):
+            return
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        path = os.path.join(self.directory, f"authorized_{role}s")
+        with open(path, "a+", encoding="ascii") as f:
+            f.seek(0)
+            ends_open = (f.read() or "\n")[-1] != "\n"
+            f.write(("\n" if ends_open else "") + key.decode() + "  # allowed in the Connect dialog\n")
+
 
 def _check_private(secret_path: str) -> None:
     """Refuse a secret key that other users can read or replace (checked on every load, not only at creation)."""

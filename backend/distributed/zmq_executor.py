@@ -57,6 +57,7 @@ class ZmqExecutor:
         self._socket_numbers = itertools.count()
         self._outbound: dict[int, tuple[str, bytes]] = {}  # socket number -> (worker endpoint, routing id)
         self._monitors: dict[int, HandshakeMonitor] = {}  # socket number -> its CURVE handshake monitor
+        self._bound: dict[int, tuple[str, bool]] = {}  # socket number -> (address, secure) of our binds
         self._commands: queue.Queue = queue.Queue()
         self._messages: dict[str, tuple[dict, list]] = {}  # pipeline fingerprint -> its PIPELINE message
         self._lock = threading.Lock()
@@ -114,6 +115,7 @@ class ZmqExecutor:
             self.identity.make_server(sock)
         sock.bind(endpoint)
         address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._bound[self._number(sock)] = (address, secure)
         if secure:
             self._monitors[self._number(sock)] = HandshakeMonitor(sock, address)
         return address
@@ -301,8 +303,8 @@ class ZmqExecutor:
             log.warning("refused by %s", self._refused[-1])  # e.g. a listening worker busy with another gateway
             self._changed.notify_all()
         if message.type == "READY":
-            endpoint = self._outbound.get(route[0], ("", b""))[0]
-            if self.roster.register(route, message.fields, endpoint) is not None:
+            endpoint, kind = self._peer(route[0])
+            if self.roster.register(route, message.fields, endpoint, kind) is not None:
                 self._changed.notify_all()
         elif worker is None:
             if message.type != "DISCONNECT":
@@ -314,6 +316,13 @@ class ZmqExecutor:
             if message.type in ("RESULT", "ERROR"):
                 settle = self.roster.complete(worker, message)
                 self._settle_later([settle] if settle else [])
+
+    def _peer(self, number: int) -> tuple[str, str]:
+        """How a worker on socket ``number`` is reached, and whether it is one of our local ones."""
+        if number in self._outbound:
+            return self._outbound[number][0], "remote"
+        address, secure = self._bound.get(number, ("", True))
+        return (f"connected to {address}", "remote") if secure else ("local", "local")
 
     def _explain(self, endpoint: str, failure: str, outbound: bool) -> str:
         ours = self.identity.public.decode()

@@ -92,3 +92,45 @@ def test_the_workers_panel_lists_dask_workers_with_threads_memory_and_tasks(qtbo
         assert int(panel.table.item(0, 2).text()) > 0 and "2 processes" in panel.summary.text()
         assert not panel.connect_button.isEnabled() and not panel.apply_local.isEnabled()
         window.close()
+
+
+def test_lost_workers_stay_listed_with_the_reason_and_local_and_remote_are_told_apart(qtbot, window, services,
+                                                                                       data_dir):
+    from tests.integration.workers import kill_worker, start_worker, wait_listening
+
+    panel = window.workers_panel
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    worker = start_worker("--listen", endpoint)
+    try:
+        wait_listening(endpoint)
+        dialog = panel.open_dialog()
+        dialog.endpoint.setText(endpoint)
+        with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as check:
+            dialog.connect_button.click()
+        assert check.args[0], check.args[1]
+        open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
+        rows = lambda: [[panel.table.item(r, c).text() for c in range(4)]  # noqa: E731
+                        for r in range(panel.table.rowCount())]
+        qtbot.waitUntil(lambda: len(rows()) == 2, timeout=10_000)
+        kinds = {row[2]: row[1] for row in rows()}
+        assert kinds == {"local": "local", endpoint: "remote"}
+        status = services.executor.status()
+        assert all(w["blocks_per_s"] >= 0 for w in status["workers"])
+        kill_worker(worker)
+        qtbot.waitUntil(lambda: any(endpoint == row[2] and "lost" in panel.table.item(r, 4).text()
+                                    for r, row in enumerate(rows())), timeout=15_000)
+        lost = next(panel.table.item(r, 4).text() for r, row in enumerate(rows()) if row[2] == endpoint)
+        assert "silent for" in lost
+    finally:
+        kill_worker(worker)
+        services.remove_remote_worker(endpoint)
+
+
+def test_a_key_allowed_in_the_dialog_is_remembered_for_the_next_run(qtbot, window, services):
+    from backend.distributed.security import KeyStore
+
+    key = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+    dialog = window.workers_panel.open_dialog()
+    dialog.allow_key.setText(key.decode())
+    dialog.allow_worker()
+    assert key in KeyStore(services.settings.config_dir).authorized("worker")
