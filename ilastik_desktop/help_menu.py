@@ -1,5 +1,5 @@
-"""The Help menu (keyboard shortcuts, the README, About with versions and licences) and the window's
-keyboard shortcuts for time steps and layers."""
+"""The View and Help menus (side panel, fit views; keyboard shortcuts, the README, About with versions and
+licences) and the window's keyboard shortcuts for time steps and layers."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ SHORTCUTS = (
     ("Ctrl+1 ... Ctrl+9", "show or hide layer 1 to 9 (as listed in Layers)"),
     ("Ctrl+wheel, drag, click", "zoom, pan, move the crosshair"),
     ("F9", "show or hide the side panel"),
+    ("Ctrl+0", "fit every view to its image"),
     ("F1", "this list"),
     ("Ctrl+Q", "quit"),
 )
@@ -61,6 +62,17 @@ def shortcut_sheet() -> str:
     """The keyboard shortcuts as an HTML table."""
     return "<table>" + "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{what}</td></tr>" for k, what in SHORTCUTS) \
         + "</table>"
+
+
+def add_view_menu(window) -> QtWidgets.QMenu:
+    """View > Side panel (F9), Fit views (Ctrl+0)."""
+    menu = window.menuBar().addMenu("&View")
+    toggle = window.side.toggleViewAction()
+    toggle.setText("&Side panel")
+    toggle.setShortcut(QtGui.QKeySequence("F9"))
+    menu.addAction(toggle)
+    menu.addAction("&Fit views", lambda: [view.fit() for view in window.views], QtGui.QKeySequence("Ctrl+0"))
+    return menu
 
 
 def add_help_menu(window: QtWidgets.QMainWindow) -> QtWidgets.QMenu:

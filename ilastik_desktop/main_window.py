@@ -11,7 +11,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
-from ilastik_desktop.help_menu import add_help_menu, add_view_shortcuts
+from ilastik_desktop.help_menu import add_help_menu, add_view_menu, add_view_shortcuts
 from ilastik_desktop.panels import LayersPanel, ProjectPanel, info_box
 from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
@@ -73,10 +73,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, self.side)
         self.side_width = 360  # what the user gave the side panel; kept when another project opens
         self.resizeDocks([self.side], [self.side_width], QtCore.Qt.Horizontal)
-        toggle = self.side.toggleViewAction()
-        toggle.setText("&Side panel")
-        toggle.setShortcut(QtGui.QKeySequence("F9"))
-        self.menuBar().addMenu("&View").addAction(toggle)
+        add_view_menu(self)
+        add_help_menu(self)
+        add_view_shortcuts(self)
         self.status_timer = QtCore.QTimer(self, interval=500)
         self.status_timer.timeout.connect(self._poll_status)
         self.status_timer.start()
@@ -95,8 +94,6 @@ class MainWindow(QtWidgets.QMainWindow):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
-        add_help_menu(self)
-        add_view_shortcuts(self)
 
     def _build_status(self) -> None:
         self.cursor_label = QtWidgets.QLabel()
@@ -231,7 +228,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _viewer_area(self) -> QtWidgets.QWidget:
         t, z, y, x = self.model.shape
-        planes = {"xy": (y, x), "xz": (z, x), "yz": (z, y)} if self.model.volumetric else {"xy": (y, x)}
+        planes = {"xy": (y, x), "yz": (y, z), "xz": (z, x)} if self.model.volumetric else {"xy": (y, x)}
         self.views = [SliceView(plane, shape) for plane, shape in planes.items()]
         area = QtWidgets.QWidget()
         grid = QtWidgets.QGridLayout(area)
@@ -240,6 +237,9 @@ class MainWindow(QtWidgets.QMainWindow):
         for i in (0, 1) if self.model.volumetric else ():  # the views share the space equally
             grid.setColumnStretch(i, 1)
             grid.setRowStretch(i, 1)
+        if self.model.volumetric:  # panning or zooming one moves the other along the shared axis
+            self.views[1].box.setYLink(self.views[0].box)
+            self.views[2].box.setXLink(self.views[0].box)
         for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
             grid.addWidget(view, *cell)
             axis = view.normal_axis if self.model.volumetric or t == 1 else "t"  # 2D+t: the wheel steps time

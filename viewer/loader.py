@@ -250,7 +250,8 @@ class PlaneLoader(QtCore.QObject):
 
 def _plane_of(values: np.ndarray, view: SliceView) -> np.ndarray:
     """``(t, z, y, x, c)`` values one voxel thick along the view's normal as ``(rows, cols, c)``."""
-    return values[0].take(0, axis="zyx".index(view.normal_axis))
+    plane = values[0].take(0, axis="zyx".index(view.normal_axis))
+    return plane.swapaxes(0, 1) if "zyx".index(view.rows_axis) > "zyx".index(view.cols_axis) else plane
 
 
 def _cancel_handle(handle) -> None:

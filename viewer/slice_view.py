@@ -10,7 +10,8 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtGui
 
-PLANES = {"xy": ("y", "x", "z"), "xz": ("z", "x", "y"), "yz": ("z", "y", "x")}  # rows, columns, normal
+# rows, columns, normal: as ilastik lays them out, xz below xy shares its x, yz beside xy shares its y
+PLANES = {"xy": ("y", "x", "z"), "xz": ("z", "x", "y"), "yz": ("y", "z", "x")}
 
 
 class _ViewBox(pg.ViewBox):
@@ -92,6 +93,10 @@ class SliceView(pg.GraphicsView):
         row, col = int(np.floor(point.y())), int(np.floor(point.x()))
         inside = 0 <= row < self.shape[0] and 0 <= col < self.shape[1]
         self.hovered.emit(row if inside else -1, col if inside else -1)
+
+    def fit(self) -> None:
+        """Show the whole image, as when the project opened."""
+        self.box.setRange(xRange=(0, self.shape[1]), yRange=(0, self.shape[0]), padding=0.02)
 
     def visible_rect(self) -> tuple[int, int, int, int]:
         """The image rows and columns currently on screen: (row0, row1, col0, col1), clipped."""

@@ -39,21 +39,21 @@ def test_seed_project_overlay_equals_the_headless_export(qtbot, window, data_dir
 def test_3d_project_shows_three_views_and_equals_the_export(qtbot, window, data_dir, tmp_path):
     api = os.path.join(data_dir, "ilastik-api")
     open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
-    assert [v.plane for v in window.views] == ["xy", "xz", "yz"]
+    assert [v.plane for v in window.views] == ["xy", "yz", "xz"]
     expected = export(tmp_path, "--project", os.path.join(api, "PixelClass3D.ilp"))
     z, y, x = window.model.position[1:]
     assert np.array_equal(shown(window, "xy")[0], expected[z])
     assert np.array_equal(shown(window, "xz")[0], expected[:, y])
-    assert np.array_equal(shown(window, "yz")[0], expected[:, :, x])
+    assert np.array_equal(shown(window, "yz")[0], expected[:, :, x].swapaxes(0, 1))  # rows y, columns z
     window.loader.step("z", 5)  # scrolling moves the plane and refills it
     qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
     assert np.array_equal(shown(window, "xy")[0], expected[z + 5])
-    window.views[1].hovered.emit(3, 7)  # the mouse over the xz view at z 3, x 7
+    window.views[2].hovered.emit(3, 7)  # the mouse over the xz view at z 3, x 7
     names = window.document.project.label_names
     readout = window.cursor_label.text()
     assert f"x 7  y {y}  z 3" in readout
     assert "  ".join(f"{n} {p:.2f}" for n, p in zip(names, expected[3, y, 7])) in readout
-    window.views[1].hovered.emit(-1, -1)
+    window.views[2].hovered.emit(-1, -1)
     assert window.cursor_label.text() == ""
 
 
@@ -145,7 +145,7 @@ def test_connect_dialog_adds_a_listening_worker_and_reports_a_wrong_key(qtbot, w
         with qtbot.waitSignal(dialog.finished_check, timeout=30_000) as right:
             dialog.connect_button.click()
         assert right.args[0] is True, right.args[1]
-        qtbot.waitUntil(lambda: any(window.workers_panel.table.item(r, 1).text() == endpoint
+        qtbot.waitUntil(lambda: any(window.workers_panel.table.item(r, 2).text() == endpoint
                                     for r in range(window.workers_panel.table.rowCount())), timeout=5_000)
         services.remove_remote_worker(endpoint)
         dialog.endpoint.setText("tcp://127.0.0.1:1")
