@@ -12,7 +12,8 @@ from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import Document, open_document
 from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.help_menu import add_help_menu, add_view_menu, add_view_shortcuts
-from ilastik_desktop.panels import LayersPanel, ProjectPanel, info_box
+from ilastik_desktop.layers_panel import LayersPanel
+from ilastik_desktop.panels import ProjectPanel, info_box
 from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
 from ilastik_desktop.threshold_panel import ThresholdPanel
@@ -268,7 +269,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
-        self.layers_panel = LayersPanel(self.model)
+        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), document.display_range)
         self.threshold_panel = ThresholdPanel(document.threshold, document.project.label_names,
                                               self.model.volumetric)
         self.threshold_panel.changed.connect(self.loader.set_threshold)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from ilastik_desktop.document import Document
-from viewer.model import ViewerModel
 
 
 def narrow(panel: QtWidgets.QWidget, width: int = 70) -> None:
@@ -66,59 +65,6 @@ class ProjectPanel(QtWidgets.QTreeWidget):
             item = QtWidgets.QTreeWidgetItem(section, [key, value])
             item.setToolTip(1, value)
         return section
-
-
-class LayersPanel(QtWidgets.QWidget):
-    """Visibility and opacity per layer, the live-update toggle, raw channel and contrast."""
-
-    def __init__(self, model: ViewerModel, parent=None):
-        super().__init__(parent)
-        self.model = model
-        grid = QtWidgets.QGridLayout(self)
-        grid.setContentsMargins(4, 4, 4, 4)
-        self.checks: dict[str, QtWidgets.QCheckBox] = {}
-        self.sliders: dict[str, QtWidgets.QSlider] = {}
-        for row, layer in enumerate(model.layers):
-            check = QtWidgets.QCheckBox(layer.name)
-            check.setChecked(layer.visible)
-            check.toggled.connect(lambda on, n=layer.name: model.set_layer(n, visible=on))
-            slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=100, value=int(layer.opacity * 100))
-            slider.setToolTip("opacity")
-            slider.valueChanged.connect(lambda v, n=layer.name: model.set_layer(n, opacity=v / 100))
-            grid.addWidget(check, row, 0)
-            grid.addWidget(slider, row, 1)
-            self.checks[layer.name], self.sliders[layer.name] = check, slider
-        row = len(model.layers)
-        self.live = QtWidgets.QCheckBox("Live update")
-        self.live.setChecked(model.live)
-        self.live.setToolTip("compute overlays as you browse (like ilastik's Live Update)")
-        self.live.toggled.connect(model.set_live)
-        grid.addWidget(self.live, row, 0, 1, 2)
-        self.channel = QtWidgets.QSpinBox(minimum=0, maximum=max(model.channels - 1, 0))
-        self.channel.valueChanged.connect(model.set_channel)
-        self.channel.setEnabled(model.channels > 1)
-        grid.addWidget(QtWidgets.QLabel("Raw channel"), row + 1, 0)
-        grid.addWidget(self.channel, row + 1, 1)
-        self.low = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=1e9, value=model.contrast[0])
-        self.high = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=1e9, value=model.contrast[1])
-        for box in (self.low, self.high):
-            box.valueChanged.connect(lambda _v: model.set_contrast(self.low.value(), self.high.value()))
-        grid.addWidget(QtWidgets.QLabel("Display range"), row + 2, 0)
-        pair = QtWidgets.QHBoxLayout()
-        pair.addWidget(self.low)
-        pair.addWidget(self.high)
-        grid.addLayout(pair, row + 2, 1)
-        grid.setRowStretch(row + 3, 1)
-        narrow(self)
-        model.layers_changed.connect(self._sync)
-
-    def _sync(self, name: str) -> None:
-        """Show a layer's state changed elsewhere (keyboard shortcuts)."""
-        if name in self.checks:
-            layer = self.model.layer(name)
-            self.checks[name].blockSignals(True)
-            self.checks[name].setChecked(layer.visible)
-            self.checks[name].blockSignals(False)
 
 
 def info_box(position_label: QtWidgets.QLabel, project) -> QtWidgets.QWidget:

@@ -85,6 +85,14 @@ class PlaneLoader(QtCore.QObject):
             return None
         return np.atleast_1d(slot.values[row, col])
 
+    def raw_range(self, plane: str) -> tuple[float, float] | None:
+        """0.1 to 99.9 percentiles of the raw data shown in view ``plane`` (None before any arrived)."""
+        slot = self.slots.get((plane, RAW))
+        if slot is None or slot.values is None:
+            return None
+        low, high = (float(v) for v in np.percentile(slot.values, (0.1, 99.9)))
+        return low, max(high, low + 1.0)
+
     def is_complete(self, plane: str, kind: str) -> bool:
         """True when view ``plane`` shows every block of ``kind`` it asked for."""
         slot = self.slots.get((plane, kind))
@@ -101,6 +109,7 @@ class PlaneLoader(QtCore.QObject):
     def _display_changed(self) -> None:
         for view in self.views:
             view.set_levels(self.model.contrast)
+            view.set_colormap(self.model.colormap)
         self.policy.forget(RAW)  # another channel
         self.schedule()
 

@@ -50,6 +50,7 @@ class ViewerModel:
         self.position = [0] + [n // 2 for n in shape[1:]]
         self.channel = 0
         self.contrast = contrast
+        self.colormap = COLORMAPS[0]
         self.live = True
         self.position_changed, self.layers_changed, self.display_changed = Event(), Event(), Event()
 
@@ -93,12 +94,20 @@ class ViewerModel:
         self.contrast = (float(low), float(max(high, low + 1e-6)))
         self.display_changed.emit()
 
+    def set_colormap(self, name: str) -> None:
+        """The raw data's colour map (one of COLORMAPS)."""
+        if name not in COLORMAPS:
+            raise ValueError(f"unknown colour map {name!r}")
+        self.colormap = name
+        self.display_changed.emit()
+
     def set_live(self, live: bool) -> None:
         """Compute overlays as the view moves (True) or only show what is cached."""
         self.live = bool(live)
         self.layers_changed.emit("live")
 
 
+COLORMAPS = ("grey", "viridis", "magma", "inferno", "cividis", "turbo")
 PROBABILITY_OPACITY = 0.25  # ilastik's default for its prediction layers: the raw data stays readable
 
 

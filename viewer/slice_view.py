@@ -115,6 +115,10 @@ class SliceView(pg.GraphicsView):
         """The raw plane ``(rows, cols)``."""
         self.raw.setImage(plane, levels=levels, autoLevels=False)
 
+    def set_colormap(self, name: str) -> None:
+        """The raw plane's colour map: ``grey`` or one of pyqtgraph's (viridis, magma, ...)."""
+        self.raw.setLookupTable(None if name == "grey" else pg.colormap.get(name).getLookupTable(nPts=256))
+
     def set_levels(self, levels: tuple[float, float]) -> None:
         """Change the raw display range."""
         self.raw.setLevels(levels)

@@ -1,0 +1,101 @@
+"""The layers panel: visibility and opacity (with its value) per layer, live update, and the raw data's
+display: channel, colour map, display range (low never above high), automatic and original range."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PyQt5 import QtCore, QtWidgets
+
+from ilastik_desktop.panels import narrow
+from viewer.model import COLORMAPS, ViewerModel
+
+
+class LayersPanel(QtWidgets.QWidget):
+    """Edits the model's layers and raw display; ``auto_range()`` gives the range that fits what is shown."""
+
+    def __init__(self, model: ViewerModel, auto_range: Callable[[], tuple[float, float] | None],
+                 original: tuple[float, float], parent=None):
+        super().__init__(parent)
+        self.model, self.auto_range, self.original = model, auto_range, original
+        grid = QtWidgets.QGridLayout(self)
+        grid.setContentsMargins(4, 4, 4, 4)
+        self.checks: dict[str, QtWidgets.QCheckBox] = {}
+        self.sliders: dict[str, QtWidgets.QSlider] = {}
+        self.opacities: dict[str, QtWidgets.QLabel] = {}
+        for row, layer in enumerate(model.layers):
+            self._layer_row(grid, row, layer)
+        row = len(model.layers)
+        self.live = QtWidgets.QCheckBox("Live update", checked=model.live)
+        self.live.setToolTip("compute overlays as you browse (like ilastik's Live Update)")
+        self.live.toggled.connect(model.set_live)
+        grid.addWidget(self.live, row, 0, 1, 3)
+        self.channel = QtWidgets.QSpinBox(minimum=0, maximum=max(model.channels - 1, 0))
+        self.channel.valueChanged.connect(model.set_channel)
+        self.channel.setEnabled(model.channels > 1)
+        self.colormap = QtWidgets.QComboBox()
+        self.colormap.addItems(COLORMAPS)
+        self.colormap.currentTextChanged.connect(model.set_colormap)
+        for offset, (label, widget) in enumerate((("Raw channel", self.channel), ("Raw colours", self.colormap))):
+            grid.addWidget(QtWidgets.QLabel(label), row + 1 + offset, 0)
+            grid.addWidget(widget, row + 1 + offset, 1, 1, 2)
+        grid.addWidget(QtWidgets.QLabel("Display range"), row + 3, 0)
+        grid.addLayout(self._range_row(), row + 3, 1, 1, 2)
+        grid.setRowStretch(row + 4, 1)
+        narrow(self)
+        model.layers_changed.connect(self._sync)
+
+    def _layer_row(self, grid: QtWidgets.QGridLayout, row: int, layer) -> None:
+        check = QtWidgets.QCheckBox(layer.name, checked=layer.visible)
+        check.toggled.connect(lambda on, n=layer.name: self.model.set_layer(n, visible=on))
+        slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=100, value=round(layer.opacity * 100))
+        slider.setToolTip("opacity")
+        value = QtWidgets.QLabel(f"{slider.value()} %", minimumWidth=40)
+        slider.valueChanged.connect(lambda v, n=layer.name: self.model.set_layer(n, opacity=v / 100))
+        slider.valueChanged.connect(lambda v, label=value: label.setText(f"{v} %"))
+        for column, widget in enumerate((check, slider, value)):
+            grid.addWidget(widget, row, column)
+        self.checks[layer.name], self.sliders[layer.name], self.opacities[layer.name] = check, slider, value
+
+    def _range_row(self) -> QtWidgets.QHBoxLayout:
+        low, high = self.model.contrast
+        self.low = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=high, value=low)
+        self.high = QtWidgets.QDoubleSpinBox(decimals=1, minimum=low, maximum=1e9, value=high)
+        self.low.valueChanged.connect(lambda v: (self.high.setMinimum(v), self._apply_range()))
+        self.high.valueChanged.connect(lambda v: (self.low.setMaximum(v), self._apply_range()))
+        self.auto = QtWidgets.QPushButton("Auto", toolTip="0.1 to 99.9 percentiles of the raw data in the xy view")
+        self.auto.clicked.connect(lambda: self.set_range(self.auto_range()))
+        self.reset = QtWidgets.QPushButton("Reset", toolTip="the range the project opened with")
+        self.reset.clicked.connect(lambda: self.set_range(self.original))
+        pair = QtWidgets.QHBoxLayout()
+        for widget in (self.low, self.high, self.auto, self.reset):
+            pair.addWidget(widget)
+        return pair
+
+    def _apply_range(self) -> None:
+        self.model.set_contrast(self.low.value(), self.high.value())
+
+    def set_range(self, limits: tuple[float, float] | None) -> None:
+        """Show and apply a display range (nothing happens for None: no raw data on screen yet)."""
+        if limits is None:
+            return
+        low, high = limits
+        for box in (self.low, self.high):
+            box.blockSignals(True)
+        self.low.setRange(-1e9, 1e9)
+        self.high.setRange(-1e9, 1e9)
+        self.low.setValue(low)
+        self.high.setValue(max(high, low))
+        self.low.setMaximum(self.high.value())
+        self.high.setMinimum(self.low.value())
+        for box in (self.low, self.high):
+            box.blockSignals(False)
+        self._apply_range()
+
+    def _sync(self, name: str) -> None:
+        """Show a layer's state changed elsewhere (keyboard shortcuts)."""
+        if name in self.checks:
+            layer = self.model.layer(name)
+            self.checks[name].blockSignals(True)
+            self.checks[name].setChecked(layer.visible)
+            self.checks[name].blockSignals(False)
