@@ -22,7 +22,7 @@ from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
 from viewer.model import ViewerModel, default_layers
 from viewer.readout import voxel_readout
-from viewer.slice_view import SliceView
+from viewer.slice_view import SliceView, add_scale_bars
 
 log = logging.getLogger(__name__)
 RECENT_KEY, RAW_KEY = "recent", "raw_data/"
@@ -241,6 +241,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.model.volumetric:  # panning or zooming one moves the other along the shared axis
             self.views[1].box.setYLink(self.views[0].box)
             self.views[2].box.setXLink(self.views[0].box)
+        add_scale_bars(self.views, self.document.source.pixel_size)
         for view, cell in zip(self.views, [(0, 0), (0, 1), (1, 0)]):
             grid.addWidget(view, *cell)
             axis = view.normal_axis if self.model.volumetric or t == 1 else "t"  # 2D+t: the wheel steps time

@@ -37,6 +37,19 @@ class _ViewBox(pg.ViewBox):
             super().mouseClickEvent(ev)
 
 
+def add_scale_bars(views: list[SliceView], pixel_size: tuple[float, str] | None) -> None:
+    """Scale bars on the views whose columns run along x, from the file's pixel size (none without one)."""
+    for view in views:
+        if pixel_size and view.cols_axis == "x":
+            view.set_scale_bar(*pixel_size)
+
+
+def nice_length(target: float) -> float:
+    """1, 2 or 5 times a power of ten, the largest not above ``target`` (for scale bars)."""
+    power = 10.0 ** np.floor(np.log10(target))
+    return max(m * power for m in (1, 2, 5) if m * power <= target)
+
+
 class SliceView(pg.GraphicsView):
     """Shows one plane (``xy``, ``xz`` or ``yz``) of the volume."""
 
@@ -49,6 +62,7 @@ class SliceView(pg.GraphicsView):
         super().__init__(parent, background="#202124")
         self.plane, self.shape = plane, shape
         self.setMinimumSize(160, 160)  # never crushed by the side panel
+        self.scale_bar: pg.ScaleBar | None = None
         self.rows_axis, self.cols_axis, self.normal_axis = PLANES[plane]
         self.box = _ViewBox(self)
         self.setCentralItem(self.box)
@@ -93,6 +107,14 @@ class SliceView(pg.GraphicsView):
         row, col = int(np.floor(point.y())), int(np.floor(point.x()))
         inside = 0 <= row < self.shape[0] and 0 <= col < self.shape[1]
         self.hovered.emit(row if inside else -1, col if inside else -1)
+
+    def set_scale_bar(self, pixel_size: float, unit: str) -> None:
+        """A scale bar in the lower right corner: a round length about a fifth of the image's width."""
+        length = nice_length(self.shape[1] * pixel_size / 5)
+        self.scale_bar = pg.ScaleBar(size=length / pixel_size, suffix="")
+        self.scale_bar.setParentItem(self.box)
+        self.scale_bar.anchor((1, 1), (1, 1), offset=(-20, -20))
+        self.scale_bar.text.setText(f"{length:g} {unit}")
 
     def fit(self) -> None:
         """Show the whole image, as when the project opened."""

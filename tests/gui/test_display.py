@@ -33,3 +33,22 @@ def test_display_range_auto_reset_colormap_and_opacity_values(qtbot, window, dat
     name = next(layer.name for layer in model.layers if layer.name.startswith("Probability"))
     panel.sliders[name].setValue(40)
     assert panel.opacities[name].text() == "40 %" and model.layer(name).opacity == 0.4
+
+
+def test_a_scale_bar_from_the_files_pixel_size(qtbot, window, data_dir, tmp_path):
+    import tifffile
+
+    from viewer.slice_view import nice_length
+
+    api = os.path.join(data_dir, "ilastik-api")
+    volume = np.load(os.path.join(api, "Data_3D.npy"))[..., 0]  # 64^3
+    raw = tmp_path / "with_size.tif"
+    tifffile.imwrite(raw, volume, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "micron", "axes": "ZYX"})
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"), str(raw))
+    xy, yz, xz = window.views
+    assert xy.scale_bar is not None and xz.scale_bar is not None and yz.scale_bar is None  # yz has z across
+    assert xy.scale_bar.text.textItem.toPlainText() == "2 µm"  # 64 px of 0.25 µm: a fifth is 3.2, so 2
+    assert xy.scale_bar.size == 8  # pixels
+    assert (nice_length(3.2), nice_length(0.07), nice_length(700)) == (2, 0.05, 500)
+    open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))  # a .npy: no size, no bar
+    assert all(view.scale_bar is None for view in window.views)

@@ -192,3 +192,17 @@ def test_compressed_tiff_is_read_by_region_not_whole(tmp_path):
     assert not isinstance(source.array, np.ndarray)  # a lazy view: only the tiles a region touches are read
     roi = Roi((0, 2, 60, 130), (1, 4, 100, 200))
     assert np.array_equal(source.read(roi)[0, ..., 0], image[2:4, 60:100, 130:200])
+
+
+def test_pixel_sizes_from_hdf5_element_size_and_tiff_resolution(tmp_path):
+    volume = np.zeros((4, 16, 16), np.uint8)
+    with h5py.File(tmp_path / "sized.h5", "w") as f:
+        f.create_dataset("data", data=volume).attrs["element_size_um"] = (1.0, 0.5, 0.25)
+        f.create_dataset("plain", data=volume)
+    assert open_source(str(tmp_path / "sized.h5/data")).pixel_size == (0.25, "µm")
+    assert open_source(str(tmp_path / "sized.h5/plain")).pixel_size is None
+    tifffile.imwrite(tmp_path / "cm.tif", volume[0], resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
+    size, unit = open_source(str(tmp_path / "cm.tif")).pixel_size
+    assert unit == "µm" and abs(size - 0.5) < 1e-9  # 20000 pixels per cm
+    tifffile.imwrite(tmp_path / "none.tif", volume[0])
+    assert open_source(str(tmp_path / "none.tif")).pixel_size is None

@@ -53,6 +53,7 @@ class DataSource(ABC):
     def __init__(self, description: str, native_shape: tuple[int, ...], dtype: np.dtype, axes: str | None):
         self.description = description
         self.spec: str | None = None  # what open_source opens it by again (set by open_source)
+        self.pixel_size: tuple[float, str] | None = None  # in-plane (x) size of a pixel and its unit, if known
         self.native_shape = tuple(int(s) for s in native_shape)
         self.dtype = np.dtype(dtype)
         self.axes_guessed = axes is None
