@@ -73,17 +73,54 @@ def write_project(path: str, raw_path: str, axes: str, shape: Sequence[int], fea
         pc["LabelColors"] = np.asarray(label_colors, np.int64)
         pc["PmapColors"] = np.asarray(label_colors, np.int64)
         pc["StorageVersion"] = b"0.1"
-        sets = pc.create_group("LabelSets/labels000")
-        for i, block in enumerate(label_blocks):
-            ds = sets.create_dataset(f"block{i:04d}", data=block.labels.astype(np.uint8))
-            ds.attrs["blockSlice"] = "[" + ",".join(f"{a}:{b}" for a, b in block.bounds) + "]"
-            ds.attrs["axistags"] = axistags_json(axes if "c" in axes else axes + "c")
+        write_label_blocks(pc, 0, label_blocks, axes)
         if classifier is not None:
             write_classifier(pc, classifier, row_count)
 
 
+def write_label_blocks(pc: h5py.Group, lane: int, blocks: Sequence[LabelBlock], axes: str) -> None:
+    """Replace lane ``lane``'s label blocks (ilastik's ``LabelSets/labelsNNN/blockNNNN`` with blockSlice)."""
+    name = f"LabelSets/labels{lane:03d}"
+    if name in pc:
+        del pc[name]
+    sets = pc.create_group(name)
+    for i, block in enumerate(blocks):
+        ds = sets.create_dataset(f"block{i:04d}", data=block.labels.astype(np.uint8))
+        ds.attrs["blockSlice"] = "[" + ",".join(f"{a}:{b}" for a, b in block.bounds) + "]"
+        ds.attrs["axistags"] = axistags_json(axes if "c" in axes else axes + "c")
+
+
+def label_block(roi, labels: np.ndarray, axes: str) -> LabelBlock:
+    """A tzyx label block (``labels`` shaped like ``roi``) in the raw data's ``axes`` plus a channel axis."""
+    present = [a for a in "tzyx" if a in axes]
+    order = [a for a in axes if a != "c"] + ["c"]
+    values = labels.reshape([roi.shape["tzyx".index(a)] if a in present else 1 for a in "tzyx"])
+    values = values.squeeze(axis=tuple(i for i, a in enumerate("tzyx") if a not in present))
+    values = values.transpose([present.index(a) for a in order if a != "c"])[..., None]
+    bounds = tuple((roi.start["tzyx".index(a)], roi.stop["tzyx".index(a)]) if a != "c" else (0, 1) for a in order)
+    return LabelBlock(bounds, values)
+
+
+def save_training(project_path: str, lane: int, axes: str, blocks: Sequence[LabelBlock],
+                  classifier: Classifier | None, row_count: int) -> None:
+    """Save a lane's labels and the classifier trained from them; the file is swapped in only when complete."""
+    def edit(f: h5py.File) -> None:
+        pc = f.require_group("PixelClassification")
+        write_label_blocks(pc, lane, blocks, axes)
+        if classifier is not None:
+            write_classifier(pc, classifier, row_count)
+
+    _rewrite(project_path, edit)
+
+
 def replace_classifier(project_path: str, classifier: Classifier, row_count: int) -> None:
     """Save a new classifier into an existing project; the file is swapped in only when complete."""
+    _rewrite(project_path, lambda f: write_classifier(f.require_group("PixelClassification"), classifier,
+                                                      row_count))
+
+
+def _rewrite(project_path: str, edit) -> None:
+    """Apply ``edit`` to a copy of the project and put the copy in its place (the original stays on failure)."""
     folder = os.path.dirname(os.path.abspath(project_path))
     fd, tmp = tempfile.mkstemp(suffix=".ilp", dir=folder)
     os.close(fd)
@@ -91,7 +128,7 @@ def replace_classifier(project_path: str, classifier: Classifier, row_count: int
         shutil.copyfile(project_path, tmp)
         shutil.copymode(project_path, tmp)  # the project keeps its permissions (mkstemp makes 0600 files)
         with h5py.File(tmp, "r+") as f:
-            write_classifier(f.require_group("PixelClassification"), classifier, row_count)
+            edit(f)
         os.replace(tmp, project_path)
     except BaseException:
         os.remove(tmp)

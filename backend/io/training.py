@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
+from backend.compute.features import FeatureSet
 from backend.compute.geometry import Roi
 from backend.errors import ProjectError
 from backend.io.forest_io import forest_from_sklearn
@@ -45,25 +46,37 @@ def _label_axes(source: DataSource, ndim: int) -> str:
 def labelled_samples(project: Project, source: DataSource, lane: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows and labels of every labelled voxel."""
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
-    fs = pipeline.features
     image = Roi.from_shape(source.spatial_shape)
     xs, ys = [], []
     for roi, labels in label_blocks(project, source, lane):
         roi = roi.intersect(image)
         if roi is None or not labels.any():
             continue
-        labels = labels[tuple(slice(0, s) for s in roi.shape)]
-        for t in range(roi.start[0], roi.stop[0]):
-            frame = Roi((t, *roi.start[1:]), (t + 1, *roi.stop[1:]))
-            halo = frame.grow((0, *fs.halo), image)
-            feats = fs.compute(source.read(halo)[0], halo.start[1:], image.shape[1:],
-                               tuple(zip(frame.start[1:], frame.stop[1:])))
-            mask = labels[t - roi.start[0]] > 0
-            xs.append(feats[mask])
-            ys.append(labels[t - roi.start[0]][mask])
+        x, y = block_samples(pipeline.features, source, roi, labels[tuple(slice(0, s) for s in roi.shape)])
+        xs.append(x)
+        ys.append(y)
     if not xs or sum(len(y) for y in ys) == 0:
         raise ProjectError(f"{project.path}: the project has no labels to train from")
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+def block_samples(features: FeatureSet, source: DataSource, roi: Roi, labels: np.ndarray) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """Feature rows and labels of the labelled voxels of one label block (``labels`` shaped like ``roi``)."""
+    image = Roi.from_shape(source.spatial_shape)
+    xs, ys = [np.empty((0, features.column_count), np.float32)], [np.empty(0, np.uint8)]
+    for t in range(roi.start[0], roi.stop[0]):
+        frame_labels = labels[t - roi.start[0]]
+        mask = frame_labels > 0
+        if not mask.any():
+            continue
+        frame = Roi((t, *roi.start[1:]), (t + 1, *roi.stop[1:]))
+        halo = frame.grow((0, *features.halo), image)
+        feats = features.compute(source.read(halo)[0], halo.start[1:], image.shape[1:],
+                                 tuple(zip(frame.start[1:], frame.stop[1:])))
+        xs.append(feats[mask])
+        ys.append(frame_labels[mask])
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], trees: int = 100,
