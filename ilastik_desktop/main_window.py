@@ -14,9 +14,11 @@ from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.help_menu import add_help_menu, add_view_menu, add_view_shortcuts
 from ilastik_desktop.layers_panel import LayersPanel
 from ilastik_desktop.panels import ProjectPanel, info_box
+from ilastik_desktop.pending_bar import PendingBar
 from ilastik_desktop.serve_dialog import ServeDialog
 from ilastik_desktop.services import Services
 from ilastik_desktop.threshold_panel import ThresholdPanel
+from ilastik_desktop.training import TrainingController
 from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
@@ -58,6 +60,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.views: list[SliceView] = []
         self._pointer: tuple[SliceView, int, int] | None = None  # the view and pixel under the mouse
         self.export_dialog: ExportDialog | None = None
+        self.training: TrainingController | None = None
         self.setWindowTitle("ilastik-desktop")
         self.setAcceptDrops(True)
         self.serve_dialog = ServeDialog(services, self.bridge, self)
@@ -91,7 +94,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.change_raw_action = menu.addAction("Change &raw data...", self.ask_raw_data)
         self.forget_raw_action = menu.addAction("&Forget remembered raw data", self.forget_raw_data)
         self.serve_action = menu.addAction("&Serve over HTTP...", self.open_serve)
-        for action in (self.export_action, self.change_raw_action, self.forget_raw_action, self.serve_action):
+        self.save_action = menu.addAction("&Save labels and classifier", lambda: self.training.save(),
+                                          QtGui.QKeySequence.Save)
+        for action in (self.export_action, self.change_raw_action, self.forget_raw_action, self.serve_action,
+                       self.save_action):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
@@ -100,10 +106,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cursor_label = QtWidgets.QLabel()
         self.statusBar().addWidget(self.cursor_label)
         self.workers_label, self.cache_label = QtWidgets.QLabel("workers: -"), QtWidgets.QLabel("cache: -")
-        self.pending = QtWidgets.QProgressBar(maximumWidth=260, textVisible=True)
-        self.pending.setRange(0, 1)
-        self._all_pending = 0  # blocks of every request of the open project (views, prefetch, exports, objects)
-        self._format_pending()
+        self.pending = PendingBar()
         self.web_label = QtWidgets.QLabel(visible=False)
         self.serve_dialog.serving.connect(self._show_serving)
         for widget in (self.web_label, self.workers_label, self.cache_label, self.pending):
@@ -204,7 +207,7 @@ class MainWindow(QtWidgets.QMainWindow):
                                  document.display_range)
         self.setCentralWidget(self._viewer_area())
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self)
-        self.loader.progress.connect(self._show_pending)
+        self.loader.progress.connect(self.pending.show_visible)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document)
         self._keep_side_width()
@@ -216,6 +219,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(f"opened {document.project.path}", 3000)
         self.export_action.setEnabled(True)
         self.serve_action.setEnabled(True)
+        self.save_action.setEnabled(True)
         self.serve_dialog.set_document(document, self.threshold_panel.settings())
         self.change_raw_action.setEnabled(True)
         self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
@@ -275,7 +279,8 @@ class MainWindow(QtWidgets.QMainWindow):
                                               self.model.volumetric)
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
-        for widget, title in ((project, "Project"), (self.layers_panel, "Layers"),
+        self.training = TrainingController(self, document, self)
+        for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(scrolled(widget), title)
 
@@ -353,18 +358,8 @@ class MainWindow(QtWidgets.QMainWindow):
         rate = f"{100 * status['hits'] / looked_up:.0f} %" if looked_up else "-"
         memory = status.get("cache_memory_mb")
         self.workers_label.setText(workers_summary(executor))
-        self._all_pending = status["blocks_in_progress"]
-        self._format_pending()
+        self.pending.show_all(status["blocks_in_progress"])
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
-
-    def _show_pending(self, count: int) -> None:
-        self.pending.setRange(0, max(count, self.pending.maximum() if count else 1))
-        self.pending.setValue(count)
-        self._format_pending()
-
-    def _format_pending(self) -> None:
-        """The bar counts the blocks the views wait for; its text also gives every request's blocks."""
-        self.pending.setFormat(f"%v visible, {max(self._all_pending, self.pending.value(), 0)} in all pending")
 
     def close_document(self) -> None:
         """Stop showing the current project and release its gateway."""
@@ -372,15 +367,23 @@ class MainWindow(QtWidgets.QMainWindow):
             self.loader.close()
             self.loader = None
         self.serve_dialog.set_document(None)  # it serves through the document's gateway
+        if self.training is not None:
+            self.training.close()
+            self.training = None
         if self.document is not None:
             self.document.close()
             self.document = None
-        self._all_pending = 0
-        self._show_pending(0)
+        self.pending.reset()
         self._pointer = None
         self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
+        unsaved = self.training is not None and self.training.dirty
+        if unsaved and self.interactive and QtWidgets.QMessageBox.question(
+                self, "ilastik-desktop", "The labels changed since they were saved. Quit without saving?") \
+                != QtWidgets.QMessageBox.Yes:
+            event.ignore()
+            return
         exporting = self.export_dialog is not None and self.export_dialog.running()
         if exporting and self.interactive and QtWidgets.QMessageBox.question(
                 self, "ilastik-desktop", "An export is running. Quit and discard it?") != QtWidgets.QMessageBox.Yes:

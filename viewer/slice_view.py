@@ -20,6 +20,7 @@ class _ViewBox(pg.ViewBox):
     def __init__(self, view: SliceView):
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._view = view
+        self._stroke: list[tuple[int, int]] = []
 
     def wheelEvent(self, ev, axis=None):  # noqa: N802 - Qt's name
         if ev.modifiers() & QtCore.Qt.ControlModifier:
@@ -28,8 +29,23 @@ class _ViewBox(pg.ViewBox):
             self._view.slice_step.emit(1 if ev.delta() > 0 else -1)
             ev.accept()
 
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802 - Qt's name
+        if not (self._view.painting and ev.button() == QtCore.Qt.LeftButton):
+            super().mouseDragEvent(ev, axis)
+            return
+        ev.accept()
+        point = self.mapSceneToView(ev.scenePos())
+        self._stroke.append((int(np.floor(point.y())), int(np.floor(point.x()))))
+        if ev.isFinish():
+            points, self._stroke = self._stroke, []
+            self._view.stroked.emit(points)
+
     def mouseClickEvent(self, ev):  # noqa: N802 - Qt's name
-        if ev.button() == QtCore.Qt.LeftButton:
+        if self._view.painting and ev.button() == QtCore.Qt.LeftButton:  # a dab of the brush
+            point = self.mapSceneToView(ev.scenePos())
+            self._view.stroked.emit([(int(np.floor(point.y())), int(np.floor(point.x())))])
+            ev.accept()
+        elif ev.button() == QtCore.Qt.LeftButton:
             point = self.mapSceneToView(ev.scenePos())
             self._view.pointed.emit(int(point.y()), int(point.x()))
             ev.accept()
@@ -56,6 +72,7 @@ class SliceView(pg.GraphicsView):
     slice_step = QtCore.pyqtSignal(int)
     pointed = QtCore.pyqtSignal(int, int)  # row, column in image coordinates
     hovered = QtCore.pyqtSignal(int, int)  # row, column under the mouse; (-1, -1) when off the image
+    stroked = QtCore.pyqtSignal(object)  # (row, column) points of a finished brush stroke
     range_changed = QtCore.pyqtSignal()
 
     def __init__(self, plane: str, shape: tuple[int, int], parent=None):
@@ -63,6 +80,7 @@ class SliceView(pg.GraphicsView):
         self.plane, self.shape = plane, shape
         self.setMinimumSize(160, 160)  # never crushed by the side panel
         self.scale_bar: pg.ScaleBar | None = None
+        self.painting = False  # left drags paint labels instead of panning
         self.rows_axis, self.cols_axis, self.normal_axis = PLANES[plane]
         self.box = _ViewBox(self)
         self.setCentralItem(self.box)

@@ -28,15 +28,15 @@ class TrainingSession:
 
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows and labels of every labelled voxel, recomputing only the blocks that changed."""
-        for index in sorted(self._dirty):
+        dirty, self._dirty = self._dirty, set()  # strokes painted meanwhile (GUI thread) mark their blocks anew
+        for index in sorted(dirty):
             labels = self.labels.blocks.get(index)
             if labels is None or not labels.any():
                 self._samples.pop(index, None)
                 continue
             roi = self.labels.grid.block(index).roi
-            self._samples[index] = block_samples(self.features, self.source, roi, labels)
+            self._samples[index] = block_samples(self.features, self.source, roi, labels.copy())
             self.blocks_computed += 1
-        self._dirty.clear()
         parts = [self._samples[i] for i in sorted(self._samples)]
         if not parts:
             return np.empty((0, self.features.column_count), np.float32), np.empty(0, np.int64)

@@ -1,0 +1,64 @@
+"""The Training tab: the classes to paint with, brush or eraser and its size, painting on or off, undo and
+redo, live training or training on demand, and what the last training did."""
+
+from __future__ import annotations
+
+from PyQt5 import QtCore, QtGui, QtWidgets
+
+ERASER = 0
+
+
+class TrainingPanel(QtWidgets.QWidget):
+    """Emits ``painting(bool)``, ``undo``, ``redo`` and ``train``; :meth:`label` and :meth:`radius` say how to paint."""
+
+    painting = QtCore.pyqtSignal(bool)
+    undo = QtCore.pyqtSignal()
+    redo = QtCore.pyqtSignal()
+    train = QtCore.pyqtSignal()
+
+    def __init__(self, names: list[str], colors: list[tuple[int, int, int]], parent=None):
+        super().__init__(parent)
+        layout = QtWidgets.QVBoxLayout(self)
+        self.paint = QtWidgets.QPushButton("Paint labels (P)", checkable=True, shortcut=QtGui.QKeySequence("P"))
+        self.paint.setToolTip("left drags paint in every view instead of panning")
+        self.paint.toggled.connect(self.painting.emit)
+        layout.addWidget(self.paint)
+        self.classes = QtWidgets.QButtonGroup(self)
+        for number, (name, color) in enumerate(zip(names, colors), start=1):
+            button = QtWidgets.QRadioButton(name, checked=number == 1)
+            pixmap = QtGui.QPixmap(12, 12)
+            pixmap.fill(QtGui.QColor(*color[:3]))
+            button.setIcon(QtGui.QIcon(pixmap))
+            self.classes.addButton(button, number)
+            layout.addWidget(button)
+        eraser = QtWidgets.QRadioButton("Eraser (E)", shortcut=QtGui.QKeySequence("E"))
+        self.classes.addButton(eraser, ERASER)
+        layout.addWidget(eraser)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("Brush size"))
+        self.size = QtWidgets.QSpinBox(minimum=1, maximum=61, value=3, singleStep=2)
+        row.addWidget(self.size)
+        layout.addLayout(row)
+        edits = QtWidgets.QHBoxLayout()
+        for text, key, signal in (("Undo", QtGui.QKeySequence.Undo, self.undo),
+                                  ("Redo", QtGui.QKeySequence.Redo, self.redo)):
+            button = QtWidgets.QPushButton(text, shortcut=QtGui.QKeySequence(key))
+            button.clicked.connect(signal.emit)
+            edits.addWidget(button)
+        layout.addLayout(edits)
+        self.live = QtWidgets.QCheckBox("Live training (after each stroke)", checked=True)
+        layout.addWidget(self.live)
+        self.train_now = QtWidgets.QPushButton("Train now")
+        self.train_now.clicked.connect(self.train.emit)
+        layout.addWidget(self.train_now)
+        self.status = QtWidgets.QLabel(wordWrap=True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def label(self) -> int:
+        """The class to paint (from 1), or 0 for the eraser."""
+        return self.classes.checkedId()
+
+    def radius(self) -> int:
+        """The brush's radius in voxels (size 1 paints single voxels)."""
+        return self.size.value() // 2

@@ -1,0 +1,51 @@
+"""Training in the window: scripted strokes on the demo project, live training off the GUI thread, the
+overlay recomputed under the new classifier where the labels were painted, Save writing what reopens."""
+
+
+import numpy as np
+import pytest
+
+from backend.compute.geometry import Roi
+from backend.io.project import open_project
+from backend.io.training import label_blocks
+from backend.service.labels import LabelStore
+from ilastik_desktop.demo import write_demo_project
+from tests.gui.conftest import open_and_settle
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    open_and_settle(qtbot, window, path)
+    training = window.training
+    assert [window.tabs.tabText(i) for i in range(window.tabs.count())][:2] == ["Project", "Training"]
+    before_fingerprint = window.document.gateway.pipeline_fingerprint
+    z = window.model.position[1]
+    xy = window.views[0]
+    training.panel.paint.setChecked(True)
+    assert all(view.painting for view in window.views)
+    training.panel.classes.button(2).setChecked(True)  # the second class
+    training.panel.size.setValue(9)
+    with qtbot.waitSignal(training.trained, timeout=120_000) as done:
+        xy.stroked.emit([(row, 20) for row in range(10, 40)])  # a vertical stroke at x = 20
+    assert done.args[0].startswith("trained 100 trees on"), done.args[0]
+    assert window.document.gateway.pipeline_fingerprint != before_fingerprint
+    overlay = xy.buffers["Labels"]
+    assert overlay[25, 20, 3] > 0 and overlay[25, 60, 3] == 0  # the labels layer shows the stroke
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    probabilities, roi = window.loader.shown("xy", "Probabilities")
+    assert probabilities[25, 20, 1] > 0.5  # the painted class wins where it was painted
+    training.panel.undo.emit()
+    assert xy.buffers["Labels"][25, 20, 3] == 0 and training.dirty
+    training.panel.redo.emit()
+    with qtbot.waitSignal(training.saved, timeout=60_000) as saved:
+        window.save_action.trigger()
+    assert saved.args[0] == f"saved {path}" and not training.dirty
+    reopened = open_project(path)
+    source = window.document.source
+    store = LabelStore.from_blocks(source.spatial_shape, label_blocks(reopened, source))
+    assert store.region(Roi((0, z, 25, 20), (1, z + 1, 26, 21))).item() == 2
+    assert reopened.classifier.tree_count == 100
+    assert np.array_equal(store.region(Roi.from_shape(source.spatial_shape)),
+                          training.store.region(Roi.from_shape(source.spatial_shape)))

@@ -1,0 +1,28 @@
+"""The labels overlay: the painted labels of the plane each view shows, in the classes' colours."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backend.service.labels import LabelStore
+from viewer.slice_view import SliceView
+from viewer.slicing import plane_roi
+
+LABELS = "Labels"
+LABELS_ORDER = 50  # above every result overlay
+
+
+def paint_labels(view: SliceView, store: LabelStore, position: list[int], colors: list[tuple[int, int, int]],
+                 opacity: float = 0.8) -> None:
+    """Show the labels of the plane through ``position`` in ``view`` (class n in ``colors[n - 1]``)."""
+    rows, cols = view.shape
+    roi = plane_roi(tuple(position), view.rows_axis, view.cols_axis, (0, rows, 0, cols))
+    axes = [a for a in "tzyx" if a in (view.rows_axis, view.cols_axis)]
+    plane = store.region(roi).reshape([roi.shape["tzyx".index(a)] for a in axes])
+    if axes != [view.rows_axis, view.cols_axis]:
+        plane = plane.T
+    lut = np.zeros((256, 4), np.uint8)
+    for label, color in enumerate(colors, start=1):
+        lut[label] = (*color[:3], round(255 * opacity))
+    view.overlay(LABELS, LABELS_ORDER)[...] = lut[plane]
+    view.refresh(LABELS)
