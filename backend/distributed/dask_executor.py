@@ -212,6 +212,7 @@ class DaskExecutor:
         while time.monotonic() < deadline:
             info = self.client.scheduler_info(n_workers=-1)
             if sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()) >= processes:
+                self._workers = self._ask_scheduler()  # status() counts them now (exports size their queue on it)
                 return True
             time.sleep(0.2)
         return False

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_views_share_their_axes_with_xy_and_fit_resets_them(qtbot, window, data_dir):
     open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: abs(window.side.width() - window.side_width) <= 10, timeout=5_000)  # laid out
     xy, yz, xz = window.views
     assert (yz.rows_axis, yz.cols_axis) == ("y", "z") and (xz.rows_axis, xz.cols_axis) == ("z", "x")
     top_left = xy.mapTo(window, xy.rect().topLeft())

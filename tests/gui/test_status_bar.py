@@ -42,7 +42,7 @@ def test_the_readout_follows_scrolling_panning_and_a_new_project(qtbot, window, 
 
     api = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
     open_and_settle(qtbot, window, api)
-    qtbot.wait(100)  # the side panel gets its width back: the views are laid out again
+    qtbot.waitUntil(lambda: abs(window.side.width() - window.side_width) <= 10, timeout=5_000)  # laid out
     xy = window.views[0]
     mouse = xy.box.mapViewToScene(QtCore.QPointF(7.5, 3.5))
     xy._mouse_moved(mouse)  # the mouse over x 7, y 3

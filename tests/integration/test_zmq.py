@@ -245,7 +245,9 @@ def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(projec
                     finished.append(name)
             return done
 
-        exports = [ex.submit(_task(pipeline, image), priority=3) for _ in range(6)]
+        whole = BlockTask("k", "Probabilities", image[..., None], (0, 0, 0), image.shape,
+                          tuple((0, n) for n in image.shape), pipeline.fingerprint())  # long enough to be seen
+        exports = [ex.submit(whole, priority=3) for _ in range(6)]
         for f in exports:
             f.add_done_callback(record("export"))
         most_in_flight = 0
