@@ -129,6 +129,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def open_project(self, path: str, raw_data: str | None = None, remember: bool = False) -> None:
         """Open ``path`` in the background with ``raw_data`` (kept for next time if ``remember`` and it opens),
         else the raw data remembered for it, else the project's own."""
+        if self.training is not None and not self.training.may_discard(self.interactive, "Open another project"):
+            return
         path = os.path.abspath(path)
         remembered = self.settings.value(RAW_KEY + path, None)
         self.statusBar().showMessage(f"opening {path} ...")
@@ -378,10 +380,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
-        unsaved = self.training is not None and self.training.dirty
-        if unsaved and self.interactive and QtWidgets.QMessageBox.question(
-                self, "ilastik-desktop", "The labels changed since they were saved. Quit without saving?") \
-                != QtWidgets.QMessageBox.Yes:
+        if self.training is not None and not self.training.may_discard(self.interactive, "Quit"):
             event.ignore()
             return
         exporting = self.export_dialog is not None and self.export_dialog.running()

@@ -8,7 +8,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from PyQt5 import QtCore
+from PyQt5 import QtCore, QtWidgets
 
 from backend.errors import UserError
 from backend.io.project_pipeline import build_pipeline
@@ -126,6 +126,14 @@ class TrainingController(QtCore.QObject):
         message = f"saved {path}" if error is None else f"could not save {path}: {error}"
         self.panel.status.setText(message)
         self.saved.emit(message)
+
+    def may_discard(self, interactive: bool, doing: str) -> bool:
+        """True unless labels are unsaved and the user, asked, keeps them (``doing``: what would discard them)."""
+        if not self.dirty or not interactive:
+            return True
+        answer = QtWidgets.QMessageBox.question(self.window, "ilastik-desktop",
+                                                f"The labels changed since they were saved. {doing} without saving?")
+        return answer == QtWidgets.QMessageBox.Yes
 
     def close(self) -> None:
         """Stop training and wait for a running training or save."""

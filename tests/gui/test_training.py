@@ -2,8 +2,11 @@
 overlay recomputed under the new classifier where the labels were painted, Save writing what reopens."""
 
 
+import os
+
 import numpy as np
 import pytest
+from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.geometry import Roi
 from backend.io.project import open_project
@@ -49,3 +52,28 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     assert reopened.classifier.tree_count == 100
     assert np.array_equal(store.region(Roi.from_shape(source.spatial_shape)),
                           training.store.region(Roi.from_shape(source.spatial_shape)))
+
+
+def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make_window, tmp_path, data_dir):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    window = make_window(interactive=True)
+    open_and_settle(qtbot, window, path)
+    window.training.panel.live.setChecked(False)
+    window.views[0].stroked.emit([(10, 10)])
+    assert window.training.dirty
+    questions = []
+
+    def answer(button):
+        box = QtWidgets.QApplication.activeModalWidget()
+        questions.append(box.text())
+        box.button(button).click()
+
+    other = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.No))
+    window.open_project(other)
+    assert questions == ["The labels changed since they were saved. Open another project without saving?"]
+    assert window.document.project.path == path  # kept
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Yes))
+    with qtbot.waitSignal(window.opened, timeout=60_000):
+        window.open_project(other)
+    assert window.document.project.path == other and len(questions) == 2
