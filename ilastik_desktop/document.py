@@ -13,8 +13,10 @@ from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource
+from backend.io.training import label_blocks
 from backend.service.export import default_block_shape
 from backend.service.gateway import Gateway
+from backend.service.labels import LabelStore
 from ilastik_desktop.services import Services
 
 
@@ -26,6 +28,7 @@ class Document:
     source: DataSource
     pipeline: Pipeline
     gateway: Gateway
+    labels: LabelStore
     display_range: tuple[float, float] = (0.0, 255.0)
 
     @property
@@ -45,8 +48,9 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     source = open_lane(project, lane, raw_data, input_axes)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
     display_range = default_display_range(source)
-    gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
-    return Document(project, source, pipeline, gateway, display_range)
+    labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane))  # read here, not
+    gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))  # on the GUI thread
+    return Document(project, source, pipeline, gateway, labels, display_range)
 
 
 def default_display_range(source: DataSource) -> tuple[float, float]:

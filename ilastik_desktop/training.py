@@ -13,8 +13,6 @@ from PyQt5 import QtCore, QtWidgets
 from backend.errors import UserError
 from backend.io.project_pipeline import build_pipeline
 from backend.io.project_writer import label_block, save_training
-from backend.io.training import label_blocks
-from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
 from ilastik_desktop.training_panel import TrainingPanel
 from viewer.labels_layer import paint_labels
@@ -33,7 +31,7 @@ class TrainingController(QtCore.QObject):
         super().__init__(parent)
         self.window, self.document = window, document
         project, source = document.project, document.source
-        self.store = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source))
+        self.store = document.labels
         self.session = TrainingSession(source, document.pipeline.features, self.store)
         self.colors = [tuple(c) for c in project.label_colors]
         self.panel = TrainingPanel(project.label_names, self.colors)

@@ -20,7 +20,7 @@ import numpy as np
 from distributed import Client, WorkerPlugin, get_worker
 
 from backend.compute.pipeline import BlockTask, Pipeline
-from backend.distributed.protocol import Message, decode, encode, task_from_message, task_message
+from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
 from backend.distributed.roster import TaskError
 from backend.errors import TransientError
 from backend.processes import keep_freed_memory
@@ -41,6 +41,7 @@ class PipelinePlugin(WorkerPlugin):
         self.fingerprint, self.header, self.arrays = fingerprint, header, arrays
         self.pipeline: Pipeline | None = None
         self._local: threading.local | None = None
+        self.sources: dict = {}  # raw data files this worker opened (--shared-filesystem)
 
     def setup(self, worker) -> None:
         """Build the pipeline and compile its kernels before the first task."""
@@ -84,23 +85,26 @@ def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, fl
     message = decode(frames)
     reference = message.fields.pop("raw_ref", None)
     if reference is not None:
-        message = Message(message.type, message.fields, [read_raw(reference)])
+        message = Message(message.type, message.fields, [read_raw(reference, plugin.sources)])
     task = task_from_message(message)
     started = time.perf_counter()
     values = plugin.pipeline.run(task, plugin.workspace())
     return values, time.perf_counter() - started
 
 
-def read_raw(reference: dict) -> np.ndarray:
-    """Raw data (z, y, x, c) a task names by file and region (workers on a shared file system)."""
+def read_raw(reference: dict, opened: dict) -> np.ndarray:
+    """Raw data (z, y, x, c) a task names by file and region (workers on a shared file system); each file is
+    opened once per worker and kept in ``opened``."""
     from backend.compute.geometry import Roi
     from backend.io.sources import open_source
 
-    try:
-        source = open_source(reference["spec"], axes=reference["axes"])
-    except Exception as exc:
-        raise OSError(f"worker cannot open {reference['spec']}: {exc}") from None
-    return source.read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
+    name = (reference["spec"], reference["axes"])
+    if name not in opened:
+        try:
+            opened[name] = open_source(reference["spec"], axes=reference["axes"])
+        except Exception as exc:
+            raise OSError(f"worker cannot open {reference['spec']}: {exc}") from None
+    return opened[name].read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
 
 
 class DaskExecutor:
@@ -241,6 +245,4 @@ def task_frames(task: BlockTask) -> list[bytes]:
     """The TASK message of ``task``; with ``raw_ref`` the raw data stays behind and the worker reads it."""
     if task.raw_ref is None:
         return task_message(task)
-    fields = {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
-              "target": [list(t) for t in task.target], "pipeline": task.pipeline, "raw_ref": task.raw_ref}
-    return encode("TASK", fields, [])
+    return encode("TASK", {**task_fields(task), "raw_ref": task.raw_ref}, [])

@@ -103,9 +103,13 @@ def task_message(task) -> list[bytes]:
     """A TASK message for a :class:`~backend.compute.pipeline.BlockTask` (which carries its raw data)."""
     if task.raw_ref is not None:
         raise ValueError("this executor's workers need the raw data in the task (--shared-filesystem is for Dask)")
-    fields = {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
-              "target": [list(t) for t in task.target], "pipeline": task.pipeline}
-    return encode("TASK", fields, [task.raw])
+    return encode("TASK", task_fields(task), [task.raw])
+
+
+def task_fields(task) -> dict:
+    """The JSON header fields of a TASK message (everything but the raw data)."""
+    return {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
+            "target": [list(t) for t in task.target], "pipeline": task.pipeline}
 
 
 def task_from_message(message: Message):
