@@ -103,7 +103,7 @@ class TrainingController(QtCore.QObject):
         self.classifier, self.rows = classifier, rows
         self.document.pipeline = pipeline
         self.document.gateway.set_pipeline(pipeline)  # new block keys: nothing of the old classifier is reused
-        self.window.loader.refresh()
+        self.window.loader.renew()
         self._report(f"trained {classifier.tree_count} trees on {rows} labelled voxels in {seconds:.1f} s")
 
     def _report(self, message: str) -> None:

@@ -60,6 +60,12 @@ class PlaneLoader(QtCore.QObject):
         self.policy.forget(OBJECTS)
         self.schedule()
 
+    def renew(self) -> None:
+        """Recompute every result layer shown under the gateway's new pipeline, keeping the old overlays on
+        screen until each new tile replaces its part."""
+        self.policy.renew((PROBABILITIES, SEGMENTATION, OBJECTS))
+        self.refresh()
+
     def close(self) -> None:
         """Cancel everything and stop the I/O threads."""
         self._timer.stop()

@@ -60,6 +60,7 @@ class Slot:
     values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
     painted: np.ndarray | None = None  # which pixels of ``values`` have arrived (None: all of them)
     complete: bool = False  # every block of the current request is painted
+    outdated: bool = False  # its values came from a classifier replaced since: ask again, keep showing them
 
     @property
     def done(self) -> bool:
@@ -97,14 +98,14 @@ class SlicingPolicy:
         normal = AXES.index(normal_axis)
         same_plane = slot.roi is not None and slot.roi.start[normal] == roi.start[normal] \
             and slot.roi.start[0] == roi.start[0]
-        if slot.roi is not None and slot.roi.contains(roi) and same_plane:
+        if slot.roi is not None and slot.roi.contains(roi) and same_plane and not slot.outdated:
             return None
         stale = self.release(slot)
-        slot.generation += 1
+        slot.generation += 1  # blocks of the outdated request are never painted after the new ones
         clear = not same_plane or slot.values is None
         if clear:
             slot.values = slot.painted = None
-        slot.roi, slot.complete = roi, False
+        slot.roi, slot.complete, slot.outdated = roi, False, False
         return Wanted(slot, slot.generation, clear, stale)
 
     def prefetch_for(self, normal_axis: str, roi: Roi, shape: tuple[int, ...]) -> Roi | None:
@@ -133,6 +134,13 @@ class SlicingPolicy:
         for (_, slot_kind), slot in self.slots.items():
             if slot_kind == kind:
                 slot.roi = None
+
+    def renew(self, kinds: tuple[str, ...]) -> None:
+        """Make every slot of ``kinds`` ask again for the same region while it keeps showing its values
+        (a new classifier: each new tile replaces an old one, the view never goes blank)."""
+        for (_, slot_kind), slot in self.slots.items():
+            if slot_kind in kinds:
+                slot.outdated = True
 
     def pending_blocks(self) -> int:
         """Blocks the visible views still wait for."""

@@ -28,17 +28,27 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     xy = window.views[0]
     training.panel.paint.setChecked(True)
     assert all(view.painting for view in window.views)
-    training.panel.classes.button(2).setChecked(True)  # the second class
+    before, _ = window.loader.shown("xy", "Probabilities")
+    before = before.copy()
+    losing = int(np.argmin(before[25, 20])) + 1  # paint the class the project's classifier rejects there
+    training.panel.classes.button(losing).setChecked(True)
     training.panel.size.setValue(9)
+    slot = window.loader.slots[("xy", "Probabilities")]
+    generation = slot.generation
     with qtbot.waitSignal(training.trained, timeout=120_000) as done:
         xy.stroked.emit([(row, 20) for row in range(10, 40)])  # a vertical stroke at x = 20
     assert done.args[0].startswith("trained 100 trees on"), done.args[0]
     assert window.document.gateway.pipeline_fingerprint != before_fingerprint
+    # asked again under the new classifier, while the old overlay stays on screen until replaced
+    assert slot.generation == generation + 1 and not slot.complete
+    assert np.array_equal(window.loader.shown("xy", "Probabilities")[0], before)
+    layer = next(layer.name for layer in window.model.layers if layer.kind == "Probabilities")
+    assert xy.buffers[layer][..., 3].any()
     overlay = xy.buffers["Labels"]
     assert overlay[25, 20, 3] > 0 and overlay[25, 60, 3] == 0  # the labels layer shows the stroke
     qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
     probabilities, roi = window.loader.shown("xy", "Probabilities")
-    assert probabilities[25, 20, 1] > 0.5  # the painted class wins where it was painted
+    assert before[25, 20, losing - 1] < 0.5 < probabilities[25, 20, losing - 1]  # now it wins where painted
     training.panel.undo.emit()
     assert xy.buffers["Labels"][25, 20, 3] == 0 and training.dirty
     training.panel.redo.emit()
@@ -48,7 +58,7 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     reopened = open_project(path)
     source = window.document.source
     store = LabelStore.from_blocks(source.spatial_shape, label_blocks(reopened, source))
-    assert store.region(Roi((0, z, 25, 20), (1, z + 1, 26, 21))).item() == 2
+    assert store.region(Roi((0, z, 25, 20), (1, z + 1, 26, 21))).item() == losing
     assert reopened.classifier.tree_count == 100
     assert np.array_equal(store.region(Roi.from_shape(source.spatial_shape)),
                           training.store.region(Roi.from_shape(source.spatial_shape)))

@@ -75,3 +75,19 @@ def test_pending_blocks_and_completion():
     assert policy.pending_blocks() == 0 and policy.all_done()
     policy.forget("Objects")
     assert b.slot.roi is None and policy.want("xy", "Objects", "z", xy(5)).generation == 2
+
+
+def test_a_new_classifier_asks_again_but_keeps_the_old_values_on_screen():
+    policy = SlicingPolicy("z")
+    first = policy.want("xy", "Probabilities", "z", xy(5))
+    raw = policy.want("xy", "Raw", "z", xy(5))
+    old = object()
+    first.slot.values, first.slot.complete = old, True
+    request = Handle(2)
+    policy.attach(first.slot, first.generation, request, None)
+    policy.renew(("Probabilities",))
+    again = policy.want("xy", "Probabilities", "z", xy(5))
+    assert again.generation == 2 and not again.clear and again.stale == [request]
+    assert again.slot.values is old  # still painted until each new tile replaces its part
+    assert policy.want("xy", "Probabilities", "z", xy(5)) is None  # asked once, not on every refresh
+    assert policy.want("xy", "Raw", "z", xy(5)) is None and raw.generation == 1  # the raw data did not change
