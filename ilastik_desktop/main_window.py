@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from backend.compute.threshold import ThresholdSettings
 from ilastik_desktop.document import Document
 from ilastik_desktop.export_dialog import ExportDialog
 from ilastik_desktop.help_menu import add_help_menu, add_view_menu, add_view_shortcuts
@@ -125,6 +127,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.export_action.setEnabled(True)
         self.serve_action.setEnabled(True)
         self.save_action.setEnabled(True)
+        self.save_as_action.setEnabled(True)
         self.serve_dialog.set_document(document, self.threshold_panel.settings())
         self.change_raw_action.setEnabled(True)
         self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
@@ -179,15 +182,35 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
-        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), document.display_range)
-        self.threshold_panel = ThresholdPanel(document.threshold, document.project.label_names,
-                                              self.model.volumetric)
-        self.threshold_panel.changed.connect(self.loader.set_threshold)
-        self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
+        self._class_panels(document.threshold)
         self.training = TrainingController(self, document, self)
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(scrolled(widget), title)
+
+    def _class_panels(self, threshold: ThresholdSettings) -> None:
+        """The panels that list the classes: layers and thresholding."""
+        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), self.document.display_range)
+        self.threshold_panel = ThresholdPanel(threshold, self.document.project.label_names, self.model.volumetric)
+        self.threshold_panel.changed.connect(self.loader.set_threshold)
+        self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
+
+    def show_classes(self) -> None:
+        """Show the document's classes as they are now (added, renamed, recoloured or deleted)."""
+        project = self.document.project
+        self.model.set_classes(project.label_names, project.label_colors)
+        old = self.threshold_panel.settings()
+        last = len(project.label_names) - 1
+        settings = dataclasses.replace(old, channel=min(old.channel, last), core_channel=min(old.core_channel, last))
+        tabs = {self.tabs.tabText(i): i for i in range(self.tabs.count())}
+        self._class_panels(settings)
+        for widget, title in ((self.layers_panel, "Layers"), (self.threshold_panel, "Thresholding")):
+            self.tabs.removeTab(tabs[title])
+            self.tabs.insertTab(tabs[title], scrolled(widget), title)
+        if settings != old:
+            self.loader.set_threshold(settings)
+            self.serve_dialog.set_threshold(settings)
+        self._refresh_readout()
 
     def open_export(self) -> ExportDialog:
         """Show the export dialog for the open project, with the thresholding panel's settings."""

@@ -29,8 +29,9 @@ class ProjectOpening:
         self.serve_action = menu.addAction("&Serve over HTTP...", self.open_serve)
         self.save_action = menu.addAction("&Save labels and classifier", lambda: self.training.save(),
                                           QtGui.QKeySequence.Save)
+        self.save_as_action = menu.addAction("Save &as...", self.ask_save_as, QtGui.QKeySequence.SaveAs)
         for action in (self.export_action, self.change_raw_action, self.forget_raw_action, self.serve_action,
-                       self.save_action):
+                       self.save_action, self.save_as_action):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
@@ -73,6 +74,23 @@ class ProjectOpening:
         if memory == "remember":
             self.bridge.post(self.settings.setValue, RAW_KEY + path, raw_data)
         self.bridge.post(self._show, document)
+
+    def ask_save_as(self) -> None:
+        """Ask where to save a copy of the project with its labels and classifier, then show the copy."""
+        if self.document is None:
+            return
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save project as", self.document.project.path,
+                                                        "ilastik projects (*.ilp)")
+        if path:
+            self.training.save(path if path.endswith(".ilp") else path + ".ilp")
+
+    def project_renamed(self, old: str) -> None:
+        """The open project now lives at another path (Save As): title, recent files, remembered raw data."""
+        path = self.document.project.path
+        self._remember(path)
+        if self.settings.contains(RAW_KEY + old):
+            self.settings.setValue(RAW_KEY + path, self.settings.value(RAW_KEY + old))
+        self.setWindowTitle(f"{os.path.basename(path)} - ilastik-desktop")
 
     def ask_raw_data(self) -> None:
         """Ask for another raw data file for the open project; it is remembered once it opens and fits."""

@@ -4,17 +4,19 @@ classifier, and Save writing labels and forest into the project."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from PyQt5 import QtCore, QtWidgets
+from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.errors import UserError
 from backend.io.project_pipeline import build_pipeline
-from backend.io.project_writer import label_block, save_training
+from backend.io.project_writer import Training, label_block, save_training
+from backend.service import label_classes
 from backend.service.live_training import TrainingSession
-from ilastik_desktop.training_panel import TrainingPanel
+from ilastik_desktop.training_panel import ERASER, TrainingPanel
 from viewer.labels_layer import paint_labels
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class TrainingController(QtCore.QObject):
         self.colors = [tuple(c) for c in project.label_colors]
         self.panel = TrainingPanel(project.label_names, self.colors)
         self.classifier, self.rows, self.dirty = project.classifier, 0, False
+        self.stale = False  # the classifier predates a deleted class: not saved until retrained
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
         self._training: Future | None = None
         self.timer = QtCore.QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
@@ -44,6 +47,7 @@ class TrainingController(QtCore.QObject):
         self.panel.undo.connect(lambda: self._changed(self.store.undo()))
         self.panel.redo.connect(lambda: self._changed(self.store.redo()))
         self.panel.train.connect(self.train)
+        self.panel.edit_class.connect(self.edit_class)
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
         window.model.position_changed.connect(lambda _axis: self.repaint())
@@ -67,6 +71,80 @@ class TrainingController(QtCore.QObject):
         self.repaint()
         if self.panel.live.isChecked():
             self.timer.start()
+
+    # -- classes ----------------------------------------------------------------------------------------
+    def edit_class(self, action: str) -> None:
+        """Add a class, or rename, recolour or delete the selected one (asking the user how)."""
+        label = self.panel.label()
+        if action != "add" and label == ERASER:
+            self._report("select a class first")
+        elif action == "add":
+            self.add_class()
+        elif action == "rename":
+            name, ok = QtWidgets.QInputDialog.getText(self.window, "Rename class", "Name",
+                                                      text=self.document.project.label_names[label - 1])
+            if ok:
+                self.rename_class(label, name)
+        elif action == "colour":
+            color = QtWidgets.QColorDialog.getColor(QtGui.QColor(*self.colors[label - 1]), self.window)
+            if color.isValid():
+                self.recolour_class(label, (color.red(), color.green(), color.blue()))
+        elif action == "delete" and self._confirm_delete(label):
+            self.delete_class(label)
+
+    def _confirm_delete(self, label: int) -> bool:
+        if not self.window.interactive:
+            return True
+        name = self.document.project.label_names[label - 1]
+        return QtWidgets.QMessageBox.question(self.window, "Delete class", f"Delete class {name!r} and all its "
+                                              "labels? This cannot be undone.") == QtWidgets.QMessageBox.Yes
+
+    def add_class(self) -> None:
+        """One more class, as ilastik names and colours it; the current classifier keeps working."""
+        if self._edit_classes(label_classes.add_class):
+            self._use_pipeline()  # one more probability channel
+
+    def rename_class(self, label: int, name: str) -> None:
+        """Call class ``label`` (from 1) ``name``."""
+        self._edit_classes(label_classes.rename_class, label, name)
+
+    def recolour_class(self, label: int, color: tuple[int, int, int]) -> None:
+        """Show class ``label`` (from 1) in ``color``."""
+        self._edit_classes(label_classes.recolour_class, label, color)
+
+    def delete_class(self, label: int) -> None:
+        """Delete class ``label`` (from 1) and its labels; the overlays drop it until the next training."""
+        if not self._edit_classes(label_classes.delete_class, label):
+            return
+        self.session.touched(self.store.remove_class(label))
+        if self.classifier is not None:  # its other classes stay on screen, renumbered, until it is retrained
+            known = tuple(0 if k == label else k - (k > label) for k in self.classifier.known_labels)
+            self.classifier, self.stale = dataclasses.replace(self.classifier, known_labels=known), True
+        self._use_pipeline()
+        if self.panel.live.isChecked():
+            self.timer.start()
+
+    def _edit_classes(self, change, *args) -> bool:
+        try:
+            project = change(self.document.project, *args)
+        except UserError as exc:
+            self._report(str(exc))
+            return False
+        self.document.project = project
+        self.colors = [tuple(c) for c in project.label_colors]
+        self.panel.set_classes(list(project.label_names), self.colors)
+        self.dirty = True
+        self.window.show_classes()
+        self.repaint()
+        return True
+
+    def _use_pipeline(self) -> None:
+        """The current classifier over the current classes, on the gateway and the views."""
+        source = self.document.source
+        self.document.pipeline = build_pipeline(self.document.project, source.channels, source.shape[1] > 1,
+                                                self.classifier, require_classifier=False)
+        self.document.gateway.set_pipeline(self.document.pipeline)
+        self.window.loader.renew()
 
     def repaint(self) -> None:
         """The labels overlay of every view, for the current slice and time."""
@@ -100,7 +178,7 @@ class TrainingController(QtCore.QObject):
     def _use(self, classifier, rows: int, pipeline, seconds: float) -> None:
         if self.window.loader is None or self.document is not self.window.document:
             return  # the project was closed meanwhile
-        self.classifier, self.rows = classifier, rows
+        self.classifier, self.rows, self.stale = classifier, rows, False
         self.document.pipeline = pipeline
         self.document.gateway.set_pipeline(pipeline)  # new block keys: nothing of the old classifier is reused
         self.window.loader.renew()
@@ -110,17 +188,24 @@ class TrainingController(QtCore.QObject):
         self.panel.status.setText(message)
         self.trained.emit(message)
 
-    def save(self) -> None:
-        """Write the labels and the classifier into the project (in the background, atomically)."""
-        source = self.document.source
+    def save(self, target: str | None = None) -> None:
+        """Write the classes, labels and classifier into the project, or into a copy at ``target`` that the
+        window then shows (Save As); in the background, atomically."""
+        source, project = self.document.source, self.document.project
         blocks = [label_block(roi, labels.copy(), source.axes) for _, roi, labels in self.store.labelled()]
-        path = self.document.project.path
-        future = self.pool.submit(save_training, path, 0, source.axes, blocks, self.classifier, self.rows)
+        training = Training(project.label_names, project.label_colors, 0, source.axes, blocks,
+                            None if self.stale else self.classifier, self.rows)
+        future = self.pool.submit(save_training, project.path, training, target)
+        path = target or project.path
         future.add_done_callback(lambda f: self.window.bridge.post(self._saved, path, f.exception()))
 
     def _saved(self, path: str, error: BaseException | None) -> None:
         if error is None:
             self.dirty = False
+            old = self.document.project.path
+            if path != old:  # Save As: the copy is the project from now on
+                self.document.project = dataclasses.replace(self.document.project, path=path)
+                self.window.project_renamed(old)
         message = f"saved {path}" if error is None else f"could not save {path}: {error}"
         self.panel.status.setText(message)
         self.saved.emit(message)

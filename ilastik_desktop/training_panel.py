@@ -1,5 +1,5 @@
-"""The Training tab: the classes to paint with, brush or eraser and its size, painting on or off, undo and
-redo, live training or training on demand, and what the last training did."""
+"""The Training tab: the classes to paint with (added, renamed, recoloured, deleted), brush or eraser and its
+size, painting on or off, undo and redo, live training or training on demand, and what the last training did."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ ERASER = 0
 
 
 class TrainingPanel(QtWidgets.QWidget):
-    """Emits ``painting(bool)``, ``undo``, ``redo`` and ``train``; :meth:`label` and :meth:`radius` say how to paint."""
+    """Emits ``painting(bool)``, ``undo``, ``redo``, ``train`` and ``edit_class(action)`` (add, rename, colour,
+    delete: of the class selected); :meth:`label` and :meth:`radius` say how to paint."""
 
     painting = QtCore.pyqtSignal(bool)
+    edit_class = QtCore.pyqtSignal(str)
     undo = QtCore.pyqtSignal()
     redo = QtCore.pyqtSignal()
     train = QtCore.pyqtSignal()
@@ -24,16 +26,21 @@ class TrainingPanel(QtWidgets.QWidget):
         self.paint.toggled.connect(self.painting.emit)
         layout.addWidget(self.paint)
         self.classes = QtWidgets.QButtonGroup(self)
-        for number, (name, color) in enumerate(zip(names, colors), start=1):
-            button = QtWidgets.QRadioButton(name, checked=number == 1)
-            pixmap = QtGui.QPixmap(12, 12)
-            pixmap.fill(QtGui.QColor(*color[:3]))
-            button.setIcon(QtGui.QIcon(pixmap))
-            self.classes.addButton(button, number)
-            layout.addWidget(button)
+        self.class_list = QtWidgets.QVBoxLayout()
+        layout.addLayout(self.class_list)
         eraser = QtWidgets.QRadioButton("Eraser (E)", shortcut=QtGui.QKeySequence("E"))
         self.classes.addButton(eraser, ERASER)
         layout.addWidget(eraser)
+        self.set_classes(names, colors)
+        actions = QtWidgets.QHBoxLayout()
+        for text, action, tip in (("Add", "add", "a new class (Label N, in ilastik's next colour)"),
+                                  ("Rename", "rename", "rename the selected class"),
+                                  ("Colour", "colour", "choose the selected class's colour"),
+                                  ("Delete", "delete", "delete the selected class and its labels")):
+            button = QtWidgets.QPushButton(text, toolTip=tip)
+            button.clicked.connect(lambda _checked, a=action: self.edit_class.emit(a))
+            actions.addWidget(button)
+        layout.addLayout(actions)
         row = QtWidgets.QHBoxLayout()
         row.addWidget(QtWidgets.QLabel("Brush size"))
         self.size = QtWidgets.QSpinBox(minimum=1, maximum=61, value=3, singleStep=2)
@@ -54,6 +61,22 @@ class TrainingPanel(QtWidgets.QWidget):
         self.status = QtWidgets.QLabel(wordWrap=True)
         layout.addWidget(self.status)
         layout.addStretch(1)
+
+    def set_classes(self, names: list[str], colors: list[tuple[int, int, int]]) -> None:
+        """Show these classes (the same class stays selected while it exists; else the first)."""
+        chosen = self.classes.checkedId()
+        for button in [b for b in self.classes.buttons() if self.classes.id(b) != ERASER]:
+            self.classes.removeButton(button)
+            button.deleteLater()
+        for number, (name, color) in enumerate(zip(names, colors), start=1):
+            button = QtWidgets.QRadioButton(name, checked=number == chosen or (chosen > len(names) and number == 1))
+            pixmap = QtGui.QPixmap(12, 12)
+            pixmap.fill(QtGui.QColor(*color[:3]))
+            button.setIcon(QtGui.QIcon(pixmap))
+            self.classes.addButton(button, number)
+            self.class_list.addWidget(button)
+        if self.classes.checkedId() == -1:
+            self.classes.button(1).setChecked(True)
 
     def label(self) -> int:
         """The class to paint (from 1), or 0 for the eraser."""

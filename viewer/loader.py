@@ -19,7 +19,7 @@ from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
-from viewer.model import OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
+from viewer.model import CLASSES_CHANGED, OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
 from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
@@ -45,7 +45,7 @@ class PlaneLoader(QtCore.QObject):
         self._timer = QtCore.QTimer(self, singleShot=True, interval=15)
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
-        model.layers_changed.connect(lambda _name: self.schedule())
+        model.layers_changed.connect(self._layers_changed)
         model.display_changed.connect(self._display_changed)
         for view in views:
             view.range_changed.connect(self.schedule)
@@ -110,6 +110,15 @@ class PlaneLoader(QtCore.QObject):
 
     # -- reacting to the model -------------------------------------------------------------------------
     def _moved(self, axis: str) -> None:
+        self.schedule()
+
+    def _layers_changed(self, name: str) -> None:
+        if name == CLASSES_CHANGED:  # layers of classes that are gone leave the views; the rest is recoloured
+            names = {layer.name for layer in self.model.layers}
+            for view in self.views:
+                for old in [n for n in view.overlays if n.startswith("Probability ") and n not in names]:
+                    view.remove_overlay(old)
+            self._styles.clear()
         self.schedule()
 
     def _display_changed(self) -> None:
@@ -201,7 +210,7 @@ class PlaneLoader(QtCore.QObject):
             slot.values[rows, cols] = plane[..., self.model.channel]
             view.set_raw(slot.values, self.model.contrast)
             return
-        if slot.values is None:
+        if slot.values is None or slot.values.shape[-1] != plane.shape[-1]:  # first, or classes were added
             slot.values = np.zeros(view.shape + (plane.shape[-1],), plane.dtype)
             slot.painted = np.zeros(view.shape, bool)
         slot.values[rows, cols] = plane
@@ -241,6 +250,8 @@ class PlaneLoader(QtCore.QObject):
             if slot is None or slot.values is None or not layer.visible:
                 continue
             values = slot.values[where]
+            if kind == PROBABILITIES and layer.index >= values.shape[-1]:
+                continue  # a class added since these values were computed
             if kind == PROBABILITIES:
                 buffer[where] = probability_rgba(values[..., layer.index], layer.color, layer.opacity)
             elif kind == SEGMENTATION:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 RAW, PROBABILITIES, SEGMENTATION, OBJECTS = "Raw", "Probabilities", "Simple Segmentation", "Objects"
 AXES = "tzyx"
+CLASSES_CHANGED = "classes"  # what layers_changed reports when the probability layers were replaced
 
 
 class Event:
@@ -79,6 +80,17 @@ class ViewerModel:
         if opacity is not None:
             layer.opacity = min(max(float(opacity), 0.0), 1.0)
         self.layers_changed.emit(name)
+
+    def set_classes(self, names, colors) -> None:
+        """One probability layer per class again (after classes were added, renamed, recoloured or deleted);
+        each class number keeps its visibility and opacity."""
+        old = {layer.index: layer for layer in self.layers if layer.kind == PROBABILITIES}
+        classes = [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i][:3]),
+                         old[i].visible if i in old else True, old[i].opacity if i in old else PROBABILITY_OPACITY)
+                   for i, name in enumerate(names)]
+        others = [layer for layer in self.layers if layer.kind != PROBABILITIES]
+        self.layers = others[:1] + classes + others[1:]  # after the raw data, as default_layers orders them
+        self.layers_changed.emit(CLASSES_CHANGED)
 
     def layer(self, name: str) -> Layer:
         """The layer called ``name``."""

@@ -173,6 +173,14 @@ class SliceView(pg.GraphicsView):
             self.buffers[name] = np.zeros(self.shape + (4,), np.uint8)
         return self.buffers[name]
 
+    def remove_overlay(self, name: str) -> None:
+        """Take overlay ``name`` off the view (a layer that no longer exists)."""
+        item = self.overlays.pop(name, None)
+        if item is not None:
+            self.box.removeItem(item)
+            del self.buffers[name]
+            self._dirty.discard(name)
+
     def clear_overlay(self, name: str) -> None:
         """Make an overlay fully transparent."""
         if name in self.buffers:

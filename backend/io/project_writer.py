@@ -69,13 +69,20 @@ def write_project(path: str, raw_path: str, axes: str, shape: Sequence[int], fea
         fs["ComputeIn2d"] = np.asarray(features.compute_in_2d or [False] * len(features.scales), bool)
         fs["StorageVersion"] = b"0.1"
         pc = f.create_group("PixelClassification")
-        pc["LabelNames"] = np.asarray([n.encode() for n in label_names])
-        pc["LabelColors"] = np.asarray(label_colors, np.int64)
-        pc["PmapColors"] = np.asarray(label_colors, np.int64)
+        write_classes(pc, label_names, label_colors)
         pc["StorageVersion"] = b"0.1"
         write_label_blocks(pc, 0, label_blocks, axes)
         if classifier is not None:
             write_classifier(pc, classifier, row_count)
+
+
+def write_classes(pc: h5py.Group, names: Sequence[str], colors: Sequence[Sequence[int]]) -> None:
+    """Replace the label classes' names, label colours and prediction colours."""
+    for key, value in (("LabelNames", np.asarray([n.encode() for n in names])),
+                       ("LabelColors", np.asarray(colors, np.int64)), ("PmapColors", np.asarray(colors, np.int64))):
+        if key in pc:
+            del pc[key]
+        pc[key] = value
 
 
 def write_label_blocks(pc: h5py.Group, lane: int, blocks: Sequence[LabelBlock], axes: str) -> None:
@@ -101,16 +108,53 @@ def label_block(roi, labels: np.ndarray, axes: str) -> LabelBlock:
     return LabelBlock(bounds, values)
 
 
-def save_training(project_path: str, lane: int, axes: str, blocks: Sequence[LabelBlock],
-                  classifier: Classifier | None, row_count: int) -> None:
-    """Save a lane's labels and the classifier trained from them; the file is swapped in only when complete."""
+@dataclass(frozen=True)
+class Training:
+    """What training in the app changes in a project: classes, one lane's labels, the classifier."""
+
+    names: Sequence[str]
+    colors: Sequence[Sequence[int]]
+    lane: int
+    axes: str  # the lane's raw axes
+    blocks: Sequence[LabelBlock]
+    classifier: Classifier | None  # None: the project keeps no classifier (it no longer fits the classes)
+    row_count: int
+
+
+def save_training(project_path: str, training: Training, target: str | None = None) -> None:
+    """Save training into the project, or into a copy at ``target`` (Save As: relative raw data paths are
+    rewritten for the new folder). The file is swapped in only when complete."""
     def edit(f: h5py.File) -> None:
         pc = f.require_group("PixelClassification")
-        write_label_blocks(pc, lane, blocks, axes)
-        if classifier is not None:
-            write_classifier(pc, classifier, row_count)
+        write_classes(pc, training.names, training.colors)
+        write_label_blocks(pc, training.lane, training.blocks, training.axes)
+        if training.classifier is not None:
+            write_classifier(pc, training.classifier, training.row_count)
+        elif "ClassifierForests" in pc:
+            del pc["ClassifierForests"]
+        if target is not None:
+            relocate_raw_paths(f, os.path.dirname(os.path.abspath(project_path)),
+                               os.path.dirname(os.path.abspath(target)))
 
-    _rewrite(project_path, edit)
+    _rewrite(project_path, edit, target)
+
+
+def relocate_raw_paths(f: h5py.File, old_folder: str, new_folder: str) -> None:
+    """Rewrite the lanes' relative raw data paths so that they point at the same files from ``new_folder``."""
+    infos = f.get("Input Data/infos")
+    for lane in infos.values() if infos is not None else ():
+        raw = lane.get("Raw Data")
+        if raw is None or "filePath" not in raw or _text(raw.get("location", b"FileSystem")) != "FileSystem":
+            continue
+        path = _text(raw["filePath"])
+        if not os.path.isabs(path):
+            del raw["filePath"]
+            raw["filePath"] = os.path.relpath(os.path.join(old_folder, path), new_folder).encode()
+
+
+def _text(dataset) -> str:
+    value = dataset[()] if isinstance(dataset, h5py.Dataset) else dataset
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def replace_classifier(project_path: str, classifier: Classifier, row_count: int) -> None:
@@ -119,9 +163,11 @@ def replace_classifier(project_path: str, classifier: Classifier, row_count: int
                                                       row_count))
 
 
-def _rewrite(project_path: str, edit) -> None:
-    """Apply ``edit`` to a copy of the project and put the copy in its place (the original stays on failure)."""
-    folder = os.path.dirname(os.path.abspath(project_path))
+def _rewrite(project_path: str, edit, target: str | None = None) -> None:
+    """Apply ``edit`` to a copy of the project and put the copy in its place, or at ``target`` (the original
+    stays as it was, and ``target`` appears only when complete)."""
+    target = target or project_path
+    folder = os.path.dirname(os.path.abspath(target))
     fd, tmp = tempfile.mkstemp(suffix=".ilp", dir=folder)
     os.close(fd)
     try:
@@ -129,7 +175,7 @@ def _rewrite(project_path: str, edit) -> None:
         shutil.copymode(project_path, tmp)  # the project keeps its permissions (mkstemp makes 0600 files)
         with h5py.File(tmp, "r+") as f:
             edit(f)
-        os.replace(tmp, project_path)
+        os.replace(tmp, target)
     except BaseException:
         os.remove(tmp)
         raise

@@ -99,6 +99,19 @@ class LabelStore:
                 self.blocks[index] = labels
         return set(step)
 
+    def remove_class(self, label: int) -> set[tuple[int, ...]]:
+        """Erase class ``label`` and number the classes above it one lower; returns the blocks changed.
+        Strokes painted before can no longer be undone (they would bring back the old numbers)."""
+        changed = set()
+        for index, labels in self.blocks.items():
+            if (labels >= label).any():
+                labels[labels == label] = 0
+                labels[labels > label] -= 1
+                changed.add(index)
+        self._undo.clear()
+        self._redo.clear()
+        return changed
+
     def region(self, roi: Roi) -> np.ndarray:
         """The labels over ``roi`` (tzyx), zero where nothing was painted."""
         out = np.zeros(roi.shape, np.uint8)

@@ -87,3 +87,60 @@ def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make
     with qtbot.waitSignal(window.opened, timeout=60_000):
         window.open_project(other)
     assert window.document.project.path == other and len(questions) == 2
+
+
+def test_classes_added_renamed_recoloured_deleted_and_saved_as_a_copy(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    original = open(path, "rb").read()
+    open_and_settle(qtbot, window, path)
+    training, xy = window.training, window.views[0]
+    first = window.document.project.label_names[0]
+    training.panel.live.setChecked(False)
+    training.add_class()
+    assert [b.text() for b in training.panel.classes.buttons()][1:] == [first, window.document.project.label_names[1],
+                                                                      "Label 3"]
+    layer = window.model.layer("Probability Label 3")
+    assert layer.color == (230, 25, 75) and "Probability Label 3" in window.layers_panel.checks
+    assert window.threshold_panel.channel.count() == 3
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    assert window.loader.shown("xy", "Probabilities")[0].shape[-1] == 3  # the untrained class is all zero
+    training.panel.classes.button(3).setChecked(True)
+    training.panel.size.setValue(9)
+    xy.stroked.emit([(row, 70) for row in range(10, 40)])
+    with qtbot.waitSignal(training.trained, timeout=120_000):
+        training.train()
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    assert window.loader.shown("xy", "Probabilities")[0][25, 70, 2] > 0.5  # the new class wins where painted
+
+    training.rename_class(3, "Membrane")
+    qtbot.waitUntil(lambda: "Probability Membrane" in xy.overlays, timeout=5000)
+    assert "Probability Label 3" not in xy.overlays and xy.buffers["Probability Membrane"][25, 70, 3] > 0
+    training.rename_class(1, "Membrane")  # refused: the name is taken
+    assert training.panel.status.text() == "another class is already called 'Membrane'"
+    training.recolour_class(3, (10, 200, 10))
+    assert tuple(xy.buffers["Labels"][25, 70, :3]) == (10, 200, 10)
+
+    training.delete_class(2)
+    assert [b.text() for b in training.panel.classes.buttons()][1:] == [first, "Membrane"]
+    assert training.store.region(Roi((0, window.model.position[1], 25, 70),
+                                     (1, window.model.position[1] + 1, 26, 71))).item() == 2  # renumbered
+    assert [x.name for x in window.model.layers if x.kind == "Probabilities"] == [f"Probability {first}",
+                                                                                "Probability Membrane"]
+    with qtbot.waitSignal(training.trained, timeout=120_000) as done:
+        training.train()
+    assert done.args[0].startswith("trained"), done.args[0]
+
+    copy = tmp_path / "elsewhere" / "copy.ilp"
+    copy.parent.mkdir()
+    with qtbot.waitSignal(training.saved, timeout=60_000) as saved:
+        training.save(str(copy))
+    assert saved.args[0] == f"saved {copy}" and not training.dirty
+    assert window.document.project.path == str(copy) and window.windowTitle().startswith("copy.ilp")
+    assert open(path, "rb").read() == original  # Save As leaves the original alone
+    reopened = open_project(str(copy))
+    assert reopened.label_names == (first, "Membrane") and reopened.label_colors[1] == (10, 200, 10)
+    assert reopened.classifier.known_labels == (1, 2)
+    with qtbot.waitSignal(window.opened, timeout=60_000):
+        window.open_project(str(copy))  # its raw data is found from the new folder
+    assert window.training.store.region(Roi((0, window.model.position[1], 25, 70),
+                                            (1, window.model.position[1] + 1, 26, 71))).item() == 2

@@ -5,7 +5,6 @@ labels and forest saved into the project so that our reader and vigra load them.
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from backend.compute.geometry import Roi
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.io.project_writer import label_block, save_training
+from backend.io.project_writer import Training, label_block, save_training
 from backend.io.training import label_blocks
 from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
@@ -63,11 +62,17 @@ def test_training_recomputes_only_touched_blocks_and_saves_what_vigra_loads(demo
     classifier, rows_after = session.train(trees=10)
     assert session.blocks_computed == first + len(touched) and rows_after > rows  # the rest came from the cache
 
-    saved = str(tmp_path / "saved.ilp")
-    shutil.copyfile(path, saved)
+    saved = str(tmp_path / "elsewhere" / "saved.ilp")  # Save As into another folder
+    os.makedirs(os.path.dirname(saved))
     blocks = [label_block(roi, labels, source.axes) for _, roi, labels in store.labelled()]
-    save_training(saved, 0, source.axes, blocks, classifier, rows_after)
+    names = project.label_names + ("Label 3",)
+    colors = project.label_colors + ((230, 25, 75),)
+    before = open(path, "rb").read()
+    save_training(path, Training(names, colors, 0, source.axes, blocks, classifier, rows_after), saved)
+    assert open(path, "rb").read() == before  # the original is left as it was
     reopened = open_project(saved)
+    assert reopened.label_names == names and reopened.label_colors == colors == reopened.pmap_colors
+    assert open_lane(reopened, 0).spatial_shape == source.spatial_shape  # its raw data found from there
     again = LabelStore.from_blocks(source.spatial_shape, label_blocks(reopened, source))
     whole = Roi.from_shape(source.spatial_shape)
     assert np.array_equal(again.region(whole), store.region(whole))
@@ -79,3 +84,32 @@ def test_training_recomputes_only_touched_blocks_and_saves_what_vigra_loads(demo
     run_oracle(vigra_python, "predict", saved, str(features), str(predictions))
     assert np.array_equal(reopened.classifier.compile().predict(x[:2000]), np.load(predictions))
     assert os.path.getsize(saved) > 0
+
+
+def test_classes_are_added_renamed_recoloured_and_deleted_as_in_ilastik(demo):
+    _, project, source = demo
+    from backend.errors import UserError
+    from backend.service.label_classes import ILASTIK_COLORS, add_class, delete_class, recolour_class, rename_class
+
+    assert project.label_colors[:2] == ILASTIK_COLORS[:2]  # the demo uses ilastik's first two colours
+    three = add_class(project)
+    assert three.label_names[2] == "Label 3" and three.label_colors[2] == (230, 25, 75) == three.pmap_colors[2]
+    renamed = rename_class(three, 3, "  Membrane ")
+    assert renamed.label_names[2] == "Membrane"
+    with pytest.raises(UserError, match="already called"):
+        rename_class(renamed, 1, "Membrane")
+    with pytest.raises(UserError, match="needs a name"):
+        rename_class(renamed, 1, " ")
+    assert recolour_class(renamed, 3, (1, 2, 3)).label_colors[2] == (1, 2, 3)
+    two = delete_class(renamed, 2)
+    assert two.label_names == (project.label_names[0], "Membrane")
+    with pytest.raises(UserError, match="at least two"):
+        delete_class(two, 1)
+
+    store = LabelStore(source.spatial_shape)
+    for label, x in ((1, 10), (2, 50), (3, 90)):
+        store.stroke((0, 5, 0, 0), "y", "x", [(5, x)], radius=0, label=label)
+    changed = store.remove_class(2)
+    plane = store.region(Roi((0, 5, 5, 0), (1, 6, 6, 96)))[0, 0, 0]
+    assert (plane[10], plane[50], plane[90]) == (1, 0, 2) and changed == {(0, 0, 0, 1), (0, 0, 0, 2)}
+    assert store.undo() == set()  # the old numbers cannot come back
