@@ -19,12 +19,12 @@ from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
-from viewer.model import CLASSES_CHANGED, OBJECTS, PROBABILITIES, SEGMENTATION, ViewerModel
+from viewer.model import CLASSES_CHANGED, OBJECTS, PROBABILITIES, SEGMENTATION, UNCERTAINTY, ViewerModel
 from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
 log = logging.getLogger(__name__)
-KIND_ORDER = {RAW: 0, PROBABILITIES: 1, SEGMENTATION: 2, OBJECTS: 3}
+KIND_ORDER = {RAW: 0, PROBABILITIES: 1, UNCERTAINTY: 2, SEGMENTATION: 3, OBJECTS: 4}
 
 
 class PlaneLoader(QtCore.QObject):
@@ -63,7 +63,7 @@ class PlaneLoader(QtCore.QObject):
     def renew(self) -> None:
         """Recompute every result layer shown under the gateway's new pipeline, keeping the old overlays on
         screen until each new tile replaces its part."""
-        self.policy.renew((PROBABILITIES, SEGMENTATION, OBJECTS))
+        self.policy.renew((PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS))
         self.refresh()
 
     def close(self) -> None:
@@ -139,7 +139,7 @@ class PlaneLoader(QtCore.QObject):
         visible = {layer.kind for layer in self.model.layers if layer.visible}
         for view in self.views:
             self._want(view, RAW, self._plane_roi(view, whole=True))
-            for kind in (PROBABILITIES, SEGMENTATION, OBJECTS):
+            for kind in (PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS):
                 if kind in visible and self.model.live:
                     self._want(view, kind, self._plane_roi(view, whole=kind == OBJECTS))
                 style = tuple((layer.visible, layer.opacity) for layer in self.model.layers if layer.kind == kind)
@@ -252,7 +252,7 @@ class PlaneLoader(QtCore.QObject):
             values = slot.values[where]
             if kind == PROBABILITIES and layer.index >= values.shape[-1]:
                 continue  # a class added since these values were computed
-            if kind == PROBABILITIES:
+            if kind in (PROBABILITIES, UNCERTAINTY):
                 buffer[where] = probability_rgba(values[..., layer.index], layer.color, layer.opacity)
             elif kind == SEGMENTATION:
                 colors = [x.color for x in self.model.layers if x.kind == PROBABILITIES]

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 RAW, PROBABILITIES, SEGMENTATION, OBJECTS = "Raw", "Probabilities", "Simple Segmentation", "Objects"
+UNCERTAINTY = "Uncertainty"
+UNCERTAINTY_COLOR = (0, 255, 255)  # cyan where the classifier hesitates: where labels help most
 AXES = "tzyx"
 CLASSES_CHANGED = "classes"  # what layers_changed reports when the probability layers were replaced
 
@@ -124,10 +126,11 @@ PROBABILITY_OPACITY = 0.25  # ilastik's default for its prediction layers: the r
 
 
 def default_layers(label_names, colors) -> list[Layer]:
-    """Raw, one probability layer per class in the project's colours, segmentation and objects."""
+    """Raw, one probability layer per class in the project's colours, uncertainty, segmentation and objects."""
     layers = [Layer("Raw", RAW)]
     layers += [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i]), True, PROBABILITY_OPACITY)
                for i, name in enumerate(label_names)]
-    layers += [Layer("Simple Segmentation", SEGMENTATION, visible=False, opacity=0.5),
+    layers += [Layer("Uncertainty", UNCERTAINTY, color=UNCERTAINTY_COLOR, visible=False, opacity=0.6),
+               Layer("Simple Segmentation", SEGMENTATION, visible=False, opacity=0.5),
                Layer("Objects", OBJECTS, visible=False, opacity=0.6)]
     return layers

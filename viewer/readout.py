@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from viewer.loader import PlaneLoader
-from viewer.model import OBJECTS, PROBABILITIES, RAW, ViewerModel
+from viewer.model import OBJECTS, PROBABILITIES, RAW, UNCERTAINTY, ViewerModel
 from viewer.slice_view import SliceView
 
 
@@ -21,6 +21,9 @@ def voxel_readout(model: ViewerModel, loader: PlaneLoader, view: SliceView, row:
     probabilities = loader.value_at(view.plane, PROBABILITIES, row, col)
     if probabilities is not None:
         text += "   " + "  ".join(f"{name} {p:.2f}" for name, p in zip(class_names, probabilities))
+    uncertainty = loader.value_at(view.plane, UNCERTAINTY, row, col)
+    if uncertainty is not None and model.layer("Uncertainty").visible:
+        text += f"   uncertainty {uncertainty[0]:.2f}"
     objects = loader.value_at(view.plane, OBJECTS, row, col)
     if objects is not None and model.layer("Objects").visible:
         text += f"   object {objects[0]}" if objects[0] else "   background"

@@ -144,3 +144,22 @@ def test_classes_added_renamed_recoloured_deleted_and_saved_as_a_copy(qtbot, win
         window.open_project(str(copy))  # its raw data is found from the new folder
     assert window.training.store.region(Roi((0, window.model.position[1], 25, 70),
                                             (1, window.model.position[1] + 1, 26, 71))).item() == 2
+
+
+def test_the_uncertainty_layer_shows_where_labels_help_most(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    open_and_settle(qtbot, window, path)
+    assert not window.model.layer("Uncertainty").visible  # off until asked for, as in ilastik
+    window.layers_panel.checks["Uncertainty"].setChecked(True)
+    qtbot.waitUntil(lambda: window.loader.is_complete("xy", "Uncertainty"), timeout=120_000)
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    probabilities, _ = window.loader.shown("xy", "Probabilities")
+    shown, _ = window.loader.shown("xy", "Uncertainty")
+    top = np.sort(probabilities, axis=-1)
+    assert np.allclose(shown[..., 0], 1 - (top[..., -1] - top[..., -2]), atol=1e-6)
+    alpha = window.views[0].buffers["Uncertainty"][..., 3]
+    unsure, sure = np.unravel_index(shown[..., 0].argmax(), alpha.shape), np.unravel_index(shown[..., 0].argmin(),
+                                                                                             alpha.shape)
+    assert alpha[unsure] > alpha[sure]  # brightest where the classifier hesitates
+    window._hover(window.views[0], *unsure)
+    assert f"uncertainty {shown[unsure][0]:.2f}" in window.cursor_label.text()
