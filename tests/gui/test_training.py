@@ -13,6 +13,7 @@ from backend.io.project import open_project
 from backend.io.training import label_blocks
 from backend.service.labels import LabelStore
 from ilastik_desktop.demo import write_demo_project
+from tests.conftest import run_cli
 from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)
@@ -62,6 +63,15 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     assert reopened.classifier.tree_count == 100
     assert np.array_equal(store.region(Roi.from_shape(source.spatial_shape)),
                           training.store.region(Roi.from_shape(source.spatial_shape)))
+
+    # the saved project exported headless gives what the window shows under the classifier trained in it
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    shown, roi = window.loader.shown("xy", "Probabilities")
+    result = run_cli("--headless", "--no-progress", "--project", path, "--output_format", "npy",
+                     "--output_filename_format", str(tmp_path / "exported"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    exported = np.load(tmp_path / "exported.npy")[z, roi.start[2]:roi.stop[2], roi.start[3]:roi.stop[3]]
+    assert exported.shape == shown.shape and np.abs(exported - shown).max() < 1e-5
 
 
 def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make_window, tmp_path, data_dir):
