@@ -8,7 +8,7 @@ from collections.abc import Callable
 from PyQt5 import QtCore, QtWidgets
 
 from ilastik_desktop.panels import narrow
-from viewer.model import COLORMAPS, ViewerModel
+from viewer.model import CLASSES_CHANGED, COLORMAPS, ORDER_CHANGED, RAW, ViewerModel
 
 
 class LayersPanel(QtWidgets.QWidget):
@@ -20,12 +20,9 @@ class LayersPanel(QtWidgets.QWidget):
         self.model, self.auto_range, self.original = model, auto_range, original
         grid = QtWidgets.QGridLayout(self)
         grid.setContentsMargins(4, 4, 4, 4)
-        self.checks: dict[str, QtWidgets.QCheckBox] = {}
-        self.sliders: dict[str, QtWidgets.QSlider] = {}
-        self.opacities: dict[str, QtWidgets.QLabel] = {}
-        for row, layer in enumerate(model.layers):
-            self._layer_row(grid, row, layer)
-        row = len(model.layers)
+        self.rows: QtWidgets.QWidget | None = None
+        self._fill_rows(grid)
+        row = 1
         self.live = QtWidgets.QCheckBox("Live update", checked=model.live)
         self.live.setToolTip("compute overlays as you browse (like ilastik's Live Update)")
         self.live.toggled.connect(model.set_live)
@@ -45,6 +42,21 @@ class LayersPanel(QtWidgets.QWidget):
         narrow(self)
         model.layers_changed.connect(self._sync)
 
+    def _fill_rows(self, grid: QtWidgets.QGridLayout) -> None:
+        """One row per layer, in drawing order (the last is drawn on top)."""
+        if self.rows is not None:
+            grid.removeWidget(self.rows)
+            self.rows.deleteLater()
+        self.rows = QtWidgets.QWidget()
+        rows = QtWidgets.QGridLayout(self.rows)
+        rows.setContentsMargins(0, 0, 0, 0)
+        self.checks: dict[str, QtWidgets.QCheckBox] = {}
+        self.sliders: dict[str, QtWidgets.QSlider] = {}
+        self.opacities: dict[str, QtWidgets.QLabel] = {}
+        for row, layer in enumerate(self.model.layers):
+            self._layer_row(rows, row, layer)
+        grid.addWidget(self.rows, 0, 0, 1, 3)
+
     def _layer_row(self, grid: QtWidgets.QGridLayout, row: int, layer) -> None:
         check = QtWidgets.QCheckBox(layer.name, checked=layer.visible)
         check.toggled.connect(lambda on, n=layer.name: self.model.set_layer(n, visible=on))
@@ -55,6 +67,12 @@ class LayersPanel(QtWidgets.QWidget):
         slider.valueChanged.connect(lambda v, label=value: label.setText(f"{v} %"))
         for column, widget in enumerate((check, slider, value)):
             grid.addWidget(widget, row, column)
+        if layer.kind != RAW:  # the raw data stays at the bottom
+            for column, (text, delta, tip) in enumerate((("\u25b2", -1, "draw below the layer listed above"),
+                                                         ("\u25bc", 1, "draw above the layer listed below")), 3):
+                button = QtWidgets.QToolButton(text=text, toolTip=tip, autoRaise=True)
+                button.clicked.connect(lambda _checked, n=layer.name, d=delta: self.model.move_layer(n, d))
+                grid.addWidget(button, row, column)
         self.checks[layer.name], self.sliders[layer.name], self.opacities[layer.name] = check, slider, value
 
     def _range_row(self) -> QtWidgets.QHBoxLayout:
@@ -93,8 +111,10 @@ class LayersPanel(QtWidgets.QWidget):
         self._apply_range()
 
     def _sync(self, name: str) -> None:
-        """Show a layer's state changed elsewhere (keyboard shortcuts)."""
-        if name in self.checks:
+        """Show a layer's state changed elsewhere (keyboard shortcuts), or the layers in their new order."""
+        if name in (ORDER_CHANGED, CLASSES_CHANGED):
+            self._fill_rows(self.layout())
+        elif name in self.checks:
             layer = self.model.layer(name)
             self.checks[name].blockSignals(True)
             self.checks[name].setChecked(layer.visible)

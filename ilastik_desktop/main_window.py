@@ -182,31 +182,32 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
-        self._class_panels(document.threshold)
+        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), document.display_range)
+        self._threshold_panel(document.threshold)
         self.training = TrainingController(self, document, self)
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(scrolled(widget), title)
 
-    def _class_panels(self, threshold: ThresholdSettings) -> None:
-        """The panels that list the classes: layers and thresholding."""
-        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), self.document.display_range)
+    def _threshold_panel(self, threshold: ThresholdSettings) -> None:
         self.threshold_panel = ThresholdPanel(threshold, self.document.project.label_names, self.model.volumetric)
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
 
     def show_classes(self) -> None:
-        """Show the document's classes as they are now (added, renamed, recoloured or deleted)."""
+        """Show the document's classes as they are now (added, renamed, recoloured or deleted); the layers
+        panel follows the model by itself."""
         project = self.document.project
         self.model.set_classes(project.label_names, project.label_colors)
         old = self.threshold_panel.settings()
         last = len(project.label_names) - 1
         settings = dataclasses.replace(old, channel=min(old.channel, last), core_channel=min(old.core_channel, last))
-        tabs = {self.tabs.tabText(i): i for i in range(self.tabs.count())}
-        self._class_panels(settings)
-        for widget, title in ((self.layers_panel, "Layers"), (self.threshold_panel, "Thresholding")):
-            self.tabs.removeTab(tabs[title])
-            self.tabs.insertTab(tabs[title], scrolled(widget), title)
+        index = next(i for i in range(self.tabs.count()) if self.tabs.tabText(i) == "Thresholding")
+        old_tab = self.tabs.widget(index)
+        self._threshold_panel(settings)
+        self.tabs.removeTab(index)
+        self.tabs.insertTab(index, scrolled(self.threshold_panel), "Thresholding")
+        old_tab.deleteLater()
         if settings != old:
             self.loader.set_threshold(settings)
             self.serve_dialog.set_threshold(settings)

@@ -9,7 +9,7 @@ from viewer.slice_view import SliceView
 from viewer.slicing import plane_roi
 
 LABELS = "Labels"
-LABELS_ORDER = 50  # above every result overlay
+LABELS_ORDER = 500  # above every result overlay (their order is their place among the layers)
 
 
 def paint_labels(view: SliceView, store: LabelStore, position: list[int], colors: list[tuple[int, int, int]],

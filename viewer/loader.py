@@ -19,12 +19,11 @@ from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
-from viewer.model import CLASSES_CHANGED, OBJECTS, PROBABILITIES, SEGMENTATION, UNCERTAINTY, ViewerModel
+from viewer.model import CLASSES_CHANGED, OBJECTS, ORDER_CHANGED, PROBABILITIES, SEGMENTATION, UNCERTAINTY, ViewerModel
 from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
 log = logging.getLogger(__name__)
-KIND_ORDER = {RAW: 0, PROBABILITIES: 1, UNCERTAINTY: 2, SEGMENTATION: 3, OBJECTS: 4}
 
 
 class PlaneLoader(QtCore.QObject):
@@ -119,6 +118,10 @@ class PlaneLoader(QtCore.QObject):
                 for old in [n for n in view.overlays if n.startswith("Probability ") and n not in names]:
                     view.remove_overlay(old)
             self._styles.clear()
+        if name in (CLASSES_CHANGED, ORDER_CHANGED):  # later layers are drawn above earlier ones
+            for view in self.views:
+                for order, layer in enumerate(self.model.layers):
+                    view.set_order(layer.name, order)
         self.schedule()
 
     def _display_changed(self) -> None:
@@ -245,7 +248,7 @@ class PlaneLoader(QtCore.QObject):
         for layer in self.model.layers:
             if layer.kind != kind or kind == RAW:
                 continue
-            buffer = view.overlay(layer.name, KIND_ORDER[kind] * 10 + layer.index)
+            buffer = view.overlay(layer.name, self.model.layers.index(layer))
             view.show_overlay(layer.name, layer.visible)
             if slot is None or slot.values is None or not layer.visible:
                 continue

@@ -14,6 +14,7 @@ UNCERTAINTY = "Uncertainty"
 UNCERTAINTY_COLOR = (0, 255, 255)  # cyan where the classifier hesitates: where labels help most
 AXES = "tzyx"
 CLASSES_CHANGED = "classes"  # what layers_changed reports when the probability layers were replaced
+ORDER_CHANGED = "order"  # ... and when layers were moved up or down
 
 
 class Event:
@@ -93,6 +94,17 @@ class ViewerModel:
         others = [layer for layer in self.layers if layer.kind != PROBABILITIES]
         self.layers = others[:1] + classes + others[1:]  # after the raw data, as default_layers orders them
         self.layers_changed.emit(CLASSES_CHANGED)
+
+    def move_layer(self, name: str, delta: int) -> None:
+        """Draw layer ``name`` ``delta`` places higher (positive) or lower; the raw data stays at the bottom."""
+        layer = self.layer(name)
+        if layer.kind == RAW:
+            return
+        old = self.layers.index(layer)
+        new = min(max(old + int(delta), 1), len(self.layers) - 1)
+        if new != old:
+            self.layers.insert(new, self.layers.pop(old))
+            self.layers_changed.emit(ORDER_CHANGED)
 
     def layer(self, name: str) -> Layer:
         """The layer called ``name``."""

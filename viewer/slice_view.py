@@ -173,6 +173,11 @@ class SliceView(pg.GraphicsView):
             self.buffers[name] = np.zeros(self.shape + (4,), np.uint8)
         return self.buffers[name]
 
+    def set_order(self, name: str, order: int) -> None:
+        """Draw overlay ``name`` above those of lower ``order`` (and below the labels)."""
+        if name in self.overlays:
+            self.overlays[name].setZValue(10 + order)
+
     def remove_overlay(self, name: str) -> None:
         """Take overlay ``name`` off the view (a layer that no longer exists)."""
         item = self.overlays.pop(name, None)

@@ -8,37 +8,52 @@ import numpy as np
 from backend.compute.forest import LEAF_NODE, THRESHOLD_NODE, Forest, Tree
 
 
-def _vigra_threshold(threshold: float) -> float:
-    """The t with ``x < t`` for exactly the float32 x that satisfy scikit-learn's ``x <= threshold``."""
-    floor = np.float32(threshold)
-    if float(floor) > threshold:
-        floor = np.nextafter(floor, np.float32(-np.inf))
-    return float(np.nextafter(floor, np.float32(np.inf)))
-
-
 def tree_from_sklearn(estimator, feature_count: int) -> Tree:
-    """One fitted scikit-learn decision tree as a vigra tree (threshold and leaf nodes)."""
+    """One fitted scikit-learn decision tree as a vigra tree (threshold and leaf nodes, breadth-first)."""
     t = estimator.tree_
+    left, right = t.children_left, t.children_right
+    order = _breadth_first(left, right)
+    leaf = left[order] == -1
     classes = t.value.shape[2]
-    topology = [feature_count, classes]
-    parameters: list[float] = []
-    position: dict[int, int] = {}
-    order = [0]
-    for node in order:  # breadth-first; the list grows while we walk it
-        position[node] = len(topology)
-        if t.children_left[node] == -1:
-            topology += [LEAF_NODE, len(parameters)]
-            counts = t.value[node, 0].astype(np.float64)
-            parameters += [float(t.weighted_n_node_samples[node])] + list(counts / counts.sum())
-        else:
-            topology += [THRESHOLD_NODE, len(parameters), 0, 0, int(t.feature[node])]
-            parameters += [1.0, _vigra_threshold(float(t.threshold[node]))]
-            order += [int(t.children_left[node]), int(t.children_right[node])]
-    for node, pos in position.items():
-        if t.children_left[node] != -1:
-            topology[pos + 2] = position[int(t.children_left[node])]
-            topology[pos + 3] = position[int(t.children_right[node])]
-    return Tree(np.asarray(topology, np.int32), np.asarray(parameters, np.float64))
+    node_sizes = np.where(leaf, 2, 5)
+    param_sizes = np.where(leaf, 1 + classes, 2)
+    positions = np.empty(len(left), np.int64)
+    positions[order] = 2 + np.cumsum(node_sizes) - node_sizes  # where each node starts in the topology
+    params_at = np.cumsum(param_sizes) - param_sizes
+    topology = np.zeros(2 + int(node_sizes.sum()), np.int32)
+    topology[:2] = feature_count, classes
+    parameters = np.zeros(int(param_sizes.sum()), np.float64)
+    at, split = positions[order], order[~leaf]
+    topology[at] = np.where(leaf, LEAF_NODE, THRESHOLD_NODE)
+    topology[at + 1] = params_at
+    inner = at[~leaf]
+    topology[inner + 2], topology[inner + 3] = positions[left[split]], positions[right[split]]
+    topology[inner + 4] = t.feature[split]
+    parameters[params_at[~leaf]] = 1.0
+    parameters[params_at[~leaf] + 1] = _vigra_thresholds(t.threshold[split])
+    leaves, leaf_params = order[leaf], params_at[leaf]
+    counts = t.value[leaves, 0].astype(np.float64)
+    parameters[leaf_params] = t.weighted_n_node_samples[leaves]
+    parameters[leaf_params[:, None] + 1 + np.arange(classes)] = counts / counts.sum(axis=1, keepdims=True)
+    return Tree(topology, parameters)
+
+
+def _breadth_first(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The tree's node ids level by level, each inner node's children left then right."""
+    levels, level = [], np.zeros(1, np.int64)
+    while level.size:
+        levels.append(level)
+        inner = level[left[level] != -1]
+        level = np.stack([left[inner], right[inner]], axis=1).ravel().astype(np.int64)
+    return np.concatenate(levels)
+
+
+def _vigra_thresholds(thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold, the t with ``x < t`` for exactly the float32 x with scikit-learn's ``x <= threshold``."""
+    floor = thresholds.astype(np.float32)
+    above = floor.astype(np.float64) > thresholds
+    floor[above] = np.nextafter(floor[above], np.float32(-np.inf))
+    return np.nextafter(floor, np.float32(np.inf)).astype(np.float64)
 
 
 def forest_from_sklearn(classifier, feature_count: int) -> Forest:

@@ -87,7 +87,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
     per = [trees // forests + (1 if i < trees % forests else 0) for i in range(forests)]
     fitted = []
     for i, n in enumerate(per):
-        rf = RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed + i)
+        rf = RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed + i, n_jobs=-1)
         fitted.append(forest_from_sklearn(rf.fit(x, y), x.shape[1]))
     return Classifier(tuple(fitted), fitted[0].labels, tuple(feature_names))
 

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from PyQt5 import QtWidgets
 
 from tests.gui.conftest import open_and_settle
 
@@ -52,3 +53,23 @@ def test_a_scale_bar_from_the_files_pixel_size(qtbot, window, data_dir, tmp_path
     assert (nice_length(3.2), nice_length(0.07), nice_length(700)) == (2, 0.05, 500)
     open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))  # a .npy: no size, no bar
     assert all(view.scale_bar is None for view in window.views)
+
+
+def test_layers_are_reordered_in_the_panel_and_drawn_in_that_order(qtbot, window, data_dir):
+    open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
+    panel, model, xy = window.layers_panel, window.model, window.views[0]
+    names = [layer.name for layer in model.layers]
+    first, second = names[1], names[2]  # two probability layers: the second is drawn above the first
+    assert xy.overlays[second].zValue() > xy.overlays[first].zValue()
+    up = [b for b in panel.rows.findChildren(QtWidgets.QToolButton) if b.text() == "\u25b2"]
+    assert len(up) == len(names) - 1  # the raw data has none: it stays at the bottom
+    up[1].click()  # the second overlay's row: one place lower
+    assert [layer.name for layer in model.layers][1:3] == [second, first]
+    qtbot.waitUntil(lambda: xy.overlays[first].zValue() > xy.overlays[second].zValue(), timeout=5000)
+    assert [panel.checks[n] for n in (second, first)] == [panel.checks[n] for n in [x.name for x in model.layers][1:3]]
+    model.move_layer("Raw", 3)
+    assert model.layers[0].name == "Raw"
+    model.move_layer(first, -10)
+    assert model.layers[1].name == first  # never below the raw data
+    panel.checks[first].setChecked(False)  # the rebuilt rows still act on the model
+    assert not model.layer(first).visible

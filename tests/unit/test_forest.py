@@ -5,7 +5,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from backend.compute.forest import CompiledForests, _float32_ceiling, read_forest
 from backend.errors import ProjectError
-from backend.io.forest_io import _vigra_threshold, forest_from_sklearn, write_forest
+from backend.io.forest_io import _vigra_thresholds, forest_from_sklearn, write_forest
 
 
 def _data(seed=0, n=600, f=6):
@@ -27,8 +27,8 @@ def test_float32_ceiling_keeps_comparisons_exact():
 
 
 def test_sklearn_threshold_conversion_is_exact():
-    for thr in np.random.default_rng(2).normal(size=500) * 5:
-        t = _vigra_threshold(float(thr))
+    thresholds = np.random.default_rng(2).normal(size=500) * 5
+    for thr, t in zip(thresholds, _vigra_thresholds(thresholds)):
         for x in np.float32(thr) + np.array([-1, 0, 1], np.float32) * np.spacing(np.float32(thr)):
             assert (float(x) <= thr) == (float(x) < t)
 
