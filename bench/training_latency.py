@@ -3,9 +3,9 @@
     python bench/training_latency.py [--shape 256,512,512] [--workers 2] [--dir bench/out]
 
 Opens a demo-style project (11 features, 100 trees) in the real main window (offscreen, 1600 x 1000)
-with embedded Redis and local workers, paints scripted strokes in the xy view with live training on,
-and measures the time from the last stroke to the xy view's probabilities complete under the new
-classifier (this includes the 0.4 s pause live training waits for further strokes). Cold: the first
+with embedded Redis and local workers, paints scripted strokes 50 ms apart in the xy view with live
+training on, and measures the time from the last stroke to the xy view's probabilities complete under
+the new classifier (this includes the 0.4 s pause live training waits for further strokes). Cold: the first
 training after opening, which computes the features of every labelled block (the project's own labels
 too); warm: later strokes, whose untouched label blocks come from the session's feature cache. The
 longest gap between two ticks of a 10 ms timer on the GUI thread is reported as the event loop's
@@ -62,7 +62,10 @@ def strokes_and_time(app, window: MainWindow, meter: StallMeter, count: int, at:
     training.trained.connect(messages.append)
     rows, cols = view.shape
     meter.reset()
-    for i in range(count):
+    for i in range(count):  # 50 ms apart, each its own event, as a user's strokes arrive
+        if i:
+            pause = time.perf_counter() + 0.05
+            wait_for(app, lambda until=pause: time.perf_counter() > until)
         view.stroked.emit([(row, int(at * cols) + 6 * i) for row in range(rows // 4, rows // 4 + 40)])
     started = time.perf_counter()
     wait_for(app, lambda: bool(messages))
