@@ -14,7 +14,6 @@ longest stall. Prints JSON and a table.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -22,14 +21,11 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PyQt5 import QtCore, QtWidgets  # noqa: E402
+from PyQt5 import QtCore  # noqa: E402
 
 from bench.common import report  # noqa: E402
-from bench.viewer_latency import wait_for, xy_done  # noqa: E402
-from ilastik_desktop.config import ComputeSettings  # noqa: E402
-from ilastik_desktop.demo import write_demo_project  # noqa: E402
+from bench.viewer_latency import bench_window, wait_for, xy_done  # noqa: E402
 from ilastik_desktop.main_window import MainWindow  # noqa: E402
-from ilastik_desktop.services import Services  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,32 +87,15 @@ def session(app, window: MainWindow, meter: StallMeter, project: str, strokes: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="256,512,512", help="z,y,x of the volume")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--dir", default=os.path.join(HERE, "out"))
-    a = ap.parse_args()
-    shape = tuple(int(v) for v in a.shape.split(","))
-    folder = os.path.join(a.dir, "viewer_" + "x".join(map(str, shape)))
-    project = os.path.join(folder, "demo.ilp")
-    if not os.path.exists(project):
-        project = write_demo_project(folder, shape)
-    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
-    settings = QtCore.QSettings(os.path.join(folder, "settings.ini"), QtCore.QSettings.IniFormat)
     rows = []
-    with Services(ComputeSettings(workers=a.workers, cache_mb=2048)) as services:
-        services.wait_for_workers()
-        window = MainWindow(services, settings, interactive=False)
-        window.resize(1600, 1000)
-        window.show()
+    with bench_window(__doc__.splitlines()[0]) as (a, project, app, window):
         meter = StallMeter()
         for strokes in (1, 5):
             for features, result in zip(("cold", "warm"), session(app, window, meter, project, strokes)):
                 rows.append({"features": features, "strokes": strokes, "stroke_to_overlay_s": result["overlay_s"],
                              "training_done_s": result["trained_s"], "longest_stall_ms": result["stall_ms"],
                              "training": result["report"]})
-        window.close()
-    report("training_latency", rows, {"shape_zyx": shape, "workers": a.workers, "features": 11, "trees": 100,
+    report("training_latency", rows, {"shape_zyx": a.shape, "workers": a.workers, "features": 11, "trees": 100,
                                       "debounce_s": 0.4, "target_warm_s": 2.0, "target_stall_ms": 100})
 
 

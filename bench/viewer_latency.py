@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,17 +73,20 @@ def move_and_time(app, window: MainWindow, slices: int) -> float:
     return round(time.perf_counter() - started, 3)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@contextmanager
+def bench_window(description: str) -> Iterator[tuple[argparse.Namespace, str, QtWidgets.QApplication, MainWindow]]:
+    """Parse ``--shape``, ``--workers`` and ``--dir``, write the demo-style project once, and yield the
+    arguments, the project, the application and a shown 1600 x 1000 window with workers running."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--shape", default="256,512,512", help="z,y,x of the volume")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--dir", default=os.path.join(HERE, "out"))
     a = ap.parse_args()
-    shape = tuple(int(v) for v in a.shape.split(","))
-    folder = os.path.join(a.dir, "viewer_" + "x".join(map(str, shape)))
+    a.shape = tuple(int(v) for v in a.shape.split(","))
+    folder = os.path.join(a.dir, "viewer_" + "x".join(map(str, a.shape)))
     project = os.path.join(folder, "demo.ilp")
     if not os.path.exists(project):
-        project = write_demo_project(folder, shape)
+        project = write_demo_project(folder, a.shape)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     settings = QtCore.QSettings(os.path.join(folder, "settings.ini"), QtCore.QSettings.IniFormat)
     with Services(ComputeSettings(workers=a.workers, cache_mb=2048)) as services:
@@ -89,6 +94,13 @@ def main() -> None:
         window = MainWindow(services, settings, interactive=False)
         window.resize(1600, 1000)
         window.show()
+        yield a, project, app, window
+        window.close()
+
+
+def main() -> None:
+    with bench_window(__doc__.splitlines()[0]) as (a, project, app, window):
+        shape = a.shape
         cold = open_and_time(app, window, project)
         wait_for(app, window.loader.is_settled)
         window.close_document()
@@ -99,7 +111,6 @@ def main() -> None:
         pause = time.perf_counter() + 1.0
         wait_for(app, lambda: time.perf_counter() > pause)  # the user looks at the slice; prefetch runs
         paused = move_and_time(app, window, 1)
-        window.close()
     rows = [{"measure": "first raw tile after open (cold)", "seconds": cold["raw_s"], "target_s": 0.5},
             {"measure": "visible xy overlay complete, cold cache", "seconds": cold["overlay_s"], "target_s": 3.0},
             {"measure": "visible xy overlay complete, warm cache", "seconds": warm["overlay_s"], "target_s": 0.2},
