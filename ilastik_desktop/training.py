@@ -12,10 +12,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.errors import UserError
-from backend.io.project_pipeline import build_pipeline
+from backend.io.project import FeatureSelection
+from backend.io.project_pipeline import build_pipeline, feature_set
 from backend.io.project_writer import Training, label_block, save_training
 from backend.service import label_classes
 from backend.service.live_training import TrainingSession
+from ilastik_desktop.feature_dialog import FeatureDialog
 from ilastik_desktop.training_panel import ERASER, TrainingPanel
 from viewer.labels_layer import paint_labels
 
@@ -38,7 +40,7 @@ class TrainingController(QtCore.QObject):
         self.colors = [tuple(c) for c in project.label_colors]
         self.panel = TrainingPanel(project.label_names, self.colors)
         self.classifier, self.rows, self.dirty = project.classifier, 0, False
-        self.stale = False  # the classifier predates a deleted class: not saved until retrained
+        self.stale = False  # the classifier predates a deleted class or new features: not saved until retrained
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
         self._training: Future | None = None
         self.timer = QtCore.QTimer(self, singleShot=True, interval=DEBOUNCE_MS)
@@ -48,6 +50,7 @@ class TrainingController(QtCore.QObject):
         self.panel.redo.connect(lambda: self._changed(self.store.redo()))
         self.panel.train.connect(self.train)
         self.panel.edit_class.connect(self.edit_class)
+        self.panel.choose_features.connect(self.choose_features)
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
         window.model.position_changed.connect(lambda _axis: self.repaint())
@@ -71,6 +74,32 @@ class TrainingController(QtCore.QObject):
         self.repaint()
         if self.panel.live.isChecked():
             self.timer.start()
+
+    # -- features ---------------------------------------------------------------------------------------
+    def choose_features(self) -> FeatureDialog:
+        """Show the feature selection dialog; its OK trains with the features chosen."""
+        dialog = FeatureDialog(self.document.project.features, self.document.source.spatial_shape[1:], self.window)
+        dialog.accepted.connect(lambda: self.set_features(dialog.selection()))
+        dialog.open()
+        return dialog
+
+    def set_features(self, selection: FeatureSelection) -> None:
+        """Learn from ``selection`` from now on: the labelled blocks' features are computed anew, and the
+        overlays keep the current classifier until one trained on the new features replaces it."""
+        project = dataclasses.replace(self.document.project, features=selection)
+        source = self.document.source
+        try:
+            features = feature_set(project, source.channels, source.shape[1] > 1)
+        except UserError as exc:
+            self._report(str(exc))
+            return
+        self.document.project = project
+        self.session = TrainingSession(source, features, self.store)
+        self.stale = self.dirty = True
+        if self.panel.live.isChecked():
+            self.train()
+        else:
+            self._report("features changed: train to update the overlays")
 
     # -- classes ----------------------------------------------------------------------------------------
     def edit_class(self, action: str) -> None:
@@ -141,8 +170,12 @@ class TrainingController(QtCore.QObject):
     def _use_pipeline(self) -> None:
         """The current classifier over the current classes, on the gateway and the views."""
         source = self.document.source
-        self.document.pipeline = build_pipeline(self.document.project, source.channels, source.shape[1] > 1,
-                                                self.classifier, require_classifier=False)
+        try:
+            self.document.pipeline = build_pipeline(self.document.project, source.channels, source.shape[1] > 1,
+                                                    self.classifier, require_classifier=False)
+        except UserError:  # the classifier predates a change of features: the next training fits again
+            self._report("the classifier on screen was trained on other features: train to update the overlays")
+            return
         self.document.gateway.set_pipeline(self.document.pipeline)
         self.window.loader.renew()
 
@@ -193,7 +226,7 @@ class TrainingController(QtCore.QObject):
         window then shows (Save As); in the background, atomically."""
         source, project = self.document.source, self.document.project
         blocks = [label_block(roi, labels.copy(), source.axes) for _, roi, labels in self.store.labelled()]
-        training = Training(project.label_names, project.label_colors, 0, source.axes, blocks,
+        training = Training(project.features, project.label_names, project.label_colors, 0, source.axes, blocks,
                             None if self.stale else self.classifier, self.rows)
         future = self.pool.submit(save_training, project.path, training, target)
         path = target or project.path

@@ -14,6 +14,7 @@ class TrainingPanel(QtWidgets.QWidget):
 
     painting = QtCore.pyqtSignal(bool)
     edit_class = QtCore.pyqtSignal(str)
+    choose_features = QtCore.pyqtSignal()
     undo = QtCore.pyqtSignal()
     redo = QtCore.pyqtSignal()
     train = QtCore.pyqtSignal()
@@ -55,6 +56,9 @@ class TrainingPanel(QtWidgets.QWidget):
         layout.addLayout(edits)
         self.live = QtWidgets.QCheckBox("Live training (after each stroke)", checked=True)
         layout.addWidget(self.live)
+        features = QtWidgets.QPushButton("Features...", toolTip="the features the classifier learns from")
+        features.clicked.connect(self.choose_features.emit)
+        layout.addWidget(features)
         self.train_now = QtWidgets.QPushButton("Train now")
         self.train_now.clicked.connect(self.train.emit)
         layout.addWidget(self.train_now)

@@ -43,6 +43,14 @@ def presmoothing_sigma(sigma: float) -> float:
     return math.sqrt(sigma * sigma - 1.0) if sigma > 1.0 else sigma
 
 
+def scale_fits(shape_zyx: Sequence[int], scale: float) -> tuple[bool, bool]:
+    """Whether features at ``scale`` fit an image of ``shape_zyx``: in its yx plane, and along z in 3D
+    (ilastik's rule: every extent at least ``ceil(3.5 * scale) + 1``)."""
+    needed = math.ceil(scale * PRESMOOTH_WINDOW) + 1
+    z, y, x = shape_zyx
+    return needed <= min(y, x), needed <= z
+
+
 def feature_radius(feature_id: str, sigma: float) -> int:
     """How far the second stage of a feature reaches, in voxels."""
     s = min(sigma, 1.0)

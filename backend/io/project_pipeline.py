@@ -13,14 +13,7 @@ from backend.io.project import Classifier, Project
 def build_pipeline(project: Project, channels: int, volumetric: bool, classifier: Classifier | None = None,
                    require_classifier: bool = True) -> Pipeline:
     """The pipeline of a project for an image with ``channels`` channels (3D if ``volumetric``)."""
-    sel = project.features
-    if sel.selected_count == 0:
-        raise ProjectError(f"{project.path}: no features are selected")
-    try:
-        fs = FeatureSet.from_selection(sel.ids, sel.scales, np.array(sel.matrix), sel.compute_in_2d,
-                                       channels, volumetric)
-    except ValueError as exc:
-        raise ProjectError(f"{project.path}: {exc}") from None
+    fs = feature_set(project, channels, volumetric)
     classifier = classifier or (project.require_classifier() if require_classifier else project.classifier)
     forests = None
     if classifier is not None:
@@ -28,6 +21,18 @@ def build_pipeline(project: Project, channels: int, volumetric: bool, classifier
         forests = classifier.compile()
     known = classifier.known_labels if classifier else ()
     return Pipeline(fs, forests, known, max(len(project.label_names), max(known, default=0)))
+
+
+def feature_set(project: Project, channels: int, volumetric: bool) -> FeatureSet:
+    """The project's feature selection resolved for an image with ``channels`` channels (3D if ``volumetric``)."""
+    sel = project.features
+    if sel.selected_count == 0:
+        raise ProjectError(f"{project.path}: no features are selected")
+    try:
+        return FeatureSet.from_selection(sel.ids, sel.scales, np.array(sel.matrix), sel.compute_in_2d,
+                                         channels, volumetric)
+    except ValueError as exc:
+        raise ProjectError(f"{project.path}: {exc}") from None
 
 
 def check_feature_columns(path: str, fs: FeatureSet, classifier: Classifier) -> None:

@@ -62,18 +62,25 @@ def write_project(path: str, raw_path: str, axes: str, shape: Sequence[int], fea
         f.create_group("Input Data/infos/lane0000/Prediction Mask")
         f["Input Data/Role Names"] = np.asarray([b"Raw Data", b"Prediction Mask"], dtype=object)
         f["Input Data/StorageVersion"] = b"0.2"
-        fs = f.create_group("FeatureSelections")
-        fs["FeatureIds"] = np.asarray([i.encode() for i in features.ids])
-        fs["Scales"] = np.asarray(features.scales, np.float64)
-        fs["SelectionMatrix"] = np.asarray(features.matrix, bool)
-        fs["ComputeIn2d"] = np.asarray(features.compute_in_2d or [False] * len(features.scales), bool)
-        fs["StorageVersion"] = b"0.1"
+        write_features(f, features)
         pc = f.create_group("PixelClassification")
         write_classes(pc, label_names, label_colors)
         pc["StorageVersion"] = b"0.1"
         write_label_blocks(pc, 0, label_blocks, axes)
         if classifier is not None:
             write_classifier(pc, classifier, row_count)
+
+
+def write_features(f: h5py.File, features: FeatureSelection) -> None:
+    """Replace the project's feature selection."""
+    if "FeatureSelections" in f:
+        del f["FeatureSelections"]
+    fs = f.create_group("FeatureSelections")
+    fs["FeatureIds"] = np.asarray([i.encode() for i in features.ids])
+    fs["Scales"] = np.asarray(features.scales, np.float64)
+    fs["SelectionMatrix"] = np.asarray(features.matrix, bool)
+    fs["ComputeIn2d"] = np.asarray(features.compute_in_2d or [False] * len(features.scales), bool)
+    fs["StorageVersion"] = b"0.1"
 
 
 def write_classes(pc: h5py.Group, names: Sequence[str], colors: Sequence[Sequence[int]]) -> None:
@@ -110,8 +117,9 @@ def label_block(roi, labels: np.ndarray, axes: str) -> LabelBlock:
 
 @dataclass(frozen=True)
 class Training:
-    """What training in the app changes in a project: classes, one lane's labels, the classifier."""
+    """What training in the app changes in a project: features, classes, one lane's labels, the classifier."""
 
+    features: FeatureSelection
     names: Sequence[str]
     colors: Sequence[Sequence[int]]
     lane: int
@@ -125,6 +133,7 @@ def save_training(project_path: str, training: Training, target: str | None = No
     """Save training into the project, or into a copy at ``target`` (Save As: relative raw data paths are
     rewritten for the new folder). The file is swapped in only when complete."""
     def edit(f: h5py.File) -> None:
+        write_features(f, training.features)
         pc = f.require_group("PixelClassification")
         write_classes(pc, training.names, training.colors)
         write_label_blocks(pc, training.lane, training.blocks, training.axes)

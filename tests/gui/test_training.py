@@ -173,3 +173,28 @@ def test_the_uncertainty_layer_shows_where_labels_help_most(qtbot, window, tmp_p
     assert alpha[unsure] > alpha[sure]  # brightest where the classifier hesitates
     window._hover(window.views[0], *unsure)
     assert f"uncertainty {shown[unsure][0]:.2f}" in window.cursor_label.text()
+
+
+def test_feature_selection_dialog_as_ilastik_and_training_on_the_new_features(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(12, 96, 96), trees=10)  # 12 slices only
+    open_and_settle(qtbot, window, path)
+    training = window.training
+    dialog = training.choose_features()
+    assert len(dialog.boxes) == 6 * 7 and len(dialog.in_2d) == 7
+    assert not dialog.boxes[(1, 0)].isEnabled() and dialog.boxes[(0, 0)].isEnabled()  # only smoothing at 0.3
+    # ilastik's rule: ceil(3.5 sigma) + 1 slices for 3D; 12 slices allow sigma 3.0 at most, so 3.5+ are 2D only
+    assert [box.isEnabled() for box in dialog.in_2d] == [True] * 4 + [False] * 3
+    assert all(box.isChecked() for box in dialog.in_2d[4:])
+    for (i, j), box in dialog.boxes.items():
+        box.setChecked((i, j) in {(0, 2), (2, 2), (5, 4)})  # smoothing and gradient at 1.0, Hessian at 3.5
+    with qtbot.waitSignal(training.trained, timeout=120_000) as done:
+        dialog.accept()
+    assert done.args[0].startswith("trained"), done.args[0]
+    assert window.document.pipeline.features.column_count == 1 + 1 + 2  # the Hessian at 3.5 in 2D: 2 eigenvalues
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    with qtbot.waitSignal(training.saved, timeout=60_000):
+        training.save()
+    reopened = open_project(path)
+    assert reopened.features.scales == (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
+    assert [row[2] for row in reopened.features.matrix] == [True, False, True, False, False, False]
+    assert reopened.features.compute_in_2d[4] and reopened.classifier.feature_count == 4

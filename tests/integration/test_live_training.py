@@ -68,7 +68,8 @@ def test_training_recomputes_only_touched_blocks_and_saves_what_vigra_loads(demo
     names = project.label_names + ("Label 3",)
     colors = project.label_colors + ((230, 25, 75),)
     before = open(path, "rb").read()
-    save_training(path, Training(names, colors, 0, source.axes, blocks, classifier, rows_after), saved)
+    training = Training(project.features, names, colors, 0, source.axes, blocks, classifier, rows_after)
+    save_training(path, training, saved)
     assert open(path, "rb").read() == before  # the original is left as it was
     reopened = open_project(saved)
     assert reopened.label_names == names and reopened.label_colors == colors == reopened.pmap_colors
