@@ -46,7 +46,8 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     """Open a project lane for viewing (raises UserError subclasses with a clear message)."""
     project = open_project(path)
     source = open_lane(project, lane, raw_data, input_axes)
-    pipeline = build_pipeline(project, source.channels, source.shape[1] > 1)
+    pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)  # untrained:
+    # raw data and labels only, until the Training tab trains one
     display_range = default_display_range(source)
     labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane))  # read here, not
     gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))  # on the GUI thread

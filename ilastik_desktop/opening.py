@@ -10,6 +10,7 @@ from PyQt5 import QtGui, QtWidgets
 
 from backend.errors import RawDataMissing, UserError
 from ilastik_desktop.document import open_document
+from ilastik_desktop.new_project import NewProjectDialog
 
 log = logging.getLogger(__name__)
 RECENT_KEY, RAW_KEY = "recent", "raw_data/"
@@ -20,6 +21,7 @@ class ProjectOpening:
 
     def _build_menu(self) -> None:
         menu = self.menuBar().addMenu("&File")
+        menu.addAction("&New project...", self.ask_new_project, QtGui.QKeySequence.New)
         menu.addAction("&Open project...", self.ask_open, QtGui.QKeySequence.Open)
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
@@ -37,6 +39,13 @@ class ProjectOpening:
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)
 
     # -- opening --------------------------------------------------------------------------------------
+    def ask_new_project(self) -> NewProjectDialog:
+        """Ask for an image and its axes, write a new project for it and open it."""
+        dialog = NewProjectDialog(self)
+        dialog.created.connect(self.open_project)
+        dialog.open()
+        return dialog
+
     def ask_open(self) -> None:
         """Ask for a project file and open it."""
         path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Open ilastik project", "", "ilastik projects (*.ilp)")

@@ -140,6 +140,8 @@ class PlaneLoader(QtCore.QObject):
     def refresh(self) -> None:
         """Request what each view shows now; recolour what is already there."""
         visible = {layer.kind for layer in self.model.layers if layer.visible}
+        if self.gateway.pipeline.forests is None:  # an untrained project shows its raw data only
+            visible = {RAW}
         for view in self.views:
             self._want(view, RAW, self._plane_roi(view, whole=True))
             for kind in (PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS):

@@ -84,10 +84,11 @@ def test_moved_raw_data_is_located_by_the_user_and_remembered(qtbot, interactive
 def test_project_errors_are_dialogs_with_the_reader_message(qtbot, interactive_window, data_dir, monkeypatch):
     shown = []
     monkeypatch.setattr(QtWidgets.QMessageBox, "critical", lambda _parent, _title, text: shown.append(text))
-    broken = os.path.join(data_dir, "ilastik-api", "PixelClassNoClassifier.ilp")
+    broken = os.path.join(data_dir, "ilastik-api", "PixelClassNoData.ilp")
     with qtbot.waitSignal(interactive_window.failed, timeout=60_000):
         interactive_window.open_project(broken)
-    assert shown and "PixelClassNoClassifier.ilp" in shown[0] and "Traceback" not in shown[0]
+    assert shown and "PixelClassNoData.ilp: the project has no input data" in shown[0]
+    assert "Traceback" not in shown[0]
     assert interactive_window.document is None
 
 
