@@ -17,6 +17,7 @@ from backend.io.training import label_blocks
 from backend.service.export import default_block_shape
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
+from backend.service.rendering import percentile_range
 from ilastik_desktop.services import Services
 
 
@@ -60,5 +61,4 @@ def default_display_range(source: DataSource) -> tuple[float, float]:
         return (0.0, 255.0)
     _, z, y, x = source.spatial_shape
     sample = source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x)))
-    low, high = (float(v) for v in np.percentile(sample, (0.1, 99.9)))
-    return (low, high if high > low else low + 1.0)
+    return percentile_range(sample)

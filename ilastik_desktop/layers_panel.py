@@ -1,23 +1,27 @@
 """The layers panel: visibility and opacity (with its value) per layer, live update, and the raw data's
-display: channel, colour map, display range (low never above high), automatic and original range."""
+display: channel, colour map, display range (low never above high) over the histogram of the raw data
+shown, automatic and original range."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
+from backend.service.rendering import percentile_range
+from ilastik_desktop.histogram import RangeHistogram
 from ilastik_desktop.panels import narrow
 from viewer.model import CLASSES_CHANGED, COLORMAPS, ORDER_CHANGED, RAW, ViewerModel
 
 
 class LayersPanel(QtWidgets.QWidget):
-    """Edits the model's layers and raw display; ``auto_range()`` gives the range that fits what is shown."""
+    """Edits the model's layers and raw display; ``raw_plane()`` gives the raw values the xy view shows."""
 
-    def __init__(self, model: ViewerModel, auto_range: Callable[[], tuple[float, float] | None],
+    def __init__(self, model: ViewerModel, raw_plane: Callable[[], np.ndarray | None],
                  original: tuple[float, float], parent=None):
         super().__init__(parent)
-        self.model, self.auto_range, self.original = model, auto_range, original
+        self.model, self.raw_plane, self.original = model, raw_plane, original
         grid = QtWidgets.QGridLayout(self)
         grid.setContentsMargins(4, 4, 4, 4)
         self.rows: QtWidgets.QWidget | None = None
@@ -38,7 +42,11 @@ class LayersPanel(QtWidgets.QWidget):
             grid.addWidget(widget, row + 1 + offset, 1, 1, 2)
         grid.addWidget(QtWidgets.QLabel("Display range"), row + 3, 0)
         grid.addLayout(self._range_row(), row + 3, 1, 1, 2)
-        grid.setRowStretch(row + 4, 1)
+        self.histogram = RangeHistogram()
+        self.histogram.set_range(*model.contrast)
+        self.histogram.dragged.connect(lambda low, high: self.set_range((low, high)))
+        grid.addWidget(self.histogram, row + 4, 0, 1, 3)
+        grid.setRowStretch(row + 5, 1)
         narrow(self)
         model.layers_changed.connect(self._sync)
 
@@ -82,7 +90,7 @@ class LayersPanel(QtWidgets.QWidget):
         self.low.valueChanged.connect(lambda v: (self.high.setMinimum(v), self._apply_range()))
         self.high.valueChanged.connect(lambda v: (self.low.setMaximum(v), self._apply_range()))
         self.auto = QtWidgets.QPushButton("Auto", toolTip="0.1 to 99.9 percentiles of the raw data in the xy view")
-        self.auto.clicked.connect(lambda: self.set_range(self.auto_range()))
+        self.auto.clicked.connect(self.auto_range)
         self.reset = QtWidgets.QPushButton("Reset", toolTip="the range the project opened with")
         self.reset.clicked.connect(lambda: self.set_range(self.original))
         pair = QtWidgets.QHBoxLayout()
@@ -90,8 +98,19 @@ class LayersPanel(QtWidgets.QWidget):
             pair.addWidget(widget)
         return pair
 
+    def auto_range(self) -> None:
+        """Fit the display range to the raw data the xy view shows (0.1 to 99.9 percentiles)."""
+        values = self.raw_plane()
+        if values is not None:
+            self.set_range(percentile_range(values))
+
+    def refresh_histogram(self) -> None:
+        """Show the histogram of the raw data the xy view shows now."""
+        self.histogram.set_values(self.raw_plane())
+
     def _apply_range(self) -> None:
         self.model.set_contrast(self.low.value(), self.high.value())
+        self.histogram.set_range(*self.model.contrast)
 
     def set_range(self, limits: tuple[float, float] | None) -> None:
         """Show and apply a display range (nothing happens for None: no raw data on screen yet)."""

@@ -182,7 +182,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
-        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_range("xy"), document.display_range)
+        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_plane("xy"), document.display_range)
+        self.loader.settled.connect(self.layers_panel.refresh_histogram)
         self._threshold_panel(document.threshold)
         self.training = TrainingController(self, document, self)
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),

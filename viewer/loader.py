@@ -90,13 +90,10 @@ class PlaneLoader(QtCore.QObject):
             return None
         return np.atleast_1d(slot.values[row, col])
 
-    def raw_range(self, plane: str) -> tuple[float, float] | None:
-        """0.1 to 99.9 percentiles of the raw data shown in view ``plane`` (None before any arrived)."""
+    def raw_plane(self, plane: str) -> np.ndarray | None:
+        """The raw data shown in view ``plane`` (None before any arrived)."""
         slot = self.slots.get((plane, RAW))
-        if slot is None or slot.values is None:
-            return None
-        low, high = (float(v) for v in np.percentile(slot.values, (0.1, 99.9)))
-        return low, max(high, low + 1.0)
+        return None if slot is None else slot.values
 
     def is_complete(self, plane: str, kind: str) -> bool:
         """True when view ``plane`` shows every block of ``kind`` it asked for."""

@@ -47,3 +47,9 @@ def blend_classes(probabilities: np.ndarray, colors) -> np.ndarray:
     rgba[..., :3] = np.clip(np.round(out / np.maximum(alpha, 1e-6)[..., None]), 0, 255)
     rgba[..., 3] = np.clip(np.round(alpha * 255), 0, 255)
     return rgba
+
+
+def percentile_range(values: np.ndarray) -> tuple[float, float]:
+    """The raw display range that fits ``values``: their 0.1 to 99.9 percentiles (high above low)."""
+    low, high = (float(v) for v in np.percentile(values, (0.1, 99.9)))
+    return low, high if high > low else low + 1.0

@@ -17,10 +17,17 @@ def test_display_range_auto_reset_colormap_and_opacity_values(qtbot, window, dat
     open_and_settle(qtbot, window, series)
     panel, model = window.layers_panel, window.model
     original = model.contrast
+    raw = window.loader.slots[("xy", "Raw")].values
+    qtbot.waitUntil(lambda: panel.histogram.counts is not None, timeout=10_000)
+    assert panel.histogram.counts.sum() == raw.size  # the histogram of the raw data in the xy view
+    assert panel.histogram.region.getRegion() == original
+    panel.histogram.region.setRegion((original[0] + 5, original[0] + 60))  # dragged
+    panel.histogram.region.sigRegionChangeFinished.emit(panel.histogram.region)
+    assert model.contrast == (original[0] + 5, original[0] + 60) and panel.low.value() == original[0] + 5
     panel.high.setValue(original[0] + 10)
     panel.low.setValue(original[0] + 50)  # typed above the high end: held at it
     assert panel.low.value() <= panel.high.value() and model.contrast[0] < model.contrast[1]
-    raw = window.loader.slots[("xy", "Raw")].values
+    assert panel.histogram.region.getRegion() == model.contrast
     panel.auto.click()
     expected = np.percentile(raw, (0.1, 99.9))
     assert np.allclose(model.contrast, expected, atol=0.1)
