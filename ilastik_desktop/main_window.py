@@ -182,8 +182,9 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
-        self.layers_panel = LayersPanel(self.model, lambda: self.loader.raw_plane("xy"), document.display_range)
-        self.loader.settled.connect(self.layers_panel.refresh_histogram)
+        loader = self.loader  # the panel's, even while another project replaces it
+        self.layers_panel = LayersPanel(self.model, lambda: loader.raw_plane("xy"), document.display_range)
+        loader.settled.connect(self.layers_panel.refresh_histogram)
         self._threshold_panel(document.threshold)
         self.training = TrainingController(self, document, self)
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),

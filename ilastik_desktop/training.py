@@ -36,7 +36,7 @@ class TrainingController(QtCore.QObject):
         self.window, self.document = window, document
         project, source = document.project, document.source
         self.store = document.labels
-        self.session = TrainingSession(source, document.pipeline.features, self.store)
+        self.session = TrainingSession(source, document.pipeline.features, self.store, window.services.executor)
         self.colors = [tuple(c) for c in project.label_colors]
         self.panel = TrainingPanel(project.label_names, self.colors)
         self.classifier, self.rows, self.dirty = project.classifier, 0, False
@@ -94,7 +94,7 @@ class TrainingController(QtCore.QObject):
             self._report(str(exc))
             return
         self.document.project = project
-        self.session = TrainingSession(source, features, self.store)
+        self.session = TrainingSession(source, features, self.store, self.window.services.executor)
         self.stale = self.dirty = True
         if self.panel.live.isChecked():
             self.train()

@@ -10,6 +10,7 @@ import numpy as np
 
 from backend.compute.features import FeatureSet
 from backend.compute.geometry import Roi
+from backend.compute.pipeline import BlockTask
 from backend.errors import ProjectError
 from backend.io.forest_io import forest_from_sklearn
 from backend.io.project import Classifier, Project
@@ -60,22 +61,42 @@ def labelled_samples(project: Project, source: DataSource, lane: int = 0) -> tup
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 
-def block_samples(features: FeatureSet, source: DataSource, roi: Roi, labels: np.ndarray) -> tuple[np.ndarray,
-                                                                                                    np.ndarray]:
-    """Feature rows and labels of the labelled voxels of one label block (``labels`` shaped like ``roi``)."""
+def label_frames(features: FeatureSet, source: DataSource, roi: Roi, labels: np.ndarray,
+                 fingerprint: str = "") -> list[tuple[BlockTask, np.ndarray]]:
+    """A task computing the features of one label block's time step (its raw data read with the halo), with
+    that step's labels, for every step holding labels (``labels`` shaped like ``roi``)."""
     image = Roi.from_shape(source.spatial_shape)
-    xs, ys = [np.empty((0, features.column_count), np.float32)], [np.empty(0, np.uint8)]
+    frames = []
     for t in range(roi.start[0], roi.stop[0]):
         frame_labels = labels[t - roi.start[0]]
-        mask = frame_labels > 0
-        if not mask.any():
+        if not frame_labels.any():
             continue
         frame = Roi((t, *roi.start[1:]), (t + 1, *roi.stop[1:]))
         halo = frame.grow((0, *features.halo), image)
-        feats = features.compute(source.read(halo)[0], halo.start[1:], image.shape[1:],
-                                 tuple(zip(frame.start[1:], frame.stop[1:])))
-        xs.append(feats[mask])
-        ys.append(frame_labels[mask])
+        task = BlockTask(f"labels:{frame.start}", "Features", source.read(halo)[0], halo.start[1:],
+                         image.shape[1:], tuple(zip(frame.start[1:], frame.stop[1:])), fingerprint)
+        frames.append((task, frame_labels))
+    return frames
+
+
+def labelled_rows(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The feature rows of the labelled voxels (``feats`` shaped like ``labels`` plus columns) and their labels."""
+    mask = labels > 0
+    return feats[mask], labels[mask]
+
+
+def block_samples(features: FeatureSet, source: DataSource, roi: Roi, labels: np.ndarray) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """Feature rows and labels of the labelled voxels of one label block, computed here."""
+    parts = [labelled_rows(features.compute(task.raw, task.start, task.image, task.target), frame_labels)
+             for task, frame_labels in label_frames(features, source, roi, labels)]
+    return concatenate_rows(parts, features.column_count)
+
+
+def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels of several parts as one pair (empty with ``columns`` columns if none)."""
+    xs = [np.empty((0, columns), np.float32)] + [x for x, _ in parts]
+    ys = [np.empty(0, np.uint8)] + [y for _, y in parts]
     return np.concatenate(xs), np.concatenate(ys)
 
 

@@ -1,23 +1,33 @@
 """Training in the app: the features of labelled voxels cached per label block, recomputed only for the
-blocks a stroke touched, and a forest trained from all of them (as ilastik's Live Update does)."""
+blocks a stroke touched (on the workers, when an executor is given), and a forest trained from all of them
+(as ilastik's Live Update does)."""
 
 from __future__ import annotations
+
+from concurrent.futures import Future
 
 import numpy as np
 
 from backend.compute.features import FeatureSet
+from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.executor import Executor
 from backend.errors import UserError
 from backend.io.project import Classifier
 from backend.io.sources import DataSource
-from backend.io.training import block_samples, train_classifier
+from backend.io.training import concatenate_rows, label_frames, labelled_rows, train_classifier
+from backend.service.gateway import VISIBLE
 from backend.service.labels import LabelStore
+
+FEATURES_TIMEOUT_S = 600.0  # a label block's features not back by then: the training fails with a message
 
 
 class TrainingSession:
-    """Trains classifiers from a :class:`LabelStore` over one image with one feature selection."""
+    """Trains classifiers from a :class:`LabelStore` over one image with one feature selection; the
+    features of labelled blocks are computed by ``executor`` (the workers) if given, else here."""
 
-    def __init__(self, source: DataSource, features: FeatureSet, labels: LabelStore):
-        self.source, self.features, self.labels = source, features, labels
+    def __init__(self, source: DataSource, features: FeatureSet, labels: LabelStore, executor: Executor | None = None):
+        self.source, self.features, self.labels, self.executor = source, features, labels, executor
+        self._fingerprint = executor.add_pipeline(Pipeline(features, None, (), 0)) if executor else ""
         self._samples: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._dirty: set[tuple[int, ...]] = set(labels.blocks)
         self.blocks_computed = 0  # label blocks whose features were computed (for tests and the status)
@@ -29,18 +39,29 @@ class TrainingSession:
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows and labels of every labelled voxel, recomputing only the blocks that changed."""
         dirty, self._dirty = self._dirty, set()  # strokes painted meanwhile (GUI thread) mark their blocks anew
-        for index in sorted(dirty):
+        jobs = []
+        for index in sorted(dirty):  # every block is submitted before any is waited for: the workers share them
             labels = self.labels.blocks.get(index)
             if labels is None or not labels.any():
                 self._samples.pop(index, None)
                 continue
-            roi = self.labels.grid.block(index).roi
-            self._samples[index] = block_samples(self.features, self.source, roi, labels.copy())
+            frames = label_frames(self.features, self.source, self.labels.grid.block(index).roi, labels.copy(),
+                                  self._fingerprint)
+            jobs.append((index, [(self._compute(task), frame_labels) for task, frame_labels in frames]))
+        for index, frames in jobs:
+            parts = [labelled_rows(future.result(FEATURES_TIMEOUT_S), labels) for future, labels in frames]
+            self._samples[index] = concatenate_rows(parts, self.features.column_count)
             self.blocks_computed += 1
-        parts = [self._samples[i] for i in sorted(self._samples)]
-        if not parts:
-            return np.empty((0, self.features.column_count), np.float32), np.empty(0, np.int64)
-        return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]).astype(np.int64)
+        x, y = concatenate_rows([self._samples[i] for i in sorted(self._samples)], self.features.column_count)
+        return x, y.astype(np.int64)
+
+    def _compute(self, task: BlockTask) -> Future:
+        """The features of ``task`` on the workers, or here (then already done)."""
+        if self.executor is not None:
+            return self.executor.submit(task, VISIBLE)
+        future: Future = Future()
+        future.set_result(self.features.compute(task.raw, task.start, task.image, task.target))
+        return future
 
     def train(self, trees: int = 100, forests: int = 2) -> tuple[Classifier, int]:
         """A new classifier from the labels as they are now, and the number of labelled voxels it used."""

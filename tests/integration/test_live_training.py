@@ -114,3 +114,24 @@ def test_classes_are_added_renamed_recoloured_and_deleted_as_in_ilastik(demo):
     plane = store.region(Roi((0, 5, 5, 0), (1, 6, 6, 96)))[0, 0, 0]
     assert (plane[10], plane[50], plane[90]) == (1, 0, 2) and changed == {(0, 0, 0, 1), (0, 0, 0, 2)}
     assert store.undo() == set()  # the old numbers cannot come back
+
+
+@pytest.mark.parametrize("engine", ["local", "zmq"])
+def test_the_labelled_blocks_features_are_computed_on_the_workers(demo, engine):
+    from backend.compute.pipeline import Pipeline
+    from tests.integration.test_executor import EXECUTORS
+
+    _, project, source = demo
+    store = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source))
+    features = build_pipeline(project, source.channels, True).features
+    here_x, here_y = TrainingSession(source, features, store).samples()
+    with EXECUTORS[engine](Pipeline(features, None, (), 0)) as executor:
+        session = TrainingSession(source, features, store, executor)
+        x, y = session.samples()
+        assert np.array_equal(x, here_x) and np.array_equal(y, here_y)  # the same rows, computed elsewhere
+        assert executor.status()["done"] >= len(list(store.labelled())) == session.blocks_computed
+        touched = store.stroke((0, 10, 0, 0), "y", "x", [(10, 10)], radius=4, label=1)
+        session.touched(touched)
+        done = executor.status()["done"]
+        session.samples()
+        assert executor.status()["done"] == done + len(touched)  # only the blocks the stroke touched
