@@ -227,7 +227,7 @@ class TrainingController(QtCore.QObject):
         source, project = self.document.source, self.document.project
         blocks = [label_block(roi, labels.copy(), source.axes) for _, roi, labels in self.store.labelled()]
         training = Training(project.features, project.label_names, project.label_colors, 0, source.axes, blocks,
-                            None if self.stale else self.classifier, self.rows)
+                            None if self.stale else self.classifier, self.rows, self.window.threshold_panel.settings())
         future = self.pool.submit(save_training, project.path, training, target)
         path = target or project.path
         future.add_done_callback(lambda f: self.window.bridge.post(self._saved, path, f.exception()))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from backend.compute.threshold import ThresholdSettings
 from backend.io.forest_io import write_forest
 from backend.io.project import Classifier, FeatureSelection
 from backend.io.writers import axistags_json
@@ -83,6 +84,21 @@ def write_features(f: h5py.File, features: FeatureSelection) -> None:
     fs["StorageVersion"] = b"0.1"
 
 
+def write_threshold(f: h5py.File, settings: ThresholdSettings) -> None:
+    """Replace the thresholding parameters (ilastik's ``ThresholdTwoLevels`` layout)."""
+    if "ThresholdTwoLevels" in f:
+        del f["ThresholdTwoLevels"]
+    group = f.create_group("ThresholdTwoLevels")
+    for key, value in (("CurOperator", settings.method), ("MinSize", settings.min_size),
+                       ("MaxSize", settings.max_size), ("HighThreshold", settings.high),
+                       ("LowThreshold", settings.low), ("Channel", settings.channel),
+                       ("CoreChannel", settings.core_channel)):
+        group[key] = value
+    sigmas = group.create_group("SmootherSigma")
+    for axis, sigma in zip("zyx", settings.sigmas):
+        sigmas[axis] = float(sigma)
+
+
 def write_classes(pc: h5py.Group, names: Sequence[str], colors: Sequence[Sequence[int]]) -> None:
     """Replace the label classes' names, label colours and prediction colours."""
     for key, value in (("LabelNames", np.asarray([n.encode() for n in names])),
@@ -127,6 +143,7 @@ class Training:
     blocks: Sequence[LabelBlock]
     classifier: Classifier | None  # None: the project keeps no classifier (it no longer fits the classes)
     row_count: int
+    threshold: ThresholdSettings | None = None  # the thresholding panel's parameters
 
 
 def save_training(project_path: str, training: Training, target: str | None = None) -> None:
@@ -134,6 +151,8 @@ def save_training(project_path: str, training: Training, target: str | None = No
     rewritten for the new folder). The file is swapped in only when complete."""
     def edit(f: h5py.File) -> None:
         write_features(f, training.features)
+        if training.threshold is not None:
+            write_threshold(f, training.threshold)
         pc = f.require_group("PixelClassification")
         write_classes(pc, training.names, training.colors)
         write_label_blocks(pc, training.lane, training.blocks, training.axes)

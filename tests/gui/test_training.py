@@ -53,10 +53,13 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     training.panel.undo.emit()
     assert xy.buffers["Labels"][25, 20, 3] == 0 and training.dirty
     training.panel.redo.emit()
+    window.threshold_panel.min_size.setValue(25)
+    window.threshold_panel.apply()
     with qtbot.waitSignal(training.saved, timeout=60_000) as saved:
         window.save_action.trigger()
     assert saved.args[0] == f"saved {path}" and not training.dirty
     reopened = open_project(path)
+    assert reopened.threshold == window.threshold_panel.settings() and reopened.threshold.min_size == 25
     source = window.document.source
     store = LabelStore.from_blocks(source.spatial_shape, label_blocks(reopened, source))
     assert store.region(Roi((0, z, 25, 20), (1, z + 1, 26, 21))).item() == losing
