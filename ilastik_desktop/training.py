@@ -54,7 +54,23 @@ class TrainingController(QtCore.QObject):
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
         window.model.position_changed.connect(lambda _axis: self.repaint())
+        self.shortcuts = self._ilastik_keys()
         self.repaint()
+
+    def _ilastik_keys(self) -> list[QtWidgets.QShortcut]:
+        """ilastik's labeling keys, anywhere in the window: N navigate, B brush, E eraser, A add a class,
+        "," and "." brush size, L live training, 1-9 choose a class."""
+        panel = self.panel
+        keys = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
+                "A": self.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
+                "L": panel.live.toggle}
+        keys.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
+        shortcuts = []
+        for key, action in keys.items():
+            shortcut = QtWidgets.QShortcut(QtGui.QKeySequence(key), self.window)
+            shortcut.activated.connect(action)
+            shortcuts.append(shortcut)
+        return shortcuts
 
     def _set_painting(self, on: bool) -> None:
         for view in self.window.views:
@@ -252,6 +268,9 @@ class TrainingController(QtCore.QObject):
         return answer == QtWidgets.QMessageBox.Yes
 
     def close(self) -> None:
-        """Stop training and wait for a running training or save."""
+        """Stop training and wait for a running training or save; its keys leave the window."""
+        for shortcut in self.shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
         self.timer.stop()
         self.pool.shutdown(wait=True, cancel_futures=False)

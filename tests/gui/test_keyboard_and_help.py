@@ -60,3 +60,31 @@ def test_help_menu_lists_shortcuts_about_with_licences_and_the_readme(qtbot, win
     assert "MIT licence" in about_text() and "GPL" in names["PyQt5"] + about_text()
     assert readme_path().endswith("README.md") and os.path.exists(readme_path())
     assert _action(window, "View", "Side panel").shortcut().toString() == "F9"
+
+
+def test_ilastiks_labeling_keys_work_anywhere_in_the_window(qtbot, window, data_dir):
+    open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
+    window.tabs.setCurrentIndex(0)  # not the Training tab: the keys work all the same
+    _activate(window)
+    panel, views = window.training.panel, window.views
+    qtbot.keyClick(window, QtCore.Qt.Key_2)
+    qtbot.keyClick(window, QtCore.Qt.Key_B)
+    assert panel.label() == 2 and all(view.painting for view in views)
+    qtbot.keyClick(window, QtCore.Qt.Key_E)
+    assert panel.label() == 0 and panel.paint.isChecked()
+    qtbot.keyClick(window, QtCore.Qt.Key_B)
+    assert panel.label() == 2  # back to the class painted before the eraser
+    qtbot.keyClick(window, QtCore.Qt.Key_N)
+    assert not any(view.painting for view in views)
+    assert panel.size.value() == 3
+    qtbot.keyClick(window, QtCore.Qt.Key_Period)
+    qtbot.keyClick(window, QtCore.Qt.Key_Period)
+    assert panel.size.value() == 7  # ilastik's sizes 1, 3, 5, 7, 11, 23, 31, 61
+    qtbot.keyClick(window, QtCore.Qt.Key_Comma)
+    assert panel.size.value() == 5
+    live = panel.live.isChecked()
+    qtbot.keyClick(window, QtCore.Qt.Key_L)
+    assert panel.live.isChecked() is (not live)
+    classes = len(window.document.project.label_names)
+    qtbot.keyClick(window, QtCore.Qt.Key_A)
+    assert len(window.document.project.label_names) == classes + 1
