@@ -7,6 +7,7 @@ from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.features import DISPLAY_NAMES, FEATURE_IDS, scale_fits
 from backend.io.project import FeatureSelection
+from ilastik_desktop.panels import ok_cancel
 
 ILASTIK_SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 
@@ -42,13 +43,7 @@ class FeatureDialog(QtWidgets.QDialog):
         dropped = [scale for scale in selection.scales if scale not in ILASTIK_SCALES]
         self.message = QtWidgets.QLabel(f"The project's scales {dropped} are not offered here: OK drops them."
                                         if dropped else "", wordWrap=True)
-        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Ok | QtWidgets.QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self._accept)
-        buttons.rejected.connect(self.reject)
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.addLayout(grid)
-        layout.addWidget(self.message)
-        layout.addWidget(buttons)
+        ok_cancel(self, grid, self.message, self._accept)
 
     def _grey_out(self, shape_zyx: tuple[int, int, int]) -> None:
         """Scales too large for the image's plane cannot be chosen; those too large along z only in 2D."""

@@ -16,6 +16,7 @@ from backend.io.sources import open_source
 from backend.service.label_classes import ILASTIK_COLORS
 from ilastik_desktop.demo import DEMO_SELECTION, SCALES
 from ilastik_desktop.feature_dialog import FeatureDialog
+from ilastik_desktop.panels import ok_cancel
 
 FIRST_FEATURES = FeatureSelection(FEATURE_IDS, SCALES, DEMO_SELECTION, None)  # the demo's: a typical first choice
 
@@ -72,13 +73,7 @@ class NewProjectDialog(QtWidgets.QDialog):
         features.clicked.connect(self._choose_features)
         form.addRow("", features)
         self.message = QtWidgets.QLabel(wordWrap=True, styleSheet="color: #b00;")
-        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Ok | QtWidgets.QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self.create)
-        buttons.rejected.connect(self.reject)
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.message)
-        layout.addWidget(buttons)
+        ok_cancel(self, form, self.message, self.create)
 
     @staticmethod
     def _with_button(field: QtWidgets.QLineEdit, text: str, action) -> QtWidgets.QWidget:

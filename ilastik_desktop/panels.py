@@ -84,3 +84,14 @@ def info_box(position_label: QtWidgets.QLabel, project) -> QtWidgets.QWidget:
     layout.addWidget(hint)
     layout.addStretch(1)
     return box
+
+
+def ok_cancel(dialog: QtWidgets.QDialog, content: QtWidgets.QLayout, message: QtWidgets.QLabel, on_ok) -> None:
+    """Lay ``dialog`` out as ``content``, then ``message`` (what is wrong), then OK (calls ``on_ok``) and Cancel."""
+    buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.Ok | QtWidgets.QDialogButtonBox.Cancel)
+    buttons.accepted.connect(on_ok)
+    buttons.rejected.connect(dialog.reject)
+    layout = QtWidgets.QVBoxLayout(dialog)
+    layout.addLayout(content)
+    layout.addWidget(message)
+    layout.addWidget(buttons)
