@@ -20,6 +20,7 @@ from backend.service.live_training import TrainingSession
 from ilastik_desktop.feature_dialog import FeatureDialog
 from ilastik_desktop.training_panel import ERASER, TrainingPanel
 from viewer.labels_layer import paint_labels
+from viewer.model import LABELS
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 400  # a stroke starts training once no other stroke followed for this long
@@ -54,6 +55,7 @@ class TrainingController(QtCore.QObject):
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
         window.model.position_changed.connect(lambda _axis: self.repaint())
+        window.model.layers_changed.connect(lambda name: name == LABELS and self.repaint())
         self.shortcuts = self._ilastik_keys()
         self.repaint()
 
@@ -196,9 +198,11 @@ class TrainingController(QtCore.QObject):
         self.window.loader.renew()
 
     def repaint(self) -> None:
-        """The labels overlay of every view, for the current slice and time."""
+        """The labels overlay of every view, for the current slice and time, as the Labels layer says."""
+        layer = self.window.model.layer(LABELS)
         for view in self.window.views:
-            paint_labels(view, self.store, self.window.model.position, self.colors)
+            paint_labels(view, self.store, self.window.model.position, self.colors, layer.opacity)
+            view.show_overlay(LABELS, layer.visible)
 
     def train(self) -> None:
         """Train in the background (again once the running training ends, if labels changed meanwhile)."""

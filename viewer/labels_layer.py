@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from backend.service.labels import LabelStore
+from viewer.model import LABELS
 from viewer.slice_view import SliceView
 from viewer.slicing import plane_roi
 
-LABELS = "Labels"
 LABELS_ORDER = 500  # above every result overlay (their order is their place among the layers)
 
 

@@ -19,7 +19,16 @@ from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
-from viewer.model import CLASSES_CHANGED, OBJECTS, ORDER_CHANGED, PROBABILITIES, SEGMENTATION, UNCERTAINTY, ViewerModel
+from viewer.model import (
+    CLASSES_CHANGED,
+    LABELS,
+    OBJECTS,
+    ORDER_CHANGED,
+    PROBABILITIES,
+    SEGMENTATION,
+    UNCERTAINTY,
+    ViewerModel,
+)
 from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
@@ -118,7 +127,8 @@ class PlaneLoader(QtCore.QObject):
         if name in (CLASSES_CHANGED, ORDER_CHANGED):  # later layers are drawn above earlier ones
             for view in self.views:
                 for order, layer in enumerate(self.model.layers):
-                    view.set_order(layer.name, order)
+                    if layer.kind != LABELS:
+                        view.set_order(layer.name, order)
         self.schedule()
 
     def _display_changed(self) -> None:

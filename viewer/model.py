@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 RAW, PROBABILITIES, SEGMENTATION, OBJECTS = "Raw", "Probabilities", "Simple Segmentation", "Objects"
 UNCERTAINTY = "Uncertainty"
+LABELS = "Labels"  # the painted labels: drawn above every result, whatever the order of the layers
 UNCERTAINTY_COLOR = (0, 255, 255)  # cyan where the classifier hesitates: where labels help most
 AXES = "tzyx"
 CLASSES_CHANGED = "classes"  # what layers_changed reports when the probability layers were replaced
@@ -138,11 +139,12 @@ PROBABILITY_OPACITY = 0.25  # ilastik's default for its prediction layers: the r
 
 
 def default_layers(label_names, colors) -> list[Layer]:
-    """Raw, one probability layer per class in the project's colours, uncertainty, segmentation and objects."""
+    """Raw, one probability layer per class in the project's colours, uncertainty, segmentation, objects and
+    the painted labels."""
     layers = [Layer("Raw", RAW)]
     layers += [Layer(f"Probability {name}", PROBABILITIES, i, tuple(colors[i]), True, PROBABILITY_OPACITY)
                for i, name in enumerate(label_names)]
     layers += [Layer("Uncertainty", UNCERTAINTY, color=UNCERTAINTY_COLOR, visible=False, opacity=0.6),
                Layer("Simple Segmentation", SEGMENTATION, visible=False, opacity=0.5),
-               Layer("Objects", OBJECTS, visible=False, opacity=0.6)]
+               Layer("Objects", OBJECTS, visible=False, opacity=0.6), Layer("Labels", LABELS, opacity=0.8)]
     return layers

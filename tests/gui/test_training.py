@@ -201,3 +201,18 @@ def test_feature_selection_dialog_as_ilastik_and_training_on_the_new_features(qt
     assert reopened.features.scales == (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
     assert [row[2] for row in reopened.features.matrix] == [True, False, True, False, False, False]
     assert reopened.features.compute_in_2d[4] and reopened.classifier.feature_count == 4
+
+
+def test_the_labels_are_a_layer_to_hide_and_fade(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    open_and_settle(qtbot, window, path)
+    xy = window.views[0]
+    window.training.panel.live.setChecked(False)
+    xy.stroked.emit([(30, 30)])
+    assert xy.buffers["Labels"][30, 30, 3] == round(255 * 0.8) and xy.overlays["Labels"].isVisible()
+    window.layers_panel.sliders["Labels"].setValue(40)
+    assert xy.buffers["Labels"][30, 30, 3] == round(255 * 0.4)
+    window.layers_panel.checks["Labels"].setChecked(False)
+    assert not xy.overlays["Labels"].isVisible()
+    window.model.move_layer("Labels", -3)  # listed lower, still drawn above the results
+    assert xy.overlays["Labels"].zValue() > max(item.zValue() for name, item in xy.overlays.items() if name != "Labels")
