@@ -189,14 +189,10 @@ class LocalExecutor:
         self.close()
 
 
-MANAGER_GRACE_S = 2.0  # how long a closing pool's manager thread gets to release its queues once processes end
-
-
 def _end_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
     """Shut ``pool`` down without waiting on its manager thread (which a process killed while writing a result
     leaves blocked for good): join its processes for ``grace_s`` seconds, then kill what is left."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # the pool's own; gone after shutdown
-    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
     for process in processes:
@@ -205,5 +201,3 @@ def _end_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
         if process.is_alive():
             process.kill()
             process.join(1.0)
-    if manager is not None:  # let it close the pool's queues, or their 5 semaphores outlive the process
-        manager.join(MANAGER_GRACE_S)
