@@ -33,6 +33,7 @@ from viewer.slice_view import SliceView
 from viewer.slicing import SlicingPolicy, Slot, plane_roi, view_block_shape
 
 log = logging.getLogger(__name__)
+RESULT_LAYERS = (PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS)  # computed from the classifier
 
 
 class PlaneLoader(QtCore.QObject):
@@ -71,7 +72,7 @@ class PlaneLoader(QtCore.QObject):
     def renew(self) -> None:
         """Recompute every result layer shown under the gateway's new pipeline, keeping the old overlays on
         screen until each new tile replaces its part."""
-        self.policy.renew((PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS))
+        self.policy.renew(RESULT_LAYERS)
         self.refresh()
 
     def close(self) -> None:
@@ -151,7 +152,7 @@ class PlaneLoader(QtCore.QObject):
             visible = {RAW}
         for view in self.views:
             self._want(view, RAW, self._plane_roi(view, whole=True))
-            for kind in (PROBABILITIES, UNCERTAINTY, SEGMENTATION, OBJECTS):
+            for kind in RESULT_LAYERS:
                 if kind in visible and self.model.live:
                     self._want(view, kind, self._plane_roi(view, whole=kind == OBJECTS))
                 style = tuple((layer.visible, layer.opacity) for layer in self.model.layers if layer.kind == kind)
