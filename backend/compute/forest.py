@@ -1,8 +1,11 @@
 """vigra random forests: read from HDF5 and predicted with vigra's exact float32 arithmetic.
 
-All trees of all forests are flattened into a few arrays walked by one compiled loop. Thresholds are
-stored as the smallest float32 not below vigra's float64 threshold, which keeps ``x < t`` exact for
-float32 features. Leaves point to themselves, so walks need no branch on the node type.
+All trees of all forests are flattened into one table of 16-byte nodes walked by one compiled loop.
+A node holds its threshold (float32 bits), its feature, its first child (the second child follows it:
+trees are laid out breadth-first) and its leaf row. Thresholds are stored as the smallest float32 not
+below vigra's float64 threshold, which keeps ``x < t`` exact for float32 features. A leaf's feature is
+``LEAF`` (negative, which ends a walk), its threshold NaN and its first child itself, so a leaf never
+moves and eight voxels can walk a tree in lockstep until all of them reach a leaf.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from backend.errors import ProjectError
 
 THRESHOLD_NODE = 0
 LEAF_NODE = 0x40000000
+LEAF = np.int32(-(2**31))  # the feature field of a leaf
+_NAN_BITS = np.float32(np.nan).view(np.int32)
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,9 @@ def _float32_ceiling(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CompiledForests:
-    """Flattened trees of one or more forests, ready for :func:`predict`."""
+    """Flattened trees of one or more forests, ready for :meth:`predict`."""
 
-    feature: np.ndarray  # int32 per node (0 for leaves)
-    threshold: np.ndarray  # float32 per node (+inf for leaves)
-    children: np.ndarray  # int32, two per node: next node if x < threshold, else; leaves point to themselves
-    is_leaf: np.ndarray  # uint8 per node
-    leaf_row: np.ndarray  # int32 per node: row of leaf32/leaf64 (-1 for inner nodes)
+    nodes: np.ndarray  # int32 (nodes, 4): threshold bits, feature (LEAF for leaves), first child, leaf row (-1)
     leaf32: np.ndarray  # float32 (leaves, classes)
     leaf64: np.ndarray  # float64 (leaves, classes)
     roots: np.ndarray  # int32 per tree
@@ -81,21 +82,20 @@ class CompiledForests:
 
     def validate(self) -> CompiledForests:
         """Check what the compiled walk relies on (ValueError otherwise): sizes agree, indices are in range,
-        every inner node's children come after it (so no walk can loop) and leaves point to themselves."""
-        n = self.feature.size
-        arrays = (self.feature, self.threshold, self.is_leaf, self.leaf_row)
-        if any(a.ndim != 1 or a.size != n for a in arrays) or self.children.shape != (2 * n,) or n == 0:
-            raise ValueError("forest arrays of inconsistent sizes")
+        every inner node's children come after it (so no walk can loop) and leaves never move."""
+        nodes = self.nodes
+        if nodes.ndim != 2 or nodes.shape[1] != 4 or nodes.shape[0] == 0 or nodes.dtype != np.int32:
+            raise ValueError("forest node table of the wrong shape or type")
         if self.leaf32.ndim != 2 or self.leaf32.shape != self.leaf64.shape or self.leaf32.shape[1] != self.class_count:
             raise ValueError("forest leaf tables of inconsistent sizes")
         if not (0 < self.class_count <= 4096 and 0 < self.feature_count <= 1 << 16):
             raise ValueError(f"forest with {self.class_count} classes and {self.feature_count} features")
-        leaf = self.is_leaf.astype(bool)
-        left, right = self.children[0::2].astype(np.int64), self.children[1::2].astype(np.int64)
+        n = nodes.shape[0]
+        feature, first, row = (nodes[:, i].astype(np.int64) for i in (1, 2, 3))
         index = np.arange(n)
-        inner_ok = (self.feature >= 0) & (self.feature < self.feature_count) & (left > index) & (right > index) \
-            & (left < n) & (right < n) & (self.leaf_row == -1)
-        leaf_ok = (left == index) & (right == index) & (self.leaf_row >= 0) & (self.leaf_row < self.leaf32.shape[0])
+        leaf = feature == LEAF
+        inner_ok = (feature >= 0) & (feature < self.feature_count) & (first > index) & (first + 1 < n) & (row == -1)
+        leaf_ok = (first == index) & (row >= 0) & (row < self.leaf32.shape[0]) & np.isnan(self.thresholds)
         if not np.all(np.where(leaf, leaf_ok, inner_ok)):
             raise ValueError("forest nodes point out of range or backwards (a crafted or damaged forest)")
         ends = self.forest_ends.astype(np.int64)
@@ -104,6 +104,11 @@ class CompiledForests:
                 or ends[-1] != self.roots.size:
             raise ValueError("forest roots or tree counts out of range")
         return self
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The float32 threshold of every node (NaN for leaves)."""
+        return np.ascontiguousarray(self.nodes[:, 0]).view(np.float32)
 
     @classmethod
     def build(cls, forests: Sequence[Forest], where: str = "forest") -> CompiledForests:
@@ -116,31 +121,23 @@ class CompiledForests:
     @classmethod
     def _build(cls, forests: Sequence[Forest], where: str) -> CompiledForests:
         first = forests[0]
-        nodes: dict[str, list] = {k: [] for k in ("feature", "threshold", "left", "right", "leaf_row")}
+        nodes: list[tuple[float, int, int, int]] = []
         leaves: list[np.ndarray] = []
         roots, ends = [], []
         for forest in forests:
             if forest.labels != first.labels or forest.feature_count != first.feature_count:
                 raise ProjectError(f"{where}: forests disagree on labels or feature count")
             for tree in forest.trees:
-                roots.append(len(nodes["feature"]))
+                roots.append(len(nodes))
                 _flatten_tree(tree, len(first.labels), nodes, leaves, where)
             ends.append(len(roots))
+        threshold, feature, child, row = (np.asarray(column) for column in zip(*nodes))
+        leaf = feature == LEAF
+        bits = np.where(leaf, _NAN_BITS, _float32_ceiling(threshold.astype(np.float64)).view(np.int32))
         leaf64 = np.asarray(leaves, np.float64).reshape(-1, len(first.labels))
-        leaf_row = np.asarray(nodes["leaf_row"], np.int32)
-        return cls(
-            np.asarray(nodes["feature"], np.int32),
-            np.where(leaf_row >= 0, np.float32(np.inf), _float32_ceiling(np.asarray(nodes["threshold"], np.float64))),
-            np.stack([nodes["left"], nodes["right"]], axis=1).astype(np.int32).reshape(-1),
-            (leaf_row >= 0).astype(np.uint8),
-            leaf_row,
-            leaf64.astype(np.float32),
-            leaf64,
-            np.asarray(roots, np.int32),
-            np.asarray(ends, np.int32),
-            len(first.labels),
-            first.feature_count,
-        )
+        return cls(np.stack([bits, feature, child, row], axis=1).astype(np.int32), leaf64.astype(np.float32),
+                   leaf64, np.asarray(roots, np.int32), np.asarray(ends, np.int32), len(first.labels),
+                   first.feature_count)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, classes)`` float32 for a float32 feature matrix ``(n, features)``."""
@@ -148,63 +145,114 @@ class CompiledForests:
         if x.ndim != 2 or x.shape[1] != self.feature_count:
             raise ValueError(f"expected (n, {self.feature_count}) features, got {x.shape}")
         out = np.empty((x.shape[0], self.class_count), np.float32)
-        _predict(x, self.feature, self.threshold, self.children, self.is_leaf, self.leaf_row, self.leaf32,
-                 self.leaf64, self.roots, self.forest_ends, out)
+        _predict(x, np.ascontiguousarray(self.nodes), self.leaf32, self.leaf64, self.roots, self.forest_ends, out)
         return out
 
 
-def _flatten_tree(tree: Tree, classes: int, nodes: dict, leaves: list, where: str) -> None:
+def _flatten_tree(tree: Tree, classes: int, nodes: list, leaves: list, where: str) -> None:
+    """Append one vigra tree breadth-first, so that the two children of a node are neighbours."""
     topo, params = tree.topology, tree.parameters
-    base = len(nodes["feature"])
-    order: dict[int, int] = {}
-    stack = [2]
-    while stack:  # first pass: number every reachable node
-        pos = stack.pop()
-        if pos in order:
-            continue
-        order[pos] = base + len(order)
+    base = len(nodes)
+    order, queue = {2: base}, [2]
+    for pos in queue:  # the queue grows while it is read: a breadth-first numbering of every reachable node
         if topo[pos] == THRESHOLD_NODE:
-            stack.extend((int(topo[pos + 3]), int(topo[pos + 2])))
+            for child in (int(topo[pos + 2]), int(topo[pos + 3])):
+                if child in order:
+                    raise ValueError(f"tree node {child} is reached twice")
+                order[child] = base + len(queue)
+                queue.append(child)
         elif topo[pos] != LEAF_NODE:
             raise ProjectError(
                 f"{where}: forest node type {int(topo[pos])} is not supported (only threshold and leaf nodes)"
             )
-    for pos in sorted(order, key=order.get):
+    for pos in queue:
         addr = int(topo[pos + 1])
         if topo[pos] == THRESHOLD_NODE:
-            nodes["feature"].append(int(topo[pos + 4]))
-            nodes["threshold"].append(params[addr + 1])
-            nodes["left"].append(order[int(topo[pos + 2])])
-            nodes["right"].append(order[int(topo[pos + 3])])
-            nodes["leaf_row"].append(-1)
+            nodes.append((params[addr + 1], int(topo[pos + 4]), order[int(topo[pos + 2])], -1))
         else:
-            nodes["feature"].append(0)
-            nodes["threshold"].append(0.0)
-            nodes["left"].append(order[pos])
-            nodes["right"].append(order[pos])
-            nodes["leaf_row"].append(len(leaves))
+            nodes.append((0.0, int(LEAF), order[pos], len(leaves)))
             leaves.append(params[addr + 1 : addr + 1 + classes])
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def _walk(x, i, node, feature, threshold, children, is_leaf):  # pragma: no cover - compiled
-    while not is_leaf[node]:
-        node = children[2 * node + np.int32(x[i, feature[node]] >= threshold[node])]
-    return node
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _step(node, column, flat, thresholds, x, row_start):  # pragma: no cover - compiled
+    """The next node (times 4, an offset into ``flat``) of a walk at ``node`` for the voxel at ``row_start``;
+    ``column`` is the node's feature field (a leaf's LEAF becomes column 0, and a leaf never moves)."""
+    column = np.uint64(column) & np.uint64(0x7FFFFFFF)
+    return np.uint64(4 * (flat[node + 2] + np.int32(x[row_start + column] >= thresholds[node])))
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _walk8(flat, thresholds, x, root, row0, columns, leaves):  # pragma: no cover - compiled
+    """Eight neighbouring voxels walk one tree together (their paths are alike and independent)."""
+    a = b = c = d = e = g = h = k = np.uint64(4 * root)
+    fa = fb = fc = fd = fe = fg = fh = fk = flat[a + 1]
+    r1, r2, r3 = row0 + columns, row0 + 2 * columns, row0 + 3 * columns
+    r4, r5, r6, r7 = row0 + 4 * columns, row0 + 5 * columns, row0 + 6 * columns, row0 + 7 * columns
+    while (fa & fb & fc & fd & fe & fg & fh & fk) >= 0:  # some voxel is not at a leaf yet
+        a = _step(a, fa, flat, thresholds, x, row0)
+        b = _step(b, fb, flat, thresholds, x, r1)
+        c = _step(c, fc, flat, thresholds, x, r2)
+        d = _step(d, fd, flat, thresholds, x, r3)
+        e = _step(e, fe, flat, thresholds, x, r4)
+        g = _step(g, fg, flat, thresholds, x, r5)
+        h = _step(h, fh, flat, thresholds, x, r6)
+        k = _step(k, fk, flat, thresholds, x, r7)
+        fa, fb, fc, fd = flat[a + 1], flat[b + 1], flat[c + 1], flat[d + 1]
+        fe, fg, fh, fk = flat[e + 1], flat[g + 1], flat[h + 1], flat[k + 1]
+    leaves[0], leaves[1], leaves[2], leaves[3] = flat[a + 3], flat[b + 3], flat[c + 3], flat[d + 3]
+    leaves[4], leaves[5], leaves[6], leaves[7] = flat[e + 3], flat[g + 3], flat[h + 3], flat[k + 3]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _predict(x, feature, threshold, children, is_leaf, leaf_row, leaf32, leaf64, roots, forest_ends,
-             out):  # pragma: no cover - compiled
-    """Eight neighbouring voxels walk each tree together: their paths are alike and independent."""
-    n, classes = x.shape[0], leaf32.shape[1]
-    total_trees = np.float32(roots.size)
+def _walk_each(flat, thresholds, x, root, row0, columns, m, leaves):  # pragma: no cover - compiled
+    """The leaf rows of ``m`` voxels (fewer than eight), one after the other."""
+    for j in range(m):
+        node = np.uint64(4 * root)
+        while flat[node + 1] >= 0:
+            node = _step(node, flat[node + 1], flat, thresholds, x, row0 + np.uint64(j) * columns)
+        leaves[j] = flat[node + 3]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _accumulate(leaves, m, leaf32, leaf64, acc, weight):  # pragma: no cover - compiled
+    """Add one tree's leaves as vigra does: class weights in float32, their total in float64, class by class."""
+    if leaf32.shape[1] == 2:
+        for j in range(m):
+            row = leaves[j]
+            acc[j, 0] += leaf32[row, 0]
+            acc[j, 1] += leaf32[row, 1]
+            weight[j] = (weight[j] + leaf64[row, 0]) + leaf64[row, 1]
+        return
+    for j in range(m):
+        row = leaves[j]
+        for c in range(leaf32.shape[1]):
+            acc[j, c] += leaf32[row, c]
+            weight[j] += leaf64[row, c]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _predict(x2, nodes, leaf32, leaf64, roots, forest_ends, out):  # pragma: no cover - compiled
+    """Each forest's average of its trees' normalised leaves, averaged over forests by tree count (vigra's
+    arithmetic); rows with a NaN feature get zeros, as in vigra."""
+    n, columns = x2.shape
+    x, flat = x2.reshape(-1), nodes.reshape(-1)
+    thresholds = flat.view(np.float32)
+    classes = leaf32.shape[1]
     acc = np.zeros((8, classes), np.float32)
     weight = np.zeros(8, np.float64)
     combined = np.zeros((8, classes), np.float32)
-    leaves = np.zeros(8, np.int64)
+    leaves = np.zeros(8, np.int32)
+    valid = np.zeros(8, np.bool_)
+    step = np.uint64(columns)
     for i0 in range(0, n, 8):
         m = min(8, n - i0)
+        row0 = np.uint64(i0) * step
+        for j in range(m):
+            valid[j] = True
+            for col in range(columns):
+                if np.isnan(x2[i0 + j, col]):
+                    valid[j] = False
         combined[:] = 0
         first = 0
         for f in range(forest_ends.size):
@@ -212,37 +260,16 @@ def _predict(x, feature, threshold, children, is_leaf, leaf_row, leaf32, leaf64,
             weight[:] = 0
             for t in range(first, forest_ends[f]):
                 if m == 8:
-                    a = b = c = d = e = g = h = k = roots[t]
-                    while (is_leaf[a] & is_leaf[b] & is_leaf[c] & is_leaf[d]
-                           & is_leaf[e] & is_leaf[g] & is_leaf[h] & is_leaf[k]) == 0:
-                        a = children[2 * a + np.int32(x[i0, feature[a]] >= threshold[a])]
-                        b = children[2 * b + np.int32(x[i0 + 1, feature[b]] >= threshold[b])]
-                        c = children[2 * c + np.int32(x[i0 + 2, feature[c]] >= threshold[c])]
-                        d = children[2 * d + np.int32(x[i0 + 3, feature[d]] >= threshold[d])]
-                        e = children[2 * e + np.int32(x[i0 + 4, feature[e]] >= threshold[e])]
-                        g = children[2 * g + np.int32(x[i0 + 5, feature[g]] >= threshold[g])]
-                        h = children[2 * h + np.int32(x[i0 + 6, feature[h]] >= threshold[h])]
-                        k = children[2 * k + np.int32(x[i0 + 7, feature[k]] >= threshold[k])]
-                    leaves[0], leaves[1], leaves[2], leaves[3] = a, b, c, d
-                    leaves[4], leaves[5], leaves[6], leaves[7] = e, g, h, k
+                    _walk8(flat, thresholds, x, roots[t], row0, step, leaves)
                 else:
-                    for j in range(m):
-                        leaves[j] = _walk(x, i0 + j, roots[t], feature, threshold, children, is_leaf)
-                for j in range(m):
-                    row = leaf_row[leaves[j]]
-                    for c2 in range(classes):
-                        acc[j, c2] += leaf32[row, c2]
-                        weight[j] += leaf64[row, c2]
+                    _walk_each(flat, thresholds, x, roots[t], row0, step, m, leaves)
+                _accumulate(leaves, m, leaf32, leaf64, acc, weight)
             trees = np.float32(forest_ends[f] - first)
             for j in range(m):
-                has_nan = False
-                for col in range(x.shape[1]):
-                    if np.isnan(x[i0 + j, col]):
-                        has_nan = True
-                if not has_nan:
-                    for c2 in range(classes):
-                        combined[j, c2] += (acc[j, c2] / np.float32(weight[j])) * trees
+                if valid[j]:
+                    for c in range(classes):
+                        combined[j, c] += (acc[j, c] / np.float32(weight[j])) * trees
             first = forest_ends[f]
         for j in range(m):
-            for c2 in range(classes):
-                out[i0 + j, c2] = combined[j, c2] / total_trees
+            for c in range(classes):
+                out[i0 + j, c] = combined[j, c] / np.float32(roots.size)

@@ -18,8 +18,7 @@ from backend.compute.forest import CompiledForests
 from backend.errors import ProjectError
 
 RESULT_KINDS = ("Probabilities", "Simple Segmentation", "Uncertainty", "Features")
-_FOREST_FIELDS = ("feature", "threshold", "children", "is_leaf", "leaf_row", "leaf32", "leaf64", "roots",
-                  "forest_ends")
+_FOREST_FIELDS = ("nodes", "leaf32", "leaf64", "roots", "forest_ends")
 
 
 @dataclass(frozen=True)

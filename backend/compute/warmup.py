@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from backend.compute.features import FEATURE_IDS, FeatureSet, FeatureSpec
-from backend.compute.forest import CompiledForests
+from backend.compute.forest import LEAF, CompiledForests
 from backend.compute.pipeline import BlockTask, Pipeline
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,9 @@ def _one_leaf_forest(feature_count: int) -> CompiledForests:
     """A forest of one tree that is a single leaf: predicts 0.5 / 0.5 from any features."""
     leaf = np.full((1, 2), 0.5)
     return CompiledForests(
-        feature=np.zeros(1, np.int32), threshold=np.full(1, np.inf, np.float32), children=np.zeros(2, np.int32),
-        is_leaf=np.ones(1, np.uint8), leaf_row=np.zeros(1, np.int32), leaf32=leaf.astype(np.float32), leaf64=leaf,
-        roots=np.zeros(1, np.int32), forest_ends=np.ones(1, np.int32), class_count=2, feature_count=feature_count)
+        nodes=np.array([[np.float32(np.nan).view(np.int32), LEAF, 0, 0]], np.int32), leaf32=leaf.astype(np.float32),
+        leaf64=leaf, roots=np.zeros(1, np.int32), forest_ends=np.ones(1, np.int32), class_count=2,
+        feature_count=feature_count)
 
 
 def _tiny_pipeline(volumetric: bool) -> Pipeline:

@@ -12,7 +12,7 @@ import zmq
 
 from backend.cache.block_cache import BlockCache, block_key
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
-from backend.compute.forest import CompiledForests
+from backend.compute.forest import LEAF, CompiledForests
 from backend.compute.geometry import Roi
 from backend.distributed.protocol import VERSION, decode, encode
 from backend.distributed.worker import PROTOCOL_NAME
@@ -158,19 +158,21 @@ def test_malformed_cache_entries_are_misses_that_get_recomputed(project):
 
 
 def _small_forest() -> CompiledForests:
-    # one tree: node 0 splits on feature 0, nodes 1 and 2 are leaves
-    return CompiledForests(
-        feature=np.array([0, 0, 0], np.int32), threshold=np.array([0.5, np.inf, np.inf], np.float32),
-        children=np.array([1, 2, 1, 1, 2, 2], np.int32), is_leaf=np.array([0, 1, 1], np.uint8),
-        leaf_row=np.array([-1, 0, 1], np.int32), leaf32=np.eye(2, dtype=np.float32), leaf64=np.eye(2),
-        roots=np.array([0], np.int32), forest_ends=np.array([1], np.int32), class_count=2, feature_count=1)
+    # one tree: node 0 splits on feature 0 at 0.5, nodes 1 and 2 are leaves
+    nan = np.float32(np.nan).view(np.int32)
+    nodes = np.array([[np.float32(0.5).view(np.int32), 0, 1, -1], [nan, LEAF, 1, 0], [nan, LEAF, 2, 1]], np.int32)
+    return CompiledForests(nodes=nodes, leaf32=np.eye(2, dtype=np.float32), leaf64=np.eye(2),
+                           roots=np.array([0], np.int32), forest_ends=np.array([1], np.int32), class_count=2,
+                           feature_count=1)
 
 
 @pytest.mark.parametrize("damage", [
-    lambda f: f.children.__setitem__(0, 0),  # a loop back to the root: walks would never end
-    lambda f: f.children.__setitem__(1, 99),  # a child out of range
-    lambda f: f.feature.__setitem__(0, 7),  # a feature the matrix does not have
-    lambda f: f.leaf_row.__setitem__(2, 5),  # a leaf row past the table
+    lambda f: f.nodes.__setitem__((0, 2), 0),  # a loop back to the root: walks would never end
+    lambda f: f.nodes.__setitem__((0, 2), 2),  # a second child past the table
+    lambda f: f.nodes.__setitem__((0, 1), 7),  # a feature the matrix does not have
+    lambda f: f.nodes.__setitem__((2, 3), 5),  # a leaf row past the table
+    lambda f: f.nodes.__setitem__((1, 0), 0),  # a leaf with a threshold would step to the next node
+    lambda f: f.nodes.__setitem__((1, 1), 0),  # a leaf made inner: its children would not come after it
     lambda f: f.roots.__setitem__(0, -1),
 ])
 def test_damaged_forests_are_refused_before_any_walk(damage):

@@ -74,3 +74,14 @@ def test_unsupported_node_type_is_rejected(tmp_path):
     with h5py.File(tmp_path / "f.h5", "r") as f:
         with pytest.raises(ProjectError, match="node type 1"):
             CompiledForests.build([read_forest(f["Forest0000"])])
+
+
+def test_infinite_features_walk_like_the_largest_finite_ones():
+    x, y = _data()
+    compiled = CompiledForests.build([forest_from_sklearn(RandomForestClassifier(n_estimators=9, random_state=1)
+                                                          .fit(x, y), 6)])
+    test_x, _ = _data(seed=4, n=21)  # not a multiple of 8: the lockstep walk and the walk of the rest
+    test_x[::2, 0], test_x[1::3, 2] = np.inf, -np.inf
+    finite = np.nan_to_num(test_x, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+    assert np.array_equal(compiled.predict(test_x), compiled.predict(finite))
+    assert np.allclose(compiled.predict(test_x).sum(axis=1), 1, atol=1e-5)  # a leaf never stepped past
