@@ -175,43 +175,51 @@ def _flatten_tree(tree: Tree, classes: int, nodes: list, leaves: list, where: st
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def _step(node, column, flat, thresholds, x, row_start):  # pragma: no cover - compiled
-    """The next node (times 4, an offset into ``flat``) of a walk at ``node`` for the voxel at ``row_start``;
-    ``column`` is the node's feature field (a leaf's LEAF becomes column 0, and a leaf never moves)."""
+def _step(node, column, child_at, thresholds, x, row_start):  # pragma: no cover - compiled
+    """The next node (times 4, an offset into the node table) of a walk at ``node`` for the voxel at
+    ``row_start``; ``column`` is the node's feature field (a leaf's LEAF becomes column 0, and a leaf never
+    moves). All indices are unsigned, which spares numba's negative-index checks."""
     column = np.uint64(column) & np.uint64(0x7FFFFFFF)
-    return np.uint64(4 * (flat[node + 2] + np.int32(x[row_start + column] >= thresholds[node])))
+    return np.uint64(4 * (child_at[node] + np.int32(x[row_start + column] >= thresholds[node])))
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def _walk8(flat, thresholds, x, root, row0, columns, leaves):  # pragma: no cover - compiled
+def _walk8(table, thresholds, x, root, row0, columns, leaves):  # pragma: no cover - compiled
     """Eight neighbouring voxels walk one tree together (their paths are alike and independent)."""
+    feature_at, child_at, row_at = table[1:], table[2:], table[3:]  # node fields at an offset of 4 * node
     a = b = c = d = e = g = h = k = np.uint64(4 * root)
-    fa = fb = fc = fd = fe = fg = fh = fk = flat[a + 1]
-    r1, r2, r3 = row0 + columns, row0 + 2 * columns, row0 + 3 * columns
-    r4, r5, r6, r7 = row0 + 4 * columns, row0 + 5 * columns, row0 + 6 * columns, row0 + 7 * columns
+    fa = fb = fc = fd = fe = fg = fh = fk = feature_at[a]
+    r1 = row0 + columns  # the other voxels' rows, added up in unsigned arithmetic
+    r2 = r1 + columns
+    r3 = r2 + columns
+    r4 = r3 + columns
+    r5 = r4 + columns
+    r6 = r5 + columns
+    r7 = r6 + columns
     while (fa & fb & fc & fd & fe & fg & fh & fk) >= 0:  # some voxel is not at a leaf yet
-        a = _step(a, fa, flat, thresholds, x, row0)
-        b = _step(b, fb, flat, thresholds, x, r1)
-        c = _step(c, fc, flat, thresholds, x, r2)
-        d = _step(d, fd, flat, thresholds, x, r3)
-        e = _step(e, fe, flat, thresholds, x, r4)
-        g = _step(g, fg, flat, thresholds, x, r5)
-        h = _step(h, fh, flat, thresholds, x, r6)
-        k = _step(k, fk, flat, thresholds, x, r7)
-        fa, fb, fc, fd = flat[a + 1], flat[b + 1], flat[c + 1], flat[d + 1]
-        fe, fg, fh, fk = flat[e + 1], flat[g + 1], flat[h + 1], flat[k + 1]
-    leaves[0], leaves[1], leaves[2], leaves[3] = flat[a + 3], flat[b + 3], flat[c + 3], flat[d + 3]
-    leaves[4], leaves[5], leaves[6], leaves[7] = flat[e + 3], flat[g + 3], flat[h + 3], flat[k + 3]
+        a = _step(a, fa, child_at, thresholds, x, row0)
+        b = _step(b, fb, child_at, thresholds, x, r1)
+        c = _step(c, fc, child_at, thresholds, x, r2)
+        d = _step(d, fd, child_at, thresholds, x, r3)
+        e = _step(e, fe, child_at, thresholds, x, r4)
+        g = _step(g, fg, child_at, thresholds, x, r5)
+        h = _step(h, fh, child_at, thresholds, x, r6)
+        k = _step(k, fk, child_at, thresholds, x, r7)
+        fa, fb, fc, fd = feature_at[a], feature_at[b], feature_at[c], feature_at[d]
+        fe, fg, fh, fk = feature_at[e], feature_at[g], feature_at[h], feature_at[k]
+    leaves[0], leaves[1], leaves[2], leaves[3] = row_at[a], row_at[b], row_at[c], row_at[d]
+    leaves[4], leaves[5], leaves[6], leaves[7] = row_at[e], row_at[g], row_at[h], row_at[k]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _walk_each(flat, thresholds, x, root, row0, columns, m, leaves):  # pragma: no cover - compiled
+def _walk_each(table, thresholds, x, root, row0, columns, m, leaves):  # pragma: no cover - compiled
     """The leaf rows of ``m`` voxels (fewer than eight), one after the other."""
+    feature_at, child_at, row_at = table[1:], table[2:], table[3:]
     for j in range(m):
         node = np.uint64(4 * root)
-        while flat[node + 1] >= 0:
-            node = _step(node, flat[node + 1], flat, thresholds, x, row0 + np.uint64(j) * columns)
-        leaves[j] = flat[node + 3]
+        while feature_at[node] >= 0:
+            node = _step(node, feature_at[node], child_at, thresholds, x, row0 + np.uint64(j) * columns)
+        leaves[j] = row_at[node]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -219,13 +227,13 @@ def _accumulate(leaves, m, leaf32, leaf64, acc, weight):  # pragma: no cover - c
     """Add one tree's leaves as vigra does: class weights in float32, their total in float64, class by class."""
     if leaf32.shape[1] == 2:
         for j in range(m):
-            row = leaves[j]
+            row = np.uint64(leaves[j])
             acc[j, 0] += leaf32[row, 0]
             acc[j, 1] += leaf32[row, 1]
             weight[j] = (weight[j] + leaf64[row, 0]) + leaf64[row, 1]
         return
     for j in range(m):
-        row = leaves[j]
+        row = np.uint64(leaves[j])
         for c in range(leaf32.shape[1]):
             acc[j, c] += leaf32[row, c]
             weight[j] += leaf64[row, c]
@@ -236,8 +244,8 @@ def _predict(x2, nodes, leaf32, leaf64, roots, forest_ends, out):  # pragma: no 
     """Each forest's average of its trees' normalised leaves, averaged over forests by tree count (vigra's
     arithmetic); rows with a NaN feature get zeros, as in vigra."""
     n, columns = x2.shape
-    x, flat = x2.reshape(-1), nodes.reshape(-1)
-    thresholds = flat.view(np.float32)
+    x, table = x2.reshape(-1), nodes.reshape(-1)
+    thresholds = table.view(np.float32)
     classes = leaf32.shape[1]
     acc = np.zeros((8, classes), np.float32)
     weight = np.zeros(8, np.float64)
@@ -260,9 +268,9 @@ def _predict(x2, nodes, leaf32, leaf64, roots, forest_ends, out):  # pragma: no 
             weight[:] = 0
             for t in range(first, forest_ends[f]):
                 if m == 8:
-                    _walk8(flat, thresholds, x, roots[t], row0, step, leaves)
+                    _walk8(table, thresholds, x, roots[t], row0, step, leaves)
                 else:
-                    _walk_each(flat, thresholds, x, roots[t], row0, step, m, leaves)
+                    _walk_each(table, thresholds, x, roots[t], row0, step, m, leaves)
                 _accumulate(leaves, m, leaf32, leaf64, acc, weight)
             trees = np.float32(forest_ends[f] - first)
             for j in range(m):
