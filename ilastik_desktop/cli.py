@@ -12,9 +12,10 @@ from backend.errors import UserError
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportOptions
 from ilastik_desktop import __version__
-from ilastik_desktop.config import ComputeSettings, Settings, attach_key_values, parse_block_shape
+from ilastik_desktop.config import ComputeSettings, Settings, parse_block_shape
 from ilastik_desktop.display import check_display
 from ilastik_desktop.frozen import announce_first_start
+from ilastik_desktop.key_args import attach_key_values
 
 
 def build_parser() -> argparse.ArgumentParser:

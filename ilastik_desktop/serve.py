@@ -21,7 +21,8 @@ from backend.web.catalog import Lane
 from backend.web.server import WebServer, WebSettings, is_loopback
 from ilastik_desktop import __version__
 from ilastik_desktop.cli import add_compute_options, add_input_options, compute_from_args, dask_from_args
-from ilastik_desktop.config import attach_key_values, parse_block_shape, parse_threshold
+from ilastik_desktop.config import parse_block_shape, parse_threshold
+from ilastik_desktop.key_args import attach_key_values
 from ilastik_desktop.services import Services
 
 

@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from backend.compute.filters import Patch, gaussian_kernel
 
@@ -53,6 +52,8 @@ def smooth(channel: np.ndarray, sigmas: tuple[float, float, float]) -> np.ndarra
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    from scipy import ndimage  # here, not at the top: 0.1 s that every worker's start-up would wait for
+
     structure = ndimage.generate_binary_structure(3, 1)
     if mask.shape[0] == 1:
         structure[0] = structure[2] = False  # 4-neighbourhood within the single slice
