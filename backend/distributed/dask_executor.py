@@ -143,18 +143,28 @@ class DaskExecutor:
         if task.pipeline not in self._known:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         frames = task_frames(task)
-        key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
         outer: Future = Future()
         outer.compute_s = 0.0
-        inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority, pure=False,
-                                   retries=1)
+
+        def send() -> None:
+            key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
+            inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority,
+                                       pure=False, retries=1)
+            with self._lock:
+                self._inner[id(outer)] = inner  # replaces (and so releases) a lost one
+            inner.add_done_callback(lambda f: self._finished(outer, f, send))
+
         with self._lock:
             self._submitted += 1
-            self._inner[id(outer)] = inner
-        inner.add_done_callback(lambda f: self._finished(outer, f))
+        send()
         return outer
 
-    def _finished(self, outer: Future, inner) -> None:
+    def _finished(self, outer: Future, inner, send) -> None:
+        if inner.status == "lost" and not outer.done():
+            # It had finished, but the worker holding its result died before this callback ran (more likely
+            # the faster blocks are): send it again under a new key.
+            send()
+            return
         with self._lock:
             self._inner.pop(id(outer), None)
             self._done += 1

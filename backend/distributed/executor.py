@@ -178,8 +178,10 @@ class LocalExecutor:
         """Cancel what is queued, give running tasks ``grace_s`` seconds, end the processes, delete the files."""
         if self._pool is None:
             return
-        _end_pool(self._pool, grace_s)
-        self._pool = self._warmed = None  # the last references: the warm-up semaphore is unlinked now
+        # The manager thread gets its time here only, not where submit replaces a broken pool (the worker's
+        # loop waits there).
+        _end_pool(self._pool, grace_s, manager_s=MANAGER_GRACE_S)
+        self._pool = self._warmed = None  # the last references: the semaphores are unlinked now
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> LocalExecutor:
@@ -189,10 +191,17 @@ class LocalExecutor:
         self.close()
 
 
-def _end_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
+MANAGER_GRACE_S = 1.0  # at close: how long the pool's manager thread gets to close its queues
+
+
+def _end_pool(pool: ProcessPoolExecutor, grace_s: float, manager_s: float = 0.0) -> None:
     """Shut ``pool`` down without waiting on its manager thread (which a process killed while writing a result
-    leaves blocked for good): join its processes for ``grace_s`` seconds, then kill what is left."""
+    leaves blocked for good): join its processes for ``grace_s`` seconds, then kill what is left. Then give the
+    manager thread up to ``manager_s`` seconds to close the pool's queues: their 5 semaphores are unlinked only
+    when it lets go of them, and a process that leaves with ``os._exit`` right after (the worker does) would
+    otherwise leave them to the resource tracker's "leaked semaphore objects" warning."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # the pool's own; gone after shutdown
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + grace_s
     for process in processes:
@@ -201,3 +210,5 @@ def _end_pool(pool: ProcessPoolExecutor, grace_s: float) -> None:
         if process.is_alive():
             process.kill()
             process.join(1.0)
+    if manager is not None and manager_s > 0:
+        manager.join(manager_s)
