@@ -16,7 +16,6 @@ class RangeHistogram(pg.PlotWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent, background=None)
-        self.counts: np.ndarray | None = None  # of the values last shown
         self.setFixedHeight(90)
         self.setMouseEnabled(x=False, y=False)
         self.hideButtons()
@@ -34,7 +33,6 @@ class RangeHistogram(pg.PlotWidget):
         low, high = float(values.min()), float(values.max())
         counts, edges = np.histogram(values, BINS, (low, high if high > low else low + 1.0))
         self.curve.setData(edges, np.log1p(counts))
-        self.counts = counts
         self.setXRange(min(edges[0], self.region.getRegion()[0]), max(edges[-1], self.region.getRegion()[1]))
 
     def set_range(self, low: float, high: float) -> None:
