@@ -63,8 +63,9 @@ def read_forest(group: h5py.Group) -> Forest:
 
 def _float32_ceiling(values: np.ndarray) -> np.ndarray:
     """The smallest float32 >= each float64 value (so ``x < t`` is unchanged for float32 x)."""
-    down = values.astype(np.float32)
-    up = np.where(down.astype(np.float64) < values, np.nextafter(down, np.float32(np.inf)), down)
+    with np.errstate(over="ignore"):  # beyond float32's range the ceiling is inf, as it should be
+        down = values.astype(np.float32)
+        up = np.where(down.astype(np.float64) < values, np.nextafter(down, np.float32(np.inf)), down)
     return up.astype(np.float32)
 
 

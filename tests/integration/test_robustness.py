@@ -125,17 +125,19 @@ def test_a_hung_compute_process_has_its_task_redispatched(project):
     path, image = project
     pipeline = _pipeline(path)
     expected = pipeline.run(_task(pipeline, image))
-    with ZmqWithWorkers(pipeline, workers=2, deadline_floor_s=1.0) as ex:
+    # liveness 10: a loaded machine's short stall must not turn the hung worker into a silent (dropped) one
+    with ZmqWithWorkers(pipeline, workers=2, deadline_floor_s=1.0, liveness=10) as ex:
         for _ in range(4):  # measure a few block times first
             ex.submit(_task(pipeline, image)).result(timeout=60)
         hung = psutil.Process(ex.procs[0].pid).children()
+        assert any("resource_tracker" not in " ".join(p.cmdline()) for p in hung), "no compute process to hang"
         for proc in hung:
             proc.suspend()  # the worker still heartbeats; its compute process never answers
         try:
             futures = [ex.submit(_task(pipeline, image)) for _ in range(6)]
             assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
             status = ex.status()
-            assert status["overdue"] >= 1 and any(w["state"] == "slow" for w in status["workers"])
+            assert status["overdue"] >= 1 and any(w["state"] == "slow" for w in status["workers"]), status
         finally:
             for proc in hung:
                 proc.resume()
