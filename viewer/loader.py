@@ -119,10 +119,10 @@ class PlaneLoader(QtCore.QObject):
         self.schedule()
 
     def _layers_changed(self, name: str) -> None:
-        if name == CLASSES_CHANGED:  # layers of classes that are gone leave the views; the rest is recoloured
-            names = {layer.name for layer in self.model.layers}
+        if name == CLASSES_CHANGED:  # overlays of layers that are gone leave the views; the rest is recoloured
+            names = {layer.name for layer in self.model.layers}  # every overlay is named after its layer
             for view in self.views:
-                for old in [n for n in view.overlays if n.startswith("Probability ") and n not in names]:
+                for old in [n for n in view.overlays if n not in names]:
                     view.remove_overlay(old)
             self._styles.clear()
         if name in (CLASSES_CHANGED, ORDER_CHANGED):  # later layers are drawn above earlier ones

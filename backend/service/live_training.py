@@ -27,7 +27,7 @@ class TrainingSession:
 
     def __init__(self, source: DataSource, features: FeatureSet, labels: LabelStore, executor: Executor | None = None):
         self.source, self.features, self.labels, self.executor = source, features, labels, executor
-        self._fingerprint = executor.add_pipeline(Pipeline(features, None, (), 0)) if executor else ""
+        self._fingerprint: str | None = None  # the features' pipeline, registered on first use (off the GUI thread)
         self._samples: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._dirty: set[tuple[int, ...]] = set(labels.blocks)
         self.blocks_computed = 0  # label blocks whose features were computed (for tests and the status)
@@ -39,6 +39,7 @@ class TrainingSession:
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
         """Feature rows and labels of every labelled voxel, recomputing only the blocks that changed."""
         dirty, self._dirty = self._dirty, set()  # strokes painted meanwhile (GUI thread) mark their blocks anew
+        fingerprint = self._registered()
         jobs = []
         for index in sorted(dirty):  # every block is submitted before any is waited for: the workers share them
             labels = self.labels.blocks.get(index)
@@ -46,7 +47,7 @@ class TrainingSession:
                 self._samples.pop(index, None)
                 continue
             frames = label_frames(self.features, self.source, self.labels.grid.block(index).roi, labels.copy(),
-                                  self._fingerprint)
+                                  fingerprint)
             jobs.append((index, [(self._compute(task), frame_labels) for task, frame_labels in frames]))
         for index, frames in jobs:
             parts = [labelled_rows(future.result(FEATURES_TIMEOUT_S), labels) for future, labels in frames]
@@ -54,6 +55,14 @@ class TrainingSession:
             self.blocks_computed += 1
         x, y = concatenate_rows([self._samples[i] for i in sorted(self._samples)], self.features.column_count)
         return x, y.astype(np.int64)
+
+    def _registered(self) -> str:
+        """The fingerprint of the features' pipeline, added to the executor the first time (with Dask, a call
+        to the scheduler: so not in the constructor, which the GUI thread runs)."""
+        if self._fingerprint is None:
+            executor = self.executor
+            self._fingerprint = executor.add_pipeline(Pipeline(self.features, None, (), 0)) if executor else ""
+        return self._fingerprint
 
     def _compute(self, task: BlockTask) -> Future:
         """The features of ``task`` on the workers, or here (then already done)."""

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.test_executor import small_project
+from tests.integration.workers import compute_processes
 
 FEATURES = ((True, True, True),) * 3 + ((False,) * 3,) * 3  # 9 features: a few seconds of compute
 
@@ -143,8 +144,7 @@ def test_killing_a_compute_process_then_the_local_worker_mid_export_changes_noth
     try:
         run.wait_progress(2)
         worker = run.find("ilastik_desktop.worker_cli")[0]
-        compute = wait_for(lambda: [p for p in worker.children() if "resource_tracker" not in " ".join(_cmdline(p))],
-                           30, "no compute process")
+        compute = wait_for(lambda: compute_processes(worker), 30, "no compute process")
         run.tree()
         compute[0].kill()  # one compute process of the local worker
         run.wait_progress(run.done + 2)
@@ -184,7 +184,7 @@ def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, 
     try:
         run.find("redis-server")
         workers = run.find("ilastik_desktop.worker_cli")
-        wait_for(lambda: workers[0].children(), 60, "the local worker started no compute process")
+        wait_for(lambda: compute_processes(workers[0]), 60, "the local worker started no compute process")
         run.kill_app()
     finally:
         if run.process.poll() is None:

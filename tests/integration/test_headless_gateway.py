@@ -15,7 +15,7 @@ from tests.conftest import REPO, run_cli
 from tests.integration.test_executor import small_project
 from tests.integration.test_faults import Run, assert_all_gone, wait_for
 from tests.integration.test_zmq import free_port
-from tests.integration.workers import kill_worker, start_worker
+from tests.integration.workers import compute_processes, kill_worker, start_worker
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_nothing_is_left_running_after_an_export(project, tmp_path):
     try:
         run.find("redis-server")
         workers = run.find("ilastik_desktop.worker_cli")
-        wait_for(lambda: workers[0].children(), 60, "no compute process")
+        wait_for(lambda: compute_processes(workers[0]), 60, "no compute process")
         run.tree()
         assert run.finish() == 0, "".join(run.stderr)
     finally:

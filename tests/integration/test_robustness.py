@@ -25,7 +25,7 @@ from backend.service.gateway import Gateway, GatewayConfig
 from backend.service.objects import request_frame
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_gateway import whole_image
-from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
+from tests.integration.workers import ZmqWithWorkers, compute_processes, free_port, kill_worker, start_worker
 
 ROI = Roi((0, 0, 0, 0), (1, 24, 48, 48))
 
@@ -129,8 +129,8 @@ def test_a_hung_compute_process_has_its_task_redispatched(project):
     with ZmqWithWorkers(pipeline, workers=2, deadline_floor_s=1.0, liveness=10) as ex:
         for _ in range(4):  # measure a few block times first
             ex.submit(_task(pipeline, image)).result(timeout=60)
-        hung = psutil.Process(ex.procs[0].pid).children()
-        assert any("resource_tracker" not in " ".join(p.cmdline()) for p in hung), "no compute process to hang"
+        hung = compute_processes(psutil.Process(ex.procs[0].pid))
+        assert hung, "no compute process to hang"
         for proc in hung:
             proc.suspend()  # the worker still heartbeats; its compute process never answers
         try:
@@ -318,7 +318,7 @@ def test_closing_a_local_pool_never_waits_on_a_stuck_compute_process(project):
     pipeline = _pipeline(path)
     pool = LocalExecutor(pipeline, workers=1)
     assert pool.wait_ready(60)
-    compute = [p for p in psutil.Process().children() if "resource_tracker" not in " ".join(p.cmdline())]
+    compute = compute_processes(psutil.Process())
     assert len(compute) == 1
     os.kill(compute[0].pid, signal.SIGSTOP)
     pool.submit(_task(pipeline, image))

@@ -20,6 +20,7 @@ from tests.conftest import run_cli
 from tests.integration.test_executor import small_project
 from tests.integration.test_faults import FEATURES, alive, assert_all_gone, wait_for
 from tests.integration.webserver import ServeProcess
+from tests.integration.workers import compute_processes
 
 pytestmark = pytest.mark.timeout(400)
 BLOCKS = "32,64,64"
@@ -75,7 +76,7 @@ def test_a_worker_killed_during_zarr_reads_changes_no_answer(project, exported):
         reader = Reader(server)
         wait_for(lambda: _computed(server) >= 2, 120, "no block was computed")
         worker = _named(server, "ilastik_desktop.worker_cli")[0]
-        compute = [p for p in worker.children() if "resource_tracker" not in " ".join(p.cmdline())]
+        compute = compute_processes(worker)
         assert reader.is_alive()  # still reading
         worker.kill()  # the local worker, with the blocks it had in hand
         reader.join(timeout=300)

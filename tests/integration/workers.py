@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 from tests.conftest import REPO
 
 
@@ -17,6 +19,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def compute_processes(parent: psutil.Process) -> list[psutil.Process]:
+    """The compute processes ``parent``'s pool started: not its resource tracker, not a short-lived child
+    such as the ``uname -p`` a library runs at import, and not a child forked but not yet running Python."""
+    found = []
+    for child in parent.children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass  # gone meanwhile
+    return found
 
 
 def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subprocess.Popen:
