@@ -80,6 +80,7 @@ def session(app, window: MainWindow, meter: StallMeter, project: str, strokes: i
     window.open_project(project)
     wait_for(app, lambda: window.loader is not None and window.loader.is_settled() and xy_done(window, "Probabilities"))
     window.training.panel.size.setValue(9)
+    window.training.panel.paint.setChecked(True)  # the brush, as a user takes it before painting
     cold = strokes_and_time(app, window, meter, strokes, 0.2, 1)
     warm = strokes_and_time(app, window, meter, strokes, 0.6, 2)
     window.close_document()

@@ -100,6 +100,11 @@ def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def load_trainer() -> None:
+    """Import scikit-learn's forests now (about half a second), so that the first training does not wait."""
+    from sklearn.ensemble import RandomForestClassifier  # noqa: F401
+
+
 def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], trees: int = 100,
                      forests: int = 2, seed: int = 0) -> Classifier:
     """A classifier of ``forests`` random forests with ``trees`` trees in total, in vigra's layout."""

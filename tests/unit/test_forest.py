@@ -1,3 +1,5 @@
+import dataclasses
+
 import h5py
 import numpy as np
 import pytest
@@ -75,6 +77,28 @@ def test_unsupported_node_type_is_rejected(tmp_path):
     with h5py.File(tmp_path / "f.h5", "r") as f:
         with pytest.raises(ProjectError, match="node type 1"):
             CompiledForests.build([read_forest(f["Forest0000"])])
+
+
+def _damaged(change) -> list:
+    """A real two-tree forest whose first tree's topology and parameters ``change`` alters in place."""
+    x, y = _data()
+    forest = forest_from_sklearn(RandomForestClassifier(n_estimators=2, random_state=0).fit(x, y), 6)
+    tree = forest.trees[0]
+    topology, parameters = tree.topology.copy(), tree.parameters.copy()
+    change(topology, parameters)
+    return [dataclasses.replace(forest, trees=(type(tree)(topology, parameters), *forest.trees[1:]))]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t, p: t.__setitem__(4, t.size), "out of range"),  # the root's first child beyond the table
+    (lambda t, p: t.__setitem__(5, t[4]), "reached twice"),  # both children the same node
+    (lambda t, p: t.__setitem__(4, 2), "reached twice"),  # a loop back to the root
+    (lambda t, p: t.__setitem__(3, p.size), "parameters out of range"),  # the root's threshold beyond the table
+    (lambda t, p: t.__setitem__(3, -5), "parameters out of range"),
+])
+def test_damaged_vigra_trees_are_refused(change, message):
+    with pytest.raises(ProjectError, match=f"damaged forest .*{message}"):
+        CompiledForests.build(_damaged(change))
 
 
 def test_infinite_features_walk_like_the_largest_finite_ones():
