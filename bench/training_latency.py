@@ -3,7 +3,7 @@
     python bench/training_latency.py [--shape 256,512,512] [--workers 2] [--dir bench/out]
 
 Opens a demo-style project (11 features, 100 trees) in the real main window (offscreen, 1600 x 1000)
-with embedded Redis and local workers, paints scripted strokes 50 ms apart in the xy view with live
+with embedded Redis and local workers, takes the brush, paints scripted strokes 50 ms apart in the xy view with live
 training on, and measures the time from the last stroke to the xy view's probabilities complete under
 the new classifier (this includes the 0.4 s pause live training waits for further strokes). Cold: the first
 training after opening, which computes the features of every labelled block (the project's own labels
