@@ -26,6 +26,7 @@ from backend.errors import TransientError
 from backend.processes import keep_freed_memory
 
 STATUS_EVERY_S = 1.0  # the scheduler is asked for its workers this often
+MAX_LOST_RESENDS = 3  # a block whose result dies with its worker is sent again this often, then fails
 
 
 def plugin_name(fingerprint: str) -> str:
@@ -147,6 +148,7 @@ class DaskExecutor:
         outer.compute_s = 0.0
 
         def send() -> None:
+            outer.sends = getattr(outer, "sends", 0) + 1
             key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
             inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority,
                                        pure=False, retries=1)
@@ -160,7 +162,7 @@ class DaskExecutor:
         return outer
 
     def _finished(self, outer: Future, inner, send) -> None:
-        if inner.status == "lost" and not outer.done():
+        if inner.status == "lost" and not outer.done() and outer.sends <= MAX_LOST_RESENDS:
             # It had finished, but the worker holding its result died before this callback ran (more likely
             # the faster blocks are): send it again under a new key.
             send()
@@ -178,6 +180,8 @@ class DaskExecutor:
             outer.cancel()
         elif inner.status == "cancelled":  # not by us: the scheduler went away
             outer.set_exception(TransientError(self.lost_message()))
+        elif inner.status == "lost":
+            outer.set_exception(TransientError(f"the block's result was lost with its worker {outer.sends} times"))
         else:
             outer.set_exception(TaskError(f"{type(inner.exception()).__name__}: {inner.exception()}"[:1000]))
 
