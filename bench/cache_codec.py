@@ -31,7 +31,7 @@ from backend.io.dataset import open_lane  # noqa: E402
 from backend.io.project import open_project  # noqa: E402
 from backend.io.project_pipeline import build_pipeline  # noqa: E402
 from bench.common import report  # noqa: E402
-from ilastik_desktop.demo import write_demo_project  # noqa: E402
+from ilastik_desktop.runtime.demo import write_demo_project  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED_PROBABILITIES = os.path.join(HERE, "..", "..", "shared", "data", "ilastik-api", "res-Data_3D_pc3d.npy")

@@ -38,7 +38,7 @@ from backend.io.project_pipeline import build_pipeline  # noqa: E402
 from backend.io.sources import DataSource, open_source  # noqa: E402
 from backend.service.gateway import BATCH, Gateway, GatewayConfig  # noqa: E402
 from bench.common import PROTOTYPE_SHAPE, prototype_project, report  # noqa: E402
-from ilastik_desktop.local_workers import LocalWorkers  # noqa: E402
+from ilastik_desktop.runtime.local_workers import LocalWorkers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -25,7 +25,7 @@ from PyQt5 import QtCore  # noqa: E402
 
 from bench.common import report  # noqa: E402
 from bench.viewer_latency import bench_window, wait_for, xy_done  # noqa: E402
-from ilastik_desktop.main_window import MainWindow  # noqa: E402
+from ilastik_desktop._qt.main_window import MainWindow  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from PyQt5 import QtCore, QtWidgets  # noqa: E402
 
 from bench.common import report  # noqa: E402
-from ilastik_desktop.config import ComputeSettings  # noqa: E402
-from ilastik_desktop.demo import write_demo_project  # noqa: E402
-from ilastik_desktop.main_window import MainWindow  # noqa: E402
-from ilastik_desktop.services import Services  # noqa: E402
+from ilastik_desktop._qt.main_window import MainWindow  # noqa: E402
+from ilastik_desktop.runtime.demo import write_demo_project  # noqa: E402
+from ilastik_desktop.runtime.services import Services  # noqa: E402
+from ilastik_desktop.runtime.settings import ComputeSettings  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -1,5 +1,5 @@
 """``python -m ilastik_desktop`` runs the command line."""
 
-from ilastik_desktop.cli import main
+from ilastik_desktop.cli.main import main
 
 raise SystemExit(main())

@@ -7,9 +7,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest  # noqa: E402
 from PyQt5 import QtCore  # noqa: E402
 
-from ilastik_desktop.config import ComputeSettings  # noqa: E402
-from ilastik_desktop.main_window import MainWindow  # noqa: E402
-from ilastik_desktop.services import Services  # noqa: E402
+from ilastik_desktop._qt.main_window import MainWindow  # noqa: E402
+from ilastik_desktop.runtime.services import Services  # noqa: E402
+from ilastik_desktop.runtime.settings import ComputeSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PyQt5 import QtWidgets
 
-from ilastik_desktop.histogram import BINS
+from ilastik_desktop._qt.panels.histogram import BINS
 from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)

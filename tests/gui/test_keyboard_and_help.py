@@ -6,7 +6,7 @@ import os
 import pytest
 from PyQt5 import QtCore, QtWidgets
 
-from ilastik_desktop.help_menu import SHORTCUTS, about_text, licences, readme_path, shortcut_sheet
+from ilastik_desktop._qt.menus import SHORTCUTS, about_text, licences, readme_path, shortcut_sheet
 from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)

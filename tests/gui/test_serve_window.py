@@ -66,7 +66,7 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
         open_and_settle(qtbot, window, os.path.join(data_dir, "seed", "pc.ilp"),
                         os.path.join(data_dir, "seed", "raw.h5/exported_data"))
     assert stopped.args == [""] and not window.web_label.isVisible()
-    qtbot.waitUntil(lambda: dialog._busy is None, timeout=30_000)
+    qtbot.waitUntil(lambda: not dialog.controller.busy, timeout=30_000)
     assert _refused(url) and _web_threads() == []
 
 

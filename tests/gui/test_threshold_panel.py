@@ -6,7 +6,7 @@ import pytest
 from PyQt5 import QtCore
 
 from backend.compute.threshold import ThresholdSettings, default_channel
-from ilastik_desktop.threshold_panel import PAUSE_MS, ThresholdPanel
+from ilastik_desktop._qt.panels.threshold import PAUSE_MS, ThresholdPanel
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ from backend.compute.geometry import Roi
 from backend.io.project import open_project
 from backend.io.training import label_blocks
 from backend.service.labels import LabelStore
-from ilastik_desktop.demo import write_demo_project
+from ilastik_desktop.runtime.demo import write_demo_project
 from tests.conftest import run_cli
 from tests.gui.conftest import open_and_settle
 

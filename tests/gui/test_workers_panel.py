@@ -75,9 +75,9 @@ def test_changing_the_local_process_count(qtbot, window, services, data_dir):
 
 def test_the_workers_panel_lists_dask_workers_with_threads_memory_and_tasks(qtbot, tmp_path):
     from backend.distributed.dask_clusters import DaskSettings
-    from ilastik_desktop.config import ComputeSettings
-    from ilastik_desktop.main_window import MainWindow
-    from ilastik_desktop.services import Services
+    from ilastik_desktop._qt.main_window import MainWindow
+    from ilastik_desktop.runtime.services import Services
+    from ilastik_desktop.runtime.settings import ComputeSettings
 
     settings = QtCore.QSettings(str(tmp_path / "settings.ini"), QtCore.QSettings.IniFormat)
     with Services(ComputeSettings(dask=DaskSettings(address="local:2"), config_dir=str(tmp_path))) as services:

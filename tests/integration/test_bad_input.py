@@ -115,7 +115,7 @@ def test_without_a_display_the_window_is_refused_with_a_hint(api):
 
 
 def test_missing_x11_libraries_are_named_with_their_packages(api):
-    from ilastik_desktop.display import debian_packages, missing_libraries, xcb_plugin
+    from ilastik_desktop._qt.display import debian_packages, missing_libraries, xcb_plugin
 
     missing = missing_libraries(xcb_plugin())
     if not missing:
@@ -128,7 +128,7 @@ def test_missing_x11_libraries_are_named_with_their_packages(api):
 
 
 def test_debian_package_names_follow_the_sonames():
-    from ilastik_desktop.display import debian_packages
+    from ilastik_desktop._qt.display import debian_packages
 
     assert debian_packages(["libxcb-icccm.so.4", "libxkbcommon-x11.so.0", "libGL.so.1", "libX11-xcb.so.1",
                             "libdbus-1.so.3", "libglib-2.0.so.0"]) == [

@@ -143,7 +143,7 @@ def test_both_programs_print_their_version():
     from ilastik_desktop import __version__
     from tests.conftest import REPO
 
-    worker = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--version"], cwd=REPO,
+    worker = subprocess.run([sys.executable, "-m", "ilastik_desktop.cli.worker", "--version"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode == 0 and worker.stdout.strip() == f"ilastik-worker {__version__}"
     app = run_cli("--version")

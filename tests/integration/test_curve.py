@@ -24,7 +24,7 @@ def project(tmp_path_factory):
 
 
 def worker_key(config_dir) -> bytes:
-    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--print-key", "--config-dir",
+    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.cli.worker", "--print-key", "--config-dir",
                           str(config_dir)], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     return out.stdout.strip().encode()
 
@@ -47,7 +47,7 @@ def test_endpoint_locality():
 
 
 def test_remote_endpoint_without_key_is_a_clear_error():
-    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--connect", "tcp://10.9.8.7:5555"],
+    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.cli.worker", "--connect", "tcp://10.9.8.7:5555"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--gateway-key" in out.stderr and "Traceback" not in out.stderr
 
@@ -113,7 +113,7 @@ def test_listening_worker_accepts_only_its_gateways(project, tmp_path):
 def test_keys_beginning_with_a_dash_are_taken_as_keys(tmp_path):
     """A Z85 key may begin with '-' (1 in 85): argparse must not take it for an option."""
     key = "-" + worker_key(tmp_path)[1:].decode()  # a key of the right form that nobody holds
-    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.worker_cli", "--gateway-key", key, "--config-dir",
+    out = subprocess.run([sys.executable, "-m", "ilastik_desktop.cli.worker", "--gateway-key", key, "--config-dir",
                           str(tmp_path), "--print-key"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "expected one argument" not in out.stderr, out.stderr
     app = subprocess.run([sys.executable, "-m", "ilastik_desktop", "--worker-key", key, "--config-dir",
@@ -138,6 +138,6 @@ def test_processes_creating_the_key_pair_at_once_agree_on_one(tmp_path):
         assert len(pairs) == 1, f"attempt {attempt}: {len(pairs)} different key pairs"
         public, _ = pairs.pop()
         assert (tmp_path / str(attempt) / "keys" / "worker.key").read_bytes().strip() == public
-    procs = [subprocess.Popen([sys.executable, "-m", "ilastik_desktop.worker_cli", "--print-key", "--config-dir",
+    procs = [subprocess.Popen([sys.executable, "-m", "ilastik_desktop.cli.worker", "--print-key", "--config-dir",
                                str(tmp_path / "p")], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(4)]
     assert len({proc.communicate(timeout=60)[0].strip() for proc in procs}) == 1

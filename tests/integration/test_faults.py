@@ -143,7 +143,7 @@ def test_killing_a_compute_process_then_the_local_worker_mid_export_changes_noth
     run = Run(*export_args(project, out))
     try:
         run.wait_progress(2)
-        worker = run.find("ilastik_desktop.worker_cli")[0]
+        worker = run.find("ilastik_desktop.cli.worker")[0]
         compute = wait_for(lambda: compute_processes(worker), 30, "no compute process")
         run.tree()
         compute[0].kill()  # one compute process of the local worker
@@ -167,7 +167,7 @@ def test_kill_9_of_the_app_mid_export_leaves_nothing_running(project, tmp_path):
     try:
         run.wait_progress(2)
         run.find("redis-server")
-        run.find("ilastik_desktop.worker_cli")
+        run.find("ilastik_desktop.cli.worker")
         assert len(run.tree()) >= 5  # app, redis-server, worker, two compute processes
         run.kill_app()
     finally:
@@ -183,7 +183,7 @@ def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, 
     run = Run(project, "--raw_data", raw, env={"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path)})
     try:
         run.find("redis-server")
-        workers = run.find("ilastik_desktop.worker_cli")
+        workers = run.find("ilastik_desktop.cli.worker")
         wait_for(lambda: compute_processes(workers[0]), 60, "the local worker started no compute process")
         run.kill_app()
     finally:

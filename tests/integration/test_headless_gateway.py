@@ -56,7 +56,7 @@ def test_export_on_an_authenticated_worker_that_connects_to_the_gateway(project,
                              capture_output=True, text=True, timeout=60, check=True)
         return out.stdout.strip()
 
-    gateway_key, worker_key = key("ilastik_desktop", gateway_dir), key("ilastik_desktop.worker_cli", worker_dir)
+    gateway_key, worker_key = key("ilastik_desktop", gateway_dir), key("ilastik_desktop.cli.worker", worker_dir)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     worker = start_worker("--connect", endpoint, "--gateway-key", gateway_key, "--config-dir", str(worker_dir))
     try:
@@ -112,7 +112,7 @@ def test_nothing_is_left_running_after_an_export(project, tmp_path):
               "--output_filename_format", str(tmp_path / "clean"), "--workers", "1")
     try:
         run.find("redis-server")
-        workers = run.find("ilastik_desktop.worker_cli")
+        workers = run.find("ilastik_desktop.cli.worker")
         wait_for(lambda: compute_processes(workers[0]), 60, "no compute process")
         run.tree()
         assert run.finish() == 0, "".join(run.stderr)

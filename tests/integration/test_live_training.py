@@ -17,7 +17,7 @@ from backend.io.project_writer import Training, label_block, save_training
 from backend.io.training import label_blocks
 from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
-from ilastik_desktop.demo import write_demo_project
+from ilastik_desktop.runtime.demo import write_demo_project
 from tests.conftest import run_oracle
 
 pytestmark = pytest.mark.timeout(600)

@@ -11,8 +11,8 @@ import pytest
 from backend.compute.geometry import Roi
 from backend.io.sources import open_source
 from backend.service.gateway import CacheUnavailable
-from ilastik_desktop.config import ComputeSettings
-from ilastik_desktop.services import Services
+from ilastik_desktop.runtime.services import Services
+from ilastik_desktop.runtime.settings import ComputeSettings
 from tests.integration.test_executor import _pipeline, small_project
 
 
@@ -63,7 +63,7 @@ def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("listen", ["tcp://127.0.0.1:0", "tcp://*:0"])
 def test_the_printed_worker_command_names_the_address_we_listen_on(tmp_path, listen):
-    from ilastik_desktop.services import machine_name
+    from ilastik_desktop.runtime.services import machine_name
 
     settings = ComputeSettings(workers=0, listen=listen, config_dir=str(tmp_path), cache_mb=64)
     with Services(settings) as services:

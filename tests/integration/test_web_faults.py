@@ -75,7 +75,7 @@ def test_a_worker_killed_during_zarr_reads_changes_no_answer(project, exported):
     with ServeProcess(project, "--workers", "2", "--block_shape", BLOCKS) as server:
         reader = Reader(server)
         wait_for(lambda: _computed(server) >= 2, 120, "no block was computed")
-        worker = _named(server, "ilastik_desktop.worker_cli")[0]
+        worker = _named(server, "ilastik_desktop.cli.worker")[0]
         compute = compute_processes(worker)
         assert reader.is_alive()  # still reading
         worker.kill()  # the local worker, with the blocks it had in hand

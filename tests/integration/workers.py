@@ -37,7 +37,7 @@ def compute_processes(parent: psutil.Process) -> list[psutil.Process]:
 def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subprocess.Popen:
     """An ilastik-worker subprocess in its own process group (so its pool dies with it)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "ilastik_desktop.worker_cli", *args, "--processes", str(processes),
+    cmd = [sys.executable, "-m", "ilastik_desktop.cli.worker", *args, "--processes", str(processes),
            "--heartbeat", str(heartbeat)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
 

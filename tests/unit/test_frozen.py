@@ -5,12 +5,12 @@ import os
 import sys
 import time
 
-from ilastik_desktop.frozen import external_environment, open_externally, resource_path, worker_command
+from ilastik_desktop.runtime.frozen import external_environment, open_externally, resource_path, worker_command
 
 
 def test_outside_the_bundle_workers_run_as_a_module(monkeypatch):
     monkeypatch.delattr(sys, "frozen", raising=False)
-    assert worker_command() == [sys.executable, "-m", "ilastik_desktop.worker_cli"]
+    assert worker_command() == [sys.executable, "-m", "ilastik_desktop.cli.worker"]
 
 
 def test_in_the_bundle_the_executable_serves_the_worker_role(monkeypatch):

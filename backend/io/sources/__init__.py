@@ -68,7 +68,7 @@ def _open(spec: str, axes: str | None, base_dir: str | None) -> DataSource:
     if stack is not None:
         if not stack:
             raise DataError(f"{spec}: no files match this pattern")
-        return StackSource(stack, axes)
+        return StackSource([open_source(p) for p in stack], stack, axes)
     path, internal = split_internal_path(spec)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")

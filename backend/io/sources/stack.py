@@ -12,12 +12,11 @@ from backend.io.sources.base import DataSource, file_identity
 class StackSource(DataSource):
     """2D images of equal shape stacked along z; each slice is read when a ROI needs it."""
 
-    def __init__(self, paths: list[str], axes: str | None):
-        from backend.io.sources import open_source
-
+    def __init__(self, slices: list[DataSource], paths: list[str], axes: str | None):
+        """``slices``: the opened images of ``paths``, in order."""
         if not paths:
             raise DataError("an image stack with no files")
-        self.slices = [open_source(p) for p in paths]
+        self.slices = slices
         first = self.slices[0]
         for s in self.slices[1:]:
             if s.shape != first.shape or s.dtype != first.dtype:

@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
-from ilastik_desktop.document import Document
-from ilastik_desktop.export_dialog import ExportDialog
-from ilastik_desktop.help_menu import add_help_menu, add_view_menu, add_view_shortcuts
-from ilastik_desktop.layers_panel import LayersPanel
-from ilastik_desktop.opening import RAW_KEY, ProjectOpening
-from ilastik_desktop.panels import ProjectPanel, info_box
-from ilastik_desktop.pending_bar import PendingBar
-from ilastik_desktop.serve_dialog import ServeDialog
-from ilastik_desktop.services import Services
-from ilastik_desktop.threshold_panel import ThresholdPanel
-from ilastik_desktop.training import TrainingController
-from ilastik_desktop.workers_ui import WorkersPanel, workers_summary
+from ilastik_desktop._qt.dialogs.export import ExportDialog
+from ilastik_desktop._qt.dialogs.serve import ServeDialog
+from ilastik_desktop._qt.menus import add_help_menu, add_view_menu, add_view_shortcuts
+from ilastik_desktop._qt.opening import RAW_KEY, ProjectOpening
+from ilastik_desktop._qt.panels.layers import LayersPanel
+from ilastik_desktop._qt.panels.project import ProjectPanel, info_box
+from ilastik_desktop._qt.panels.threshold import ThresholdPanel
+from ilastik_desktop._qt.panels.workers import WorkersPanel, workers_summary
+from ilastik_desktop._qt.pending_bar import PendingBar
+from ilastik_desktop._qt.training import TrainingController
+from ilastik_desktop.runtime.document import Document
+from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
 from viewer.model import ViewerModel, default_layers

@@ -7,7 +7,7 @@ from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.features import DISPLAY_NAMES, FEATURE_IDS, scale_fits
 from backend.io.project import FeatureSelection
-from ilastik_desktop.panels import ok_cancel
+from ilastik_desktop._qt.panels.project import ok_cancel
 
 ILASTIK_SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 

@@ -9,8 +9,8 @@ import os
 from PyQt5 import QtGui, QtWidgets
 
 from backend.errors import RawDataMissing, UserError
-from ilastik_desktop.document import open_document
-from ilastik_desktop.new_project import NewProjectDialog
+from ilastik_desktop._qt.dialogs.new_project import NewProjectDialog
+from ilastik_desktop.runtime.document import open_document
 
 log = logging.getLogger(__name__)
 RECENT_KEY, RAW_KEY = "recent", "raw_data/"

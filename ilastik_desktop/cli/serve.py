@@ -15,15 +15,19 @@ from backend.distributed.dask_clusters import job_script
 from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
-from backend.io.project_pipeline import build_pipeline
-from backend.service.export import default_block_shape
 from backend.web.catalog import Lane
 from backend.web.server import WebServer, WebSettings, is_loopback
 from ilastik_desktop import __version__
-from ilastik_desktop.cli import add_compute_options, add_input_options, compute_from_args, dask_from_args
-from ilastik_desktop.config import parse_block_shape, parse_threshold
-from ilastik_desktop.key_args import attach_key_values
-from ilastik_desktop.services import Services
+from ilastik_desktop.cli.options import (
+    add_compute_options,
+    add_input_options,
+    attach_key_values,
+    compute_from_args,
+    dask_from_args,
+)
+from ilastik_desktop.runtime.services import Services
+from ilastik_desktop.runtime.serving import describe_project, open_served_lane
+from ilastik_desktop.runtime.settings import parse_block_shape
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,28 +67,6 @@ def open_lanes(project: Project, services: Services, args: argparse.Namespace) -
     if not any(lane.gateway for lane in lanes):
         raise UserError(lanes[0].error if lanes else f"{project.path}: the project has no input lanes")
     return lanes
-
-
-def open_served_lane(project: Project, index: int, services: Services, raw_data: str | None = None,
-                     input_axes: str | None = None, threshold: str = "", block_shape: tuple | None = None,
-                     classifier=None) -> Lane:
-    """Lane ``index`` on a gateway of its own, or without one and with the reason when its data does not open."""
-    nickname = project.lanes[index].nickname
-    try:
-        source = open_lane(project, index, raw_data, input_axes)
-        pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-        settings = parse_threshold(threshold, project.threshold, pipeline.label_count)
-    except UserError as exc:
-        return Lane(index, nickname, None, error=str(exc))
-    gateway = services.gateway(source, pipeline, block_shape or default_block_shape(source.spatial_shape))
-    return Lane(index, nickname, gateway, settings)
-
-
-def describe_project(project: Project) -> dict:
-    """The project part of ``/api/v1/info``: its file and classes with their colours."""
-    return {"project": project.path,
-            "classes": [{"name": name, "color": list(color)} for name, color in zip(project.label_names,
-                                                                                   project.label_colors)]}
 
 
 def web_settings(args: argparse.Namespace) -> WebSettings:

@@ -18,8 +18,8 @@ from backend.io.project_writer import Training, label_block, save_training
 from backend.io.training import load_trainer
 from backend.service import label_classes
 from backend.service.live_training import TrainingSession
-from ilastik_desktop.feature_dialog import FeatureDialog
-from ilastik_desktop.training_panel import ERASER, TrainingPanel
+from ilastik_desktop._qt.dialogs.features import FeatureDialog
+from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
 from viewer.labels_layer import paint_labels
 from viewer.model import LABELS
 

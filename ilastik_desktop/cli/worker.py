@@ -16,7 +16,7 @@ from backend.distributed.worker import Worker, WorkerConfig
 from backend.errors import UserError
 from backend.processes import watch_parent
 from ilastik_desktop import __version__
-from ilastik_desktop.key_args import attach_key_values
+from ilastik_desktop.cli.options import attach_key_values
 
 EPILOG = """\
 Endpoints that are not on this machine are encrypted and authenticated with CurveZMQ. The worker's

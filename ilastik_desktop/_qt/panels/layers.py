@@ -10,8 +10,8 @@ import numpy as np
 from PyQt5 import QtCore, QtWidgets
 
 from backend.service.rendering import percentile_range
-from ilastik_desktop.histogram import RangeHistogram
-from ilastik_desktop.panels import narrow
+from ilastik_desktop._qt.panels.histogram import RangeHistogram
+from ilastik_desktop._qt.panels.project import narrow
 from viewer.model import CLASSES_CHANGED, COLORMAPS, ORDER_CHANGED, RAW, ViewerModel
 
 

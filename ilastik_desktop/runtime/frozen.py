@@ -21,7 +21,7 @@ def is_frozen() -> bool:
 
 def worker_command() -> list[str]:
     """The command that runs ``ilastik-worker`` of this very installation (bundle or Python)."""
-    return [sys.executable, "worker"] if is_frozen() else [sys.executable, "-m", "ilastik_desktop.worker_cli"]
+    return [sys.executable, "worker"] if is_frozen() else [sys.executable, "-m", "ilastik_desktop.cli.worker"]
 
 
 def resource_path(name: str) -> str | None:
@@ -38,11 +38,17 @@ def _resource_folders() -> list[str]:
     bundle = getattr(sys, "_MEIPASS", None)
     if bundle:
         return [os.path.join(bundle, "resources")]
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
+    checkout = os.path.join(checkout_folder(), "resources")
     import site  # the user base of ``pip install --user``
 
     prefixes = [sys.prefix, site.getuserbase()]
     return [checkout] + [os.path.join(prefix, "share", "ilastik-desktop") for prefix in prefixes]
+
+
+def checkout_folder() -> str:
+    """The folder holding our packages: the repository's root in a source checkout."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ilastik_desktop/
+    return os.path.dirname(package)
 
 
 def external_environment() -> dict[str, str]:

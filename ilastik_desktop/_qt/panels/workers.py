@@ -8,7 +8,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.distributed.security import check_key
 from backend.errors import UserError
-from ilastik_desktop.services import Services
+from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
 
 COLUMNS = ("host", "kind", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")

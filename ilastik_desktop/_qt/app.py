@@ -6,8 +6,8 @@ import asyncio
 import dataclasses
 import sys
 
-from ilastik_desktop.config import ComputeSettings
-from ilastik_desktop.frozen import resource_path
+from ilastik_desktop.runtime.frozen import resource_path
+from ilastik_desktop.runtime.settings import ComputeSettings
 
 
 def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings, screenshot: str | None = None,
@@ -16,8 +16,8 @@ def run_gui(project: str | None, raw_data: str | None, compute: ComputeSettings,
     import qasync
     from PyQt5 import QtWidgets
 
-    from ilastik_desktop.main_window import MainWindow
-    from ilastik_desktop.services import Services
+    from ilastik_desktop._qt.main_window import MainWindow
+    from ilastik_desktop.runtime.services import Services
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     app.setApplicationName("ilastik-desktop")

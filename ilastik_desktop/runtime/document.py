@@ -18,7 +18,7 @@ from backend.service.export import default_block_shape
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
 from backend.service.rendering import percentile_range
-from ilastik_desktop.services import Services
+from ilastik_desktop.runtime.services import Services
 
 
 @dataclass

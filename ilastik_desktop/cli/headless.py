@@ -13,8 +13,8 @@ from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
-from ilastik_desktop.config import Settings, parse_cutout, parse_threshold
-from ilastik_desktop.services import Services
+from ilastik_desktop.runtime.services import Services
+from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
 
 
 def _interrupt(signum, frame) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 
 from backend.processes import stop_group
-from ilastik_desktop.frozen import worker_command
+from ilastik_desktop.runtime.frozen import worker_command
 
 log = logging.getLogger(__name__)
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S

@@ -13,8 +13,8 @@ from backend.errors import UserError
 from backend.io.sources import split_internal_path
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
-from ilastik_desktop.document import Document
-from ilastik_desktop.frozen import open_externally
+from ilastik_desktop.runtime.document import Document
+from ilastik_desktop.runtime.frozen import open_externally
 from viewer.bridge import GuiBridge
 
 

@@ -26,8 +26,8 @@ from backend.distributed.zmq_executor import ZmqExecutor
 from backend.errors import UserError
 from backend.io.sources import DataSource
 from backend.service.gateway import Gateway, GatewayConfig
-from ilastik_desktop.config import ComputeSettings
-from ilastik_desktop.local_workers import LocalWorkers
+from ilastik_desktop.runtime.local_workers import LocalWorkers
+from ilastik_desktop.runtime.settings import ComputeSettings
 
 
 def _probe(endpoint: str) -> None:

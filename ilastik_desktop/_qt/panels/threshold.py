@@ -8,7 +8,7 @@ import dataclasses
 from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
-from ilastik_desktop.panels import narrow
+from ilastik_desktop._qt.panels.project import narrow
 
 PAUSE_MS = 600  # typing applies once it pauses this long (Enter applies at once)
 

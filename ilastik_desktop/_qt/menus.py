@@ -10,7 +10,7 @@ from importlib import metadata
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from ilastik_desktop import __version__
-from ilastik_desktop.frozen import open_externally, resource_path
+from ilastik_desktop.runtime.frozen import checkout_folder, open_externally, resource_path
 
 SHORTCUTS = (
     ("Ctrl+O", "open a project"),
@@ -36,7 +36,7 @@ LIBRARIES = ("numpy", "scipy", "numba", "scikit-learn", "h5py", "PyQt5", "pyqtgr
 
 def readme_path() -> str | None:
     """The README: beside the packages in a source checkout, else where the wheel or the bundle put it."""
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    checkout = os.path.join(checkout_folder(), "README.md")
     return checkout if os.path.exists(checkout) else resource_path("README.md")
 
 

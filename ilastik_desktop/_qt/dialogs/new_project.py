@@ -14,9 +14,9 @@ from backend.io.project import FeatureSelection
 from backend.io.project_writer import write_project
 from backend.io.sources import open_source
 from backend.service.label_classes import ILASTIK_COLORS
-from ilastik_desktop.demo import DEMO_SELECTION, SCALES
-from ilastik_desktop.feature_dialog import FeatureDialog
-from ilastik_desktop.panels import ok_cancel
+from ilastik_desktop._qt.dialogs.features import FeatureDialog
+from ilastik_desktop._qt.panels.project import ok_cancel
+from ilastik_desktop.runtime.demo import DEMO_SELECTION, SCALES
 
 FIRST_FEATURES = FeatureSelection(FEATURE_IDS, SCALES, DEMO_SELECTION, None)  # the demo's: a typical first choice
 

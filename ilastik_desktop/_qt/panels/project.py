@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
-from ilastik_desktop.document import Document
+from ilastik_desktop.runtime.document import Document
 
 
 def narrow(panel: QtWidgets.QWidget, width: int = 70) -> None:

@@ -1,0 +1,1 @@
+"""The side panel's tabs and their widgets."""
