@@ -162,6 +162,11 @@ def variable_name(section: str, name: str) -> str:
     return f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
 
 
+def environment(config: Config) -> dict[str, str]:
+    """``config`` as environment variables: given to a child process, its :func:`load_config` sees the same."""
+    return {entry.variable: repr(entry.value) for entry in entries(config)}
+
+
 def format_config(config: Config) -> str:
     """The tree as text: one line per value (``section.name = value``), changed values marked."""
     lines = []

@@ -23,17 +23,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
-PARENT_POLL_S = 0.5
 
 
-def watch_parent(parent_pid: int, on_orphaned: Callable[[], None] | None = None) -> threading.Thread:
-    """Call ``on_orphaned`` (default: exit at once) as soon as ``parent_pid`` is no longer our parent."""
+def watch_parent(parent_pid: int, poll_s: float, on_orphaned: Callable[[], None] | None = None) -> threading.Thread:
+    """Call ``on_orphaned`` (default: exit at once) within ``poll_s`` of ``parent_pid`` no longer being our parent."""
     def orphaned() -> None:
         os._exit(0)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
-            stop.wait(PARENT_POLL_S)
+            stop.wait(poll_s)
         (on_orphaned or orphaned)()
 
     stop = threading.Event()  # never set: the thread lives as long as the process

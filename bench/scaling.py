@@ -31,7 +31,7 @@ from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E40
 from backend.compute.geometry import BlockGrid, Roi  # noqa: E402
 from backend.compute.pipeline import BlockTask, Pipeline  # noqa: E402
 from backend.distributed.dask_clusters import DaskSettings, start_dask  # noqa: E402
-from backend.distributed.executor import LocalExecutor  # noqa: E402
+from backend.distributed.local_executor import LocalExecutor  # noqa: E402
 from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
 from backend.io.project import open_project  # noqa: E402
 from backend.io.project_pipeline import build_pipeline  # noqa: E402
@@ -101,14 +101,14 @@ def run_workers(engine: str, count: int, source: DataSource, pipeline: Pipeline,
         cached = time.perf_counter() - started
         assert np.array_equal(first, again)
         gateway.close()
-    blocks = status["computed"]
-    compute = after["compute_s"] - before["compute_s"]
+    blocks = status.computed
+    compute = after.compute_s - before.compute_s
     overhead = max(wall * count - compute, 0.0) / blocks
     return {"engine": engine, "workers": count, "blocks": blocks, "wall_s": round(wall, 2),
             "compute_s": round(compute, 2),
             "compute_per_block_s": round(compute / blocks, 3), "overhead_per_block_s": round(overhead, 4),
             "overhead_pct": round(100 * overhead / (compute / blocks), 2),
-            "gateway_per_block_ms": round(1000 * status["gateway_s"] / blocks, 2), "cached_s": round(cached, 3),
+            "gateway_per_block_ms": round(1000 * status.gateway_s / blocks, 2), "cached_s": round(cached, 3),
             "cached_speedup": round(wall / cached, 1)}
 
 

@@ -97,7 +97,7 @@ def main() -> None:
                              "training_done_s": result["trained_s"], "longest_stall_ms": result["stall_ms"],
                              "training": result["report"]})
     report("training_latency", rows, {"shape_zyx": a.shape, "workers": a.workers, "features": 11, "trees": 100,
-                                      "debounce_s": 0.4, "target_warm_s": 2.0, "target_stall_ms": 100})
+                                      "debounce_s": window.services.config.training.debounce_s, "target_warm_s": 2.0, "target_stall_ms": 100})
 
 
 if __name__ == "__main__":

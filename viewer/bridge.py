@@ -1,4 +1,11 @@
-"""The one bridge from backend threads onto the GUI thread."""
+"""The one bridge from backend threads onto the GUI thread.
+
+Model and controller events are psygnal signals, emitted on the thread that changed the state; results
+computed elsewhere come onto the GUI thread through this bridge. psygnal's own queued connections
+(``connect(thread=...)`` with ``psygnal.qt.start_emitting_from_queue``) need qtpy besides PyQt5 and poll their
+queue with a QTimer, while a queued Qt signal wakes the event loop the moment something is posted: the
+viewer posts every arriving tile, so the bridge stays.
+"""
 
 from __future__ import annotations
 

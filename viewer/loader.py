@@ -15,6 +15,7 @@ from PyQt5 import QtCore
 
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
+from backend.config import WindowConfig
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
@@ -43,7 +44,8 @@ class PlaneLoader(QtCore.QObject):
     progress = QtCore.pyqtSignal(int)  # blocks still wanted by the visible views
 
     def __init__(self, model: ViewerModel, gateway: Gateway, views: list[SliceView], bridge: GuiBridge,
-                 threshold: ThresholdSettings, parent=None):
+                 threshold: ThresholdSettings, parent=None,
+                 refresh_delay_s: float = WindowConfig().refresh_delay_s):
         super().__init__(parent)
         self.model, self.gateway, self.views, self.bridge = model, gateway, views, bridge
         self.threshold = threshold
@@ -51,7 +53,7 @@ class PlaneLoader(QtCore.QObject):
         self.policy = SlicingPolicy(views[0].normal_axis)
         self.slots = self.policy.slots
         self._styles: dict[tuple[str, str], tuple] = {}  # (view, kind) -> the layers' looks last painted
-        self._timer = QtCore.QTimer(self, singleShot=True, interval=15)
+        self._timer = QtCore.QTimer(self, singleShot=True, interval=round(refresh_delay_s * 1000))
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
         model.layers_changed.connect(self._layers_changed)

@@ -1,13 +1,15 @@
 """The viewer's state without Qt: position, raw channel and contrast, layers, live update.
 
-Widgets observe it through :class:`Event` callbacks and change it only through its methods, like
-napari's model layer; nothing here imports Qt, so it is tested and reasoned about on its own.
+Widgets observe it through its psygnal signals and change it only through its methods, like napari's
+model layer; nothing here imports Qt, so it is tested and reasoned about on its own. Signals are emitted
+on the thread that changed the model (the GUI thread: every change comes from a widget).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from psygnal import Signal
 
 RAW, PROBABILITIES, SEGMENTATION, OBJECTS = "Raw", "Probabilities", "Simple Segmentation", "Objects"
 UNCERTAINTY = "Uncertainty"
@@ -16,22 +18,6 @@ UNCERTAINTY_COLOR = (0, 255, 255)  # cyan where the classifier hesitates: where 
 AXES = "tzyx"
 CLASSES_CHANGED = "classes"  # what layers_changed reports when the probability layers were replaced
 ORDER_CHANGED = "order"  # ... and when layers were moved up or down
-
-
-class Event:
-    """A list of callbacks called with the event's arguments."""
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable] = []
-
-    def connect(self, callback: Callable) -> None:
-        """Call ``callback`` on every emission."""
-        self._callbacks.append(callback)
-
-    def emit(self, *args) -> None:
-        """Call every callback."""
-        for callback in list(self._callbacks):
-            callback(*args)
 
 
 @dataclass
@@ -47,7 +33,15 @@ class Layer:
 
 
 class ViewerModel:
-    """What is shown: a point in ``(t, z, y, x)``, the raw channel and contrast, and the layers."""
+    """What is shown: a point in ``(t, z, y, x)``, the raw channel and contrast, and the layers.
+
+    ``position_changed(axis)``, ``layers_changed(what)`` (a layer's name, CLASSES_CHANGED, ORDER_CHANGED or
+    "live") and ``display_changed()`` tell the views what to redraw.
+    """
+
+    position_changed = Signal(str)
+    layers_changed = Signal(str)
+    display_changed = Signal()
 
     def __init__(self, shape: tuple[int, int, int, int], channels: int, layers: list[Layer],
                  contrast: tuple[float, float] = (0.0, 255.0)):
@@ -57,7 +51,6 @@ class ViewerModel:
         self.contrast = contrast
         self.colormap = COLORMAPS[0]
         self.live = True
-        self.position_changed, self.layers_changed, self.display_changed = Event(), Event(), Event()
 
     @property
     def volumetric(self) -> bool:

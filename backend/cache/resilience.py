@@ -12,10 +12,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
+
+from backend.backoff import Backoff
+from backend.config import CacheConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,42 +32,36 @@ def refuses_writes(error: Exception) -> bool:
         or text.startswith(("OOM", "READONLY")) or "OOM command not allowed" in text)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long to keep trying a cache server that does not answer."""
-
-    window_s: float = 20.0
-    first_delay_s: float = 0.1
-    max_delay_s: float = 2.0
-
-
 class Resilient:
-    """Wraps Redis calls with :class:`RetryPolicy` and the handling of refused writes."""
+    """Wraps Redis calls with the configuration's retries and the handling of refused writes.
 
-    def __init__(self, policy: RetryPolicy = RetryPolicy()):
-        self.policy = policy
+    redis-py's own ``Retry`` counts attempts per call; here a call is retried for a time window, and the
+    retrying stops at once when the owner shuts down, which ``Retry`` cannot be told."""
+
+    def __init__(self, config: CacheConfig = CacheConfig()):
+        self.config = config
         self.closing = threading.Event()  # set: fail at once instead of retrying
         self._warned_writes = False
         self._outage_logged = False
 
     def call(self, action: Callable[[], T], retry: bool = True) -> T:
-        """``action()``, retried on transient errors for up to the policy's window."""
-        deadline = time.monotonic() + self.policy.window_s
-        delay = self.policy.first_delay_s
+        """``action()``, retried on transient errors for up to the configuration's window."""
+        deadline = time.monotonic() + self.config.retry_window_s
+        backoff = Backoff(self.config.retry_first_delay_s, self.config.retry_max_delay_s)
         while True:
             try:
                 result = action()
                 self._outage_logged = False
                 return result
             except TRANSIENT as exc:
-                if not retry or self.closing.is_set() or time.monotonic() + delay > deadline:
+                pause = backoff.next()
+                if not retry or self.closing.is_set() or time.monotonic() + pause > deadline:
                     raise
                 if not self._outage_logged:
                     log.warning("the cache server does not answer (%s); retrying for up to %.0f s", exc,
-                                self.policy.window_s)
+                                self.config.retry_window_s)
                     self._outage_logged = True
-                self.closing.wait(delay)
-                delay = min(delay * 2, self.policy.max_delay_s)
+                self.closing.wait(pause)
 
     def write(self, action: Callable[[], T], refused: T, retry: bool = True) -> T:
         """Like :meth:`call`, but a server that refuses writes gives ``refused`` (with one warning)."""

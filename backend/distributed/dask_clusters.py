@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from backend.config import Config
 from backend.errors import UserError
 
 CLUSTERS = ("slurm", "pbs")
@@ -50,7 +51,7 @@ def local_worker_count(address: str) -> int | None:
     return int(count)
 
 
-def start_dask(settings: DaskSettings):
+def start_dask(settings: DaskSettings, config: Config = Config()):
     """A :class:`DaskExecutor` on the engine ``settings`` names (UserError if it cannot be reached or started)."""
     try:
         from distributed import Client
@@ -66,18 +67,19 @@ def start_dask(settings: DaskSettings):
         cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
         client = Client(cluster)
-        client.register_plugin(ParentWatch(os.getpid()))  # a killed app takes its workers along
-        return DaskExecutor(client, f"local Dask cluster of {count} processes", on_close=cluster.close)
+        client.register_plugin(ParentWatch(os.getpid(), config.worker.parent_poll_s))  # a killed app takes them along
+        return DaskExecutor(client, f"local Dask cluster of {count} processes", on_close=cluster.close,
+                            config=config.executor)
     if settings.cluster:
         cluster = batch_cluster(settings)
         cluster.scale(jobs=settings.jobs)
-        return DaskExecutor(Client(cluster), settings.describe(), on_close=cluster.close)
+        return DaskExecutor(Client(cluster), settings.describe(), on_close=cluster.close, config=config.executor)
     check_address(address)
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:
         raise UserError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-    return DaskExecutor(client, address)
+    return DaskExecutor(client, address, config=config.executor)
 
 
 def batch_cluster(settings: DaskSettings):

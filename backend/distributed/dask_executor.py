@@ -14,19 +14,17 @@ import itertools
 import json
 import threading
 import time
-from concurrent.futures import Future
 
 import numpy as np
 from distributed import Client, WorkerPlugin, get_worker
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.config import ExecutorConfig
+from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
+from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, settle
 from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
-from backend.distributed.roster import TaskError
 from backend.errors import TransientError
 from backend.processes import keep_freed_memory
-
-STATUS_EVERY_S = 1.0  # the scheduler is asked for its workers this often
-MAX_LOST_RESENDS = 3  # a block whose result dies with its worker is sent again this often, then fails
 
 
 def plugin_name(fingerprint: str) -> str:
@@ -65,8 +63,8 @@ class ParentWatch(WorkerPlugin):
 
     name = "ilastik-parent-watch"
 
-    def __init__(self, parent_pid: int):
-        self.parent_pid = parent_pid
+    def __init__(self, parent_pid: int, poll_s: float):
+        self.parent_pid, self.poll_s = parent_pid, poll_s
 
     def setup(self, worker) -> None:
         """Start watching (only in processes the application started itself)."""
@@ -75,7 +73,7 @@ class ParentWatch(WorkerPlugin):
         from backend.processes import watch_parent
 
         if os.getppid() == self.parent_pid:
-            watch_parent(self.parent_pid)
+            watch_parent(self.parent_pid, self.poll_s)
 
 
 def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, float]:
@@ -108,27 +106,36 @@ def read_raw(reference: dict, opened: dict) -> np.ndarray:
     return opened[name].read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
 
 
-class DaskExecutor:
+class DaskExecutor(Executor):
     """Block tasks on a Dask cluster through ``client``; futures carry ``compute_s`` like the other executors."""
 
-    def __init__(self, client: Client, description: str = "", on_close=None):
-        self.client, self.description, self._on_close = client, description, on_close
+    def __init__(self, client: Client, description: str = "", on_close=None,
+                 config: ExecutorConfig = ExecutorConfig()):
+        self.client, self.description, self._on_close, self.config = client, description, on_close, config
         self._known: set[str] = set()
         self._lock = threading.Lock()
-        self._inner: dict[int, object] = {}
+        self._relay = FutureRelay()
         self._counter = itertools.count()
         self._submitted = self._done = 0
         self.compute_s = 0.0
-        self._workers: list[dict] = []
+        self._workers: tuple[WorkerStatus, ...] = ()
+        self._no_workers_since: float | None = time.monotonic()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="dask-status", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
-        """Ask the scheduler for its workers every STATUS_EVERY_S (status() never waits on it)."""
+        """Ask the scheduler for its workers every ``dask_status_s`` (status() never waits on it)."""
         while not self._stop.is_set():
-            self._workers = self._ask_scheduler()
-            self._stop.wait(STATUS_EVERY_S)
+            self._set_workers(self._ask_scheduler())
+            self._stop.wait(self.config.dask_status_s)
+
+    def _set_workers(self, workers: tuple[WorkerStatus, ...]) -> None:
+        self._workers = workers
+        if workers:
+            self._no_workers_since = None
+        elif self._no_workers_since is None:
+            self._no_workers_since = time.monotonic()
 
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Send the pipeline to every worker (and to workers that join later) as a plugin."""
@@ -139,120 +146,122 @@ class DaskExecutor:
             self._known.add(fingerprint)
         return fingerprint
 
-    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+    def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Queue ``task`` on the scheduler (lower values first; Dask runs higher priorities first)."""
         if task.pipeline not in self._known:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         frames = task_frames(task)
-        outer: Future = Future()
-        outer.compute_s = 0.0
+        outer = TaskFuture()
+        sends = [0]
 
         def send() -> None:
-            outer.sends = getattr(outer, "sends", 0) + 1
+            sends[0] += 1
             key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
-            inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority,
-                                       pure=False, retries=1)
-            with self._lock:
-                self._inner[id(outer)] = inner  # replaces (and so releases) a lost one
-            inner.add_done_callback(lambda f: self._finished(outer, f, send))
+            try:
+                inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority,
+                                           pure=False, retries=1)
+            except Exception as exc:  # the client is closed or the scheduler gone
+                self._relay.detach(outer)
+                settle(outer, error=TransientError(f"{self.lost_message()} ({type(exc).__name__}: {exc})"))
+                return
+            self._relay.attach(outer, inner)  # replaces (and so releases) a lost one
+            inner.add_done_callback(lambda f: self._finished(outer, f, send, sends[0]))
 
         with self._lock:
             self._submitted += 1
         send()
         return outer
 
-    def _finished(self, outer: Future, inner, send) -> None:
-        if inner.status == "lost" and not outer.done() and outer.sends <= MAX_LOST_RESENDS:
+    def _finished(self, outer: TaskFuture, inner, send, sends: int) -> None:
+        if inner.status == "lost" and not outer.done() and sends <= self.config.dask_lost_resends:
             # It had finished, but the worker holding its result died before this callback ran (more likely
             # the faster blocks are): send it again under a new key.
             send()
             return
+        self._relay.detach(outer)
         with self._lock:
-            self._inner.pop(id(outer), None)
             self._done += 1
         if outer.done():
             return
         if inner.status == "finished":
-            values, outer.compute_s = inner.result()
-            self.compute_s += outer.compute_s
-            outer.set_result(values)
+            self._relay.relay(outer, inner.result, lambda result: self._unpacked(outer, result))
         elif inner.status == "cancelled" and self.client.status == "running":
             outer.cancel()
         elif inner.status == "cancelled":  # not by us: the scheduler went away
-            outer.set_exception(TransientError(self.lost_message()))
+            settle(outer, error=TransientError(self.lost_message()))
         elif inner.status == "lost":
-            outer.set_exception(TransientError(f"the block's result was lost with its worker {outer.sends} times"))
+            settle(outer, error=TransientError(f"the block's result was lost with its worker {sends} times"))
         else:
-            outer.set_exception(TaskError(f"{type(inner.exception()).__name__}: {inner.exception()}"[:1000]))
+            self._relay.relay(outer, lambda: _task_error(inner))
+
+    def _unpacked(self, outer: TaskFuture, result) -> np.ndarray:
+        values, outer.compute_s = result
+        with self._lock:
+            self.compute_s += outer.compute_s
+        return values
 
     def lost_message(self) -> str:
         """What to tell the user when the scheduler is gone."""
         return f"lost the Dask scheduler {self.description or self.client.scheduler.address}"
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: TaskFuture) -> bool:
         """Withdraw a task; its result, if it was already running, is dropped."""
-        with self._lock:
-            inner = self._inner.pop(id(future), None)
+        inner = self._relay.detach(future)
         if inner is None:
             return future.cancelled()
         inner.cancel()
         return future.cancel()
 
-    def status(self) -> dict:
+    def status(self) -> ExecutorStatus:
         """The Dask workers (address, threads, memory, tasks; as last asked), queued and finished counts."""
         with self._lock:
-            queued = len(self._inner)
-        workers = self._workers
-        return {"kind": "dask", "address": self.description, "workers": workers, "queued": queued,
-                "queued_by_priority": {}, "no_workers_s": 0.0, "processes": sum(w["processes"] for w in workers),
-                "submitted": self._submitted, "done": self._done, "compute_s": round(self.compute_s, 3)}
+            submitted, done, compute_s = self._submitted, self._done, self.compute_s
+        since = self._no_workers_since
+        return ExecutorStatus("dask", self.description, self._workers, queued=self._relay.pending(),
+                              submitted=submitted, done=done, compute_s=round(compute_s, 3),
+                              no_workers_s=round(time.monotonic() - since, 1) if since is not None else 0.0)
 
-    def _ask_scheduler(self) -> list[dict]:
+    def _ask_scheduler(self) -> tuple[WorkerStatus, ...]:
         try:
             info = self.client.scheduler_info(n_workers=-1)
         except Exception:  # the scheduler is gone or slow: show no workers
-            return []
+            return ()
         workers = []
         for address, w in sorted(info.get("workers", {}).items()):
             metrics = w.get("metrics", {})
-            workers.append({"host": address, "endpoint": address, "processes": int(w.get("nthreads", 1)),
-                            "threads": int(w.get("nthreads", 1)), "state": "busy" if metrics.get("executing") else
-                            "idle", "memory_mb": round(metrics.get("memory", 0) / 2**20),
-                            "memory_limit_mb": round((w.get("memory_limit") or 0) / 2**20),
-                            "in_flight": int(metrics.get("executing", 0)), "tasks": int(metrics.get("executing", 0)),
-                            "version": "dask", "heartbeat_age_s": 0.0, "overdue": 0, "blocks_done": 0,
-                            "blocks_per_s": 0.0})
-        return workers
+            executing = int(metrics.get("executing", 0))
+            workers.append(WorkerStatus(address, address, int(w.get("nthreads", 1)), "busy" if executing else "idle",
+                                        kind="dask", version="dask", in_flight=executing,
+                                        memory_mb=round(metrics.get("memory", 0) / 2**20),
+                                        memory_limit_mb=round((w.get("memory_limit") or 0) / 2**20)))
+        return tuple(workers)
 
     def wait_for_workers(self, processes: int, timeout: float) -> bool:
         """Block until the cluster has workers with at least ``processes`` threads."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = self.client.scheduler_info(n_workers=-1)
-            if sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values()) >= processes:
-                self._workers = self._ask_scheduler()  # status() counts them now (exports size their queue on it)
+        while True:
+            workers = self._ask_scheduler()
+            if sum(w.processes for w in workers) >= processes:
+                self._set_workers(workers)  # status() counts them now (exports size their queue on it)
                 return True
-            time.sleep(0.2)
-        return False
+            if self._stop.wait(min(0.2, max(0.0, deadline - time.monotonic()))) or time.monotonic() >= deadline:
+                return False
 
     def close(self) -> None:
         """Withdraw what is pending, stop polling, close the client (and the cluster we started)."""
         self._stop.set()
         self._poller.join(timeout=15)
-        with self._lock:
-            pending = list(self._inner.values())
-            self._inner.clear()
-        for inner in pending:
+        for inner in self._relay.drain():
             inner.cancel()
         self.client.close(timeout=10)
         if self._on_close is not None:
             self._on_close()
 
-    def __enter__(self) -> DaskExecutor:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+def _task_error(inner) -> None:
+    """Raise a failed Dask task's error as a TaskError (its remote traceback stays on the worker)."""
+    error = inner.exception()
+    raise TaskError(f"{type(error).__name__}: {error}"[:1000])
 
 
 def task_frames(task: BlockTask) -> list[bytes]:

@@ -1,88 +1,112 @@
-"""The Executor interface (submit a block task, get a future) and its local process-pool implementation."""
+"""The Executor interface (submit a block task, get a future) and the typed statuses executors report."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import shutil
-import signal
-import tempfile
-import threading
-import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol
-
-import lz4.frame
-import numpy as np
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.futures import TaskFuture
 
 
-class Executor(Protocol):
-    """Something that computes block tasks, locally or remotely."""
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker as an executor sees it (ZeroMQ workers fill the heartbeat and rate, Dask ones the memory)."""
 
+    host: str
+    endpoint: str
+    processes: int
+    state: str  # idle, busy or slow
+    kind: str = "remote"  # local: one of the application's own worker processes; dask: a Dask worker
+    version: str = ""
+    in_flight: int = 0
+    overdue: int = 0
+    blocks_done: int = 0
+    blocks_per_s: float = 0.0
+    heartbeat_age_s: float | None = None  # ZeroMQ workers
+    memory_mb: float | None = None  # Dask workers
+    memory_limit_mb: float | None = None  # Dask workers
+
+
+@dataclass(frozen=True)
+class LostWorker:
+    """A worker that was dropped, with why and how long ago."""
+
+    host: str
+    endpoint: str
+    kind: str
+    reason: str
+    ago_s: float
+
+
+@dataclass(frozen=True)
+class ExecutorStatus:
+    """Counters for display: workers, queue and finished tasks (every executor fills all of it)."""
+
+    kind: str  # local, zmq or dask
+    address: str | None
+    workers: tuple[WorkerStatus, ...] = ()
+    queued: int = 0
+    submitted: int = 0
+    done: int = 0
+    compute_s: float = 0.0
+    no_workers_s: float = 0.0  # how long there has been no worker (0 while there is one)
+
+    @property
+    def processes(self) -> int:
+        """Compute processes (threads on Dask) of all workers."""
+        return sum(w.processes for w in self.workers)
+
+
+@dataclass(frozen=True)
+class ZmqStatus(ExecutorStatus):
+    """The ZeroMQ executor's status: also lost and refused workers, retries and rejected messages."""
+
+    lost: tuple[LostWorker, ...] = ()
+    refused: tuple[str, ...] = ()
+    queued_by_priority: dict[int, int] = field(default_factory=dict)
+    failed: int = 0
+    redispatched: int = 0
+    overdue: int = 0
+    rejected: int = 0
+    dropped_messages: int = 0
+    roundtrip_s: float = 0.0
+
+
+class Executor(ABC):
+    """Something that computes block tasks, locally or remotely. Every future it returns is settled exactly
+    once (result, error or cancelled), also when the executor closes."""
+
+    @abstractmethod
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Make a pipeline available to the workers; returns the fingerprint tasks refer to."""
 
-    def submit(self, task: BlockTask, priority: int = 0) -> Future:
+    @abstractmethod
+    def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Start computing ``task`` (lower priority values first); the future resolves to the result."""
 
-    def cancel(self, future: Future) -> bool:
+    @abstractmethod
+    def cancel(self, future: TaskFuture) -> bool:
         """Drop a task that has not started; True if it will not run."""
 
-    def status(self) -> dict:
+    @abstractmethod
+    def status(self) -> ExecutorStatus:
         """Counters for display: workers, queued and finished tasks."""
 
+    @abstractmethod
+    def wait_for_workers(self, processes: int, timeout: float) -> bool:
+        """Block until workers with at least ``processes`` processes are there; False after ``timeout`` s."""
+
+    @abstractmethod
     def close(self) -> None:
-        """Stop all workers and wait for them."""
+        """Stop all workers and wait for them; pending futures fail."""
 
+    def __enter__(self):
+        return self
 
-_worker_pipelines: dict[str, Pipeline] = {}
-_worker_buffers: dict = {}
-
-
-def _run_task(task: BlockTask, folder: str) -> tuple[tuple[bytes, tuple[int, ...], str], float]:
-    started = time.perf_counter()
-    pipeline = _worker_pipelines.get(task.pipeline)
-    if pipeline is None:
-        path = os.path.join(folder, task.pipeline + ".npz")
-        if not os.path.exists(path):
-            raise KeyError(f"unknown pipeline {task.pipeline}")
-        pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
-    result = pipeline.run(task, _worker_buffers)
-    return _pack(result), time.perf_counter() - started
-
-
-def _pack(result: np.ndarray) -> tuple[bytes, tuple[int, ...], str]:
-    """A result as lz4 for the pool's pipe: an 8 MB block of probabilities took 15 ms to pass it raw and
-    2 ms as lz4 (1 ms to compress), most of it saved in the worker process that shares the cores."""
-    data = np.ascontiguousarray(result)
-    return lz4.frame.compress(data, compression_level=0), data.shape, data.dtype.str
-
-
-def _unpack(packed: tuple[bytes, tuple[int, ...], str]) -> np.ndarray:
-    """Inverse of :func:`_pack` (a writable array)."""
-    data, shape, dtype = packed
-    return np.frombuffer(lz4.frame.decompress(data, return_bytearray=True), np.dtype(dtype)).reshape(shape)
-
-
-def _warm_up_process(warmed, parent_pid: int) -> None:
-    """Initialise one compute process: end with the process that owns the pool, leave Ctrl-C and SIGTERM to it
-    (a process killed while it writes a result would leave the pool's reader waiting forever), warm up."""
-    from backend.compute.warmup import warm_up
-    from backend.processes import keep_freed_memory, watch_parent
-
-    watch_parent(parent_pid)
-    keep_freed_memory()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)  # the owner stops the pool; no tracebacks from here
-    warm_up()
-    warmed.release()
-
-
-def _started() -> None:
-    """A no-op task: submitting one per worker makes the pool start (and warm up) all its processes."""
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def default_workers() -> int:
@@ -91,140 +115,3 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-class LocalExecutor:
-    """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles.
-
-    Each returned future carries ``compute_s``, the seconds its task computed in the worker process.
-    """
-
-    def __init__(self, pipeline: Pipeline | None = None, workers: int | None = None):
-        self.workers = workers or default_workers()
-        self._folder = tempfile.mkdtemp(prefix="ilastik-desktop-pipelines-")
-        self._known: set[str] = set()
-        self._pool = self._new_pool()
-        for _ in range(self.workers):
-            self._pool.submit(_started)
-        self._submitted = 0
-        self._done = 0
-        self.compute_s = 0.0
-        self._lock = threading.Lock()
-        self._inner: dict[int, Future] = {}
-        self.fingerprint = self.add_pipeline(pipeline) if pipeline is not None else None
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")
-        self._warmed, self._ready = context.Semaphore(0), 0
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_warm_up_process,
-                                   initargs=(self._warmed, os.getpid()))
-
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait until every worker process has started and warmed up; False if ``timeout`` passed first."""
-        deadline = time.monotonic() + timeout
-        while self._ready < self.workers:
-            if not self._warmed.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-            self._ready += 1
-        return True
-
-    @property
-    def pipelines(self) -> frozenset[str]:
-        """Fingerprints of the pipelines added so far."""
-        return frozenset(self._known)
-
-    def add_pipeline(self, pipeline: Pipeline) -> str:
-        """Store the pipeline where the worker processes load it on first use."""
-        fingerprint = pipeline.fingerprint()
-        if fingerprint not in self._known:
-            tmp = os.path.join(self._folder, f".{fingerprint}.npz")
-            pipeline.save(tmp)
-            os.replace(tmp, os.path.join(self._folder, fingerprint + ".npz"))
-            self._known.add(fingerprint)
-        return fingerprint
-
-    def submit(self, task: BlockTask, priority: int = 0) -> Future:
-        """Queue a task for the pool (the pool runs tasks in submission order)."""
-        if task.pipeline not in self._known:
-            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
-        self._submitted += 1
-        try:
-            inner = self._pool.submit(_run_task, task, self._folder)
-        except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
-            _end_pool(self._pool, grace_s=0.0)
-            self._pool = self._new_pool()
-            inner = self._pool.submit(_run_task, task, self._folder)
-        outer: Future = Future()
-        outer.compute_s = 0.0
-        with self._lock:
-            self._inner[id(outer)] = inner
-        inner.add_done_callback(lambda f: self._finished(outer, f))
-        return outer
-
-    def _finished(self, outer: Future, inner: Future) -> None:
-        with self._lock:
-            self._inner.pop(id(outer), None)
-            self._done += 1
-        if inner.cancelled():
-            outer.cancel()
-        elif inner.exception() is not None:
-            if not outer.done():
-                outer.set_exception(inner.exception())
-        else:
-            packed, outer.compute_s = inner.result()
-            values = _unpack(packed)
-            self.compute_s += outer.compute_s
-            if not outer.done():
-                outer.set_result(values)
-
-    def cancel(self, future: Future) -> bool:
-        """Cancel a task that has not started."""
-        with self._lock:
-            inner = self._inner.get(id(future))
-        if inner is None or not inner.cancel():
-            return future.cancelled()
-        return future.cancel()
-
-    def status(self) -> dict:
-        """Workers, submitted and finished task counts, summed compute seconds."""
-        return {"kind": "local", "workers": self.workers, "submitted": self._submitted, "done": self._done,
-                "compute_s": round(self.compute_s, 3)}
-
-    def close(self, grace_s: float = 2.0) -> None:
-        """Cancel what is queued, give running tasks ``grace_s`` seconds, end the processes, delete the files."""
-        if self._pool is None:
-            return
-        # The manager thread gets its time here only, not where submit replaces a broken pool (the worker's
-        # loop waits there).
-        _end_pool(self._pool, grace_s, manager_s=MANAGER_GRACE_S)
-        self._pool = self._warmed = None  # the last references: the semaphores are unlinked now
-        shutil.rmtree(self._folder, ignore_errors=True)
-
-    def __enter__(self) -> LocalExecutor:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-MANAGER_GRACE_S = 1.0  # at close: how long the pool's manager thread gets to close its queues
-
-
-def _end_pool(pool: ProcessPoolExecutor, grace_s: float, manager_s: float = 0.0) -> None:
-    """Shut ``pool`` down without waiting on its manager thread (which a process killed while writing a result
-    leaves blocked for good): join its processes for ``grace_s`` seconds, then kill what is left. Then give the
-    manager thread up to ``manager_s`` seconds to close the pool's queues: their 5 semaphores are unlinked only
-    when it lets go of them, and a process that leaves with ``os._exit`` right after (the worker does) would
-    otherwise leave them to the resource tracker's "leaked semaphore objects" warning."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # the pool's own; gone after shutdown
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-            process.join(1.0)
-    if manager is not None and manager_s > 0:
-        manager.join(manager_s)

@@ -7,8 +7,9 @@ tile never waits behind more than one export block per process; the slower side'
 the silence limit; a lost worker's tasks go back to the queue (not the tasks' fault); a task far
 slower than its peers (10 x the recent median plus a floor) is re-dispatched and its worker counts
 as slow; a result must be exactly what its task asked for; with no worker for
-``no_worker_timeout_s`` the queued tasks fail. Futures are never settled here: the methods return
-what settles them, for the executor to run outside its lock."""
+``worker_timeout_s`` (when the executor fails without workers) the queued tasks fail. Futures are never
+settled here: the methods return what settles them, for the executor to run outside its lock. Time comes
+from ``clock`` (``time.monotonic`` unless a test drives it)."""
 
 from __future__ import annotations
 
@@ -19,30 +20,24 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from backend.checks import whole_number
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.config import ExecutorConfig
+from backend.distributed.executor import LostWorker, WorkerStatus
+from backend.distributed.futures import TaskError, TaskFuture, settle
 from backend.distributed.protocol import Message, peer_interval
 from backend.errors import TransientError
 
 log = logging.getLogger(__name__)
 Settle = Callable[[], None]
-RATE_WINDOW_S = 10.0  # blocks/s of a worker: over this recent window
 LOST_SHOWN = 20  # lost workers kept for display
-
-
-class TaskError(RuntimeError):
-    """A task that failed on a worker (the message says why); ``deterministic`` if it would fail again."""
-
-    def __init__(self, message: str, deterministic: bool = False):
-        super().__init__(message)
-        self.deterministic = deterministic
+BACKGROUND_PRIORITY = 3  # tasks this urgent or less (exports) fill at most one slot per process
 
 
 class NoWorkers(TransientError):
-    """No worker was registered for longer than the executor's ``no_worker_timeout_s``."""
+    """No worker was registered for longer than the executor's ``worker_timeout_s``."""
 
 
 @dataclass(order=True)
@@ -52,7 +47,7 @@ class Job:
     priority: int
     seq: int
     task: BlockTask = field(compare=False)
-    future: Future = field(compare=False)
+    future: TaskFuture = field(compare=False)
     attempts: int = field(default=0, compare=False)
     sent: float = field(default=0.0, compare=False)
 
@@ -66,39 +61,39 @@ class Remote:
     processes: int
     version: str
     last_heard: float
+    started: float
     endpoint: str = ""
     heartbeat_s: float = 0.0
     in_flight: dict[str, Job] = field(default_factory=dict)
     overdue: dict[str, Job] = field(default_factory=dict)  # re-dispatched elsewhere; still occupy a process
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
-    started: float = field(default_factory=time.monotonic)
     kind: str = "remote"  # "local": one of the application's own worker processes
     finished: deque = field(default_factory=lambda: deque(maxlen=256))  # when its recent blocks came back
 
-    def recent_rate(self, now: float, window_s: float = RATE_WINDOW_S) -> float:
+    def recent_rate(self, now: float, window_s: float) -> float:
         """Blocks per second over the last ``window_s`` seconds (or since it registered, if later)."""
         recent = sum(1 for at in self.finished if at > now - window_s)
         return recent / max(min(window_s, now - self.started), 1e-6)
 
 
 @dataclass(frozen=True)
-class RosterRules:
-    """Timing and retry rules of an executor."""
+class Lost:
+    """A dropped worker, kept for display."""
 
-    heartbeat_s: float = 1.0
-    liveness: int = 3
-    max_attempts: int = 3
-    no_worker_timeout_s: float | None = None
-    deadline_floor_s: float = 30.0
-    background_priority: int = 3  # tasks this urgent or less (exports) fill at most one slot per process
+    host: str
+    endpoint: str
+    kind: str
+    reason: str
+    at: float
 
 
 class Roster:
     """Queue, workers and counters of one executor (see the module docstring)."""
 
-    def __init__(self, rules: RosterRules):
-        self.rules = rules
+    def __init__(self, config: ExecutorConfig = ExecutorConfig(), fail_without_workers: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config, self.fail_without_workers, self.clock = config, fail_without_workers, clock
         self.queue: list[Job] = []
         self.workers: dict[tuple[int, bytes], Remote] = {}
         self.pipelines: dict[str, Pipeline] = {}
@@ -109,12 +104,12 @@ class Roster:
         # that gateway's late results, which must never complete our tasks
         self._run_id = uuid.uuid4().hex[:12]
         self._roundtrips: deque[float] = deque(maxlen=64)  # seconds from dispatch to result, recent tasks
-        self._no_workers_since: float | None = time.monotonic()
-        self.lost: deque[dict] = deque(maxlen=LOST_SHOWN)  # workers dropped, with why and when
+        self._no_workers_since: float | None = clock()
+        self.lost: deque[Lost] = deque(maxlen=LOST_SHOWN)  # workers dropped, with why and when
 
-    def push(self, task: BlockTask, priority: int) -> Future:
+    def push(self, task: BlockTask, priority: int) -> TaskFuture:
         """Queue a task; returns its future."""
-        future: Future = Future()
+        future = TaskFuture()
         heapq.heappush(self.queue, Job(priority, next(self._seq), task, future))
         self.counters["submitted"] += 1
         return future
@@ -130,10 +125,11 @@ class Roster:
         if route in self.workers:
             self.drop(route, "re-registered")
         self._no_workers_since = None
+        now = self.clock()
         worker = self.workers[route] = Remote(route, str(fields.get("host", "?"))[:200], processes,
-                                              str(fields.get("version", "?"))[:100], time.monotonic(),
+                                              str(fields.get("version", "?"))[:100], now, now,
                                               endpoint=endpoint, heartbeat_s=peer_interval(fields), kind=kind)
-        back = [w for w in self.lost if (w["host"], w["endpoint"]) == (worker.host, endpoint)]
+        back = [w for w in self.lost if (w.host, w.endpoint) == (worker.host, endpoint)]
         for entry in back:  # it came back: no longer shown as lost
             self.lost.remove(entry)
         log.info("worker %s registered with %d processes", worker.host, processes)
@@ -143,8 +139,7 @@ class Roster:
         """Forget a worker; its tasks go back to the queue (a lost worker is not the tasks' fault)."""
         worker = self.workers.pop(route)
         if why != "re-registered":
-            self.lost.append({"host": worker.host, "endpoint": worker.endpoint, "kind": worker.kind, "reason": why,
-                              "at": time.monotonic()})
+            self.lost.append(Lost(worker.host, worker.endpoint, worker.kind, why, self.clock()))
         level = logging.WARNING if worker.in_flight or why != "said goodbye" else logging.INFO
         log.log(level, "worker %s dropped (%s); re-dispatching %d tasks", worker.host, why, len(worker.in_flight))
         for job in worker.in_flight.values():
@@ -167,7 +162,7 @@ class Roster:
             return self._book_result(worker, job, message)
         if fields.get("missing_pipeline") == job.task.pipeline:
             worker.pipelines.discard(job.task.pipeline)  # sent again before the task's next dispatch
-        if fields.get("deterministic") or job.attempts + 1 >= self.rules.max_attempts:
+        if fields.get("deterministic") or job.attempts + 1 >= self.config.max_attempts:
             self.counters["failed"] += 1
             error = TaskError(str(fields.get("message", "task failed"))[:1000],
                               deterministic=fields.get("deterministic") is True)
@@ -176,10 +171,11 @@ class Roster:
         return None
 
     def _book_result(self, worker: Remote, job: Job, message: Message) -> Settle:
-        roundtrip = time.monotonic() - job.sent
+        now = self.clock()
+        roundtrip = now - job.sent
         self._roundtrips.append(roundtrip)
         worker.done += 1
-        worker.finished.append(time.monotonic())
+        worker.finished.append(now)
         compute_s = _seconds(message.fields.get("compute_s"))
         self.counters["done"] += 1
         self.counters["compute_s"] += compute_s
@@ -206,7 +202,7 @@ class Roster:
         settles: list[Settle] = []
         deadline = self.deadline()
         for route, worker in list(self.workers.items()):
-            limit = max(self.rules.heartbeat_s, worker.heartbeat_s) * self.rules.liveness  # the slower side
+            limit = max(self.config.heartbeat_s, worker.heartbeat_s) * self.config.liveness  # the slower side
             if now - worker.last_heard > limit:
                 self.drop(route, f"silent for {limit:.1f} s")
                 continue
@@ -219,17 +215,17 @@ class Roster:
         worker.overdue[key] = job  # its late result is still welcome; its process stays counted busy
         self.counters["overdue"] += 1
         log.warning("worker %s is slow: a task took more than %.0f s; re-dispatching it", worker.host, deadline)
-        if job.attempts + 1 < self.rules.max_attempts:
+        if job.attempts + 1 < self.config.max_attempts:
             self._requeue(job)
             return []
-        error = TaskError(f"a task took more than {deadline:.0f} s on {self.rules.max_attempts} workers")
+        error = TaskError(f"a task took more than {deadline:.0f} s on {self.config.max_attempts} workers")
         return [lambda: settle(job.future, error=error)]
 
     def deadline(self) -> float:
         """How long a task may take before it is re-dispatched: ten times the recent median plus a floor."""
         if not self._roundtrips:
-            return 4 * self.rules.deadline_floor_s
-        return self.rules.deadline_floor_s + 10 * sorted(self._roundtrips)[len(self._roundtrips) // 2]
+            return 4 * self.config.deadline_floor_s
+        return self.config.deadline_floor_s + 10 * sorted(self._roundtrips)[len(self._roundtrips) // 2]
 
     def _fail_without_workers(self, now: float) -> list[Settle]:
         if self.workers:
@@ -237,8 +233,8 @@ class Roster:
             return []
         if self._no_workers_since is None:
             self._no_workers_since = now
-        timeout = self.rules.no_worker_timeout_s
-        if timeout is None or now - self._no_workers_since < timeout:
+        timeout = self.config.worker_timeout_s
+        if not self.fail_without_workers or now - self._no_workers_since < timeout:
             return []
         failed = [job for job in self.queue if not job.future.done()]
         self.queue.clear()
@@ -250,9 +246,10 @@ class Roster:
     def dispatch(self) -> list[tuple[Remote, str, Job, bool]]:
         """Hand queued jobs to workers with room: (worker, task key, job, whether it needs the pipeline first)."""
         sent = []
-        for worker in sorted(self.workers.values(), key=lambda w: len(w.in_flight) / w.processes):
+        # the least loaded first; a worker holding an overdue task (a stuck process) last
+        for worker in sorted(self.workers.values(), key=lambda w: (bool(w.overdue), len(w.in_flight) / w.processes)):
             while len(worker.in_flight) + len(worker.overdue) < 2 * worker.processes and self.queue:
-                if self.queue[0].priority >= self.rules.background_priority and self._background(worker) >= \
+                if self.queue[0].priority >= BACKGROUND_PRIORITY and self._background(worker) >= \
                         worker.processes:
                     break  # keep a slot per process for what a viewer needs next
                 job = heapq.heappop(self.queue)
@@ -264,12 +261,12 @@ class Roster:
                 worker.pipelines.add(job.task.pipeline)
                 key = f"{self._run_id}-{job.seq}"
                 worker.in_flight[key] = job
-                job.sent = time.monotonic()
+                job.sent = self.clock()
                 sent.append((worker, key, job, needs_pipeline))
         return sent
 
     def _background(self, worker: Remote) -> int:
-        return sum(job.priority >= self.rules.background_priority for job in worker.in_flight.values())
+        return sum(job.priority >= BACKGROUND_PRIORITY for job in worker.in_flight.values())
 
     def close(self) -> list[Settle]:
         """Empty the books; returns what fails every pending task."""
@@ -278,34 +275,26 @@ class Roster:
         error = TaskError("executor closed")
         return [lambda job=job: settle(job.future, error=error) for job in pending]
 
-    def status(self, now: float) -> dict:
-        """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth and counters."""
-        workers = [{"host": w.host, "processes": w.processes, "version": w.version, "endpoint": w.endpoint,
-                    "state": "slow" if w.overdue else "busy" if w.in_flight else "idle",
-                    "heartbeat_age_s": round(now - w.last_heard, 2), "overdue": len(w.overdue),
-                    "in_flight": len(w.in_flight), "blocks_done": w.done,
-                    "blocks_per_s": round(w.recent_rate(now), 2), "kind": w.kind}
-                   for w in self.workers.values()]
-        waiting = [job.priority for job in self.queue if not job.future.done()]  # cancelled jobs leave when popped
-        queued = len(waiting)
-        waited = now - self._no_workers_since if self._no_workers_since is not None else 0.0
-        lost = [{**entry, "ago_s": round(now - entry["at"], 1)} for entry in self.lost]
-        return {"workers": workers, "lost": lost, "queued": queued,
-                "queued_by_priority": {p: waiting.count(p) for p in sorted(set(waiting))},
-                "no_workers_s": round(waited, 1),
-                "processes": sum(w["processes"] for w in workers),
-                **{k: round(v, 3) if isinstance(v, float) else v for k, v in self.counters.items()}}
+    def workers_status(self, now: float) -> tuple[WorkerStatus, ...]:
+        """Workers (host, processes, state, heartbeat age, blocks done, blocks/s)."""
+        return tuple(WorkerStatus(w.host, w.endpoint, w.processes, "slow" if w.overdue else "busy" if w.in_flight
+                                  else "idle", kind=w.kind, version=w.version, in_flight=len(w.in_flight),
+                                  overdue=len(w.overdue), blocks_done=w.done,
+                                  blocks_per_s=round(w.recent_rate(now, self.config.rate_window_s), 2),
+                                  heartbeat_age_s=round(now - w.last_heard, 2))
+                     for w in self.workers.values())
 
+    def lost_status(self, now: float) -> tuple[LostWorker, ...]:
+        """The workers dropped lately, with why and how long ago."""
+        return tuple(LostWorker(w.host, w.endpoint, w.kind, w.reason, round(now - w.at, 1)) for w in self.lost)
 
-def settle(future: Future, result=None, error: Exception | None = None) -> None:
-    """Resolve a future unless it was resolved or cancelled meanwhile."""
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except InvalidStateError:
-        pass
+    def waiting(self) -> list[int]:
+        """The priorities of the queued tasks (cancelled ones leave the queue only when popped)."""
+        return [job.priority for job in self.queue if not job.future.done()]
+
+    def no_workers_s(self, now: float) -> float:
+        """How long there has been no worker (0 while there is one)."""
+        return round(now - self._no_workers_since, 1) if self._no_workers_since is not None else 0.0
 
 
 def _seconds(value) -> float:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import zmq
 
+from backend.backoff import Backoff
 from backend.compute.pipeline import Pipeline
-from backend.distributed.executor import LocalExecutor
+from backend.config import WorkerConfig
 from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
+from backend.distributed.local_executor import LocalExecutor
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
     Message,
@@ -37,19 +39,16 @@ from backend.errors import is_deterministic
 
 log = logging.getLogger(__name__)
 PROTOCOL_NAME = "ilastik-desktop/1"
-WARM_UP_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """How a worker reaches its gateway and how much it computes."""
+class WorkerOptions:
+    """How a worker reaches its gateway, how much it computes, and its timing (the configuration's section)."""
 
     connect: str | None = None
     listen: str | None = None
     processes: int = 1
-    heartbeat_s: float = 1.0
-    liveness: int = 3
-    backoff_max_s: float = 8.0
+    timing: WorkerConfig = WorkerConfig()
     identity: CurveIdentity | None = None  # our keys; in listen mode ``allowed`` holds the gateways' keys
     server_key: bytes | None = None  # the gateway's public key (connect mode)
 
@@ -62,7 +61,7 @@ class WorkerConfig:
 class Worker:
     """Serve block tasks until :meth:`stop` is called (from any thread)."""
 
-    def __init__(self, config: WorkerConfig):
+    def __init__(self, config: WorkerOptions):
         if bool(config.connect) == bool(config.listen):
             raise ValueError("give exactly one of connect and listen")
         endpoint = config.connect or config.listen
@@ -74,7 +73,7 @@ class Worker:
         self.context = zmq.Context()
         self.authenticator = Authenticator(self.context, config.identity) if config.secure and config.listen \
             else None
-        self.pool = LocalExecutor(workers=config.processes)
+        self.pool = LocalExecutor(workers=config.processes, config=config.timing)
         self._stopping = False  # a plain flag: stop() must be safe in a signal handler, so it takes no lock
         self._done: list[tuple[str, bytes | None, Future]] = []  # (task key, gateway it came from, future)
         self._done_lock = threading.Lock()
@@ -114,11 +113,12 @@ class Worker:
 
     def _ready(self) -> list[bytes]:
         return encode("READY", {"processes": self.config.processes, "version": PROTOCOL_NAME,
-                                "host": platform.node(), "pid": os.getpid(), "heartbeat_s": self.config.heartbeat_s})
+                                "host": platform.node(), "pid": os.getpid(),
+                                "heartbeat_s": self.config.timing.heartbeat_s})
 
     def run(self) -> None:
         """The socket loop; returns after :meth:`stop`."""
-        backoff = 0.5
+        backoff = Backoff(self.config.timing.reconnect_first_s, self.config.timing.reconnect_max_s)
         try:
             while not self._stopping:
                 sock = self._open()
@@ -128,16 +128,16 @@ class Worker:
                     if self.config.connect:
                         _send(sock, self._ready())
                     if self._serve(sock, monitor):
-                        backoff = 0.5
+                        backoff.reset()
                 finally:
                     if monitor:
                         monitor.close()
                     sock.close(linger=0)
                 if not self._stopping:
-                    log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.liveness,
-                                backoff)
-                    self._wakeup.wait(backoff)
-                    backoff = min(backoff * 2, self.config.backoff_max_s)
+                    pause = backoff.next()
+                    log.warning("gateway silent for %d heartbeats; reconnecting in %.1f s", self.config.timing.liveness,
+                                pause)
+                    self._wakeup.wait(pause)
         finally:
             self.pool.close()
             if self.authenticator:
@@ -146,11 +146,12 @@ class Worker:
             self._wakeup.close()
 
     def _wait_for_pool(self) -> None:
-        """Announce ourselves only once the compute processes are warm (or after WARM_UP_LIMIT_S)."""
-        deadline = time.monotonic() + WARM_UP_LIMIT_S
+        """Announce ourselves only once the compute processes are warm (or after the warm-up limit)."""
+        limit = self.config.timing.warm_up_limit_s
+        deadline = time.monotonic() + limit
         while not self._stopping and not self.pool.wait_ready(0.2):
             if time.monotonic() > deadline:
-                log.warning("compute processes still starting after %.0f s; serving anyway", WARM_UP_LIMIT_S)
+                log.warning("compute processes still starting after %.0f s; serving anyway", limit)
                 return
 
     def _serve(self, sock: zmq.Socket, monitor: HandshakeMonitor | None = None) -> bool:
@@ -160,7 +161,7 @@ class Worker:
         poller.register(self._wakeup, zmq.POLLIN)
         if monitor:
             poller.register(monitor.socket, zmq.POLLIN)
-        interval = self.config.heartbeat_s
+        interval = self.config.timing.heartbeat_s
         last_heard = time.monotonic() if self.config.connect else None
         last_sent = time.monotonic()
         heard_any = False
@@ -192,12 +193,12 @@ class Worker:
             if now - last_sent >= interval and last_heard is not None:
                 self._send(sock, encode("HEARTBEAT"))
                 last_sent = now
-            silence = max(interval, self._peer_interval) * self.config.liveness  # the slower side sets the pace
+            silence = max(interval, self._peer_interval) * self.config.timing.liveness  # the slower side sets the pace
             if last_heard is not None and now - last_heard > silence:
                 if self.config.connect:
                     return heard_any  # reconnect with back-off
                 # listening: keep the bound socket (re-binding the port can fail) and wait for a gateway
-                log.warning("gateway silent for %d heartbeats; waiting for a gateway", self.config.liveness)
+                log.warning("gateway silent for %d heartbeats; waiting for a gateway", self.config.timing.liveness)
                 last_heard, heard_any, self._gateway = None, False, None
         if last_heard is not None:
             self._send(sock, encode("DISCONNECT"))

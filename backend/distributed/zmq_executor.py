@@ -24,6 +24,9 @@ from dataclasses import replace
 import zmq
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.config import ExecutorConfig
+from backend.distributed.executor import Executor, ZmqStatus
+from backend.distributed.futures import TaskError, TaskFuture, guarded, settle
 from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
@@ -33,7 +36,7 @@ from backend.distributed.protocol import (
     encode,
     task_message,
 )
-from backend.distributed.roster import NoWorkers, Roster, RosterRules, Settle, TaskError
+from backend.distributed.roster import NoWorkers, Roster, Settle
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
 from backend.distributed.wakeup import Wakeup
 
@@ -41,16 +44,21 @@ log = logging.getLogger(__name__)
 __all__ = ["NoWorkers", "TaskError", "ZmqExecutor"]
 
 
-class ZmqExecutor:
-    """Dispatch block tasks to ZeroMQ workers; see the module docstring."""
+class ZmqExecutor(Executor):
+    """Dispatch block tasks to ZeroMQ workers; see the module docstring.
+
+    With ``fail_without_workers``, queued tasks fail once no worker was registered for the configuration's
+    ``worker_timeout_s`` (headless runs); otherwise they wait for workers to come.
+    """
 
     def __init__(self, bind: str | None = "tcp://127.0.0.1:0", connect_to: tuple[str, ...] = (),
-                 identity: CurveIdentity | None = None, heartbeat_s: float = 1.0, liveness: int = 3,
-                 max_attempts: int = 3, no_worker_timeout_s: float | None = None, deadline_floor_s: float = 30.0):
+                 identity: CurveIdentity | None = None, config: ExecutorConfig = ExecutorConfig(),
+                 fail_without_workers: bool = False):
         self.context = zmq.Context()
         self.identity = identity
-        self.heartbeat_s = heartbeat_s
-        self.roster = Roster(RosterRules(heartbeat_s, liveness, max_attempts, no_worker_timeout_s, deadline_floor_s))
+        self.config = config
+        self.heartbeat_s = config.heartbeat_s
+        self.roster = Roster(config, fail_without_workers)
         self._completions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmq-completions")
         self.authenticator = Authenticator(self.context, identity) if identity else None
         self._sockets: dict[int, zmq.Socket] = {}
@@ -153,25 +161,34 @@ class ZmqExecutor:
                 self.roster.pipelines[fingerprint] = pipeline
         return fingerprint
 
-    def submit(self, task: BlockTask, priority: int = 0) -> Future:
-        """Queue a task; lower ``priority`` values are dispatched first."""
+    def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
+        """Queue a task; lower ``priority`` values are dispatched first (after close: an already failed future)."""
         if task.pipeline not in self._messages:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         with self._lock:
+            if self._stop.is_set():
+                future = TaskFuture()
+                settle(future, error=TaskError("executor closed"))
+                return future
             future = self.roster.push(task, priority)
         self._wakeup.wake()
         return future
 
-    def cancel(self, future: Future) -> bool:
+    def cancel(self, future: TaskFuture) -> bool:
         """Cancel a queued task; tasks already on a worker finish and are discarded."""
         return future.cancel()  # fails once dispatched: the roster marks the future running first
 
-    def status(self) -> dict:
+    def status(self) -> ZmqStatus:
         """Workers (host, processes, state, heartbeat age, blocks done, blocks/s), queue depth, counters."""
         with self._lock:
             refused = self._refused + (self.authenticator.refused if self.authenticator else [])
-            return {"kind": "zmq", "address": self.address, "refused": refused[-20:],
-                    **self.roster.status(time.monotonic())}
+            now = self.roster.clock()
+            waiting = self.roster.waiting()
+            counters = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.roster.counters.items()}
+            return ZmqStatus("zmq", self.address, self.roster.workers_status(now), queued=len(waiting),
+                             no_workers_s=self.roster.no_workers_s(now), lost=self.roster.lost_status(now),
+                             refused=tuple(refused[-20:]),
+                             queued_by_priority={p: waiting.count(p) for p in sorted(set(waiting))}, **counters)
 
     def wait_for_workers(self, processes: int, timeout: float) -> bool:
         """Block until workers with at least ``processes`` processes are registered."""
@@ -189,7 +206,7 @@ class ZmqExecutor:
         self._stop.set()
         self._wakeup.wake()
         self._thread.join(timeout=10)
-        self._completions.shutdown(wait=True)
+        self._completions.shutdown(wait=True)  # every future is settled now (the I/O thread failed the rest)
         for monitor in self._monitors.values():
             monitor.close()
         for sock in self._sockets.values():
@@ -198,12 +215,6 @@ class ZmqExecutor:
             self.authenticator.stop()
         self.context.term()
         self._wakeup.close()
-
-    def __enter__(self) -> ZmqExecutor:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # -- the I/O thread --------------------------------------------------------------------------------
 
@@ -250,7 +261,7 @@ class ZmqExecutor:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 self._receive((number, frames[0]), frames[1:])
         with self._lock:
-            settles = self.roster.expire(time.monotonic())
+            settles = self.roster.expire(self.roster.clock())
             for worker, key, job, needs_pipeline in self.roster.dispatch():
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
@@ -260,8 +271,8 @@ class ZmqExecutor:
 
     def _settle_later(self, settles: list[Settle]) -> None:
         """Settle futures on the completion thread: their callbacks may be slow and may call us."""
-        for settle in settles:
-            self._completions.submit(settle)
+        for settle_one in settles:
+            self._completions.submit(guarded, settle_one)
 
     def _send(self, route: tuple[int, bytes], frames: list) -> None:
         sock = self._sockets.get(route[0])
@@ -312,10 +323,10 @@ class ZmqExecutor:
         elif message.type == "DISCONNECT":
             self.roster.drop(route, "said goodbye")
         else:
-            worker.last_heard = time.monotonic()
+            worker.last_heard = self.roster.clock()
             if message.type in ("RESULT", "ERROR"):
-                settle = self.roster.complete(worker, message)
-                self._settle_later([settle] if settle else [])
+                settle_one = self.roster.complete(worker, message)
+                self._settle_later([settle_one] if settle_one else [])
 
     def _peer(self, number: int) -> tuple[str, str]:
         """How a worker on socket ``number`` is reached, and whether it is one of our local ones."""
@@ -347,5 +358,5 @@ class ZmqExecutor:
             for route in list(self.roster.workers):
                 self._send(route, encode("DISCONNECT"))
             settles = self.roster.close()
-        for settle in settles:
-            settle()
+        for settle_one in settles:
+            guarded(settle_one)

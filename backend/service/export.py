@@ -22,6 +22,7 @@ from backend.io.sources import DataSource, split_internal_path
 from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
 from backend.service.objects import OBJECTS, frame_roi, request_frame
+from backend.service.snapshot import PipelineSnapshot
 
 EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS)
 
@@ -112,7 +113,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     export with :class:`ExportCancelled` and removes the partial output.
     """
     kinds = check_sources(split_kind(options.kind), options.filename_pattern)
-    source, pipeline = gateway.source, gateway.pipeline
+    snapshot = gateway.snapshot  # one classifier for the whole export, even while the window trains
+    source, pipeline = gateway.source, snapshot.pipeline
     region = options.region or Roi.from_shape(source.spatial_shape)
     objects = options.kind == OBJECTS
     paths = [output_path(options.filename_pattern, options.fmt, source, nickname, kind) for kind in kinds]
@@ -130,12 +132,13 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     if objects:
         pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
     else:
-        pieces = [block.roi.intersect(region) for block in gateway.grid.blocks_in(region)]
+        pieces = [block.roi.intersect(region) for block in snapshot.grid(gateway.config.block_shape).blocks_in(region)]
     started = time.perf_counter()
     bar = tqdm(total=len(pieces), unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
                disable=not options.progress, dynamic_ncols=True)
     try:
-        _stream(gateway, options, pieces, writer, _Progress(bar, len(pieces), on_progress, cancel), max_in_flight)
+        _stream(gateway, snapshot, options, pieces, writer, _Progress(bar, len(pieces), on_progress, cancel),
+                max_in_flight)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -185,12 +188,13 @@ class SplitWriter:
             writer.abort()
 
 
-def _request(gateway: Gateway, options: ExportOptions, roi: Roi) -> tuple[Future, Callable[[], None]]:
+def _request(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,
+             roi: Roi) -> tuple[Future, Callable[[], None]]:
     """A future of ``roi``'s values and how to cancel it."""
     if options.kind != OBJECTS:
-        request = gateway.request(options.kind, roi, BATCH)
+        request = gateway.request(options.kind, roi, BATCH, snapshot=snapshot)
         return request.future, request.cancel
-    frame = request_frame(gateway, roi.start[0], options.threshold or ThresholdSettings(), BATCH)
+    frame = request_frame(gateway, roi.start[0], options.threshold or ThresholdSettings(), BATCH, snapshot)
     cropped: Future = Future()
 
     def crop(done: Future) -> None:
@@ -220,18 +224,18 @@ class _Progress:
             raise ExportCancelled("the export was cancelled")
 
 
-def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
+def _stream(gateway, snapshot, options, pieces, writer, bar, max_in_flight) -> None:
     """Request every piece, at most ``max_in_flight`` at a time; pieces another process is computing right
     now are put off to the end (by then they are cached), so concurrent exports share the work."""
     pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
     deferred: list[Roi] = []
     try:
-        for roi in _own_first(gateway, options, pieces, deferred):
+        for roi in _own_first(gateway, snapshot, options, pieces, deferred):
             bar.check()
             while len(pending) >= max_in_flight:
                 _drain(pending, writer, bar)
                 bar.check()
-            future, cancel = _request(gateway, options, roi)
+            future, cancel = _request(gateway, snapshot, options, roi)
             pending[future] = (roi, cancel)
         while pending:
             _drain(pending, writer, bar)
@@ -241,12 +245,12 @@ def _stream(gateway, options, pieces, writer, bar, max_in_flight) -> None:
             cancel()
 
 
-def _own_first(gateway, options, pieces, deferred: list[Roi]):
+def _own_first(gateway, snapshot, options, pieces, deferred: list[Roi]):
     """The pieces, those held by another process's claim when their turn comes moved to the end; if another
     export is at the first piece already, from the last piece backwards (the two meet in the middle)."""
-    held = options.kind != OBJECTS and bool(pieces) and gateway.held_elsewhere(options.kind, pieces[0])
+    held = options.kind != OBJECTS and bool(pieces) and gateway.held_elsewhere(options.kind, pieces[0], snapshot)
     for roi in reversed(pieces) if held else pieces:
-        if options.kind != OBJECTS and gateway.held_elsewhere(options.kind, roi):
+        if options.kind != OBJECTS and gateway.held_elsewhere(options.kind, roi, snapshot):
             deferred.append(roi)
         else:
             yield roi

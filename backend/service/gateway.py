@@ -1,136 +1,133 @@
 """The gateway: region requests -> blocks -> cache, claim or wait -> executor -> progressive delivery.
 
-Every block a request needs is looked up in the cache; a missing one is claimed (so no other request,
-here or in another process, computes it too) and sent to the executor, or, if someone else holds its
-claim, awaited through the cache's completion notices. A watchdog renews our claims and re-claims
-blocks whose owner died. Nothing here imports Qt; the viewer observes requests through callbacks.
+A request is cut into blocks of the current :class:`~backend.service.snapshot.PipelineSnapshot`; each
+block joins the table of blocks in progress (one state however many requests want it) and goes through
+:class:`~backend.service.claims.Claims` (cache, claim, notices, watchdog). A block we claim becomes a
+task for the executor; its result is delivered to every waiting request and stored in the cache. Nothing
+here imports Qt; the viewer observes requests through callbacks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import redis
 
-from backend.cache.block_cache import BlockCache, block_key
 from backend.compute.geometry import Block, BlockGrid, Roi
 from backend.compute.pipeline import BlockTask, Pipeline
-from backend.errors import TransientError, UserError, is_deterministic
+from backend.distributed.executor import Executor
+from backend.errors import TransientError
 from backend.io.sources import DataSource
-from backend.service.block_state import BlockState
+from backend.service.block_state import BlockState, BlockTable
+from backend.service.claims import CacheUnavailable, Claims
+from backend.service.gateway_status import Counters, GatewayStatus
 from backend.service.region import RegionRequest
+from backend.service.snapshot import PipelineSnapshot
 
 log = logging.getLogger(__name__)
 RAW = "Raw"
 VISIBLE, SIDE_VIEW, PREFETCH, BATCH = 0, 1, 2, 3  # request priorities: lower is served first
-
-
-class CacheUnavailable(UserError):
-    """The cache server cannot be reached."""
+__all__ = ["BATCH", "PREFETCH", "RAW", "SIDE_VIEW", "VISIBLE", "CacheUnavailable", "Gateway", "GatewayConfig"]
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """Block geometry and timing of a gateway."""
+    """Block geometry of a gateway, and whether workers read the raw data themselves."""
 
     block_shape: tuple[int, int, int, int] = (1, 64, 64, 64)
-    lease_s: float = 10.0
     raw_by_path: bool = False  # tasks name the raw data's file and region; workers read it themselves
 
 
 class Gateway:
-    """Serves regions of raw data and classifier results for one image."""
+    """Serves regions of raw data and classifier results for one image (``cache``: a BlockCache or a fake)."""
 
-    def __init__(self, source: DataSource, pipeline: Pipeline, executor, cache: BlockCache,
-                 config: GatewayConfig = GatewayConfig(), on_cache_lost: Callable[[], None] | None = None):
-        self.source, self.executor, self.cache, self.config = source, executor, cache, config
-        self.on_cache_lost = on_cache_lost
+    def __init__(self, source: DataSource, pipeline: Pipeline, executor: Executor, cache,
+                 config: GatewayConfig = GatewayConfig(), on_cache_lost: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.source, self.executor, self.cache, self.config, self.clock = source, executor, cache, config, clock
         self.data_fingerprint = source.fingerprint()
         self.set_pipeline(pipeline)
-        self._blocks: dict[str, BlockState] = {}
-        self._lock = threading.Lock()
-        self._counter_lock = threading.Lock()
-        self.counters = {"hits": 0, "misses": 0, "waited": 0, "computed": 0, "failed": 0, "gateway_s": 0.0}
-        self._stop = threading.Event()
-        self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
-        if not self._listener.subscribed.wait(10):
-            self._listener.stop()
-            raise CacheUnavailable("the cache server does not answer")
-        self._watchdog = threading.Thread(target=self._watch, name="gateway-watchdog", daemon=True)
-        self._watchdog.start()
+        self.table = BlockTable()
+        self.counters = Counters()
+        self.claims = Claims(cache, self.table, self.counters, self._compute, self._finish, on_cache_lost, clock)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-helper")
 
+    # -- the pipeline ---------------------------------------------------------------------------------
     def set_pipeline(self, pipeline: Pipeline) -> None:
-        """Use another classifier or feature set from now on (its blocks get other keys)."""
-        self.pipeline = pipeline
-        self.pipeline_fingerprint = self.executor.add_pipeline(pipeline)
-        self._grids: dict[tuple[int, ...], BlockGrid] = {}
-        self.grid = self.grid_for(self.config.block_shape)
+        """Use another classifier or feature set from now on (its blocks get other keys); blocks asked for
+        before keep the snapshot they were keyed with."""
+        fingerprint = self.executor.add_pipeline(pipeline)
+        self.snapshot = PipelineSnapshot(self.data_fingerprint, pipeline, fingerprint, self.source.spatial_shape)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline new requests are computed with."""
+        return self.snapshot.pipeline
+
+    @property
+    def pipeline_fingerprint(self) -> str:
+        """The fingerprint of :attr:`pipeline` (part of every block key)."""
+        return self.snapshot.fingerprint
+
+    @property
+    def grid(self) -> BlockGrid:
+        """The block grid of the gateway's own block shape under the current pipeline."""
+        return self.snapshot.grid(self.config.block_shape)
 
     def grid_for(self, block_shape: tuple[int, int, int, int]) -> BlockGrid:
         """The block grid of ``block_shape`` (tzyx) with the current pipeline's halo."""
-        grid = self._grids.get(block_shape)
-        if grid is None:
-            grid = self._grids[block_shape] = BlockGrid(self.source.spatial_shape, block_shape,
-                                                        (0,) + self.pipeline.halo)
-        return grid
+        return self.snapshot.grid(block_shape)
 
+    # -- requests -------------------------------------------------------------------------------------
     def request(self, kind: str, roi: Roi, priority: int = 0,
                 on_block: Callable[[Roi, np.ndarray], None] | None = None,
-                block_shape: tuple[int, int, int, int] | None = None) -> RegionRequest:
+                block_shape: tuple[int, int, int, int] | None = None,
+                snapshot: PipelineSnapshot | None = None) -> RegionRequest:
         """Start assembling ``roi`` (tzyx) of a layer: ``Raw`` or a result kind of the pipeline.
 
-        Results are computed in blocks of ``block_shape`` (default: the gateway's); a view asks for
-        blocks one voxel thin along its normal so that a slice costs no more than itself.
+        Results are computed in blocks of ``block_shape`` (default: the gateway's) under ``snapshot``
+        (default: the current one); a view asks for blocks one voxel thin along its normal so that a slice
+        costs no more than itself.
         """
         if not Roi.from_shape(self.source.spatial_shape).contains(roi):
             raise ValueError(f"{roi} is outside the image {self.source.spatial_shape}")
         if kind == RAW:
             req = RegionRequest(self, kind, roi, self.source.channels, self.source.dtype, on_block)
             req.pending.add(RAW)
-            req._deliver(RAW, roi, self.source.read(roi))
+            req.deliver(RAW, roi, self.source.read(roi))
             return req
-        req = RegionRequest(self, kind, roi, self.pipeline.channels(kind), self.pipeline.dtype(kind), on_block)
-        fresh: list[BlockState] = []
-        hurried: list[BlockState] = []
-        with self._lock:
-            blocks = [(block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, b.roi), b)
-                      for b in self.grid_for(block_shape or self.config.block_shape).blocks_in(roi)]
-            req.pending.update(key for key, _ in blocks)
-            for key, block in blocks:
-                state = self._blocks.get(key)
-                if state is None:
-                    expected = (1, *block.roi.shape[1:], self.pipeline.channels(kind)), self.pipeline.dtype(kind)
-                    state = self._blocks[key] = BlockState(key, block, kind, priority, expected=expected)
-                    fresh.append(state)
-                elif priority < state.priority:
-                    state.priority = priority
-                    hurried.append(state)
-                state.waiters.append(req)
+        snap = snapshot or self.snapshot
+        req = RegionRequest(self, kind, roi, snap.pipeline.channels(kind), snap.pipeline.dtype(kind), on_block)
+        blocks = [(snap.key(kind, b.roi), b) for b in snap.grid(block_shape or self.config.block_shape).blocks_in(roi)]
+        req.pending.update(key for key, _ in blocks)
+        fresh, hurried = [], []
+        for key, block in blocks:
+            def make(key=key, block=block) -> BlockState:
+                return BlockState(key, block, kind, priority, snap, self.clock(),
+                                  expected=snap.expected(kind, block.roi))
+
+            state, is_fresh, is_hurried = self.table.join(key, make, req, priority)
+            (fresh if is_fresh else hurried if is_hurried else []).append(state)
         for state in hurried:
             self._hurry(state)
         for state in fresh:
-            self._look_up(state)
+            self.claims.look_up(state)
         return req
 
-    def held_elsewhere(self, kind: str, roi: Roi) -> bool:
+    def held_elsewhere(self, kind: str, roi: Roi, snapshot: PipelineSnapshot | None = None) -> bool:
         """True if the one block under ``roi`` is being computed by another process (it holds the claim)."""
-        block = next(iter(self.grid.blocks_in(roi)))
-        key = block_key(self.data_fingerprint, self.pipeline_fingerprint, kind, block.roi)
-        with self._lock:
-            if key in self._blocks:
-                return False
+        snap = snapshot or self.snapshot
+        block = next(iter(snap.grid(self.config.block_shape).blocks_in(roi)))
+        key = snap.key(kind, block.roi)
+        if self.table.get(key) is not None:
+            return False
         try:
             return self.cache.leased(key)
-        except redis.RedisError:
+        except Exception:  # the cache is down: say no, the request itself reports it
             return False
 
     def request_derived(self, key: str, roi: Roi, channels: int, dtype, produce: Callable[[], Future],
@@ -142,132 +139,59 @@ class Gateway:
         """
         req = RegionRequest(self, "derived", roi, channels, dtype, None)
         req.pending.add(key)
-        with self._lock:
-            state = self._blocks.get(key)
-            fresh = state is None
-            if fresh:
-                state = self._blocks[key] = BlockState(key, Block((), roi, roi), "derived", priority, produce=produce,
-                                                   expected=((1, *roi.shape[1:], channels), np.dtype(dtype)))
-            state.waiters.append(req)
+
+        def make() -> BlockState:
+            return BlockState(key, Block((), roi, roi), "derived", priority, None, self.clock(), produce=produce,
+                              expected=((1, *roi.shape[1:], channels), np.dtype(dtype)))
+
+        state, fresh, _ = self.table.join(key, make, req, priority)
         if fresh:
-            self._look_up(state)
+            self.claims.look_up(state)
         return req
 
     def run_local(self, function: Callable, *args) -> Future:
         """Run a short computation on the results (labelling a frame) on the gateway's helper thread."""
         return self._helper.submit(function, *args)
 
-    def status(self) -> dict:
+    def status(self) -> GatewayStatus:
         """Executor status plus cache hits, misses and blocks in progress."""
-        with self._lock:
-            in_progress = len(self._blocks)
-        with self._counter_lock:
-            counters = dict(self.counters, gateway_s=round(self.counters["gateway_s"], 3))
-        return {"executor": self.executor.status(), "blocks_in_progress": in_progress,
-                "cache_memory_mb": self.cache.memory_mb(), **counters}
+        return GatewayStatus(self.executor.status(), len(self.table), self.cache.memory_mb(),
+                             **self.counters.values())
 
     def close(self) -> None:
         """Stop the watchdog and the notice listener; drop our queued blocks and release our claims."""
-        self._stop.set()
-        self._watchdog.join(timeout=5)
-        self._listener.stop()
+        self.claims.stop()
         self._helper.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            owned = [(s.key, s.token) for s in self._blocks.values() if s.token]
-            waiting = list(self._blocks.values())
-            self._blocks.clear()
+        waiting = self.table.clear()
         for state in waiting:
             if state.future is not None:
                 self.executor.cancel(state.future)  # nobody will look at it any more
-        for key, token in owned:
-            with contextlib.suppress(redis.RedisError):
-                self.cache.release(key, token, retry=False)  # closing: never wait for a dead cache
+        self.claims.release(waiting)
         for state in waiting:
             for req in state.waiters:
-                req._fail(CacheUnavailable("the gateway was closed"))
+                req.fail(CacheUnavailable("the gateway was closed"))
 
-    # -- one block ------------------------------------------------------------------------------------
-    def _count(self, name: str, amount: float = 1) -> None:
-        with self._counter_lock:
-            self.counters[name] += amount
-
-    def _look_up(self, state: BlockState) -> None:
-        started = time.perf_counter()
-        try:
-            self._serve(state)
-        finally:
-            self._count("gateway_s", time.perf_counter() - started)
-
-    def _serve(self, state: BlockState) -> None:
-        try:
-            if self._served_from_cache(state):
-                return
-            token = uuid.uuid4().hex
-            if self.cache.claim(state.key, token):
-                self._count("misses")
-                state.token = token
-                self._compute(state)
-            elif not self._served_from_cache(state):  # it may have finished or failed since we looked
-                self._count("waited")
-        except redis.RedisError as exc:
-            self._give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
-        except Exception as exc:  # e.g. the raw data could not be read: nobody may wait for this block forever
-            log.warning("block %s failed before it reached a worker: %s", state.key, exc)
-            self._give_up(state, exc)
-
-    def _give_up(self, state: BlockState, error: Exception) -> None:
-        """Fail the block's waiters; record a deterministic error for everyone, else just free our claim."""
-        token, state.token = state.token, None
-        self._finish(state, error=error)
-        if token is None:
-            return
-        try:
-            if is_deterministic(error):
-                self.cache.fail(state.key, f"{type(error).__name__}: {error}")
-            else:
-                self.cache.abandon(state.key, token)  # others waiting elsewhere look again and may claim it
-        except redis.RedisError as exc:
-            log.warning("could not release block %s: %s (its lease expires by itself)", state.key, exc)
-
-    def _served_from_cache(self, state: BlockState) -> bool:
-        """Finish the block from its cached values or recorded error, if either is there."""
-        values = self.cache.get(state.key)
-        if values is not None and (values.shape, values.dtype) != state.expected:
-            log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
-                        *state.expected)
-            self.cache.discard(state.key)
-            values = None
-        if values is not None:
-            self._count("hits")
-            self._finish(state, values=values)
-            return True
-        message = self.cache.error(state.key)
-        if message is not None:
-            self._finish(state, error=RuntimeError(message))
-            return True
-        return False
-
+    # -- computing a claimed block --------------------------------------------------------------------
     def _compute(self, state: BlockState) -> None:
         if state.produce is not None:
             future = state.future = state.produce()
             future.add_done_callback(lambda f, s=state: self._computed(s, f))
             return
-        block = state.block
+        block, snap = state.block, state.snapshot
         halo = block.halo_roi
         if self.config.raw_by_path:
             raw, reference = np.empty((0, 0, 0, 0), self.source.dtype), self.source.reference(halo)
         else:
             raw, reference = self.source.read(halo)[0], None
         state.task = BlockTask(state.key, state.kind, raw, halo.start[1:], self.source.spatial_shape[1:],
-                               tuple(zip(block.roi.start[1:], block.roi.stop[1:])), self.pipeline_fingerprint,
-                               reference)
+                               tuple(zip(block.roi.start[1:], block.roi.stop[1:])), snap.fingerprint, reference)
         self._submit(state)
 
     def _submit(self, state: BlockState) -> None:
         """Queue the block's task at its priority (again, if a more urgent request came meanwhile)."""
         priority = state.priority
         future = self.executor.submit(state.task, priority)
-        with self._lock:
+        with self.table.lock:
             state.future = future
         future.add_done_callback(lambda f, s=state: self._computed(s, f))
         if state.priority < priority:
@@ -276,7 +200,7 @@ class Gateway:
     def _hurry(self, state: BlockState) -> None:
         """Take a queued task off the executor's queue: its cancellation re-submits it at the new priority.
 
-        Never called with the gateway lock held (the executor's callbacks take it).
+        Never called with the table's lock held (the executor's callbacks take it).
         """
         queued = state.future
         if queued is not None and state.produce is None:
@@ -284,7 +208,7 @@ class Gateway:
 
     def _computed(self, state: BlockState, future: Future) -> None:
         if future is not state.future:
-            return
+            return  # a task that was replaced (re-submitted at another priority)
         started = time.perf_counter()
         try:
             if future.cancelled():
@@ -294,106 +218,38 @@ class Gateway:
                 self._store(state, future)
                 state.task = None
         finally:
-            self._count("gateway_s", time.perf_counter() - started)
+            self.counters.add("gateway_s", time.perf_counter() - started)
 
     def _cancelled(self, state: BlockState) -> None:
         """A task taken off the queue: submit it again if someone still wants it, else free the claim."""
-        with self._lock:
-            state.future = None
-            wanted = bool(state.waiters) and self._blocks.get(state.key) is state
-            if not wanted and self._blocks.get(state.key) is state:
-                del self._blocks[state.key]
-        if wanted and state.produce is None:
+        state.future = None
+        if self.table.keep_if_wanted(state) and state.produce is None:
             self._submit(state)
         else:
             state.task = None
-            self._give_up(state, TransientError("the block's computation was cancelled"))
+            self.claims.give_up(state, TransientError("the block's computation was cancelled"))
 
     def _store(self, state: BlockState, future: Future) -> None:
         error = future.exception()
         if error is not None:
-            self._count("failed")
-            self._give_up(state, error)
+            self.counters.add("failed")
+            self.claims.give_up(state, error)
             return
         values = future.result()[None]
-        self._count("computed")
+        self.counters.add("computed")
         self._finish(state, values=values)
-        try:
-            self.cache.complete(state.key, values)
-        except redis.RedisError as exc:
-            log.warning("could not store block %s: %s", state.key, exc)
+        self.claims.store(state, values)
 
     def _finish(self, state: BlockState, values: np.ndarray | None = None, error: Exception | None = None) -> None:
-        key = state.key
-        with self._lock:
-            if self._blocks.get(key) is not state:
-                return  # finished already, or dropped (a newer request for the same block has its own state)
-            del self._blocks[key]
-        waiters, state.waiters = state.waiters, []
-        for req in waiters:
+        """Deliver the block's values (or error) to every request waiting for it, once."""
+        waiters = self.table.finish(state)
+        for req in waiters or ():
             if error is not None:
-                req._fail(error)
+                req.fail(error)
             else:
-                req._deliver(key, state.block.roi, values)
+                req.deliver(state.key, state.block.roi, values)
 
-    def _detach(self, req: RegionRequest) -> None:
-        unwanted = []
-        with self._lock:
-            for key in list(req.pending):
-                state = self._blocks.get(key)
-                if state is None:
-                    continue
-                state.waiters = [w for w in state.waiters if w is not req]
-                if not state.waiters and state.token is None:
-                    del self._blocks[key]  # we only waited for another owner's result
-                elif not state.waiters:
-                    unwanted.append(state)
-        for state in unwanted:
+    def detach(self, req: RegionRequest) -> None:
+        """``req`` no longer waits; blocks nobody else wants are taken off the queue and their claims freed."""
+        for state in self.table.detach(req):
             self._hurry(state)  # a queued task is cancelled and, still unwanted then, its claim freed
-
-    # -- notices and the watchdog ------------------------------------------------------------------------
-    def _on_notice(self, key: str) -> None:
-        with self._lock:
-            state = self._blocks.get(key)
-            interested = state is not None and state.token is None
-        if interested:
-            self._look_up(state)
-
-    def _on_lost(self, exc: Exception) -> None:
-        """The notice subscription broke: restart an embedded server; waiters wait (calls retry)."""
-        log.warning("lost the cache server's notices (%s); waiting for it to come back", exc)
-        if self.on_cache_lost is not None:
-            self.on_cache_lost()
-
-    def _on_back(self) -> None:
-        """Subscribed again: notices sent meanwhile were lost, so every waiting block looks again."""
-        with self._lock:
-            waiting = [s for s in self._blocks.values() if s.token is None]
-        for state in waiting:
-            self._look_up(state)
-
-    def _cache_gone(self, exc: Exception) -> None:
-        """The cache stayed unreachable beyond the retry window: fail what waits for other owners."""
-        with self._lock:
-            waiting = [s for s in self._blocks.values() if s.token is None]
-        for state in waiting:
-            self._finish(state, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
-
-    def _watch(self) -> None:
-        interval = self.config.lease_s / 3
-        while not self._stop.wait(interval):
-            try:
-                self._renew_or_take_over(interval)
-            except redis.RedisError as exc:
-                self._cache_gone(exc)
-            except Exception:  # never let one bad block stop the renewal of all the others
-                log.exception("gateway watchdog: unexpected error (going on)")
-
-    def _renew_or_take_over(self, interval: float) -> None:
-        with self._lock:
-            states = list(self._blocks.values())
-        for state in states:
-            if state.token:
-                self.cache.renew(state.key, state.token)
-            elif time.monotonic() - state.since > interval and not self.cache.leased(state.key):
-                self._look_up(state)  # the owner died or gave up: take over

@@ -10,6 +10,7 @@ import numpy as np
 
 from backend.compute.features import FeatureSet
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.config import TrainingConfig
 from backend.distributed.executor import Executor
 from backend.errors import UserError
 from backend.io.project import Classifier
@@ -18,15 +19,16 @@ from backend.io.training import concatenate_rows, label_frames, labelled_rows, t
 from backend.service.gateway import VISIBLE
 from backend.service.labels import LabelStore
 
-FEATURES_TIMEOUT_S = 600.0  # a label block's features not back by then: the training fails with a message
-
 
 class TrainingSession:
     """Trains classifiers from a :class:`LabelStore` over one image with one feature selection; the
-    features of labelled blocks are computed by ``executor`` (the workers) if given, else here."""
+    features of labelled blocks are computed by ``executor`` (the workers) if given, else here; a block's
+    features not back within ``features_timeout_s`` fail the training with a message."""
 
-    def __init__(self, source: DataSource, features: FeatureSet, labels: LabelStore, executor: Executor | None = None):
+    def __init__(self, source: DataSource, features: FeatureSet, labels: LabelStore, executor: Executor | None = None,
+                 features_timeout_s: float = TrainingConfig().features_timeout_s):
         self.source, self.features, self.labels, self.executor = source, features, labels, executor
+        self.features_timeout_s = features_timeout_s
         self._fingerprint: str | None = None  # the features' pipeline, registered on first use (off the GUI thread)
         self._samples: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._dirty: set[tuple[int, ...]] = set(labels.blocks)
@@ -50,7 +52,7 @@ class TrainingSession:
                                   fingerprint)
             jobs.append((index, [(self._compute(task), frame_labels) for task, frame_labels in frames]))
         for index, frames in jobs:
-            parts = [labelled_rows(future.result(FEATURES_TIMEOUT_S), labels) for future, labels in frames]
+            parts = [labelled_rows(future.result(self.features_timeout_s), labels) for future, labels in frames]
             self._samples[index] = concatenate_rows(parts, self.features.column_count)
             self.blocks_computed += 1
         x, y = concatenate_rows([self._samples[i] for i in sorted(self._samples)], self.features.column_count)

@@ -15,6 +15,7 @@ from backend.cache.block_cache import block_key
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, settings_fingerprint, threshold_frame
 from backend.service.gateway import Gateway
+from backend.service.snapshot import PipelineSnapshot
 
 OBJECTS = "Objects"
 
@@ -25,10 +26,11 @@ def frame_roi(gateway: Gateway, t: int) -> Roi:
     return Roi((t, 0, 0, 0), (t + 1, z, y, x))
 
 
-def objects_key(gateway: Gateway, t: int, settings: ThresholdSettings) -> str:
+def objects_key(gateway: Gateway, t: int, settings: ThresholdSettings, snapshot: PipelineSnapshot | None = None) -> str:
     """Cache key of a frame's labels: data, classifier, parameters and frame."""
-    pipeline = f"{gateway.pipeline_fingerprint}.{settings_fingerprint(settings)}"
-    return block_key(gateway.data_fingerprint, pipeline, OBJECTS, frame_roi(gateway, t))
+    snapshot = snapshot or gateway.snapshot
+    pipeline = f"{snapshot.fingerprint}.{settings_fingerprint(settings)}"
+    return block_key(snapshot.data_fingerprint, pipeline, OBJECTS, frame_roi(gateway, t))
 
 
 def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, priority: int = 0) -> Future:
@@ -57,13 +59,16 @@ def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, pri
     return result
 
 
-def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0) -> Future:
-    """A future of one whole frame's labels ``(1, z, y, x, 1)``, labelled once however many ask (cached)."""
+def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0,
+                  snapshot: PipelineSnapshot | None = None) -> Future:
+    """A future of one whole frame's labels ``(1, z, y, x, 1)``, labelled once however many ask (cached); the
+    key and the probabilities come from one snapshot (default: the gateway's current one)."""
     frame = frame_roi(gateway, t)
+    snapshot = snapshot or gateway.snapshot
 
     def produce() -> Future:
         labelled: Future = Future()
-        probabilities = gateway.request("Probabilities", frame, priority)
+        probabilities = gateway.request("Probabilities", frame, priority, snapshot=snapshot)
 
         def label(future: Future) -> None:
             try:
@@ -80,5 +85,5 @@ def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priorit
         probabilities.future.add_done_callback(hand_over)
         return labelled
 
-    key = objects_key(gateway, t, settings)
+    key = objects_key(gateway, t, settings, snapshot)
     return gateway.request_derived(key, frame, 1, np.uint32, produce, priority).future

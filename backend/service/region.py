@@ -9,13 +9,15 @@ from concurrent.futures import Future
 import numpy as np
 
 from backend.compute.geometry import Roi
+from backend.distributed.futures import settle
 
 
 class RegionRequest:
     """One region of one layer being assembled; ``future`` resolves to the ``(t, z, y, x, c)`` array.
 
     ``on_block(part, values)`` is called once per finished block, before the future resolves; it must
-    return quickly (hand the values over, do not compute in it).
+    return quickly (hand the values over, do not compute in it). The future is settled exactly once:
+    with the region, the first error, or cancelled by :meth:`cancel`, whichever comes first.
     """
 
     def __init__(self, gateway, kind: str, roi: Roi, channels: int, dtype,
@@ -32,10 +34,11 @@ class RegionRequest:
 
     def cancel(self) -> None:
         """Stop waiting; blocks nobody else wants are dropped from the queue."""
-        self.gateway._detach(self)
+        self.gateway.detach(self)
         self.future.cancel()
 
-    def _deliver(self, key: str, block: Roi, values: np.ndarray) -> None:
+    def deliver(self, key: str, block: Roi, values: np.ndarray) -> None:
+        """One block's values (the gateway calls this once per block)."""
         part = block.intersect(self.roi)
         with self._lock:
             if key not in self.pending or self.future.done():
@@ -45,9 +48,9 @@ class RegionRequest:
             finished = not self.pending
             if self.on_block is not None:  # under the lock: every block is announced before the future resolves
                 self.on_block(part, self.data[part.relative_to(self.roi)])
-        if finished and not self.future.done():
-            self.future.set_result(self.data)
+        if finished:
+            settle(self.future, result=self.data)
 
-    def _fail(self, error: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
+    def fail(self, error: Exception) -> None:
+        """A block of the region failed: the region fails with its error (unless settled already)."""
+        settle(self.future, error=error)

@@ -7,13 +7,16 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from backend.distributed.executor import ZmqStatus
+from backend.service.gateway_status import GatewayStatus
+
 PRIORITY_NAMES = {0: "visible", 1: "side_view", 2: "prefetch", 3: "batch"}
 
 
 class _GatewayCollector:
     """Reads the gateways' and the executor's counters at each scrape (nothing is counted twice)."""
 
-    def __init__(self, statuses: Callable[[], list[dict]]):
+    def __init__(self, statuses: Callable[[], list[GatewayStatus]]):
         self.statuses = statuses
 
     def collect(self) -> Iterable:
@@ -23,27 +26,27 @@ class _GatewayCollector:
                                 ("ilastik_cache_misses", "misses", "blocks claimed for computing"),
                                 ("ilastik_blocks_failed", "failed", "blocks whose computation failed")):
             family = CounterMetricFamily(name, text)
-            family.add_metric([], sum(s.get(key, 0) for s in statuses))
+            family.add_metric([], sum(getattr(s, key) for s in statuses))
             yield family
-        executor = statuses[0]["executor"] if statuses else {}
+        executor = statuses[0].executor if statuses else None
         queue = GaugeMetricFamily("ilastik_queue_depth", "blocks waiting for a worker, by priority",
                                   labels=["priority"])
-        by_priority = executor.get("queued_by_priority", {})
+        by_priority = executor.queued_by_priority if isinstance(executor, ZmqStatus) else {}
         for priority, name in PRIORITY_NAMES.items():
             queue.add_metric([name], by_priority.get(priority, 0))
         yield queue
-        workers = executor.get("workers", [])
+        workers = executor.workers if executor is not None else ()
         yield GaugeMetricFamily("ilastik_workers", "registered workers", value=len(workers))
         yield GaugeMetricFamily("ilastik_worker_processes", "compute processes of the registered workers",
-                                value=sum(w.get("processes", 0) for w in workers))
+                                value=sum(w.processes for w in workers))
         yield GaugeMetricFamily("ilastik_blocks_in_progress", "blocks being looked up, computed or awaited",
-                                value=sum(s.get("blocks_in_progress", 0) for s in statuses))
+                                value=sum(s.blocks_in_progress for s in statuses))
 
 
 class Metrics:
     """The server's own registry (no global state): gateway counters plus a request latency histogram."""
 
-    def __init__(self, statuses: Callable[[], list[dict]]):
+    def __init__(self, statuses: Callable[[], list[GatewayStatus]]):
         self.registry = CollectorRegistry()
         self.registry.register(_GatewayCollector(statuses))
         self.latency = Histogram("ilastik_http_request_seconds", "time to answer HTTP requests, by route",

@@ -41,7 +41,7 @@ async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     status = await service.run(service.executor_status)
     return web.json_response({"status": "ok", "lanes": len(service.lanes),
-                              "worker_processes": status.get("processes", 0)})
+                              "worker_processes": status.processes if status is not None else 0})
 
 
 async def info(request: web.Request) -> web.Response:

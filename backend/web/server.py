@@ -22,9 +22,11 @@ import numpy as np
 from aiohttp import web
 
 from backend.compute.geometry import Roi
+from backend.distributed.executor import ExecutorStatus
 from backend.distributed.security import is_local
 from backend.errors import UserError
 from backend.service.gateway import PREFETCH
+from backend.service.gateway_status import GatewayStatus
 from backend.web.catalog import Lane, NotFound
 from backend.web.chunk_memory import ChunkMemory
 from backend.web.metrics import Metrics
@@ -84,14 +86,14 @@ class Service:
             future.cancel()  # the client went away
             raise
 
-    def gateway_statuses(self) -> list[dict]:
+    def gateway_statuses(self) -> list[GatewayStatus]:
         """Status of every lane's gateway."""
         return [lane.gateway.status() for lane in self.lanes if lane.gateway is not None]
 
-    def executor_status(self) -> dict:
-        """The executor's status (shared by all lanes), or {} without any lane."""
+    def executor_status(self) -> ExecutorStatus | None:
+        """The executor's status (shared by all lanes), or None without any lane."""
         gateway = next((lane.gateway for lane in self.lanes if lane.gateway is not None), None)
-        return gateway.executor.status() if gateway is not None else {}
+        return gateway.executor.status() if gateway is not None else None
 
     def describe(self) -> dict:
         """``/api/v1/info``."""

@@ -61,7 +61,8 @@ def _arm_screenshot(window, path: str, timeout_s: float, outcome: dict, app) -> 
 
     def opened(_document) -> None:
         # wait a little longer than the status bar's refresh so it shows the current figures
-        window.loader.settled.connect(lambda: QtCore.QTimer.singleShot(700, capture))
+        settle_ms = round(window.services.config.window.screenshot_settle_s * 1000)
+        window.loader.settled.connect(lambda: QtCore.QTimer.singleShot(settle_ms, capture))
 
     def capture() -> None:
         if not window.loader.is_settled():

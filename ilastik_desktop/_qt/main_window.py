@@ -10,17 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
+from backend.service.gateway_status import GatewayStatus
 from ilastik_desktop._qt.dialogs.export import ExportDialog
 from ilastik_desktop._qt.dialogs.serve import ServeDialog
 from ilastik_desktop._qt.menus import add_help_menu, add_view_menu, add_view_shortcuts
-from ilastik_desktop._qt.opening import RAW_KEY, ProjectOpening
+from ilastik_desktop._qt.opening import ProjectOpening
 from ilastik_desktop._qt.panels.layers import LayersPanel
 from ilastik_desktop._qt.panels.project import ProjectPanel, info_box
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
 from ilastik_desktop._qt.panels.workers import WorkersPanel, workers_summary
 from ilastik_desktop._qt.pending_bar import PendingBar
-from ilastik_desktop._qt.training import TrainingController
+from ilastik_desktop._qt.training import TrainingBinding
 from ilastik_desktop.runtime.document import Document
+from ilastik_desktop.runtime.opening import ProjectOpener
 from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
@@ -51,7 +53,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.services, self.interactive = services, interactive
         self.settings = settings or QtCore.QSettings("ilastik-desktop", "ilastik-desktop")
         self.bridge = GuiBridge(self)
-        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-io")
+        self.opener = ProjectOpener(services, self.settings, self.bridge.post)
+        self.bind_opener()
         # status polls ask Redis, which may hang while it is down: never on the thread that opens projects
         self.status_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-status")
         self._status_poll = None
@@ -61,7 +64,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.views: list[SliceView] = []
         self._pointer: tuple[SliceView, int, int] | None = None  # the view and pixel under the mouse
         self.export_dialog: ExportDialog | None = None
-        self.training: TrainingController | None = None
+        self.training: TrainingBinding | None = None
         self.setWindowTitle("ilastik-desktop")
         self.setAcceptDrops(True)
         self.serve_dialog = ServeDialog(services, self.bridge, self)
@@ -81,7 +84,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         add_view_menu(self)
         add_help_menu(self)
         add_view_shortcuts(self)
-        self.status_timer = QtCore.QTimer(self, interval=500)
+        self.status_timer = QtCore.QTimer(self, interval=round(services.config.window.status_poll_s * 1000))
         self.status_timer.timeout.connect(self._poll_status)
         self.status_timer.start()
 
@@ -113,7 +116,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
                                  default_layers(document.project.label_names, document.project.label_colors),
                                  document.display_range)
         self.setCentralWidget(self._viewer_area())
-        self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self)
+        self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self,
+                                  refresh_delay_s=self.services.config.window.refresh_delay_s)
         self.loader.progress.connect(self.pending.show_visible)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document)
@@ -121,7 +125,6 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.model.position_changed.connect(lambda _axis: self._sync_crosshair())
         self.model.position_changed.connect(lambda _axis: self._refresh_readout())
         self._sync_crosshair()
-        self._remember(document.project.path)
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
         self.statusBar().showMessage(f"opened {document.project.path}", 3000)
         self.export_action.setEnabled(True)
@@ -130,7 +133,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.save_as_action.setEnabled(True)
         self.serve_dialog.set_document(document, self.threshold_panel.settings())
         self.change_raw_action.setEnabled(True)
-        self.forget_raw_action.setEnabled(self.settings.contains(RAW_KEY + document.project.path))
+        self.forget_raw_action.setEnabled(self.opener.remembered(document.project.path) is not None)
         self.loader.refresh()
         self.opened.emit(document)
 
@@ -186,13 +189,14 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.layers_panel = LayersPanel(self.model, lambda: loader.raw_plane("xy"), document.display_range)
         loader.settled.connect(self.layers_panel.refresh_histogram)
         self._threshold_panel(document.threshold)
-        self.training = TrainingController(self, document, self)
+        self.training = TrainingBinding(self, document, self)
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(scrolled(widget), title)
 
     def _threshold_panel(self, threshold: ThresholdSettings) -> None:
-        self.threshold_panel = ThresholdPanel(threshold, self.document.project.label_names, self.model.volumetric)
+        self.threshold_panel = ThresholdPanel(threshold, self.document.project.label_names, self.model.volumetric,
+                                              self.services.config.window.threshold_pause_s)
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
 
@@ -263,13 +267,12 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             gateway = self.document.gateway
             self._status_poll = self.status_io.submit(lambda: self.bridge.post(self._show_status, gateway.status()))
 
-    def _show_status(self, status: dict) -> None:
-        executor = status["executor"]
-        looked_up = status["hits"] + status["misses"]
-        rate = f"{100 * status['hits'] / looked_up:.0f} %" if looked_up else "-"
-        memory = status.get("cache_memory_mb")
-        self.workers_label.setText(workers_summary(executor))
-        self.pending.show_all(status["blocks_in_progress"])
+    def _show_status(self, status: GatewayStatus) -> None:
+        looked_up = status.hits + status.misses
+        rate = f"{100 * status.hits / looked_up:.0f} %" if looked_up else "-"
+        memory = status.cache_memory_mb
+        self.workers_label.setText(workers_summary(status.executor))
+        self.pending.show_all(status.blocks_in_progress)
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
 
     def close_document(self) -> None:
@@ -301,7 +304,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             self.export_dialog.close()  # cancels it and removes its partial output
         self.status_timer.stop()
         self.workers_panel.shutdown()
-        self.io.shutdown(wait=True, cancel_futures=True)
+        self.opener.close()
         self.status_io.shutdown(wait=True, cancel_futures=True)
         self.serve_dialog.shutdown()
         self.close_document()

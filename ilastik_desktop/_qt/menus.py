@@ -3,6 +3,7 @@ licences) and the window's keyboard shortcuts for time steps and layers."""
 
 from __future__ import annotations
 
+import html
 import os
 import platform
 from importlib import metadata
@@ -40,6 +41,21 @@ def readme_path() -> str | None:
     return checkout if os.path.exists(checkout) else resource_path("README.md")
 
 
+def licence_path() -> str | None:
+    """Our LICENSE (the GPL v3 text): the repository's root in a source checkout, else where the wheel
+    (``<prefix>/share/ilastik-desktop``) or the bundle (its resources) put it."""
+    checkout = os.path.join(checkout_folder(), "LICENSE")
+    return checkout if os.path.exists(checkout) else resource_path("LICENSE")
+
+
+def licence_line() -> str:
+    """Our own licence, and where its text is."""
+    path = licence_path()
+    where = f"its text is in {html.escape(path)}" if path else "see https://www.gnu.org/licenses/gpl-3.0.html"
+    return ("ilastik-desktop is free software under the GNU General Public License, version 3 or later "
+            f"(GPL-3.0-or-later), without any warranty; {where}.")
+
+
 def licences() -> list[tuple[str, str, str]]:
     """(name, version, licence) of the main libraries as installed."""
     found = []
@@ -59,7 +75,7 @@ def licences() -> list[tuple[str, str, str]]:
 def about_text() -> str:
     """The About box: our version and licence, Python and Qt, the libraries' licences."""
     rows = "".join(f"<tr><td>{n}</td><td>{v}</td><td>{lic}</td></tr>" for n, v, lic in licences())
-    return (f"<h3>ilastik-desktop {__version__}</h3><p>MIT licence. Python {platform.python_version()}, "
+    return (f"<h3>ilastik-desktop {__version__}</h3><p>{licence_line()}</p><p>Python {platform.python_version()}, "
             f"Qt {QtCore.QT_VERSION_STR}.</p><p>Reads ilastik projects; ilastik is GPL software by the "
             f"ilastik team, not part of this program.</p><table>{rows}</table>")
 

@@ -3,17 +3,13 @@ moved (asked for, then remembered per project) and failures shown as dialogs, no
 
 from __future__ import annotations
 
-import logging
 import os
 
 from PyQt5 import QtGui, QtWidgets
 
-from backend.errors import RawDataMissing, UserError
+from backend.errors import RawDataMissing
 from ilastik_desktop._qt.dialogs.new_project import NewProjectDialog
-from ilastik_desktop.runtime.document import open_document
-
-log = logging.getLogger(__name__)
-RECENT_KEY, RAW_KEY = "recent", "raw_data/"
+from ilastik_desktop.runtime.opening import located_raw_data
 
 
 class ProjectOpening:
@@ -52,37 +48,19 @@ class ProjectOpening:
         if path:
             self.open_project(path)
 
+    def bind_opener(self) -> None:
+        """Show the opener's outcomes: the document, a dialog to locate missing raw data, or the failure."""
+        self.opener.opened.connect(self._show)
+        self.opener.raw_missing.connect(self._locate_raw)
+        self.opener.failed.connect(self._fail)
+
     def open_project(self, path: str, raw_data: str | None = None, remember: bool = False) -> None:
         """Open ``path`` in the background with ``raw_data`` (kept for next time if ``remember`` and it opens),
         else the raw data remembered for it, else the project's own."""
         if self.training is not None and not self.training.may_discard(self.interactive, "Open another project"):
             return
-        path = os.path.abspath(path)
-        remembered = self.settings.value(RAW_KEY + path, None)
-        self.statusBar().showMessage(f"opening {path} ...")
-        self.io.submit(self._open_in_background, path, raw_data or remembered,
-                       "remember" if remember and raw_data else "remembered" if not raw_data and remembered else "")
-
-    def _open_in_background(self, path: str, raw_data: str | None, memory: str) -> None:
-        try:
-            document = open_document(path, self.services, raw_data)
-        except RawDataMissing as exc:
-            self.bridge.post(self._locate_raw, path, exc)
-            return
-        except UserError as exc:
-            if memory == "remembered":  # it no longer fits (or reads): do not offer it again
-                self.bridge.post(self._forget, path)
-                exc = UserError(f"{exc}\n\nThe remembered raw data {raw_data} was forgotten; opening the project "
-                                "again uses the path it records.")
-            self.bridge.post(self._fail, str(exc))
-            return
-        except Exception as exc:  # an unexpected failure is still a dialog, not a crash
-            log.exception("opening %s failed", path)
-            self.bridge.post(self._fail, f"{path}: {type(exc).__name__}: {exc}")
-            return
-        if memory == "remember":
-            self.bridge.post(self.settings.setValue, RAW_KEY + path, raw_data)
-        self.bridge.post(self._show, document)
+        self.statusBar().showMessage(f"opening {os.path.abspath(path)} ...")
+        self.opener.open(path, raw_data, remember)
 
     def ask_save_as(self) -> None:
         """Ask where to save a copy of the project with its labels and classifier, then show the copy."""
@@ -96,9 +74,7 @@ class ProjectOpening:
     def project_renamed(self, old: str) -> None:
         """The open project now lives at another path (Save As): title, recent files, remembered raw data."""
         path = self.document.project.path
-        self._remember(path)
-        if self.settings.contains(RAW_KEY + old):
-            self.settings.setValue(RAW_KEY + path, self.settings.value(RAW_KEY + old))
+        self.opener.moved(old, path)
         self.setWindowTitle(f"{os.path.basename(path)} - ilastik-desktop")
 
     def ask_raw_data(self) -> None:
@@ -114,12 +90,9 @@ class ProjectOpening:
     def forget_raw_data(self) -> None:
         """Forget the raw data remembered for the open project and reopen it with the path it records."""
         if self.document is not None:
-            self._forget(self.document.project.path)
+            self.opener.forget(self.document.project.path)
+            self.forget_raw_action.setEnabled(False)
             self.open_project(self.document.project.path)
-
-    def _forget(self, path: str) -> None:
-        self.settings.remove(RAW_KEY + path)
-        self.forget_raw_action.setEnabled(False)
 
     def _locate_raw(self, path: str, error: RawDataMissing) -> None:
         if not self.interactive:
@@ -131,9 +104,7 @@ class ProjectOpening:
         if not chosen:
             self._fail(str(error))
             return
-        internal = error.path.split(".h5/", 1)[1] if ".h5/" in error.path else ""
-        raw = chosen + ("/" + internal if internal and chosen.endswith(".h5") else "")
-        self.open_project(path, raw, remember=True)
+        self.open_project(path, located_raw_data(error, chosen), remember=True)
 
     def _fail(self, message: str) -> None:
         self.statusBar().showMessage("could not open the project", 5000)
@@ -142,13 +113,9 @@ class ProjectOpening:
             QtWidgets.QMessageBox.critical(self, "ilastik-desktop", message)
 
     # -- recent files and drops -------------------------------------------------------------------------
-    def _remember(self, path: str) -> None:
-        recent = [p for p in (self.settings.value(RECENT_KEY) or []) if p != path]
-        self.settings.setValue(RECENT_KEY, [path] + recent[:9])
-
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
-        for path in self.settings.value(RECENT_KEY) or []:
+        for path in self.opener.recent():
             self.recent_menu.addAction(path, lambda p=path: self.open_project(p))
 
     def dragEnterEvent(self, event: QtGui.QDragEnterEvent) -> None:  # noqa: N802 - Qt's name

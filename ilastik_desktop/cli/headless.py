@@ -7,7 +7,7 @@ import signal
 import sys
 
 from backend.compute.pipeline import split_kind
-from backend.distributed.zmq_executor import TaskError
+from backend.distributed.futures import TaskError
 from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
@@ -52,7 +52,7 @@ def run_headless(settings: Settings) -> int:
         services.wait_for_workers()
         gateway = services.gateway(source, pipeline, block_shape)
         try:
-            in_flight = max(4, 2 * services.executor.status()["processes"] + 2)
+            in_flight = max(4, 2 * services.executor.status().processes + 2)
             try:
                 result = run_export(gateway, nickname, options, in_flight)
             except (TaskError, TransientError) as exc:
@@ -64,6 +64,6 @@ def run_headless(settings: Settings) -> int:
     unit = "frames" if options.kind == "Objects" else "blocks"
     print(f"wrote {', '.join(result.paths)} ({result.blocks} {unit}, {result.seconds:.1f} s, "
           f"{rate / 1e6:.2f} Mvoxel/s; "
-          f"{status['computed']} computed, {status['hits']} from the cache, "
-          f"{status['executor']['processes']} worker processes)", file=sys.stderr)
+          f"{status.computed} computed, {status.hits} from the cache, "
+          f"{status.executor.processes} worker processes)", file=sys.stderr)
     return 0

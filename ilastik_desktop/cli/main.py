@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.distributed.dask_clusters import job_script
-from backend.distributed.security import KeyStore
 from backend.errors import UserError
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES
@@ -15,9 +13,9 @@ from ilastik_desktop._qt.display import check_display
 from ilastik_desktop.cli.options import (
     add_compute_options,
     add_input_options,
+    answer_at_once,
     attach_key_values,
     compute_from_args,
-    dask_from_args,
     settings_from_args,
 )
 from ilastik_desktop.runtime.frozen import announce_first_start
@@ -105,12 +103,9 @@ def _guarded(function, *args) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The window, the headless export, the demo project or the key, as the options say."""
-    if args.print_key:
-        print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
-        return 0
-    if args.cluster_dry_run:
-        print(job_script(dask_from_args(args)))
-        return 0
+    answered = answer_at_once(args)
+    if answered is not None:
+        return answered
     announce_first_start()
     if args.demo_project:
         from ilastik_desktop.runtime.demo import write_demo_project

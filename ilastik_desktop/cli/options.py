@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 from backend.compute.pipeline import combined_kind
-from backend.distributed.dask_clusters import CLUSTERS, DaskSettings, check_address
-from backend.distributed.security import check_endpoint, check_key, is_local
+from backend.config import Config, format_config, load_config
+from backend.distributed.dask_clusters import CLUSTERS, DaskSettings, check_address, job_script
+from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
 from backend.errors import UserError
 from backend.service.export import ExportOptions
 from ilastik_desktop.runtime.settings import ComputeSettings, Settings, parse_block_shape
@@ -40,10 +41,14 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--redis-url", metavar="URL",
                    help="use this Redis server as the block cache instead of starting an embedded one")
     g.add_argument("--cache-mb", type=int, default=1024, help="memory of the embedded cache in MB (default 1024)")
-    g.add_argument("--worker-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="end a headless run with an error when no worker is registered for this long (default 60)")
+    g.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                   help="end a headless run with an error when no worker is registered for this long (default: "
+                   "executor.worker_timeout_s, 60)")
     g.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     g.add_argument("--print-key", action="store_true", help="print this application's public key and exit")
+    g.add_argument("--show-config", action="store_true",
+                   help="print every timing and limit as it applies (defaults, ILASTIK_DESKTOP__* environment "
+                   "variables and the options above) and exit")
     add_dask_options(p)
 
 
@@ -93,12 +98,20 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
         check_endpoint(args.listen, "--listen")
     if args.cache_mb < 16:
         raise UserError("--cache-mb must be at least 16")
-    if not 1 <= args.worker_timeout <= 86400:
-        raise UserError("--worker-timeout must be between 1 and 86400 seconds")
     return ComputeSettings(workers=args.workers, connect=remote, listen=args.listen,
                            worker_keys=tuple(check_key(k, "worker key") for k in args.worker_key),
                            redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir,
-                           worker_timeout_s=args.worker_timeout, dask=dask_from_args(args))
+                           dask=dask_from_args(args), config=config_from_args(args))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration: defaults, the environment's overrides, then the command line's (UserError if bad)."""
+    config = load_config()
+    if args.worker_timeout is not None:
+        if not 1 <= args.worker_timeout <= 86400:
+            raise UserError("--worker-timeout must be between 1 and 86400 seconds")
+        config = config.replace(executor__worker_timeout_s=args.worker_timeout)
+    return config
 
 
 def _remote_worker(text: str) -> tuple[str, bytes | None]:
@@ -127,6 +140,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
                     compute=compute_from_args(args))
 
+
+
+def answer_at_once(args: argparse.Namespace) -> int | None:
+    """Print what --show-config, --print-key or --cluster-dry-run ask for and return the exit code; None if
+    none of them was given."""
+    if args.show_config:
+        print(format_config(config_from_args(args)))
+    elif args.print_key:
+        print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
+    elif args.cluster_dry_run:
+        print(job_script(dask_from_args(args)))
+    else:
+        return None
+    return 0
 
 
 def attach_key_values(argv: list[str], options: tuple[str, ...]) -> list[str]:

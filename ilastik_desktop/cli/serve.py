@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 
-from backend.distributed.dask_clusters import job_script
 from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
@@ -21,9 +20,9 @@ from ilastik_desktop import __version__
 from ilastik_desktop.cli.options import (
     add_compute_options,
     add_input_options,
+    answer_at_once,
     attach_key_values,
     compute_from_args,
-    dask_from_args,
 )
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import describe_project, open_served_lane
@@ -99,9 +98,9 @@ def announce(server: WebServer) -> None:
 def serve(argv: list[str]) -> int:
     """Run the web service until interrupted; returns the exit code."""
     args = build_parser().parse_args(attach_key_values(argv, ("--worker-key",)))
-    if args.cluster_dry_run:
-        print(job_script(dask_from_args(args)))
-        return 0
+    answered = answer_at_once(args)
+    if answered is not None:
+        return answered
     settings = web_settings(args)
     compute = dataclasses.replace(compute_from_args(args), fail_without_workers=True)
     project = open_project(args.project)

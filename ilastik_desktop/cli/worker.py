@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -10,9 +11,10 @@ import sys
 
 import zmq
 
+from backend.config import Config, format_config, load_config
 from backend.distributed.executor import default_workers
 from backend.distributed.security import CurveIdentity, KeyStore, check_endpoint, check_key, is_local
-from backend.distributed.worker import Worker, WorkerConfig
+from backend.distributed.worker import Worker, WorkerOptions
 from backend.errors import UserError
 from backend.processes import watch_parent
 from ilastik_desktop import __version__
@@ -35,23 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--connect", metavar="tcp://HOST:PORT", help="connect to a gateway listening there")
     where.add_argument("--listen", metavar="tcp://*:PORT", help="wait for a gateway to connect here")
     where.add_argument("--print-key", action="store_true", help="print this worker's public key and exit")
+    where.add_argument("--show-config", action="store_true",
+                       help="print every timing and limit as it applies (ILASTIK_DESKTOP__* environment variables) "
+                       "and exit")
     p.add_argument("--gateway-key", action="append", default=[], metavar="KEY",
                    help="public key of the gateway (required for remote endpoints; repeatable with --listen)")
     p.add_argument("--processes", type=int, default=default_workers(),
                    help="compute processes (default: all cores)")
-    p.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)")
+    p.add_argument("--heartbeat", type=float, metavar="SECONDS",
+                   help="heartbeat interval in seconds (default: worker.heartbeat_s, 1)")
     p.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
     p.add_argument("--verbose", action="store_true", help="log every connection event")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by the app for its local workers
     return p
 
 
-def worker_config(args: argparse.Namespace) -> WorkerConfig:
-    """The worker's settings from its command line (keys loaded only when CurveZMQ is used)."""
+def worker_options(args: argparse.Namespace, config: Config) -> WorkerOptions:
+    """The worker's settings from its command line and the configuration (keys loaded only for CurveZMQ)."""
     if args.processes < 1:
         raise UserError("--processes must be at least 1")
-    if args.heartbeat <= 0:
-        raise UserError("--heartbeat must be positive")
+    timing = config.worker
+    if args.heartbeat is not None:
+        if not 0.01 <= args.heartbeat <= 60:
+            raise UserError("--heartbeat must be between 0.01 and 60 seconds")
+        timing = dataclasses.replace(timing, heartbeat_s=args.heartbeat)
     endpoint = check_endpoint(args.connect or args.listen, "--connect" if args.connect else "--listen")
     keys = [check_key(k, "gateway key") for k in args.gateway_key]
     store = KeyStore(args.config_dir)
@@ -66,9 +75,8 @@ def worker_config(args: argparse.Namespace) -> WorkerConfig:
     if keys:
         public, secret = store.keypair("worker")
         identity = CurveIdentity(public, secret, set(keys) if args.listen else set())
-    return WorkerConfig(connect=args.connect, listen=args.listen, processes=args.processes,
-                        heartbeat_s=args.heartbeat, identity=identity,
-                        server_key=keys[0] if args.connect and keys else None)
+    return WorkerOptions(connect=args.connect, listen=args.listen, processes=args.processes, timing=timing,
+                         identity=identity, server_key=keys[0] if args.connect and keys else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(attach_key_values(sys.argv[1:] if argv is None else argv, ("--gateway-key",)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ilastik-worker: %(message)s", stream=sys.stderr)
-    if args.parent_pid:
-        watch_parent(args.parent_pid)
     try:
+        config = load_config()
+        if args.parent_pid:
+            watch_parent(args.parent_pid, config.worker.parent_poll_s)
+        if args.show_config:
+            print(format_config(config))
+            return 0
         if args.print_key:
             print(KeyStore(args.config_dir).keypair("worker")[0].decode())
             return 0
-        worker = Worker(worker_config(args))
+        worker = Worker(worker_options(args, config))
     except (UserError, ValueError) as exc:
         print(f"ilastik-worker: error: {exc}", file=sys.stderr)
         return 2

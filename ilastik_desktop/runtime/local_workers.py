@@ -1,7 +1,9 @@
 """The app's local worker: one supervised ``ilastik-worker`` process connected to the app's executor.
 
 If the worker process dies (killed, out of memory, crashed), it is started again after a back-off
-(0.5 s doubling to 8 s), at most ``MAX_RESTARTS`` times a minute; the reason is logged. A worker
+(``local_workers.restart_first_s`` doubling to ``restart_max_s``), at most ``max_restarts`` times within
+``restart_window_s``; the reason is logged. The worker gets the application's configuration through its
+environment. A worker
 that exits with code 2 (a configuration mistake) is not restarted. The worker and its compute
 processes watch the app's process and end when it is gone, however it ended.
 """
@@ -14,23 +16,23 @@ import subprocess
 import threading
 import time
 
+from backend.backoff import Backoff
+from backend.config import Config, environment
 from backend.processes import stop_group
 from ilastik_desktop.runtime.frozen import worker_command
 
 log = logging.getLogger(__name__)
-MAX_RESTARTS = 5  # within RESTART_WINDOW_S
-RESTART_WINDOW_S = 60.0
-BACKOFF_MAX_S = 8.0
 
 
 class LocalWorkers:
     """One ``ilastik-worker`` process with ``processes`` compute processes, restarted when it dies."""
 
-    def __init__(self, endpoint: str, processes: int, folder: str, heartbeat_s: float = 1.0):
-        self.endpoint, self.processes = endpoint, processes
+    def __init__(self, endpoint: str, processes: int, folder: str, config: Config = Config()):
+        self.endpoint, self.processes, self.config = endpoint, processes, config.local_workers
         self.log_path = os.path.join(folder, "local-workers.log")
-        self._command = [*worker_command(), "--connect", endpoint, "--processes",
-                         str(processes), "--heartbeat", str(heartbeat_s), "--parent-pid", str(os.getpid())]
+        self._command = [*worker_command(), "--connect", endpoint, "--processes", str(processes),
+                         "--parent-pid", str(os.getpid())]
+        self._environment = {**os.environ, **environment(config)}
         self.restarts: list[float] = []  # monotonic times of the restarts within the window
         self._gave_up: str | None = None
         self._stop = threading.Event()
@@ -42,7 +44,7 @@ class LocalWorkers:
     def _start(self) -> subprocess.Popen:
         with open(self.log_path, "ab") as log_file:
             return subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True)
+                                    start_new_session=True, env=self._environment)
 
     def failure(self) -> str | None:
         """Why the worker is no longer running and will not be restarted, if so."""
@@ -56,7 +58,7 @@ class LocalWorkers:
         return f"the local worker process (pid {process.pid}) {how}: {' '.join(tail) or 'no output'}"
 
     def _supervise(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(self.config.restart_first_s, self.config.restart_max_s)
         while not self._stop.is_set():
             process, started = self.process, time.monotonic()
             while process.poll() is None:
@@ -66,22 +68,24 @@ class LocalWorkers:
                 return
             reason = self._reason(process)
             now = time.monotonic()
-            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
-            if process.returncode == 2 or len(self.restarts) >= MAX_RESTARTS:
+            window = self.config.restart_window_s
+            self.restarts = [t for t in self.restarts if now - t < window]
+            if process.returncode == 2 or len(self.restarts) >= self.config.max_restarts:
                 self._gave_up = reason if process.returncode == 2 else \
-                    f"{reason} (restarted {len(self.restarts)} times within a minute; giving up)"
+                    f"{reason} (restarted {len(self.restarts)} times within {window:.0f} s; giving up)"
                 log.error("%s", self._gave_up)
                 return
-            backoff = 0.5 if now - started > RESTART_WINDOW_S else backoff
-            log.warning("%s; restarting it in %.1f s", reason, backoff)
-            if self._stop.wait(backoff):
+            if now - started > window:
+                backoff.reset()
+            pause = backoff.next()
+            log.warning("%s; restarting it in %.1f s", reason, pause)
+            if self._stop.wait(pause):
                 return
             with self._lock:
                 if self._stop.is_set():
                     return
                 self.restarts.append(time.monotonic())
                 self.process = self._start()
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def stop(self) -> None:
         """Stop supervising, then stop the worker and its compute processes."""

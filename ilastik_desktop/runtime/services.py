@@ -20,7 +20,7 @@ from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.pipeline import Pipeline
 from backend.distributed.dask_clusters import local_worker_count, start_dask
-from backend.distributed.executor import default_workers
+from backend.distributed.executor import Executor, WorkerStatus, default_workers
 from backend.distributed.security import CurveIdentity, KeyStore
 from backend.distributed.zmq_executor import ZmqExecutor
 from backend.errors import UserError
@@ -67,43 +67,45 @@ class Services:
 
     def __init__(self, settings: ComputeSettings):
         self.settings = settings
+        self.config = settings.config
         self.folder = tempfile.mkdtemp(prefix="ilastik-desktop-")
         self.embedded: EmbeddedRedis | None = None
-        self.executor: ZmqExecutor | None = None
+        self.executor: Executor | None = None
         self.local: LocalWorkers | None = None
         self.listen_address: str | None = None
         self._restart_lock = threading.Lock()
         try:
-            self.cache = BlockCache(self._cache_client())
+            self.cache = BlockCache(self._cache_client(), self.config.cache)
             self.identity = self._identity()
             if settings.dask is not None:
-                self.executor = start_dask(settings.dask)
+                self.executor = start_dask(settings.dask, self.config)
                 return
             local = "ipc://" + os.path.join(self.folder, "workers") if os.name == "posix" else "tcp://127.0.0.1:0"
-            no_worker_timeout = settings.worker_timeout_s if settings.fail_without_workers else None
-            self.executor = ZmqExecutor(bind=local, identity=self.identity, heartbeat_s=settings.heartbeat_s,
-                                        no_worker_timeout_s=no_worker_timeout)
+            self.executor = ZmqExecutor(bind=local, identity=self.identity, config=self.config.executor,
+                                        fail_without_workers=settings.fail_without_workers)
             if settings.listen:
                 self.listen_address = self._endpoint(lambda: self.executor.listen(settings.listen), settings.listen)
             for endpoint, key in settings.connect:
                 self._endpoint(lambda e=endpoint, k=key: self.executor.connect(e, k), endpoint)
             workers = default_workers() if settings.workers is None else settings.workers
             if workers:
-                self.local = LocalWorkers(self.executor.address, workers, self.folder, settings.heartbeat_s)
+                self.local = LocalWorkers(self.executor.address, workers, self.folder, self.config)
         except BaseException:
             self.close()
             raise
 
     def _cache_client(self) -> redis.Redis:
+        timeout = self.config.cache.socket_timeout_s
         if self.settings.redis_url:
             try:
-                client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=10)
+                client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=timeout,
+                                              socket_connect_timeout=timeout)
                 client.ping()
             except (redis.RedisError, ValueError) as exc:
                 raise UserError(f"cannot use the Redis server at {self.settings.redis_url}: {exc}") from None
             return client
-        self.embedded = EmbeddedRedis(RedisSettings(maxmemory_mb=self.settings.cache_mb)).start()
-        return self.embedded.client(socket_timeout=10, socket_connect_timeout=10)
+        self.embedded = EmbeddedRedis(RedisSettings(maxmemory_mb=self.settings.cache_mb), self.config.cache).start()
+        return self.embedded.client(socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def _identity(self) -> CurveIdentity | None:
         remote_keys = [key for _, key in self.settings.connect if key is not None]
@@ -123,14 +125,15 @@ class Services:
     def wait_for_workers(self, timeout: float | None = None) -> None:
         """Wait until the local workers (or, without them, any worker) registered; UserError if none did."""
         wanted = self.local.processes if self.local else self._dask_processes()
-        timeout = self.settings.worker_timeout_s if timeout is None else timeout
+        timeout = self.config.executor.worker_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.executor.wait_for_workers(wanted, timeout=0.25):  # wakes as soon as they register
+        while True:  # in short waits, so that a local worker that died and will never register is noticed
+            if self.executor.wait_for_workers(wanted, timeout=min(0.25, max(0.0, deadline - time.monotonic()))):
                 return
-            if self.local and self.local.failure():  # a worker that died will never register
+            if self.local and self.local.failure():
                 raise UserError(self.local.failure())
-        raise UserError(self._no_workers(timeout))
+            if time.monotonic() >= deadline:
+                raise UserError(self._no_workers(timeout))
 
     def _dask_processes(self) -> int:
         """How many worker processes a Dask engine should have before we start (1 unless local:N)."""
@@ -146,7 +149,7 @@ class Services:
                     "still be queued: see --worker-timeout)")
         if self.local:
             return f"no local workers registered within {timeout:.0f} s (log: {self.local.log_path})"
-        refused = self.executor.status()["refused"][-3:]
+        refused = self.executor.status().refused[-3:]
         if refused:
             return f"no worker registered within {timeout:.0f} s: {'; '.join(refused)}"
         hints = [f"no worker answered at {endpoint} (is 'ilastik-worker --listen' running there"
@@ -163,20 +166,20 @@ class Services:
             self.local.stop()
             self.local = None
         if processes > 0:
-            self.local = LocalWorkers(self.executor.address, processes, self.folder, self.settings.heartbeat_s)
+            self.local = LocalWorkers(self.executor.address, processes, self.folder, self.config)
 
-    def add_remote_worker(self, endpoint: str, key: bytes | None, timeout: float = 8.0) -> dict:
+    def add_remote_worker(self, endpoint: str, key: bytes | None, timeout: float = 8.0) -> WorkerStatus:
         """Connect to a listening worker and wait until it registers; UserError says why it did not."""
         _probe(endpoint)
-        refused = len(self.executor.status()["refused"])
+        refused = len(self.executor.status().refused)
         self._endpoint(lambda: self.executor.connect(endpoint, key), endpoint)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.executor.status()
-            found = [w for w in status["workers"] if w["endpoint"] == endpoint]
+            found = [w for w in status.workers if w.endpoint == endpoint]
             if found:
                 return found[0]
-            news = status["refused"][refused:]
+            news = status.refused[refused:]
             keys = [r for r in news if r.startswith(f"{endpoint}:") and ("our key" in r or "handshake" in r)]
             if keys:
                 self.executor.disconnect(endpoint)
@@ -233,13 +236,6 @@ class Services:
                 self.embedded.ensure_running()
             except UserError:
                 pass  # the gateway reports the cache as unavailable; the next loss tries again
-
-    def status(self) -> dict:
-        """Executor status plus where the cache and the listening endpoint are."""
-        info = self.executor.status() if self.executor else {}
-        info["listen_address"] = self.listen_address
-        info["gateway_key"] = self.identity.public.decode() if self.identity else None
-        return info
 
     def close(self) -> None:
         """Stop workers, executor and cache server; remove temporary files."""

@@ -1,4 +1,5 @@
-"""The one typed settings object of a run, built from the command line and passed down."""
+"""The settings of a run, built from the command line and passed down: what to compute, where, and (in
+``config``) every timing and limit, from :mod:`backend.config`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
+from backend.config import Config
 from backend.distributed.dask_clusters import DaskSettings
 from backend.errors import UserError
 from backend.service.export import ExportOptions
@@ -28,11 +30,10 @@ class ComputeSettings:
     redis_url: str | None = None  # None = start an embedded redis-server
     cache_mb: int = 1024
     config_dir: str | None = None
-    heartbeat_s: float = 1.0
-    worker_timeout_s: float = 60.0  # how long to wait for the first workers, and without any worker
-    fail_without_workers: bool = True  # fail waiting blocks after worker_timeout_s with no worker (headless)
+    fail_without_workers: bool = True  # fail waiting blocks after executor.worker_timeout_s with no worker (headless)
     enable_remote: bool = False  # load our key pair at start so remote workers can be added later
     dask: DaskSettings | None = None  # compute on a Dask cluster instead of our ZeroMQ workers
+    config: Config = Config()  # the tunables (environment overrides applied by the command line)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,14 @@
 on 2D+t data, a shortcut sheet, About with versions and licences, the README reachable."""
 
 import os
+import sys
 
 import pytest
 from PyQt5 import QtCore, QtWidgets
 
-from ilastik_desktop._qt.menus import SHORTCUTS, about_text, licences, readme_path, shortcut_sheet
+from ilastik_desktop._qt import menus
+from ilastik_desktop._qt.menus import SHORTCUTS, about_text, licence_path, licences, readme_path, shortcut_sheet
+from ilastik_desktop.runtime import frozen
 from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(300)
@@ -57,9 +60,36 @@ def test_help_menu_lists_shortcuts_about_with_licences_and_the_readme(qtbot, win
     assert all(key in sheet for key, _ in SHORTCUTS) and "Alt+Right" in sheet and "Ctrl+1" in sheet
     names = {name: licence for name, _, licence in licences()}
     assert {"numpy", "PyQt5", "scikit-learn"} <= set(names) and all(names.values())
-    assert "MIT licence" in about_text() and "GPL" in names["PyQt5"] + about_text()
+    assert "GPL" in names["PyQt5"] and "MIT licence" not in about_text()
+    licence = licence_path()
+    assert "free software under the GNU General Public License, version 3 or later (GPL-3.0-or-later)" in about_text()
+    assert f"its text is in {licence}." in about_text() and os.path.basename(licence) == "LICENSE"
+    with open(licence) as f:
+        assert f.read().startswith(" " * 20 + "GNU GENERAL PUBLIC LICENSE\n" + " " * 23 + "Version 3, 29 June 2007")
     assert readme_path().endswith("README.md") and os.path.exists(readme_path())
     assert _action(window, "View", "Side panel").shortcut().toString() == "F9"
+
+
+@pytest.mark.parametrize("installed", ["wheel", "bundle", "nowhere"])
+def test_the_licence_is_found_where_the_wheel_and_the_bundle_put_it(installed, tmp_path, monkeypatch):
+    """Outside a source checkout: ``<prefix>/share/ilastik-desktop/LICENSE`` of the wheel, the bundle's
+    resources, or else the About box names the licence's web page."""
+    no_checkout = tmp_path / "site-packages"
+    no_checkout.mkdir()
+    for module in (menus, frozen):
+        monkeypatch.setattr(module, "checkout_folder", lambda: str(no_checkout))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr("site.getuserbase", lambda: str(tmp_path / "userbase"))
+    folder = {"wheel": tmp_path / "prefix" / "share" / "ilastik-desktop",
+              "bundle": tmp_path / "_internal" / "resources", "nowhere": tmp_path / "elsewhere"}[installed]
+    if installed == "bundle":
+        monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path / "_internal"), raising=False)
+    folder.mkdir(parents=True)
+    (folder / "LICENSE").write_text("GNU GENERAL PUBLIC LICENSE\n")
+    expected = None if installed == "nowhere" else str(folder / "LICENSE")
+    assert licence_path() == expected
+    assert "(GPL-3.0-or-later)" in about_text()
+    assert (f"its text is in {expected}." if expected else "https://www.gnu.org/licenses/gpl-3.0.html") in about_text()
 
 
 def test_ilastiks_labeling_keys_work_anywhere_in_the_window(qtbot, window, data_dir):

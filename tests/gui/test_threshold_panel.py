@@ -6,7 +6,8 @@ import pytest
 from PyQt5 import QtCore
 
 from backend.compute.threshold import ThresholdSettings, default_channel
-from ilastik_desktop._qt.panels.threshold import PAUSE_MS, ThresholdPanel
+from backend.config import WindowConfig
+from ilastik_desktop._qt.panels.threshold import ThresholdPanel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,7 +54,7 @@ def test_typing_applies_after_a_pause_or_on_enter_not_per_keystroke(qtbot):
     for key in (QtCore.Qt.Key_0, QtCore.Qt.Key_Period, QtCore.Qt.Key_3, QtCore.Qt.Key_5):
         qtbot.keyClick(panel.low, key)
     assert emitted == []  # nothing while typing
-    qtbot.waitUntil(lambda: len(emitted) == 1, timeout=PAUSE_MS * 3)
+    qtbot.waitUntil(lambda: len(emitted) == 1, timeout=round(WindowConfig().threshold_pause_s * 3000))
     assert emitted[0].low == 0.35
     panel.low.selectAll()
     qtbot.keyClicks(panel.low, "0.6")

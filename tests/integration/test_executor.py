@@ -1,4 +1,5 @@
-"""The Executor contract, checked on every implementation, and bounded memory of the export."""
+"""Pipelines travel as messages unchanged, and the export's memory stays bounded (the Executor contract
+itself: tests/contract/test_executor.py)."""
 
 import subprocess
 import sys
@@ -10,13 +11,10 @@ import psutil
 import pytest
 
 from backend.compute.pipeline import BlockTask, Pipeline
-from backend.distributed.dask_clusters import DaskSettings, start_dask
-from backend.distributed.executor import LocalExecutor
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.synthetic import SyntheticProject, write_synthetic_project
 from tests.conftest import REPO
-from tests.integration.workers import ZmqWithWorkers
 
 
 def small_project(folder, shape=(24, 64, 64), selection=((True, True, False),) + ((False,) * 3,) * 5,
@@ -43,40 +41,6 @@ def _task(pipeline, image, kind="Probabilities"):
     hi = [min(n, b + h) for (_, b), h, n in zip(target, halo, image.shape)]
     raw = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
     return BlockTask("k", kind, raw, tuple(lo), image.shape, target, pipeline.fingerprint())
-
-
-def _dask(pipeline):
-    """A LocalCluster of two single-threaded worker processes, as ``--dask local:2`` starts it."""
-    executor = start_dask(DaskSettings(address="local:2"))
-    executor.add_pipeline(pipeline)
-    return executor
-
-
-EXECUTORS = {
-    "local": lambda pipeline: LocalExecutor(pipeline, workers=2),
-    "zmq": lambda pipeline: ZmqWithWorkers(pipeline, workers=1, processes=2),
-    "dask": _dask,
-}
-
-
-@pytest.mark.parametrize("make", EXECUTORS.values(), ids=EXECUTORS.keys())
-def test_executor_contract(project, make):
-    path, image = project
-    pipeline = _pipeline(path)
-    expected = pipeline.run(_task(pipeline, image))
-    with make(pipeline) as executor:
-        futures = [executor.submit(_task(pipeline, image)) for _ in range(6)]
-        results = [f.result(timeout=120) for f in futures]
-        assert all(np.array_equal(r, expected) for r in results)
-        assert executor.status()["done"] >= 6
-        bad = BlockTask("k", "Probabilities", np.zeros((1, 1, 1, 1)), (0, 0, 0), (1, 1, 1),
-                        ((0, 1),) * 3, "another-pipeline")
-        with pytest.raises(ValueError):
-            executor.submit(bad)
-        queued = [executor.submit(_task(pipeline, image)) for _ in range(20)]
-        cancelled = sum(executor.cancel(f) for f in queued)
-        assert cancelled > 0
-        assert all(f.cancelled() or np.array_equal(f.result(timeout=120), expected) for f in queued)
 
 
 def test_pipeline_message_round_trip(project):

@@ -8,9 +8,8 @@ import dataclasses
 from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
+from backend.config import WindowConfig
 from ilastik_desktop._qt.panels.project import narrow
-
-PAUSE_MS = 600  # typing applies once it pauses this long (Enter applies at once)
 
 
 def problems(s: ThresholdSettings) -> list[str]:
@@ -30,7 +29,8 @@ class ThresholdPanel(QtWidgets.QWidget):
 
     changed = QtCore.pyqtSignal(object)
 
-    def __init__(self, settings: ThresholdSettings, class_names: list[str], volumetric: bool, parent=None):
+    def __init__(self, settings: ThresholdSettings, class_names: list[str], volumetric: bool,
+                 pause_s: float = WindowConfig().threshold_pause_s, parent=None):
         super().__init__(parent)
         form = QtWidgets.QFormLayout(self)
         self.method = QtWidgets.QComboBox()
@@ -57,7 +57,8 @@ class ThresholdPanel(QtWidgets.QWidget):
         form.addRow("Smoothing " + ("z y x" if volumetric else "y x"), sigmas)
         form.addRow(self.message)
         narrow(self, 60)
-        self.pause = QtCore.QTimer(self, singleShot=True, interval=PAUSE_MS)
+        self.pause = QtCore.QTimer(self, singleShot=True, interval=round(pause_s * 1000))  # typing applies once
+        # it pauses this long (Enter applies at once)
         self.pause.timeout.connect(self.apply)
         self.set_settings(settings)
         for combo in (self.method, self.channel, self.core):

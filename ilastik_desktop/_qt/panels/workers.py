@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from backend.distributed.executor import ExecutorStatus, WorkerStatus, ZmqStatus
 from backend.distributed.security import check_key
 from backend.errors import UserError
 from ilastik_desktop.runtime.services import Services
@@ -14,7 +16,7 @@ from viewer.bridge import GuiBridge
 COLUMNS = ("host", "kind", "endpoint", "processes", "state", "heartbeat_age_s", "blocks_done", "blocks_per_s")
 HEADERS = ("Host", "Kind", "Endpoint", "Processes", "State", "Heartbeat age (s)", "Blocks done",
            "Blocks/s (last 10 s)")
-DASK_COLUMNS = ("endpoint", "threads", "memory_mb", "memory_limit_mb", "tasks", "state")
+DASK_COLUMNS = ("endpoint", "processes", "memory_mb", "memory_limit_mb", "in_flight", "state")
 DASK_HEADERS = ("Dask worker", "Threads", "Memory (MB)", "Memory limit (MB)", "Tasks running", "State")
 
 
@@ -32,13 +34,11 @@ def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> No
     pool.submit(run)
 
 
-def workers_summary(executor_status: dict) -> str:
+def workers_summary(status: ExecutorStatus) -> str:
     """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers'."""
-    workers = executor_status["workers"]
-    if not workers:
-        waited = executor_status.get("no_workers_s", 0.0)
-        return f"no workers for {waited:.0f} s: blocks wait (queue {executor_status['queued']}); see Workers"
-    return f"workers: {len(workers)} ({executor_status['processes']} processes), queue {executor_status['queued']}"
+    if not status.workers:
+        return f"no workers for {status.no_workers_s:.0f} s: blocks wait (queue {status.queued}); see Workers"
+    return f"workers: {len(status.workers)} ({status.processes} processes), queue {status.queued}"
 
 
 class WorkersPanel(QtWidgets.QWidget):
@@ -78,17 +78,18 @@ class WorkersPanel(QtWidgets.QWidget):
             self.columns = DASK_COLUMNS
             self.table.setHorizontalHeaderLabels(DASK_HEADERS)
 
-    def show_status(self, executor_status: dict) -> None:
+    def show_status(self, status: ExecutorStatus) -> None:
         """Fill the table from the executor's status; say plainly when there is no worker at all."""
-        workers = executor_status["workers"]
-        lost = [{**w, "state": f"lost {w['ago_s']:.0f} s ago: {w['reason']}"}
-                for w in reversed(executor_status.get("lost", []))]
-        self.summary.setText(workers_summary(executor_status))
+        workers = [dataclasses.asdict(w) for w in status.workers]
+        lost = [{**dataclasses.asdict(w), "state": f"lost {w.ago_s:.0f} s ago: {w.reason}"}
+                for w in reversed(status.lost)] if isinstance(status, ZmqStatus) else []
+        self.summary.setText(workers_summary(status))
         self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
         self.table.setRowCount(len(workers) + len(lost))
         for r, worker in enumerate(workers + lost):
             for c, key in enumerate(self.columns):
-                item = QtWidgets.QTableWidgetItem(str(worker.get(key, "")))
+                value = worker.get(key)
+                item = QtWidgets.QTableWidgetItem("" if value is None else str(value))
                 item.setToolTip(item.text())  # long endpoints and reasons stay readable
                 if r >= len(workers):
                     item.setForeground(QtGui.QBrush(QtGui.QColor("#999999")))
@@ -165,10 +166,10 @@ class ConnectDialog(QtWidgets.QDialog):
         self.result.setText(f"connecting to {endpoint} ...")
         in_background(self.pool, self.bridge, lambda: self.services.add_remote_worker(endpoint, key), self._report)
 
-    def _report(self, worker: dict | None, error: str | None) -> None:
+    def _report(self, worker: WorkerStatus | None, error: str | None) -> None:
         self.connect_button.setEnabled(True)
         if error is None:
-            message = f"connected: {worker['host']} with {worker['processes']} processes"
+            message = f"connected: {worker.host} with {worker.processes} processes"
             self.result.setStyleSheet("color: #1a7f37;")
         else:
             message = error

@@ -1,0 +1,139 @@
+"""The block cache's contract, on the real cache (a real redis-server) and on the in-memory fake.
+
+The gateway's unit tests run on the fake; these tests keep the fake honest: whatever the gateway relies on
+(claims exclude others, leases lapse, completing or failing tells every listener, errors block claims)
+behaves the same on both.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from backend.cache.block_cache import BlockCache
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.config import CacheConfig
+from tests.fakes import FakeCache, FakeClock
+from tests.helpers import wait_for
+
+LEASE_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=64)) as server:
+        yield server
+
+
+class Real:
+    """The real cache and a real clock: leases lapse by waiting."""
+
+    def __init__(self, server):
+        self.cache = BlockCache(server.client(socket_timeout=5), CacheConfig(lease_s=LEASE_S, error_ttl_s=60))
+
+    def lapse(self, key: str) -> None:
+        wait_for(lambda: not self.cache.leased(key), timeout=LEASE_S * 10, message=f"the lease of {key} never lapsed")
+
+
+class Fake:
+    """The fake cache on a clock the test moves."""
+
+    def __init__(self, server):
+        self.clock = FakeClock()
+        self.cache = FakeCache(self.clock, CacheConfig(lease_s=LEASE_S, error_ttl_s=60))
+
+    def lapse(self, key: str) -> None:
+        self.clock.advance(LEASE_S * 1.5)
+
+
+@pytest.fixture(params=[Real, Fake], ids=["redis", "fake"])
+def side(request, redis_server):
+    return request.param(redis_server)
+
+
+@pytest.fixture
+def key():
+    return f"ild:v1:test:{uuid.uuid4().hex}"
+
+
+def heard(cache):
+    """A listener collecting the keys it hears about; returns (list of keys, listener)."""
+    keys: list[str] = []
+    listener = cache.listen(keys.append, lambda exc: None)
+    assert listener.subscribed.wait(5)
+    return keys, listener
+
+
+def test_a_completed_block_is_there_with_its_shape_and_type(side, key):
+    cache = side.cache
+    assert cache.get(key) is None
+    values = np.arange(3 * 4 * 2, dtype=np.float32).reshape(1, 3, 4, 2)
+    cache.complete(key, values)
+    got = cache.get(key)
+    assert got.dtype == values.dtype and np.array_equal(got, values)
+    cache.discard(key)
+    assert cache.get(key) is None
+
+
+def test_one_claim_at_a_time_and_none_once_done(side, key):
+    cache = side.cache
+    assert cache.claim(key, "a") and cache.leased(key)
+    assert not cache.claim(key, "b")
+    assert cache.renew(key, "a") and not cache.renew(key, "b")
+    cache.release(key, "b")
+    assert cache.leased(key)  # only the owner's token frees it
+    cache.release(key, "a")
+    assert not cache.leased(key) and cache.claim(key, "b")
+    cache.complete(key, np.zeros((1, 1, 1, 1), np.uint8))
+    assert not cache.leased(key) and not cache.claim(key, "c")
+
+
+def test_a_lease_nobody_renews_lapses_and_another_may_claim(side, key):
+    cache = side.cache
+    assert cache.claim(key, "a")
+    side.lapse(key)
+    assert not cache.leased(key) and not cache.renew(key, "a")
+    assert cache.claim(key, "b")
+
+
+def test_completing_failing_and_abandoning_tell_every_listener(side, key):
+    cache = side.cache
+    first, one = heard(cache)
+    second, two = heard(cache)
+    try:
+        assert cache.claim(key, "a")
+        cache.abandon(key, "a")
+        assert not cache.leased(key)
+        wait_for(lambda: first.count(key) == 1 and second.count(key) == 1, timeout=5)
+        assert cache.claim(key, "b")
+        cache.complete(key, np.ones((1, 2, 2, 1), np.float32))
+        wait_for(lambda: first.count(key) == 2 and second.count(key) == 2, timeout=5)
+        failed = key + ":other"
+        assert cache.claim(failed, "c")
+        cache.fail(failed, "ValueError: bad block")
+        wait_for(lambda: failed in first and failed in second, timeout=5)
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_a_failed_block_keeps_its_error_and_cannot_be_claimed(side, key):
+    cache = side.cache
+    assert cache.claim(key, "a")
+    cache.fail(key, "ValueError: bad block")
+    assert cache.error(key) == "ValueError: bad block"
+    assert not cache.leased(key) and not cache.claim(key, "b") and cache.get(key) is None
+
+
+def test_completing_drops_whoever_holds_the_lease(side, key):
+    cache = side.cache
+    assert cache.claim(key, "owner")
+    cache.complete(key, np.zeros((1, 1, 1, 1), np.float32))  # a late result of an earlier owner
+    assert not cache.leased(key) and not cache.renew(key, "owner")
+
+
+def test_memory_is_reported(side, key):
+    side.cache.complete(key, np.zeros((1, 64, 64, 2), np.float32))
+    assert side.cache.memory_mb() >= 0
