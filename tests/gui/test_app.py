@@ -1,5 +1,6 @@
 """The desktop app offscreen (pytest-qt): real projects, real workers, overlays equal to the export."""
 
+import functools
 import os
 import time
 
@@ -98,9 +99,15 @@ def test_event_loop_never_stalls_while_workers_compute(qtbot, window, data_dir):
     timer.start()
     api = os.path.join(data_dir, "ilastik-api")
     open_and_settle(qtbot, window, os.path.join(api, "PixelClass3D.ilp"))
+
+    def stepped(ticks: int) -> bool:
+        """The view asked for the plane it is on, and the timer ticked five times since (a user's pace: 50 ms)."""
+        asked = window.loader.slots[("xy", "Probabilities")].roi.start[1] == window.model.position[1]
+        return asked and len(gaps) >= ticks + 5
+
     for _ in range(6):  # browse while blocks compute
         window.loader.step("z", 7)
-        qtbot.wait(50)
+        qtbot.waitUntil(functools.partial(stepped, len(gaps)), timeout=10_000)
     qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
     timer.stop()
     assert len(gaps) > 20

@@ -45,7 +45,7 @@ def test_the_readout_follows_scrolling_panning_and_a_new_project(qtbot, window, 
     qtbot.waitUntil(lambda: abs(window.side.width() - window.side_width) <= 10, timeout=5_000)  # laid out
     xy = window.views[0]
     mouse = xy.box.mapViewToScene(QtCore.QPointF(7.5, 3.5))
-    xy._mouse_moved(mouse)  # the mouse over x 7, y 3
+    xy.scene().sigMouseMoved.emit(mouse)  # the mouse over x 7, y 3
     z = window.model.position[1]
     assert f"x 7  y 3  z {z}" in window.cursor_label.text()
     window.loader.step("z", 5)  # scrolled with the mouse still there

@@ -174,7 +174,7 @@ def test_the_uncertainty_layer_shows_where_labels_help_most(qtbot, window, tmp_p
     unsure, sure = np.unravel_index(shown[..., 0].argmax(), alpha.shape), np.unravel_index(shown[..., 0].argmin(),
                                                                                              alpha.shape)
     assert alpha[unsure] > alpha[sure]  # brightest where the classifier hesitates
-    window._hover(window.views[0], *unsure)
+    window.views[0].hovered.emit(*map(int, unsure))  # the mouse over the most uncertain pixel
     assert f"uncertainty {shown[unsure][0]:.2f}" in window.cursor_label.text()
 
 

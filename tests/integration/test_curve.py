@@ -5,7 +5,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from backend.distributed.security import CurveIdentity, KeyStore, is_local
 from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import REPO
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_zmq import free_port
 from tests.integration.workers import kill_worker, start_worker
@@ -102,9 +102,9 @@ def test_listening_worker_accepts_only_its_gateways(project, tmp_path):
         with ZmqExecutor(bind=None, identity=stranger, heartbeat_s=0.2) as ex:
             ex.connect(endpoint, server_key=key)
             assert not ex.wait_for_workers(1, timeout=3)
-            deadline = time.monotonic() + 10  # its knocking arrived and was refused, not merely unanswered yet
-            while not any(stranger.public.decode() in line for line in lines) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            # its knocking arrived and was refused, not merely unanswered yet
+            wait_for(lambda: any(stranger.public.decode() in line for line in lines), 10, interval=0.05,
+                     message=lambda: f"the worker did not report the stranger's key: {lines[-5:]}")
             assert any("refused" in line and stranger.public.decode() in line for line in lines), lines[-5:]
     finally:
         kill_worker(proc)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
-from tests.integration.test_faults import FEATURES, Run, assert_all_gone, wait_for
+from tests.integration.test_faults import FEATURES, Run, assert_all_gone
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -134,7 +135,8 @@ def test_shared_filesystem_names_the_file_a_worker_cannot_open(project, tmp_path
     out = str(tmp_path / "out")
     run = Run(*_args(project, out, "--raw_data", f"{raw}/data", "--dask", "local:2", "--shared-filesystem"))
     try:
-        wait_for(lambda: len(_dask_workers(run)) >= 2, 60, "no Dask worker started")
+        wait_for(lambda: len(_dask_workers(run)) >= 2, 60, interval=0.05,
+                 message=lambda: f"too few Dask workers started: {len(_dask_workers(run))}")
         raw.unlink()  # the app opened it; the workers, which read it themselves, no longer find it
         code = run.finish(timeout=180)
     finally:

@@ -4,7 +4,6 @@ itself: tests/contract/test_executor.py)."""
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import psutil
@@ -15,6 +14,7 @@ from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.synthetic import SyntheticProject, write_synthetic_project
 from tests.conftest import REPO
+from tests.helpers import wait_for
 
 
 def small_project(folder, shape=(24, 64, 64), selection=((True, True, False),) + ((False,) * 3,) * 5,
@@ -63,17 +63,16 @@ def _peak_rss_of_export(project_path, out):
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
     peak = [0]
 
-    def poll():
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                procs = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss - p.memory_info().shared for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
+    def sample_until_exit() -> bool:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak[0] = max(peak[0], sum(p.memory_info().rss - p.memory_info().shared for p in procs))
+        except psutil.Error:
+            pass
+        return proc.poll() is not None
 
-    watcher = threading.Thread(target=poll)
+    root = psutil.Process(proc.pid)
+    watcher = threading.Thread(target=wait_for, args=(sample_until_exit, 600), kwargs={"interval": 0.05})
     watcher.start()
     _, err = proc.communicate(timeout=600)
     watcher.join()

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
 from tests.integration.workers import compute_processes
 
@@ -59,12 +60,12 @@ class Run:
 
     def find(self, marker: str, timeout: float = 60) -> list[psutil.Process]:
         """Processes of the tree whose command line contains ``marker``."""
-        return wait_for(lambda: [p for p in self.tree() if marker in " ".join(_cmdline(p))], timeout,
-                        f"no process with '{marker}' in the tree")
+        return wait_for(lambda: [p for p in self.tree() if marker in " ".join(_cmdline(p))], timeout, interval=0.05,
+                        message=lambda: f"no process with '{marker}' in the tree: {[_cmdline(p) for p in self.tree()]}")
 
     def wait_progress(self, blocks: int, timeout: float = 120) -> None:
-        wait_for(lambda: self.done >= blocks or self.process.poll() is not None, timeout,
-                 f"export did not reach {blocks} blocks")
+        wait_for(lambda: self.done >= blocks or self.process.poll() is not None, timeout, interval=0.05,
+                 message=lambda: f"export did not reach {blocks} blocks (at {self.done})")
         assert self.process.poll() is None, f"the export ended early: {''.join(self.stderr)[-2000:]}"
 
     def finish(self, timeout: float = 300) -> int:
@@ -94,16 +95,6 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
-def wait_for(condition, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(message)
-
-
 def alive(pids: set[int]) -> list[str]:
     """The processes among ``pids`` that still run (zombies aside)."""
     left = []
@@ -118,10 +109,8 @@ def alive(pids: set[int]) -> list[str]:
 
 
 def assert_all_gone(pids: set[int], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert alive(pids) == []
+    """Every process of ``pids`` ends (or is a zombie) within ``within`` seconds."""
+    wait_for(lambda: alive(pids) == [], within, interval=0.1, message=lambda: f"still running: {alive(pids)}")
 
 
 def export_args(project: str, out: str) -> list[str]:
@@ -144,7 +133,7 @@ def test_killing_a_compute_process_then_the_local_worker_mid_export_changes_noth
     try:
         run.wait_progress(2)
         worker = run.find("ilastik_desktop.cli.worker")[0]
-        compute = wait_for(lambda: compute_processes(worker), 30, "no compute process")
+        compute = wait_for(lambda: compute_processes(worker), 30, interval=0.05, message="no compute process")
         run.tree()
         compute[0].kill()  # one compute process of the local worker
         run.wait_progress(run.done + 2)
@@ -184,7 +173,8 @@ def test_kill_9_of_the_app_during_a_gui_session_leaves_nothing_running(project, 
     try:
         run.find("redis-server")
         workers = run.find("ilastik_desktop.cli.worker")
-        wait_for(lambda: compute_processes(workers[0]), 60, "the local worker started no compute process")
+        wait_for(lambda: compute_processes(workers[0]), 60, interval=0.05,
+                 message="the local worker started no compute process")
         run.kill_app()
     finally:
         if run.process.poll() is None:
@@ -236,10 +226,14 @@ def test_a_standalone_worker_stopped_mid_task_ends_quietly_with_its_compute_proc
         try:
             assert ex.wait_for_workers(1, timeout=60)
             tree = {worker.pid} | {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+            compute = compute_processes(psutil.Process(worker.pid))  # warm and idle: the worker registered
+            idle = {p.pid: _cpu_s(p) for p in compute}
             futures = [ex.submit(_whole_task(pipeline, image)) for _ in range(6)]
             wait_for(lambda: ex.status()["workers"][0]["in_flight"] > 0 if ex.status()["workers"] else False, 30,
-                     "the worker took no task")
-            time.sleep(0.3)  # mid-task
+                     interval=0.05, message="the worker took no task")
+            wait_for(lambda: any(_cpu_s(p) - idle[p.pid] >= 0.1 for p in compute), 30, interval=0.02,  # mid-task
+                     message=lambda: f"no compute process computes: {[_cpu_s(p) for p in compute]} s of CPU, "
+                                     f"tasks failed: {[f.exception() for f in futures if f.done()]}")
             started = time.monotonic()
             os.killpg(worker.pid, sig) if sig == signal.SIGINT else worker.send_signal(sig)
             code = worker.wait(timeout=30)
@@ -256,9 +250,14 @@ def test_a_standalone_worker_stopped_mid_task_ends_quietly_with_its_compute_proc
     assert_all_gone(tree, within=5)
 
 
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 def _whole_task(pipeline, image):
+    """The whole image as one task: about a second of compute (a part without its halo would fail at once)."""
     from backend.compute.pipeline import BlockTask
 
-    target = ((0, 32), (0, 128), (0, 128))
-    raw = image[:40, :136, :136, None]
-    return BlockTask("k", "Probabilities", raw, (0, 0, 0), image.shape, target, pipeline.fingerprint())
+    return BlockTask("k", "Probabilities", image[..., None], (0, 0, 0), image.shape,
+                     tuple((0, n) for n in image.shape), pipeline.fingerprint())

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from backend.cache.block_cache import BlockCache, block_key, decode_block, encode_block
+from backend.cache.block_cache import CHANNEL, BlockCache, block_key, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
 from backend.compute.geometry import Roi
 from backend.distributed.executor import LocalExecutor
@@ -16,6 +16,7 @@ from backend.io.project import open_project
 from backend.io.sources import open_source
 from backend.io.training import labelled_samples, train_classifier
 from backend.service.gateway import CacheUnavailable, Gateway, GatewayConfig
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
 from tests.integration.workers import ZmqWithWorkers, kill_worker, start_worker
 
@@ -147,9 +148,9 @@ def test_redis_killed_mid_request_fails_clearly_then_recovers(project, redis_ser
         with pytest.raises(CacheUnavailable):
             request.result(timeout=30)
         assert redis_server.ensure_running()
-        deadline = time.monotonic() + 20
-        while not gateway._listener.subscribed.is_set() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        notices = redis_server.client()  # the gateway hears the restarted server's notices: it subscribed there
+        wait_for(lambda: notices.pubsub_numsub(CHANNEL)[0][1] >= 1, 20, interval=0.05,
+                 message=lambda: f"nobody subscribed to the notices: {notices.pubsub_numsub(CHANNEL)}")
         assert np.array_equal(gateway.request("Probabilities", roi).result(timeout=60), whole_image(pipeline, image))
         gateway.close()
 
@@ -195,10 +196,9 @@ def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
         done_at_cancel = ex.status()["done"]
         total = len(list(gateway.grid.blocks_in(request.roi)))
         assert done_at_cancel < total and ex.status()["queued"] == 0  # cancelled, not merely waiting
-        deadline = time.monotonic() + 30  # the worker finishes what it already had, then is idle: not slow
-        while any(w["in_flight"] for w in ex.status()["workers"]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not any(w["in_flight"] for w in ex.status()["workers"])
+        # the worker finishes what it already had, then is idle: not slow
+        wait_for(lambda: not any(w["in_flight"] for w in ex.status()["workers"]), 30, interval=0.02,
+                 message=lambda: f"the worker still has tasks: {ex.status()['workers']}")
         assert ex.status()["done"] <= done_at_cancel + 2  # only what was already on the worker ran
         other = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 6, 24, 24)))
         other.result(timeout=60)  # the worker is alive and quick: the missing blocks were cancelled

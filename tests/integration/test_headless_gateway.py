@@ -12,8 +12,9 @@ from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.io.project import open_project
 from tests.conftest import REPO, run_cli
+from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
-from tests.integration.test_faults import Run, assert_all_gone, wait_for
+from tests.integration.test_faults import Run, assert_all_gone
 from tests.integration.test_zmq import free_port
 from tests.integration.workers import compute_processes, kill_worker, start_worker
 
@@ -113,7 +114,7 @@ def test_nothing_is_left_running_after_an_export(project, tmp_path):
     try:
         run.find("redis-server")
         workers = run.find("ilastik_desktop.cli.worker")
-        wait_for(lambda: compute_processes(workers[0]), 60, "no compute process")
+        wait_for(lambda: compute_processes(workers[0]), 60, interval=0.05, message="no compute process")
         run.tree()
         assert run.finish() == 0, "".join(run.stderr)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from backend.distributed.protocol import VERSION, decode, encode
 from backend.distributed.worker import PROTOCOL_NAME
 from backend.distributed.zmq_executor import TaskError, ZmqExecutor
 from backend.errors import ProjectError
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_gateway import gateway_on
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
@@ -70,10 +70,9 @@ def test_hostile_messages_are_dropped_by_a_listening_worker_which_then_serves(pr
         junk = killers()
         for frames in junk:
             peer.send_multipart(frames)
-        deadline = time.monotonic() + 60  # warm-up first: the worker reads nothing until its processes are ready
-        while not any(f"({len(junk)} so far)" in line for line in lines) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert any(f"({len(junk)} so far)" in line for line in lines), "".join(lines)[-2000:]
+        # warm-up first: the worker reads nothing until its processes are ready
+        wait_for(lambda: any(f"({len(junk)} so far)" in line for line in lines), 60, interval=0.05,
+                 message=lambda: "".join(lines)[-2000:])
         assert worker.poll() is None
         peer.close()
         with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
@@ -97,9 +96,8 @@ def test_hostile_messages_are_dropped_by_the_app_which_goes_on_computing(project
         try:
             for frames in killers():
                 peer.send_multipart(frames)
-            deadline = time.monotonic() + 20
-            while ex.status()["dropped_messages"] < len(killers()) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for(lambda: ex.status()["dropped_messages"] >= len(killers()), 20, interval=0.02,
+                     message=lambda: f"too few messages dropped: {ex.status()['dropped_messages']}")
             assert ex.status()["dropped_messages"] == len(killers())
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
             assert len(ex.status()["workers"]) == 1  # the fake READY registered nobody
@@ -144,9 +142,8 @@ def test_malformed_cache_entries_are_misses_that_get_recomputed(project):
             expected = gateway.request("Probabilities", roi).result(timeout=60)
             wrong_shape = BlockCache(client)
             for junk in (b"ILD1", b"ILD1\x00\x00\x00\x10" + b'{"shape": "abc"}', None):
-                deadline = time.monotonic() + 10  # the block is stored just after it is delivered
-                while wrong_shape.get(key) is None and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                wait_for(lambda: wrong_shape.get(key) is not None, 10,  # stored just after it is delivered
+                         message="the recomputed block was not stored")
                 if junk is None:
                     wrong_shape.complete(key, np.zeros((1, 2, 2, 2, 2), np.float32))
                 else:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import run_cli
+from tests.helpers import wait_for
 from tests.integration.test_curve import gateway_identity, worker_key
 from tests.integration.test_executor import small_project
 from tests.integration.workers import free_port, kill_worker, start_worker, wait_listening
@@ -26,23 +26,13 @@ def _stderr_lines(proc) -> list[str]:
 
 
 def _wait_for_line(lines: list[str], text: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [line for line in list(lines) if text in line]
-        if found:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no line with {text!r} within {timeout} s: {lines[-5:]}")
+    return wait_for(lambda: next((line for line in list(lines) if text in line), None), timeout, interval=0.05,
+                    message=lambda: f"no line with {text!r}: {lines[-5:]}")
 
 
 def _wait_for_refusal(ex: ZmqExecutor, text: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [r for r in ex.status()["refused"] if text in r]
-        if found:
-            return found[0]
-        ex.wait_for_change(0.2)
-    raise AssertionError(f"no refusal with {text!r} within {timeout} s: {ex.status()['refused']}")
+    return wait_for(lambda: next((r for r in ex.status()["refused"] if text in r), None), timeout,
+                    message=lambda: f"no refusal with {text!r}: {ex.status()['refused']}")
 
 
 @pytest.mark.timeout(120)

@@ -23,6 +23,7 @@ from backend.io.sources import open_source
 from backend.service.export import ExportOptions, run_export
 from backend.service.gateway import Gateway, GatewayConfig
 from backend.service.objects import request_frame
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.test_gateway import whole_image
 from tests.integration.workers import ZmqWithWorkers, compute_processes, free_port, kill_worker, start_worker
@@ -98,9 +99,7 @@ def test_transient_failures_are_not_cached(project, redis_server):
         with pytest.raises(RuntimeError, match="executor closed"):
             request.result(timeout=10)
         assert not is_deterministic(request.future.exception())
-        deadline = time.monotonic() + 5
-        while gateway.cache.leased(key) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: not gateway.cache.leased(key), 5, interval=0.02, message="the block's claim was not freed")
         assert gateway.cache.error(key) is None and not gateway.cache.leased(key)
     finally:
         gateway.close()
@@ -156,9 +155,8 @@ def test_a_listening_worker_serves_one_gateway_and_refuses_a_second(project):
             assert first.wait_for_workers(1, timeout=60)
             with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as second:
                 second.add_pipeline(pipeline)
-                deadline = time.monotonic() + 10
-                while not second.status()["refused"] and time.monotonic() < deadline:
-                    second.wait_for_change(0.2)
+                wait_for(lambda: second.status()["refused"], 10,
+                         message=lambda: f"the second gateway was not refused: {second.status()}")
                 assert "busy" in second.status()["refused"][0] and not second.status()["workers"]
                 futures = [first.submit(_task(pipeline, image)) for _ in range(4)]
                 assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
@@ -295,9 +293,8 @@ def test_two_exports_of_one_volume_share_the_work(project, redis_server, tmp_pat
                                      block_shape=(1, 3, 24, 24)) for i in range(2)]
             with ThreadPoolExecutor(2) as pool:  # the second starts while the first holds claims
                 first = pool.submit(run_export, gateways[0], "raw", options[0], max_in_flight=4)
-                deadline = time.monotonic() + 30
-                while gateways[0].status()["misses"] < 4 and time.monotonic() < deadline:
-                    time.sleep(0.005)
+                wait_for(lambda: gateways[0].status()["misses"] >= 4, 30, interval=0.005,
+                         message=lambda: f"the first export claimed too few blocks: {gateways[0].status()}")
                 results = [run_export(gateways[1], "raw", options[1], max_in_flight=4), first.result(timeout=120)]
             computed = [g.status()["computed"] for g in gateways]
             assert sum(computed) == results[0].blocks == 128  # no block twice

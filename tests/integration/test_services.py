@@ -2,7 +2,6 @@
 
 import os
 import signal
-import time
 
 import numpy as np
 import psutil
@@ -13,6 +12,7 @@ from backend.io.sources import open_source
 from backend.service.gateway import CacheUnavailable
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import ComputeSettings
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
 
 
@@ -23,14 +23,11 @@ def project(tmp_path_factory):
 
 def request_until_served(gateway, roi, timeout):
     """The region, retrying while the cache is down (each try fails fast with CacheUnavailable)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return gateway.request("Probabilities", roi).result(timeout=60)
-        except CacheUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    def served() -> list:
+        return [gateway.request("Probabilities", roi).result(timeout=60)]  # in a list: an array has no truth value
+
+    return wait_for(served, timeout, interval=0.2, message="the region was not served",
+                    ignore=(CacheUnavailable,))[0]
 
 
 @pytest.mark.timeout(180)
@@ -46,9 +43,8 @@ def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
         try:
             expected = gateway.request("Probabilities", roi).result(timeout=60)
             os.kill(services.embedded.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while not services.embedded.alive() and time.monotonic() < deadline:
-                time.sleep(0.1)  # nobody restarts it but the app itself
+            wait_for(services.embedded.alive, 30, interval=0.1,  # nobody restarts it but the app itself
+                     message="the app did not restart its cache server")
             assert services.embedded.alive() and services.embedded.pid != children[0]
             children.append(services.embedded.pid)
             gateway.cache.client.flushall()  # prove it is recomputed, not served from the old server

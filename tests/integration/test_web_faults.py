@@ -17,8 +17,9 @@ import pytest
 import zarr
 
 from tests.conftest import run_cli
+from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
-from tests.integration.test_faults import FEATURES, alive, assert_all_gone, wait_for
+from tests.integration.test_faults import FEATURES, alive, assert_all_gone
 from tests.integration.webserver import ServeProcess
 from tests.integration.workers import compute_processes
 
@@ -74,7 +75,8 @@ def _named(server: ServeProcess, marker: str) -> list[psutil.Process]:
 def test_a_worker_killed_during_zarr_reads_changes_no_answer(project, exported):
     with ServeProcess(project, "--workers", "2", "--block_shape", BLOCKS) as server:
         reader = Reader(server)
-        wait_for(lambda: _computed(server) >= 2, 120, "no block was computed")
+        wait_for(lambda: _computed(server) >= 2, 120, interval=0.05,
+                 message=lambda: f"too few blocks computed: {_computed(server)}")
         worker = _named(server, "ilastik_desktop.cli.worker")[0]
         compute = compute_processes(worker)
         assert reader.is_alive()  # still reading
@@ -90,7 +92,8 @@ def test_a_worker_killed_during_zarr_reads_changes_no_answer(project, exported):
 def test_the_cache_server_killed_during_zarr_reads_is_restarted_and_answers_stay_right(project, exported):
     with ServeProcess(project, "--workers", "2", "--block_shape", BLOCKS) as server:
         reader = Reader(server)
-        wait_for(lambda: _computed(server) >= 2, 120, "no block was computed")
+        wait_for(lambda: _computed(server) >= 2, 120, interval=0.05,
+                 message=lambda: f"too few blocks computed: {_computed(server)}")
         redis_server = _named(server, "redis-server")[0]
         assert reader.is_alive()
         redis_server.kill()
@@ -98,7 +101,7 @@ def test_the_cache_server_killed_during_zarr_reads_is_restarted_and_answers_stay
         assert not reader.is_alive() and reader.error is None, reader.error
         assert np.array_equal(reader.values, exported)
         restarted = wait_for(lambda: [p for p in _named(server, "redis-server") if p.pid != redis_server.pid], 30,
-                             "the cache server was not restarted")
+                             interval=0.05, message="the cache server was not restarted")
         assert restarted and server.get("/health")[0] == 200
         again = zarr.open_array(server.url + "/zarr/0/probabilities/0", mode="r", zarr_format=2)[:]
         assert np.array_equal(again, exported)
@@ -109,7 +112,7 @@ def test_kill_9_of_the_server_during_zarr_reads_fails_the_client_and_leaves_noth
     server = ServeProcess(project, "--workers", "2", "--block_shape", BLOCKS)
     try:
         reader = Reader(server)
-        wait_for(lambda: _computed(server) >= 1, 120, "no block was computed")
+        wait_for(lambda: _computed(server) >= 1, 120, interval=0.05, message="no block was computed")
         seen = {p.pid for p in _tree(server)}
         assert len(seen) >= 5  # serve, redis-server, worker, two compute processes
         assert reader.is_alive()

@@ -14,6 +14,7 @@ from backend.compute.pipeline import BlockTask
 from backend.distributed.protocol import decode, encode
 from backend.distributed.worker import PROTOCOL_NAME
 from backend.distributed.zmq_executor import TaskError, ZmqExecutor
+from tests.helpers import stays, wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.workers import ZmqWithWorkers, free_port, kill_worker, start_worker
 
@@ -44,9 +45,8 @@ def test_sigkill_of_a_worker_mid_task_recomputes_its_blocks(project):
     expected = pipeline.run(_task(pipeline, image))
     with ZmqWithWorkers(pipeline, workers=2, processes=1) as ex:
         futures = [ex.submit(_task(pipeline, image)) for _ in range(12)]
-        deadline = time.monotonic() + 30
-        while not any(w["in_flight"] for w in ex.status()["workers"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: any(w["in_flight"] for w in ex.status()["workers"]), 30,
+                 message=lambda: f"no worker took a task: {ex.status()}")
         kill_worker(ex.procs[0])
         started = time.monotonic()
         results = [f.result(timeout=120) for f in futures]
@@ -92,7 +92,8 @@ def test_a_listening_worker_serves_gateway_after_gateway_and_stops_when_alone(pr
                 ex.add_pipeline(pipeline)
                 assert ex.wait_for_workers(1, timeout=60)
                 assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
-        time.sleep(2.5)  # alone: a heartbeat or two would have been due
+        stays(lambda: proc.poll() is None, 2.5, interval=0.1,  # alone: a heartbeat or two would have been due
+              message="the worker ended without its gateway")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
@@ -128,12 +129,14 @@ def test_late_results_of_another_gateways_tasks_are_ignored(project):
 
 def _next_message(sock: zmq.Socket, kind: str, timeout_s: float = 10.0):
     """The next message of type ``kind`` arriving on ``sock`` (others are skipped)."""
-    deadline = time.monotonic() + timeout_s
-    while sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-        message = decode(sock.recv_multipart())
-        if message.type == kind:
-            return message
-    raise TimeoutError(f"no {kind} within {timeout_s} s")
+    def next_of_kind():
+        while sock.poll(0):
+            message = decode(sock.recv_multipart())
+            if message.type == kind:
+                return message
+        return None
+
+    return wait_for(next_of_kind, timeout_s, message=f"no {kind} message")
 
 
 @pytest.mark.timeout(120)
@@ -174,10 +177,8 @@ def test_random_and_truncated_messages_crash_neither_side(project):
                 peer.connect(target)
                 for frames in junk:
                     peer.send_multipart([bytes(f) for f in frames] or [b""])
-                deadline = time.monotonic() + 60  # proven arrived: the receiver counted at least 200 drops
-                while not arrived() and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert arrived(), (ex.status()["dropped_messages"], lines[-3:])
+                wait_for(arrived, 60, interval=0.02,  # proven arrived: the receiver counted at least 200 drops
+                         message=lambda: str((ex.status()["dropped_messages"], lines[-3:])))
                 peer.close()
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
             assert listener.poll() is None and all(p.poll() is None for p in ex.procs)
@@ -212,12 +213,15 @@ def test_sigterm_stops_a_worker_whose_gateway_is_gone(tmp_path):
     import psutil
 
     proc = start_worker("--connect", f"ipc://{tmp_path}/nobody-listens", processes=2, heartbeat=0.1)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
     try:
         worker = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 60
-        while len(worker.children(recursive=True)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)  # silent gateway: now in its reconnect back-off
+        wait_for(lambda: len(worker.children(recursive=True)) >= 2, 60, interval=0.1,
+                 message=lambda: f"the worker started too few processes: {worker.children(recursive=True)}")
+        # the gateway is silent: the worker is in its reconnect back-off once it says so
+        wait_for(lambda: any("reconnecting in" in line for line in lines), 60, interval=0.05,
+                 message=lambda: f"the worker did not go into its reconnect back-off: {lines[-5:]}")
         children = worker.children(recursive=True)
         stop_sending = time.monotonic() + 1.0
         while time.monotonic() < stop_sending and proc.poll() is None:  # a storm: handlers interrupt handlers
@@ -251,10 +255,16 @@ def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(projec
         for f in exports:
             f.add_done_callback(record("export"))
         most_in_flight = 0
-        deadline = time.monotonic() + 30
-        while not finished and time.monotonic() < deadline:
-            most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
-            time.sleep(0.005)
+
+        def sampled(done):
+            """``done``, with the most tasks in flight noted on every call."""
+            def sample():
+                nonlocal most_in_flight
+                most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
+                return done()
+            return sample
+
+        wait_for(sampled(lambda: finished), 30, interval=0.005, message="no export block finished")
         assert most_in_flight == 1  # exports alone: one slot of the process
         with lock:
             before = len(finished)
@@ -265,9 +275,7 @@ def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(projec
             f.result(timeout=60)
         assert finished.index("visible") - before <= 1, finished  # behind the running export block at most
         views = [ex.submit(_task(pipeline, image), priority=0) for _ in range(6)]
-        deadline = time.monotonic() + 60
-        while not all(f.done() for f in views) and time.monotonic() < deadline:  # sampled while they run
-            most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
-            time.sleep(0.002)
+        wait_for(sampled(lambda: all(f.done() for f in views)), 60, interval=0.002,  # sampled while they run
+                 message="the views' blocks did not finish")
         assert all(f.result(timeout=60) is not None for f in views)
         assert most_in_flight == 2  # one computing plus one queued per process, never more

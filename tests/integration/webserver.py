@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
+
+from tests.helpers import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,17 +70,20 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        self.left_running = True
-        while self.left_running and time.monotonic() < deadline:  # its workers and redis-server: same group
-            try:
-                os.killpg(self.process.pid, 0)
-                time.sleep(0.1)
-            except ProcessLookupError:
-                self.left_running = False
-        if self.left_running:
+        try:  # its workers and redis-server are in its process group: wait until the group is gone
+            wait_for(self._group_gone, 10, interval=0.1, message="processes of the server's group still run")
+            self.left_running = False
+        except AssertionError:
+            self.left_running = True
             os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
+
+    def _group_gone(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -7,11 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import psutil
 
 from tests.conftest import REPO
+from tests.helpers import wait_for
 
 
 def free_port() -> int:
@@ -45,15 +45,12 @@ def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subp
 def wait_listening(endpoint: str, timeout: float = 60.0) -> None:
     """Wait until a worker started with ``--listen tcp://host:port`` accepts TCP connections."""
     host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {endpoint} after {timeout:.0f} s") from None
-            time.sleep(0.1)
+
+    def accepts() -> bool:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+
+    wait_for(accepts, timeout, interval=0.1, message=f"nothing listens on {endpoint}", ignore=(OSError,))
 
 
 def kill_worker(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

@@ -5,11 +5,12 @@ import asyncio
 import pytest
 
 from backend.web.chunk_memory import ChunkMemory
+from tests.helpers import wait_for
 
 
 def _producer(calls: list, body: bytes = b"x" * 10, delay: float = 0.05, fail: bool = False):
     async def produce() -> bytes:
-        calls.append(1)
+        calls.append(asyncio.current_task())  # the production the memory started
         await asyncio.sleep(delay)
         if fail:
             raise RuntimeError("block failed")
@@ -47,10 +48,10 @@ def test_failures_are_not_remembered_and_the_last_client_leaving_cancels_the_pro
             await memory.get("k", _producer(calls, fail=True))
         assert await memory.get("k", _producer(calls)) == b"x" * 10
         waiting = asyncio.ensure_future(memory.get("slow", _producer(calls, delay=10)))
-        await asyncio.sleep(0.01)
-        task = memory._pending["slow"][0]
+        await asyncio.to_thread(wait_for, lambda: len(calls) == 3, 10, message="the production did not start")
+        task = calls[-1]
         waiting.cancel()
-        await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_for, task.done, 10, message="the production goes on")
         return task.cancelled(), len(calls), "slow" in memory._pending
 
     cancelled, produced, pending = asyncio.run(scenario())

@@ -3,9 +3,9 @@ started with the user's own library path (PyInstaller's bootloader puts the bund
 
 import os
 import sys
-import time
 
 from ilastik_desktop.runtime.frozen import external_environment, open_externally, resource_path, worker_command
+from tests.helpers import wait_for
 
 
 def test_outside_the_bundle_workers_run_as_a_module(monkeypatch):
@@ -28,10 +28,9 @@ def test_programs_outside_the_bundle_get_the_users_library_path_back(monkeypatch
     opener.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     open_externally("/some/folder")
-    deadline = time.monotonic() + 10
-    while not ((tmp_path / "opened").exists() and (tmp_path / "opened").read_text().endswith("\n")) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    opened = tmp_path / "opened"
+    wait_for(lambda: opened.exists() and opened.read_text().endswith("\n"), 10, interval=0.05,
+             message="the opener did not record what it was given")
     assert (tmp_path / "opened").read_text().split() == ["/some/folder", "/home/me/lib"]
     monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")
     assert "LD_LIBRARY_PATH" not in external_environment()  # the user had none
