@@ -184,7 +184,7 @@ class DaskExecutor(Executor):
         if outer.done():
             return
         if inner.status == "finished":
-            self._relay.relay(outer, inner.result, lambda result: self._unpacked(outer, result))
+            self._relay.relay(outer, lambda: self._fetched(inner.result), lambda result: self._unpacked(outer, result))
         elif inner.status == "cancelled" and self.client.status == "running":
             outer.cancel()
         elif inner.status == "cancelled":  # not by us: the scheduler went away
@@ -192,7 +192,14 @@ class DaskExecutor(Executor):
         elif inner.status == "lost":
             settle(outer, error=TransientError(f"the block's result was lost with its worker {sends} times"))
         else:
-            self._relay.relay(outer, lambda: _task_error(inner))
+            self._relay.relay(outer, lambda: _task_error(self._fetched(inner.exception)))
+
+    def _fetched(self, read):
+        """``read()`` from the cluster; a cluster that no longer answers is a TransientError (try again later)."""
+        try:
+            return read()
+        except Exception as exc:
+            raise TransientError(f"{self.lost_message()} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def _unpacked(self, outer: TaskFuture, result) -> np.ndarray:
         values, outer.compute_s = result
@@ -258,9 +265,8 @@ class DaskExecutor(Executor):
             self._on_close()
 
 
-def _task_error(inner) -> None:
+def _task_error(error: BaseException) -> None:
     """Raise a failed Dask task's error as a TaskError (its remote traceback stays on the worker)."""
-    error = inner.exception()
     raise TaskError(f"{type(error).__name__}: {error}"[:1000])
 
 

@@ -91,13 +91,17 @@ class FutureRelay:
 
     @staticmethod
     def relay(outer: Future, read: Callable[[], object], convert: Callable[[object], object] = lambda v: v) -> None:
-        """Settle ``outer`` with ``convert(read())``; any failure of either settles it with that error."""
+        """Settle ``outer`` with ``convert(read())``; any failure of either settles it with that error.
+
+        The error is kept without the traceback raising it here gave it: that traceback holds this frame,
+        which holds ``outer``, which would hold the error: a cycle only the garbage collector frees, keeping
+        whatever the error refers to (a process pool's queues and their semaphores) alive until then."""
         try:
             value = convert(read())
         except CancelledError:
             outer.cancel()
             return
         except Exception as exc:  # the inner future's own error, or one raised while fetching its result
-            settle(outer, error=exc)
+            settle(outer, error=exc.with_traceback(None))
             return
         settle(outer, result=value)

@@ -145,7 +145,11 @@ class LocalExecutor(Executor):
         self._relay.detach(outer)
         with self._lock:
             self._done += 1
-        self._relay.relay(outer, inner.result, lambda packed: self._unpacked(outer, packed))
+        error = None if inner.cancelled() else inner.exception()
+        if error is not None:  # passed on as it is: raising it here would chain this frame to it
+            settle(outer, error=error)
+        else:
+            self._relay.relay(outer, inner.result, lambda packed: self._unpacked(outer, packed))
 
     def _unpacked(self, outer: TaskFuture, packed) -> np.ndarray:
         values, outer.compute_s = _unpack(packed[0]), packed[1]

@@ -41,6 +41,10 @@ class ChunkMemory:
         finally:
             waiting[0] -= 1
 
+    def producing(self, key: Hashable) -> bool:
+        """True while the chunk under ``key`` is being produced."""
+        return key in self._pending
+
     def _finished(self, key: Hashable, task: asyncio.Task) -> None:
         self._pending.pop(key, None)
         if task.cancelled() or task.exception() is not None:

@@ -7,6 +7,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest  # noqa: E402
 from PyQt5 import QtCore  # noqa: E402
 
+from backend.config import Config  # noqa: E402
 from ilastik_desktop._qt.main_window import MainWindow  # noqa: E402
 from ilastik_desktop.runtime.services import Services  # noqa: E402
 from ilastik_desktop.runtime.settings import ComputeSettings  # noqa: E402
@@ -15,7 +16,8 @@ from ilastik_desktop.runtime.settings import ComputeSettings  # noqa: E402
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     config = str(tmp_path_factory.mktemp("config"))
-    with Services(ComputeSettings(workers=2, cache_mb=256, heartbeat_s=0.5, enable_remote=True,
+    fast = Config().replace(executor__heartbeat_s=0.5, worker__heartbeat_s=0.5)
+    with Services(ComputeSettings(workers=2, cache_mb=256, config=fast, enable_remote=True,
                                   config_dir=config)) as running:
         running.wait_for_workers(timeout=60)
         yield running

@@ -30,7 +30,7 @@ def test_default_name_from_the_raw_data_shown_and_a_missing_folder_is_created(qt
     assert finished.args[0] == str(tmp_path / "new" / "folder" / "result.npy"), finished.args[1]
     assert np.load(finished.args[0]).shape == (64, 64, 64, 2)
     dialog.started_at -= 10
-    dialog._progress(5, 10)  # half done after 10 s
+    dialog.show_progress(5, 10)  # half done after 10 s
     assert "about 10 s left" in dialog.message.text()
     dialog.close()
 

@@ -49,14 +49,14 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
     shown, roi = window.loader.shown("xy", "Probabilities")  # the plane on screen, from the browser's side
     z = window.model.position[1]
     gateway = window.document.gateway
-    qtbot.waitUntil(lambda: gateway.status()["blocks_in_progress"] == 0, timeout=60_000)  # prefetch done too
-    misses = gateway.status()["misses"]
+    qtbot.waitUntil(lambda: gateway.status().blocks_in_progress == 0, timeout=60_000)  # prefetch done too
+    misses = gateway.status().misses
     region = (f"{url}/api/v1/lanes/0/probabilities?start={z},{roi.start[2]},{roi.start[3]}"
               f"&stop={z + 1},{roi.stop[2]},{roi.stop[3]}&format=npy")
     status, body, _ = http_get(region)
     assert status == 200 and np.array_equal(np.load(io.BytesIO(body))[0], shown)
-    assert gateway.status()["misses"] == misses + 1  # one whole block (the views ask for thin ones), on their gateway
-    assert http_get(region)[1] == body and gateway.status()["misses"] == misses + 1  # then cached
+    assert gateway.status().misses == misses + 1  # one whole block (the views ask for thin ones), on their gateway
+    assert http_get(region)[1] == body and gateway.status().misses == misses + 1  # then cached
 
     etag = http_get(url + "/zarr/0/objects/.zattrs")[2]["ETag"]
     window.threshold_panel.changed.emit(ThresholdSettings(high=0.7))

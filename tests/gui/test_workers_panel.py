@@ -51,7 +51,7 @@ def test_a_worker_of_another_version_is_reported(qtbot, window, services):
         assert check.args[0] is False
         assert "version mismatch" in check.args[1] and "protocol version 0" in check.args[1]
         assert "version mismatch" in dialog.result.text()
-        assert all(w["endpoint"] != endpoint for w in services.executor.status()["workers"])
+        assert all(w.endpoint != endpoint for w in services.executor.status().workers)
     finally:
         old.close()
 
@@ -62,14 +62,14 @@ def test_changing_the_local_process_count(qtbot, window, services, data_dir):
     try:
         panel.local_count.setValue(1)
         panel.apply_local.click()
-        qtbot.waitUntil(lambda: panel.apply_local.isEnabled() and services.executor.status()["processes"] == 1,
+        qtbot.waitUntil(lambda: panel.apply_local.isEnabled() and services.executor.status().processes == 1,
                         timeout=60_000)
         open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
         assert window.loader.is_complete("xy", "Probabilities")  # computed by the new single process
     finally:
         panel.local_count.setValue(2)
         panel.apply_local.click()
-        qtbot.waitUntil(lambda: panel.apply_local.isEnabled() and services.executor.status()["processes"] == 2,
+        qtbot.waitUntil(lambda: panel.apply_local.isEnabled() and services.executor.status().processes == 2,
                         timeout=60_000)
 
 
@@ -116,7 +116,7 @@ def test_lost_workers_stay_listed_with_the_reason_and_local_and_remote_are_told_
         kinds = {row[2]: row[1] for row in rows()}
         assert kinds["local"] == "local" and kinds[endpoint] == "remote"
         status = services.executor.status()
-        assert all(w["blocks_per_s"] >= 0 for w in status["workers"])
+        assert all(w.blocks_per_s >= 0 for w in status.workers)
         kill_worker(worker)
         qtbot.waitUntil(lambda: any(endpoint == row[2] and "lost" in panel.table.item(r, 4).text()
                                     for r, row in enumerate(rows())), timeout=15_000)

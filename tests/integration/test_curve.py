@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from backend.config import ExecutorConfig
 from backend.distributed.security import CurveIdentity, KeyStore, is_local
 from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import REPO
@@ -59,20 +60,20 @@ def test_gateway_accepts_only_workers_whose_keys_it_was_given(project, tmp_path)
     good, bad = tmp_path / "good", tmp_path / "bad"
     identity = gateway_identity(tmp_path / "gateway", worker_key(good))
     gateway_key = identity.public.decode()
-    with ZmqExecutor(bind=None, identity=identity, heartbeat_s=0.2) as ex:
+    with ZmqExecutor(bind=None, identity=identity, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
         ex.add_pipeline(pipeline)
         address = ex.listen("tcp://127.0.0.1:0")
         intruders = [start_worker("--connect", address, "--gateway-key", gateway_key, "--config-dir", str(bad)),
                      start_worker("--connect", address)]  # wrong key, and no encryption at all
         try:
             assert not ex.wait_for_workers(1, timeout=3)  # neither of them may register
-            assert any(worker_key(bad).decode() in r for r in ex.status()["refused"])
+            assert any(worker_key(bad).decode() in r for r in ex.status().refused)
             proc = start_worker("--connect", address, "--gateway-key", gateway_key, "--config-dir", str(good))
             try:
                 assert ex.wait_for_workers(1, timeout=60)
                 expected = pipeline.run(_task(pipeline, image))
                 assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
-                assert len(ex.status()["workers"]) == 1
+                assert len(ex.status().workers) == 1
             finally:
                 kill_worker(proc)
         finally:
@@ -93,13 +94,14 @@ def test_listening_worker_accepts_only_its_gateways(project, tmp_path):
     threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
     key = worker_key(tmp_path / "worker")
     try:
-        with ZmqExecutor(bind=None, identity=trusted, heartbeat_s=0.2) as ex:  # first: the worker is warm now
+        # first: the worker is warm now
+        with ZmqExecutor(bind=None, identity=trusted, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.add_pipeline(pipeline)
             ex.connect(endpoint, server_key=key)
             assert ex.wait_for_workers(1, timeout=60)
             expected = pipeline.run(_task(pipeline, image))
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
-        with ZmqExecutor(bind=None, identity=stranger, heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, identity=stranger, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.connect(endpoint, server_key=key)
             assert not ex.wait_for_workers(1, timeout=3)
             # its knocking arrived and was refused, not merely unanswered yet

@@ -193,7 +193,7 @@ def test_each_dask_worker_holds_the_pipeline_once_as_a_plugin_named_by_its_finge
     pipeline = _pipeline(path)
     with start_dask(DaskSettings(address="local:2")) as executor:
         assert executor.wait_for_workers(2, timeout=60)
-        assert executor.status()["processes"] == 2  # at once: an export sizes its queue on it
+        assert executor.status().processes == 2  # at once: an export sizes its queue on it
         fingerprint = executor.add_pipeline(pipeline)
         assert executor.add_pipeline(pipeline) == fingerprint  # sent once
         plugins = executor.client.run(lambda dask_worker: sorted(dask_worker.plugins))

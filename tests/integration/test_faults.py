@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
+from backend.config import ExecutorConfig
 from tests.conftest import REPO
 from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
@@ -220,7 +221,7 @@ def test_a_standalone_worker_stopped_mid_task_ends_quietly_with_its_compute_proc
 
     pipeline = _pipeline(project)
     image = np.zeros((64, 256, 256), np.uint8)
-    with ZmqExecutor(heartbeat_s=0.5) as ex:
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.5)) as ex:
         ex.add_pipeline(pipeline)
         worker = start_worker("--connect", ex.address, processes=2, heartbeat=0.5)
         try:
@@ -229,7 +230,7 @@ def test_a_standalone_worker_stopped_mid_task_ends_quietly_with_its_compute_proc
             compute = compute_processes(psutil.Process(worker.pid))  # warm and idle: the worker registered
             idle = {p.pid: _cpu_s(p) for p in compute}
             futures = [ex.submit(_whole_task(pipeline, image)) for _ in range(6)]
-            wait_for(lambda: ex.status()["workers"][0]["in_flight"] > 0 if ex.status()["workers"] else False, 30,
+            wait_for(lambda: ex.status().workers[0].in_flight > 0 if ex.status().workers else False, 30,
                      interval=0.05, message="the worker took no task")
             wait_for(lambda: any(_cpu_s(p) - idle[p.pid] >= 0.1 for p in compute), 30, interval=0.02,  # mid-task
                      message=lambda: f"no compute process computes: {[_cpu_s(p) for p in compute]} s of CPU, "

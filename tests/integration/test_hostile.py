@@ -13,6 +13,7 @@ from backend.cache.block_cache import BlockCache, block_key
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.forest import LEAF, CompiledForests
 from backend.compute.geometry import Roi
+from backend.config import ExecutorConfig
 from backend.distributed.protocol import VERSION, decode, encode
 from backend.distributed.worker import PROTOCOL_NAME
 from backend.distributed.zmq_executor import TaskError, ZmqExecutor
@@ -75,7 +76,7 @@ def test_hostile_messages_are_dropped_by_a_listening_worker_which_then_serves(pr
                  message=lambda: "".join(lines)[-2000:])
         assert worker.poll() is None
         peer.close()
-        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.add_pipeline(pipeline)
             assert ex.wait_for_workers(1, timeout=60)
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
@@ -96,11 +97,11 @@ def test_hostile_messages_are_dropped_by_the_app_which_goes_on_computing(project
         try:
             for frames in killers():
                 peer.send_multipart(frames)
-            wait_for(lambda: ex.status()["dropped_messages"] >= len(killers()), 20, interval=0.02,
-                     message=lambda: f"too few messages dropped: {ex.status()['dropped_messages']}")
-            assert ex.status()["dropped_messages"] == len(killers())
+            wait_for(lambda: ex.status().dropped_messages >= len(killers()), 20, interval=0.02,
+                     message=lambda: f"too few messages dropped: {ex.status().dropped_messages}")
+            assert ex.status().dropped_messages == len(killers())
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
-            assert len(ex.status()["workers"]) == 1  # the fake READY registered nobody
+            assert len(ex.status().workers) == 1  # the fake READY registered nobody
         finally:
             peer.close()
 
@@ -109,7 +110,7 @@ def test_hostile_messages_are_dropped_by_the_app_which_goes_on_computing(project
 def test_a_result_of_the_wrong_shape_is_rejected_as_the_workers_error(project):
     path, image = project
     pipeline = _pipeline(path)
-    with ZmqExecutor(heartbeat_s=0.2, max_attempts=2) as ex:
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2, max_attempts=2)) as ex:
         ex.add_pipeline(pipeline)
         peer = zmq.Context.instance().socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 0)
@@ -124,7 +125,7 @@ def test_a_result_of_the_wrong_shape_is_rejected_as_the_workers_error(project):
                                                [np.zeros((1, 1, 1, 1), np.float32)]))
             with pytest.raises(TaskError, match="malformed result"):
                 future.result(timeout=10)
-            assert ex.status()["rejected"] == 2 and ex.status()["done"] == 0
+            assert ex.status().rejected == 2 and ex.status().done == 0
         finally:
             peer.close()
 
@@ -149,7 +150,7 @@ def test_malformed_cache_entries_are_misses_that_get_recomputed(project):
                 else:
                     client.set(key, junk)
                 assert np.array_equal(gateway.request("Probabilities", roi).result(timeout=60), expected)
-            assert gateway.status()["computed"] == 4  # once at first, then once after each damaged entry
+            assert gateway.status().computed == 4  # once at first, then once after each damaged entry
         finally:
             gateway.close()
 

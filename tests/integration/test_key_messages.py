@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from backend.config import ExecutorConfig
 from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import run_cli
 from tests.helpers import wait_for
@@ -31,15 +32,15 @@ def _wait_for_line(lines: list[str], text: str, timeout: float) -> str:
 
 
 def _wait_for_refusal(ex: ZmqExecutor, text: str, timeout: float) -> str:
-    return wait_for(lambda: next((r for r in ex.status()["refused"] if text in r), None), timeout,
-                    message=lambda: f"no refusal with {text!r}: {ex.status()['refused']}")
+    return wait_for(lambda: next((r for r in ex.status().refused if text in r), None), timeout,
+                    message=lambda: f"no refusal with {text!r}: {ex.status().refused}")
 
 
 @pytest.mark.timeout(120)
 def test_connecting_worker_learns_that_its_key_is_not_allowed_or_the_gateway_key_is_wrong(tmp_path):
     gateway = gateway_identity(tmp_path / "gateway")  # allows no worker at all
     other = gateway_identity(tmp_path / "other")
-    with ZmqExecutor(bind=None, identity=gateway, heartbeat_s=0.2) as ex:
+    with ZmqExecutor(bind=None, identity=gateway, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
         address = ex.listen("tcp://127.0.0.1:0")
         unknown = start_worker("--connect", address, "--gateway-key", gateway.public.decode(),
                                "--config-dir", str(tmp_path / "w1"))
@@ -66,11 +67,11 @@ def test_gateway_learns_that_a_listening_worker_has_another_key_or_refuses_ours(
                           str(tmp_path / "worker"))
     try:
         wait_listening(endpoint)
-        with ZmqExecutor(bind=None, identity=gateway, heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, identity=gateway, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.connect(endpoint, server_key=worker_key(tmp_path / "worker"))
             why = _wait_for_refusal(ex, "refused our key", 30)
             assert endpoint in why and gateway.public.decode() in why
-        with ZmqExecutor(bind=None, identity=stranger, heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, identity=stranger, config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.connect(endpoint, server_key=gateway.public)  # not the worker's key
             why = _wait_for_refusal(ex, "handshake failed", 30)
             assert endpoint in why and "--print-key" in why

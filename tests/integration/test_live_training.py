@@ -119,7 +119,7 @@ def test_classes_are_added_renamed_recoloured_and_deleted_as_in_ilastik(demo):
 @pytest.mark.parametrize("engine", ["local", "zmq"])
 def test_the_labelled_blocks_features_are_computed_on_the_workers(demo, engine):
     from backend.compute.pipeline import Pipeline
-    from tests.integration.test_executor import EXECUTORS
+    from tests.contract.test_executor import EXECUTORS
 
     _, project, source = demo
     store = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source))
@@ -129,9 +129,9 @@ def test_the_labelled_blocks_features_are_computed_on_the_workers(demo, engine):
         session = TrainingSession(source, features, store, executor)
         x, y = session.samples()
         assert np.array_equal(x, here_x) and np.array_equal(y, here_y)  # the same rows, computed elsewhere
-        assert executor.status()["done"] >= len(list(store.labelled())) == session.blocks_computed
+        assert executor.status().done >= len(list(store.labelled())) == session.blocks_computed
         touched = store.stroke((0, 10, 0, 0), "y", "x", [(10, 10)], radius=4, label=1)
         session.touched(touched)
-        done = executor.status()["done"]
+        done = executor.status().done
         session.samples()
-        assert executor.status()["done"] == done + len(touched)  # only the blocks the stroke touched
+        assert executor.status().done == done + len(touched)  # only the blocks the stroke touched

@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
+from backend.config import ExecutorConfig
 from backend.distributed.zmq_executor import ZmqExecutor
 from tests.conftest import run_cli
 from tests.integration.test_curve import gateway_identity, worker_key
@@ -23,7 +24,7 @@ def project(tmp_path_factory):
 def test_workers_announce_themselves_only_once_their_compute_processes_are_warm(project):
     path, image = project
     pipeline = _pipeline(path)
-    with ZmqExecutor(heartbeat_s=0.2) as ex:
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2)) as ex:
         ex.add_pipeline(pipeline)
         worker = start_worker("--connect", ex.address, processes=1)
         try:

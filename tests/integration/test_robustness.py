@@ -17,6 +17,7 @@ from backend.cache.block_cache import BlockCache, block_key
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
+from backend.config import CacheConfig, ExecutorConfig
 from backend.distributed.zmq_executor import NoWorkers, ZmqExecutor
 from backend.errors import is_deterministic
 from backend.io.sources import open_source
@@ -59,7 +60,8 @@ class FailingReads:
 
 
 def _gateway(source, pipeline, executor, client, lease_s=3.0):
-    return Gateway(source, pipeline, executor, BlockCache(client, lease_s), GatewayConfig((1, 24, 48, 48), lease_s))
+    return Gateway(source, pipeline, executor, BlockCache(client, CacheConfig(lease_s=lease_s)),
+                   GatewayConfig((1, 24, 48, 48)))
 
 
 @pytest.mark.timeout(120)
@@ -89,7 +91,7 @@ def test_a_failed_raw_read_frees_the_claim_and_settles_every_waiter(project, red
 def test_transient_failures_are_not_cached(project, redis_server):
     path, _ = project
     pipeline = _pipeline(path)
-    executor = ZmqExecutor(heartbeat_s=0.2)  # no worker: the block waits in the queue
+    executor = ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2))  # no worker: the block waits in the queue
     gateway = _gateway(open_source(os.path.join(os.path.dirname(path), "raw.h5/data")), pipeline, executor,
                        redis_server.client())
     try:
@@ -109,14 +111,14 @@ def test_transient_failures_are_not_cached(project, redis_server):
 def test_without_any_worker_queued_tasks_fail_after_the_timeout(project):
     path, image = project
     pipeline = _pipeline(path)
-    with ZmqExecutor(heartbeat_s=0.2, no_worker_timeout_s=1.0) as ex:
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2, worker_timeout_s=1.0), fail_without_workers=True) as ex:
         ex.add_pipeline(pipeline)
         started = time.monotonic()
         future = ex.submit(_task(pipeline, image))
         with pytest.raises(NoWorkers, match="no worker was available for 1 s"):
             future.result(timeout=10)
         assert time.monotonic() - started < 5
-        assert ex.status()["workers"] == [] and ex.status()["no_workers_s"] >= 1.0
+        assert ex.status().workers == () and ex.status().no_workers_s >= 1.0
 
 
 @pytest.mark.timeout(180)
@@ -136,7 +138,7 @@ def test_a_hung_compute_process_has_its_task_redispatched(project):
             futures = [ex.submit(_task(pipeline, image)) for _ in range(6)]
             assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
             status = ex.status()
-            assert status["overdue"] >= 1 and any(w["state"] == "slow" for w in status["workers"]), status
+            assert status.overdue >= 1 and any(w.state == "slow" for w in status.workers), status
         finally:
             for proc in hung:
                 proc.resume()
@@ -150,14 +152,14 @@ def test_a_listening_worker_serves_one_gateway_and_refuses_a_second(project):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     worker = start_worker("--listen", endpoint)
     try:
-        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as first:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as first:
             first.add_pipeline(pipeline)
             assert first.wait_for_workers(1, timeout=60)
-            with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as second:
+            with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as second:
                 second.add_pipeline(pipeline)
-                wait_for(lambda: second.status()["refused"], 10,
+                wait_for(lambda: second.status().refused, 10,
                          message=lambda: f"the second gateway was not refused: {second.status()}")
-                assert "busy" in second.status()["refused"][0] and not second.status()["workers"]
+                assert "busy" in second.status().refused[0] and not second.status().workers
                 futures = [first.submit(_task(pipeline, image)) for _ in range(4)]
                 assert all(np.array_equal(f.result(timeout=60), expected) for f in futures)
                 first.close()  # the first leaves: the second is served
@@ -177,7 +179,7 @@ def test_a_slow_consumer_of_results_does_not_get_healthy_workers_dropped(project
         slow.result(timeout=60)
         after = ex.submit(_task(pipeline, image))
         after.result(timeout=60)
-        assert len(ex.status()["workers"]) == 1 and ex.status()["redispatched"] == 0
+        assert len(ex.status().workers) == 1 and ex.status().redispatched == 0
 
 
 
@@ -205,7 +207,7 @@ def test_a_frames_objects_are_labelled_once_however_many_views_ask(project, redi
             frames = [request_frame(gateway, 0, settings) for _ in range(3)]  # the three orthoviews
             labels = [f.result(timeout=60) for f in frames]
             assert all(np.array_equal(x, labels[0]) for x in labels)
-            assert gateway.status()["computed"] == 4 + 1  # four probability blocks, one labelling
+            assert gateway.status().computed == 4 + 1  # four probability blocks, one labelling
             probabilities = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96))).result(timeout=60)
             expected = independent_objects(probabilities[0], settings)
             ours = labels[0][0, ..., 0]
@@ -235,7 +237,7 @@ def test_a_stalled_cache_server_delays_but_neither_fails_the_request_nor_drops_w
             finally:
                 resume.join()
             assert np.allclose(request.result(timeout=60), expected, atol=1e-6)
-            assert len(ex.status()["workers"]) == 1 and ex.status()["redispatched"] == 0
+            assert len(ex.status().workers) == 1 and ex.status().redispatched == 0
         finally:
             gateway.close()
 
@@ -274,7 +276,7 @@ def test_a_cache_server_that_refuses_writes_still_gets_blocks_computed_and_deliv
         try:
             values = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96))).result(timeout=60)
             assert np.allclose(values, whole_image(pipeline, image), atol=1e-6)
-            assert gateway.status()["computed"] == 4 and client.dbsize() == 0
+            assert gateway.status().computed == 4 and client.dbsize() == 0
             assert sum("refuses writes" in r.message for r in caplog.records) == 1  # one warning, not one per block
         finally:
             gateway.close()
@@ -293,10 +295,10 @@ def test_two_exports_of_one_volume_share_the_work(project, redis_server, tmp_pat
                                      block_shape=(1, 3, 24, 24)) for i in range(2)]
             with ThreadPoolExecutor(2) as pool:  # the second starts while the first holds claims
                 first = pool.submit(run_export, gateways[0], "raw", options[0], max_in_flight=4)
-                wait_for(lambda: gateways[0].status()["misses"] >= 4, 30, interval=0.005,
+                wait_for(lambda: gateways[0].status().misses >= 4, 30, interval=0.005,
                          message=lambda: f"the first export claimed too few blocks: {gateways[0].status()}")
                 results = [run_export(gateways[1], "raw", options[1], max_in_flight=4), first.result(timeout=120)]
-            computed = [g.status()["computed"] for g in gateways]
+            computed = [g.status().computed for g in gateways]
             assert sum(computed) == results[0].blocks == 128  # no block twice
             assert min(computed) >= 16, computed  # both did a share, neither only waited for the other
             assert np.array_equal(np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy"))
@@ -309,17 +311,18 @@ def test_two_exports_of_one_volume_share_the_work(project, redis_server, tmp_pat
 def test_closing_a_local_pool_never_waits_on_a_stuck_compute_process(project):
     """A compute process that never finishes its task (stopped here; in the field, one killed while writing
     its result leaves the pool's reader blocked) must not hold up closing: it is killed after the grace time."""
-    from backend.distributed.executor import LocalExecutor
+    from backend.config import WorkerConfig
+    from backend.distributed.local_executor import LocalExecutor
 
     path, image = project
     pipeline = _pipeline(path)
-    pool = LocalExecutor(pipeline, workers=1)
+    pool = LocalExecutor(pipeline, workers=1, config=WorkerConfig(stop_grace_s=0.5))
     assert pool.wait_ready(60)
     compute = compute_processes(psutil.Process())
     assert len(compute) == 1
     os.kill(compute[0].pid, signal.SIGSTOP)
     pool.submit(_task(pipeline, image))
     started = time.monotonic()
-    pool.close(grace_s=0.5)
+    pool.close()
     assert time.monotonic() - started < 5
     assert not compute[0].is_running() or compute[0].status() == psutil.STATUS_ZOMBIE

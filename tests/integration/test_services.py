@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from backend.compute.geometry import Roi
+from backend.config import Config
 from backend.io.sources import open_source
 from backend.service.gateway import CacheUnavailable
 from ilastik_desktop.runtime.services import Services
@@ -36,7 +37,8 @@ def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
     source = open_source(os.path.join(os.path.dirname(path), "raw.h5/data"))
     pipeline = _pipeline(path)
     roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
-    with Services(ComputeSettings(workers=1, cache_mb=64, heartbeat_s=0.2)) as services:
+    fast = Config().replace(executor__heartbeat_s=0.2, worker__heartbeat_s=0.2)
+    with Services(ComputeSettings(workers=1, cache_mb=64, config=fast)) as services:
         services.wait_for_workers(timeout=60)
         children = [services.embedded.pid, services.local.process.pid]
         gateway = services.gateway(source, pipeline, (1, 12, 48, 48))
@@ -49,7 +51,7 @@ def test_the_app_restarts_its_embedded_redis_and_stops_everything(project):
             children.append(services.embedded.pid)
             gateway.cache.client.flushall()  # prove it is recomputed, not served from the old server
             assert np.array_equal(request_until_served(gateway, roi, timeout=30), expected)
-            assert gateway.status()["computed"] >= 8
+            assert gateway.status().computed >= 8
         finally:
             gateway.close()
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

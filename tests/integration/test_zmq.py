@@ -11,6 +11,7 @@ import pytest
 import zmq
 
 from backend.compute.pipeline import BlockTask
+from backend.config import ExecutorConfig
 from backend.distributed.protocol import decode, encode
 from backend.distributed.worker import PROTOCOL_NAME
 from backend.distributed.zmq_executor import TaskError, ZmqExecutor
@@ -45,14 +46,14 @@ def test_sigkill_of_a_worker_mid_task_recomputes_its_blocks(project):
     expected = pipeline.run(_task(pipeline, image))
     with ZmqWithWorkers(pipeline, workers=2, processes=1) as ex:
         futures = [ex.submit(_task(pipeline, image)) for _ in range(12)]
-        wait_for(lambda: any(w["in_flight"] for w in ex.status()["workers"]), 30,
+        wait_for(lambda: any(w.in_flight for w in ex.status().workers), 30,
                  message=lambda: f"no worker took a task: {ex.status()}")
         kill_worker(ex.procs[0])
         started = time.monotonic()
         results = [f.result(timeout=120) for f in futures]
         assert all(np.array_equal(r, expected) for r in results)
         status = ex.status()
-        assert len(status["workers"]) == 1 and status["redispatched"] >= 1
+        assert len(status.workers) == 1 and status.redispatched >= 1
         assert time.monotonic() - started < 60
 
 
@@ -64,11 +65,11 @@ def test_listen_mode_and_worker_restart(project):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     proc = start_worker("--listen", endpoint)
     try:
-        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as ex:
             ex.add_pipeline(pipeline)
             assert ex.wait_for_workers(1, timeout=60)
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
-            assert ex.status()["workers"][0]["endpoint"] == endpoint
+            assert ex.status().workers[0].endpoint == endpoint
             kill_worker(proc)
             future = ex.submit(_task(pipeline, image))
             proc = start_worker("--listen", endpoint)
@@ -88,7 +89,7 @@ def test_a_listening_worker_serves_gateway_after_gateway_and_stops_when_alone(pr
     proc = start_worker("--listen", endpoint, heartbeat=1.0)
     try:
         for _ in range(3):
-            with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex:
+            with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as ex:
                 ex.add_pipeline(pipeline)
                 assert ex.wait_for_workers(1, timeout=60)
                 assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
@@ -108,7 +109,7 @@ def test_late_results_of_another_gateways_tasks_are_ignored(project):
     pipeline = _pipeline(path)
     task = _task(pipeline, image)
     expected = pipeline.run(task)
-    with ZmqExecutor(heartbeat_s=0.2) as ex:
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2)) as ex:
         ex.add_pipeline(pipeline)
         peer = zmq.Context.instance().socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 0)
@@ -122,7 +123,7 @@ def test_late_results_of_another_gateways_tasks_are_ignored(project):
                 peer.send_multipart(encode("RESULT", {"key": stale}, [np.zeros_like(expected)]))
             peer.send_multipart(encode("RESULT", {"key": sent.fields["key"]}, [expected]))
             assert np.array_equal(future.result(timeout=10), expected)
-            assert ex.status()["done"] == 1
+            assert ex.status().done == 1
         finally:
             peer.close()
 
@@ -149,7 +150,7 @@ def test_deterministic_failure_is_reported_once(project):
                            ((0, 40), (0, 40), (0, 40)), good.pipeline)
         with pytest.raises(TaskError):
             ex.submit(broken).result(timeout=60)
-        assert ex.status()["failed"] == 1 and ex.status()["redispatched"] == 0
+        assert ex.status().failed == 1 and ex.status().redispatched == 0
         assert ex.submit(good).result(timeout=60).shape == (8, 32, 32, 2)
 
 
@@ -170,7 +171,7 @@ def test_random_and_truncated_messages_crash_neither_side(project):
     threading.Thread(target=lambda: lines.extend(iter(listener.stderr.readline, "")), daemon=True).start()
     try:
         with ZmqWithWorkers(pipeline) as ex:
-            for target, arrived in ((ex.address, lambda: ex.status()["dropped_messages"] >= 200),
+            for target, arrived in ((ex.address, lambda: ex.status().dropped_messages >= 200),
                                     (endpoint, lambda: any("(200 so far)" in line for line in lines))):
                 peer = context.socket(zmq.DEALER)
                 peer.setsockopt(zmq.LINGER, 0)
@@ -178,11 +179,11 @@ def test_random_and_truncated_messages_crash_neither_side(project):
                 for frames in junk:
                     peer.send_multipart([bytes(f) for f in frames] or [b""])
                 wait_for(arrived, 60, interval=0.02,  # proven arrived: the receiver counted at least 200 drops
-                         message=lambda: str((ex.status()["dropped_messages"], lines[-3:])))
+                         message=lambda: str((ex.status().dropped_messages, lines[-3:])))
                 peer.close()
             assert np.array_equal(ex.submit(_task(pipeline, image)).result(timeout=60), expected)
             assert listener.poll() is None and all(p.poll() is None for p in ex.procs)
-        with ZmqExecutor(bind=None, connect_to=(endpoint,), heartbeat_s=0.2) as ex2:
+        with ZmqExecutor(bind=None, connect_to=(endpoint,), config=ExecutorConfig(heartbeat_s=0.2)) as ex2:
             ex2.add_pipeline(pipeline)
             assert ex2.wait_for_workers(1, timeout=60)
             assert np.array_equal(ex2.submit(_task(pipeline, image)).result(timeout=60), expected)
@@ -260,7 +261,7 @@ def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(projec
             """``done``, with the most tasks in flight noted on every call."""
             def sample():
                 nonlocal most_in_flight
-                most_in_flight = max(most_in_flight, sum(w["in_flight"] for w in ex.status()["workers"]))
+                most_in_flight = max(most_in_flight, sum(w.in_flight for w in ex.status().workers))
                 return done()
             return sample
 

@@ -69,10 +69,11 @@ def kill_worker(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 class ZmqWithWorkers:
     """A ZmqExecutor with real worker processes connected to it, closed together."""
 
-    def __init__(self, pipeline, workers: int = 1, processes: int = 1, **executor_options):
+    def __init__(self, pipeline, workers: int = 1, processes: int = 1, **config_changes):
+        from backend.config import ExecutorConfig
         from backend.distributed.zmq_executor import ZmqExecutor
 
-        self.executor = ZmqExecutor(**{"heartbeat_s": 0.2, "liveness": 3, **executor_options})
+        self.executor = ZmqExecutor(config=ExecutorConfig(**{"heartbeat_s": 0.2, "liveness": 3, **config_changes}))
         self.executor.add_pipeline(pipeline)
         self.procs = [start_worker("--connect", self.executor.address, processes=processes) for _ in range(workers)]
         if not self.executor.wait_for_workers(workers * processes, timeout=60):

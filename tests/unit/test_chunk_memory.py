@@ -52,7 +52,7 @@ def test_failures_are_not_remembered_and_the_last_client_leaving_cancels_the_pro
         task = calls[-1]
         waiting.cancel()
         await asyncio.to_thread(wait_for, task.done, 10, message="the production goes on")
-        return task.cancelled(), len(calls), "slow" in memory._pending
+        return task.cancelled(), len(calls), memory.producing("slow")
 
     cancelled, produced, pending = asyncio.run(scenario())
     assert cancelled and produced == 3 and not pending

@@ -135,8 +135,10 @@ def opener(services):
     opener.close()
 
 
-def outcome(opener: ProjectOpener):
+def outcome(opener: ProjectOpener, *args):
+    """Open ``args`` and wait for what comes of it."""
     heard = {name: Heard(getattr(opener, name)) for name in ("opened", "raw_missing", "failed")}
+    opener.open(*args)
     wait_for(lambda: any(h.values for h in heard.values()), timeout=60)
     return {name: h.values for name, h in heard.items() if h.values}
 
@@ -159,16 +161,14 @@ def test_opening_missing_raw_data_asks_for_it_and_remembers_what_the_user_locate
 def test_remembered_raw_data_that_no_longer_opens_is_forgotten_with_a_message(opener, seed, tmp_path):
     path, _ = seed
     opener.preferences.setValue("raw_data/" + path, str(tmp_path / "gone.h5/exported_data"))
-    opener.open(path)
-    result = outcome(opener)
+    result = outcome(opener, path)
     assert "was forgotten" in result["failed"][0] and opener.remembered(path) is None
 
 
 def test_a_broken_project_fails_with_a_message(opener, tmp_path):
     broken = tmp_path / "broken.ilp"
     broken.write_bytes(b"not hdf5")
-    opener.open(str(broken))
-    result = outcome(opener)
+    result = outcome(opener, str(broken))
     assert str(broken) in result["failed"][0] and opener.recent() == []
 
 

@@ -117,7 +117,7 @@ class ExportDialog(QtWidgets.QDialog):
     def _run(self, options: ExportOptions, cancel: threading.Event) -> None:
         try:
             result = run_export(self.document.gateway, raw_name(self.document), options,
-                                on_progress=lambda d, t: self.bridge.post(self._progress, d, t), cancel=cancel)
+                                on_progress=lambda d, t: self.bridge.post(self.show_progress, d, t), cancel=cancel)
             outcome = (result.path, f"wrote {result.path} ({result.blocks} pieces, {result.seconds:.1f} s)")
         except ExportCancelled:
             outcome = ("", "cancelled; nothing was written")
@@ -127,7 +127,8 @@ class ExportDialog(QtWidgets.QDialog):
             outcome = ("", f"{type(exc).__name__}: {exc}")
         self.bridge.post(self._finished, *outcome)
 
-    def _progress(self, done: int, total: int) -> None:
+    def show_progress(self, done: int, total: int) -> None:
+        """``done`` of ``total`` pieces written: the bar, and the time left estimated from the time so far."""
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         elapsed = time.monotonic() - self.started_at
