@@ -192,3 +192,7 @@ class TrainingBinding(QtCore.QObject):
             shortcut.deleteLater()
         self.timer.stop()
         self.controller.close()
+        for signal in (self.controller.message, self.controller.trained, self.controller.saved, self.controller.renamed,
+                       self.controller.labels_changed, self.controller.classes_changed,
+                       self.controller.pipeline_changed, self.controller.training_wanted):
+            signal.disconnect()  # results posted before closing find no widget of a closed project

@@ -61,7 +61,10 @@ class NewProjectDialog(QtWidgets.QDialog):
         self.features = FIRST_FEATURES
         self.shape: tuple[int, int, int] | None = None
         self.image, self.axes, self.project = QtWidgets.QLineEdit(), QtWidgets.QLineEdit(), QtWidgets.QLineEdit()
-        self.image.editingFinished.connect(lambda: self.set_image(self.image.text()))
+        # A field losing its focus emits editingFinished, also while the window destroys the dialog: a lambda
+        # called then crashed the tests once (SIGSEGV in it during the next test's set-up). The connection is
+        # cut as soon as the dialog closes or hides, and a method of a dialog that is gone is not called.
+        self.image.editingFinished.connect(self._image_edited)
         self.axes.setToolTip("one letter per dimension of the file: t, z, y, x, c (as ilastik's axistags)")
         self.about = QtWidgets.QLabel()
         form = QtWidgets.QFormLayout()
@@ -90,6 +93,29 @@ class NewProjectDialog(QtWidgets.QDialog):
         path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Image for the new project")
         if path:
             self.set_image(path)
+
+    def _image_edited(self) -> None:
+        if self.isVisible():
+            self.set_image(self.image.text())
+
+    def _stop_following_the_image(self) -> None:
+        try:
+            self.image.editingFinished.disconnect(self._image_edited)
+        except TypeError:  # cut already
+            pass
+
+    def done(self, result: int) -> None:
+        self._stop_following_the_image()
+        super().done(result)
+
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._stop_following_the_image()
+        super().hideEvent(event)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._stop_following_the_image()
+        self.image.editingFinished.connect(self._image_edited)
+        super().showEvent(event)
 
     def set_image(self, image: str) -> None:
         """Use ``image``: its axes as ilastik would guess them, and a project of the same name beside it."""
