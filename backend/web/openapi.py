@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
 
 SOURCE_NAMES = ["raw", "probabilities", "segmentation", "uncertainty", "objects"]
@@ -71,13 +73,18 @@ def describe(version: str) -> dict:
 
 
 def docs_page(prefix: str) -> str:
-    """The interactive docs page; its script and style come from this server, so it works offline."""
+    """The interactive docs page; its script and style come from this server, so it works offline.
+
+    ``prefix`` comes from the request's path, so it is escaped for every place it is written: HTML
+    attributes, and a JavaScript string inside a script element (where "</" would end the script)."""
+    attribute = html.escape(prefix, quote=True)
+    script = json.dumps(prefix + "/openapi.json").replace("<", "\\u003c").replace(">", "\\u003e")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ilastik-desktop web service</title>
-<link rel="stylesheet" href="{prefix}/doc/static/swagger-ui.css"></head>
+<link rel="stylesheet" href="{attribute}/doc/static/swagger-ui.css"></head>
 <body><div id="swagger-ui"></div>
-<script src="{prefix}/doc/static/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({{url: "{prefix}/openapi.json", dom_id: "#swagger-ui"}});</script>
+<script src="{attribute}/doc/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({{url: {script}, dom_id: "#swagger-ui"}});</script>
 </body></html>"""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.checks import decimal
 from backend.compute.geometry import Roi
 from backend.errors import UserError
 from backend.service.objects import OBJECTS
@@ -110,10 +111,11 @@ def _png_options(request: RoiQuery, query: Mapping[str, str]) -> RoiQuery:
     if colors and request.source == "raw":
         raise UserError("colors=1 colours results; the raw data has no class colours")
     text = query.get("channel", "0")
-    if not text.isdigit() or int(text) >= request.channels:
-        raise UserError(f"channel='{text}': expected a channel from 0 to {request.channels - 1}")
+    channel = decimal(text, request.channels - 1)
+    if channel is None:
+        raise UserError(f"channel='{text[:40]}': expected a channel from 0 to {request.channels - 1}")
     return RoiQuery(request.source, request.roi, "png", request.axes, request.channels, request.dtype,
-                    channel=int(text), colors=colors)
+                    channel=channel, colors=colors)
 
 
 def slabs(roi: Roi, z_block: int) -> list[Roi]:

@@ -14,6 +14,7 @@ import tempfile
 
 from aiohttp import web
 
+from backend.checks import decimal
 from backend.compute.threshold import settings_fingerprint
 from backend.io.writers import BlockWriter
 from backend.web import zarr_layout
@@ -52,9 +53,10 @@ async def info(request: web.Request) -> web.Response:
 def _lane(request: web.Request) -> Lane:
     service = request.app[SERVICE]
     text = request.match_info["lane"]
-    if not text.isdigit() or int(text) >= len(service.lanes):
-        raise NotFound(f"no lane '{text}' (the project has lanes 0 to {len(service.lanes) - 1})")
-    return service.lanes[int(text)]
+    index = decimal(text, len(service.lanes) - 1)
+    if index is None:
+        raise NotFound(f"no lane '{text[:40]}' (the project has lanes 0 to {len(service.lanes) - 1})")
+    return service.lanes[index]
 
 
 def _etag(lane: Lane, source: str) -> str:

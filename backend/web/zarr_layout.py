@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numcodecs import Blosc
 
+from backend.checks import decimal
 from backend.web.catalog import ArrayLayout, Lane, NotFound
 
 LEVEL = "0"  # the full-resolution array of each multiscale image
@@ -66,10 +67,11 @@ def level_zattrs(layout: ArrayLayout) -> dict:
 def parse_chunk_key(key: str, layout: ArrayLayout) -> tuple[int, ...]:
     """The chunk index of a key such as ``0.0.1.2.3``; NotFound for a malformed or out-of-range key."""
     parts = key.split(".")
-    if len(parts) != len(layout.axes) or not all(p.isdigit() for p in parts):
-        raise NotFound(f"'{key}' is not a chunk key of this array (expected {len(layout.axes)} numbers "
+    numbers = [decimal(p, 1 << 40) for p in parts]
+    if len(parts) != len(layout.axes) or None in numbers:
+        raise NotFound(f"'{key[:100]}' is not a chunk key of this array (expected {len(layout.axes)} numbers "
                        f"joined by '.', one per axis {layout.axes})")
-    index = tuple(int(p) for p in parts)
+    index = tuple(numbers)
     layout.chunk_roi(index)  # raises NotFound outside the array
     return index
 

@@ -197,6 +197,8 @@ class TrainingController:
             classifier, rows = self.session.train()
             project, source = self.document.project, self.document.source
             pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
+            if self.executor is not None:  # here, not on the owner's thread: with Dask it is a network call
+                self.executor.add_pipeline(pipeline)
         except UserError as exc:
             self.call_soon(self._report_training, str(exc))
             return

@@ -249,3 +249,16 @@ def test_docs_page_renders_offline_in_headless_chromium(server_3d, tmp_path):
     subprocess.run([*browser, f"--screenshot={shot}", url], capture_output=True, timeout=120)
     image = iio.imread(shot)
     assert image.shape[0] >= 1000 and len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20
+
+
+def test_what_the_path_brings_is_escaped_and_odd_numbers_are_not_found(server_3d):
+    """A link that puts markup into the path gets it back escaped (it was written into the docs page as is);
+    numbers that are digits to Python but not plain ASCII digits ("²") or absurdly long are 404s, not 500s."""
+    _, body, _ = server_3d.get("/t/x%22%3E%3Cimg%20src=x%20onerror=alert(document.domain)%3E/doc")
+    assert b"<img" not in body and b'x">' not in body
+    for path in ("/api/v1/lanes/%C2%B2/raw?start=0,0,0&stop=1,1,1", "/zarr/%C2%B2/raw/.zattrs",
+                 "/zarr/0/raw/0/%C2%B2.0.0.0", "/api/v1/lanes/" + "9" * 5000 + "/raw?start=0,0,0&stop=1,1,1"):
+        status, body, _ = server_3d.get(path)
+        assert status == 404, (path[:60], status, body[:200])
+    status, _, _ = server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=1,8,8&format=png&channel=%C2%B2")
+    assert status == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -89,6 +90,30 @@ def test_training_gives_the_gateway_a_classifier_the_labels_agree_with(trainer):
     roi = Roi((0, 0, 28, 20), (1, 1, 32, 100))
     probabilities = gateway.request("Probabilities", roi).result(60)
     assert probabilities[..., 0].mean() > 0.5  # painted as class 1 there
+
+
+def test_a_new_classifier_reaches_the_workers_from_the_training_thread(seed, services):
+    """Registering a pipeline is a network call with Dask: never on the owner's (GUI) thread."""
+    path, raw = seed
+    document = open_document(path, services, raw)
+    owner_calls: list = []
+    controller = TrainingController(document, services.executor, TrainingConfig(),
+                                    call_soon=lambda function, *args: owner_calls.append((function, args)))
+    registered: list[tuple[str, str]] = []
+    add = services.executor.add_pipeline
+    services.executor.add_pipeline = lambda p: registered.append((p.fingerprint(), threading.current_thread().name)) \
+        or add(p)
+    try:
+        paint(controller, 1, 30)
+        paint(controller, 2, 150)
+        controller.train()
+        controller.wait_for_training(120)
+        for function, args in owner_calls:  # the owner's thread: here
+            function(*args)
+        new = document.gateway.pipeline_fingerprint
+        assert next(thread for fingerprint, thread in registered if fingerprint == new).startswith("training")
+    finally:
+        controller.close()
 
 
 def test_classes_are_added_renamed_refused_and_deleted_with_their_labels(trainer):
