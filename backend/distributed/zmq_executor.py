@@ -75,9 +75,13 @@ class ZmqExecutor(Executor):
         self._refused: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="zmq-executor", daemon=True)
         self._thread.start()
-        self.address = self._call(lambda: self._bind(bind, secure=False)).result(10) if bind else None
-        for endpoint in connect_to:
-            self.connect(endpoint)
+        try:
+            self.address = self._call(lambda: self._bind(bind, secure=False)).result(10) if bind else None
+            for endpoint in connect_to:
+                self.connect(endpoint)
+        except BaseException:  # nothing is left running: the thread, the context and the authenticator stop
+            self.close()
+            raise
 
     # -- endpoints (any thread) ------------------------------------------------------------------------
     def listen(self, endpoint: str) -> str:
@@ -119,26 +123,42 @@ class ZmqExecutor(Executor):
         if not secure and not is_local(endpoint):
             raise ValueError(f"{endpoint} is not on this machine: remote workers need listen() with CurveZMQ")
         sock = self._new_socket()
-        if secure:
-            self.identity.make_server(sock)
-        sock.bind(endpoint)
-        address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._bound[self._number(sock)] = (address, secure)
-        if secure:
-            self._monitors[self._number(sock)] = HandshakeMonitor(sock, address)
+        number = self._number(sock)
+        try:
+            if secure:
+                self.identity.make_server(sock)
+            sock.bind(endpoint)
+            address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if secure:
+                self._monitors[number] = HandshakeMonitor(sock, address)
+        except BaseException:
+            self._drop_socket(number)
+            raise
+        self._bound[number] = (address, secure)
         return address
 
     def _connect(self, endpoint: str, server_key: bytes | None) -> None:
         sock = self._new_socket()
-        if server_key is not None:
-            self.identity.make_client(sock, server_key)
-        routing_id = uuid.uuid4().hex.encode()
-        sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
         number = self._number(sock)
-        if server_key is not None:
-            self._monitors[number] = HandshakeMonitor(sock, endpoint)
-        sock.connect(endpoint)
+        routing_id = uuid.uuid4().hex.encode()
+        try:
+            if server_key is not None:
+                self.identity.make_client(sock, server_key)
+            sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
+            if server_key is not None:
+                self._monitors[number] = HandshakeMonitor(sock, endpoint)
+            sock.connect(endpoint)
+        except BaseException:
+            self._drop_socket(number)
+            raise
         self._outbound[number] = (endpoint, routing_id)
+
+    def _drop_socket(self, number: int) -> None:
+        """Close a socket that could not be set up, and its monitor: no dead socket stays in the poll set."""
+        monitor = self._monitors.pop(number, None)
+        if monitor is not None:
+            monitor.close()
+        self._sockets.pop(number).close(linger=0)
 
     def _new_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)

@@ -3,10 +3,12 @@
 import os
 import random
 import signal
+import socket as sockets
 import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -280,3 +282,21 @@ def test_a_visible_tile_waits_behind_at_most_one_export_block_per_process(projec
                  message="the views' blocks did not finish")
         assert all(f.result(timeout=60) is not None for f in views)
         assert most_in_flight == 2  # one computing plus one queued per process, never more
+
+
+def test_endpoints_that_cannot_be_used_leave_nothing_behind():
+    """A first bind that fails stops the executor's thread and context; connects that fail leave no socket."""
+    with sockets.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(zmq.ZMQError):
+            ZmqExecutor(bind=f"tcp://127.0.0.1:{port}")
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith(("zmq-executor", "zmq-completions"))],
+             5, message=lambda: str([t.name for t in threading.enumerate()]))
+    with ZmqExecutor(config=ExecutorConfig(heartbeat_s=0.2)) as ex:
+        before = psutil.Process().num_fds()
+        for _ in range(30):
+            with pytest.raises(zmq.ZMQError):
+                ex.connect("tcp://127.0.0.1:not-a-port")
+        assert psutil.Process().num_fds() - before < 5
