@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PREFIX = "ild:v1"
 CHANNEL = f"{PREFIX}:done"
 MAGIC = b"ILD1"
+MAX_BLOCK_BYTES = 1 << 31  # the protocol's largest message is 1 GiB; no cached block comes near this
 
 _COMPLETE = """
 redis.call('SET', KEYS[1], ARGV[1])
@@ -87,7 +88,13 @@ def decode_block(blob: bytes) -> np.ndarray:
         shape = tuple(whole_number(n, 0, 1 << 31) for n in header["shape"])
         if dtype.kind not in "uif" or len(shape) > 8:
             raise ValueError(f"unexpected array type {dtype} {shape}")
-        data = lz4.frame.decompress(blob[8 + size:])
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if expected > MAX_BLOCK_BYTES:
+            raise ValueError(f"a block of {expected} bytes is larger than any block we store")
+        # never decompress more than the header promises: an entry planted in a shared cache could expand to GBs
+        data = lz4.frame.LZ4FrameDecompressor().decompress(blob[8 + size:], max_length=expected + 1)
+        if len(data) != expected:
+            raise ValueError(f"{len(data)} bytes of values where the header says {expected}")
         return np.frombuffer(data, dtype).reshape(shape)
     except (struct.error, KeyError, TypeError, RuntimeError, RecursionError) as exc:
         raise ValueError(f"damaged cache entry ({type(exc).__name__}: {str(exc)[:100]})") from None

@@ -7,12 +7,15 @@ behaves the same on both.
 
 from __future__ import annotations
 
+import json
+import struct
 import uuid
 
+import lz4.frame
 import numpy as np
 import pytest
 
-from backend.cache.block_cache import BlockCache
+from backend.cache.block_cache import MAGIC, BlockCache, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.config import CacheConfig
 from tests.fakes import FakeCache, FakeClock
@@ -137,3 +140,18 @@ def test_completing_drops_whoever_holds_the_lease(side, key):
 def test_memory_is_reported(side, key):
     side.cache.complete(key, np.zeros((1, 64, 64, 2), np.float32))
     assert side.cache.memory_mb() >= 0
+
+
+def test_a_cached_entry_never_expands_beyond_what_its_header_promises():
+    """An entry planted in a shared cache whose values decompress to 64 MB under a header of a few bytes is
+    refused before it is expanded (decode_block is what the real cache reads every entry with)."""
+    values = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4)
+    assert np.array_equal(decode_block(encode_block(values)), values)
+    header = json.dumps({"dtype": "<f4", "shape": [1, 1, 1, 1], "codec": "lz4"}).encode()
+    bomb = MAGIC + struct.pack(">I", len(header)) + header + lz4.frame.compress(bytes(64 << 20))
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ValueError, match="header says 4"):
+        decode_block(bomb)
+    huge = json.dumps({"dtype": "<f8", "shape": [1 << 20, 1 << 20], "codec": "lz4"}).encode()
+    with pytest.raises(ValueError, match="larger than any block"):
+        decode_block(MAGIC + struct.pack(">I", len(huge)) + huge + b"")
