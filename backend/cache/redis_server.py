@@ -98,7 +98,10 @@ class EmbeddedRedis:
                 break
             time.sleep(0.02)
         log = os.path.join(self._folder, "redis.log")
-        detail = open(log).read().strip().splitlines()[-1:] if os.path.exists(log) else []
+        detail = []
+        if os.path.exists(log):
+            with open(log) as f:
+                detail = f.read().strip().splitlines()[-1:]
         self.stop()
         raise UserError(f"the cache server did not start ({'; '.join(detail) or 'no log'})")
 
