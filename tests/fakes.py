@@ -316,6 +316,29 @@ class FakeExecutor(Executor):
             self.finish(job)
 
 
+class MemoryPreferences:
+    """Preferences (QSettings' methods) kept in memory."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def value(self, key: str, default=None):
+        """The value of ``key``, or ``default``."""
+        return self.values.get(key, default)
+
+    def setValue(self, key: str, value) -> None:  # noqa: N802 - QSettings' name
+        """Keep ``value`` under ``key``."""
+        self.values[key] = value
+
+    def remove(self, key: str) -> None:
+        """Forget ``key``."""
+        self.values.pop(key, None)
+
+    def contains(self, key: str) -> bool:
+        """True if ``key`` is kept."""
+        return key in self.values
+
+
 class FakeServices:
     """The application's services in memory: a fake cache and an executor that computes real pipelines in a
     thread (``executor``); enough for documents, training and serving without workers or a cache server."""

@@ -55,11 +55,6 @@ class BlockTable:
                 state.waiters.append(waiter)
             return state, fresh, hurried
 
-    def current(self, state: BlockState) -> bool:
-        """True while ``state`` is the table's state of its block."""
-        with self.lock:
-            return self._states.get(state.key) is state
-
     def get(self, key: str) -> BlockState | None:
         """The state of ``key``, if the block is in progress."""
         with self.lock:

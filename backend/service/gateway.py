@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import redis
 
 from backend.compute.geometry import Block, BlockGrid, Roi
 from backend.compute.pipeline import BlockTask, Pipeline
@@ -78,10 +79,6 @@ class Gateway:
         """The block grid of the gateway's own block shape under the current pipeline."""
         return self.snapshot.grid(self.config.block_shape)
 
-    def grid_for(self, block_shape: tuple[int, int, int, int]) -> BlockGrid:
-        """The block grid of ``block_shape`` (tzyx) with the current pipeline's halo."""
-        return self.snapshot.grid(block_shape)
-
     # -- requests -------------------------------------------------------------------------------------
     def request(self, kind: str, roi: Roi, priority: int = 0,
                 on_block: Callable[[Roi, np.ndarray], None] | None = None,
@@ -127,7 +124,7 @@ class Gateway:
             return False
         try:
             return self.cache.leased(key)
-        except Exception:  # the cache is down: say no, the request itself reports it
+        except redis.RedisError:  # the cache is down: say no, the request itself reports it
             return False
 
     def request_derived(self, key: str, roi: Roi, channels: int, dtype, produce: Callable[[], Future],

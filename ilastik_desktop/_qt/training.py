@@ -54,40 +54,10 @@ class TrainingBinding(QtCore.QObject):
         self.shortcuts = self._ilastik_keys()
         self.repaint()
 
-    # -- what the tests and the window use ------------------------------------------------------------
-    @property
-    def dirty(self) -> bool:
-        """True when labels or classes changed since the last save."""
-        return self.controller.dirty
-
-    @property
-    def store(self):
-        """The painted labels."""
-        return self.controller.store
-
-    def train(self) -> None:
-        """Train now (in the background)."""
-        self.controller.train()
-
     def save(self, target: str | None = None) -> None:
-        """Save into the project, or into a copy at ``target`` that the window then shows (Save As)."""
+        """Save into the project, with the thresholding panel's settings, or into a copy at ``target`` that the
+        window then shows (Save As)."""
         self.controller.save(self.window.threshold_panel.settings(), target)
-
-    def add_class(self) -> None:
-        """One more class."""
-        self.controller.add_class()
-
-    def rename_class(self, label: int, name: str) -> None:
-        """Call class ``label`` (from 1) ``name``."""
-        self.controller.rename_class(label, name)
-
-    def recolour_class(self, label: int, color: tuple[int, int, int]) -> None:
-        """Show class ``label`` (from 1) in ``color``."""
-        self.controller.recolour_class(label, color)
-
-    def delete_class(self, label: int) -> None:
-        """Delete class ``label`` (from 1) and its labels."""
-        self.controller.delete_class(label)
 
     # -- binding --------------------------------------------------------------------------------------
     def _ilastik_keys(self) -> list[QtWidgets.QShortcut]:
@@ -95,7 +65,7 @@ class TrainingBinding(QtCore.QObject):
         "," and "." brush size, L live training, 1-9 choose a class."""
         panel = self.panel
         keys = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
-                "A": self.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
+                "A": self.controller.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
                 "L": panel.live.toggle}
         keys.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
         shortcuts = []
@@ -158,17 +128,17 @@ class TrainingBinding(QtCore.QObject):
         if action != "add" and label == ERASER:
             self.controller.message.emit("select a class first")
         elif action == "add":
-            self.add_class()
+            self.controller.add_class()
         elif action == "rename":
             name, ok = QtWidgets.QInputDialog.getText(self.window, "Rename class", "Name", text=names[label - 1])
             if ok:
-                self.rename_class(label, name)
+                self.controller.rename_class(label, name)
         elif action == "colour":
             color = QtWidgets.QColorDialog.getColor(QtGui.QColor(*colors[label - 1]), self.window)
             if color.isValid():
-                self.recolour_class(label, (color.red(), color.green(), color.blue()))
+                self.controller.recolour_class(label, (color.red(), color.green(), color.blue()))
         elif action == "delete" and self._confirm_delete(label):
-            self.delete_class(label)
+            self.controller.delete_class(label)
 
     def _confirm_delete(self, label: int) -> bool:
         if not self.window.interactive:

@@ -36,29 +36,6 @@ class Preferences(Protocol):
     def contains(self, key: str) -> bool: ...
 
 
-class MemoryPreferences:
-    """Preferences kept in memory only (tests, or a run that should remember nothing)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, object] = {}
-
-    def value(self, key: str, default=None):
-        """The value of ``key``, or ``default``."""
-        return self.values.get(key, default)
-
-    def setValue(self, key: str, value) -> None:  # noqa: N802 - QSettings' name
-        """Keep ``value`` under ``key``."""
-        self.values[key] = value
-
-    def remove(self, key: str) -> None:
-        """Forget ``key``."""
-        self.values.pop(key, None)
-
-    def contains(self, key: str) -> bool:
-        """True if ``key`` is kept."""
-        return key in self.values
-
-
 class ProjectOpener:
     """Opens projects in the background and keeps what the user chose; see the module docstring."""
 

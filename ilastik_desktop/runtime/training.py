@@ -220,12 +220,6 @@ class TrainingController:
             self.message.emit(text)
             self.trained.emit(text)
 
-    def wait_for_training(self, timeout: float | None = None) -> None:
-        """Block until the running training (if any) has finished."""
-        running = self._training
-        if running is not None:
-            running.result(timeout)
-
     # -- saving ---------------------------------------------------------------------------------------
     def save(self, threshold: ThresholdSettings, target: str | None = None) -> Future:
         """Write the classes, labels, classifier and ``threshold`` into the project, or into a copy at ``target``

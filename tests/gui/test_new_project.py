@@ -40,7 +40,7 @@ def test_a_new_project_from_an_image_is_trained_and_saved(qtbot, window, tmp_pat
     training.panel.classes.button(2).setChecked(True)
     xy.stroked.emit([tuple(p) for p in inside[::10]])
     with qtbot.waitSignal(training.trained, timeout=120_000) as done:
-        training.train()
+        training.controller.train()
     assert done.args[0].startswith("trained"), done.args[0]
     qtbot.waitUntil(lambda: window.loader.is_settled() and window.loader.is_complete("xy", "Probabilities"),
                     timeout=120_000)

@@ -51,13 +51,13 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     probabilities, roi = window.loader.shown("xy", "Probabilities")
     assert before[25, 20, losing - 1] < 0.5 < probabilities[25, 20, losing - 1]  # now it wins where painted
     training.panel.undo.emit()
-    assert xy.buffers["Labels"][25, 20, 3] == 0 and training.dirty
+    assert xy.buffers["Labels"][25, 20, 3] == 0 and training.controller.dirty
     training.panel.redo.emit()
     window.threshold_panel.min_size.setValue(25)
     window.threshold_panel.apply()
     with qtbot.waitSignal(training.saved, timeout=60_000) as saved:
         window.save_action.trigger()
-    assert saved.args[0] == f"saved {path}" and not training.dirty
+    assert saved.args[0] == f"saved {path}" and not training.controller.dirty
     reopened = open_project(path)
     assert reopened.threshold == window.threshold_panel.settings() and reopened.threshold.min_size == 25
     source = window.document.source
@@ -65,7 +65,7 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
     assert store.region(Roi((0, z, 25, 20), (1, z + 1, 26, 21))).item() == losing
     assert reopened.classifier.tree_count == 100
     assert np.array_equal(store.region(Roi.from_shape(source.spatial_shape)),
-                          training.store.region(Roi.from_shape(source.spatial_shape)))
+                          training.controller.store.region(Roi.from_shape(source.spatial_shape)))
 
     # the saved project exported headless gives what the window shows under the classifier trained in it
     qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
@@ -83,7 +83,7 @@ def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make
     open_and_settle(qtbot, window, path)
     window.training.panel.live.setChecked(False)
     window.views[0].stroked.emit([(10, 10)])
-    assert window.training.dirty
+    assert window.training.controller.dirty
     questions = []
 
     def answer(button):
@@ -109,7 +109,7 @@ def test_classes_added_renamed_recoloured_deleted_and_saved_as_a_copy(qtbot, win
     training, xy = window.training, window.views[0]
     first = window.document.project.label_names[0]
     training.panel.live.setChecked(False)
-    training.add_class()
+    training.controller.add_class()
     assert [b.text() for b in training.panel.classes.buttons()][1:] == [first, window.document.project.label_names[1],
                                                                       "Label 3"]
     layer = window.model.layer("Probability Label 3")
@@ -121,33 +121,33 @@ def test_classes_added_renamed_recoloured_deleted_and_saved_as_a_copy(qtbot, win
     training.panel.size.setValue(9)
     xy.stroked.emit([(row, 70) for row in range(10, 40)])
     with qtbot.waitSignal(training.trained, timeout=120_000):
-        training.train()
+        training.controller.train()
     qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
     assert window.loader.shown("xy", "Probabilities")[0][25, 70, 2] > 0.5  # the new class wins where painted
 
-    training.rename_class(3, "Membrane")
+    training.controller.rename_class(3, "Membrane")
     qtbot.waitUntil(lambda: "Probability Membrane" in xy.overlays, timeout=5000)
     assert "Probability Label 3" not in xy.overlays and xy.buffers["Probability Membrane"][25, 70, 3] > 0
-    training.rename_class(1, "Membrane")  # refused: the name is taken
+    training.controller.rename_class(1, "Membrane")  # refused: the name is taken
     assert training.panel.status.text() == "another class is already called 'Membrane'"
-    training.recolour_class(3, (10, 200, 10))
+    training.controller.recolour_class(3, (10, 200, 10))
     assert tuple(xy.buffers["Labels"][25, 70, :3]) == (10, 200, 10)
 
-    training.delete_class(2)
+    training.controller.delete_class(2)
     assert [b.text() for b in training.panel.classes.buttons()][1:] == [first, "Membrane"]
-    assert training.store.region(Roi((0, window.model.position[1], 25, 70),
+    assert training.controller.store.region(Roi((0, window.model.position[1], 25, 70),
                                      (1, window.model.position[1] + 1, 26, 71))).item() == 2  # renumbered
     assert [x.name for x in window.model.layers if x.kind == "Probabilities"] == [f"Probability {first}",
                                                                                 "Probability Membrane"]
     with qtbot.waitSignal(training.trained, timeout=120_000) as done:
-        training.train()
+        training.controller.train()
     assert done.args[0].startswith("trained"), done.args[0]
 
     copy = tmp_path / "elsewhere" / "copy.ilp"
     copy.parent.mkdir()
     with qtbot.waitSignal(training.saved, timeout=60_000) as saved:
         training.save(str(copy))
-    assert saved.args[0] == f"saved {copy}" and not training.dirty
+    assert saved.args[0] == f"saved {copy}" and not training.controller.dirty
     assert window.document.project.path == str(copy) and window.windowTitle().startswith("copy.ilp")
     assert open(path, "rb").read() == original  # Save As leaves the original alone
     reopened = open_project(str(copy))
@@ -155,7 +155,7 @@ def test_classes_added_renamed_recoloured_deleted_and_saved_as_a_copy(qtbot, win
     assert reopened.classifier.known_labels == (1, 2)
     with qtbot.waitSignal(window.opened, timeout=60_000):
         window.open_project(str(copy))  # its raw data is found from the new folder
-    assert window.training.store.region(Roi((0, window.model.position[1], 25, 70),
+    assert window.training.controller.store.region(Roi((0, window.model.position[1], 25, 70),
                                             (1, window.model.position[1] + 1, 26, 71))).item() == 2
 
 

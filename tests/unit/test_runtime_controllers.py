@@ -16,10 +16,10 @@ from backend.errors import RawDataMissing
 from backend.io.project import open_project
 from backend.web.server import WebSettings
 from ilastik_desktop.runtime.document import open_document
-from ilastik_desktop.runtime.opening import MemoryPreferences, ProjectOpener, located_raw_data
+from ilastik_desktop.runtime.opening import ProjectOpener, located_raw_data
 from ilastik_desktop.runtime.serving import ServeController, zarr_url
 from ilastik_desktop.runtime.training import TrainingController
-from tests.fakes import FakeServices
+from tests.fakes import FakeServices, MemoryPreferences
 from tests.helpers import wait_for
 from tests.integration.webserver import http_get
 
@@ -83,7 +83,7 @@ def test_training_gives_the_gateway_a_classifier_the_labels_agree_with(trainer):
     paint(trainer, 2, 150)
     assert trainer.train()
     assert not trainer.train()  # one training at a time: asked again once it is done
-    trainer.wait_for_training(120)
+    wait_for(lambda: trained.values, 120)
     assert trained.values[-1].startswith("trained 100 trees on") and len(renewed.values) == 1
     gateway = trainer.document.gateway
     assert gateway.pipeline_fingerprint != before and trainer.classifier is not None
@@ -107,7 +107,7 @@ def test_a_new_classifier_reaches_the_workers_from_the_training_thread(seed, ser
         paint(controller, 1, 30)
         paint(controller, 2, 150)
         controller.train()
-        controller.wait_for_training(120)
+        wait_for(lambda: owner_calls, 120)  # the training handed its result over
         for function, args in owner_calls:  # the owner's thread: here
             function(*args)
         new = document.gateway.pipeline_fingerprint

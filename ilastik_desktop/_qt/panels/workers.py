@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 from PyQt5 import QtCore, QtGui, QtWidgets
@@ -80,15 +79,15 @@ class WorkersPanel(QtWidgets.QWidget):
 
     def show_status(self, status: ExecutorStatus) -> None:
         """Fill the table from the executor's status; say plainly when there is no worker at all."""
-        workers = [dataclasses.asdict(w) for w in status.workers]
-        lost = [{**dataclasses.asdict(w), "state": f"lost {w.ago_s:.0f} s ago: {w.reason}"}
+        workers = [(w, w.state) for w in status.workers]
+        lost = [(w, f"lost {w.ago_s:.0f} s ago: {w.reason}")
                 for w in reversed(status.lost)] if isinstance(status, ZmqStatus) else []
         self.summary.setText(workers_summary(status))
         self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
         self.table.setRowCount(len(workers) + len(lost))
-        for r, worker in enumerate(workers + lost):
+        for r, (worker, state) in enumerate(workers + lost):
             for c, key in enumerate(self.columns):
-                value = worker.get(key)
+                value = state if key == "state" else getattr(worker, key, None)
                 item = QtWidgets.QTableWidgetItem("" if value is None else str(value))
                 item.setToolTip(item.text())  # long endpoints and reasons stay readable
                 if r >= len(workers):
