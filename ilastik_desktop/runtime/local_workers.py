@@ -2,10 +2,9 @@
 
 If the worker process dies (killed, out of memory, crashed), it is started again after a back-off
 (``local_workers.restart_first_s`` doubling to ``restart_max_s``), at most ``max_restarts`` times within
-``restart_window_s``; the reason is logged. The worker gets the application's configuration through its
-environment. A worker
-that exits with code 2 (a configuration mistake) is not restarted. The worker and its compute
-processes watch the app's process and end when it is gone, however it ended.
+``restart_window_s``; the reason is logged. A worker that exits with code 2 (a configuration mistake) is
+not restarted. The worker gets the application's configuration through its environment. The worker and its
+compute processes watch the app's process and end when it is gone, however it ended.
 """
 
 from __future__ import annotations
