@@ -212,12 +212,17 @@ class DaskExecutor(Executor):
         return f"lost the Dask scheduler {self.description or self.client.scheduler.address}"
 
     def cancel(self, future: TaskFuture) -> bool:
-        """Withdraw a task; its result, if it was already running, is dropped."""
+        """Withdraw a task; its result, if it was already running, is dropped. False once it is settled.
+
+        The caller's future is cancelled before the cluster's: cancelling the cluster's first released a result
+        that a completion callback might be reading at that moment, which settled the caller's future with a
+        "lost the scheduler" error instead."""
+        if not future.cancel():
+            return False
         inner = self._relay.detach(future)
-        if inner is None:
-            return future.cancelled()
-        inner.cancel()
-        return future.cancel()
+        if inner is not None:
+            inner.cancel()
+        return True
 
     def status(self) -> ExecutorStatus:
         """The Dask workers (address, threads, memory, tasks; as last asked), queued and finished counts."""
