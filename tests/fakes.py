@@ -69,6 +69,8 @@ class FakeCache:
         self.errors: dict[str, tuple[str, float]] = {}
         self.leases: dict[str, _Lease] = {}
         self.listeners: list[FakeListener] = []
+        self.planted: set[str] = set()  # entries (values or ``key:error``) without our signature
+        self.rejected = 0  # planted entries read (and dropped) as misses
         self.held: list[str] = []  # notices waiting for deliver()
         self.calls: list[tuple[str, str]] = []  # (operation, key), for tests that count
         self._lock = threading.RLock()
@@ -77,6 +79,8 @@ class FakeCache:
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
             self.calls.append(("get", key))
+            if self._rejects(key):
+                return None
             value = self.values.get(key)
             return None if value is None else value.copy()
 
@@ -86,6 +90,8 @@ class FakeCache:
 
     def error(self, key: str) -> str | None:
         with self._lock:
+            if self._rejects(key + ":error"):
+                return None
             entry = self.errors.get(key)
             if entry is not None and entry[1] <= self.clock():
                 del self.errors[key]
@@ -95,7 +101,7 @@ class FakeCache:
     def claim(self, key: str, token: str) -> bool:
         with self._lock:
             self.calls.append(("claim", key))
-            if key in self.values or self.error(key) is not None or self.leased(key):
+            if key in self.values or self.error(key) is not None or self.leased(key) or key in self.planted:
                 return False
             self.leases[key] = _Lease(token, self.clock() + self.config.lease_s)
             return True
@@ -127,12 +133,14 @@ class FakeCache:
         with self._lock:
             self.calls.append(("complete", key))
             self.values[key] = np.array(array, copy=True)
+            self.planted.discard(key)
             self.leases.pop(key, None)
         self._publish(key)
 
     def fail(self, key: str, message: str) -> None:
         with self._lock:
             self.errors[key] = (message, self.clock() + self.config.error_ttl_s)
+            self.planted.discard(key + ":error")
             self.leases.pop(key, None)
         self._publish(key)
 
@@ -150,6 +158,19 @@ class FakeCache:
         return listener
 
     # what tests drive
+    def plant(self, name: str) -> None:
+        """Someone without our signing key writes the entry ``name`` (a block's key, or ``key:error``)."""
+        with self._lock:
+            self.values.pop(name, None)
+            self.planted.add(name)
+
+    def _rejects(self, name: str) -> bool:
+        if name not in self.planted:
+            return False
+        self.planted.discard(name)
+        self.rejected += 1
+        return True
+
     def _lease(self, key: str) -> _Lease | None:
         lease = self.leases.get(key)
         if lease is not None and lease.expires <= self.clock():

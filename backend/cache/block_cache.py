@@ -5,6 +5,7 @@ block is claimed with a lease (``SET NX PX`` holding the owner's token) that the
 renews while it computes. Completing a block stores the value, drops the lease and publishes the key
 on one channel, atomically (one Lua script). A failed block stores a short-lived error instead. Anyone
 waiting hears the notice; if the owner dies, its lease expires and a waiter claims the block again.
+Values and errors are signed (see :mod:`backend.cache.signing`): an entry without our signature is a miss.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 
 from backend.backoff import Backoff
 from backend.cache.resilience import Resilient
+from backend.cache.signing import Signer, signing_key
 from backend.checks import whole_number
 from backend.compute.geometry import Roi
 from backend.config import CacheConfig
@@ -31,6 +33,7 @@ PREFIX = "ild:v1"
 CHANNEL = f"{PREFIX}:done"
 MAGIC = b"ILD1"
 MAX_BLOCK_BYTES = 1 << 31  # the protocol's largest message is 1 GiB; no cached block comes near this
+MAX_ERROR_CHARS = 2000  # a recorded error is one message, not a log
 
 _COMPLETE = """
 redis.call('SET', KEYS[1], ARGV[1])
@@ -56,6 +59,10 @@ return 1
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 _RELEASE = """
@@ -101,11 +108,15 @@ def decode_block(blob: bytes) -> np.ndarray:
 
 
 class BlockCache:
-    """Blocks, leases and notices in one Redis database."""
+    """Blocks, leases and notices in one Redis database; values and errors signed with ``key`` (default: the
+    key in the user's configuration folder, see :func:`~backend.cache.signing.signing_key`)."""
 
-    def __init__(self, client: redis.Redis, config: CacheConfig = CacheConfig()):
+    def __init__(self, client: redis.Redis, config: CacheConfig = CacheConfig(), key: bytes | None = None):
         self.client, self.config = client, config
         self._r = Resilient(config)
+        self._signer = Signer(signing_key() if key is None else key)
+        self._rejected = 0
+        self._count_lock = threading.Lock()
         self.lease_ms = int(config.lease_s * 1000)
         self.error_ms = int(config.error_ttl_s * 1000)
         self._claim = client.register_script(_CLAIM)
@@ -114,27 +125,57 @@ class BlockCache:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._abandon = client.register_script(_ABANDON)
+        self._drop = client.register_script(_DROP)
+
+    @property
+    def rejected(self) -> int:
+        """How many entries were ignored as misses: unsigned, signed with another key, or unreadable."""
+        with self._count_lock:
+            return self._rejected
 
     def get(self, key: str) -> np.ndarray | None:
-        """The cached block, or None (a damaged entry is deleted and counts as missing)."""
+        """The cached block, or None (an unsigned or damaged entry is deleted and counts as missing)."""
         blob = self._r.call(lambda: self.client.get(key))
         if blob is None:
             return None
+        payload = self._signer.open(key, blob)
+        if payload is None:
+            return self._reject(key, blob, "not signed with this cache's key")
         try:
-            return decode_block(blob)
+            return decode_block(payload)
         except ValueError as exc:
-            log.warning("dropping an unreadable cache entry %s: %s", key, exc)
-            self.discard(key)
-            return None
+            return self._reject(key, blob, str(exc))
+
+    def _reject(self, name: str, blob: bytes, why: str) -> None:
+        """Count and delete an entry we cannot use (unless it was replaced meanwhile): it is a miss."""
+        with self._count_lock:
+            self._rejected += 1
+            first = self._rejected == 1
+        (log.warning if first else log.debug)(
+            "ignoring the cache entry %s (%s)%s", name, why,
+            "; runs that share a cache must share keys/cache.key of their configuration folder" if first else "")
+        self._r.write(lambda: self._drop(keys=[name], args=[blob]), None)
 
     def discard(self, key: str) -> None:
         """Delete a cached block that turned out to be wrong (it is computed again)."""
         self._r.write(lambda: self.client.delete(key), None)
 
     def error(self, key: str) -> str | None:
-        """The error a failed block left behind, if any."""
-        message = self._r.call(lambda: self.client.get(key + ":error"))
-        return message.decode(errors="replace") if message is not None else None
+        """The error a failed block left behind, if any (an unsigned or unreadable one is deleted: None)."""
+        name = key + ":error"
+        blob = self._r.call(lambda: self.client.get(name))
+        if blob is None:
+            return None
+        payload = self._signer.open(name, blob)
+        if payload is None:
+            return self._reject(name, blob, "not signed with this cache's key")
+        try:
+            message = payload.decode()
+        except UnicodeDecodeError:
+            message = ""
+        if not message or len(message) > MAX_ERROR_CHARS or not message.isprintable():
+            return self._reject(name, blob, "not an error message")
+        return message
 
     def claim(self, key: str, token: str) -> bool:
         """Take the lease of a missing block; False if someone else holds it or it is already done (or failed).
@@ -163,13 +204,15 @@ class BlockCache:
 
     def complete(self, key: str, array: np.ndarray) -> None:
         """Store a block, drop its lease and tell everyone (skipped, with one warning, if writes are refused)."""
-        blob = encode_block(array)
+        blob = self._signer.sign(key, encode_block(array))
         self._r.write(lambda: self._complete(keys=[key, key + ":lease"], args=[blob, CHANNEL]), None)
 
     def fail(self, key: str, message: str) -> None:
-        """Record that a block failed, drop its lease and tell everyone."""
+        """Record that a block failed (one line of ``message``), drop its lease and tell everyone."""
         keys = [key + ":error", key + ":lease", key]
-        self._r.write(lambda: self._fail(keys=keys, args=[message, CHANNEL, self.error_ms]), None)
+        line = "".join(c if c.isprintable() else " " for c in message)[:MAX_ERROR_CHARS] or "failed"
+        blob = self._signer.sign(keys[0], line.encode())
+        self._r.write(lambda: self._fail(keys=keys, args=[blob, CHANNEL, self.error_ms]), None)
 
     def memory_mb(self) -> float | None:
         """Memory the cache server uses, in MB; None if it does not answer at once (never retried)."""

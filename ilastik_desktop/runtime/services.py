@@ -18,6 +18,7 @@ import redis
 
 from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.cache.signing import signing_key
 from backend.compute.pipeline import Pipeline
 from backend.distributed.dask_clusters import local_worker_count, start_dask
 from backend.distributed.executor import Executor, WorkerStatus, default_workers
@@ -75,7 +76,7 @@ class Services:
         self.listen_address: str | None = None
         self._restart_lock = threading.Lock()
         try:
-            self.cache = BlockCache(self._cache_client(), self.config.cache)
+            self.cache = BlockCache(self._cache_client(), self.config.cache, signing_key(settings.config_dir))
             self.identity = self._identity()
             if settings.dask is not None:
                 self.executor = start_dask(settings.dask, self.config)

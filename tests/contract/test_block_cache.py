@@ -8,6 +8,7 @@ behaves the same on both.
 from __future__ import annotations
 
 import json
+import secrets
 import struct
 import uuid
 
@@ -22,6 +23,7 @@ from tests.fakes import FakeCache, FakeClock
 from tests.helpers import wait_for
 
 LEASE_S = 0.5
+VALUES = np.arange(3 * 4 * 2, dtype=np.float32).reshape(1, 3, 4, 2)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,20 @@ class Real:
     """The real cache and a real clock: leases lapse by waiting."""
 
     def __init__(self, server):
-        self.cache = BlockCache(server.client(socket_timeout=5), CacheConfig(lease_s=LEASE_S, error_ttl_s=60))
+        self.client = server.client(socket_timeout=5)
+        self.cache = BlockCache(self.client, CacheConfig(lease_s=LEASE_S, error_ttl_s=60), secrets.token_bytes(32))
 
     def lapse(self, key: str) -> None:
         wait_for(lambda: not self.cache.leased(key), timeout=LEASE_S * 10, message=f"the lease of {key} never lapsed")
+
+    def plant(self, name: str, signed_by_another: bool) -> None:
+        """Write a well-formed entry (a block or ``key:error``) unsigned, or signed with another key."""
+        block, error = name.removesuffix(":error"), name.endswith(":error")
+        if signed_by_another:
+            other = BlockCache(self.client, self.cache.config, secrets.token_bytes(32))
+            other.fail(block, "ValueError: planted") if error else other.complete(block, VALUES)
+        else:
+            self.client.set(name, b"ValueError: planted" if error else encode_block(VALUES))
 
 
 class Fake:
@@ -49,6 +61,9 @@ class Fake:
 
     def lapse(self, key: str) -> None:
         self.clock.advance(LEASE_S * 1.5)
+
+    def plant(self, name: str, signed_by_another: bool) -> None:
+        self.cache.plant(name)
 
 
 @pytest.fixture(params=[Real, Fake], ids=["redis", "fake"])
@@ -155,3 +170,35 @@ def test_a_cached_entry_never_expands_beyond_what_its_header_promises():
     huge = json.dumps({"dtype": "<f8", "shape": [1 << 20, 1 << 20], "codec": "lz4"}).encode()
     with pytest.raises(ValueError, match="larger than any block"):
         decode_block(MAGIC + struct.pack(">I", len(huge)) + huge + b"")
+
+
+@pytest.mark.parametrize("signed_by_another", [False, True], ids=["unsigned", "another key"])
+def test_a_planted_block_or_error_is_a_counted_miss_and_can_be_computed_again(side, key, signed_by_another):
+    """Whoever can write to a shared cache cannot plant results or errors: right shape and type are not
+    enough, only entries signed with this cache's key are read, the others are dropped and counted."""
+    cache = side.cache
+    side.plant(key, signed_by_another)
+    side.plant(key + ":error", signed_by_another)
+    assert cache.get(key) is None and cache.error(key) is None and cache.rejected == 2
+    assert cache.claim(key, "a")  # nothing left in the way: computed again
+    cache.complete(key, VALUES)
+    assert np.array_equal(cache.get(key), VALUES) and cache.rejected == 2
+
+
+def test_a_signed_entry_copied_under_another_key_is_refused(redis_server, key):
+    """The signature covers the entry's name: a genuine block or error moved to another block is no use."""
+    real = Real(redis_server)
+    real.cache.complete(key, VALUES)
+    real.cache.fail(key, "ValueError: genuine")
+    other = f"ild:v1:test:{uuid.uuid4().hex}"
+    real.client.set(other, real.client.get(key))
+    real.client.set(other + ":error", real.client.get(key + ":error"))
+    assert real.cache.get(other) is None and real.cache.error(other) is None and real.cache.rejected == 2
+    assert np.array_equal(real.cache.get(key), VALUES) and real.cache.error(key) == "ValueError: genuine"
+
+
+def test_a_recorded_error_is_one_printable_line(redis_server, key):
+    real = Real(redis_server)
+    real.cache.fail(key, "ValueError: two\nlines \x1b[31m" + "x" * 5000)
+    message = real.cache.error(key)
+    assert message.startswith("ValueError: two lines  [31m") and message.isprintable() and len(message) == 2000

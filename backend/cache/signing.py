@@ -1,0 +1,104 @@
+"""Signed cache entries: whoever can write to a shared Redis cannot plant results or errors.
+
+Every value and error the cache stores is signed with HMAC-SHA-256 under a key kept in the user's
+configuration folder (``keys/cache.key``, 64 hex digits, readable by the user only, created on first use).
+The signature covers the entry's Redis key too, so a signed entry copied under another key is refused.
+Runs that share a cache share the results only if they share this file (copy it); to the others, each
+other's entries are misses. The embedded cache server uses the same key and the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+
+import platformdirs
+
+from backend.errors import UserError
+
+SIGNED = b"ILS1"
+MAC_BYTES = hashlib.sha256().digest_size
+KEY_BYTES = 32
+
+
+def config_folder(explicit: str | None = None) -> str:
+    """The configuration folder: ``explicit``, ``$ILASTIK_DESKTOP_CONFIG_DIR`` or the platform's default (as
+    :func:`backend.distributed.security.config_dir`, which this layer may not import)."""
+    return explicit or os.environ.get("ILASTIK_DESKTOP_CONFIG_DIR") or platformdirs.user_config_dir("ilastik-desktop")
+
+
+def signing_key(directory: str | None = None) -> bytes:
+    """The cache's signing key in the configuration folder ``directory``, created on first use."""
+    folder = config_folder(directory)
+    path = os.path.join(folder, "keys", "cache.key")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"the configuration directory {folder} is a file; give a folder (--config-dir)")
+    try:
+        if not os.path.exists(path):
+            _create(path)
+        _check_private(path)
+        with open(path, "rb") as f:
+            key = bytes.fromhex(f.read().strip().decode("ascii"))
+    except OSError as exc:
+        raise UserError(f"cannot create or read the cache key {path}: {exc.strerror or exc}") from None
+    except ValueError:  # also UnicodeDecodeError
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise UserError(f"the cache key {path} is unreadable (expected {2 * KEY_BYTES} hex digits); delete it "
+                        "to create a new one (entries signed with the old key are then computed again)")
+    return key
+
+
+def _create(path: str) -> None:
+    """Write a new key unless another process does so at the same time (the first one written stays)."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.getpid()}-{threading.get_ident()}.cache.key")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process was first: its key is the one
+    finally:
+        os.unlink(temporary)
+
+
+def _check_private(path: str) -> None:
+    """Refuse a key that other users can read or replace."""
+    if os.name != "posix":
+        return
+    for item, what, mask, mode in ((path, "cache key", 0o077, "600"), (os.path.dirname(path), "key folder", 0o022,
+                                                                        "700")):
+        bits = os.stat(item).st_mode
+        if bits & mask:
+            raise UserError(f"the {what} {item} can be read or changed by other users (mode {bits & 0o777:o}); "
+                            f"run: chmod {mode} '{item}'")
+
+
+class Signer:
+    """Signs entries and opens signed ones with one key."""
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def _mac(self, name: str, payload: bytes) -> bytes:
+        mac = hmac.new(self._key, name.encode() + b"\n", hashlib.sha256)
+        mac.update(payload)
+        return mac.digest()
+
+    def sign(self, name: str, payload: bytes) -> bytes:
+        """``payload`` as stored under the Redis key ``name``: ``ILS1`` + its HMAC + the payload."""
+        return SIGNED + self._mac(name, payload) + payload
+
+    def open(self, name: str, blob: bytes) -> bytes | None:
+        """The payload of an entry signed by :meth:`sign` for ``name``; None if unsigned or wrongly signed."""
+        head = len(SIGNED) + MAC_BYTES
+        if len(blob) < head or blob[:len(SIGNED)] != SIGNED:
+            return None
+        payload = blob[head:]
+        return payload if hmac.compare_digest(blob[len(SIGNED):head], self._mac(name, payload)) else None
