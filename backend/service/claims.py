@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import redis
 
+from backend.distributed.futures import TaskError
 from backend.errors import UserError, is_deterministic
 from backend.service.block_state import BlockState, BlockTable
 from backend.service.gateway_status import Counters
@@ -87,8 +88,8 @@ class Claims:
             self.finish(state, values=values)
             return True
         message = self.cache.error(state.key)
-        if message is not None:
-            self.finish(state, error=RuntimeError(message))
+        if message is not None:  # recorded by the owner that computed it: its failure is the block's
+            self.finish(state, error=TaskError(message, deterministic=True))
             return True
         return False
 

@@ -15,8 +15,11 @@ import numpy as np
 import psutil
 import pytest
 
+from backend.cache.block_cache import BlockCache
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.cache.signing import signing_key
 from backend.config import ExecutorConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from tests.helpers import wait_for
 from tests.integration.test_executor import small_project
 from tests.integration.workers import compute_processes
@@ -262,3 +265,36 @@ def _whole_task(pipeline, image):
 
     return BlockTask("k", "Probabilities", image[..., None], (0, 0, 0), image.shape,
                      tuple((0, n) for n in image.shape), pipeline.fingerprint())
+
+
+@pytest.mark.timeout(300)
+def test_error_entries_of_a_shared_cache_are_checked_and_a_real_one_fails_the_export_in_one_line(tmp_path):
+    """Anyone who can write to a ``--redis-url`` cache can write ``<block>:error`` entries: unsigned ones are
+    misses (the blocks are computed); one recorded by a run sharing our key fails the export with its message."""
+    project = small_project(str(tmp_path), shape=(24, 96, 96))[0]
+    config = str(tmp_path / "config")
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=64)) as server:
+        def export(name: str) -> subprocess.CompletedProcess:
+            return run_cli("--headless", "--no-progress", "--project", project, "--output_format", "npy",
+                           "--output_filename_format", str(tmp_path / name), "--block_shape", "12,48,48",
+                           "--workers", "1", "--redis-url", server.url, "--config-dir", config, timeout=240)
+
+        def replace_blocks(write_error) -> None:
+            for block in blocks:
+                client.delete(block)
+                write_error(block)
+
+        assert export("first").returncode == 0
+        client = server.client()
+        blocks = [k for k in client.keys("ild:v1:*") if not k.endswith((b":lease", b":error"))]
+        assert len(blocks) == 8
+        replace_blocks(lambda block: client.set(block + b":error", b"ValueError: planted"))
+        planted = export("planted")
+        assert planted.returncode == 0 and "8 computed" in planted.stderr, planted.stderr
+        assert np.array_equal(np.load(tmp_path / "planted.npy"), np.load(tmp_path / "first.npy"))
+        cache = BlockCache(client, key=signing_key(config))
+        replace_blocks(lambda block: cache.fail(block.decode(), "ValueError: the raw data is damaged"))
+        failed = export("failed")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stderr.strip().splitlines() == ["ilastik-desktop: error: the export failed and its partial output "
+                                                  "was removed: ValueError: the raw data is damaged"]
