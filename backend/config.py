@@ -43,6 +43,9 @@ class CacheConfig:
     subscribe_timeout_s: float = setting(10.0, "a gateway waits this long for the completion channel at start",
                                          0.1, 600)
     server_start_timeout_s: float = setting(10.0, "the embedded redis-server must answer within this", 0.5, 600)
+    renew_share: float = setting(0.3, "the renewal of a gateway's leases (one call for all) is given up after this "
+                                      "share of a lease, retries included, and tried again a third of a lease "
+                                      "later: it never outlasts the leases", 0.05, 0.9)
 
 
 @dataclass(frozen=True)

@@ -106,13 +106,17 @@ class FakeCache:
             self.leases[key] = _Lease(token, self.clock() + self.config.lease_s)
             return True
 
-    def renew(self, key: str, token: str) -> bool:
+    def renew_all(self, leases: dict[str, str]) -> list[str]:
         with self._lock:
-            lease = self._lease(key)
-            if lease is None or lease.token != token:
-                return False
-            lease.expires = self.clock() + self.config.lease_s
-            return True
+            lost = []
+            for key, token in leases.items():
+                self.calls.append(("renew", key))
+                lease = self._lease(key)
+                if lease is None or lease.token != token:
+                    lost.append(key)
+                else:
+                    lease.expires = self.clock() + self.config.lease_s
+            return lost
 
     def release(self, key: str, token: str, retry: bool = True) -> None:
         with self._lock:

@@ -10,16 +10,19 @@ Values and errors are signed (see :mod:`backend.cache.signing`): an entry withou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import lz4.frame
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from backend.backoff import Backoff
 from backend.cache.resilience import Resilient
@@ -57,9 +60,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('PUBLISH', ARGV[2], KEYS[2])
 return 1
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+_RENEW_ALL = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then redis.call('PEXPIRE', key, ARGV[1]) else lost[#lost + 1] = i end
+end
+return lost
 """
 _DROP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -107,25 +113,43 @@ def decode_block(blob: bytes) -> np.ndarray:
         raise ValueError(f"damaged cache entry ({type(exc).__name__}: {str(exc)[:100]})") from None
 
 
+def without_retries(client: redis.Redis, socket_timeout: float | None = None) -> redis.Redis:
+    """A client of the same server whose calls fail at once instead of retrying by themselves (redis-py retries
+    a call ten times by default, which made one call last minutes against a stalled server), with its own
+    connections and, if given, another socket timeout."""
+    pool = client.connection_pool
+    options = dict(pool.connection_kwargs, retry=Retry(NoBackoff(), 0))
+    if socket_timeout is not None:
+        options.update(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **options))
+
+
 class BlockCache:
     """Blocks, leases and notices in one Redis database; values and errors signed with ``key`` (default: the
-    key in the user's configuration folder, see :func:`~backend.cache.signing.signing_key`)."""
+    key in the user's configuration folder, see :func:`~backend.cache.signing.signing_key`).
+
+    Calls are retried only by :class:`~backend.cache.resilience.Resilient`, for its window; the renewal of
+    leases has a window (and socket timeout) of ``renew_share`` of a lease, so that it ends before they lapse.
+    """
 
     def __init__(self, client: redis.Redis, config: CacheConfig = CacheConfig(), key: bytes | None = None):
-        self.client, self.config = client, config
+        self.client, self.config = without_retries(client), config
         self._r = Resilient(config)
+        renew_s = config.lease_s * config.renew_share
+        self._renewer = Resilient(dataclasses.replace(config, retry_window_s=renew_s))
+        self._renew_client = without_retries(client, renew_s)
         self._signer = Signer(signing_key() if key is None else key)
         self._rejected = 0
         self._count_lock = threading.Lock()
         self.lease_ms = int(config.lease_s * 1000)
         self.error_ms = int(config.error_ttl_s * 1000)
-        self._claim = client.register_script(_CLAIM)
-        self._complete = client.register_script(_COMPLETE)
-        self._fail = client.register_script(_FAIL)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._abandon = client.register_script(_ABANDON)
-        self._drop = client.register_script(_DROP)
+        self._claim = self.client.register_script(_CLAIM)
+        self._complete = self.client.register_script(_COMPLETE)
+        self._fail = self.client.register_script(_FAIL)
+        self._renew_all = self._renew_client.register_script(_RENEW_ALL)
+        self._release = self.client.register_script(_RELEASE)
+        self._abandon = self.client.register_script(_ABANDON)
+        self._drop = self.client.register_script(_DROP)
 
     @property
     def rejected(self) -> int:
@@ -186,9 +210,15 @@ class BlockCache:
         keys = [key, key + ":lease", key + ":error"]
         return bool(self._r.write(lambda: self._claim(keys=keys, args=[token, self.lease_ms]), True))
 
-    def renew(self, key: str, token: str) -> bool:
-        """Extend our lease; False if it was lost."""
-        return bool(self._r.write(lambda: self._renew(keys=[key + ":lease"], args=[token, self.lease_ms]), True))
+    def renew_all(self, leases: Mapping[str, str]) -> list[str]:
+        """Extend the leases of the blocks ``leases`` maps to our tokens, in one call; the blocks whose lease was
+        lost (lapsed, or held by another token now). Raises a RedisError after ``renew_share`` of a lease."""
+        keys = list(leases)
+        if not keys:
+            return []
+        args = [self.lease_ms, *leases.values()]
+        lost = self._renewer.write(lambda: self._renew_all(keys=[k + ":lease" for k in keys], args=args), [])
+        return [keys[int(i) - 1] for i in lost]
 
     def release(self, key: str, token: str, retry: bool = True) -> None:
         """Give up our lease without a result (e.g. the block was cancelled)."""

@@ -2,9 +2,11 @@
 
 A block is served from the cache when it is there (a value of the wrong shape or type is dropped); a
 missing one is claimed, so no other request, here or in another process, computes it too; if someone
-else holds the claim we wait for the cache's completion notice. The watchdog (:meth:`Claims.check`,
-every third of a lease) renews our claims and takes over blocks whose owner went silent. Losing the
-notice channel makes every waiting block look again once it is back.
+else holds the claim we wait for the cache's completion notice. Every third of a lease, one thread renews
+all our leases in one call (:meth:`Claims.renew`; a lease found lost hands its block over to whoever holds
+it now), and the watchdog (:meth:`Claims.check`, which may read raw data when it takes a block over) takes
+over blocks whose owner went silent. Losing the notice
+channel makes every waiting block look again once it is back.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 import redis
@@ -37,18 +40,21 @@ class Claims:
     """Claims, leases and notices of one gateway's blocks (``cache``: a BlockCache or a fake of it)."""
 
     def __init__(self, cache, table: BlockTable, counters: Counters, compute: Callable[[BlockState], None],
-                 finish: Finish, on_cache_lost: Callable[[], None] | None = None,
+                 finish: Finish, cancel: Callable[[Future], object], on_cache_lost: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.cache, self.table, self.counters = cache, table, counters
-        self.compute, self.finish, self.on_cache_lost, self.clock = compute, finish, on_cache_lost, clock
+        self.compute, self.finish, self.cancel = compute, finish, cancel
+        self.on_cache_lost, self.clock = on_cache_lost, clock
         self.interval = cache.config.lease_s / 3
         self._stop = threading.Event()
         self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
         if not self._listener.subscribed.wait(cache.config.subscribe_timeout_s):
             self._listener.stop()
             raise CacheUnavailable("the cache server does not answer")
-        self._watchdog = threading.Thread(target=self._watch, name="gateway-watchdog", daemon=True)
-        self._watchdog.start()
+        self._threads = [threading.Thread(target=self._every_interval, args=(action,), name=name, daemon=True)
+                         for action, name in ((self.renew, "gateway-leases"), (self.check, "gateway-watchdog"))]
+        for thread in self._threads:
+            thread.start()
 
     def look_up(self, state: BlockState) -> None:
         """Serve ``state`` from the cache, or claim and compute it, or wait for its owner's notice."""
@@ -145,25 +151,54 @@ class Claims:
         for state in self.table.states(owned=False):
             self.finish(state, error=CacheUnavailable(f"the cache server is unavailable ({exc})"))
 
-    def _watch(self) -> None:
+    def _every_interval(self, action: Callable[[], None]) -> None:
         while not self._stop.wait(self.interval):
-            self.check()
+            action()
+
+    def renew(self) -> None:
+        """Renew every lease we hold in one call; a block whose lease was lost is handed over to its new holder."""
+        held = {state.key: (state, state.token) for state in self.table.states(owned=True)}
+        try:
+            lost = self.cache.renew_all({key: token for key, (_, token) in held.items()})
+        except redis.RedisError as exc:  # given up before the leases lapse: the next round tries again
+            log.warning("could not renew %d leases: %s", len(held), exc)
+            return
+        except Exception:  # never let one bad round stop the renewals
+            log.exception("lease renewal: unexpected error (going on)")
+            return
+        for key in lost:
+            self._lease_lost(*held[key])
+
+    def _lease_lost(self, state: BlockState, token: str) -> None:
+        """We no longer hold the block: drop our computation (its result would be ignored); the block now waits
+        like any other for its holder's notice, or is taken over by the watchdog if nobody holds it."""
+        with self.table.lock:
+            if state.token != token:
+                return  # finished, given up or re-claimed meanwhile
+            state.token = None
+            future, state.future, state.task = state.future, None, None
+        if self.table.get(state.key) is not state:
+            return  # it was delivered just now (completing drops the lease)
+        log.warning("lost the lease of block %s (the cache server or this process stalled); its holder, or a "
+                    "new claim, will deliver it", state.key)
+        if future is not None:
+            self.cancel(future)
 
     def check(self) -> None:
-        """Renew our claims; take over blocks we wait for whose owner has let its lease lapse."""
+        """Take over blocks we wait for whose owner has let its lease lapse."""
         try:
+            now = self.clock()
             for state in self.table.states():
-                if state.token:
-                    self.cache.renew(state.key, state.token)
-                elif self.clock() - state.since > self.interval and not self.cache.leased(state.key):
+                if not state.token and now - state.since > self.interval and not self.cache.leased(state.key):
                     self.look_up(state)  # the owner died or gave up: take over
         except redis.RedisError as exc:
             self._cache_gone(exc)
-        except Exception:  # never let one bad block stop the renewal of all the others
+        except Exception:  # never let one bad block stop the checks of all the others
             log.exception("gateway watchdog: unexpected error (going on)")
 
     def stop(self) -> None:
-        """Stop the watchdog and the notice listener."""
+        """Stop the lease renewal, the watchdog and the notice listener."""
         self._stop.set()
-        self._watchdog.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._listener.stop()

@@ -54,7 +54,8 @@ class Gateway:
         self.set_pipeline(pipeline)
         self.table = BlockTable()
         self.counters = Counters()
-        self.claims = Claims(cache, self.table, self.counters, self._compute, self._finish, on_cache_lost, clock)
+        self.claims = Claims(cache, self.table, self.counters, self._compute, self._finish, executor.cancel,
+                             on_cache_lost, clock)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-helper")
 
     # -- the pipeline ---------------------------------------------------------------------------------

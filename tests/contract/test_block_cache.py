@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import secrets
 import struct
+import time
 import uuid
 
 import lz4.frame
 import numpy as np
+import psutil
 import pytest
+import redis
 
 from backend.cache.block_cache import MAGIC, BlockCache, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
@@ -99,7 +102,7 @@ def test_one_claim_at_a_time_and_none_once_done(side, key):
     cache = side.cache
     assert cache.claim(key, "a") and cache.leased(key)
     assert not cache.claim(key, "b")
-    assert cache.renew(key, "a") and not cache.renew(key, "b")
+    assert cache.renew_all({key: "a"}) == [] and cache.renew_all({key: "b"}) == [key]
     cache.release(key, "b")
     assert cache.leased(key)  # only the owner's token frees it
     cache.release(key, "a")
@@ -112,7 +115,7 @@ def test_a_lease_nobody_renews_lapses_and_another_may_claim(side, key):
     cache = side.cache
     assert cache.claim(key, "a")
     side.lapse(key)
-    assert not cache.leased(key) and not cache.renew(key, "a")
+    assert not cache.leased(key) and cache.renew_all({key: "a"}) == [key]
     assert cache.claim(key, "b")
 
 
@@ -149,7 +152,7 @@ def test_completing_drops_whoever_holds_the_lease(side, key):
     cache = side.cache
     assert cache.claim(key, "owner")
     cache.complete(key, np.zeros((1, 1, 1, 1), np.float32))  # a late result of an earlier owner
-    assert not cache.leased(key) and not cache.renew(key, "owner")
+    assert not cache.leased(key) and cache.renew_all({key: "owner"}) == [key]
 
 
 def test_memory_is_reported(side, key):
@@ -202,3 +205,45 @@ def test_a_recorded_error_is_one_printable_line(redis_server, key):
     real.cache.fail(key, "ValueError: two\nlines \x1b[31m" + "x" * 5000)
     message = real.cache.error(key)
     assert message.startswith("ValueError: two lines  [31m") and message.isprintable() and len(message) == 2000
+
+
+def test_all_leases_are_renewed_in_one_call_that_names_the_lost_ones(side, key):
+    cache = side.cache
+    keys = [f"{key}:{i}" for i in range(4)]
+    assert all(cache.claim(k, "mine") for k in keys)
+    cache.release(keys[1], "mine")
+    assert cache.claim(keys[1], "theirs")  # another owner holds it now
+    cache.release(keys[2], "mine")  # nobody holds it
+    cache.complete(keys[3], VALUES)  # delivered (completing drops the lease)
+    assert sorted(cache.renew_all({k: "mine" for k in keys})) == sorted(keys[1:])
+    assert cache.leased(keys[0]) and cache.renew_all({}) == []
+
+
+def test_renewing_many_leases_is_one_round_trip(redis_server, key):
+    real = Real(redis_server)
+    leases = {f"{key}:{i}": "mine" for i in range(50)}
+    assert all(real.cache.claim(k, t) for k, t in leases.items()) and real.cache.renew_all(leases) == []
+
+    def scripts_run() -> int:
+        return real.client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    before = scripts_run()
+    assert real.cache.renew_all(leases) == []
+    assert scripts_run() - before == 1
+
+
+def test_renewing_gives_up_on_a_stalled_server_before_the_leases_lapse(redis_server, key):
+    """A stalled server (swapping, SIGSTOP) must not hold the renewal past the leases: it fails in time and the
+    next round tries again (redis-py by itself retried each call ten times, Resilient for 20 s)."""
+    real = Real(redis_server)
+    assert real.cache.claim(key, "mine")
+    server = psutil.Process(redis_server.pid)
+    server.suspend()
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.RedisError):
+            real.cache.renew_all({key: "mine"})
+        assert time.monotonic() - started < LEASE_S * 0.9
+    finally:
+        server.resume()
+    assert real.cache.renew_all({key: "mine"}) == []

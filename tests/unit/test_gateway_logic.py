@@ -4,6 +4,7 @@ with every race ordered by hand (notices delivered, tasks finished and leases la
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from backend.errors import TransientError
 from backend.io.sources.arrays import ArraySource
 from backend.service.gateway import PREFETCH, VISIBLE, CacheUnavailable, Gateway, GatewayConfig
 from tests.fakes import FakeCache, FakeClock, FakeExecutor, FakePipeline
+from tests.helpers import wait_for
 
 LEASE_S = 3.0
 BLOCK = (1, 2, 16, 16)
@@ -35,9 +37,10 @@ class World:
         self.source = ArraySource(np.arange(4 * 32 * 32, dtype=np.uint8).reshape(4, 32, 32), "zyx")
         self.gateways: list[Gateway] = []
 
-    def gateway(self, pipeline: FakePipeline) -> tuple[Gateway, FakeExecutor]:
+    def gateway(self, pipeline: FakePipeline, source=None) -> tuple[Gateway, FakeExecutor]:
         executor = FakeExecutor()
-        gateway = Gateway(self.source, pipeline, executor, self.cache, GatewayConfig(BLOCK), clock=self.clock)
+        gateway = Gateway(source or self.source, pipeline, executor, self.cache, GatewayConfig(BLOCK),
+                          clock=self.clock)
         self.gateways.append(gateway)
         return gateway, executor
 
@@ -106,7 +109,7 @@ def test_the_owner_of_a_block_keeps_it_by_renewing_its_lease(world):
     waiter.request("Probabilities", ROI)
     for _ in range(5):
         world.clock.advance(LEASE_S / 2)
-        owner.claims.check()  # its watchdog renews
+        owner.claims.renew()  # its lease thread renews
         waiter.claims.check()
     assert waiter_executor.tasks == [] and len(owner_executor.tasks) == 1
 
@@ -244,3 +247,76 @@ def test_closing_fails_every_waiter_and_frees_every_claim(world):
         assert isinstance(request.future.exception(0), CacheUnavailable)
     assert not any(world.cache.leased(k) for k in keys)
     assert all(job.future.cancelled() for job in executor.tasks)
+
+
+def completed(world, key: str) -> int:
+    return world.cache.calls.count(("complete", key))
+
+
+def test_a_lost_lease_hands_the_block_to_its_new_holder_and_our_late_result_is_ignored(world):
+    owner, owner_executor = world.gateway(A)
+    taker, taker_executor = world.gateway(A)
+    mine, theirs = owner.request("Probabilities", ROI), taker.request("Probabilities", ROI)
+    owner_executor.start(owner_executor.tasks[0])  # on a worker: it cannot be taken back
+    world.clock.advance(LEASE_S + 1)  # the owner stalled past its lease
+    taker.claims.check()  # taken over
+    owner.claims.renew()  # the owner hears that its lease is lost
+    assert owner.table.states(owned=True) == [] and len(owner.table.states(owned=False)) == 1
+    owner_executor.finish(owner_executor.tasks[0])  # its late result is neither stored nor delivered
+    key = owner.snapshot.key("Probabilities", ROI)
+    assert not mine.future.done() and completed(world, key) == 0 and owner.status().computed == 0
+    taker_executor.finish(taker_executor.tasks[0])
+    world.cache.deliver()  # the new holder's notice reaches the old owner's waiters
+    assert np.array_equal(mine.result(0), filled(A)) and np.array_equal(theirs.result(0), filled(A))
+    assert completed(world, key) == 1 and owner.status().hits == 1
+
+
+def test_a_lost_lease_nobody_took_is_claimed_again(world):
+    gateway, executor = world.gateway(A)
+    request = gateway.request("Probabilities", ROI)
+    world.clock.advance(LEASE_S + 1)  # lapsed while this process stalled; nobody else wanted the block
+    gateway.claims.renew()
+    assert executor.tasks[0].future.cancelled()  # queued: taken back
+    gateway.claims.check()  # nobody holds it: claimed and computed again
+    assert len(executor.tasks) == 2 and len(gateway.table.states(owned=True)) == 1
+    executor.finish(executor.tasks[1])
+    assert np.array_equal(request.result(0), filled(A))
+
+
+class SlowSource(ArraySource):
+    """An image whose reads wait, once ``slow`` is set, until ``go`` is set (a hung network disk)."""
+
+    def __init__(self, array: np.ndarray):
+        super().__init__(array, "zyx")
+        self.slow, self.reading, self.go = threading.Event(), threading.Event(), threading.Event()
+
+    def _read_native(self, index):
+        if self.slow.is_set():
+            self.reading.set()
+            self.go.wait(30)
+        return super()._read_native(index)
+
+
+def test_leases_are_renewed_while_the_watchdog_reads_raw_data_to_take_a_block_over():
+    """The watchdog's own threads run here (a lease of 0.3 s: rounds every 0.1 s); the fake clock stands still,
+    so only renewals that really happen count."""
+    clock = FakeClock()
+    cache = FakeCache(clock, CacheConfig(lease_s=0.3))
+    source = SlowSource(np.arange(4 * 32 * 32, dtype=np.uint8).reshape(4, 32, 32))
+    gateway = Gateway(source, A, FakeExecutor(), cache, GatewayConfig(BLOCK), clock=clock)
+    try:
+        other = gateway.snapshot.key("Probabilities", Roi((0, 2, 0, 0), (1, 4, 16, 16)))
+        assert cache.claim(other, "another process")
+        gateway.request("Probabilities", Roi((0, 2, 0, 0), (1, 4, 16, 16)))  # waits for that owner
+        gateway.request("Probabilities", ROI)  # ours: claimed, its raw data read at once
+        source.slow.set()
+        cache.release(other, "another process")  # it gives up without a word...
+        clock.advance(0.2)  # ...and the watchdog takes the block over, reading its raw data (within our lease)
+        wait_for(source.reading.is_set, 10, message="the watchdog never took the block over")
+        renewed = cache.calls.count(("renew", gateway.snapshot.key("Probabilities", ROI)))
+        wait_for(lambda: cache.calls.count(("renew", gateway.snapshot.key("Probabilities", ROI))) >= renewed + 3,
+                 10, message="no renewal while the watchdog reads")
+    finally:
+        source.go.set()
+        gateway.close()
+
