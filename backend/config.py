@@ -46,6 +46,8 @@ class CacheConfig:
     renew_share: float = setting(0.3, "the renewal of a gateway's leases (one call for all) is given up after this "
                                       "share of a lease, retries included, and tried again a third of a lease "
                                       "later: it never outlasts the leases", 0.05, 0.9)
+    block_deadline_s: float = setting(1800.0, "a block not delivered within this of being asked for fails its "
+                                              "waiters (its owner may renew its lease but never deliver)", 1, 1e7)
 
 
 @dataclass(frozen=True)

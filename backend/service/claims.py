@@ -5,7 +5,7 @@ missing one is claimed, so no other request, here or in another process, compute
 else holds the claim we wait for the cache's completion notice. Every third of a lease, one thread renews
 all our leases in one call (:meth:`Claims.renew`; a lease found lost hands its block over to whoever holds
 it now), and the watchdog (:meth:`Claims.check`, which may read raw data when it takes a block over) takes
-over blocks whose owner went silent. Losing the notice
+over blocks whose owner went silent and fails blocks not delivered by their deadline. Losing the notice
 channel makes every waiting block look again once it is back.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import redis
 
 from backend.distributed.futures import TaskError
-from backend.errors import UserError, is_deterministic
+from backend.errors import TransientError, UserError, is_deterministic
 from backend.service.block_state import BlockState, BlockTable
 from backend.service.gateway_status import Counters
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class CacheUnavailable(UserError):
     """The cache server cannot be reached."""
+
+
+class BlockOverdue(TransientError):
+    """A block was not delivered by its deadline (``cache.block_deadline_s``)."""
 
 
 Finish = Callable[..., None]  # finish(state, values=None, error=None)
@@ -46,6 +50,7 @@ class Claims:
         self.compute, self.finish, self.cancel = compute, finish, cancel
         self.on_cache_lost, self.clock = on_cache_lost, clock
         self.interval = cache.config.lease_s / 3
+        self.deadline_s = cache.config.block_deadline_s
         self._stop = threading.Event()
         self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
         if not self._listener.subscribed.wait(cache.config.subscribe_timeout_s):
@@ -185,16 +190,28 @@ class Claims:
             self.cancel(future)
 
     def check(self) -> None:
-        """Take over blocks we wait for whose owner has let its lease lapse."""
+        """Fail blocks past their deadline; take over blocks we wait for whose owner has let its lease lapse."""
         try:
             now = self.clock()
             for state in self.table.states():
-                if not state.token and now - state.since > self.interval and not self.cache.leased(state.key):
+                if now - state.since > self.deadline_s:
+                    self._overdue(state)
+                elif not state.token and now - state.since > self.interval and not self.cache.leased(state.key):
                     self.look_up(state)  # the owner died or gave up: take over
         except redis.RedisError as exc:
             self._cache_gone(exc)
         except Exception:  # never let one bad block stop the checks of all the others
             log.exception("gateway watchdog: unexpected error (going on)")
+
+    def _overdue(self, state: BlockState) -> None:
+        """Fail the waiters of a block not delivered by its deadline (ours: its computation is dropped)."""
+        with self.table.lock:
+            future, state.future = state.future, None
+        if future is not None:
+            self.cancel(future)
+        log.warning("block %s was not delivered within %g s", state.key, self.deadline_s)
+        self.give_up(state, BlockOverdue(f"a block was not delivered within {self.deadline_s:g} s "
+                                         "(cache.block_deadline_s)"))
 
     def stop(self) -> None:
         """Stop the lease renewal, the watchdog and the notice listener."""

@@ -14,6 +14,7 @@ from backend.config import CacheConfig
 from backend.distributed.futures import TaskError
 from backend.errors import TransientError
 from backend.io.sources.arrays import ArraySource
+from backend.service.claims import BlockOverdue
 from backend.service.gateway import PREFETCH, VISIBLE, CacheUnavailable, Gateway, GatewayConfig
 from tests.fakes import FakeCache, FakeClock, FakeExecutor, FakePipeline
 from tests.helpers import wait_for
@@ -320,3 +321,23 @@ def test_leases_are_renewed_while_the_watchdog_reads_raw_data_to_take_a_block_ov
         source.go.set()
         gateway.close()
 
+
+def test_waiters_get_an_error_when_a_holder_renews_but_never_delivers(world):
+    """Leases alone cannot tell a holder that is alive but stuck: every block has a deadline."""
+    world.cache.config = CacheConfig(lease_s=LEASE_S, block_deadline_s=60)
+    holder, holder_executor = world.gateway(A)
+    waiter, _ = world.gateway(A)
+    held, waiting = holder.request("Probabilities", ROI), waiter.request("Probabilities", ROI)
+    for _ in range(19):  # 57 s: the holder renews all the time, never delivers
+        world.clock.advance(LEASE_S)
+        holder.claims.renew()
+        holder.claims.check()
+        waiter.claims.check()
+    assert not held.future.done() and not waiting.future.done()
+    world.clock.advance(LEASE_S + 1)
+    waiter.claims.check()
+    assert isinstance(waiting.future.exception(0), BlockOverdue)
+    holder.claims.check()  # its own stuck computation: dropped, its claim freed for others
+    assert isinstance(held.future.exception(0), BlockOverdue) and holder_executor.tasks[0].future.cancelled()
+    assert not world.cache.leased(holder.snapshot.key("Probabilities", ROI))
+    assert holder.status().blocks_in_progress == waiter.status().blocks_in_progress == 0
