@@ -21,7 +21,9 @@ import redis
 
 from backend.cache.block_cache import MAGIC, BlockCache, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.cache.signing import signing_key
 from backend.config import CacheConfig
+from backend.errors import UserError
 from tests.fakes import FakeCache, FakeClock
 from tests.helpers import wait_for
 
@@ -247,3 +249,19 @@ def test_renewing_gives_up_on_a_stalled_server_before_the_leases_lapse(redis_ser
     finally:
         server.resume()
     assert real.cache.renew_all({key: "mine"}) == []
+
+
+def test_the_signing_key_is_made_once_private_and_refused_when_others_can_read_it(tmp_path):
+    key = signing_key(str(tmp_path))
+    path = tmp_path / "keys" / "cache.key"
+    assert len(key) == 32 and path.stat().st_mode & 0o777 == 0o600 and signing_key(str(tmp_path)) == key
+    path.chmod(0o644)
+    with pytest.raises(UserError, match="chmod 600"):
+        signing_key(str(tmp_path))
+    path.chmod(0o600)
+    path.write_text("not hex\n")
+    with pytest.raises(UserError, match="cache.key is unreadable"):
+        signing_key(str(tmp_path))
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(UserError, match="is a file"):
+        signing_key(str(tmp_path / "a file"))
