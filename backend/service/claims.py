@@ -162,7 +162,11 @@ class Claims:
 
     def renew(self) -> None:
         """Renew every lease we hold in one call; a block whose lease was lost is handed over to its new holder."""
-        held = {state.key: (state, state.token) for state in self.table.states(owned=True)}
+        held = {}
+        for state in self.table.states(owned=True):
+            token = state.token  # read once: it may be given up meanwhile
+            if token:
+                held[state.key] = (state, token)
         try:
             lost = self.cache.renew_all({key: token for key, (_, token) in held.items()})
         except redis.RedisError as exc:  # given up before the leases lapse: the next round tries again

@@ -284,6 +284,23 @@ def test_a_lost_lease_nobody_took_is_claimed_again(world):
     assert np.array_equal(request.result(0), filled(A))
 
 
+def test_a_claim_given_up_as_a_renewal_round_starts_is_left_alone(world, monkeypatch):
+    gateway, executor = world.gateway(A)
+    gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 4, 16, 16)))  # two blocks, both ours
+    first, second = gateway.table.states(owned=True)
+    listed = gateway.table.states
+
+    def listed_then_given_up(owned=None):
+        states = listed(owned)
+        first.token = None  # given up (by a cancellation) just after it was listed
+        return states
+
+    monkeypatch.setattr(gateway.table, "states", listed_then_given_up)
+    gateway.claims.renew()
+    assert world.cache.calls[-1] == ("renew", second.key) and ("renew", first.key) not in world.cache.calls
+    assert not any(job.future.cancelled() for job in executor.tasks) and second.token
+
+
 class SlowSource(ArraySource):
     """An image whose reads wait, once ``slow`` is set, until ``go`` is set (a hung network disk)."""
 
