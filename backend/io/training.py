@@ -17,7 +17,7 @@ from backend.io.checked import expect_attr_text, expect_dataset, expect_group, e
 from backend.io.forest_io import forest_from_sklearn
 from backend.io.project import Classifier, Project, label_bound
 from backend.io.project_pipeline import build_pipeline
-from backend.io.project_writer import replace_classifier
+from backend.io.project_writer import check_replaceable, replace_classifier
 from backend.io.sources import DataSource
 
 _SLICE = re.compile(r"(\d+):(\d+)")
@@ -137,7 +137,9 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
 
 
 def retrain_project(project: Project, source: DataSource, lane: int = 0, progress: bool = True) -> Classifier:
-    """Train on the project's labels and save the new classifier into the project file."""
+    """Train on the project's labels and save the new classifier into the project file (refused before
+    training if the project cannot be saved into)."""
+    check_replaceable(project.path)
     x, y = labelled_samples(project, source, lane)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
     classifier = train_classifier(x, y, pipeline.features.column_names())
