@@ -222,9 +222,9 @@ def _rewrite(project_path: str, edit, target: str | None = None) -> None:
             edit(f)
         shutil.copymode(source, tmp)  # the project keeps its permissions
         os.replace(tmp, target)
-    except OSError as exc:
-        raise ProjectError(f"{target}: could not save the project ({exc.strerror or exc}); "
-                           "the file is unchanged") from None
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed write (a full disk) as RuntimeError
+        detail = getattr(exc, "strerror", None) or exc
+        raise ProjectError(f"{target}: could not save the project ({detail}); the file is unchanged") from None
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)

@@ -195,6 +195,31 @@ def test_a_failed_save_of_the_retrained_classifier_is_one_line_and_leaves_the_pr
     assert_nothing_written(api, before)
 
 
+_GROWING_SAVE = """
+import sys
+import numpy as np
+from backend.io import project_writer
+project_writer.write_classifier = lambda pc, *args: pc.create_dataset("grown", data=np.arange(1 << 20))
+try:
+    project_writer.replace_classifier(sys.argv[1], None, 0)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_a_disk_filling_up_while_the_project_is_written_is_a_clear_error(api):
+    project = api / "PixelClass3D.ilp"
+    original = project.read_bytes()
+    before = set(os.listdir(api))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", _GROWING_SAVE, str(project)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=_limit_file_size(len(original) + 65536))
+    assert result.stdout.startswith("ProjectError ") and "the file is unchanged" in result.stdout, result.stdout
+    assert project.read_bytes() == original
+    assert_nothing_written(api, before)
+
+
 _KILLED_WHILE_SAVING = """
 import os, signal, sys
 from backend.io import project_writer
