@@ -141,7 +141,7 @@ def _read(path: str, f: h5py.File) -> Project:
         label_names=names,
         label_colors=_colors(pc, "LabelColors", len(names)),
         pmap_colors=_colors(pc, "PmapColors", len(names)),
-        classifier=_read_classifier(pc, label_bound(names)),
+        classifier=_read_classifier(pc),
         threshold=_read_threshold(expect_group(f, "ThresholdTwoLevels", required=False)),
     )
 
@@ -198,7 +198,9 @@ def _read_features(path: str, f: h5py.File) -> FeatureSelection:
     return FeatureSelection(ids, scales, tuple(tuple(bool(v) for v in row) for row in matrix), in2d)
 
 
-def _read_classifier(pc: h5py.Group, max_label: int) -> Classifier | None:
+def _read_classifier(pc: h5py.Group) -> Classifier | None:
+    """The classifier; its labels are bounded by MAX_CLASSES rather than by the project's classes, which the
+    pipeline lets a classifier exceed."""
     cf = expect_group(pc, "ClassifierForests", required=False)
     if cf is None:
         return None
@@ -207,11 +209,11 @@ def _read_classifier(pc: h5py.Group, max_label: int) -> Classifier | None:
         return None
     forests = tuple(read_forest(expect_group(cf, g)) for g in groups)
     if "known_labels" in cf:
-        known = tuple(int(v) for v in expect_integers(cf, "known_labels", 0, max_label, max_size=MAX_CLASSES))
+        known = tuple(int(v) for v in expect_integers(cf, "known_labels", 0, MAX_CLASSES, max_size=MAX_CLASSES))
     else:
         known = forests[0].labels
-    if any(not 0 <= label <= max_label for forest in forests for label in forest.labels + known):
-        raise problem(cf, "", f"the classifier knows labels above {max_label}, the project's number of classes")
+    if any(label > MAX_CLASSES for forest in forests for label in forest.labels):
+        raise problem(cf, "", f"the classifier knows labels above {MAX_CLASSES}")
     names = expect_texts(cf, "feature_names", MAX_FEATURES) if "feature_names" in cf else None
     CompiledForests.build(forests, where=f"{cf.file.filename}: {cf.name}")  # validates node types early
     return Classifier(forests, known, names)

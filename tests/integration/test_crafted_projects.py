@@ -136,7 +136,7 @@ OPENING = [
      ["/PixelClassification", "should be a group but is a dataset"]),
     ("a soft-link loop", soft_link_loop, ["/FeatureSelections", "cannot be read"]),
     ("known labels beyond the classes", lambda f: replace(f, f"{CF}/known_labels", np.array([1, 65535])),
-     ["/known_labels", "outside 0 to 2"]),
+     ["/known_labels", "outside 0 to 99"]),
     ("workflowName a number", lambda f: replace(f, "workflowName", 3), ["/workflowName", "should hold text"]),
     ("Scales of strings", lambda f: replace(f, "FeatureSelections/Scales", np.array([b"1"] * 7)),
      ["/FeatureSelections/Scales", "should hold"]),

@@ -104,7 +104,7 @@ def test_a_classifier_knowing_more_labels_than_the_project_has_classes_is_refuse
     with h5py.File(project_3d, "r+") as f:
         del f["PixelClassification/ClassifierForests/known_labels"]
         f["PixelClassification/ClassifierForests/known_labels"] = np.array([1, 65535], np.uint32)
-    with pytest.raises(ProjectError, match="known_labels: holds values outside 0 to 2"):
+    with pytest.raises(ProjectError, match="known_labels: holds values outside 0 to 99"):
         open_project(str(project_3d))
 
 
