@@ -1,4 +1,4 @@
-"""vigra random forests: read from HDF5 and predicted with vigra's exact float32 arithmetic.
+"""vigra random forests (read by :mod:`backend.io.forest_io`), predicted with vigra's exact float32 arithmetic.
 
 All trees of all forests are flattened into one table of 16-byte nodes walked by one compiled loop.
 A node holds its threshold (float32 bits), its feature, its first child (the second child follows it:
@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import h5py
 import numba
 import numpy as np
 
@@ -40,25 +39,6 @@ class Forest:
     trees: tuple[Tree, ...]
     labels: tuple[int, ...]
     feature_count: int
-
-
-def read_forest(group: h5py.Group) -> Forest:
-    """Read one forest stored by vigra's ``rf_export_HDF5``."""
-    where = f"{group.file.filename}:{group.name}"
-    try:
-        ext = group["_ext_param"]
-        labels = tuple(int(v) for v in ext["labels"][()])
-        feature_count = int(ext["column_count_"][()][0])
-        names = sorted(k for k in group.keys() if not k.startswith("_"))
-        trees = tuple(
-            Tree(np.asarray(group[n]["topology"][()], np.int32), np.asarray(group[n]["parameters"][()], np.float64))
-            for n in names
-        )
-    except KeyError as exc:
-        raise ProjectError(f"{where}: not a vigra random forest ({exc})") from None
-    if not trees:
-        raise ProjectError(f"{where}: forest without trees")
-    return Forest(trees, labels, feature_count)
 
 
 def _float32_ceiling(values: np.ndarray) -> np.ndarray:

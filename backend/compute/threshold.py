@@ -11,6 +11,7 @@ import numpy as np
 from backend.compute.filters import Patch, gaussian_kernel
 
 SMOOTHING_WINDOW = 2.0
+MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo
 
 
 @dataclass(frozen=True)

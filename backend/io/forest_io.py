@@ -1,4 +1,5 @@
-"""Write forests in vigra's HDF5 layout, converted from scikit-learn, so ilastik and vigra can load them."""
+"""Forests in vigra's HDF5 layout: read (checked) from a project, and written, converted from scikit-learn, so
+that ilastik and vigra can load them."""
 
 from __future__ import annotations
 
@@ -6,6 +7,29 @@ import h5py
 import numpy as np
 
 from backend.compute.forest import LEAF_NODE, THRESHOLD_NODE, Forest, Tree
+from backend.errors import ProjectError
+from backend.io.checked import NUMBER_KINDS, expect_array, expect_group, expect_integers, expect_number, where
+
+MAX_FEATURES = 1 << 16  # as many feature columns as a compiled forest accepts
+MAX_FOREST_CLASSES = 4096
+
+
+def read_forest(group: h5py.Group) -> Forest:
+    """One forest stored by vigra's ``rf_export_HDF5``, every value checked (ProjectError otherwise)."""
+    ext = expect_group(group, "_ext_param")
+    labels = expect_integers(ext, "labels", 0, (1 << 31) - 1, max_size=MAX_FOREST_CLASSES)
+    feature_count = expect_number(ext, "column_count_", 1, MAX_FEATURES, integer=True)
+    trees = tuple(_read_tree(expect_group(group, name)) for name in sorted(group.keys()) if not name.startswith("_"))
+    if not trees:
+        raise ProjectError(f"{where(group)}: forest without trees")
+    if not labels.size:
+        raise ProjectError(f"{where(ext, 'labels')}: the forest knows no labels")
+    return Forest(trees, tuple(int(v) for v in labels), int(feature_count))
+
+
+def _read_tree(group: h5py.Group) -> Tree:
+    topology = expect_integers(group, "topology", -(1 << 31), (1 << 31) - 1)
+    return Tree(topology.astype(np.int32), expect_array(group, "parameters", NUMBER_KINDS).astype(np.float64))
 
 
 def tree_from_sklearn(estimator, feature_count: int) -> Tree:

@@ -6,14 +6,27 @@ import os
 from dataclasses import dataclass
 
 import h5py
-import numpy as np
 
-from backend.compute.forest import CompiledForests, Forest, read_forest
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.forest import CompiledForests, Forest
+from backend.compute.threshold import MAX_SIGMA, ThresholdSettings
 from backend.errors import ProjectError
-from backend.io.sources import parse_axistags
+from backend.io.checked import (
+    INTEGER_KINDS,
+    expect_array,
+    expect_group,
+    expect_integers,
+    expect_number,
+    expect_text,
+    expect_texts,
+    parse_axes,
+    present,
+    problem,
+)
+from backend.io.forest_io import MAX_FEATURES, read_forest
 
 SUPPORTED_WORKFLOWS = ("Pixel Classification", "Object Classification (from pixel classification)")
+MAX_CLASSES = 99  # labels are stored as uint8, and ilastik keeps numbers above 99 for its eraser
+MAX_EXTENT = 1 << 40  # no image axis is longer
 
 
 @dataclass(frozen=True)
@@ -92,16 +105,6 @@ class Project:
         return self.classifier
 
 
-def _text(value) -> str:
-    if isinstance(value, np.ndarray):
-        value = value.item() if value.shape == () else value[0]
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _get(group: h5py.Group, name: str, default=None):
-    return group[name][()] if name in group else default
-
-
 def open_project(path: str) -> Project:
     """Read a project file; raises :class:`ProjectError` with a one-line message if it cannot."""
     if not os.path.exists(path):
@@ -120,49 +123,55 @@ def open_project(path: str) -> Project:
 def _read(path: str, f: h5py.File) -> Project:
     if "workflowName" not in f or "ilastikVersion" not in f:
         raise ProjectError(f"{path}: not an ilastik project (no workflowName/ilastikVersion)")
-    workflow = _text(f["workflowName"][()])
+    workflow = expect_text(f, "workflowName")
     if workflow not in SUPPORTED_WORKFLOWS:
         raise ProjectError(
-            f"{path}: workflow '{workflow}' is not supported (only Pixel Classification projects)"
+            f"{path}: workflow '{workflow[:80]}' is not supported (only Pixel Classification projects)"
         )
-    pc = f.get("PixelClassification")
+    pc = expect_group(f, "PixelClassification", required=False)
     if pc is None:
         raise ProjectError(f"{path}: the project has no PixelClassification section")
-    lanes = _read_lanes(path, f)
-    names = tuple(_text(n) for n in _get(pc, "LabelNames", []))
+    names = expect_texts(pc, "LabelNames", MAX_CLASSES) if present(pc, "LabelNames") else ()
     return Project(
         path=path,
-        version=_text(f["ilastikVersion"][()]),
+        version=expect_text(f, "ilastikVersion"),
         workflow=workflow,
-        lanes=lanes,
+        lanes=_read_lanes(path, f),
         features=_read_features(path, f),
         label_names=names,
-        label_colors=_colors(_get(pc, "LabelColors"), len(names)),
-        pmap_colors=_colors(_get(pc, "PmapColors"), len(names)),
-        classifier=_read_classifier(path, pc),
-        threshold=_read_threshold(f.get("ThresholdTwoLevels")),
+        label_colors=_colors(pc, "LabelColors", len(names)),
+        pmap_colors=_colors(pc, "PmapColors", len(names)),
+        classifier=_read_classifier(pc),
+        threshold=_read_threshold(expect_group(f, "ThresholdTwoLevels", required=False)),
     )
 
 
+def label_bound(names: tuple[str, ...]) -> int:
+    """The largest label value a project with these class names may hold."""
+    return len(names) or MAX_CLASSES
+
+
 def _read_lanes(path: str, f: h5py.File) -> tuple[RawDataInfo, ...]:
-    infos = f.get("Input Data/infos")
+    infos = expect_group(f, "Input Data/infos", required=False)
     lanes = []
     for lane_name in sorted(infos.keys()) if infos is not None else []:
-        raw = infos[lane_name].get("Raw Data")
+        raw = expect_group(expect_group(infos, lane_name), "Raw Data", required=False)
         if raw is None or "filePath" not in raw:
             continue
         axes = None
         if "axistags" in raw:
-            axes = parse_axistags(raw["axistags"][()])
+            axes = parse_axes(raw, "axistags", expect_text(raw, "axistags"))
         elif "axisorder" in raw:
-            axes = _text(raw["axisorder"][()]).lower()
-        shape = tuple(int(v) for v in raw["shape"][()]) if "shape" in raw else None
+            axes = expect_text(raw, "axisorder").lower()
+        shape = None
+        if "shape" in raw:
+            shape = tuple(int(v) for v in expect_integers(raw, "shape", 0, MAX_EXTENT, max_size=8))
         lanes.append(RawDataInfo(
-            file_path=_text(raw["filePath"][()]),
-            location=_text(_get(raw, "location", b"FileSystem")),
+            file_path=expect_text(raw, "filePath"),
+            location=expect_text(raw, "location", "FileSystem"),
             axes=axes,
-            nickname=_text(_get(raw, "nickname", lane_name)),
-            dataset_id=_text(_get(raw, "datasetId", b"")),
+            nickname=expect_text(raw, "nickname", lane_name),
+            dataset_id=expect_text(raw, "datasetId", ""),
             shape=shape,
         ))
     if not lanes:
@@ -171,31 +180,42 @@ def _read_lanes(path: str, f: h5py.File) -> tuple[RawDataInfo, ...]:
 
 
 def _read_features(path: str, f: h5py.File) -> FeatureSelection:
-    fs = f.get("FeatureSelections")
+    fs = expect_group(f, "FeatureSelections", required=False)
     if fs is None or "SelectionMatrix" not in fs:
         raise ProjectError(f"{path}: the project has no feature selection")
-    ids = tuple(_text(v) for v in fs["FeatureIds"][()])
-    scales = tuple(float(v) for v in fs["Scales"][()])
-    matrix = np.asarray(fs["SelectionMatrix"][()], bool)
+    ids = expect_texts(fs, "FeatureIds", max_size=64)
+    scales = tuple(float(v) for v in expect_array(fs, "Scales", max_size=64))
+    if any(not 0 <= s <= MAX_SIGMA for s in scales):
+        raise problem(fs, "Scales", f"holds scales outside 0 to {MAX_SIGMA:g}")
+    matrix = expect_array(fs, "SelectionMatrix", "b" + INTEGER_KINDS, (2,)).astype(bool)
     if matrix.shape != (len(ids), len(scales)):
-        raise ProjectError(f"{path}: feature selection matrix {matrix.shape} does not match ids and scales")
+        raise problem(fs, "SelectionMatrix", f"has shape {matrix.shape}, which does not match "
+                                             f"{len(ids)} feature ids and {len(scales)} scales")
     in2d = None
-    if "ComputeIn2d" in fs and len(fs["ComputeIn2d"][()]) == len(scales):
-        in2d = tuple(bool(v) for v in fs["ComputeIn2d"][()])
+    if "ComputeIn2d" in fs:
+        flags = expect_array(fs, "ComputeIn2d", "b" + INTEGER_KINDS)
+        in2d = tuple(bool(v) for v in flags) if len(flags) == len(scales) else None
     return FeatureSelection(ids, scales, tuple(tuple(bool(v) for v in row) for row in matrix), in2d)
 
 
-def _read_classifier(path: str, pc: h5py.Group) -> Classifier | None:
-    cf = pc.get("ClassifierForests")
+def _read_classifier(pc: h5py.Group) -> Classifier | None:
+    """The classifier; its labels are bounded by MAX_CLASSES rather than by the project's classes, which the
+    pipeline lets a classifier exceed."""
+    cf = expect_group(pc, "ClassifierForests", required=False)
     if cf is None:
         return None
     groups = sorted(k for k in cf.keys() if k.startswith("Forest"))
     if not groups:
         return None
-    forests = tuple(read_forest(cf[g]) for g in groups)
-    known = tuple(int(v) for v in _get(cf, "known_labels", forests[0].labels))
-    names = tuple(_text(v) for v in cf["feature_names"][()]) if "feature_names" in cf else None
-    CompiledForests.build(forests, where=f"{path}:{cf.name}")  # validates node types early
+    forests = tuple(read_forest(expect_group(cf, g)) for g in groups)
+    if "known_labels" in cf:
+        known = tuple(int(v) for v in expect_integers(cf, "known_labels", 0, MAX_CLASSES, max_size=MAX_CLASSES))
+    else:
+        known = forests[0].labels
+    if any(label > MAX_CLASSES for forest in forests for label in forest.labels):
+        raise problem(cf, "", f"the classifier knows labels above {MAX_CLASSES}")
+    names = expect_texts(cf, "feature_names", MAX_FEATURES) if "feature_names" in cf else None
+    CompiledForests.build(forests, where=f"{cf.file.filename}: {cf.name}")  # validates node types early
     return Classifier(forests, known, names)
 
 
@@ -203,24 +223,34 @@ def _read_threshold(group: h5py.Group | None) -> ThresholdSettings | None:
     if group is None:
         return None
     d = ThresholdSettings()
-    sig = group.get("SmootherSigma")
+    sig = expect_group(group, "SmootherSigma", required=False)
 
     def sigma(axis: str) -> float:
-        return float(sig[axis][()]) if sig is not None and axis in sig else 1.0
+        return expect_number(sig, axis, 0.0, MAX_SIGMA, 1.0) if sig is not None else 1.0
+
+    def whole(name: str, default: int, high: float = MAX_EXTENT) -> int:
+        return int(expect_number(group, name, 0, high, default, integer=True))
+
+    def fraction(name: str, default: float) -> float:
+        return expect_number(group, name, 0.0, 1.0, default)
 
     return ThresholdSettings(
-        method=int(_get(group, "CurOperator", d.method)),
-        min_size=int(_get(group, "MinSize", d.min_size)),
-        max_size=int(_get(group, "MaxSize", d.max_size)),
-        high=float(_get(group, "HighThreshold", d.high)),
-        low=float(_get(group, "LowThreshold", d.low)),
+        method=whole("CurOperator", d.method, 1),
+        min_size=whole("MinSize", d.min_size),
+        max_size=whole("MaxSize", d.max_size),
+        high=fraction("HighThreshold", d.high),
+        low=fraction("LowThreshold", d.low),
         sigmas=(sigma("z"), sigma("y"), sigma("x")),
-        channel=int(_get(group, "Channel", d.channel)),
-        core_channel=int(_get(group, "CoreChannel", d.core_channel)),
+        channel=whole("Channel", d.channel, MAX_CLASSES),
+        core_channel=whole("CoreChannel", d.core_channel, MAX_CLASSES),
     )
 
 
-def _colors(value, n: int) -> tuple[tuple[int, int, int], ...]:
-    if value is None:
+def _colors(pc: h5py.Group, name: str, n: int) -> tuple[tuple[int, int, int], ...]:
+    if not present(pc, name):
         return tuple((0, 0, 0) for _ in range(n))
-    return tuple(tuple(int(c) for c in row[:3]) for row in np.asarray(value))
+    table = expect_integers(pc, name, 0, 255, ndims=(2,), max_size=4 * MAX_CLASSES)
+    if table.shape[1] < 3 or table.shape[0] < n:
+        raise problem(pc, name, f"should have (red, green, blue) rows for {n} label classes but has shape "
+                                f"{table.shape}")
+    return tuple(tuple(int(c) for c in row[:3]) for row in table)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
+import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,12 +13,15 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from backend.checks import decimal
 from backend.compute.threshold import ThresholdSettings
+from backend.errors import ProjectError
 from backend.io.forest_io import write_forest
 from backend.io.project import Classifier, FeatureSelection
 from backend.io.writers import axistags_json
 
 ILASTIK_VERSION = "1.4.1"
+_SAVING = ".saving"  # the end of a copy's name while it is being saved: .NAME.HOST.PID.RANDOM.saving
 # Class names ilastik records for its default classifier; ilastik reads them, we never unpickle them.
 _PICKLED_TYPE = b"clazyflow.classifiers.parallelVigraRfLazyflowClassifier\nParallelVigraRfLazyflowClassifier\np0\n."
 
@@ -191,19 +195,63 @@ def replace_classifier(project_path: str, classifier: Classifier, row_count: int
                                                       row_count))
 
 
+def check_replaceable(project_path: str) -> None:
+    """ProjectError unless the project (the file a link points to) can be saved into: the file and its folder
+    (where the new file is written before it takes the project's place) are writable."""
+    real = os.path.realpath(project_path)
+    folder = os.path.dirname(real)
+    if not os.access(real, os.W_OK):
+        raise ProjectError(f"{project_path}: the project file is read-only, so nothing can be saved into it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ProjectError(f"{project_path}: its folder {folder} is not writable, so nothing can be saved into "
+                           "the project")
+
+
 def _rewrite(project_path: str, edit, target: str | None = None) -> None:
     """Apply ``edit`` to a copy of the project and put the copy in its place, or at ``target`` (the original
-    stays as it was, and ``target`` appears only when complete)."""
-    target = target or project_path
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(suffix=".ilp", dir=folder)
-    os.close(fd)
+    stays as it was, and ``target`` appears only when complete). Links are written through: the file they
+    point to is replaced. A copy left by a process that was killed while saving is removed here."""
+    source = os.path.realpath(project_path)
+    target = os.path.realpath(target or project_path)
+    folder, name = os.path.split(target)
+    remove_stale_copies(folder, name)
+    tmp = os.path.join(folder, f".{name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_SAVING}")
     try:
-        shutil.copyfile(project_path, tmp)
-        shutil.copymode(project_path, tmp)  # the project keeps its permissions (mkstemp makes 0600 files)
+        shutil.copyfile(source, tmp)
         with h5py.File(tmp, "r+") as f:
             edit(f)
+        shutil.copymode(source, tmp)  # the project keeps its permissions
         os.replace(tmp, target)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    except (OSError, RuntimeError) as exc:  # h5py reports a failed write (a full disk) as RuntimeError
+        detail = getattr(exc, "strerror", None) or exc
+        raise ProjectError(f"{target}: could not save the project ({detail}); the file is unchanged") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_copies(folder: str, name: str) -> None:
+    """Remove the copies of project ``name`` that a process of this machine that no longer runs left while
+    saving (killed before it could swap its copy in or remove it)."""
+    prefix, host = f".{name}.", socket.gethostname()
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(_SAVING)):
+            continue
+        owner = entry[len(prefix):-len(_SAVING)].rsplit(".", 2)
+        if len(owner) == 3 and owner[0] == host and decimal(owner[1], 1 << 31) and not _running(int(owner[1])):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, entry))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's
+    return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -12,31 +13,48 @@ from backend.compute.features import FeatureSet
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import BlockTask
 from backend.errors import ProjectError
+from backend.io.checked import expect_attr_text, expect_dataset, expect_group, expect_integers, parse_axes, problem
 from backend.io.forest_io import forest_from_sklearn
-from backend.io.project import Classifier, Project
+from backend.io.project import Classifier, Project, label_bound
 from backend.io.project_pipeline import build_pipeline
-from backend.io.project_writer import replace_classifier
-from backend.io.sources import DataSource, parse_axistags
+from backend.io.project_writer import check_replaceable, replace_classifier
+from backend.io.sources import DataSource
 
 _SLICE = re.compile(r"(\d+):(\d+)")
 
 
 def label_blocks(project: Project, source: DataSource, lane: int = 0) -> Iterator[tuple[Roi, np.ndarray]]:
-    """Each stored label block as (tzyx ROI, labels shaped like the ROI)."""
+    """Each stored label block as (tzyx ROI, uint8 labels shaped like the ROI); a block that does not lie inside
+    the image, whose shape disagrees with its blockSlice or that holds labels above the project's classes
+    is a ProjectError, raised before its values are read."""
+    bound = label_bound(project.label_names)
     with h5py.File(project.path, "r") as f:
-        group = f.get(f"PixelClassification/LabelSets/labels{lane:03d}")
+        sets = expect_group(f, "PixelClassification/LabelSets", required=False)
+        group = expect_group(sets, f"labels{lane:03d}", required=False) if sets is not None else None
         for name in sorted(group.keys()) if group is not None else []:
-            ds = group[name]
-            bounds = [(int(a), int(b)) for a, b in _SLICE.findall(str(ds.attrs.get("blockSlice", "")))]
-            axes = parse_axistags(ds.attrs["axistags"]) if "axistags" in ds.attrs else _label_axes(source, ds.ndim)
-            if len(bounds) != ds.ndim or len(axes) != ds.ndim:
-                raise ProjectError(f"{project.path}: label block {name} has unreadable bounds")
-            where = dict(zip(axes, bounds))
-            roi = Roi(tuple(where.get(a, (0, 1))[0] for a in "tzyx"), tuple(where.get(a, (0, 1))[1] for a in "tzyx"))
-            present = [a for a in "tzyx" if a in axes]
-            data = ds[()].transpose([axes.index(a) for a in present] + [axes.index("c")] if "c" in axes else
-                                    [axes.index(a) for a in present])
-            yield roi, data.reshape(roi.shape)
+            yield _label_block(group, name, source, bound)
+
+
+def _label_block(group: h5py.Group, name: str, source: DataSource, bound: int) -> tuple[Roi, np.ndarray]:
+    ds = expect_dataset(group, name)
+    text = expect_attr_text(ds, "blockSlice") or ""
+    bounds = [(int(a), int(b)) for a, b in _SLICE.findall(text)]
+    tags = expect_attr_text(ds, "axistags")
+    shape = ds.shape or ()
+    axes = parse_axes(group, name, tags) if tags is not None else _label_axes(source, len(shape))
+    if not shape or len(bounds) != len(shape) or len(axes) != len(shape):
+        raise problem(group, name, f"blockSlice '{text[:80]}' and axes '{axes}' do not fit a block of shape {shape}")
+    if any(b - a != n for (a, b), n in zip(bounds, shape)):
+        raise problem(group, name, f"has shape {shape} but its blockSlice is {text[:80]}")
+    extent = dict(zip("tzyx", source.spatial_shape), c=1)
+    if any(not 0 <= a < b <= extent[axis] for axis, (a, b) in zip(axes, bounds)):
+        raise problem(group, name, f"blockSlice {text[:80]} ({axes}) lies outside the image "
+                                   f"({' x '.join(map(str, source.spatial_shape))} tzyx, one channel)")
+    data = expect_integers(group, name, 0, bound, ndims=(len(shape),), max_size=math.prod(shape))
+    where = dict(zip(axes, bounds))
+    roi = Roi(tuple(where.get(a, (0, 1))[0] for a in "tzyx"), tuple(where.get(a, (0, 1))[1] for a in "tzyx"))
+    order = [axes.index(a) for a in "tzyx" if a in axes] + ([axes.index("c")] if "c" in axes else [])
+    return roi, data.astype(np.uint8).transpose(order).reshape(roi.shape)
 
 
 def _label_axes(source: DataSource, ndim: int) -> str:
@@ -119,7 +137,9 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
 
 
 def retrain_project(project: Project, source: DataSource, lane: int = 0, progress: bool = True) -> Classifier:
-    """Train on the project's labels and save the new classifier into the project file."""
+    """Train on the project's labels and save the new classifier into the project file (refused before
+    training if the project cannot be saved into)."""
+    check_replaceable(project.path)
     x, y = labelled_samples(project, source, lane)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
     classifier = train_classifier(x, y, pipeline.features.column_names())

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 from backend.errors import UserError
-from backend.io.project import Project
+from backend.io.project import MAX_CLASSES, Project
 
 # ilastik's default label colours (volumina's default16_new after its transparent entry), class 1 first
 ILASTIK_COLORS = ((255, 225, 25), (0, 130, 200), (230, 25, 75), (70, 240, 240), (60, 180, 75), (250, 190, 190),
                   (170, 110, 40), (145, 30, 180), (0, 128, 128), (245, 130, 48), (240, 50, 230), (210, 245, 60),
                   (255, 215, 180), (230, 190, 255), (128, 128, 128))
-MAX_CLASSES = 99  # labels are stored as uint8, and ilastik keeps numbers above 99 for its eraser
 
 
 def with_classes(project: Project, names: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> Project:

@@ -8,13 +8,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from backend.compute.geometry import Roi
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.threshold import MAX_SIGMA, ThresholdSettings
 from backend.config import Config
 from backend.distributed.dask_clusters import DaskSettings
 from backend.errors import UserError
 from backend.service.export import ExportOptions
 
-MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo
 _THRESHOLD_KEYS = ("method=simple|hysteresis, channel, core_channel, low, high (0 to 1), min_size, max_size, "
                    f"sigmas=z:y:x (0 to {MAX_SIGMA:g})")
 

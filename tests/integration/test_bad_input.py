@@ -141,3 +141,117 @@ def test_retrain_keeps_the_project_files_permissions(api):
     result = headless(api, "--retrain", "--output_format", "npy")
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(os.stat(project).st_mode) == 0o640
+
+
+def _forest_count(path) -> int:
+    with h5py.File(path, "r") as f:
+        return sum(name.startswith("Forest") for name in f["PixelClassification/ClassifierForests"])
+
+
+@pytest.fixture
+def read_only(api):
+    """The project made read-only: immutable for root (whom permissions do not stop), else mode 0444."""
+    project = api / "PixelClass3D.ilp"
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(project)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not possible here (root ignores a read-only mode)")
+        yield project
+        subprocess.run(["chattr", "-i", str(project)], check=True)
+    else:
+        os.chmod(project, 0o444)
+        yield project
+
+
+def test_retraining_a_read_only_project_is_refused_before_training(api, read_only):
+    original = read_only.read_bytes()
+    before = set(os.listdir(api))
+    _assert_one_line_error(headless(api, "--retrain", "--output_format", "npy"), "PixelClass3D.ilp", "read-only")
+    assert read_only.read_bytes() == original
+    assert_nothing_written(api, before)
+
+
+def _limit_file_size(limit: int):
+    """For a child process: writing a file beyond ``limit`` bytes fails (EFBIG), as on a full disk."""
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failed_save_of_the_retrained_classifier_is_one_line_and_leaves_the_project_intact(api):
+    project = api / "PixelClass3D.ilp"
+    original = project.read_bytes()
+    before = set(os.listdir(api))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "ilastik_desktop", "--headless", "--no-progress", "--retrain",
+                             "--project", str(project), "--raw_data", str(api / "Data_3D.npy"), "--output_format",
+                             "npy"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+                            preexec_fn=_limit_file_size(len(original) // 2))
+    _assert_one_line_error(result, "PixelClass3D.ilp", "could not save the project", "the file is unchanged")
+    assert project.read_bytes() == original
+    assert_nothing_written(api, before)
+
+
+_GROWING_SAVE = """
+import sys
+import numpy as np
+from backend.io import project_writer
+project_writer.write_classifier = lambda pc, *args: pc.create_dataset("grown", data=np.arange(1 << 20))
+try:
+    project_writer.replace_classifier(sys.argv[1], None, 0)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_a_disk_filling_up_while_the_project_is_written_is_a_clear_error(api):
+    project = api / "PixelClass3D.ilp"
+    original = project.read_bytes()
+    before = set(os.listdir(api))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", _GROWING_SAVE, str(project)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=_limit_file_size(len(original) + 65536))
+    assert result.stdout.startswith("ProjectError ") and "the file is unchanged" in result.stdout, result.stdout
+    assert project.read_bytes() == original
+    assert_nothing_written(api, before)
+
+
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from backend.io import project_writer
+project_writer.write_classifier = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+project_writer.replace_classifier(sys.argv[1], None, 0)
+"""
+
+
+def test_a_save_killed_midway_leaves_the_project_intact_and_its_copy_is_removed_by_the_next_run(api):
+    project = api / "PixelClass3D.ilp"
+    original = project.read_bytes()
+    before = set(os.listdir(api))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_SAVING, str(project)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -9, killed.stderr
+    assert project.read_bytes() == original
+    assert len(set(os.listdir(api)) - before) == 1, "the killed save left no copy: nothing was tested"
+    result = headless(api, "--retrain", "--output_format", "npy")
+    assert result.returncode == 0, result.stderr
+    assert set(os.listdir(api)) == before | {"Data_3D_Probabilities.npy"}
+    assert _forest_count(project) == 2
+
+
+def test_retraining_through_a_link_saves_into_the_linked_project(api, tmp_path):
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "linked.ilp"
+    os.symlink(api / "PixelClass3D.ilp", link)
+    assert _forest_count(api / "PixelClass3D.ilp") == 10
+    result = run_cli("--headless", "--no-progress", "--retrain", "--project", str(link), "--raw_data",
+                     str(api / "Data_3D.npy"), "--output_format", "npy", "--output_filename_format",
+                     str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert os.path.islink(link) and os.listdir(tmp_path / "links") == ["linked.ilp"]
+    assert _forest_count(api / "PixelClass3D.ilp") == 2

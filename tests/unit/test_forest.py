@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
 
-from backend.compute.forest import CompiledForests, _float32_ceiling, read_forest
+from backend.compute.forest import CompiledForests, _float32_ceiling
 from backend.errors import ProjectError
-from backend.io.forest_io import _vigra_thresholds, forest_from_sklearn, write_forest
+from backend.io.forest_io import _vigra_thresholds, forest_from_sklearn, read_forest, write_forest
 
 
 def _data(seed=0, n=600, f=6):
