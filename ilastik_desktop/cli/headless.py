@@ -12,6 +12,7 @@ from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
+from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
@@ -55,7 +56,7 @@ def run_headless(settings: Settings) -> int:
             in_flight = max(4, 2 * services.executor.status().processes + 2)
             try:
                 result = run_export(gateway, nickname, options, in_flight)
-            except (TaskError, TransientError) as exc:
+            except (TaskError, TransientError, SourceReadError) as exc:
                 raise UserError(f"the export failed and its partial output was removed: {exc}") from None
             status = gateway.status()
         finally:
