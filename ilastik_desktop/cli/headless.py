@@ -19,12 +19,17 @@ from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_thres
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: partial output and temporary files removed
+    raise KeyboardInterrupt  # ends the run like Ctrl-C: partial output and temporary files removed
+
+
+# a kill or a service stop; the terminal closed (no SIGHUP on Windows)
+INTERRUPTING = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 def run_headless(settings: Settings) -> int:
     """Run one export as configured; returns the exit code."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in INTERRUPTING:
+        signal.signal(signum, _interrupt)
     project = open_project(settings.project)
     source = open_lane(project, settings.lane, settings.raw_data, settings.input_axes)
     volumetric = source.shape[1] > 1

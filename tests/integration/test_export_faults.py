@@ -1,10 +1,11 @@
-"""The headless export against damaged and declared-huge raw data, and stopped by SIGTERM: one line and a
-non-zero exit, or a clean stop; never a traceback, a leftover file or a process left running."""
+"""The headless export against damaged and declared-huge raw data, and stopped by the signals a user sends:
+one line and a non-zero exit, or a clean stop; never a traceback, a leftover file or a process left running."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 
@@ -92,7 +93,8 @@ def test_a_damaged_chunk_of_the_raw_data_fails_the_export_in_one_line(project, t
 
 
 @pytest.mark.timeout(240)
-def test_an_export_of_a_declared_huge_image_runs_in_flat_memory_until_stopped(project, huge, tmp_path, tmp):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup-terminal-closed"])
+def test_an_export_of_a_declared_huge_image_runs_in_flat_memory_until_stopped(project, huge, tmp_path, tmp, sig):
     run, out = start(project[0], tmp_path, tmp, "--raw_data", huge, "--output_format", "zarr")
     app = psutil.Process(run.process.pid)
     peak = [0]
@@ -111,7 +113,7 @@ def test_an_export_of_a_declared_huge_image_runs_in_flat_memory_until_stopped(pr
         run.find("redis-server")
         run.tree()
         started = time.monotonic()
-        run.process.terminate()
+        run.process.send_signal(sig)
         code = run.finish(timeout=30)
         took = time.monotonic() - started
     finally:
