@@ -6,7 +6,6 @@ Every conversion between global and block-local coordinates happens here.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -139,13 +138,31 @@ class BlockGrid:
         return Block(tuple(index), roi, roi.grow(self.halo, self.image))
 
     def __iter__(self) -> Iterator[Block]:
-        for index in itertools.product(*(range(g) for g in self.grid_shape)):
+        for index in _product([range(g) for g in self.grid_shape]):
             yield self.block(index)
 
-    def blocks_in(self, roi: Roi) -> Iterator[Block]:
-        """The blocks that overlap ``roi``, in grid order."""
-        ranges = [
-            range(a // b, -(-e // b)) for a, e, b in zip(roi.start, roi.stop, self.block_shape)
-        ]
-        for index in itertools.product(*ranges):
+    def blocks_in(self, roi: Roi, reverse: bool = False) -> Iterator[Block]:
+        """The blocks that overlap ``roi``, in grid order (last first if ``reverse``), one at a time."""
+        ranges = self._ranges(roi)
+        for index in _product([r[::-1] for r in ranges] if reverse else ranges):
             yield self.block(index)
+
+    def count_in(self, roi: Roi) -> int:
+        """How many blocks overlap ``roi`` (without listing them)."""
+        n = 1
+        for r in self._ranges(roi):
+            n *= len(r)
+        return n
+
+    def _ranges(self, roi: Roi) -> list[range]:
+        return [range(a // b, -(-e // b)) for a, e, b in zip(roi.start, roi.stop, self.block_shape)]
+
+
+def _product(ranges: Sequence[range]) -> Iterator[tuple[int, ...]]:
+    """``itertools.product`` of ranges without copying them into tuples first (a grid may have millions of rows)."""
+    if not ranges:
+        yield ()
+        return
+    for first in ranges[0]:
+        for rest in _product(ranges[1:]):
+            yield (first, *rest)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 
@@ -49,6 +50,7 @@ class BlockWriter:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise UserError(f"{path}: the output folder {parent} does not exist")
+        _check_space(path, parent, fmt, math.prod(shape) * self.dtype.itemsize)
         self._file, self.array = None, None
         try:
             _remove(self.partial)
@@ -105,6 +107,17 @@ class BlockWriter:
         elif hasattr(self.array, "flush"):
             self.array.flush()
         self.array = None
+
+
+def _check_space(path: str, parent: str, fmt: str, size: int) -> None:
+    """UserError, before anything is computed, if an uncompressed output cannot fit in its folder's free space
+    (zarr compresses its chunks, so its size is not known in advance)."""
+    if fmt == "zarr":
+        return
+    free = shutil.disk_usage(parent).free
+    if size > free:
+        raise UserError(f"{path}: the output needs {size / 1e9:,.1f} GB but only {free / 1e9:,.1f} GB are free in "
+                        f"{parent} (export a smaller region, or to zarr, which compresses)")
 
 
 def _partial_name(path: str) -> str:

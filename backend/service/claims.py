@@ -83,7 +83,7 @@ class Claims:
         except redis.RedisError as exc:
             self.give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
         except Exception as exc:  # e.g. the raw data could not be read: nobody may wait for this block forever
-            log.warning("block %s failed before it reached a worker: %s", state.key, exc)
+            log.debug("block %s failed before it reached a worker: %s", state.key, exc)  # its waiters report it
             self.give_up(state, exc)
 
     def _served_from_cache(self, state: BlockState) -> bool:

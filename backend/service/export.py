@@ -7,7 +7,7 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
@@ -129,23 +129,34 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
             writer.abort()
         raise
     writer = SplitWriter(writers)
-    if objects:
-        pieces = [frame_roi(gateway, t).intersect(region) for t in range(region.start[0], region.stop[0])]
-    else:
-        pieces = [block.roi.intersect(region) for block in snapshot.grid(gateway.config.block_shape).blocks_in(region)]
     started = time.perf_counter()
-    bar = tqdm(total=len(pieces), unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
-               disable=not options.progress, dynamic_ncols=True)
-    try:
-        _stream(gateway, snapshot, options, pieces, writer, _Progress(bar, len(pieces), on_progress, cancel),
-                max_in_flight)
+    try:  # from here on an interruption (SIGTERM, Ctrl-C) removes the partial output
+        total, pieces = _pieces(gateway, snapshot, options, region)
+        bar = tqdm(total=total, unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
+                   disable=not options.progress, dynamic_ncols=True)
+        try:
+            _stream(gateway, snapshot, options, pieces, writer, _Progress(bar, total, on_progress, cancel),
+                    max_in_flight)
+        finally:
+            bar.close()
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    finally:
-        bar.close()
-    return ExportResult(paths[0], len(pieces), time.perf_counter() - started, region.size, tuple(paths))
+    return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths))
+
+
+def _pieces(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,
+            region: Roi) -> tuple[int, Callable[[bool], Iterator[Roi]]]:
+    """How many pieces (blocks, or frames for Objects) the region has, and a way to go through them one at a
+    time, last first if asked: a declared-huge image is never listed."""
+    if options.kind == OBJECTS:
+        frames = range(region.start[0], region.stop[0])
+        return len(frames), lambda reverse: (frame_roi(gateway, t).intersect(region)
+                                             for t in (reversed(frames) if reverse else frames))
+    grid = snapshot.grid(gateway.config.block_shape)
+    return grid.count_in(region), lambda reverse: (block.roi.intersect(region)
+                                                   for block in grid.blocks_in(region, reverse))
 
 
 def check_sources(kinds: tuple[str, ...], pattern: str) -> tuple[str, ...]:
@@ -248,9 +259,13 @@ def _stream(gateway, snapshot, options, pieces, writer, bar, max_in_flight) -> N
 def _own_first(gateway, snapshot, options, pieces, deferred: list[Roi]):
     """The pieces, those held by another process's claim when their turn comes moved to the end; if another
     export is at the first piece already, from the last piece backwards (the two meet in the middle)."""
-    held = options.kind != OBJECTS and bool(pieces) and gateway.held_elsewhere(options.kind, pieces[0], snapshot)
-    for roi in reversed(pieces) if held else pieces:
-        if options.kind != OBJECTS and gateway.held_elsewhere(options.kind, roi, snapshot):
+    if options.kind == OBJECTS:
+        yield from pieces(False)
+        return
+    first = next(pieces(False), None)
+    held = first is not None and gateway.held_elsewhere(options.kind, first, snapshot)
+    for roi in pieces(held):
+        if gateway.held_elsewhere(options.kind, roi, snapshot):
             deferred.append(roi)
         else:
             yield roi

@@ -12,18 +12,24 @@ from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
+from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
 
 
 def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the run like Ctrl-C: partial output and temporary files removed
+    raise KeyboardInterrupt  # ends the run like Ctrl-C: partial output and temporary files removed
+
+
+# a kill or a service stop; the terminal closed (no SIGHUP on Windows)
+INTERRUPTING = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 def run_headless(settings: Settings) -> int:
     """Run one export as configured; returns the exit code."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in INTERRUPTING:
+        signal.signal(signum, _interrupt)
     project = open_project(settings.project)
     source = open_lane(project, settings.lane, settings.raw_data, settings.input_axes)
     volumetric = source.shape[1] > 1
@@ -55,7 +61,7 @@ def run_headless(settings: Settings) -> int:
             in_flight = max(4, 2 * services.executor.status().processes + 2)
             try:
                 result = run_export(gateway, nickname, options, in_flight)
-            except (TaskError, TransientError) as exc:
+            except (TaskError, TransientError, SourceReadError) as exc:
                 raise UserError(f"the export failed and its partial output was removed: {exc}") from None
             status = gateway.status()
         finally:

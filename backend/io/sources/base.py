@@ -47,6 +47,12 @@ def check_axes(axes: str, ndim: int, where: str) -> str:
     return axes
 
 
+class SourceReadError(OSError):
+    """Voxels of an opened image could not be read (a damaged chunk, a disk or network error); the message names
+    the file and the region. The blocks that needed them fail with it; like every OSError it is never cached,
+    since the file may be repaired or the error pass."""
+
+
 class DataSource(ABC):
     """An image in some file, seen as a 5-d ``tzyxc`` array and read by ``tzyx`` ROIs."""
 
@@ -84,12 +90,21 @@ class DataSource(ABC):
         return self.shape[4]
 
     def read(self, roi: Roi) -> np.ndarray:
-        """Voxels of a ``tzyx`` ROI as a ``(t, z, y, x, c)`` array in the file's dtype."""
+        """Voxels of a ``tzyx`` ROI as a ``(t, z, y, x, c)`` array in the file's dtype; :class:`SourceReadError`
+        naming the file and the region if the file cannot give them."""
         if roi.ndim != 4 or not Roi.from_shape(self.spatial_shape).contains(roi):
             raise ValueError(f"ROI {roi} outside image {self.spatial_shape}")
         bounds = dict(zip(SPATIAL, roi.slices()))
         index = tuple(bounds.get(a, slice(None)) for a in self.axes)
-        data = np.asarray(self._read_native(index))
+        try:
+            data = np.asarray(self._read_native(index))
+        except (DataError, SourceReadError, MemoryError):
+            raise
+        except Exception as exc:  # whatever the file's library raises for a damaged chunk or a failing disk
+            where = ", ".join(f"{a} {start}-{stop}" for a, start, stop in zip(SPATIAL, roi.start, roi.stop)
+                              if a in self.axes)
+            raise SourceReadError(f"{self.description}: cannot read the region {where} "
+                                  f"({type(exc).__name__}: {exc})") from exc
         present = [a for a in CANONICAL if a in self.axes]
         data = data.transpose([self.axes.index(a) for a in present])
         out_shape = roi.shape + (self.channels,)
