@@ -39,7 +39,7 @@ _WALLTIME = {"slurm": (r"([0-9]{1,3}-)?[0-9]{1,4}:[0-5][0-9]:[0-5][0-9]", "HH:MM
              "pbs": (r"[0-9]{1,5}:[0-5][0-9]:[0-5][0-9]", "HH:MM:SS")}
 _QUEUE = r"[A-Za-z0-9][A-Za-z0-9_.@,+-]{0,127}"  # a partition list (SLURM) or queue@server (PBS)
 _ACCOUNT = r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}"
-_HOST = r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}"  # a host name, an IPv4 or an IPv6 address
+_HOST = r"[A-Za-z0-9:][A-Za-z0-9.:-]{0,252}"  # a host name, an IPv4 or an IPv6 address
 _MEMORY = r"[0-9]{1,9}(\.[0-9]{1,6})?\s?([kKmMgGtTpP]i?)?[bB]?"
 _PATH = r"[A-Za-z0-9_./+@%,:=~-]+"  # a path a shell takes as one word, as it is
 _PLAIN = "letters, digits and _.@+-"
@@ -127,6 +127,9 @@ def check_batch(settings: DaskSettings, limits: WorkerConfig) -> None:
     pattern, form = _WALLTIME[settings.cluster]
     _check_form("--cluster-walltime", settings.walltime, pattern, form)
     _check_form("--cluster-host", settings.host, _HOST, "a host name or IP address")
+    if settings.host is not None and _is_wildcard(settings.host):
+        raise UserError(f"--cluster-host {settings.host}: the scheduler would listen on every interface and the jobs "
+                        "cannot connect to a wildcard; give this machine's address on the cluster's network")
     if settings.dashboard is not None:
         check_dashboard(settings.dashboard)
 
@@ -343,6 +346,13 @@ def _cluster_class(settings: DaskSettings, limits: WorkerConfig):
     python = dask.config.get(f"jobqueue.{settings.cluster}.python", None) or sys.executable
     _check_form("the jobs' Python", python, _PATH, "a path of letters, digits and _./+@%,:=~-")
     return {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[settings.cluster]
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name
 
 
 def _memory_bytes(text: str) -> int:

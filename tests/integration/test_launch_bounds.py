@@ -75,8 +75,10 @@ def test_the_process_limit_follows_cores_and_memory(monkeypatch):
     (["--cluster-jobs", "100001"], "--cluster-jobs 100001"),
     (["--cluster-cores", "64"], "64 worker processes would have 60 MB each"),  # 4GB by default
     (["--cluster-memory", "1e400GB"], "--cluster-memory"),
+    (["--cluster-host", "0.0.0.0"], "--cluster-host 0.0.0.0: the scheduler would listen on every interface"),
+    (["--cluster-host", "::"], "--cluster-host ::"),
 ])
-def test_batch_cluster_sizes_out_of_range_are_refused(args, fragment):
+def test_batch_cluster_values_out_of_range_are_refused(args, fragment):
     _refused("--cluster", "slurm", "--cluster-dry-run", *args, fragment=fragment)
 
 
