@@ -134,13 +134,12 @@ def check_batch(settings: DaskSettings, limits: WorkerConfig) -> None:
         check_dashboard(settings.dashboard)
 
 
-def check_dashboard(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` of ``--cluster-dashboard`` as its parts (UserError if it is not of that form)."""
+def check_dashboard(address: str) -> None:
+    """UserError unless ``address`` (of ``--cluster-dashboard``) is ``HOST:PORT``."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if not (re.fullmatch(_HOST, host) and re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
         raise UserError(f"--cluster-dashboard {address!r}: expected HOST:PORT, e.g. 127.0.0.1:8787")
-    return host, int(port)
 
 
 def start_dask(settings: DaskSettings, config: Config = Config()):
@@ -311,7 +310,7 @@ def scheduler_host() -> str:
     from distributed.utils import get_ip
 
     try:
-        address = socket.gethostbyname(socket.getfqdn())
+        address = socket.gethostbyname(socket.gethostname())
     except OSError:
         address = "127.0.0.1"
     if ipaddress.ip_address(address).is_loopback:

@@ -77,9 +77,15 @@ def test_the_process_limit_follows_cores_and_memory(monkeypatch):
     (["--cluster-memory", "1e400GB"], "--cluster-memory"),
     (["--cluster-host", "0.0.0.0"], "--cluster-host 0.0.0.0: the scheduler would listen on every interface"),
     (["--cluster-host", "::"], "--cluster-host ::"),
+    (["--cluster-dashboard", "8787\necho injected"], "--cluster-dashboard"),
 ])
 def test_batch_cluster_values_out_of_range_are_refused(args, fragment):
     _refused("--cluster", "slurm", "--cluster-dry-run", *args, fragment=fragment)
+
+
+def test_cluster_options_without_a_cluster_are_refused():
+    _refused("--cluster-host", "10.0.0.1", fragment="need --dask or --cluster")
+    _refused("--dask", "local:1", "--cluster-dashboard", "127.0.0.1:8787", fragment="need --cluster")
 
 
 INJECTIONS = [
