@@ -66,6 +66,8 @@ class ExecutorConfig:
     dask_status_s: float = setting(1.0, "how often the Dask scheduler is asked for its workers", 0.05, 600)
     dask_lost_resends: int = setting(3, "a Dask block whose result dies with its worker is sent again this often",
                                      0, 100)
+    dask_connect_timeout_s: float = setting(10.0, "a Dask scheduler (--dask tcp://...) must have answered like one "
+                                                  "within this", 0.1, 600)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class WorkerConfig:
                                   0, 600)
     parent_poll_s: float = setting(0.5, "how often a child process checks that its parent is still alive",
                                    0.01, 60)
+    max_processes_per_core: int = setting(4, "local processes (--workers, --processes, --dask local:N) are "
+                                             "limited to this many per usable core", 1, 64)
+    process_memory_mb: float = setting(256.0, "memory counted for each process: local processes are limited to "
+                                              "the machine's memory over this, a batch job's to its memory over "
+                                              "this", 16, 1e6)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,19 @@ import argparse
 
 from backend.compute.pipeline import combined_kind
 from backend.config import Config, format_config, load_config
-from backend.distributed.dask_clusters import CLUSTERS, DaskSettings, check_address, job_script
+from backend.distributed.dask_clusters import (
+    CLUSTERS,
+    DaskSettings,
+    check_address,
+    check_batch,
+    is_local_cluster,
+    job_script,
+    local_worker_count,
+)
 from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
 from backend.errors import UserError
 from backend.service.export import ExportOptions
-from ilastik_desktop.runtime.settings import ComputeSettings, Settings, parse_block_shape
+from ilastik_desktop.runtime.settings import ComputeSettings, Settings, check_process_count, parse_block_shape
 
 
 def add_input_options(p: argparse.ArgumentParser) -> None:
@@ -29,7 +37,8 @@ def add_compute_options(p: argparse.ArgumentParser) -> None:
     """The options choosing workers and cache (shared by the export and ``serve``)."""
     g = p.add_argument_group("workers and cache")
     g.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: all cores; 0 = remote workers only)")
+                   help="local worker processes (default: all cores; 0 = remote workers only; at most "
+                   "worker.max_processes_per_core per core and one per worker.process_memory_mb of memory)")
     g.add_argument("--connect", "--worker", action="append", default=[], metavar="tcp://HOST:PORT[,KEY]",
                    help="use a remote 'ilastik-worker --listen' there; KEY is its public key (--print-key), "
                    "required unless the endpoint is on this machine; repeatable")
@@ -65,35 +74,54 @@ def add_dask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster-queue", metavar="Q", help="queue or partition")
     g.add_argument("--cluster-walltime", metavar="T", help="wall time per job, e.g. 01:00:00")
     g.add_argument("--cluster-account", metavar="A", help="account to charge")
+    g.add_argument("--cluster-host", metavar="HOST",
+                   help="address of this machine that the jobs reach; the scheduler listens there only, with TLS "
+                   "(default: the address of this host's name, else of its default route)")
+    g.add_argument("--cluster-dashboard", metavar="HOST:PORT",
+                   help="serve the scheduler's (unauthenticated) dashboard there (default: no dashboard)")
     g.add_argument("--cluster-dry-run", action="store_true", help="print the job script and exit (submits nothing)")
     g.add_argument("--shared-filesystem", action="store_true",
                    help="Dask workers read the raw data by path (they must see the same file system) instead of "
                    "receiving each block's raw data")
 
 
-def dask_from_args(args: argparse.Namespace) -> DaskSettings | None:
-    """The Dask engine the command line asks for, checked; None for our own workers."""
+def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | None:
+    """The Dask engine the command line asks for, checked (process counts and job sizes against ``config``);
+    None for our own workers."""
     if args.dask and args.cluster:
         raise UserError("use either --dask or --cluster, not both")
     if not (args.dask or args.cluster):
-        if args.shared_filesystem or args.cluster_dry_run:
-            raise UserError("--shared-filesystem and --cluster-dry-run need --dask or --cluster")
+        if args.shared_filesystem or args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
+            raise UserError("--shared-filesystem, --cluster-dry-run, --cluster-host and --cluster-dashboard need "
+                            "--dask or --cluster")
         return None
     if args.connect or args.listen or args.workers is not None:
         raise UserError("--dask and --cluster replace --workers, --connect and --listen (use --dask local:N for N "
                         "local processes)")
     if args.dask:
         check_address(args.dask)
-    return DaskSettings(address=args.dask, cluster=args.cluster, jobs=args.cluster_jobs, cores=args.cluster_cores,
-                        memory=args.cluster_memory, queue=args.cluster_queue, walltime=args.cluster_walltime,
-                        account=args.cluster_account, shared_filesystem=args.shared_filesystem)
+        if is_local_cluster(args.dask) and local_worker_count(args.dask):
+            check_process_count(local_worker_count(args.dask), f"--dask {args.dask}", config.worker)
+    settings = DaskSettings(address=args.dask, cluster=args.cluster, jobs=args.cluster_jobs,
+                            cores=args.cluster_cores, memory=args.cluster_memory, queue=args.cluster_queue,
+                            walltime=args.cluster_walltime, account=args.cluster_account,
+                            shared_filesystem=args.shared_filesystem, host=args.cluster_host,
+                            dashboard=args.cluster_dashboard)
+    if args.cluster:
+        check_batch(settings, config.worker)
+    elif args.cluster_host or args.cluster_dashboard:
+        raise UserError("--cluster-host and --cluster-dashboard need --cluster")
+    return settings
 
 
 def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
     """Where blocks are computed and cached, from the command line."""
+    config = config_from_args(args)
     remote = tuple(_remote_worker(text) for text in args.connect)
     if args.workers is not None and args.workers < (0 if remote or args.listen else 1):
         raise UserError("--workers must be at least 1 (or 0 together with --connect or --listen)")
+    if args.workers:
+        check_process_count(args.workers, f"--workers {args.workers}", config.worker)
     if args.listen:
         check_endpoint(args.listen, "--listen")
     if args.cache_mb < 16:
@@ -101,7 +129,7 @@ def compute_from_args(args: argparse.Namespace) -> ComputeSettings:
     return ComputeSettings(workers=args.workers, connect=remote, listen=args.listen,
                            worker_keys=tuple(check_key(k, "worker key") for k in args.worker_key),
                            redis_url=args.redis_url, cache_mb=args.cache_mb, config_dir=args.config_dir,
-                           dask=dask_from_args(args), config=config_from_args(args))
+                           dask=dask_from_args(args, config), config=config)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -150,7 +178,11 @@ def answer_at_once(args: argparse.Namespace) -> int | None:
     elif args.print_key:
         print(KeyStore(args.config_dir).keypair("gateway")[0].decode())
     elif args.cluster_dry_run:
-        print(job_script(dask_from_args(args)))
+        config = config_from_args(args)
+        settings = dask_from_args(args, config)
+        if settings.cluster is None:
+            raise UserError("--cluster-dry-run needs --cluster")
+        print(job_script(settings, config.worker))
     else:
         return None
     return 0

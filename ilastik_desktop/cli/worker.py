@@ -19,6 +19,7 @@ from backend.errors import UserError
 from backend.processes import watch_parent
 from ilastik_desktop import __version__
 from ilastik_desktop.cli.options import attach_key_values
+from ilastik_desktop.runtime.settings import check_process_count
 
 EPILOG = """\
 Endpoints that are not on this machine are encrypted and authenticated with CurveZMQ. The worker's
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-key", action="append", default=[], metavar="KEY",
                    help="public key of the gateway (required for remote endpoints; repeatable with --listen)")
     p.add_argument("--processes", type=int, default=default_workers(),
-                   help="compute processes (default: all cores)")
+                   help="compute processes (default: all cores; at most worker.max_processes_per_core per core "
+                   "and one per worker.process_memory_mb of memory)")
     p.add_argument("--heartbeat", type=float, metavar="SECONDS",
                    help="heartbeat interval in seconds (default: worker.heartbeat_s, 1)")
     p.add_argument("--config-dir", metavar="DIR", help="where keys live (default: the user's config directory)")
@@ -56,6 +58,7 @@ def worker_options(args: argparse.Namespace, config: Config) -> WorkerOptions:
     """The worker's settings from its command line and the configuration (keys loaded only for CurveZMQ)."""
     if args.processes < 1:
         raise UserError("--processes must be at least 1")
+    check_process_count(args.processes, f"--processes {args.processes}", config.worker)
     timing = config.worker
     if args.heartbeat is not None:
         if not 0.01 <= args.heartbeat <= 60:

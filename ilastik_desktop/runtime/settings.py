@@ -7,10 +7,13 @@ import ast
 import dataclasses
 from dataclasses import dataclass
 
+import psutil
+
 from backend.compute.geometry import Roi
 from backend.compute.threshold import MAX_SIGMA, ThresholdSettings
-from backend.config import Config
+from backend.config import Config, WorkerConfig
 from backend.distributed.dask_clusters import DaskSettings
+from backend.distributed.executor import default_workers
 from backend.errors import UserError
 from backend.service.export import ExportOptions
 
@@ -48,6 +51,27 @@ class Settings:
     cutout: str | None = None
     threshold: str | None = None  # --threshold overrides, applied over the project's settings
     compute: ComputeSettings = ComputeSettings()
+
+
+def process_limit(config: WorkerConfig) -> tuple[int, str]:
+    """How many local processes this machine is given at most, and why: ``max_processes_per_core`` per usable
+    core, and beyond one per core (the default) no more than its memory holds at ``process_memory_mb`` each."""
+    cores = default_workers()
+    memory_mb = psutil.virtual_memory().total / 2**20
+    by_memory = int(memory_mb // config.process_memory_mb)
+    reason = (f"{config.max_processes_per_core:g} per usable core on its {cores} cores, and "
+              f"{config.process_memory_mb:g} MB each of its {memory_mb / 1024:.1f} GB memory; see "
+              "worker.max_processes_per_core and worker.process_memory_mb in --show-config")
+    return max(cores, min(cores * config.max_processes_per_core, by_memory)), reason
+
+
+def check_process_count(count: int, given: str, config: WorkerConfig) -> int:
+    """``count`` unless it exceeds what :func:`process_limit` gives this machine (UserError quoting ``given``, the
+    option as the user gave it)."""
+    limit, reason = process_limit(config)
+    if count > limit:
+        raise UserError(f"{given}: this machine runs at most {limit} processes ({reason})")
+    return count
 
 
 def parse_block_shape(text: str | None) -> tuple[int, int, int, int] | None:
