@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,6 +17,7 @@ from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import WorkerConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus, default_workers
 from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, settle
+from backend.distributed.pipeline_folder import PipelineFolder
 
 _worker_pipelines: dict[str, Pipeline] = {}
 _worker_buffers: dict = {}
@@ -78,7 +77,7 @@ class LocalExecutor(Executor):
                  config: WorkerConfig = WorkerConfig()):
         self.workers = workers or default_workers()
         self.config = config
-        self._folder = tempfile.mkdtemp(prefix="ilastik-desktop-pipelines-")
+        self._folder = PipelineFolder()  # removes the folders of killed executors first
         self._known: set[str] = set()
         self._pool = self._new_pool()
         for _ in range(self.workers):
@@ -114,9 +113,7 @@ class LocalExecutor(Executor):
         """Store the pipeline where the worker processes load it on first use."""
         fingerprint = pipeline.fingerprint()
         if fingerprint not in self._known:
-            tmp = os.path.join(self._folder, f".{fingerprint}.npz")
-            pipeline.save(tmp)
-            os.replace(tmp, os.path.join(self._folder, fingerprint + ".npz"))
+            self._folder.save(pipeline, fingerprint)
             self._known.add(fingerprint)
         return fingerprint
 
@@ -131,11 +128,11 @@ class LocalExecutor(Executor):
         with self._lock:
             self._submitted += 1
         try:
-            inner = self._pool.submit(_run_task, task, self._folder)
+            inner = self._pool.submit(_run_task, task, self._folder.path)
         except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
             _end_pool(self._pool, grace_s=0.0)
             self._pool = self._new_pool()
-            inner = self._pool.submit(_run_task, task, self._folder)
+            inner = self._pool.submit(_run_task, task, self._folder.path)
         outer = TaskFuture()
         self._relay.attach(outer, inner)
         inner.add_done_callback(lambda f: self._finished(outer, f))
@@ -186,7 +183,7 @@ class LocalExecutor(Executor):
         # loop waits there).
         _end_pool(self._pool, self.config.stop_grace_s, manager_s=self.config.stop_grace_s / 2)
         self._pool = self._warmed = None  # the last references: the semaphores are unlinked now
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._folder.remove()
 
 
 
