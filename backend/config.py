@@ -77,6 +77,13 @@ class WorkerConfig:
                                   0, 600)
     parent_poll_s: float = setting(0.5, "how often a child process checks that its parent is still alive",
                                    0.01, 60)
+    task_deadline_s: float = setting(600.0, "a compute process busy with one task for longer than this is killed "
+                                            "and replaced, the task failed as transient (the gateway's deadline "
+                                            "for the task, sent with it, applies instead when there is one)",
+                                     0.5, 86400)
+    compute_silence_s: float = setting(30.0, "a compute process that has not run for this long (stopped, frozen) is "
+                                              "killed and replaced", 1, 86400)
+    deadline_check_s: float = setting(0.5, "how often the compute processes are checked for these two", 0.01, 60)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ class LocalWorkersConfig:
     restart_max_s: float = setting(8.0, "longest pause before a restart", 0.01, 3600)
     max_restarts: int = setting(5, "restarts allowed within restart_window_s before giving up", 0, 1000)
     restart_window_s: float = setting(60.0, "the window max_restarts counts over", 1, 86400)
+    silence_s: float = setting(10.0, "a local worker the app has not heard from for this long (stopped, frozen, "
+                                     "hung) is killed and restarted", 1, 3600)
 
 
 @dataclass(frozen=True)

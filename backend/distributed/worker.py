@@ -31,6 +31,7 @@ from backend.distributed.protocol import (
     decode,
     encode,
     peer_interval,
+    task_deadline,
     task_from_message,
 )
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
@@ -262,7 +263,7 @@ class Worker:
                 self._send(sock, encode("ERROR", {"key": key, "message": "unknown pipeline", "deterministic": False,
                                                   "missing_pipeline": task.pipeline}))
                 return message.type
-            future = self.pool.submit(task)
+            future = self.pool.submit(task, deadline_s=task_deadline(message.fields))
             gateway = self._gateway
             future.add_done_callback(lambda f, key=task.key: self._finished(key, gateway, f))
         elif message.type == "DISCONNECT":

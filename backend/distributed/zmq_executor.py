@@ -216,6 +216,12 @@ class ZmqExecutor(Executor):
             return self._changed.wait_for(
                 lambda: sum(w.processes for w in self.roster.workers.values()) >= processes, timeout)
 
+    def silence(self, pid: int) -> float | None:
+        """Seconds since the local worker process ``pid`` last spoke (None: it never registered)."""
+        with self._lock:
+            heard = self.roster.heard.get(pid)
+            return None if heard is None else self.roster.clock() - heard
+
     def wait_for_change(self, timeout: float) -> None:
         """Block until a worker registers or a peer is refused, or ``timeout`` seconds pass."""
         with self._changed:
@@ -286,7 +292,7 @@ class ZmqExecutor(Executor):
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
-                self._send(worker.route, task_message(replace(job.task, key=key)))
+                self._send(worker.route, task_message(replace(job.task, key=key), self.roster.deadline()))
         self._settle_later(settles)
 
     def _settle_later(self, settles: list[Settle]) -> None:
@@ -343,7 +349,7 @@ class ZmqExecutor(Executor):
         elif message.type == "DISCONNECT":
             self.roster.drop(route, "said goodbye")
         else:
-            worker.last_heard = self.roster.clock()
+            self.roster.heard_from(worker)
             if message.type in ("RESULT", "ERROR"):
                 settle_one = self.roster.complete(worker, message)
                 self._settle_later([settle_one] if settle_one else [])
