@@ -84,6 +84,9 @@ class WorkerConfig:
     compute_silence_s: float = setting(30.0, "a compute process that has not run for this long (stopped, frozen) is "
                                               "killed and replaced", 1, 86400)
     deadline_check_s: float = setting(0.5, "how often the compute processes are checked for these two", 0.01, 60)
+    pipelines_kept: int = setting(4, "pipelines a worker and each of its compute processes keep (live training "
+                                     "makes one per retrain); the least recently used beyond are dropped, and "
+                                     "the gateway sends one again when a task needs it", 2, 1000)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from backend.config import WorkerConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus, default_workers
 from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, settle
 from backend.distributed.pipeline_folder import PipelineFolder
+from backend.distributed.pipeline_refs import PipelineRefs
 from backend.errors import TransientError
 
 log = logging.getLogger(__name__)
-_worker_pipelines: dict[str, Pipeline] = {}
+_worker_pipelines: OrderedDict[str, Pipeline] = OrderedDict()  # in a compute process: the last ones used
 _worker_buffers: dict = {}
 _slot: tuple | None = None  # in a compute process: (the pool's deadlines, this process's index in them)
 
@@ -71,7 +73,10 @@ class Slots:
         return found
 
 
-def _run_task(task: BlockTask, folder: str, deadline_s: float) -> tuple[tuple[bytes, tuple[int, ...], str], float]:
+def _run_task(task: BlockTask, folder: str, deadline_s: float,
+              kept: int) -> tuple[tuple[bytes, tuple[int, ...], str], float]:
+    """In a compute process: compute ``task`` with its pipeline (loaded from ``folder`` on first use; the
+    ``kept`` last used stay loaded); killed by the owner past ``deadline_s``."""
     started = time.perf_counter()
     if _slot is not None:
         _slot[0][_slot[1]] = time.monotonic() + deadline_s
@@ -82,6 +87,9 @@ def _run_task(task: BlockTask, folder: str, deadline_s: float) -> tuple[tuple[by
             if not os.path.exists(path):
                 raise KeyError(f"unknown pipeline {task.pipeline}")
             pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
+        _worker_pipelines.move_to_end(task.pipeline)
+        while len(_worker_pipelines) > kept:
+            _worker_pipelines.popitem(last=False)
         result = pipeline.run(task, _worker_buffers)
         return _pack(result), time.perf_counter() - started
     finally:
@@ -131,6 +139,9 @@ def _started() -> None:
 class LocalExecutor(Executor):
     """Runs block tasks in ``workers`` local processes; pipelines are handed over as files, not pickles.
 
+    A pipeline's file is deleted once it was removed as often as added and none of its tasks is pending;
+    each compute process keeps the configuration's ``pipelines_kept`` last used pipelines loaded.
+
     Each returned future carries ``compute_s``, the seconds its task computed in the worker process. A compute
     process still busy with a task past the task's deadline (``deadline_s`` of :meth:`submit`, default the
     configuration's ``task_deadline_s``) is killed: frozen or hung, it would hold its place for good; so is one
@@ -144,7 +155,7 @@ class LocalExecutor(Executor):
         self.workers = workers or default_workers()
         self.config = config
         self._folder = PipelineFolder()  # removes the folders of killed executors first
-        self._known: set[str] = set()
+        self._refs = PipelineRefs()
         self._pool = self._new_pool()
         for _ in range(self.workers):
             self._pool.submit(_started)
@@ -188,21 +199,31 @@ class LocalExecutor(Executor):
 
     @property
     def pipelines(self) -> frozenset[str]:
-        """Fingerprints of the pipelines added so far."""
-        return frozenset(self._known)
+        """Fingerprints of the pipelines tasks may refer to now."""
+        self._collect()
+        return self._refs.fingerprints()
 
     def add_pipeline(self, pipeline: Pipeline) -> str:
         """Store the pipeline where the worker processes load it on first use."""
         fingerprint = pipeline.fingerprint()
-        if fingerprint not in self._known:
+        self._collect()
+        if self._refs.add(fingerprint):
             self._folder.save(pipeline, fingerprint)
-            self._known.add(fingerprint)
         return fingerprint
+
+    def remove_pipeline(self, fingerprint: str) -> None:
+        """Give back a reference; the pipeline's file goes with the last one (see the class docstring)."""
+        self._refs.release(fingerprint)
+
+    def _collect(self) -> None:
+        for fingerprint in self._refs.collect():
+            self._folder.delete(fingerprint)
 
     def submit(self, task: BlockTask, priority: int = 0, deadline_s: float | None = None) -> TaskFuture:
         """Queue a task for the pool (the pool runs tasks in submission order); its compute process is killed
         if it computes it for longer than ``deadline_s`` (default: the configuration's ``task_deadline_s``)."""
-        if task.pipeline not in self._known:
+        self._collect()
+        if not self._refs.known(task.pipeline):
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         if self._pool is None:
             closed = TaskFuture()
@@ -210,19 +231,23 @@ class LocalExecutor(Executor):
             return closed
         with self._lock:
             self._submitted += 1
-        deadline_s = self.config.task_deadline_s if deadline_s is None else deadline_s
+        arguments = (task, self._folder.path, self.config.task_deadline_s if deadline_s is None else deadline_s,
+                     int(self.config.pipelines_kept))
         try:
-            inner = self._pool.submit(_run_task, task, self._folder.path, deadline_s)
+            inner = self._pool.submit(_run_task, *arguments)
         except BrokenProcessPool:  # a worker process died (killed, out of memory): start fresh ones
             _end_pool(self._pool, grace_s=0.0)
             self._pool = self._new_pool()
-            inner = self._pool.submit(_run_task, task, self._folder.path, deadline_s)
+            inner = self._pool.submit(_run_task, *arguments)
         outer = TaskFuture()
+        self._refs.task_started(task.pipeline)
         self._relay.attach(outer, inner)
-        inner.add_done_callback(lambda f: self._finished(outer, f))
+        inner.add_done_callback(lambda f: self._finished(outer, f, task.pipeline))
         return outer
 
-    def _finished(self, outer: TaskFuture, inner: Future) -> None:
+    def _finished(self, outer: TaskFuture, inner: Future, fingerprint: str) -> None:
+        self._refs.task_ended(fingerprint)
+        self._collect()
         self._relay.detach(outer)
         with self._lock:
             self._done += 1

@@ -186,6 +186,9 @@ class Roster:
             return self._book_result(worker, job, message)
         if fields.get("missing_pipeline") == job.task.pipeline:
             worker.pipelines.discard(job.task.pipeline)  # sent again before the task's next dispatch
+            job.attempts -= 1  # the worker dropped it (it keeps a few): not the task's fault
+            self._requeue(job)
+            return None
         if fields.get("deterministic") or job.attempts + 1 >= self.config.max_attempts:
             self.counters["failed"] += 1
             error = TaskError(str(fields.get("message", "task failed"))[:1000],
@@ -193,6 +196,12 @@ class Roster:
             return lambda: settle(job.future, error=error)
         self._requeue(job)
         return None
+
+    def forget(self, fingerprint: str) -> None:
+        """Drop a pipeline no task needs any more (workers asked for it again get it again)."""
+        self.pipelines.pop(fingerprint, None)
+        for worker in self.workers.values():
+            worker.pipelines.discard(fingerprint)
 
     def _book_result(self, worker: Remote, job: Job, message: Message) -> Settle:
         now = self.clock()

@@ -28,6 +28,7 @@ from backend.config import ExecutorConfig
 from backend.distributed.executor import Executor, ZmqStatus
 from backend.distributed.futures import TaskError, TaskFuture, guarded, settle
 from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
+from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
     ProtocolError,
@@ -68,6 +69,7 @@ class ZmqExecutor(Executor):
         self._bound: dict[int, tuple[str, bool]] = {}  # socket number -> (address, secure) of our binds
         self._commands: queue.Queue = queue.Queue()
         self._messages: dict[str, tuple[dict, list]] = {}  # pipeline fingerprint -> its PIPELINE message
+        self._refs = PipelineRefs()  # releases are applied on the I/O thread
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a worker registers or is refused
         self._stop = threading.Event()
@@ -176,23 +178,34 @@ class ZmqExecutor(Executor):
         """Register a pipeline; it is sent to each worker before its first task."""
         fingerprint = pipeline.fingerprint()
         with self._lock:
-            if fingerprint not in self._messages:
+            if self._refs.add(fingerprint):
                 self._messages[fingerprint] = pipeline.to_message()
                 self.roster.pipelines[fingerprint] = pipeline
         return fingerprint
 
+    def remove_pipeline(self, fingerprint: str) -> None:
+        """Give back a reference; the last one drops the pipeline once its tasks are settled (on the I/O thread)."""
+        self._refs.release(fingerprint)
+        self._wakeup.wake()
+
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Queue a task; lower ``priority`` values are dispatched first (after close: an already failed future)."""
-        if task.pipeline not in self._messages:
-            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         with self._lock:
+            if not self._refs.known(task.pipeline):
+                raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
             if self._stop.is_set():
                 future = TaskFuture()
                 settle(future, error=TaskError("executor closed"))
                 return future
             future = self.roster.push(task, priority)
+            self._refs.task_started(task.pipeline)
+        future.add_done_callback(lambda _, fingerprint=task.pipeline: self._task_ended(fingerprint))
         self._wakeup.wake()
         return future
+
+    def _task_ended(self, fingerprint: str) -> None:
+        self._refs.task_ended(fingerprint)
+        self._wakeup.wake()  # a released pipeline may go now
 
     def cancel(self, future: TaskFuture) -> bool:
         """Cancel a queued task; tasks already on a worker finish and are discarded."""
@@ -287,6 +300,9 @@ class ZmqExecutor(Executor):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 self._receive((number, frames[0]), frames[1:])
         with self._lock:
+            for fingerprint in self._refs.collect():
+                del self._messages[fingerprint]
+                self.roster.forget(fingerprint)
             settles = self.roster.expire(self.roster.clock())
             for worker, key, job, needs_pipeline in self.roster.dispatch():
                 if needs_pipeline:

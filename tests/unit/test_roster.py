@@ -212,3 +212,28 @@ def test_the_last_message_of_each_local_worker_process_is_kept_after_it_is_dropp
     clock.advance(5.0)
     roster.expire(clock())
     assert roster.workers == {} and roster.heard == {4321: clock() - 5.0}  # remote pids mean nothing here
+
+
+def test_a_task_whose_worker_dropped_its_pipeline_is_sent_again_with_it_without_counting_an_attempt(roster):
+    """Workers keep the few pipelines they used last: a task of one they dropped comes back asking for it."""
+    future = roster.push(task(), 0)
+    worker = register(roster, "w")
+    for _ in range(CONFIG.max_attempts + 1):
+        (_, key, job, needs_pipeline), = roster.dispatch()
+        assert needs_pipeline
+        missing = {"key": key, "message": "unknown pipeline", "deterministic": False,
+                   "missing_pipeline": PIPELINE.fingerprint()}
+        assert roster.complete(worker, Message("ERROR", missing)) is None
+    assert job.attempts == 0 and not future.done()
+    (_, key, _, _), = roster.dispatch()
+    run([roster.complete(worker, result(key))])
+    assert future.result(0)[0, 0, 0, 0] == 0.5
+
+
+def test_a_pipeline_no_task_needs_is_forgotten_and_sent_again_when_added_back(roster):
+    worker = register(roster, "w")
+    roster.push(task(), 0)
+    roster.dispatch()
+    assert worker.pipelines == {PIPELINE.fingerprint()}
+    roster.forget(PIPELINE.fingerprint())
+    assert roster.pipelines == {} and worker.pipelines == set()
