@@ -7,8 +7,8 @@ tile never waits behind more than one export block per process; the slower side'
 the silence limit; a lost worker's tasks go back to the queue (not the tasks' fault); a task far
 slower than its peers (10 x the recent median plus a floor) is re-dispatched and its worker counts
 as slow, and its late answer is still welcome: a result settles the task, an error (its worker killed the stuck
-compute process) only frees the process, and without an answer within two more deadlines the task is
-forgotten there; a result must be exactly what its task asked for; with no worker for
+compute process, at twice the deadline) only frees the process, and without an answer within two more
+deadlines the task is forgotten there; a result must be exactly what its task asked for; with no worker for
 ``worker_timeout_s`` (when the executor fails without workers) the queued tasks fail. Futures are never
 settled here: the methods return what settles them, for the executor to run outside its lock. Time comes
 from ``clock`` (``time.monotonic`` unless a test drives it)."""

@@ -308,7 +308,8 @@ class ZmqExecutor(Executor):
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
-                self._send(worker.route, task_message(replace(job.task, key=key), self.roster.deadline()))
+                # the worker ends the task's computation at twice the deadline (a late result is still welcome)
+                self._send(worker.route, task_message(replace(job.task, key=key), 2 * self.roster.deadline()))
         self._settle_later(settles)
 
     def _settle_later(self, settles: list[Settle]) -> None:

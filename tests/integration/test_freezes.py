@@ -9,9 +9,10 @@ import numpy as np
 import psutil
 import pytest
 
-from backend.config import Config, ExecutorConfig
-from backend.distributed.local_executor import Slots
+from backend.config import Config, ExecutorConfig, WorkerConfig
+from backend.distributed.local_executor import LocalExecutor, Slots
 from backend.distributed.zmq_executor import ZmqExecutor
+from backend.errors import TransientError
 from ilastik_desktop.runtime.local_workers import LocalWorkers
 from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
@@ -91,3 +92,26 @@ def test_a_frozen_local_worker_is_killed_and_restarted_and_its_blocks_computed(p
             local.stop()
         assert local.process.poll() is not None
         wait_for(lambda: all(map(_gone, group)), 10)
+
+
+@pytest.mark.timeout(180)
+def test_a_compute_process_past_its_task_deadline_is_killed_and_the_next_task_gets_a_new_one(project):
+    path, image = project
+    pipeline = _pipeline(path)
+    expected = pipeline.run(_task(pipeline, image))
+    config = WorkerConfig(deadline_check_s=0.05)
+    with LocalExecutor(pipeline, workers=1, config=config) as executor:
+        assert executor.wait_ready(90)
+        hung = psutil.Process(executor._slots.pids[0])
+        stored = executor._folder.file(pipeline.fingerprint())
+        os.unlink(stored)
+        os.mkfifo(stored)  # loading the pipeline waits for a writer that never comes: hung, though alive
+        with pytest.raises(TransientError, match="deadline"):
+            executor.submit(_task(pipeline, image), deadline_s=1.0).result(timeout=60)
+        assert executor.killed == 1
+        wait_for(lambda: _gone(hung), 10)
+        os.unlink(stored)
+        executor._folder.save(pipeline, pipeline.fingerprint())
+        assert np.array_equal(executor.submit(_task(pipeline, image)).result(timeout=90), expected)
+        assert executor._slots.pids[0] not in (0, hung.pid)  # computed by a new process
+    assert executor.killed == 1
