@@ -199,13 +199,9 @@ class ZmqExecutor(Executor):
                 return future
             future = self.roster.push(task, priority)
             self._refs.task_started(task.pipeline)
-        future.add_done_callback(lambda _, fingerprint=task.pipeline: self._task_ended(fingerprint))
+        future.add_done_callback(lambda _, fingerprint=task.pipeline: self._refs.task_ended(fingerprint))
         self._wakeup.wake()
         return future
-
-    def _task_ended(self, fingerprint: str) -> None:
-        self._refs.task_ended(fingerprint)
-        self._wakeup.wake()  # a released pipeline may go now
 
     def cancel(self, future: TaskFuture) -> bool:
         """Cancel a queued task; tasks already on a worker finish and are discarded."""
@@ -308,7 +304,6 @@ class ZmqExecutor(Executor):
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
-                # the worker ends the task's computation at twice the deadline (a late result is still welcome)
                 self._send(worker.route, task_message(replace(job.task, key=key), 2 * self.roster.deadline()))
         self._settle_later(settles)
 
