@@ -89,6 +89,16 @@ class WorkerConfig:
     process_memory_mb: float = setting(256.0, "memory counted for each process: local processes are limited to "
                                               "the machine's memory over this, a batch job's to its memory over "
                                               "this", 16, 1e6)
+    task_deadline_s: float = setting(600.0, "a compute process busy with one task for longer than this is killed "
+                                            "and replaced, the task failed as transient (the gateway's deadline "
+                                            "for the task, sent with it, applies instead when there is one)",
+                                     0.5, 86400)
+    compute_silence_s: float = setting(30.0, "a compute process that has not run for this long (stopped, frozen) is "
+                                              "killed and replaced", 1, 86400)
+    deadline_check_s: float = setting(0.5, "how often the compute processes are checked for these two", 0.01, 60)
+    pipelines_kept: int = setting(4, "pipelines a worker and each of its compute processes keep (live training "
+                                     "makes one per retrain); the least recently used beyond are dropped, and "
+                                     "the gateway sends one again when a task needs it", 2, 1000)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,8 @@ class LocalWorkersConfig:
     restart_max_s: float = setting(8.0, "longest pause before a restart", 0.01, 3600)
     max_restarts: int = setting(5, "restarts allowed within restart_window_s before giving up", 0, 1000)
     restart_window_s: float = setting(60.0, "the window max_restarts counts over", 1, 86400)
+    silence_s: float = setting(10.0, "a local worker the app has not heard from for this long (stopped, frozen, "
+                                     "hung) is killed and restarted", 1, 3600)
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,17 @@ from concurrent.futures import Future
 log = logging.getLogger(__name__)
 
 
-def watch_parent(parent_pid: int, poll_s: float, on_orphaned: Callable[[], None] | None = None) -> threading.Thread:
-    """Call ``on_orphaned`` (default: exit at once) within ``poll_s`` of ``parent_pid`` no longer being our parent."""
+def watch_parent(parent_pid: int, poll_s: float, on_orphaned: Callable[[], None] | None = None,
+                 on_poll: Callable[[], None] | None = None) -> threading.Thread:
+    """Call ``on_orphaned`` (default: exit at once) within ``poll_s`` of ``parent_pid`` no longer being our parent;
+    ``on_poll`` (if given) at every look (a sign of life for whoever watches this process)."""
     def orphaned() -> None:
         os._exit(0)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
+            if on_poll is not None:
+                on_poll()
             stop.wait(poll_s)
         (on_orphaned or orphaned)()
 
@@ -103,10 +107,13 @@ class Spawner:
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM a child started with ``start_new_session=True`` and its group; SIGKILL what lingers."""
+    """SIGTERM a child started with ``start_new_session=True`` and its group (and SIGCONT, so that a stopped one
+    gets it too); SIGKILL what lingers."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(process.pid, sig)
+            if sig == signal.SIGTERM:
+                os.killpg(process.pid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             pass
         try:

@@ -20,6 +20,7 @@ from backend.compute.pipeline import BlockTask
 from backend.config import CacheConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
 from backend.distributed.futures import TaskError, TaskFuture, settle
+from backend.distributed.pipeline_refs import PipelineRefs
 
 
 class FakeClock:
@@ -259,7 +260,8 @@ class FakeExecutor(Executor):
 
     def __init__(self, auto: bool = False, compute: Callable | None = None):
         self.compute = compute or (lambda job: job.result())
-        self.pipelines: dict[str, object] = {}
+        self.pipelines: dict[str, object] = {}  # the pipelines tasks may refer to now
+        self.refs = PipelineRefs()
         self.tasks: list[FakeTask] = []  # every task ever submitted, in order
         self.closed = False
         self._changed = threading.Condition()
@@ -269,10 +271,21 @@ class FakeExecutor(Executor):
 
     def add_pipeline(self, pipeline) -> str:
         fingerprint = pipeline.fingerprint()
-        self.pipelines[fingerprint] = pipeline
+        self.collect()
+        if self.refs.add(fingerprint):
+            self.pipelines[fingerprint] = pipeline
         return fingerprint
 
+    def remove_pipeline(self, fingerprint: str) -> None:
+        self.refs.release(fingerprint)
+
+    def collect(self) -> None:
+        """Apply the releases noted so far (as a real executor does on its own thread)."""
+        for fingerprint in self.refs.collect():
+            self.pipelines.pop(fingerprint, None)
+
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
+        self.collect()
         if task.pipeline not in self.pipelines:
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         future = TaskFuture()
@@ -281,7 +294,9 @@ class FakeExecutor(Executor):
                 settle(future, error=TaskError("executor closed"))
                 return future
             self.tasks.append(FakeTask(task, priority, len(self.tasks), future, self.pipelines[task.pipeline]))
+            self.refs.task_started(task.pipeline)
             self._changed.notify_all()
+        future.add_done_callback(lambda _, fingerprint=task.pipeline: self.refs.task_ended(fingerprint))
         return future
 
     def cancel(self, future: TaskFuture) -> bool:

@@ -2,16 +2,18 @@
 cluster started through dask-jobqueue (see :mod:`backend.distributed.dask_clusters`).
 
 Each pipeline goes to every worker once, as a worker plugin named by its fingerprint that also warms the
-compiled kernels; tasks travel as our own TASK message (JSON header and raw array frames) and name that
-fingerprint in their Dask key, so a worker never computes a block with another classifier. Dask itself
-reschedules the tasks of a worker that died. Dask's own protocol pickles task functions and plugins: only
-connect to schedulers you trust (as for any Dask cluster).
+compiled kernels, and is unregistered (from the scheduler and every worker) once it was removed as often as
+added and none of its tasks is pending; tasks travel as our own TASK message (JSON header and raw array
+frames) and name that fingerprint in their Dask key, so a worker never computes a block with another
+classifier. Dask itself reschedules the tasks of a worker that died. Dask's own protocol pickles task
+functions and plugins: only connect to schedulers you trust (as for any Dask cluster).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 
@@ -22,9 +24,12 @@ from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import ExecutorConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
 from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, settle
+from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
 from backend.errors import TransientError
 from backend.processes import keep_freed_memory
+
+log = logging.getLogger(__name__)
 
 
 def plugin_name(fingerprint: str) -> str:
@@ -112,7 +117,8 @@ class DaskExecutor(Executor):
     def __init__(self, client: Client, description: str = "", on_close=None,
                  config: ExecutorConfig = ExecutorConfig()):
         self.client, self.description, self._on_close, self.config = client, description, on_close, config
-        self._known: set[str] = set()
+        self._refs = PipelineRefs()
+        self._plugins = threading.Lock()  # orders registering and unregistering plugins
         self._lock = threading.Lock()
         self._relay = FutureRelay()
         self._counter = itertools.count()
@@ -121,14 +127,26 @@ class DaskExecutor(Executor):
         self._workers: tuple[WorkerStatus, ...] = ()
         self._no_workers_since: float | None = time.monotonic()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the poller goes round at once: a release or close
         self._poller = threading.Thread(target=self._poll, name="dask-status", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
-        """Ask the scheduler for its workers every ``dask_status_s`` (status() never waits on it)."""
+        """Ask the scheduler for its workers every ``dask_status_s`` (status() never waits on it); unregister the
+        plugins of pipelines dropped meanwhile."""
         while not self._stop.is_set():
+            self._unregister_dropped()
             self._set_workers(self._ask_scheduler())
-            self._stop.wait(self.config.dask_status_s)
+            self._wake.wait(self.config.dask_status_s)
+            self._wake.clear()
+
+    def _unregister_dropped(self) -> None:
+        with self._plugins:
+            for fingerprint in self._refs.collect():
+                try:
+                    self.client.unregister_worker_plugin(plugin_name(fingerprint))
+                except Exception as exc:  # the scheduler is gone or never had it: nothing left to remove
+                    log.warning("could not unregister the plugin of pipeline %s: %s", fingerprint, exc)
 
     def _set_workers(self, workers: tuple[WorkerStatus, ...]) -> None:
         self._workers = workers
@@ -138,38 +156,34 @@ class DaskExecutor(Executor):
             self._no_workers_since = time.monotonic()
 
     def add_pipeline(self, pipeline: Pipeline) -> str:
-        """Send the pipeline to every worker (and to workers that join later) as a plugin."""
+        """Send the pipeline to every worker (and to workers that join later) as a plugin; a network call the
+        first time (call it off the GUI thread), later ones only count."""
         fingerprint = pipeline.fingerprint()
-        if fingerprint not in self._known:
-            header, arrays = pipeline.to_message()
-            self.client.register_plugin(PipelinePlugin(fingerprint, json.dumps(header), arrays))
-            self._known.add(fingerprint)
+        with self._plugins:
+            if self._refs.add(fingerprint):
+                header, arrays = pipeline.to_message()
+                try:
+                    self.client.register_plugin(PipelinePlugin(fingerprint, json.dumps(header), arrays))
+                except BaseException:
+                    self._refs.release(fingerprint)
+                    raise
         return fingerprint
+
+    def remove_pipeline(self, fingerprint: str) -> None:
+        """Give back a reference; with the last one (and its tasks settled) the plugin is unregistered."""
+        self._refs.release(fingerprint)
+        self._wake.set()
 
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Queue ``task`` on the scheduler (lower values first; Dask runs higher priorities first)."""
-        if task.pipeline not in self._known:
+        if not self._refs.known(task.pipeline):
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
-        frames = task_frames(task)
         outer = TaskFuture()
-        sends = [0]
-
-        def send() -> None:
-            sends[0] += 1
-            key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}"
-            try:
-                inner = self.client.submit(compute_block, task.pipeline, frames, key=key, priority=-priority,
-                                           pure=False, retries=1)
-            except Exception as exc:  # the client is closed or the scheduler gone
-                self._relay.detach(outer)
-                settle(outer, error=TransientError(f"{self.lost_message()} ({type(exc).__name__}: {exc})"))
-                return
-            self._relay.attach(outer, inner)  # replaces (and so releases) a lost one
-            inner.add_done_callback(lambda f: self._finished(outer, f, send, sends[0]))
-
+        self._refs.task_started(task.pipeline)
+        outer.add_done_callback(lambda _: self._refs.task_ended(task.pipeline))
         with self._lock:
             self._submitted += 1
-        send()
+        _Sending(self, task, priority, outer).send()
         return outer
 
     def _finished(self, outer: TaskFuture, inner, send, sends: int) -> None:
@@ -262,12 +276,40 @@ class DaskExecutor(Executor):
     def close(self) -> None:
         """Withdraw what is pending, stop polling, close the client (and the cluster we started)."""
         self._stop.set()
+        self._wake.set()
         self._poller.join(timeout=15)
         for inner in self._relay.drain():
             inner.cancel()
         self.client.close(timeout=10)
         if self._on_close is not None:
             self._on_close()
+
+
+class _Sending:
+    """One task on its way to the cluster, sent again under a new key when its result is lost. No reference
+    cycle: the cluster's future holds this, this holds the caller's future (which holds the caller's state),
+    so everything is freed as soon as the cluster's future is, not at the next garbage collection."""
+
+    def __init__(self, executor: DaskExecutor, task: BlockTask, priority: int, outer: TaskFuture):
+        self.executor, self.task, self.priority, self.outer = executor, task, priority, outer
+        self.frames = task_frames(task)
+        self.sends = 0
+
+    def send(self) -> None:
+        """Submit the task (again) to the cluster."""
+        executor, task, outer = self.executor, self.task, self.outer
+        self.sends += 1
+        key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(executor._counter)}"
+        try:
+            inner = executor.client.submit(compute_block, task.pipeline, self.frames, key=key,
+                                           priority=-self.priority, pure=False, retries=1)
+        except Exception as exc:  # the client is closed or the scheduler gone
+            executor._relay.detach(outer)
+            settle(outer, error=TransientError(f"{executor.lost_message()} ({type(exc).__name__}: {exc})"))
+            return
+        executor._relay.attach(outer, inner)  # replaces (and so releases) a lost one
+        sends = self.sends
+        inner.add_done_callback(lambda f: executor._finished(outer, f, self.send, sends))
 
 
 def _task_error(error: BaseException) -> None:

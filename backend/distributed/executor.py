@@ -83,6 +83,12 @@ class Executor(ABC):
         """Make a pipeline available to the workers; returns the fingerprint tasks refer to."""
 
     @abstractmethod
+    def remove_pipeline(self, fingerprint: str) -> None:
+        """Give back the reference one :meth:`add_pipeline` took. A pipeline without references is dropped,
+        from the workers too, once none of its tasks is pending; then tasks may no longer refer to it. Safe
+        from any thread and from a finalizer: it only notes the release."""
+
+    @abstractmethod
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Start computing ``task`` (lower priority values first); the future resolves to the result."""
 

@@ -99,11 +99,13 @@ def _array(spec, frame: bytes) -> np.ndarray:
     return np.frombuffer(frame, dtype).reshape(shape)
 
 
-def task_message(task) -> list[bytes]:
-    """A TASK message for a :class:`~backend.compute.pipeline.BlockTask` (which carries its raw data)."""
+def task_message(task, deadline_s: float | None = None) -> list[bytes]:
+    """A TASK message for a :class:`~backend.compute.pipeline.BlockTask` (which carries its raw data); with
+    ``deadline_s``, the seconds after which the gateway gives up on it (the worker then ends its computation)."""
     if task.raw_ref is not None:
         raise ValueError("this executor's workers need the raw data in the task (--shared-filesystem is for Dask)")
-    return encode("TASK", task_fields(task), [task.raw])
+    fields = task_fields(task) if deadline_s is None else {**task_fields(task), "deadline_s": round(deadline_s, 3)}
+    return encode("TASK", fields, [task.raw])
 
 
 def task_fields(task) -> dict:
@@ -130,6 +132,14 @@ def task_from_message(message: Message):
             and all(a <= lo < hi <= b <= n for (lo, hi), a, b, n in zip(task.target, task.start, stop, task.image))):
         raise ProtocolError("malformed TASK: its target is not inside its raw data and image")
     return task
+
+
+def task_deadline(fields: dict) -> float | None:
+    """The deadline a TASK message gives its task, clamped to 0.5 s..1 day; None if absent or bad."""
+    value = fields.get("deadline_s")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return min(max(float(value), 0.5), 86400.0)
 
 
 def peer_interval(fields: dict) -> float:

@@ -6,7 +6,9 @@ queued; exports (background priority) fill at most one of those slots per proces
 tile never waits behind more than one export block per process; the slower side's heartbeat sets
 the silence limit; a lost worker's tasks go back to the queue (not the tasks' fault); a task far
 slower than its peers (10 x the recent median plus a floor) is re-dispatched and its worker counts
-as slow; a result must be exactly what its task asked for; with no worker for
+as slow, and its late answer is still welcome: a result settles the task, an error (its worker killed the stuck
+compute process, at twice the deadline) only frees the process, and without an answer within two more
+deadlines the task is forgotten there; a result must be exactly what its task asked for; with no worker for
 ``worker_timeout_s`` (when the executor fails without workers) the queued tasks fail. Futures are never
 settled here: the methods return what settles them, for the executor to run outside its lock. Time comes
 from ``clock`` (``time.monotonic`` unless a test drives it)."""
@@ -18,7 +20,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +35,7 @@ from backend.errors import TransientError
 log = logging.getLogger(__name__)
 Settle = Callable[[], None]
 LOST_SHOWN = 20  # lost workers kept for display
+HEARD_KEPT = 64  # local worker processes whose last message time is kept (for the app's supervisor)
 BACKGROUND_PRIORITY = 3  # tasks this urgent or less (exports) fill at most one slot per process
 
 
@@ -65,7 +68,9 @@ class Remote:
     endpoint: str = ""
     heartbeat_s: float = 0.0
     in_flight: dict[str, Job] = field(default_factory=dict)
-    overdue: dict[str, Job] = field(default_factory=dict)  # re-dispatched elsewhere; still occupy a process
+    overdue: dict[str, tuple[Job, float]] = field(default_factory=dict)  # re-dispatched elsewhere (and when);
+    # they still occupy a process until their worker answers or they are forgotten
+    pid: int = 0
     pipelines: set[str] = field(default_factory=set)
     done: int = 0
     kind: str = "remote"  # "local": one of the application's own worker processes
@@ -106,6 +111,8 @@ class Roster:
         self._roundtrips: deque[float] = deque(maxlen=64)  # seconds from dispatch to result, recent tasks
         self._no_workers_since: float | None = clock()
         self.lost: deque[Lost] = deque(maxlen=LOST_SHOWN)  # workers dropped, with why and when
+        self.heard: OrderedDict[int, float] = OrderedDict()  # local worker pid -> when it last spoke
+        self._dispatches = itertools.count()  # each dispatch gets its own task key
 
     def push(self, task: BlockTask, priority: int) -> TaskFuture:
         """Queue a task; returns its future."""
@@ -118,6 +125,7 @@ class Roster:
         """Book a worker that said READY; None (counted as dropped) if its announcement is malformed."""
         try:
             processes = whole_number(fields.get("processes", 1), 1, 4096)
+            pid = whole_number(fields.get("pid", 0), 0, 2**31)
         except ValueError as exc:
             self.counters["dropped_messages"] += 1
             log.warning("dropped a READY with a bad process count: %s", exc)
@@ -128,7 +136,9 @@ class Roster:
         now = self.clock()
         worker = self.workers[route] = Remote(route, str(fields.get("host", "?"))[:200], processes,
                                               str(fields.get("version", "?"))[:100], now, now,
-                                              endpoint=endpoint, heartbeat_s=peer_interval(fields), kind=kind)
+                                              endpoint=endpoint, heartbeat_s=peer_interval(fields), kind=kind,
+                                              pid=pid)
+        self.heard_from(worker)
         back = [w for w in self.lost if (w.host, w.endpoint) == (worker.host, endpoint)]
         for entry in back:  # it came back: no longer shown as lost
             self.lost.remove(entry)
@@ -146,13 +156,27 @@ class Roster:
             job.attempts -= 1
             self._requeue(job)
 
+    def heard_from(self, worker: Remote) -> None:
+        """Note that ``worker`` spoke just now (any message counts as a heartbeat)."""
+        worker.last_heard = self.clock()
+        if worker.kind == "local" and worker.pid:
+            self.heard[worker.pid] = worker.last_heard
+            self.heard.move_to_end(worker.pid)
+            while len(self.heard) > HEARD_KEPT:
+                self.heard.popitem(last=False)
+
     def complete(self, worker: Remote, message: Message) -> Settle | None:
         """Book a RESULT or ERROR; returns what settles the task's future (None: nothing to settle)."""
         key = str(message.fields.get("key"))
-        job = worker.in_flight.pop(key, None) or worker.overdue.pop(key, None)
+        job = worker.in_flight.pop(key, None)
+        overdue = job is None and key in worker.overdue
+        if overdue:
+            job = worker.overdue.pop(key)[0]
         if job is None or job.future.done():
             return None
         fields = message.fields
+        if overdue and message.type == "ERROR" and fields.get("deterministic") is not True:
+            return None  # its worker gave up on it (killed the stuck process); it was re-dispatched already
         if message.type == "RESULT" and not self._acceptable(job, message.arrays):
             self.counters["rejected"] += 1
             log.warning("worker %s answered a task with %s instead of %s; rejected", worker.host,
@@ -162,6 +186,9 @@ class Roster:
             return self._book_result(worker, job, message)
         if fields.get("missing_pipeline") == job.task.pipeline:
             worker.pipelines.discard(job.task.pipeline)  # sent again before the task's next dispatch
+            job.attempts -= 1  # the worker dropped it (it keeps a few): not the task's fault
+            self._requeue(job)
+            return None
         if fields.get("deterministic") or job.attempts + 1 >= self.config.max_attempts:
             self.counters["failed"] += 1
             error = TaskError(str(fields.get("message", "task failed"))[:1000],
@@ -169,6 +196,12 @@ class Roster:
             return lambda: settle(job.future, error=error)
         self._requeue(job)
         return None
+
+    def forget(self, fingerprint: str) -> None:
+        """Drop a pipeline no task needs any more (workers asked for it again get it again)."""
+        self.pipelines.pop(fingerprint, None)
+        for worker in self.workers.values():
+            worker.pipelines.discard(fingerprint)
 
     def _book_result(self, worker: Remote, job: Job, message: Message) -> Settle:
         now = self.clock()
@@ -208,11 +241,15 @@ class Roster:
                 continue
             for key, job in [(k, j) for k, j in worker.in_flight.items() if now - j.sent > deadline]:
                 settles += self._overdue(worker, key, job, deadline)
+            for key in [k for k, (_, since) in worker.overdue.items() if now - since > 2 * deadline]:
+                del worker.overdue[key]  # no answer at all: count its process free again
+                log.warning("worker %s never answered a task overdue for %.0f s; forgetting it", worker.host,
+                            2 * deadline)
         return settles + self._fail_without_workers(now)
 
     def _overdue(self, worker: Remote, key: str, job: Job, deadline: float) -> list[Settle]:
         del worker.in_flight[key]
-        worker.overdue[key] = job  # its late result is still welcome; its process stays counted busy
+        worker.overdue[key] = (job, self.clock())  # its late result is still welcome; its process stays busy
         self.counters["overdue"] += 1
         log.warning("worker %s is slow: a task took more than %.0f s; re-dispatching it", worker.host, deadline)
         if job.attempts + 1 < self.config.max_attempts:
@@ -259,7 +296,7 @@ class Roster:
                     continue  # cancelled while queued
                 needs_pipeline = job.task.pipeline not in worker.pipelines
                 worker.pipelines.add(job.task.pipeline)
-                key = f"{self._run_id}-{job.seq}"
+                key = f"{self._run_id}-{next(self._dispatches)}"
                 worker.in_flight[key] = job
                 job.sent = self.clock()
                 sent.append((worker, key, job, needs_pipeline))

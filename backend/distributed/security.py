@@ -123,6 +123,7 @@ class KeyStore:
         path = os.path.join(self.directory, f"authorized_{role}s")
         keys: set[bytes] = set()
         try:
+            _check_unwritable(path)
             with open(path, encoding="utf-8") as f:
                 lines = [line.strip() for line in f]
         except FileNotFoundError:
@@ -144,7 +145,8 @@ class KeyStore:
             return
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = os.path.join(self.directory, f"authorized_{role}s")
-        with open(path, "a+", encoding="ascii") as f:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(descriptor, "a+", encoding="ascii") as f:
             f.seek(0)
             ends_open = (f.read() or "\n")[-1] != "\n"
             f.write(("\n" if ends_open else "") + key.decode() + "  # allowed in the Connect dialog\n")
@@ -159,6 +161,18 @@ def _check_private(secret_path: str) -> None:
         if mode & (0o077 if path == secret_path else 0o022):
             raise UserError(f"the {what} {path} can be read or changed by other users (mode {mode & 0o777:o}); "
                             f"run: chmod {'600' if path == secret_path else '700'} '{path}'")
+
+
+def _check_unwritable(path: str) -> None:
+    """Refuse an allow-list that other users can change, or whose folder they can change (checked on every load):
+    whoever writes to it decides which keys are trusted. FileNotFoundError if it does not exist."""
+    if os.name != "posix":
+        return
+    for checked, what in ((path, "allow-list"), (os.path.dirname(path), "folder of the allow-list")):
+        mode = os.stat(checked).st_mode
+        if mode & 0o022:
+            raise UserError(f"the {what} {checked} can be changed by other users (mode {mode & 0o777:o}); "
+                            f"run: chmod go-w '{checked}'")
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The ZeroMQ worker: one DEALER socket speaking the protocol, computing on a local process pool.
 
 The socket loop only moves messages and heartbeats (Paranoid Pirate: 1 s interval, liveness 3, any
-message counts as a heartbeat, reconnect with backoff), so it never waits on compute. A listening
+message counts as a heartbeat, reconnect with backoff), so it never waits on compute. It keeps the
+``pipelines_kept`` pipelines last used (live training sends one per retrain); a task of one dropped is
+answered with "unknown pipeline", and the gateway sends it again. A listening
 worker binds a ROUTER, so it knows which gateway sent what: it serves exactly one gateway at a time
 and answers any other with a DISCONNECT that says why, until the first leaves or falls silent.
 """
@@ -14,6 +16,7 @@ import platform
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ from backend.distributed.protocol import (
     decode,
     encode,
     peer_interval,
+    task_deadline,
     task_from_message,
 )
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
@@ -74,6 +78,7 @@ class Worker:
         self.authenticator = Authenticator(self.context, config.identity) if config.secure and config.listen \
             else None
         self.pool = LocalExecutor(workers=config.processes, config=config.timing)
+        self.pipelines: OrderedDict[str, None] = OrderedDict()  # the pipelines we keep, least recently used first
         self._stopping = False  # a plain flag: stop() must be safe in a signal handler, so it takes no lock
         self._done: list[tuple[str, bytes | None, Future]] = []  # (task key, gateway it came from, future)
         self._done_lock = threading.Lock()
@@ -246,7 +251,7 @@ class Worker:
             self._peer_interval = peer_interval(message.fields)
         elif message.type == "PIPELINE":
             try:
-                self.pool.add_pipeline(Pipeline.from_message(message.fields["pipeline"], message.arrays))
+                self._keep(Pipeline.from_message(message.fields["pipeline"], message.arrays))
             except (KeyError, TypeError, ValueError) as exc:
                 self.dropped_messages += 1
                 log.warning("dropped a malformed pipeline: %s", exc)
@@ -258,16 +263,28 @@ class Worker:
                 self.dropped_messages += 1
                 self._send(sock, encode("ERROR", {"key": key, "message": str(exc)[:500], "deterministic": True}))
                 return message.type
-            if task.pipeline not in self.pool.pipelines:  # lost on the way, or we restarted: ask for it again
+            if task.pipeline not in self.pipelines:  # lost on the way, dropped, or we restarted: ask for it again
                 self._send(sock, encode("ERROR", {"key": key, "message": "unknown pipeline", "deterministic": False,
                                                   "missing_pipeline": task.pipeline}))
                 return message.type
-            future = self.pool.submit(task)
+            self.pipelines.move_to_end(task.pipeline)
+            future = self.pool.submit(task, deadline_s=task_deadline(message.fields))
             gateway = self._gateway
             future.add_done_callback(lambda f, key=task.key: self._finished(key, gateway, f))
         elif message.type == "DISCONNECT":
             log.info("the gateway said goodbye or does not know us")
         return message.type
+
+    def _keep(self, pipeline: Pipeline) -> None:
+        """Add a pipeline (the most recently used now); drop the least recently used beyond the limit (the
+        pool deletes its file once its pending tasks end)."""
+        fingerprint = pipeline.fingerprint()
+        if fingerprint not in self.pipelines:
+            self.pool.add_pipeline(pipeline)
+            self.pipelines[fingerprint] = None
+        self.pipelines.move_to_end(fingerprint)
+        while len(self.pipelines) > self.config.timing.pipelines_kept:
+            self.pool.remove_pipeline(self.pipelines.popitem(last=False)[0])
 
     def _finished(self, key: str, gateway: bytes | None, future: Future) -> None:
         with self._done_lock:

@@ -28,6 +28,7 @@ from backend.config import ExecutorConfig
 from backend.distributed.executor import Executor, ZmqStatus
 from backend.distributed.futures import TaskError, TaskFuture, guarded, settle
 from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
+from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
     ProtocolError,
@@ -68,6 +69,7 @@ class ZmqExecutor(Executor):
         self._bound: dict[int, tuple[str, bool]] = {}  # socket number -> (address, secure) of our binds
         self._commands: queue.Queue = queue.Queue()
         self._messages: dict[str, tuple[dict, list]] = {}  # pipeline fingerprint -> its PIPELINE message
+        self._refs = PipelineRefs()  # releases are applied on the I/O thread
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when a worker registers or is refused
         self._stop = threading.Event()
@@ -176,21 +178,28 @@ class ZmqExecutor(Executor):
         """Register a pipeline; it is sent to each worker before its first task."""
         fingerprint = pipeline.fingerprint()
         with self._lock:
-            if fingerprint not in self._messages:
+            if self._refs.add(fingerprint):
                 self._messages[fingerprint] = pipeline.to_message()
                 self.roster.pipelines[fingerprint] = pipeline
         return fingerprint
 
+    def remove_pipeline(self, fingerprint: str) -> None:
+        """Give back a reference; the last one drops the pipeline once its tasks are settled (on the I/O thread)."""
+        self._refs.release(fingerprint)
+        self._wakeup.wake()
+
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
         """Queue a task; lower ``priority`` values are dispatched first (after close: an already failed future)."""
-        if task.pipeline not in self._messages:
-            raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         with self._lock:
+            if not self._refs.known(task.pipeline):
+                raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
             if self._stop.is_set():
                 future = TaskFuture()
                 settle(future, error=TaskError("executor closed"))
                 return future
             future = self.roster.push(task, priority)
+            self._refs.task_started(task.pipeline)
+        future.add_done_callback(lambda _, fingerprint=task.pipeline: self._refs.task_ended(fingerprint))
         self._wakeup.wake()
         return future
 
@@ -215,6 +224,12 @@ class ZmqExecutor(Executor):
         with self._changed:
             return self._changed.wait_for(
                 lambda: sum(w.processes for w in self.roster.workers.values()) >= processes, timeout)
+
+    def silence(self, pid: int) -> float | None:
+        """Seconds since the local worker process ``pid`` last spoke (None: it never registered)."""
+        with self._lock:
+            heard = self.roster.heard.get(pid)
+            return None if heard is None else self.roster.clock() - heard
 
     def wait_for_change(self, timeout: float) -> None:
         """Block until a worker registers or a peer is refused, or ``timeout`` seconds pass."""
@@ -281,12 +296,15 @@ class ZmqExecutor(Executor):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
                 self._receive((number, frames[0]), frames[1:])
         with self._lock:
+            for fingerprint in self._refs.collect():
+                del self._messages[fingerprint]
+                self.roster.forget(fingerprint)
             settles = self.roster.expire(self.roster.clock())
             for worker, key, job, needs_pipeline in self.roster.dispatch():
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
                     self._send(worker.route, encode("PIPELINE", {"pipeline": header}, arrays))
-                self._send(worker.route, task_message(replace(job.task, key=key)))
+                self._send(worker.route, task_message(replace(job.task, key=key), 2 * self.roster.deadline()))
         self._settle_later(settles)
 
     def _settle_later(self, settles: list[Settle]) -> None:
@@ -343,7 +361,7 @@ class ZmqExecutor(Executor):
         elif message.type == "DISCONNECT":
             self.roster.drop(route, "said goodbye")
         else:
-            worker.last_heard = self.roster.clock()
+            self.roster.heard_from(worker)
             if message.type in ("RESULT", "ERROR"):
                 settle_one = self.roster.complete(worker, message)
                 self._settle_later([settle_one] if settle_one else [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class Gateway:
         before keep the snapshot they were keyed with."""
         fingerprint = self.executor.add_pipeline(pipeline)
         self.snapshot = PipelineSnapshot(self.data_fingerprint, pipeline, fingerprint, self.source.spatial_shape)
+        # The executor keeps the pipeline while a snapshot of it lives (the current one, a block's, an export's),
+        # not forever: live training makes one per retrain.
+        weakref.finalize(self.snapshot, self.executor.remove_pipeline, fingerprint).atexit = False
 
     @property
     def pipeline(self) -> Pipeline:

@@ -3,7 +3,9 @@
 If the worker process dies (killed, out of memory, crashed), it is started again after a back-off
 (``local_workers.restart_first_s`` doubling to ``restart_max_s``), at most ``max_restarts`` times within
 ``restart_window_s``; the reason is logged. A worker that exits with code 2 (a configuration mistake) is
-not restarted. The worker gets the application's configuration through its environment. The worker and its
+not restarted. A worker the app has not heard from for ``local_workers.silence_s`` (stopped, frozen, hung;
+before its first message: that plus the worker's ``warm_up_limit_s``) is killed with its compute processes,
+and restarted the same way. The worker gets the application's configuration through its environment. The worker and its
 compute processes watch the app's process and end when it is gone, however it ended.
 """
 
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 from backend.backoff import Backoff
 from backend.config import Config, environment
@@ -26,8 +30,13 @@ log = logging.getLogger(__name__)
 class LocalWorkers:
     """One ``ilastik-worker`` process with ``processes`` compute processes, restarted when it dies."""
 
-    def __init__(self, endpoint: str, processes: int, folder: str, config: Config = Config()):
+    def __init__(self, endpoint: str, processes: int, folder: str, config: Config = Config(),
+                 silence: Callable[[int], float | None] | None = None):
+        """``silence(pid)``: seconds since the app last heard from the worker process ``pid`` (None: never);
+        without it a frozen worker is not noticed."""
         self.endpoint, self.processes, self.config = endpoint, processes, config.local_workers
+        self._silence, self._warm_up_s = silence, config.worker.warm_up_limit_s
+        self._killed: str | None = None  # why the supervisor killed the running process
         self.log_path = os.path.join(folder, "local-workers.log")
         self._command = [*worker_command(), "--connect", endpoint, "--processes", str(processes),
                          "--parent-pid", str(os.getpid())]
@@ -52,6 +61,7 @@ class LocalWorkers:
     def _reason(self, process: subprocess.Popen) -> str:
         code = process.returncode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        how, self._killed = self._killed or how, None
         with open(self.log_path, errors="replace") as f:
             tail = [line.strip() for line in f if line.strip()][-1:]
         return f"the local worker process (pid {process.pid}) {how}: {' '.join(tail) or 'no output'}"
@@ -63,6 +73,7 @@ class LocalWorkers:
             while process.poll() is None:
                 if self._stop.wait(0.2):
                     return
+                self._kill_if_silent(process, started)
             if self._stop.is_set():
                 return
             reason = self._reason(process)
@@ -85,6 +96,22 @@ class LocalWorkers:
                     return
                 self.restarts.append(time.monotonic())
                 self.process = self._start()
+
+    def _kill_if_silent(self, process: subprocess.Popen, started: float) -> None:
+        """Kill ``process`` and its compute processes if the app has not heard from it for too long."""
+        if self._silence is None or self._killed is not None:
+            return
+        silent = self._silence(process.pid)
+        limit = self.config.silence_s
+        if silent is None:
+            silent, limit = time.monotonic() - started, limit + self._warm_up_s  # not registered yet
+        if silent <= limit:
+            return
+        self._killed = f"stopped answering for {silent:.0f} s (stopped, frozen or hung) and was killed"
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def stop(self) -> None:
         """Stop supervising, then stop the worker and its compute processes."""

@@ -90,7 +90,8 @@ class Services:
                 self._endpoint(lambda e=endpoint, k=key: self.executor.connect(e, k), endpoint)
             workers = default_workers() if settings.workers is None else settings.workers
             if workers:
-                self.local = LocalWorkers(self.executor.address, workers, self.folder, self.config)
+                self.local = LocalWorkers(self.executor.address, workers, self.folder, self.config,
+                                          silence=self.executor.silence)
         except BaseException:
             self.close()
             raise
@@ -167,7 +168,8 @@ class Services:
             self.local.stop()
             self.local = None
         if processes > 0:
-            self.local = LocalWorkers(self.executor.address, processes, self.folder, self.config)
+            self.local = LocalWorkers(self.executor.address, processes, self.folder, self.config,
+                                      silence=self.executor.silence)
 
     def add_remote_worker(self, endpoint: str, key: bytes | None, timeout: float = 8.0) -> WorkerStatus:
         """Connect to a listening worker and wait until it registers; UserError says why it did not."""

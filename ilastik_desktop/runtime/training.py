@@ -197,8 +197,9 @@ class TrainingController:
             classifier, rows = self.session.train()
             project, source = self.document.project, self.document.source
             pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-            if self.executor is not None:  # here, not on the owner's thread: with Dask it is a network call
-                self.executor.add_pipeline(pipeline)
+            # here, not on the owner's thread: with Dask it is a network call; the reference is given back once
+            # the gateway holds its own
+            fingerprint = self.executor.add_pipeline(pipeline) if self.executor is not None else None
         except UserError as exc:
             self.call_soon(self._report_training, str(exc))
             return
@@ -206,13 +207,17 @@ class TrainingController:
             log.exception("training failed")
             self.call_soon(self._report_training, f"training failed: {type(exc).__name__}: {exc}")
             return
-        self.call_soon(self._use, classifier, rows, pipeline, time.perf_counter() - started)
+        self.call_soon(self._use, classifier, rows, pipeline, fingerprint, time.perf_counter() - started)
 
-    def _use(self, classifier: Classifier, rows: int, pipeline, seconds: float) -> None:
-        if self.closed:
-            return  # the project was closed meanwhile
-        self.classifier, self.rows, self.stale = classifier, rows, False
-        self._set_pipeline(pipeline)
+    def _use(self, classifier: Classifier, rows: int, pipeline, fingerprint: str | None, seconds: float) -> None:
+        try:
+            if self.closed:
+                return  # the project was closed meanwhile
+            self.classifier, self.rows, self.stale = classifier, rows, False
+            self._set_pipeline(pipeline)
+        finally:
+            if fingerprint is not None:
+                self.executor.remove_pipeline(fingerprint)  # the reference _train took
         self._report_training(f"trained {classifier.tree_count} trees on {rows} labelled voxels in {seconds:.1f} s")
 
     def _report_training(self, text: str) -> None:

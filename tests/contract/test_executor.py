@@ -1,7 +1,8 @@
 """The Executor contract, on every implementation: the in-memory fake, local processes, ZeroMQ workers, Dask.
 
 Each computes the same block the same way, refuses tasks of unknown pipelines, can take queued tasks off
-its queue, reports a typed status, and settles every future it handed out, also when it closes.
+its queue, keeps a pipeline as long as it holds a reference to it (or a pending task), reports a typed
+status, and settles every future it handed out, also when it closes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from backend.distributed.dask_clusters import DaskSettings, start_dask
 from backend.distributed.executor import ExecutorStatus
 from backend.distributed.local_executor import LocalExecutor
 from tests.fakes import FakeExecutor
+from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, _task, small_project
 from tests.integration.workers import ZmqWithWorkers
 
@@ -27,6 +29,17 @@ def _fake(pipeline):
     executor = FakeExecutor(auto=True, compute=lambda job: job.pipeline.run(job.task))
     executor.add_pipeline(pipeline)
     return executor
+
+
+def _refused(executor, task) -> bool:
+    """Whether ``executor`` refuses ``task`` for its pipeline (a task it takes is withdrawn or awaited)."""
+    try:
+        future = executor.submit(task)
+    except ValueError:
+        return True
+    if not executor.cancel(future):
+        future.result(timeout=120)
+    return False
 
 
 def _dask(pipeline):
@@ -68,6 +81,16 @@ def test_executor_contract(project, make):
         assert cancelled > 0
         assert all(f.cancelled() or np.array_equal(f.result(timeout=120), expected) for f in queued)
         assert not executor.cancel(futures[0])  # a settled task cannot be cancelled
+        fingerprint = pipeline.fingerprint()
+        executor.remove_pipeline(fingerprint)  # added twice: one reference is left
+        assert np.array_equal(executor.submit(_task(pipeline, image)).result(timeout=120), expected)
+        last = executor.submit(_task(pipeline, image))
+        executor.remove_pipeline(fingerprint)  # the last reference: dropped once its pending task is settled
+        assert np.array_equal(last.result(timeout=120), expected)
+        wait_for(lambda: _refused(executor, _task(pipeline, image)), 30, interval=0.1,
+                 message="a pipeline without references was kept")
+        assert executor.add_pipeline(pipeline) == fingerprint  # added again: sent to the workers again
+        assert np.array_equal(executor.submit(_task(pipeline, image)).result(timeout=120), expected)
         pending = [executor.submit(_task(pipeline, image)) for _ in range(4)]
     finally:
         executor.close()

@@ -3,18 +3,23 @@ itself: tests/contract/test_executor.py)."""
 
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
 from backend.compute.pipeline import BlockTask, Pipeline
+from backend.distributed.local_executor import LocalExecutor
+from backend.distributed.pipeline_folder import LOCK, PREFIX
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.synthetic import SyntheticProject, write_synthetic_project
 from tests.conftest import REPO
 from tests.helpers import wait_for
+from tests.integration.workers import kill_worker, start_worker
 
 
 def small_project(folder, shape=(24, 64, 64), selection=((True, True, False),) + ((False,) * 3,) * 5,
@@ -93,3 +98,34 @@ def test_export_memory_does_not_grow_with_volume(tmp_path):
     print(f"peak private RSS: small {peak_small / 2**20:.0f} MB, large {peak_large / 2**20:.0f} MB")
     # the block cache may fill up to its --cache-mb limit; everything else must stay flat
     assert peak_large < peak_small * 1.25 + (40 + 32) * 2**20, (peak_small / 2**20, peak_large / 2**20)
+
+
+def _folder_of(proc) -> Path:
+    """The pipeline folder a worker process holds the lock of."""
+    locks = [f.path for f in psutil.Process(proc.pid).open_files() if f.path.endswith("/" + LOCK)]
+    return Path(locks[0]).parent if locks else None
+
+
+@pytest.mark.timeout(180)
+def test_pipeline_folders_of_killed_workers_are_removed_at_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the workers' temporary folder, and ours
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    endpoint = f"ipc://{tmp_path}/nobody.sock"  # no gateway: the workers just wait
+    killed, alive = start_worker("--connect", endpoint), start_worker("--connect", endpoint)
+    try:
+        folders = wait_for(lambda: all(map(_folder_of, (killed, alive))) and (_folder_of(killed), _folder_of(alive)),
+                           60, interval=0.1, ignore=(psutil.Error,))
+        kill_worker(killed)
+        assert folders[0].is_dir()  # SIGKILL: nobody removed it
+        being_created = tmp_path / (PREFIX + "new")  # no lock file yet: its owner is still setting it up
+        being_created.mkdir()
+        executor = LocalExecutor(workers=1)
+        try:
+            assert not folders[0].exists()
+            assert folders[1].is_dir() and being_created.is_dir() and Path(executor._folder.path).is_dir()
+        finally:
+            executor.close()
+        assert not Path(executor._folder.path).exists()
+    finally:
+        kill_worker(alive)
+        kill_worker(killed)

@@ -158,3 +158,82 @@ def test_the_status_counts_what_happened(roster, clock):
     (status,) = roster.workers_status(clock())
     assert (status.host, status.processes, status.blocks_done, status.state) == ("w", 2, 1, "idle")
     assert roster.counters["done"] == 1 and roster.no_workers_s(clock()) == 0.0
+
+
+def _overdue(roster, clock, worker, key) -> None:
+    """Let ``worker``'s task ``key`` run past the deadline while the worker keeps heartbeating."""
+    deadline = roster.deadline()
+    while key not in worker.overdue:
+        clock.advance(min(deadline, 0.9) + 0.01)
+        worker.last_heard = clock()
+        run(roster.expire(clock()))
+
+
+def test_a_stuck_task_killed_by_its_worker_frees_the_process_and_runs_once_elsewhere(roster, clock):
+    """The worker kills the compute process stuck with an overdue task and answers with a transient error:
+    its process is free again, and the copy already re-dispatched is the only one."""
+    future = roster.push(task(), 0)
+    stuck = register(roster, "stuck")
+    (_, stuck_key, _, _), = roster.dispatch()
+    _overdue(roster, clock, stuck, stuck_key)
+    helper = register(roster, "helper")
+    (worker, helper_key, _, _), = roster.dispatch()
+    assert worker is helper
+    message = Message("ERROR", {"key": stuck_key, "message": "its compute process was killed", "deterministic": False})
+    assert roster.complete(stuck, message) is None
+    assert stuck.overdue == {} and roster.waiting() == [] and roster.dispatch() == []  # not sent a second time
+    run([roster.complete(helper, result(helper_key, 0.75))])
+    assert future.result(0)[0, 0, 0, 0] == 0.75 and roster.counters["redispatched"] == 1
+
+
+def test_an_overdue_task_its_worker_never_answers_is_forgotten_after_two_more_deadlines(roster, clock):
+    roster.push(task(0), 0)
+    stuck = register(roster, "stuck")
+    (_, key, _, _), = roster.dispatch()
+    _overdue(roster, clock, stuck, key)
+    roster.dispatch()  # nowhere else to go: back to the same worker, under a key of its own
+    assert key in stuck.overdue and len(stuck.in_flight) == 1 and key not in stuck.in_flight
+    waited = 0.0
+    while key in stuck.overdue:
+        clock.advance(0.5)
+        waited += 0.5
+        stuck.last_heard = clock()
+        roster.expire(clock())
+        assert waited <= 2 * roster.deadline() + 1, "an overdue task held its process for good"
+    assert waited > 2 * roster.deadline() - 1 - 0.5
+
+
+def test_the_last_message_of_each_local_worker_process_is_kept_after_it_is_dropped(roster, clock):
+    local = roster.register((0, b"l"), {"processes": 1, "pid": 4321, "heartbeat_s": 1.0}, "local", kind="local")
+    remote = roster.register((0, b"r"), {"processes": 1, "pid": 99, "heartbeat_s": 1.0}, "tcp://far", kind="remote")
+    clock.advance(1.0)
+    roster.heard_from(local)
+    roster.heard_from(remote)
+    clock.advance(5.0)
+    roster.expire(clock())
+    assert roster.workers == {} and roster.heard == {4321: clock() - 5.0}  # remote pids mean nothing here
+
+
+def test_a_task_whose_worker_dropped_its_pipeline_is_sent_again_with_it_without_counting_an_attempt(roster):
+    """Workers keep the few pipelines they used last: a task of one they dropped comes back asking for it."""
+    future = roster.push(task(), 0)
+    worker = register(roster, "w")
+    for _ in range(CONFIG.max_attempts + 1):
+        (_, key, job, needs_pipeline), = roster.dispatch()
+        assert needs_pipeline
+        missing = {"key": key, "message": "unknown pipeline", "deterministic": False,
+                   "missing_pipeline": PIPELINE.fingerprint()}
+        assert roster.complete(worker, Message("ERROR", missing)) is None
+    assert job.attempts == 0 and not future.done()
+    (_, key, _, _), = roster.dispatch()
+    run([roster.complete(worker, result(key))])
+    assert future.result(0)[0, 0, 0, 0] == 0.5
+
+
+def test_a_pipeline_no_task_needs_is_forgotten_and_sent_again_when_added_back(roster):
+    worker = register(roster, "w")
+    roster.push(task(), 0)
+    roster.dispatch()
+    assert worker.pipelines == {PIPELINE.fingerprint()}
+    roster.forget(PIPELINE.fingerprint())
+    assert roster.pipelines == {} and worker.pipelines == set()
