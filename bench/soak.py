@@ -49,6 +49,7 @@ from bench.common import report, tree_usage  # noqa: E402
 from bench.soak_app import App, running_app  # noqa: E402
 from bench.soak_checks import Checker, Classifiers, Failures, Job, evaluate  # noqa: E402
 from ilastik_desktop.runtime.demo import write_demo_project  # noqa: E402
+from tests.integration.workers import compute_processes  # noqa: E402
 from viewer.slicing import plane_roi, prefetch_roi, view_block_shape  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -253,31 +254,31 @@ class Soak:
         be computed: a plane of uncertainty nobody asked for yet, requested once the worker is back."""
         local = self.app.services.local
         worker = psutil.Process(local.process.pid)
-        computing = worker.children()
+        computing = compute_processes(worker)
         target = computing[0] if computing and n % 2 == 0 else worker
         what = "worker" if target is worker else "compute process"
         killed = time.monotonic()
         target.kill()
         deadline = killed + self.a.hang_s
         back = False
-        while time.monotonic() < deadline and not self.stop.is_set() and not back:
+        while time.monotonic() < deadline and not back:  # also after the end of the run: each kill is followed up
             time.sleep(0.1)
-            back = self._back(local, worker, what)
+            back = self._back(local, target)
         z = n % self.source.spatial_shape[1]
         roi = plane_roi((0, z, 0, 0), "y", "x", (0, self.source.spatial_shape[2], 0, self.source.spatial_shape[3]))
         self.request("Uncertainty", roi, VISIBLE, view_block_shape("z"), False, what="after a kill")
         self.kills.append({"at_s": round(killed - self.started, 1), "killed": what, "pid": target.pid,
                            "back": back, "recovered_s": round(time.monotonic() - killed, 2)})
 
-    def _back(self, local, worker: psutil.Process, what: str) -> bool:
+    def _back(self, local, killed: psutil.Process) -> bool:
         """True once the killed process is replaced and the worker computes with all its processes again."""
-        if what == "worker" and local.process.pid == worker.pid:
-            return False
         try:
-            children = psutil.Process(local.process.pid).children()
+            computing = compute_processes(psutil.Process(local.process.pid))
         except psutil.Error:
             return False
-        return len(children) >= self.a.workers and self.app.services.executor.status().processes >= self.a.workers
+        replaced = local.process.pid != killed.pid and killed.pid not in {p.pid for p in computing}
+        return replaced and len(computing) >= self.a.workers and \
+            self.app.services.executor.status().processes >= self.a.workers
 
     # -- samples ------------------------------------------------------------------------------------------------
     def sample(self, n: int) -> None:
