@@ -157,7 +157,8 @@ class Checker:
             self._count(job, wrong, "differs from the raw data")
             return
         if not job.candidates:
-            self._count(job, [p for p, _ in job.parts], "was labelled with a classifier that was never current")
+            why = "is labelled with a classifier that was not current while it was read"
+            self._count(job, [p for p, _ in job.parts], why)
             return
         first_wrong: list[Roi] = []
         for number, snapshot in enumerate(job.candidates):
