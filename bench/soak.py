@@ -324,16 +324,21 @@ def run(a: argparse.Namespace) -> tuple[list[dict], dict, dict]:
         soak = Soak(app, a, failures)
         kill_every = a.kill_every_s or min(180.0, max(duration / 3, 2.0))
         export_every = a.export_every_s or min(300.0, max(duration / 2, 2.0))
-        threads = [soak.every(a.sample_s, soak.sample, first=0), soak.every(a.retrain_s, soak.retrain, first=0),
-                   soak.every(a.viewer_s, soak.view), soak.every(a.web_s, soak.web),
-                   soak.every(export_every, soak.export, first=export_every / 2), soak.every(kill_every, soak.kill)]
-        soak.stop.wait(duration)
-        soak.stop.set()
-        for thread in threads:
-            thread.join()
-        app.controller.close()  # a training still running ends; its pipeline is set on the GUI thread
-        app.gui.stop()
-        soak.checker.stop()
+        threads: list[threading.Thread] = []
+        try:
+            for seconds, action, first in ((a.sample_s, soak.sample, 0), (a.retrain_s, soak.retrain, 0),
+                                           (a.viewer_s, soak.view, None), (a.web_s, soak.web, None),
+                                           (export_every, soak.export, export_every / 2),
+                                           (kill_every, soak.kill, None)):
+                threads.append(soak.every(seconds, action, first))
+            soak.stop.wait(duration)
+        finally:  # also on Ctrl-C: every activity ends, and what was delivered is checked
+            soak.stop.set()
+            for thread in threads:
+                thread.join()
+            app.controller.close()  # a training still running ends; its pipeline is set on the GUI thread
+            app.gui.stop()
+            soak.checker.stop()
         settled = soak.settle()
     figures = {"minutes": a.minutes, "workers": a.workers, "retrain_s": a.retrain_s, "kill_every_s": kill_every,
                "export_every_s": export_every, "cache_mb": a.cache_mb, "hang_s": a.hang_s,
@@ -359,13 +364,21 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results and the samples to this file")
     a = ap.parse_args()
     a.folder = os.path.join(a.dir, "soak")
+    numbers = {"--minutes": a.minutes, "--retrain-s": a.retrain_s, "--viewer-s": a.viewer_s, "--web-s": a.web_s,
+               "--export-every-s": a.export_every_s or 1, "--kill-every-s": a.kill_every_s or 1,
+               "--sample-s": a.sample_s, "--hang-s": a.hang_s, "--cache-mb": a.cache_mb,
+               "--chunk-memory-mb": a.chunk_memory_mb, "--workers": a.workers}
     try:
-        if a.minutes <= 0 or a.workers < 1:
-            raise UserError("--minutes must be positive and --workers at least 1")
+        for name, value in numbers.items():
+            if not 0 < value < float("inf"):
+                raise UserError(f"{name} {value}: expected a positive number")
         rows, figures, series = run(a)
     except UserError as exc:
         print(f"soak: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("soak: interrupted (everything it started was stopped)", file=sys.stderr)
+        return 130
     report("soak", rows, figures, a.json, {"samples": series})
     return 0 if all(r["ok"] for r in rows) else 1
 
