@@ -12,13 +12,13 @@ same gateway (zarr chunks and npy regions), an export every ``--export-every-s``
 process or of the worker itself, in turn, every ``--kill-every-s``, after which a new block must be computed.
 
 Every block delivered is recomputed here with ``Pipeline.run`` under the classifier it was keyed with (the
-request's snapshot; for the web, the ETag's classifier; for an export, its snapshot) and must be equal bit for
-bit: the workers run the same code. Every ``--sample-s`` the resident memory, open files and threads of the
-process tree (this process, redis-server, workers and compute processes) and the cache's keys are sampled.
-Exit 1 when a check fails: a wrong block, a request unanswered within ``--hang-s``, a failed request or
-training, no new block after a kill, resident memory growing by 5 % or more after the first 5 minutes (the
-first sixth of a shorter run), open files or threads growing, or leases or blocks in progress left once the
-run has settled. Prints JSON and a table; ``--json FILE`` also keeps the samples.
+snapshot current when the request was made; for the web, the ETag's classifier; for an export, its snapshot)
+and must be equal bit for bit: the workers run the same code. Every ``--sample-s`` the resident memory, open
+files and threads of the process tree (this process, redis-server, workers and compute processes) and the
+cache's keys are sampled. Exit 1 when a check fails: a wrong block, a request unanswered within ``--hang-s``,
+a failed request or training, no new block after a kill, resident memory growing by 5 % or more after the
+first 5 minutes (the first sixth of a shorter run), open files or threads growing, or leases or blocks in
+progress left once the run has settled. Prints JSON and a table; ``--json FILE`` also keeps the samples.
 """
 
 from __future__ import annotations
@@ -144,12 +144,15 @@ class Soak:
             self.request("Probabilities", ahead, PREFETCH, blocks, False)
 
     def request(self, kind: str, roi: Roi, priority: int, blocks, cancel: bool, what: str = "viewer") -> None:
-        """One gateway request as the viewer makes it; its delivered blocks are checked (also when cancelled)."""
-        operation, _, snapshot = self.classifiers.open()
+        """One gateway request as the viewer makes it; its delivered blocks are checked (also when cancelled)
+        under the classifier that was current when it was made (any that was during the call: all blocks must
+        be of one of them)."""
+        operation, generation = self.classifiers.open()
         parts: list = []
         try:
             req = self.gateway.request(kind, roi, priority, lambda part, values: parts.append((part, values.copy())),
-                                       blocks, snapshot=snapshot)
+                                       blocks)
+            candidates = self.classifiers.between(generation, self.classifiers.note())
             self.add("viewer_requests")
             if cancel:
                 req.cancel()
@@ -159,7 +162,7 @@ class Soak:
         except BaseException:
             self.classifiers.close(operation)
             raise
-        self.checker.submit(Job(what, kind, [snapshot], blocks, list(parts), operation))
+        self.checker.submit(Job(what, kind, candidates, blocks, list(parts), operation))
 
     def _wait(self, req, what: str) -> None:
         try:
@@ -173,7 +176,7 @@ class Soak:
     # -- the web service ----------------------------------------------------------------------------------------
     def web(self, n: int) -> None:
         """A zarr chunk of a random source, or (every third read) a random npy region of probabilities."""
-        operation, generation, _ = self.classifiers.open()
+        operation, generation = self.classifiers.open()
         try:
             if n % 3 == 2:
                 kind, roi, values, etag = self._web_region()
@@ -230,7 +233,7 @@ class Soak:
     # -- exports ---------------------------------------------------------------------------------------------
     def export(self, n: int) -> None:
         """Export the probabilities of the whole image through the gateway and check every block of the file."""
-        operation, generation, _ = self.classifiers.open()
+        operation, generation = self.classifiers.open()
         seen: list[int] = []
         pattern = os.path.join(self.a.folder, f"soak-export-{n}")
         try:

@@ -51,13 +51,13 @@ class Classifiers:
                 self._prune()
             return self._history[-1][0]
 
-    def open(self) -> tuple[int, int, PipelineSnapshot]:
-        """Begin an operation: its id, the current generation and snapshot."""
+    def open(self) -> tuple[int, int]:
+        """Begin an operation: its id and the current generation."""
         generation = self.note()
         with self._lock:
             operation = next(self._ids)
             self._open[operation] = generation
-            return operation, generation, dict(self._history)[generation]
+            return operation, generation
 
     def close(self, operation: int) -> None:
         """End an operation; snapshots nobody may see any more are dropped."""

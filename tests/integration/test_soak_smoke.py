@@ -24,13 +24,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_only_the_classifiers_an_open_operation_may_see_are_kept():
     current = ["A"]
     kept = Classifiers(lambda: current[0])
-    first, generation, snapshot = kept.open()
-    assert snapshot == "A"
+    first, generation = kept.open()
+    assert kept.between(generation) == ["A"]
     for name in "BCD":  # three trainings while the first operation is open
         current[0] = name
         kept.note()
     assert kept.between(generation) == ["A", "B", "C", "D"]
-    second, _, _ = kept.open()
+    second, _ = kept.open()
     kept.close(first)
     assert kept.between(0) == ["D"]  # nothing open began before D
     current[0] = "E"
@@ -52,7 +52,7 @@ def test_the_check_finds_a_block_of_another_classifier_and_names_it(tmp_path):
     values = expected_block(source, snapshots[0], "Probabilities", block)  # computed under classifier 0
     current = [snapshots[0]]
     classifiers = Classifiers(lambda: current[0])
-    operation, _, _ = classifiers.open()  # a request under classifier 0 ...
+    operation, _ = classifiers.open()  # a request under classifier 0 ...
     current[0] = snapshots[1]  # ... while a training swaps in classifier 1
     classifiers.note()
     failures: list[tuple[str, str]] = []
