@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -45,10 +46,12 @@ from backend.errors import UserError  # noqa: E402
 from backend.io.writers import output_axes  # noqa: E402
 from backend.service.export import ExportOptions, run_export  # noqa: E402
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE  # noqa: E402
+from backend.service.region import RegionRequest  # noqa: E402
 from bench.common import report, tree_usage  # noqa: E402
 from bench.soak_app import App, running_app  # noqa: E402
 from bench.soak_checks import Checker, Classifiers, Failures, Job, evaluate  # noqa: E402
 from ilastik_desktop.runtime.demo import write_demo_project  # noqa: E402
+from ilastik_desktop.runtime.local_workers import LocalWorkers  # noqa: E402
 from tests.integration.workers import compute_processes  # noqa: E402
 from viewer.slicing import plane_roi, prefetch_roi, view_block_shape  # noqa: E402
 
@@ -85,7 +88,7 @@ class Soak:
         with self.lock:
             self.counts[name] += count
 
-    def every(self, seconds: float, action, first: float | None = None) -> threading.Thread:
+    def every(self, seconds: float, action: Callable[[int], None], first: float | None = None) -> threading.Thread:
         """A thread calling ``action(n)`` every ``seconds`` (first after ``first``) until stopped."""
         def run() -> None:
             n, wait = 0, seconds if first is None else first
@@ -143,7 +146,8 @@ class Soak:
         if ahead is not None and not cancel:
             self.request("Probabilities", ahead, PREFETCH, blocks, False)
 
-    def request(self, kind: str, roi: Roi, priority: int, blocks, cancel: bool, what: str = "viewer") -> None:
+    def request(self, kind: str, roi: Roi, priority: int, blocks: tuple[int, int, int, int], cancel: bool,
+                what: str = "viewer") -> None:
         """One gateway request as the viewer makes it; its delivered blocks are checked (also when cancelled)
         under the classifier that was current when it was made (any that was during the call: all blocks must
         be of one of them)."""
@@ -164,7 +168,7 @@ class Soak:
             raise
         self.checker.submit(Job(what, kind, candidates, blocks, list(parts), operation))
 
-    def _wait(self, req, what: str) -> None:
+    def _wait(self, req: RegionRequest, what: str) -> None:
         try:
             req.result(self.a.hang_s)
         except TimeoutError:
@@ -273,7 +277,7 @@ class Soak:
         self.kills.append({"at_s": round(killed - self.started, 1), "killed": what, "pid": target.pid,
                            "back": back, "recovered_s": round(time.monotonic() - killed, 2)})
 
-    def _back(self, local, killed: psutil.Process) -> bool:
+    def _back(self, local: LocalWorkers, killed: psutil.Process) -> bool:
         """True once the killed process is replaced and the worker computes with all its processes again."""
         try:
             computing = compute_processes(psutil.Process(local.process.pid))

@@ -25,7 +25,7 @@ class GuiThread:
         self._thread = threading.Thread(target=self._run, name="soak-gui")
         self._thread.start()
 
-    def post(self, function, *args) -> None:
+    def post(self, function: Callable, *args) -> None:
         """Run ``function(*args)`` on the thread soon."""
         self._queue.put((function, args))
 

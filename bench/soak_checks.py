@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from backend.compute.pipeline import BlockTask
 from backend.io.sources import DataSource
 from backend.service.gateway import RAW
 from backend.service.snapshot import PipelineSnapshot
+
+if TYPE_CHECKING:
+    from bench.soak import Soak
 
 
 class Classifiers:
@@ -243,7 +247,7 @@ FD_SLACK, THREAD_SLACK = 8, 4  # open files and threads may end this much above 
 LIFE_SETTLE_S = 30.0  # a restarted process ramps up (kernels, pipelines) this long; the tree is not compared then
 
 
-def evaluate(soak, settled: dict, figures: dict) -> tuple[list[dict], dict, list[dict]]:
+def evaluate(soak: Soak, settled: dict, figures: dict) -> tuple[list[dict], dict, list[dict]]:
     """The checks (table rows), the figures and the samples of a finished soak."""
     warmup = min(300.0, figures["minutes"] * 60 / 6)
     samples = soak.samples
@@ -259,7 +263,7 @@ def evaluate(soak, settled: dict, figures: dict) -> tuple[list[dict], dict, list
     def check(name: str, value, limit, ok: bool) -> None:
         rows.append({"check": name, "value": value, "limit": limit, "ok": bool(ok)})
 
-    def percent(value: float | None):
+    def percent(value: float | None) -> float | None:
         return None if value is None else round(100 * value, 1)
 
     check("wrong blocks", counts["wrong_blocks"], 0, counts["wrong_blocks"] == 0)
