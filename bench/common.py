@@ -56,9 +56,37 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
             "stdout": out.strip(), "stderr_tail": err.strip()[-300:]}
 
 
-def report(name: str, rows: list[dict], extra: dict) -> None:
-    """Print the results as one JSON document and as a table."""
-    print(json.dumps({"benchmark": name, "rows": rows, **extra}, indent=2))
+def tree_usage(root: psutil.Process) -> dict:
+    """Resident memory (MB; in total and of the root, its redis-servers and its other descendants), open files
+    and threads of ``root`` and every process below it; processes that end while being read are left out."""
+    rss = {"app": 0, "redis": 0, "workers": 0}
+    fds = threads = processes = 0
+    own = {"app_fds": 0, "app_threads": 0}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            with proc.oneshot():
+                memory, files, count, name = proc.memory_info().rss, proc.num_fds(), proc.num_threads(), proc.name()
+        except psutil.Error:
+            continue
+        group = "app" if proc.pid == root.pid else "redis" if name.startswith("redis") else "workers"
+        rss[group] += memory
+        fds, threads, processes = fds + files, threads + count, processes + 1
+        if group == "app":
+            own = {"app_fds": files, "app_threads": count}
+    megabytes = {f"rss_{k}_mb": round(v / 2**20, 1) for k, v in rss.items()}
+    return {"rss_mb": round(sum(rss.values()) / 2**20, 1), **megabytes, "fds": fds, "threads": threads,
+            "processes": processes, **own}
+
+
+def report(name: str, rows: list[dict], extra: dict, json_path: str | None = None,
+           file_only: dict | None = None) -> None:
+    """Print the results as one JSON document and as a table; also write the document, with ``file_only``
+    (long series) added, to ``json_path`` if given."""
+    document = {"benchmark": name, "rows": rows, **extra}
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({**document, **(file_only or {})}, f, indent=1)
+    print(json.dumps(document, indent=2))
     keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))]
     widths = [max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys]
     print()
