@@ -121,6 +121,8 @@ class TrainingConfig:
                                 0, 60)
     features_timeout_s: float = setting(600.0, "a labelled block's features not back by then fail the training",
                                         1, 86400)
+    undo_steps: int = setting(100, "strokes that can be undone (each keeps a copy of the 40^3 label blocks it "
+                                   "touched; older ones are forgotten)", 1, 100000)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Label values are class numbers from 1; 0 means unlabelled (and is what the erase
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -16,18 +17,20 @@ LABEL_BLOCK = (1, 40, 40, 40)  # tzyx, as ilastik's label cache blocks
 
 
 class LabelStore:
-    """The labels of one image of spatial shape ``(t, z, y, x)``, kept only where something was painted."""
+    """The labels of one image of spatial shape ``(t, z, y, x)``, kept only where something was painted;
+    the last ``undo_steps`` strokes can be undone (each step keeps a copy of the blocks it touched)."""
 
-    def __init__(self, shape: tuple[int, int, int, int]):
+    def __init__(self, shape: tuple[int, int, int, int], undo_steps: int = 100):
         self.grid = BlockGrid(shape, LABEL_BLOCK, (0, 0, 0, 0))
         self.blocks: dict[tuple[int, ...], np.ndarray] = {}
-        self._undo: list[dict[tuple[int, ...], np.ndarray | None]] = []
-        self._redo: list[dict[tuple[int, ...], np.ndarray | None]] = []
+        self._undo: deque[dict[tuple[int, ...], np.ndarray | None]] = deque(maxlen=undo_steps)
+        self._redo: deque[dict[tuple[int, ...], np.ndarray | None]] = deque(maxlen=undo_steps)
 
     @classmethod
-    def from_blocks(cls, shape: tuple[int, int, int, int], blocks: Iterable[tuple[Roi, np.ndarray]]) -> LabelStore:
+    def from_blocks(cls, shape: tuple[int, int, int, int], blocks: Iterable[tuple[Roi, np.ndarray]],
+                    undo_steps: int = 100) -> LabelStore:
         """A store holding labels read from a project (tzyx ROI and labels shaped like it)."""
-        store = cls(shape)
+        store = cls(shape, undo_steps)
         for roi, labels in blocks:
             roi = roi.intersect(store.grid.image)
             if roi is not None:
@@ -87,7 +90,7 @@ class LabelStore:
         """Paint the last undone stroke again; returns the blocks it changes."""
         return self._swap(self._redo, self._undo)
 
-    def _swap(self, source: list, target: list) -> set[tuple[int, ...]]:
+    def _swap(self, source: deque, target: deque) -> set[tuple[int, ...]]:
         if not source:
             return set()
         step = source.pop()

@@ -50,8 +50,10 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)  # untrained:
     # raw data and labels only, until the Training tab trains one
     display_range = default_display_range(source)
-    labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane))  # read here, not
-    gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))  # on the GUI thread
+    # labels and the gateway are made here, not on the GUI thread
+    labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane),
+                                    services.config.training.undo_steps)
+    gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
     return Document(project, source, pipeline, gateway, labels, display_range)
 
 
