@@ -50,14 +50,18 @@ class BlockWriter:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise UserError(f"{path}: the output folder {parent} does not exist")
-        _check_space(path, parent, fmt, math.prod(shape) * self.dtype.itemsize)
         self._file, self.array = None, None
         try:
             _remove(self.partial)
+            open(self.partial, "wb").close()  # an unwritable folder says so, not that it has no room
+            _remove(self.partial)
+            _check_space(path, parent, fmt, math.prod(shape) * self.dtype.itemsize)
             self.array = self._create(shape, np.dtype(dtype), chunks, internal_path)
-        except OSError as exc:
+        except (OSError, UserError) as exc:
             with contextlib.suppress(OSError):
                 self.abort()
+            if isinstance(exc, UserError):
+                raise
             raise UserError(f"{path}: cannot write the output here ({exc.strerror or exc})") from None
         self._order = [CANONICAL.index(a) for a in axes] + [i for i, a in enumerate(CANONICAL) if a not in axes]
 
@@ -116,8 +120,12 @@ def _check_space(path: str, parent: str, fmt: str, size: int) -> None:
         return
     free = shutil.disk_usage(parent).free
     if size > free:
-        raise UserError(f"{path}: the output needs {size / 1e9:,.1f} GB but only {free / 1e9:,.1f} GB are free in "
+        raise UserError(f"{path}: the output needs {_size_text(size)} but only {_size_text(free)} are free in "
                         f"{parent} (export a smaller region, or to zarr, which compresses)")
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
 
 
 def _partial_name(path: str) -> str:
