@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import ipaddress
 import re
-import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -103,6 +102,34 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's handler of one connection, with the guard told when the connection ends."""
+
+    def __init__(self, guard: ConnectionGuard, handler: asyncio.Protocol):
+        self.guard, self.handler = guard, handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+        if self.guard.handlers.get(self.handler):  # dropped before it was even made
+            self.handler.force_close()
+
+    def data_received(self, data: bytes) -> None:
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.handlers.pop(self.handler, None)
+        self.handler.connection_lost(exc)
+
+
 class ConnectionGuard:
     """The listening socket's protocol factory: aiohttp's handlers, at most ``limit`` of them open.
 
@@ -113,12 +140,12 @@ class ConnectionGuard:
 
     def __init__(self, server: web.Server, limit: int, count: Callable[[str], None]):
         self.server, self.limit, self.count = server, limit, count
+        self.handlers: dict[object, bool] = {}  # open connections' handlers, oldest first: True once dropped
         self.busy: dict[object, int] = {}
-        self._closing: weakref.WeakSet = weakref.WeakSet()
 
     def open(self) -> int:
-        """Connections open (not being closed)."""
-        return sum(1 for handler in self.server.connections if handler not in self._closing)
+        """Connections open (not being dropped)."""
+        return sum(1 for dropped in self.handlers.values() if not dropped)
 
     def serving(self, handler: object, delta: int) -> None:
         """``handler`` starts (+1) or ends (-1) a request."""
@@ -129,13 +156,14 @@ class ConnectionGuard:
             self.busy.pop(handler, None)
 
     def __call__(self) -> asyncio.BaseProtocol:
-        open_handlers = [h for h in self.server.connections if h not in self._closing]  # oldest first
-        if len(open_handlers) >= self.limit:
-            idle = next((h for h in open_handlers if h not in self.busy), None)
+        if self.open() >= self.limit:
+            idle = next((h for h, dropped in self.handlers.items() if not dropped and h not in self.busy), None)
             if idle is None:
                 self.count("refused")
                 return _Refused()
-            self._closing.add(idle)
+            self.handlers[idle] = True
             idle.force_close()
             self.count("dropped")
-        return self.server()
+        handler = self.server()
+        self.handlers[handler] = False
+        return _Counted(self, handler)

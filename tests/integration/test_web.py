@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -230,6 +232,52 @@ def test_unusable_settings_are_refused_at_start_in_one_line_leaving_nothing(proj
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_slow_connections_neither_lock_out_other_clients_nor_stay_open(project_3d):
+    """1,100 connections sending half a request head to a server allowed 1,024 open files (they locked out
+    every client): beyond the cap (256) the oldest slow ones are dropped, counted in /metrics, a normal client
+    is answered at once, and a slow connection is closed after the header timeout (set to 3 s here)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    slow: list[socket.socket] = []
+    try:
+        with ServeProcess(project_3d, "--workers", "1", env={"ILASTIK_DESKTOP__WEB__HEADER_TIMEOUT_S": "3"},
+                          max_files=1024) as server:
+            port = int(server.base.rsplit(":", 1)[1])
+            for _ in range(1100):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                slow.append(connection)
+                try:
+                    connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                except OSError:  # dropped already to make room
+                    pass
+            assert server.get("/health", timeout=10)[0] == 200
+            started = time.monotonic()
+            assert slow[-1].recv(100) == b""  # the newest slow connection: closed by the server...
+            assert 1 < time.monotonic() - started < 8  # ... after the header timeout
+            dropped = _metric(server, "ilastik_http_connections_dropped")
+            assert dropped >= 1100 - 256, dropped
+            assert server.get("/health", timeout=10)[0] == 200
+    finally:
+        for connection in slow:
+            connection.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_tiff_answer_is_streamed_and_logs_nothing(server_3d):
+    """TIFF answers were written whole into a temporary file and logged two tracebacks each; now the file's
+    head, the values slab by slab and its tail are streamed, equal to what tifffile writes."""
+    status, body, headers = server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=64,64,64&format=tiff")
+    values = np.load(io.BytesIO(server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=64,64,64")[1]))
+    assert status == 200 and int(headers["Content-Length"]) == len(body)
+    assert np.array_equal(tifffile.imread(io.BytesIO(body)), values)
+    written = io.BytesIO()
+    tifffile.imwrite(written, values, photometric="minisblack", planarconfig="contig", metadata={"axes": "ZYXS"})
+    assert written.getvalue() == body
+    status, body, _ = server_3d.get("/api/v1/lanes/0/segmentation?start=3,0,0&stop=5,64,64&format=tiff")
+    assert status == 200 and tifffile.imread(io.BytesIO(body)).shape == (2, 64, 64)
+    assert not any("Traceback" in line or "Error" in line for line in server_3d.lines), server_3d.lines
 
 
 def test_a_server_on_all_interfaces_gets_a_generated_token(project_3d):

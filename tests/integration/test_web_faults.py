@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -236,3 +237,19 @@ def test_a_request_that_finds_no_room_in_the_memory_budget_gets_503_with_retry_a
     assert _finished(fake, "/zarr/0/probabilities/0/0.0.0.0")[0] == 200
     metrics = fake.get("/metrics")[1].decode()
     assert "ilastik_http_budget_refused 1.0" in metrics and "ilastik_http_budget_bytes 0.0" in metrics
+
+
+def test_stopping_during_a_read_that_waits_for_blocks_takes_the_grace_period_not_the_read(world):
+    """What SIGTERM to ``serve`` does: the read in progress gets web.stop_grace_s (2 s) and is then cancelled,
+    with its blocks; the server's thread ends (it waited for the read, up to 60 s)."""
+    fake = world()
+    with ThreadPoolExecutor(1) as reader:
+        answer = reader.submit(fake.get, "/api/v1/lanes/0/probabilities?start=0,0,0&stop=4,64,64")
+        wait_for(lambda: fake.executor.pending(), 10, message="no task was submitted")
+        started = time.monotonic()
+        fake.server.stop()
+        stopped = time.monotonic() - started
+        assert stopped < 6 and not fake.server._thread.is_alive(), stopped
+        with pytest.raises(OSError):  # the client is told, not left waiting
+            answer.result(timeout=10)
+    assert fake.gateway.status().blocks_in_progress == 0
