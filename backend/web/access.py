@@ -50,7 +50,8 @@ def check_token(request: web.Request, token: str | None) -> None:
     """Unauthorized unless ``request`` carries ``token`` (header, query or ``/t/TOKEN/`` path); None: no token."""
     if token is None:
         return
-    given = request.match_info.get("token") or request.query.get("token")
+    prefix = request.path.split("/", 3)[2] if request.path.startswith("/t/") else None  # also where no route is
+    given = request.match_info.get("token") or prefix or request.query.get("token")
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         given = header[len("Bearer "):].strip()

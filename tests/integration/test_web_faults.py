@@ -253,3 +253,19 @@ def test_stopping_during_a_read_that_waits_for_blocks_takes_the_grace_period_not
         with pytest.raises(OSError):  # the client is told, not left waiting
             answer.result(timeout=10)
     assert fake.gateway.status().blocks_in_progress == 0
+
+
+def test_at_the_connection_cap_with_every_connection_busy_a_new_one_is_refused_with_503(world):
+    fake = world(limits=WebConfig(max_connections=4))
+    with ThreadPoolExecutor(4) as readers:
+        busy = [readers.submit(fake.get, f"/api/v1/lanes/0/probabilities?start={z},0,0&stop={z + 1},64,64")
+                for z in range(4)]
+        wait_for(lambda: len(fake.server.guard.busy) == 4, 10, message="the four reads are not all in progress")
+        status, _, headers = fake.get("/health", timeout=10)
+        assert status == 503 and headers["Retry-After"] == "1"
+        while not all(answer.done() for answer in busy):
+            fake.finish_all()
+            wait_for(lambda: all(a.done() for a in busy) or fake.executor.pending(), 10, interval=0.005)
+        assert [answer.result()[0] for answer in busy] == [200] * 4
+    assert fake.get("/health")[0] == 200
+    assert 'ilastik_http_connections_dropped_total{reason="refused"} 1.0' in fake.get("/metrics")[1].decode()
