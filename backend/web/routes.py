@@ -134,7 +134,7 @@ async def _stream(request: web.Request, lane: Lane, view: LaneView, query: RoiQu
             for following in parts[1:] + [None]:
                 upcoming = asyncio.ensure_future(service.fetch(lane, query.source, following, view)) \
                     if following else None
-                await response.write(memoryview(_as_output(values, query)).cast("B"))
+                await _write(response, memoryview(_as_output(values, query)).cast("B"))
                 values = await upcoming if upcoming else None
             await response.write(tail)
         finally:
@@ -142,6 +142,12 @@ async def _stream(request: web.Request, lane: Lane, view: LaneView, query: RoiQu
                 upcoming.cancel()
     await response.write_eof()
     return response
+
+
+async def _write(response: web.StreamResponse, data: memoryview, piece: int = 1 << 20) -> None:
+    """Send ``data`` a megabyte at a time: the connection's buffer never holds a copy of a whole slab."""
+    for start in range(0, len(data), piece):
+        await response.write(data[start:start + piece])
 
 
 def _as_output(values, query: RoiQuery) -> np.ndarray:
