@@ -136,6 +136,22 @@ class WindowConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web service's limits (``ilastik-desktop serve`` and File > Serve over HTTP)."""
+
+    header_timeout_s: float = setting(10.0, "a connection must send a whole request head within this, and an idle "
+                                            "kept-alive connection is closed after it", 0.1, 3600)
+    max_connections: int = setting(256, "open connections at most; beyond, the oldest one not in a request is "
+                                        "dropped, or the new one refused when all are busy", 4, 100000)
+    memory_budget_mb: float = setting(1024.0, "answers being assembled hold at most this much memory together "
+                                              "(MB); requests beyond wait for room", 1, 1e6)
+    budget_wait_s: float = setting(30.0, "a request waits this long for room in the memory budget, then gets "
+                                         "503 with Retry-After", 0, 3600)
+    stop_grace_s: float = setting(2.0, "at stop, requests in progress get this long before they are cancelled",
+                                  0, 600)
+
+
+@dataclass(frozen=True)
 class Config:
     """Every tunable of the application, by section."""
 
@@ -145,6 +161,7 @@ class Config:
     local_workers: LocalWorkersConfig = LocalWorkersConfig()
     training: TrainingConfig = TrainingConfig()
     window: WindowConfig = WindowConfig()
+    web: WebConfig = WebConfig()
 
     def replace(self, **changes: float) -> Config:
         """A copy with ``section__name=value`` changes (checked like environment values)."""

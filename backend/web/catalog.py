@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from backend.compute.geometry import Roi
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, settings_fingerprint
+from backend.distributed.futures import settle
 from backend.errors import UserError
 from backend.service.gateway import RAW, Gateway
-from backend.service.objects import OBJECTS, request_objects
+from backend.service.objects import OBJECTS, request_frame
+from backend.service.snapshot import PipelineSnapshot
 
 SOURCES = {"raw": RAW, "probabilities": "Probabilities", "segmentation": "Simple Segmentation",
            "uncertainty": "Uncertainty", "objects": OBJECTS}
@@ -51,6 +54,49 @@ class ArrayLayout:
         return ordered[tuple(slice(None) if a in self.axes else 0 for a in NGFF_ORDER)]
 
 
+@dataclass(frozen=True)
+class LaneView:
+    """One request's view of a lane: the pipeline snapshot and the thresholding its answer and ETag come from."""
+
+    snapshot: PipelineSnapshot
+    threshold: ThresholdSettings
+
+    def etag(self, source: str) -> str:
+        """The ETag of ``source``'s answers: data, classifier (not for raw) and thresholding (objects)."""
+        classifier = "" if source == "raw" else f"-{self.snapshot.fingerprint}"
+        threshold = f"-{settings_fingerprint(self.threshold)}" if source == "objects" else ""
+        return f'"{self.snapshot.data_fingerprint}{classifier}{threshold}"'
+
+
+class Fetch(Protocol):
+    """Values being assembled: their future, and a way to stop (the blocks nobody else wants are dropped)."""
+
+    future: Future
+
+    def cancel(self) -> None: ...
+
+
+class _Part:
+    """Part ``local`` of a whole frame's future (objects are labelled frame by frame)."""
+
+    def __init__(self, frame: Future, local: Roi):
+        self.frame, self.future = frame, Future()
+        frame.add_done_callback(lambda done: self._cut(done, local))
+
+    def _cut(self, frame: Future, local: Roi) -> None:
+        if frame.cancelled():
+            self.future.cancel()
+        elif frame.exception() is not None:
+            settle(self.future, error=frame.exception())
+        else:
+            settle(self.future, result=frame.result()[local.slices()])
+
+    def cancel(self) -> None:
+        """Stop waiting for the frame."""
+        self.frame.cancel()
+        self.future.cancel()
+
+
 class Lane:
     """One lane of the project, served through its gateway (None with ``error`` when its data did not open)."""
 
@@ -65,10 +111,12 @@ class Lane:
             raise UserError(f"lane {self.index} ({self.nickname}) is not available: {self.error}")
         return self.gateway
 
-    def layout(self, source: str) -> ArrayLayout:
-        """How ``source`` is laid out; NotFound for an unknown source."""
+    def layout(self, source: str, snapshot: PipelineSnapshot | None = None) -> ArrayLayout:
+        """How ``source`` is laid out under ``snapshot`` (default: the gateway's current one); NotFound for an
+        unknown source."""
         check_source(source)
         gateway = self.require_gateway()
+        pipeline = (snapshot or gateway.snapshot).pipeline
         raw = gateway.source
         present = {a for a in "tz" if a in raw.axes} | {"y", "x"}
         if source != "raw" or "c" in raw.axes:
@@ -80,33 +128,41 @@ class Lane:
         elif kind == OBJECTS:
             channels, dtype = 1, np.dtype(np.uint32)
         else:
-            channels, dtype = gateway.pipeline.channels(kind), gateway.pipeline.dtype(kind)
+            channels, dtype = pipeline.channels(kind), pipeline.dtype(kind)
         sizes = dict(zip("tzyx", raw.spatial_shape), c=channels)
         block = dict(zip("tzyx", gateway.config.block_shape), c=channels)
         shape = tuple(sizes[a] for a in axes)
         return ArrayLayout(axes, shape, tuple(min(block[a], sizes[a]) for a in axes), np.dtype(dtype))
 
-    def fetch(self, source: str, roi: Roi, priority: int) -> Future:
-        """A future of ``source``'s ``(t, z, y, x, c)`` values over a tzyx ``roi`` (blocking only for raw reads)."""
+    def view(self) -> LaneView:
+        """What the lane computes now (pipeline and thresholding), taken once for one request."""
+        return LaneView(self.require_gateway().snapshot, self.threshold)
+
+    def fetch(self, source: str, roi: Roi, priority: int, view: LaneView) -> Fetch:
+        """``source``'s ``(t, z, y, x, c)`` values over a tzyx ``roi`` of one time step, computed as ``view``
+        says, being assembled (blocking only for raw reads)."""
         gateway = self.require_gateway()
         kind = SOURCES[source]
-        if kind == OBJECTS:
-            return request_objects(gateway, roi, self.threshold, priority)
-        return gateway.request(kind, roi, priority).future
+        if kind != OBJECTS:
+            return gateway.request(kind, roi, priority, snapshot=view.snapshot)
+        if roi.shape[0] != 1:
+            raise ValueError(f"objects are fetched one time step at a time, not {roi}")
+        frame = request_frame(gateway, roi.start[0], view.threshold, priority, view.snapshot)
+        return _Part(frame, Roi((0,) + roi.start[1:], (1,) + roi.stop[1:]))
 
     def describe(self) -> dict:
         """The lane for ``/api/v1/info``: nickname, axes and shape of each source, or why it is unavailable."""
         if self.gateway is None:
             return {"index": self.index, "nickname": self.nickname, "error": self.error}
-        raw = self.gateway.source
+        raw, snapshot = self.gateway.source, self.gateway.snapshot
         sources = {}
         for name in SOURCES:
-            layout = self.layout(name)
+            layout = self.layout(name, snapshot)
             sources[name] = {"axes": layout.axes, "shape": list(layout.shape), "chunks": list(layout.chunks),
                              "dtype": layout.dtype.str}
         return {"index": self.index, "nickname": self.nickname, "raw_axes": raw.axes,
                 "spatial_axes": spatial_axes(raw.axes), "shape_tzyx": list(raw.spatial_shape),
-                "data_fingerprint": self.gateway.data_fingerprint, "classifier": self.gateway.pipeline_fingerprint,
+                "data_fingerprint": snapshot.data_fingerprint, "classifier": snapshot.fingerprint,
                 "sources": sources}
 
 

@@ -8,6 +8,7 @@ axis order t, z, y, x, c (t and z only where the data has them; c always).
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from backend.compute.geometry import Roi
 from backend.errors import UserError
 from backend.service.objects import OBJECTS
 from backend.service.rendering import blend_classes, objects_rgba, segmentation_rgba
+from backend.service.snapshot import PipelineSnapshot
 from backend.web.catalog import SOURCES, Lane, spatial_axes
 
 FORMATS = {"npy": "application/octet-stream", "tiff": "image/tiff", "png": "image/png"}
@@ -51,9 +53,11 @@ class RoiQuery:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
 
-def parse_query(lane: Lane, source: str, query: Mapping[str, str], max_mb: float) -> RoiQuery:
-    """The request from its query parameters; UserError (400), NotFound (404) or TooLarge (413) saying why not."""
-    layout = lane.layout(source)
+def parse_query(lane: Lane, source: str, query: Mapping[str, str], max_mb: float,
+                snapshot: PipelineSnapshot) -> RoiQuery:
+    """The request from its query parameters (channels and dtype under ``snapshot``); UserError (400), NotFound
+    (404) or TooLarge (413) saying why not."""
+    layout = lane.layout(source, snapshot)
     raw = lane.require_gateway().source
     axes = spatial_axes(raw.axes)
     full = dict(zip("tzyx", raw.spatial_shape))
@@ -138,6 +142,28 @@ def npy_header(request: RoiQuery) -> bytes:
               "shape": request.shape}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
+
+
+def tiff_frame(request: RoiQuery, folder: str) -> tuple[bytes, bytes]:
+    """What a TIFF of the region holds before and after its values, which lie between them in the order of
+    the ``.npy`` answer (so the values are streamed slab by slab; the file made to find out is sparse)."""
+    import tifffile
+
+    shape, axes, options = request.shape, request.axes.upper(), {"photometric": "minisblack"}
+    if request.channels == 1:
+        shape, axes = shape[:-1], axes[:-1]
+    else:
+        axes, options["planarconfig"] = axes[:-1] + "S", "contig"
+    with tempfile.NamedTemporaryFile(suffix=".tif", dir=folder) as empty:
+        tifffile.imwrite(empty.name, shape=shape, dtype=request.dtype, metadata={"axes": axes}, **options)
+        with tifffile.TiffFile(empty.name) as tiff:
+            offset = tiff.series[0].dataoffset
+        if offset is None:
+            raise RuntimeError(f"tifffile did not lay out a {shape} TIFF contiguously")
+        empty.seek(0)
+        head = empty.read(offset)
+        empty.seek(offset + request.nbytes)
+        return head, empty.read()
 
 
 def png_bytes(request: RoiQuery, values: np.ndarray, colors) -> bytes:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 
+import numpy as np
 from aiohttp import web
 
 from backend.checks import decimal
-from backend.compute.threshold import settings_fingerprint
-from backend.io.writers import BlockWriter
 from backend.web import zarr_layout
-from backend.web.catalog import Lane, NotFound, check_source
+from backend.web.catalog import Lane, LaneView, NotFound, check_source
 from backend.web.openapi import describe, docs_asset, docs_page
-from backend.web.roi_query import FORMATS, RoiQuery, npy_header, parse_query, png_bytes, slabs
+from backend.web.roi_query import FORMATS, RoiQuery, npy_header, parse_query, png_bytes, slabs, tiff_frame
 
 SERVICE = web.AppKey("service", object)
 
@@ -59,13 +55,6 @@ def _lane(request: web.Request) -> Lane:
     return service.lanes[index]
 
 
-def _etag(lane: Lane, source: str) -> str:
-    gateway = lane.require_gateway()
-    classifier = "" if source == "raw" else f"-{gateway.pipeline_fingerprint}"
-    threshold = f"-{settings_fingerprint(lane.threshold)}" if source == "objects" else ""
-    return f'"{gateway.data_fingerprint}{classifier}{threshold}"'
-
-
 def _not_modified(request: web.Request, etag: str) -> bool:
     return etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]
 
@@ -75,17 +64,18 @@ async def zarr_document(request: web.Request) -> web.StreamResponse:
     lane, source = _lane(request), request.match_info["source"].removesuffix(".zarr")  # napari wants *.zarr
     check_source(source)
     path = request.match_info["path"].strip("/")
-    etag = _etag(lane, source)
+    view = lane.view()  # the ETag, the layout and the chunk all come from this one snapshot
+    etag = view.etag(source)
     if _not_modified(request, etag):
         return web.Response(status=304, headers={"ETag": etag})
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     documents = {".zgroup": zarr_layout.zgroup,
-                 ".zattrs": lambda: zarr_layout.zattrs(lane, source, service.classes)}
+                 ".zattrs": lambda: zarr_layout.zattrs(lane, source, service.classes, view.snapshot)}
     if path in documents:
         return web.json_response(documents[path](), headers=headers)
     level, _, rest = path.partition("/")
     zarr_layout.check_level(level)
-    layout = lane.layout(source)
+    layout = lane.layout(source, view.snapshot)
     if rest == ".zarray":
         return web.json_response(zarr_layout.zarray(layout), headers=headers)
     if rest == ".zattrs":
@@ -95,8 +85,9 @@ async def zarr_document(request: web.Request) -> web.StreamResponse:
     index = zarr_layout.parse_chunk_key(rest, layout)
 
     async def produce() -> bytes:
-        values = await service.fetch(lane, source, layout.chunk_roi(index))
-        return await service.run(zarr_layout.encode_chunk, layout, values)
+        async with service.budget.hold(2 * int(np.prod(layout.chunks)) * layout.dtype.itemsize):  # values, padded
+            values = await service.fetch(lane, source, layout.chunk_roi(index), view)
+            return await service.run(zarr_layout.encode_chunk, layout, values)
 
     body = await service.chunks.get((lane.index, source, index, etag), produce)
     return web.Response(body=body, content_type="application/octet-stream", headers=headers)
@@ -106,79 +97,68 @@ async def region(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     lane, source = _lane(request), request.match_info["source"]
     check_source(source)
-    query = parse_query(lane, source, request.query, service.settings.max_roi_mb)
-    headers = {"ETag": _etag(lane, source), "Cache-Control": "no-cache",
+    view = lane.view()
+    query = parse_query(lane, source, request.query, service.settings.max_roi_mb, view.snapshot)
+    headers = {"ETag": view.etag(source), "Cache-Control": "no-cache",
                "X-Axes": query.axes, "X-Shape": ",".join(map(str, query.shape))}
     if query.fmt == "png":
-        values = await service.fetch(lane, source, query.roi)
-        body = await service.run(png_bytes, query, values, service.class_colors)
+        async with service.budget.hold(2 * query.nbytes):  # the plane and its image
+            values = await service.fetch(lane, source, query.roi, view)
+            body = await service.run(png_bytes, query, values, service.class_colors)
         return web.Response(body=body, content_type=FORMATS["png"], headers=headers)
-    if query.fmt == "tiff":
-        return await _stream_tiff(request, lane, query, headers)
-    return await _stream_npy(request, lane, query, headers)
+    return await _stream(request, lane, view, query, headers)
 
 
-async def _stream_npy(request: web.Request, lane: Lane, query: RoiQuery, headers: dict) -> web.StreamResponse:
-    """The header, then the values slab by slab, the next slab computing while one is sent."""
+async def _stream(request: web.Request, lane: Lane, view: LaneView, query: RoiQuery,
+                  headers: dict) -> web.StreamResponse:
+    """The file's head, then the values slab by slab (the next slab computing while one is sent), then its
+    tail: ``.npy`` has no tail, a TIFF's directories follow its values. At most two slabs are held."""
     service = request.app[SERVICE]
-    header = npy_header(query)
-    response = web.StreamResponse(headers={**headers, "Content-Type": FORMATS["npy"],
-                                           "Content-Disposition": f'attachment; filename="{query.source}.npy"'})
-    response.content_length = len(header) + query.nbytes
+    if query.fmt == "tiff":
+        head, tail = await service.run(tiff_frame, query, service.folder)
+    else:
+        head, tail = npy_header(query), b""
+    extension = {"npy": "npy", "tiff": "tif"}[query.fmt]
+    response = web.StreamResponse(headers={**headers, "Content-Type": FORMATS[query.fmt],
+                                           "Content-Disposition": f'attachment; filename="{query.source}.{extension}"'})
+    response.content_length = len(head) + query.nbytes + len(tail)
     parts = slabs(query.roi, lane.require_gateway().config.block_shape[1])
-    upcoming = asyncio.ensure_future(service.fetch(lane, query.source, parts[0]))
-    try:
-        first = await upcoming  # an error before anything was sent still gets its JSON answer
-        await response.prepare(request)
-        await response.write(header)
-        values = first
-        for following in parts[1:] + [None]:
-            upcoming = asyncio.ensure_future(service.fetch(lane, query.source, following)) if following else None
-            await response.write(_as_output(values, query).tobytes())
-            values = await upcoming if upcoming else None
-    finally:
-        if upcoming is not None and not upcoming.done():
-            upcoming.cancel()
+    slab = max(int(np.prod(part.shape)) for part in parts) * query.channels * query.dtype.itemsize
+    held = min(2, len(parts)) * slab
+    async with service.budget.hold(held):
+        upcoming = asyncio.ensure_future(service.fetch(lane, query.source, parts[0], view))
+        try:
+            values = await upcoming  # an error before anything was sent still gets its JSON answer
+            await response.prepare(request)
+            await response.write(head)
+            for following in parts[1:] + [None]:
+                upcoming = asyncio.ensure_future(service.fetch(lane, query.source, following, view)) \
+                    if following else None
+                await _write(response, memoryview(_as_output(values, query)).cast("B"))
+                values = await upcoming if upcoming else None
+            await response.write(tail)
+        finally:
+            if upcoming is not None and not upcoming.done():
+                upcoming.cancel()
     await response.write_eof()
     return response
 
 
-def _as_output(values, query: RoiQuery):
-    """``(t, z, y, x, c)`` values in the response's axis order."""
+async def _write(response: web.StreamResponse, data: memoryview, piece: int = 1 << 20) -> None:
+    """Send ``data`` a megabyte at a time: the connection's buffer never holds a copy of a whole slab."""
+    for start in range(0, len(data), piece):
+        await response.write(data[start:start + piece])
+
+
+def _as_output(values, query: RoiQuery) -> np.ndarray:
+    """``(t, z, y, x, c)`` values in the response's axis order, contiguous."""
     drop = tuple(0 if a not in query.axes else slice(None) for a in "tz")
-    return values[drop].astype(query.dtype, copy=False)
-
-
-async def _stream_tiff(request: web.Request, lane: Lane, query: RoiQuery, headers: dict) -> web.StreamResponse:
-    """Slabs written into a temporary TIFF (memory-mapped, so the region is never held in memory), then sent."""
-    service = request.app[SERVICE]
-    folder = tempfile.mkdtemp(prefix="roi-", dir=service.folder)
-    path = os.path.join(folder, f"{query.source}.tif")
-    try:
-        writer = await service.run(BlockWriter, path, "tif", query.axes, query.roi, query.channels, query.dtype,
-                                   lane.require_gateway().config.block_shape)
-        try:
-            for part in slabs(query.roi, lane.require_gateway().config.block_shape[1]):
-                values = await service.fetch(lane, query.source, part)
-                await service.run(writer.write, part, values)
-            await service.run(writer.commit)
-        except BaseException:
-            writer.abort()
-            raise
-        response = web.FileResponse(path, headers={**headers, "Content-Type": FORMATS["tiff"],
-                                                   "Content-Disposition": f'attachment; filename="{query.source}.tif"'})
-        await response.prepare(request)
-        return response
-    finally:
-        await service.run(_remove_folder, folder)
-
-
-def _remove_folder(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    return np.ascontiguousarray(values[drop].astype(query.dtype, copy=False))
 
 
 async def metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    service.metrics.sample()
     body = await service.run(service.metrics.exposition)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

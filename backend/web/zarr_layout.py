@@ -6,6 +6,7 @@ import numpy as np
 from numcodecs import Blosc
 
 from backend.checks import decimal
+from backend.service.snapshot import PipelineSnapshot
 from backend.web.catalog import ArrayLayout, Lane, NotFound
 
 LEVEL = "0"  # the full-resolution array of each multiscale image
@@ -23,14 +24,14 @@ def zgroup() -> dict:
     return {"zarr_format": 2}
 
 
-def zattrs(lane: Lane, source: str, classes: list[dict]) -> dict:
-    """``.zattrs`` of an image group: NGFF multiscales with named, typed axes, plus our own attributes."""
-    layout = lane.layout(source)
+def zattrs(lane: Lane, source: str, classes: list[dict], snapshot: PipelineSnapshot) -> dict:
+    """``.zattrs`` of an image group under ``snapshot``: NGFF multiscales with named, typed axes, plus our own
+    attributes."""
+    layout = lane.layout(source, snapshot)
     axes = [{"name": a, "type": AXIS_TYPES[a]} for a in layout.axes]
     scale = [1.0] * len(layout.axes)
-    gateway = lane.require_gateway()
     ours = {"lane": lane.index, "nickname": lane.nickname, "source": source,
-            "data_fingerprint": gateway.data_fingerprint, "classifier": gateway.pipeline_fingerprint}
+            "data_fingerprint": snapshot.data_fingerprint, "classifier": snapshot.fingerprint}
     if source != "raw":
         ours["classes"] = classes
     attrs = {"multiscales": [{"version": "0.4", "name": f"{lane.nickname} {source}", "axes": axes,

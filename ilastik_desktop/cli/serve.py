@@ -15,7 +15,7 @@ from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.web.catalog import Lane
-from backend.web.server import WebServer, WebSettings, is_loopback
+from backend.web.server import WebServer, WebSettings
 from ilastik_desktop import __version__
 from ilastik_desktop.cli.options import (
     add_compute_options,
@@ -35,9 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", metavar="PROJECT.ilp", help="the ilastik project to serve")
     g = p.add_argument_group("web service")
     g.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; any other needs a token)")
+                   help="address to listen on (default 127.0.0.1: this machine only, answering to loopback names "
+                   "only)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    g.add_argument("--token", help="require this token (default: none on loopback, a new one printed otherwise)")
+    g.add_argument("--token", help="require this token (8 or more ASCII letters, digits, '.', '_', '~', '-'; "
+                   "default: a new one, printed in the URL)")
+    g.add_argument("--no-token", action="store_true",
+                   help="require no token (loopback only: any program and web page on this machine can then read)")
     g.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="let browser viewers from this origin read (e.g. https://neuroglancer-demo.appspot.com, "
                    "or '*'); repeatable")
@@ -70,29 +74,22 @@ def open_lanes(project: Project, services: Services, args: argparse.Namespace) -
 
 def web_settings(args: argparse.Namespace) -> WebSettings:
     """The web service's settings, checked."""
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port}: expected 0 to 65535")
-    if args.max_roi_mb <= 0:
-        raise UserError("--max-roi-mb must be positive")
-    if args.chunk_memory_mb < 0:
-        raise UserError("--chunk-memory-mb must not be negative")
-    if args.token is not None and len(args.token) < 8:
-        raise UserError("--token must have at least 8 characters")
-    return WebSettings(host=args.host, port=args.port, token=args.token, cors=tuple(args.cors),
-                       max_roi_mb=args.max_roi_mb, chunk_memory_mb=args.chunk_memory_mb)
+    settings = WebSettings(host=args.host, port=args.port, token=args.token, no_token=args.no_token,
+                           cors=tuple(args.cors), max_roi_mb=args.max_roi_mb, chunk_memory_mb=args.chunk_memory_mb)
+    settings.check()
+    return settings
 
 
 def announce(server: WebServer) -> None:
-    """Print where the service is and how to use it."""
-    url = server.url
-    suffix = "" if server.token is None else f"/t/{server.token}"
-    print(f"serving at {url} (docs: {url}{suffix}/doc)", file=sys.stderr)
+    """Print where the service is and how to use it (the links carry the token)."""
+    url, link = server.url, server.link
+    print(f"serving at {link}/ (docs: {link}/doc)", file=sys.stderr)
     if server.token is not None:
-        print(f"token: {server.token} (send 'Authorization: Bearer TOKEN' or use {url}/t/TOKEN/...)",
-              file=sys.stderr)
-    elif not is_loopback(server.settings.host):
-        print("warning: no token on a non-loopback address", file=sys.stderr)
-    print(f"zarr: {url}{suffix}/zarr/0/probabilities", file=sys.stderr)
+        print(f"token: {server.token} (in the links above, or send 'Authorization: Bearer TOKEN' or ?token=TOKEN "
+              f"to {url})", file=sys.stderr)
+    else:
+        print("no token (--no-token): any program or web page on this machine can read", file=sys.stderr)
+    print(f"zarr: {link}/zarr/0/probabilities", file=sys.stderr)
 
 
 def serve(argv: list[str]) -> int:
@@ -113,7 +110,8 @@ def serve(argv: list[str]) -> int:
                   file=sys.stderr)
         services.wait_for_workers()
         lanes = open_lanes(project, services, args)
-        server = WebServer(lanes, describe_project(project), settings, __version__)
+        server = WebServer(lanes, describe_project(project), dataclasses.replace(settings, limits=services.config.web),
+                           __version__)
         try:
             server.start()
             announce(server)

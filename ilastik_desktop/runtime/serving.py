@@ -8,6 +8,7 @@ through its signals; the window's dialog only shows them.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 from psygnal import Signal
@@ -54,7 +55,8 @@ def serve_document(document: Document, services: Services, threshold: ThresholdS
     project = document.project
     lanes = [Lane(0, project.lanes[0].nickname, document.gateway, threshold)]
     lanes += [open_served_lane(project, index, services) for index in range(1, len(project.lanes))]
-    server = WebServer(lanes, describe_project(project), settings, __version__)
+    server = WebServer(lanes, describe_project(project), dataclasses.replace(settings, limits=services.config.web),
+                       __version__)
     try:
         return server.start()
     except UserError:
@@ -77,8 +79,7 @@ def close_own_gateways(lanes: list[Lane]) -> None:
 
 def zarr_url(server: WebServer) -> str:
     """The URL of lane 0's probabilities as OME-Zarr, with the token in the path if there is one."""
-    prefix = server.url + (f"/t/{server.token}" if server.token else "")
-    return f"{prefix}/zarr/0/probabilities"
+    return f"{server.link}/zarr/0/probabilities"
 
 
 class ServeController:
@@ -131,6 +132,11 @@ class ServeController:
         """Start serving the document in the background; False (and nothing started) if it cannot start now."""
         if settings.token is not None and len(settings.token) < 8:
             self.failed.emit("The token must have at least 8 characters.")
+            return False
+        try:
+            settings.check()
+        except UserError as exc:
+            self.failed.emit(str(exc))
             return False
         if not self.can_start():
             return False

@@ -40,9 +40,12 @@ def _web_threads() -> list[str]:
 def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, window, data_dir):
     project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
     open_and_settle(qtbot, window, project)
-    dialog, url = _start(qtbot, window)
-    assert window.web_label.isVisible() and window.web_label.text() == f"serving {url}"
-    assert dialog.zarr_url() == f"{url}/zarr/0/probabilities" and "no token" in dialog.message.text()
+    dialog, base = _start(qtbot, window)
+    assert window.web_label.isVisible() and window.web_label.text() == f"serving {base}"
+    token = dialog.server.token  # on this machine only too, as Jupyter: the links carry it
+    url = f"{base}/t/{token}"
+    assert token and dialog.zarr_url() == f"{url}/zarr/0/probabilities" and f"token: {token}" in dialog.message.text()
+    assert f'href="{url}/doc"' in dialog.url.text() and http_get(base + "/api/v1/info")[0] == 401
     info = json.loads(http_get(url + "/api/v1/info")[1])
     assert info["project"] == project and info["lanes"][0]["classifier"] == window.document.gateway.pipeline_fingerprint
 
@@ -67,7 +70,7 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
                         os.path.join(data_dir, "seed", "raw.h5/exported_data"))
     assert stopped.args == [""] and not window.web_label.isVisible()
     qtbot.waitUntil(lambda: not dialog.controller.busy, timeout=30_000)
-    assert _refused(url) and _web_threads() == []
+    assert _refused(base) and _web_threads() == []
 
 
 def test_serving_off_loopback_needs_the_generated_token_and_ends_with_the_window(qtbot, window, data_dir):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
+import socket
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,8 +18,8 @@ import tifffile
 import zarr
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import run_cli
-from tests.integration.webserver import ServeProcess
+from tests.conftest import REPO, run_cli
+from tests.integration.webserver import ServeProcess, http_get
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -159,24 +164,128 @@ def test_bad_requests_answer_4xx_with_a_message_and_the_server_stays_up(server_3
 
 def test_token_is_required_on_every_request_including_chunks(project_3d):
     with ServeProcess(project_3d, "--workers", "1", "--token", "sesame-1234") as server:
+        assert server.url == server.base + "/t/sesame-1234"  # the link it prints carries the token
+        base = server.base
         for path in ("/health", "/api/v1/info", "/zarr/0/raw/0/.zarray", "/zarr/0/raw/0/0.0.0.0"):
-            assert server.get(path)[0] == 401
-            assert server.get(path, {"Authorization": "Bearer wrong-token"})[0] == 401
-            assert server.get(path, {"Authorization": "Bearer sesame-1234"})[0] == 200
-        assert json.loads(server.get("/health")[1])["error"].startswith("a token is required")
-        assert server.get("/health?token=sesame-1234")[0] == 200
-        assert server.get("/t/sesame-1234/zarr/0/raw/.zattrs")[0] == 200
-        array = zarr.open_array(server.url + "/t/sesame-1234/zarr/0/raw/0", mode="r", zarr_format=2)
+            assert http_get(base + path)[0] == 401
+            assert http_get(base + path, {"Authorization": "Bearer wrong-token"})[0] == 401
+            assert http_get(base + path, {"Authorization": "Bearer sesame-1234"})[0] == 200
+        assert json.loads(http_get(base + "/health")[1])["error"].startswith("a token is required")
+        assert http_get(base + "/health?token=sesame-1234")[0] == 200
+        assert http_get(base + "/t/sesame-1234/zarr/0/raw/.zattrs")[0] == 200
+        array = zarr.open_array(server.url + "/zarr/0/raw/0", mode="r", zarr_format=2)
         assert array[:].shape == (1, 64, 64, 64)
+        for path, headers in (("/health?token=%C3%A9", {}), ("/t/%C3%A9/health", {}),
+                              ("/health", {"Authorization": "Bearer é"}), ("/health?token=%ED%A0%80", {})):
+            status, body, _ = http_get(base + path, headers)
+            assert status == 401 and json.loads(body)["error"] == "wrong token", (path, status, body)
+        answer = _raw_get(server, b"/health", b"Authorization: Bearer \xc3\xa9sesame-1234\r\n")
+        assert answer.startswith(b"HTTP/1.1 401"), answer
+
+
+def _raw_get(server: ServeProcess, path: bytes, headers: bytes = b"") -> bytes:
+    """The first bytes of the answer to a request sent byte for byte (headers that urllib would not send)."""
+    port = int(server.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"Connection: close\r\n\r\n")
+        return client.recv(200)
+
+
+def test_a_loopback_server_has_a_token_by_default_and_answers_to_loopback_names_only(server_3d):
+    """As Jupyter: a token is generated and printed in the links even on 127.0.0.1, and a request naming
+    another host (a DNS-rebinding page's name pointing at 127.0.0.1) is refused even with the token."""
+    token = server_3d.token
+    assert token and len(token) >= 24 and server_3d.url.endswith(f"/t/{token}")
+    assert any(f"/t/{token}/zarr/0/probabilities" in line for line in server_3d.lines)
+    assert http_get(server_3d.base + "/api/v1/info")[0] == 401
+    port = server_3d.base.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "127.0.0.2", "LOCALHOST."):
+        assert server_3d.get("/health", {"Host": host})[0] == 200, host
+    for host in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "192.168.1.10", "[::1",
+                 "localhost.evil"):
+        status, body, _ = server_3d.get("/health", {"Host": host})
+        assert status == 403 and "loopback names only" in json.loads(body)["error"], host
+
+
+def test_no_token_is_an_explicit_choice_and_only_on_loopback(project_3d):
+    with ServeProcess(project_3d, "--workers", "1", "--no-token") as server:
+        assert server.token is None and server.url == server.base
+        assert any("no token (--no-token)" in line for line in server.lines)
+        assert server.get("/health")[0] == 200
+        assert server.get("/health", {"Host": "rebind.attacker.example"})[0] == 403
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--no-token", "--host", "0.0.0.0"), "--no-token: only on a loopback address"),
+    (("--token", "tökentökentöken"), "expected 8 to 256 characters, each an ASCII letter"),
+    (("--token", "with space 1234"), "expected 8 to 256 characters"),
+    (("--chunk-memory-mb", "nan"), "--chunk-memory-mb nan: expected a number of MB from 0"),
+    (("--chunk-memory-mb", "inf"), "--chunk-memory-mb inf"),
+    (("--max-roi-mb", "nan"), "--max-roi-mb nan: expected a number of MB from more than 0"),
+    (("--max-roi-mb=-inf",), "--max-roi-mb -inf"),
+    (("--max-roi-mb", "1e300"), "--max-roi-mb 1e+300"),
+])
+def test_unusable_settings_are_refused_at_start_in_one_line_leaving_nothing(project_3d, tmp_path, args, says):
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-m", "ilastik_desktop", "serve", project_3d, "--port", "0",
+                             "--workers", "1", *args], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_slow_connections_neither_lock_out_other_clients_nor_stay_open(project_3d):
+    """1,100 connections sending half a request head to a server allowed 1,024 open files (they locked out
+    every client): beyond the cap (256) the oldest slow ones are dropped (counted in /metrics), a normal client
+    is answered at once, and a slow connection is closed after the header timeout (set to 3 s here)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    slow: list[socket.socket] = []
+    try:
+        with ServeProcess(project_3d, "--workers", "1", env={"ILASTIK_DESKTOP__WEB__HEADER_TIMEOUT_S": "3"},
+                          max_files=1024) as server:
+            port = int(server.base.rsplit(":", 1)[1])
+            for _ in range(1100):
+                connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+                slow.append(connection)
+                try:
+                    connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                except OSError:  # dropped already to make room
+                    pass
+            assert server.get("/health", timeout=10)[0] == 200
+            started = time.monotonic()
+            assert slow[-1].recv(100) == b""  # the newest slow connection: closed by the server...
+            assert 1 < time.monotonic() - started < 8  # ... after the header timeout
+            dropped = _metric(server, "ilastik_http_connections_dropped")  # the others timed out meanwhile
+            assert dropped > 0, dropped
+            assert server.get("/health", timeout=10)[0] == 200
+    finally:
+        for connection in slow:
+            connection.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_tiff_answer_is_streamed_and_logs_nothing(server_3d):
+    """TIFF answers were written whole into a temporary file and logged two tracebacks each; now the file's
+    head, the values slab by slab and its tail are streamed, equal to what tifffile writes."""
+    status, body, headers = server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=16,64,64&format=tiff")
+    values = np.load(io.BytesIO(server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=16,64,64")[1]))
+    assert status == 200 and int(headers["Content-Length"]) == len(body)
+    assert np.array_equal(tifffile.imread(io.BytesIO(body)), values)
+    written = io.BytesIO()
+    tifffile.imwrite(written, values, photometric="minisblack", planarconfig="contig", metadata={"axes": "ZYXS"})
+    assert written.getvalue() == body
+    status, body, _ = server_3d.get("/api/v1/lanes/0/segmentation?start=3,0,0&stop=5,64,64&format=tiff")
+    assert status == 200 and tifffile.imread(io.BytesIO(body)).shape == (2, 64, 64)
+    assert not any("Traceback" in line or "Error" in line for line in server_3d.lines), server_3d.lines
 
 
 def test_a_server_on_all_interfaces_gets_a_generated_token(project_3d):
     with ServeProcess(project_3d, "--workers", "1", "--host", "0.0.0.0") as server:
         assert server.token and len(server.token) >= 24
-        port = server.url.rsplit(":", 1)[1]
-        server.url = f"http://127.0.0.1:{port}"
-        assert server.get("/health")[0] == 401
-        assert server.get("/health", {"Authorization": f"Bearer {server.token}"})[0] == 200
+        local = "http://127.0.0.1:" + server.base.rsplit(":", 1)[1]
+        assert http_get(local + "/health")[0] == 401
+        assert http_get(local + "/health", {"Authorization": f"Bearer {server.token}"})[0] == 200
 
 
 def test_cors_only_for_configured_origins_and_etag_carries_the_classifier(project_3d, server_3d):
@@ -254,7 +363,7 @@ def test_docs_page_renders_offline_in_headless_chromium(server_3d, tmp_path):
 def test_what_the_path_brings_is_escaped_and_odd_numbers_are_not_found(server_3d):
     """A link that puts markup into the path gets it back escaped (it was written into the docs page as is);
     numbers that are digits to Python but not plain ASCII digits ("²") or absurdly long are 404s, not 500s."""
-    _, body, _ = server_3d.get("/t/x%22%3E%3Cimg%20src=x%20onerror=alert(document.domain)%3E/doc")
+    _, body, _ = http_get(server_3d.base + "/t/x%22%3E%3Cimg%20src=x%20onerror=alert(document.domain)%3E/doc")
     assert b"<img" not in body and b'x">' not in body
     for path in ("/api/v1/lanes/%C2%B2/raw?start=0,0,0&stop=1,1,1", "/zarr/%C2%B2/raw/.zattrs",
                  "/zarr/0/raw/0/%C2%B2.0.0.0", "/api/v1/lanes/" + "9" * 5000 + "/raw?start=0,0,0&stop=1,1,1"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -27,15 +28,22 @@ def http_get(url: str, headers: dict | None = None, timeout: float = 120) -> tup
 
 
 class ServeProcess:
-    """``ilastik-desktop serve ARGS --port 0``; its URL is read from what it prints. Use as a context manager."""
+    """``ilastik-desktop serve ARGS --port 0`` (with ``env`` added to the environment, and at most ``max_files``
+    open files if given); its URL is read from what it prints. Use as a context manager.
 
-    def __init__(self, *args: str, timeout: float = 120):
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ``url`` is the link it prints (with the token in its path, if any); ``base`` the address without it.
+    """
+
+    def __init__(self, *args: str, timeout: float = 120, env: dict | None = None, max_files: int | None = None):
+        env = dict(os.environ, **(env or {}), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        limit = None if max_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                          (max_files, max_files))
         self.process = subprocess.Popen([sys.executable, "-m", "ilastik_desktop", "serve", *args, "--port", "0"],
                                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=limit)
         self.lines: list[str] = []
         self.url: str | None = None
+        self.base: str | None = None
         self.token: str | None = None
         self.left_running = False
         self._ready = threading.Event()
@@ -47,9 +55,10 @@ class ServeProcess:
     def _read(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line)
-            found = re.match(r"serving at (http://\S+)", line)
+            found = re.match(r"serving at (http://\S+?)/? ", line)
             if found:
                 self.url = found.group(1)
+                self.base = self.url.split("/t/")[0]
             token = re.match(r"token: (\S+)", line)
             if token:
                 self.token = token.group(1)

@@ -6,6 +6,8 @@ fields and buttons to it and shows its signals on the GUI thread.
 
 from __future__ import annotations
 
+import html
+
 from PyQt5 import QtCore, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
@@ -41,10 +43,10 @@ class ServeDialog(QtWidgets.QDialog):
     def _build(self) -> None:
         form = QtWidgets.QFormLayout(self)
         self.host = QtWidgets.QLineEdit("127.0.0.1")
-        self.host.setToolTip("127.0.0.1: this machine only. 0.0.0.0: every network (a token is then required)")
+        self.host.setToolTip("127.0.0.1: this machine only. 0.0.0.0: every network")
         self.port = QtWidgets.QSpinBox(minimum=0, maximum=65535, value=8000)
         self.port.setToolTip("0: any free port")
-        self.token = QtWidgets.QLineEdit(placeholderText="none on this machine only; generated otherwise")
+        self.token = QtWidgets.QLineEdit(placeholderText="generated (shown in the links below)")
         self.cors = QtWidgets.QLineEdit(placeholderText="e.g. https://neuroglancer-demo.appspot.com (comma-separated)")
         self.url = QtWidgets.QLabel(textInteractionFlags=QtCore.Qt.TextBrowserInteraction, openExternalLinks=True)
         self.message = QtWidgets.QLabel(wordWrap=True)
@@ -87,8 +89,8 @@ class ServeDialog(QtWidgets.QDialog):
         self.copy_button.setEnabled(True)
         for field in (self.host, self.port, self.token, self.cors):
             field.setEnabled(False)
-        prefix = server.url + (f"/t/{server.token}" if server.token else "")
-        self.url.setText(f'<a href="{prefix}/doc">{prefix}/doc</a>')
+        link = html.escape(server.link)
+        self.url.setText(f'<a href="{link}/doc">{link}/doc</a>')
         token = f"token: {server.token}\n" if server.token else "no token: this machine only\n"
         self.message.setText(f"serving {server.url}\n{token}zarr: {self.zarr_url()}")
         self.serving.emit(server.url)
