@@ -213,15 +213,16 @@ def _check_serve(app, env, project):
     server = subprocess.Popen([app, "serve", project, "--port", str(port), "--workers", "1"], env=env,
                               cwd=env["HOME"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
-    answers, lines = {}, []
+    answers, lines, link = {}, [], ""
     try:
         for line in server.stderr:
             lines.append(line)
-            if line.startswith("zarr: "):
+            if line.startswith("zarr: "):  # the link carries the token the server made
+                link = line[len("zarr: "):].strip().rsplit("/zarr/", 1)[0]
                 break
         for path in ("/doc", "/doc/static/swagger-ui-bundle.js", "/doc/static/swagger-ui.css",
                      "/zarr/0/probabilities/0/.zarray", "/zarr/0/probabilities/0/0.0.0.0"):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=300) as answer:
+            with urllib.request.urlopen(f"{link}{path}", timeout=300) as answer:
                 answers[path] = (answer.status, len(answer.read()))
     except (OSError, ValueError) as exc:
         lines.append(f"{type(exc).__name__}: {exc}")
