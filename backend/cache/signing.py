@@ -13,33 +13,24 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
-
-import platformdirs
 
 from backend.errors import UserError
+from backend.private_files import check_folder, check_private, config_dir, create_once
 
 SIGNED = b"ILS1"
 MAC_BYTES = hashlib.sha256().digest_size
 KEY_BYTES = 32
 
 
-def config_folder(explicit: str | None = None) -> str:
-    """The configuration folder: ``explicit``, ``$ILASTIK_DESKTOP_CONFIG_DIR`` or the platform's default (as
-    :func:`backend.distributed.security.config_dir`, which this layer may not import)."""
-    return explicit or os.environ.get("ILASTIK_DESKTOP_CONFIG_DIR") or platformdirs.user_config_dir("ilastik-desktop")
-
-
 def signing_key(directory: str | None = None) -> bytes:
     """The cache's signing key in the configuration folder ``directory``, created on first use."""
-    folder = config_folder(directory)
+    folder = config_dir(directory)
     path = os.path.join(folder, "keys", "cache.key")
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UserError(f"the configuration directory {folder} is a file; give a folder (--config-dir)")
+    check_folder(folder)
     try:
         if not os.path.exists(path):
-            _create(path)
-        _check_private(path)
+            create_once(path, secrets.token_hex(KEY_BYTES).encode() + b"\n")
+        check_private(path, "cache key")
         with open(path, "rb") as f:
             key = bytes.fromhex(f.read().strip().decode("ascii"))
     except OSError as exc:
@@ -50,34 +41,6 @@ def signing_key(directory: str | None = None) -> bytes:
         raise UserError(f"the cache key {path} is unreadable (expected {2 * KEY_BYTES} hex digits); delete it "
                         "to create a new one (entries signed with the old key are then computed again)")
     return key
-
-
-def _create(path: str) -> None:
-    """Write a new key unless another process does so at the same time (the first one written stays)."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.getpid()}-{threading.get_ident()}.cache.key")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as f:
-        f.write(secrets.token_hex(KEY_BYTES) + "\n")
-    try:
-        os.link(temporary, path)
-    except FileExistsError:
-        pass  # another process was first: its key is the one
-    finally:
-        os.unlink(temporary)
-
-
-def _check_private(path: str) -> None:
-    """Refuse a key that other users can read or replace."""
-    if os.name != "posix":
-        return
-    for item, what, mask, mode in ((path, "cache key", 0o077, "600"), (os.path.dirname(path), "key folder", 0o022,
-                                                                        "700")):
-        bits = os.stat(item).st_mode
-        if bits & mask:
-            raise UserError(f"the {what} {item} can be read or changed by other users (mode {bits & 0o777:o}); "
-                            f"run: chmod {mode} '{item}'")
 
 
 class Signer:

@@ -16,19 +16,14 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import platformdirs
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from backend.errors import UserError
+from backend.private_files import check_folder, check_private, check_unwritable, config_dir, create_once
 
 log = logging.getLogger(__name__)
 KEY_LENGTH = 40  # Z85 text of a 32-byte key
-
-
-def config_dir(explicit: str | None = None) -> str:
-    """The configuration directory: ``explicit``, ``$ILASTIK_DESKTOP_CONFIG_DIR`` or the platform's default."""
-    return explicit or os.environ.get("ILASTIK_DESKTOP_CONFIG_DIR") or platformdirs.user_config_dir("ilastik-desktop")
 
 
 def is_local(endpoint: str) -> bool:
@@ -78,12 +73,11 @@ class KeyStore:
         """The (public, secret) key pair of ``role`` ("gateway" or "worker"), created on first use."""
         public_path = os.path.join(self.directory, "keys", f"{role}.key")
         secret_path = public_path + "_secret"
-        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-            raise UserError(f"the configuration directory {self.directory} is a file; give a folder (--config-dir)")
+        check_folder(self.directory)
         try:
             if not os.path.exists(secret_path):
                 self._create(public_path, secret_path)
-            _check_private(secret_path)
+            check_private(secret_path, "secret key")
         except OSError as exc:
             raise UserError(f"cannot create or read the key pair in {os.path.dirname(public_path)}: "
                             f"{exc.strerror or exc}") from None
@@ -98,32 +92,21 @@ class KeyStore:
         return public, secret
 
     def _create(self, public_path: str, secret_path: str) -> None:
-        """Create the pair unless another process does so at the same time: the secret is written in full under
-        a temporary name and linked into place, which fails if it exists, so every process uses the same pair."""
-        folder = os.path.dirname(public_path)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        """Create the pair unless another process does so at the same time (every process uses the first pair)."""
         public, secret = zmq.curve_keypair()
-        temporary = os.path.join(folder, f".{os.getpid()}-{threading.get_ident()}.key_secret")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(secret + b"\n")
-        try:
-            os.link(temporary, secret_path)
-        except FileExistsError:
+        if not create_once(secret_path, secret + b"\n"):
             return  # another process was first: its pair is the one
-        finally:
-            os.unlink(temporary)
         with open(public_path + ".tmp", "wb") as f:
             f.write(public + b"\n")
         os.replace(public_path + ".tmp", public_path)
-        log.info("created a new key pair in %s", folder)
+        log.info("created a new key pair in %s", os.path.dirname(public_path))
 
     def authorized(self, role: str) -> set[bytes]:
         """The public keys listed in ``authorized_<role>s`` (empty when the file does not exist)."""
         path = os.path.join(self.directory, f"authorized_{role}s")
         keys: set[bytes] = set()
         try:
-            _check_unwritable(path)
+            check_unwritable(path, "allow-list")
             with open(path, encoding="utf-8") as f:
                 lines = [line.strip() for line in f]
         except FileNotFoundError:
@@ -150,29 +133,6 @@ class KeyStore:
             f.seek(0)
             ends_open = (f.read() or "\n")[-1] != "\n"
             f.write(("\n" if ends_open else "") + key.decode() + "  # allowed in the Connect dialog\n")
-
-
-def _check_private(secret_path: str) -> None:
-    """Refuse a secret key that other users can read or replace (checked on every load, not only at creation)."""
-    if os.name != "posix":
-        return
-    for path, what in ((secret_path, "secret key"), (os.path.dirname(secret_path), "key folder")):
-        mode = os.stat(path).st_mode
-        if mode & (0o077 if path == secret_path else 0o022):
-            raise UserError(f"the {what} {path} can be read or changed by other users (mode {mode & 0o777:o}); "
-                            f"run: chmod {'600' if path == secret_path else '700'} '{path}'")
-
-
-def _check_unwritable(path: str) -> None:
-    """Refuse an allow-list that other users can change, or whose folder they can change (checked on every load):
-    whoever writes to it decides which keys are trusted. FileNotFoundError if it does not exist."""
-    if os.name != "posix":
-        return
-    for checked, what in ((path, "allow-list"), (os.path.dirname(path), "folder of the allow-list")):
-        mode = os.stat(checked).st_mode
-        if mode & 0o022:
-            raise UserError(f"the {what} {checked} can be changed by other users (mode {mode & 0o777:o}); "
-                            f"run: chmod go-w '{checked}'")
 
 
 @dataclass
