@@ -1,16 +1,23 @@
 """Crafted and damaged projects: a real project copied and then damaged with h5py, one way per case. Each is
 refused by the headless command in one line naming the project file and the HDF5 path (exit code 2, no
-traceback), before anything large is allocated."""
+traceback), before anything large is allocated.
+
+The cases run the command's ``main`` in this process (each is refused before any process starts; one
+interpreter per case took 100 s); one case and the successful export go through a real subprocess."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 
 import h5py
 import numpy as np
 import pytest
 
+from ilastik_desktop.cli.headless import INTERRUPTING
+from ilastik_desktop.cli.main import main
 from tests.conftest import run_cli
 from tests.integration.test_cli_errors import _assert_one_line_error
 
@@ -31,9 +38,30 @@ def api(data_dir, tmp_path):
     return tmp_path
 
 
-def headless(folder, *args):
-    return run_cli("--headless", "--no-progress", "--project", str(folder / "PixelClass3D.ilp"),
-                   "--raw_data", str(folder / "Data_3D.npy"), "--output_format", "npy", *args, timeout=150)
+def arguments(folder, *args) -> list[str]:
+    return ["--headless", "--no-progress", "--project", str(folder / "PixelClass3D.ilp"),
+            "--raw_data", str(folder / "Data_3D.npy"), "--output_format", "npy", *args]
+
+
+def headless(folder, *args) -> subprocess.CompletedProcess:
+    return run_cli(*arguments(folder, *args), timeout=150)
+
+
+@pytest.fixture
+def in_process(capsys):
+    """Run the command's ``main`` here: its exit code and what it printed, as ``run_cli`` gives them (the
+    command's signal handlers are put back afterwards)."""
+    saved = {signum: signal.getsignal(signum) for signum in INTERRUPTING}
+
+    def run(folder, *args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main(arguments(folder, *args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    yield run
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def replace(f: h5py.File, name: str, value=None, group: bool = False) -> None:
@@ -159,20 +187,27 @@ LABELS = [
 
 
 @pytest.mark.parametrize("damage, fragments", [case[1:] for case in OPENING], ids=[case[0] for case in OPENING])
-def test_a_damaged_project_is_refused_in_one_line(api, damage, fragments):
+def test_a_damaged_project_is_refused_in_one_line(api, in_process, damage, fragments):
     with h5py.File(api / "PixelClass3D.ilp", "r+") as f:
         damage(f)
     before = set(os.listdir(api))
-    _assert_one_line_error(headless(api), "PixelClass3D.ilp", *fragments)
+    _assert_one_line_error(in_process(api), "PixelClass3D.ilp", *fragments)
     assert set(os.listdir(api)) == before
 
 
+def test_a_damaged_project_is_one_line_from_the_command_line_too(api):
+    _, damage, fragments = next(case for case in OPENING if case[0] == "a soft-link loop")
+    with h5py.File(api / "PixelClass3D.ilp", "r+") as f:
+        damage(f)
+    _assert_one_line_error(headless(api), "PixelClass3D.ilp", *fragments)
+
+
 @pytest.mark.parametrize("damage, fragments", [case[1:] for case in LABELS], ids=[case[0] for case in LABELS])
-def test_crafted_labels_are_refused_before_training(api, damage, fragments):
+def test_crafted_labels_are_refused_before_training(api, in_process, damage, fragments):
     with h5py.File(api / "PixelClass3D.ilp", "r+") as f:
         damage(f)
     original = (api / "PixelClass3D.ilp").read_bytes()
-    _assert_one_line_error(headless(api, "--retrain", "--export_source", "Features"), "PixelClass3D.ilp", *fragments)
+    _assert_one_line_error(in_process(api, "--retrain", "--export_source", "Features"), "PixelClass3D.ilp", *fragments)
     assert (api / "PixelClass3D.ilp").read_bytes() == original, "the project was changed"
 
 
