@@ -371,3 +371,48 @@ def test_what_the_path_brings_is_escaped_and_odd_numbers_are_not_found(server_3d
         assert status == 404, (path[:60], status, body[:200])
     status, _, _ = server_3d.get("/api/v1/lanes/0/probabilities?start=0,0,0&stop=1,8,8&format=png&channel=%C2%B2")
     assert status == 400
+
+
+def _status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_token_bypasses_and_path_traversals_read_nothing(server_3d):
+    """Forty ways around the token and a dozen ways out of the docs' folder, sent byte for byte: none reads
+    anything, none is an error of the server."""
+    token = server_3d.token.encode()
+    wrong = token[:-1] + (b"A" if token[-1:] != b"A" else b"B")
+    target = b"/api/v1/info"
+    paths = [target, b"/t/" + token[:-1] + target, b"/t/" + token + b"x" + target, b"/t/" + token.upper() + target,
+             b"/t/" + token.swapcase() + target, b"/t/" + wrong + target, b"/t//" + target[1:], b"/t/%2e%2e" + target,
+             b"/t/" + token + b"%2F.." + target, b"/x/t/" + token + target, b"//t/" + token + target,
+             b"/T/" + token + target, b"/t/" + token[:8] + target, target + b"?token=", target + b"?token=" + wrong,
+             target + b"?TOKEN=" + token, target + b"?token%3D" + token, target + b"?tok=" + token,
+             target + b"?token=" + token + b"%00", target + b"?token=%20" + token, target + b"#token=" + token,
+             b"/t/" + token + b"%00" + target, b"/t/" + token + b";x" + target, b"/t/%00" + target]
+    headers = [b"Authorization: Bearer\r\n", b"Authorization: Bearer " + wrong + b"\r\n",
+               b"Authorization: Basic " + token + b"\r\n", b"Authorization: Bearer " + token + b" extra\r\n",
+               b"Authorization: Token " + token + b"\r\n", b"Authorization: " + token + b"\r\n",
+               b"X-Token: " + token + b"\r\n", b"Cookie: token=" + token + b"\r\n",
+               b"Authorization: Bearer " + token + b"\x00\r\n", b"Authorization: Bearer " + token.upper() + b"\r\n",
+               b"Authorization: Bearer " + token[:-1] + b"\r\n", b"Authorization: Bearer " + b"x" * 10_000 + b"\r\n",
+               b"Authorization: Bearer " + wrong + b"\r\nAuthorization: Bearer " + wrong + b"\r\n",
+               b"Authorization: Bearer \xff\xfe" + token + b"\r\n", b"Authorization: Bearer " + token[::-1] + b"\r\n",
+               b"Proxy-Authorization: Bearer " + token + b"\r\n"]
+    attempts = [(path, b"") for path in paths] + [(target, header) for header in headers]
+    assert len(attempts) == 40
+    for path, header in attempts:
+        answer = _raw_get(server_3d, path, header)
+        assert answer.startswith(b"HTTP/1."), (path, header, answer)
+        assert _status(answer) in (400, 401, 403, 404, 431), (path, header, answer)
+    good = b"/t/" + token
+    traversals = [b"/doc/static/../../../../etc/passwd", b"/doc/static/..%2F..%2F..%2Fetc%2Fpasswd",
+                  b"/doc/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd", b"/doc/static/....//....//etc/passwd",
+                  b"/doc/static/%252e%252e%252fetc%252fpasswd", b"/doc/static/..\\..\\..\\etc\\passwd",
+                  b"/doc/static/%00../../etc/passwd", b"/doc/static//etc/passwd", b"/doc/static/%2Fetc%2Fpasswd",
+                  b"/doc/static/..", b"/doc/static/.", b"/doc/static/swagger-ui.css/../../../../etc/passwd"]
+    for path in traversals:
+        answer = _raw_get(server_3d, good + path)
+        assert _status(answer) in (400, 403, 404), (path, answer)
+    assert _status(_raw_get(server_3d, good + b"/doc/static/swagger-ui.css")) == 200
+    assert server_3d.get("/health")[0] == 200
