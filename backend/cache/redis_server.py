@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import redis
 
 from backend.config import CacheConfig
 from backend.errors import UserError
+from backend.owned_folder import OwnedFolder
 from backend.processes import Spawner
 
 
@@ -55,13 +55,13 @@ class EmbeddedRedis:
     def __init__(self, settings: RedisSettings = RedisSettings(), config: CacheConfig = CacheConfig()):
         self.settings, self.config = settings, config
         self.password = secrets.token_hex(16)
-        self._folder: str | None = None
+        self._folder: OwnedFolder | None = None
         self._process: subprocess.Popen | None = None
         self._spawner: Spawner | None = None
 
     @property
     def socket_path(self) -> str:
-        return os.path.join(self._folder or "", "redis.sock")
+        return os.path.join(self._folder.path if self._folder else "", "redis.sock")
 
     @property
     def url(self) -> str:
@@ -76,14 +76,14 @@ class EmbeddedRedis:
         """Start the server and wait until it answers."""
         if self.alive():
             return self
-        self._folder = self._folder or tempfile.mkdtemp(prefix="ilastik-desktop-redis-")
-        os.chmod(self._folder, 0o700)
+        self._folder = self._folder or OwnedFolder("ilastik-desktop-redis-")  # also removes those of killed apps
+        folder = self._folder.path
         config = "\n".join([
             "port 0", f"unixsocket {self.socket_path}", "unixsocketperm 700", f"requirepass {self.password}",
             'save ""', "appendonly no", f"maxmemory {self.settings.maxmemory_mb}mb", "maxmemory-policy allkeys-lru",
-            f"dir {self._folder}", "loglevel warning", "logfile redis.log", "daemonize no",
+            f"dir {folder}", "loglevel warning", "logfile redis.log", "daemonize no",
         ])
-        conf = os.path.join(self._folder, "redis.conf")
+        conf = os.path.join(folder, "redis.conf")
         with open(conf, "w") as f:
             f.write(config + "\n")
         self._spawner = self._spawner or Spawner("redis")
@@ -97,7 +97,7 @@ class EmbeddedRedis:
             if self._process.poll() is not None:
                 break
             time.sleep(0.02)
-        log = os.path.join(self._folder, "redis.log")
+        log = os.path.join(folder, "redis.log")
         detail = []
         if os.path.exists(log):
             with open(log) as f:
@@ -139,7 +139,7 @@ class EmbeddedRedis:
             self._spawner.close()
             self._spawner = None
         if self._folder:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder.remove()
             self._folder = None
 
     @property

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from urllib.parse import urlsplit
@@ -26,6 +24,7 @@ from backend.distributed.security import CurveIdentity, KeyStore
 from backend.distributed.zmq_executor import ZmqExecutor
 from backend.errors import UserError
 from backend.io.sources import DataSource
+from backend.owned_folder import OwnedFolder
 from backend.service.gateway import Gateway, GatewayConfig
 from ilastik_desktop.runtime.local_workers import LocalWorkers
 from ilastik_desktop.runtime.settings import ComputeSettings
@@ -69,7 +68,8 @@ class Services:
     def __init__(self, settings: ComputeSettings):
         self.settings = settings
         self.config = settings.config
-        self.folder = tempfile.mkdtemp(prefix="ilastik-desktop-")
+        self._folder = OwnedFolder("ilastik-desktop-run-")  # also removes those of killed runs
+        self.folder = self._folder.path
         self.embedded: EmbeddedRedis | None = None
         self.executor: Executor | None = None
         self.local: LocalWorkers | None = None
@@ -250,7 +250,7 @@ class Services:
             self.local.stop()
         if self.embedded is not None:
             self.embedded.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._folder.remove()
 
     def __enter__(self) -> Services:
         return self

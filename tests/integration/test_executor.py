@@ -13,10 +13,11 @@ import pytest
 
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.distributed.local_executor import LocalExecutor
-from backend.distributed.pipeline_folder import LOCK, PREFIX
+from backend.distributed.pipeline_folder import PREFIX
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.synthetic import SyntheticProject, write_synthetic_project
+from backend.owned_folder import LOCK
 from tests.conftest import REPO
 from tests.helpers import wait_for
 from tests.integration.workers import kill_worker, start_worker

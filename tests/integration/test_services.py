@@ -71,3 +71,36 @@ def test_the_printed_worker_command_names_the_address_we_listen_on(tmp_path, lis
         assert f"--connect tcp://{host}:{port} " in command and "localhost" not in command
         assert services.identity.public.decode() in command
     assert not machine_name().startswith(("localhost", "127."))
+
+
+@pytest.mark.timeout(180)
+def test_the_folders_of_a_killed_app_are_removed_when_the_next_one_starts(tmp_path):
+    """kill -9 of an app left its folder and its cache server's (a socket, a log, a configuration) for good."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = ("import sys, time\n"
+              "from ilastik_desktop.runtime.services import Services\n"
+              "from ilastik_desktop.runtime.settings import ComputeSettings\n"
+              "services = Services(ComputeSettings(workers=0, cache_mb=16))\n"
+              "print(services.folder, services.embedded.socket_path, flush=True)\n"
+              "time.sleep(600)\n")
+    app = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        folders = [os.path.dirname(path) if path.endswith(".sock") else path for path in app.stdout.readline().split()]
+        assert len(folders) == 2 and all(os.path.isdir(f) for f in folders), folders
+        tree = [app.pid] + [child.pid for child in psutil.Process(app.pid).children(recursive=True)]
+    finally:
+        app.kill()
+        app.wait(timeout=30)
+    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                             for pid in tree), 30, message="the killed app's cache server still runs")
+    assert all(os.path.isdir(f) for f in folders)  # SIGKILL: nobody removed them
+    other = subprocess.run([sys.executable, "-c", script.replace("time.sleep(600)", "services.close()")], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr
+    assert not any(os.path.exists(f) for f in folders)
+    assert os.listdir(tmp_path) == []  # and the second one's own folders are gone after close

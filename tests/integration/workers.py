@@ -35,10 +35,11 @@ def compute_processes(parent: psutil.Process) -> list[psutil.Process]:
 
 
 def start_worker(*args: str, processes: int = 1, heartbeat: float = 0.2) -> subprocess.Popen:
-    """An ilastik-worker subprocess in its own process group (so its pool dies with it)."""
+    """An ilastik-worker subprocess in its own process group (so its pool dies with it), ending by itself when
+    the test run does (a test run killed midway left its workers waiting for their gateway for good)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "ilastik_desktop.cli.worker", *args, "--processes", str(processes),
-           "--heartbeat", str(heartbeat)]
+    cmd = [sys.executable, "-m", "ilastik_desktop.cli.worker", "--parent-pid", str(os.getpid()), *args,
+           "--processes", str(processes), "--heartbeat", str(heartbeat)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
 
 
