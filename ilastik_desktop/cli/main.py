@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--project", help="the ilastik project (same as the positional argument)")
     p.add_argument("--headless", action="store_true", help="export without a window, like ilastik --headless")
-    p.add_argument("--demo-project", metavar="DIR", help="write a small synthetic 3D demo project into DIR and open it")
+    p.add_argument("--demo-project", metavar="DIR", help="write a small synthetic 3D demo project into DIR and open "
+                   "it (one written there before is opened as it is)")
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="open the project, wait until the visible predictions are complete, save the window, exit")
     p.add_argument("--window-size", default="1600x1000", metavar="WxH", help="window size (default 1600x1000)")
@@ -108,10 +109,11 @@ def _run(args: argparse.Namespace) -> int:
         return answered
     announce_first_start()
     if args.demo_project:
-        from ilastik_desktop.runtime.demo import write_demo_project
+        from ilastik_desktop.runtime.demo import open_or_write_demo
 
-        path = write_demo_project(args.demo_project)
-        print(f"demo project written: {path}", file=sys.stderr)
+        path, written = open_or_write_demo(args.demo_project)
+        print(f"demo project written: {path}" if written else
+              f"demo project: {path} (the one written before; delete it for a new one)", file=sys.stderr)
         args.project = args.project or path
     if args.headless:
         from ilastik_desktop.cli.headless import run_headless

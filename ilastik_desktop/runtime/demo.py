@@ -32,4 +32,13 @@ def write_demo_project(directory: str, shape: tuple[int, int, int] = DEMO_SHAPE,
     return write_synthetic_project(directory, spec, "demo.ilp", "demo_raw.h5")[0]
 
 
-__all__ = ["write_demo_project"]
+def open_or_write_demo(directory: str) -> tuple[str, bool]:
+    """The demo project in ``directory``: the one there if it was written before (labels painted and saved in it
+    are kept), else a new one; returns its path and whether it was written now."""
+    project, raw = os.path.join(directory, "demo.ilp"), os.path.join(directory, "demo_raw.h5")
+    if os.path.isfile(project) and os.path.isfile(raw):
+        return project, False
+    return write_demo_project(directory), True
+
+
+__all__ = ["open_or_write_demo", "write_demo_project"]
