@@ -51,6 +51,7 @@ class LocalWorkers:
 
     def _start(self) -> subprocess.Popen:
         with open(self.log_path, "ab") as log_file:
+            self._log_start = log_file.tell()  # this life's output begins here
             return subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                     start_new_session=True, env=self._environment)
 
@@ -63,7 +64,8 @@ class LocalWorkers:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         how, self._killed = self._killed or how, None
         with open(self.log_path, errors="replace") as f:
-            tail = [line.strip() for line in f if line.strip()][-1:]
+            f.seek(self._log_start)  # not an earlier life's; and a statement, not a quoted source line
+            tail = [line.strip() for line in f if line.strip() and not line[0].isspace()][-1:]
         return f"the local worker process (pid {process.pid}) {how}: {' '.join(tail) or 'no output'}"
 
     def _supervise(self) -> None:
