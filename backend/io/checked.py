@@ -59,21 +59,20 @@ def present(parent: h5py.Group, name: str) -> bool:
 
 def expect_group(parent: h5py.Group, name: str, required: bool = True) -> h5py.Group | None:
     """The group ``name`` of ``parent`` (None if absent and not ``required``)."""
-    node = _node(parent, name)
-    if node is None and not required:
-        return None
-    if not isinstance(node, h5py.Group):
-        raise problem(parent, name, "is missing" if node is None else "should be a group but is a dataset")
-    return node
+    return _expect(parent, name, required, h5py.Group, "should be a group but is a dataset")
 
 
 def expect_dataset(parent: h5py.Group, name: str, required: bool = True) -> h5py.Dataset | None:
     """The dataset ``name`` of ``parent`` (None if absent and not ``required``)."""
+    return _expect(parent, name, required, h5py.Dataset, "should be a dataset but is a group")
+
+
+def _expect(parent: h5py.Group, name: str, required: bool, kind: type, otherwise: str):
     node = _node(parent, name)
     if node is None and not required:
         return None
-    if not isinstance(node, h5py.Dataset):
-        raise problem(parent, name, "is missing" if node is None else "should be a dataset but is a group")
+    if not isinstance(node, kind):
+        raise problem(parent, name, "is missing" if node is None else otherwise)
     return node
 
 
