@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 
@@ -133,8 +134,23 @@ def _partial_name(path: str) -> str:
     return os.path.join(head, f".{tail}.partial")
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+def _remove(path: str, settle_s: float = 0.2, limit_s: float = 5.0) -> None:
+    """Delete the file or folder ``path``. A folder is removed again until it stays gone for ``settle_s``: an
+    interrupted zarr write goes on briefly on zarr's own I/O thread, which fills (or re-creates) the folder
+    while it is being removed ("Directory not empty"); after ``limit_s`` the last error is raised."""
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(settle_s)
+        if not os.path.exists(path):
+            return

@@ -66,3 +66,30 @@ def test_an_output_larger_than_the_free_disk_space_is_refused_before_anything_is
     writer = BlockWriter(str(tmp_path / "out.zarr"), "zarr", "zyxc", huge, 2, np.float32, (1, 64, 128, 128))
     writer.abort()  # zarr compresses its chunks: its size is not known in advance
     assert os.listdir(tmp_path) == []
+
+
+def test_a_partial_folder_still_being_written_is_removed_for_good(tmp_path):
+    """An interrupted zarr write goes on briefly on zarr's I/O thread: removing the partial output then failed
+    with "Directory not empty" (an OSError traceback after SIGHUP in CI), or the late chunk re-created it."""
+    import threading
+    import time
+
+    from backend.io.writers import _remove
+
+    partial = tmp_path / ".out.zarr.partial"
+    (partial / "c").mkdir(parents=True)
+    started = threading.Event()
+
+    def late_writes() -> None:
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            (partial / "c").mkdir(parents=True, exist_ok=True)
+            (partial / "c" / f"{time.monotonic_ns()}").write_bytes(b"chunk")
+            started.set()
+
+    writer = threading.Thread(target=late_writes)
+    writer.start()
+    started.wait(5)
+    _remove(str(partial))
+    writer.join()
+    assert not partial.exists()
