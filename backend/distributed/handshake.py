@@ -5,6 +5,11 @@ sees only silence. ZeroMQ's socket monitor reports both: the server's refusal of
 (``HANDSHAKE_FAILED_AUTH``, status 400) and a server that cannot read our greeting because we encrypted
 it for another key (the connection closes during the handshake). This module turns those events into
 one sentence per kind of failure, until a handshake succeeds.
+
+On a listening (server) socket, a peer that closes the connection before it sent its greeting is no failed
+handshake: a plain TCP connection test (the app's check that the worker is reachable) does exactly that, and
+ZeroMQ reports it as ``HANDSHAKE_FAILED_NO_DETAIL``. A peer that greets with the wrong key or no encryption
+is reported as ``HANDSHAKE_FAILED_PROTOCOL``; a refused key as ``HANDSHAKE_FAILED_AUTH``.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ _EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAI
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 REFUSED_OUR_KEY = "refused our key"
 WRONG_SERVER_KEY = "handshake failed"
+HUNG_UP = "closed before the handshake"  # listening: a connection test, not a failure
 
 
 class HandshakeMonitor:
-    """Watches one connecting CURVE socket; :meth:`read` returns new failures as short sentences."""
+    """Watches one CURVE socket (``listening``: a bound one); :meth:`read` returns new failures as short
+    sentences."""
 
-    def __init__(self, sock: zmq.Socket, endpoint: str):
-        self.endpoint = endpoint
+    def __init__(self, sock: zmq.Socket, endpoint: str, listening: bool = False):
+        self.endpoint, self.listening = endpoint, listening
         self.socket = sock.get_monitor_socket(_EVENTS)
         self._reported: set[str] = set()
 
@@ -38,6 +45,8 @@ class HandshakeMonitor:
                 self._reported.clear()
                 continue
             kind = REFUSED_OUR_KEY if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else WRONG_SERVER_KEY
+            if self.listening and event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                kind = HUNG_UP
             if kind not in self._reported:
                 self._reported.add(kind)
                 news.append(kind)

@@ -25,7 +25,7 @@ import zmq
 from backend.backoff import Backoff
 from backend.compute.pipeline import Pipeline
 from backend.config import WorkerConfig
-from backend.distributed.handshake import REFUSED_OUR_KEY, HandshakeMonitor
+from backend.distributed.handshake import HUNG_UP, REFUSED_OUR_KEY, HandshakeMonitor
 from backend.distributed.local_executor import LocalExecutor
 from backend.distributed.protocol import (
     MAX_MESSAGE_BYTES,
@@ -42,6 +42,7 @@ from backend.distributed.wakeup import Wakeup
 from backend.errors import is_deterministic
 
 log = logging.getLogger(__name__)
+announce = logging.getLogger(__name__ + ".status")  # the one line that says the worker is up (shown by default)
 PROTOCOL_NAME = "ilastik-desktop/1"
 
 
@@ -127,9 +128,12 @@ class Worker:
         try:
             while not self._stopping:
                 sock = self._open()
-                monitor = HandshakeMonitor(sock, self.address) if self.config.secure else None
+                monitor = HandshakeMonitor(sock, self.address, bool(self.config.listen)) if self.config.secure \
+                    else None
                 try:
                     self._wait_for_pool()  # bound or connected, but silent until the compute processes are warm
+                    if self.config.listen:  # bound once: _serve returns only when the worker stops
+                        announce.info("%s", self.status_line())
                     if self.config.connect:
                         _send(sock, self._ready())
                     if self._serve(sock, monitor):
@@ -149,6 +153,13 @@ class Worker:
                 self.authenticator.stop()
             self.context.term()
             self._wakeup.close()
+
+    def status_line(self) -> str:
+        """Where this worker listens (or connects to), its public key if encrypted, its compute processes."""
+        doing = "listening at" if self.config.listen else "connecting to"
+        key = (f"public key {self.config.identity.public.decode()}" if self.config.secure
+               else "unencrypted (this machine only)")
+        return f"{doing} {self.address}, {key}, {self.config.processes} processes"
 
     def _wait_for_pool(self) -> None:
         """Announce ourselves only once the compute processes are warm (or after the warm-up limit)."""
@@ -176,7 +187,10 @@ class Worker:
                 self._wakeup.drain()
             if monitor and monitor.socket in events:
                 for failure in monitor.read():
-                    if self.config.connect or failure != REFUSED_OUR_KEY:  # refused gateways: the authenticator
+                    if failure == HUNG_UP:
+                        log.info("a connection to %s closed before the encrypted handshake (a connection test)",
+                                 self.address)
+                    elif self.config.connect or failure != REFUSED_OUR_KEY:  # refused gateways: the authenticator
                         log.error("%s", self._explain(failure))
             if sock in events:
                 while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:

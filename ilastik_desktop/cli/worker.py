@@ -14,7 +14,7 @@ import zmq
 from backend.config import Config, format_config, load_config
 from backend.distributed.executor import default_workers
 from backend.distributed.security import CurveIdentity, KeyStore, check_endpoint, check_key, is_local
-from backend.distributed.worker import Worker, WorkerOptions
+from backend.distributed.worker import Worker, WorkerOptions, announce
 from backend.errors import UserError
 from backend.processes import watch_parent
 from ilastik_desktop import __version__
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(attach_key_values(sys.argv[1:] if argv is None else argv, ("--gateway-key",)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="ilastik-worker: %(message)s", stream=sys.stderr)
+    announce.setLevel(logging.INFO)  # "listening at ..." once it is up, also without --verbose
     try:
         config = load_config()
         if args.parent_pid:
