@@ -6,6 +6,7 @@ import numpy as np
 
 from backend.errors import DataError
 from backend.io.sources.base import DataSource, file_identity
+from backend.io.sources.damage import unreadable
 
 
 class ArraySource(DataSource):
@@ -40,7 +41,7 @@ def open_image(path: str, axes: str | None) -> ArraySource:
     try:
         array = np.asarray(iio.imread(path))
     except Exception as exc:  # imageio raises many types for unreadable files
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+        raise unreadable(path, exc, "PNG, JPEG, BMP or GIF") from None
     if axes is None:
         axes = "yx" if array.ndim == 2 else "yxc"
     return ArraySource(array, axes, path)

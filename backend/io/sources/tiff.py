@@ -3,11 +3,14 @@ tifffile's zarr view (only the strips or tiles a region touches are decompressed
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tifffile
 
 from backend.errors import DataError
 from backend.io.sources.base import DataSource, file_identity
+from backend.io.sources.damage import unreadable
 
 _TIFF_AXES = {"T": "t", "Z": "z", "Y": "y", "X": "x", "C": "c", "S": "c"}
 
@@ -42,6 +45,18 @@ def _pixel_size(tif) -> tuple[float, str] | None:
     return (1.0 / per_unit, unit) if unit and per_unit > 0 else None
 
 
+def _missing_data(series, file_size: int) -> str | None:
+    """Why the pixels of ``series`` cannot all be in a file of ``file_size`` bytes (a page missing or its strips
+    past the end: the file was cut off), None if they can."""
+    for number, page in enumerate(series.pages):
+        if page is None:
+            return f"page {number} is missing"
+        end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+        if end > file_size:
+            return f"cut off at byte {file_size}, page {number}'s pixels run to byte {end}"
+    return None
+
+
 def _by_region(path: str):
     """The first series as a lazily read zarr array (the file stays open while the array is used)."""
     import zarr
@@ -63,8 +78,11 @@ class TiffSource(DataSource):
                 shape, dtype = tuple(series.shape), series.dtype
                 native_axes = _axes_from_tifffile(series.axes, shape)
                 pixel_size = _pixel_size(tif)
+                missing = _missing_data(series, os.path.getsize(path))
         except (tifffile.TiffFileError, OSError, IndexError) as exc:
-            raise DataError(f"{path}: not a readable TIFF file ({exc})") from None
+            raise unreadable(path, exc, "TIFF") from None
+        if missing is not None:
+            raise DataError(f"{path}: the file is damaged or incomplete (TIFF: {missing})")
         try:
             self.array = tifffile.memmap(path, mode="r")
         except (ValueError, OSError):  # compressed (or otherwise not mappable): read by region
