@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from backend.errors import ProjectError
+from backend.io.sources.base import axes_problem
 
 NUMBER_KINDS = "iuf"
 INTEGER_KINDS = "iu"
@@ -181,12 +182,14 @@ def expect_attr_text(obj: h5py.HLObject, name: str) -> str | None:
 
 
 def parse_axes(parent: h5py.HLObject, name: str, text: str) -> str:
-    """The axis keys (e.g. ``'zyxc'``) of vigra's JSON axistags ``text``, each of t, z, y, x, c at most once."""
+    """The axis keys (e.g. ``'zyxc'``) of vigra's JSON axistags ``text``, each of t, z, y, x, c at most once
+    (whether they fit the data is checked where the data's shape is known)."""
     try:
         axes = json.loads(text)["axes"]
         keys = "".join(axis["key"] for axis in axes).lower()
     except (ValueError, KeyError, TypeError) as exc:
         raise problem(parent, name, f"axistags are not vigra's JSON ({type(exc).__name__}: {exc})") from None
-    if not keys or len(set(keys)) != len(keys) or not set(keys) <= set("tzyxc"):
-        raise problem(parent, name, f"axistags name the axes '{keys[:20]}' (each of t, z, y, x, c at most once)")
+    wrong = axes_problem(keys[:20])
+    if wrong is not None:
+        raise problem(parent, name, f"axistags: {wrong}")
     return keys

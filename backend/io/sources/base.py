@@ -37,13 +37,29 @@ def guess_axes(shape: tuple[int, ...]) -> str:
     raise DataError(f"cannot guess the axes of a {ndim}-d array {shape}: pass --input_axes")
 
 
+def axes_problem(axes: str, ndim: int | None = None) -> str | None:
+    """What is wrong with ``axes`` as the axis letters of an image with ``ndim`` axes (None: any number), in
+    words; None if nothing is."""
+    if ndim is not None and len(axes) != ndim:
+        return (f"the image has {ndim} ax{'is' if ndim == 1 else 'es'}, '{axes}' names {len(axes)} "
+                "(one letter per axis)")
+    if not axes:
+        return "no axes are named"
+    unknown = "".join(dict.fromkeys(a for a in axes if a not in CANONICAL))
+    if unknown:
+        return f"'{axes}' names {', '.join(unknown)}, not one of t, z, y, x, c"
+    repeated = "".join(dict.fromkeys(a for a in axes if axes.count(a) > 1))
+    if repeated:
+        return f"'{axes}' names {', '.join(repeated)} more than once (each of t, z, y, x, c at most once)"
+    return None
+
+
 def check_axes(axes: str, ndim: int, where: str) -> str:
     """Validate an axes string against an array's dimensionality."""
     axes = axes.lower()
-    if len(axes) != ndim or len(set(axes)) != ndim or not set(axes) <= set(CANONICAL):
-        raise DataError(
-            f"{where}: axes '{axes}' do not fit a {ndim}-d array (use each of t, z, y, x, c at most once)"
-        )
+    wrong = axes_problem(axes, ndim)
+    if wrong is not None:
+        raise DataError(f"{where}: axes '{axes}' do not fit: {wrong}")
     return axes
 
 
