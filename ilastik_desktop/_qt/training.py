@@ -13,6 +13,11 @@ from ilastik_desktop.runtime.training import TrainingController
 from viewer.labels_layer import paint_labels
 from viewer.model import LABELS
 
+LABELING_KEYS = (("N", "navigate: left drags pan again"), ("B", "paint labels with the brush"),
+                 ("E", "paint labels with the eraser"), ("A", "add a class and paint with it"),
+                 *((str(n), "paint with class 1 to 9") for n in range(1, 10)), (",", "smaller brush"),
+                 (".", "larger brush"), ("L", "live training on or off"))  # ilastik's, while a project is open
+
 
 class TrainingBinding(QtCore.QObject):
     """The window's training: the panel, the keys and the debounce; ``trained`` and ``saved`` report outcomes."""
@@ -61,17 +66,17 @@ class TrainingBinding(QtCore.QObject):
 
     # -- binding --------------------------------------------------------------------------------------
     def _ilastik_keys(self) -> list[QtWidgets.QShortcut]:
-        """ilastik's labeling keys, anywhere in the window: N navigate, B brush, E eraser, A add a class,
-        "," and "." brush size, L live training, 1-9 choose a class."""
+        """ilastik's labeling keys (:data:`LABELING_KEYS`), anywhere in the window."""
         panel = self.panel
-        keys = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
-                "A": self.controller.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
-                "L": panel.live.toggle}
-        keys.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
+        actions = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
+                   "A": self.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
+                   "L": panel.live.toggle}
+        actions.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
         shortcuts = []
-        for key, action in keys.items():
+        for key, what in LABELING_KEYS:
             shortcut = QtWidgets.QShortcut(QtGui.QKeySequence(key), self.window)
-            shortcut.activated.connect(action)
+            shortcut.setWhatsThis(what)  # the keyboard help lists it so
+            shortcut.activated.connect(actions[key])
             shortcuts.append(shortcut)
         return shortcuts
 
@@ -128,7 +133,7 @@ class TrainingBinding(QtCore.QObject):
         if action != "add" and label == ERASER:
             self.controller.message.emit("select a class first")
         elif action == "add":
-            self.controller.add_class()
+            self.add_class()
         elif action == "rename":
             name, ok = QtWidgets.QInputDialog.getText(self.window, "Rename class", "Name", text=names[label - 1])
             if ok:
@@ -139,6 +144,14 @@ class TrainingBinding(QtCore.QObject):
                 self.controller.recolour_class(label, (color.red(), color.green(), color.blue()))
         elif action == "delete" and self._confirm_delete(label):
             self.controller.delete_class(label)
+
+    def add_class(self) -> None:
+        """Add a class and paint with it, as ilastik does (the eraser, if it was on, is put down)."""
+        count = len(self.controller.names)
+        self.controller.add_class()
+        if len(self.controller.names) > count:
+            self.panel.select_class(len(self.controller.names))
+            self.panel.paint.setChecked(True)
 
     def _confirm_delete(self, label: int) -> bool:
         if not self.window.interactive:

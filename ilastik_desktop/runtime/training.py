@@ -43,7 +43,7 @@ def call_inline(function: Callable, *args) -> None:
 class TrainingController:
     """Labels, classes and classifier of one document; see the module docstring."""
 
-    message = Signal(str)  # what happened, in words (trained, failed, saved, refused)
+    message = Signal(str)  # what happened, in words (trained, failed, saved, refused); "" after a class edit
     trained = Signal(str)  # a training's outcome (also sent as ``message``)
     saved = Signal(str)  # a save's outcome (also sent as ``message``)
     renamed = Signal(str)  # Save As: the project now lives elsewhere; the old path
@@ -163,6 +163,7 @@ class TrainingController:
         self.document.project = project
         self.dirty = True
         self.classes_changed.emit()
+        self.message.emit("")  # an earlier refusal no longer applies
         return True
 
     def use_pipeline(self) -> None:

@@ -19,7 +19,7 @@ def test_a_new_project_from_an_image_is_trained_and_saved(qtbot, window, tmp_pat
     assert "24 x 80 x 80 uint8 (axes guessed" in dialog.about.text()
     dialog.axes.setText("zyxc")
     dialog.create()
-    assert "do not fit a 3-d array" in dialog.message.text() and not (tmp_path / "cells.ilp").exists()
+    assert "the image has 3 axes, 'zyxc' names 4" in dialog.message.text() and not (tmp_path / "cells.ilp").exists()
     dialog.axes.setText("zyx")
     with qtbot.waitSignal(window.opened, timeout=60_000):
         dialog.create()

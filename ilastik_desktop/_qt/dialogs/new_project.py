@@ -13,6 +13,7 @@ from backend.errors import UserError
 from backend.io.project import FeatureSelection
 from backend.io.project_writer import write_project
 from backend.io.sources import open_source
+from backend.io.sources.base import axes_problem
 from backend.service.label_classes import ILASTIK_COLORS
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.project import ok_cancel
@@ -60,12 +61,14 @@ class NewProjectDialog(QtWidgets.QDialog):
         self.setMinimumWidth(640)
         self.features = FIRST_FEATURES
         self.shape: tuple[int, int, int] | None = None
+        self.ndim: int | None = None  # the image's number of axes, once it was read
         self.image, self.axes, self.project = QtWidgets.QLineEdit(), QtWidgets.QLineEdit(), QtWidgets.QLineEdit()
         # A field losing its focus emits editingFinished, also while the window destroys the dialog: a lambda
         # called then crashed the tests once (SIGSEGV in it during the next test's set-up). The connection is
         # cut as soon as the dialog closes or hides, and a method of a dialog that is gone is not called.
         self.image.editingFinished.connect(self._image_edited)
         self.axes.setToolTip("one letter per dimension of the file: t, z, y, x, c (as ilastik's axistags)")
+        self.axes.textEdited.connect(self._axes_edited)
         self.about = QtWidgets.QLabel()
         form = QtWidgets.QFormLayout()
         form.addRow("Image", self._with_button(self.image, "Browse...", self._browse))
@@ -127,12 +130,19 @@ class NewProjectDialog(QtWidgets.QDialog):
             return
         self.message.clear()
         self.axes.setText(source.axes)
+        self.ndim = len(source.native_shape)
         self.shape = source.spatial_shape[1:]
         self.about.setText(f"{' x '.join(map(str, source.native_shape))} {source.dtype.name}"
                            + (" (axes guessed: check them)" if source.axes_guessed else ""))
         if not self.project.text():
             stem = os.path.splitext(image.split(".h5/")[0] if ".h5/" in image else image)[0]
             self.project.setText(stem + ".ilp")
+
+    def _axes_edited(self, text: str) -> None:
+        """Say at once what is wrong with the axes typed (or nothing once they fit the image)."""
+        if self.ndim is not None:
+            wrong = axes_problem(text.strip().lower(), self.ndim)
+            self.message.setText(f"Axes: {wrong}" if wrong else "")
 
     def _choose_features(self) -> None:
         if self.shape is None:
