@@ -1,5 +1,6 @@
 """The View and Help menus (side panel, fit views; keyboard shortcuts, the README, About with versions and
-licences) and the window's keyboard shortcuts for time steps and layers."""
+licences) and the window's keyboard shortcuts for time steps and layers. The keyboard help (F1) is built from
+the window's own actions and shortcuts when it is shown, so it lists every key the window has."""
 
 from __future__ import annotations
 
@@ -11,25 +12,13 @@ from importlib import metadata
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from ilastik_desktop import __version__
+from ilastik_desktop._qt.training import LABELING_KEYS
 from ilastik_desktop.runtime.frozen import checkout_folder, open_externally, resource_path
 
-SHORTCUTS = (
-    ("Ctrl+O", "open a project"),
+VIEW_KEYS = (  # the views handle these themselves (no QAction or QShortcut stands for them)
     ("Up / Down, mouse wheel", "next / previous slice (time step on 2D+t data)"),
     ("Page Up / Page Down", "10 slices"),
-    ("Alt+Right / Alt+Left", "next / previous time step"),
-    ("Ctrl+1 ... Ctrl+9", "show or hide layer 1 to 9 (as listed in Layers)"),
     ("Ctrl+wheel, drag, click", "zoom, pan, move the crosshair"),
-    ("B / E / N", "paint labels with the brush / the eraser / navigate again (as in ilastik)"),
-    ("1 ... 9, A", "paint with class 1 to 9, add a class"),
-    (", / .", "smaller / larger brush"),
-    ("L", "live training on or off"),
-    ("Ctrl+Z / Ctrl+Y", "undo / redo a stroke"),
-    ("Ctrl+S", "save labels and classifier into the project"),
-    ("F9", "show or hide the side panel"),
-    ("Ctrl+0", "fit every view to its image"),
-    ("F1", "this list"),
-    ("Ctrl+Q", "quit"),
 )
 LIBRARIES = ("numpy", "scipy", "numba", "scikit-learn", "h5py", "PyQt5", "pyqtgraph", "pyzmq", "redis", "zarr",
              "aiohttp", "tifffile")
@@ -80,10 +69,45 @@ def about_text() -> str:
             f"ilastik team, not part of this program.</p><table>{rows}</table>")
 
 
-def shortcut_sheet() -> str:
-    """The keyboard shortcuts as an HTML table."""
-    return "<table>" + "".join(f"<tr><td><b>{k}</b></td><td>&nbsp;&nbsp;{what}</td></tr>" for k, what in SHORTCUTS) \
-        + "</table>"
+def key_text(sequence: QtGui.QKeySequence) -> str:
+    """A key sequence as the user reads it (e.g. ``Ctrl+N``)."""
+    return sequence.toString(QtGui.QKeySequence.NativeText)
+
+
+def _action_name(action: QtWidgets.QAction) -> str:
+    menus = [w for w in action.associatedWidgets() if isinstance(w, QtWidgets.QMenu)]
+    text = action.text().replace("&", "").rstrip(".")
+    return f"{menus[0].title().replace('&', '')} > {text}" if menus else text
+
+
+def shortcut_rows(window: QtWidgets.QMainWindow) -> list[tuple[list[str], str]]:
+    """(keys, what they do) for every key the window answers to now: its actions', its shortcuts' (with what
+    they do in their What's This), its buttons', the views' own keys, and ilastik's labeling keys (on once a
+    project is open). Keys that do the same thing share a row."""
+    found: list[tuple[str, str]] = []
+    for action in window.findChildren(QtWidgets.QAction):
+        found += [(key_text(key), _action_name(action)) for key in action.shortcuts()]
+    for shortcut in window.findChildren(QtWidgets.QShortcut):
+        if shortcut.isEnabled() and not shortcut.key().isEmpty():
+            found.append((key_text(shortcut.key()), shortcut.whatsThis()))
+    for button in window.findChildren(QtWidgets.QAbstractButton):
+        if button.window() is window and not button.shortcut().isEmpty():
+            found.append((key_text(button.shortcut()), button.toolTip() or button.text().replace("&", "")))
+    found += LABELING_KEYS  # listed also before a project is open (and only once after)
+    rows: dict[str, list[str]] = {}
+    for key, what in found:
+        if not any(key in keys for keys in rows.values()):
+            rows.setdefault(what, []).append(key)
+    return [(keys, what) for what, keys in rows.items()] + [([keys], what) for keys, what in VIEW_KEYS]
+
+
+def shortcut_sheet(window: QtWidgets.QMainWindow) -> str:
+    """The keyboard shortcuts of ``window`` (:func:`shortcut_rows`) as an HTML table."""
+    def keys_text(keys: list[str]) -> str:
+        return f"{keys[0]} ... {keys[-1]}" if len(keys) > 3 else " / ".join(keys)
+
+    return "<table>" + "".join(f"<tr><td><b>{html.escape(keys_text(keys))}</b></td><td>&nbsp;&nbsp;"
+                               f"{html.escape(what)}</td></tr>" for keys, what in shortcut_rows(window)) + "</table>"
 
 
 def add_view_menu(window) -> QtWidgets.QMenu:
@@ -101,7 +125,7 @@ def add_help_menu(window: QtWidgets.QMainWindow) -> QtWidgets.QMenu:
     """Help > Keyboard shortcuts (F1), Read me, About."""
     menu = window.menuBar().addMenu("&Help")
     menu.addAction("&Keyboard shortcuts", lambda: QtWidgets.QMessageBox.information(
-        window, "Keyboard shortcuts", shortcut_sheet()), QtGui.QKeySequence("F1"))
+        window, "Keyboard shortcuts", shortcut_sheet(window)), QtGui.QKeySequence("F1"))
     readme = menu.addAction("&Read me", lambda: open_externally(readme_path()))
     readme.setEnabled(readme_path() is not None)
     menu.addAction("&About ilastik-desktop", lambda: QtWidgets.QMessageBox.about(window, "About", about_text()))
@@ -119,7 +143,8 @@ def add_view_shortcuts(window) -> None:
             layer = window.model.layers[index]
             window.model.set_layer(layer.name, visible=not layer.visible)
 
-    for key, delta in (("Alt+Right", 1), ("Alt+Left", -1)):
-        QtWidgets.QShortcut(QtGui.QKeySequence(key), window, lambda d=delta: step_time(d))
+    for key, delta, what in (("Alt+Right", 1, "next time step"), ("Alt+Left", -1, "previous time step")):
+        QtWidgets.QShortcut(QtGui.QKeySequence(key), window, lambda d=delta: step_time(d)).setWhatsThis(what)
     for index in range(9):
-        QtWidgets.QShortcut(QtGui.QKeySequence(f"Ctrl+{index + 1}"), window, lambda i=index: toggle_layer(i))
+        shortcut = QtWidgets.QShortcut(QtGui.QKeySequence(f"Ctrl+{index + 1}"), window, lambda i=index: toggle_layer(i))
+        shortcut.setWhatsThis("show or hide layer 1 to 9 (as listed in Layers)")

@@ -50,9 +50,9 @@ class TrainingPanel(QtWidgets.QWidget):
         row.addWidget(self.size)
         layout.addLayout(row)
         edits = QtWidgets.QHBoxLayout()
-        for text, key, signal in (("Undo", QtGui.QKeySequence.Undo, self.undo),
-                                  ("Redo", QtGui.QKeySequence.Redo, self.redo)):
-            button = QtWidgets.QPushButton(text, shortcut=QtGui.QKeySequence(key))
+        for text, key, signal, tip in (("Undo", QtGui.QKeySequence.Undo, self.undo, "undo the last stroke"),
+                                       ("Redo", QtGui.QKeySequence.Redo, self.redo, "paint the stroke undone again")):
+            button = QtWidgets.QPushButton(text, shortcut=QtGui.QKeySequence(key), toolTip=tip)
             button.clicked.connect(signal.emit)
             edits.addWidget(button)
         layout.addLayout(edits)
