@@ -155,11 +155,11 @@ class Worker:
             self._wakeup.close()
 
     def status_line(self) -> str:
-        """Where this worker listens (or connects to), its public key if encrypted, its compute processes."""
-        doing = "listening at" if self.config.listen else "connecting to"
+        """Where this worker listens, its public key if encrypted, and its compute processes."""
         key = (f"public key {self.config.identity.public.decode()}" if self.config.secure
                else "unencrypted (this machine only)")
-        return f"{doing} {self.address}, {key}, {self.config.processes} processes"
+        count = self.config.processes
+        return f"listening at {self.address}, {key}, {count} process{'' if count == 1 else 'es'}"
 
     def _wait_for_pool(self) -> None:
         """Announce ourselves only once the compute processes are warm (or after the warm-up limit)."""

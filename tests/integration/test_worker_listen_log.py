@@ -24,22 +24,23 @@ def project(tmp_path_factory):
     return small_project(str(tmp_path_factory.mktemp("listen-log")))
 
 
-def listening_worker(tmp_path, gateway_key: bytes, *args: str):
+def listening_worker(tmp_path, gateway_key: bytes, *args: str, processes: int = 2):
     """A worker listening on a random loopback port for ``gateway_key``: (process, endpoint, its key, the
     lines of its stderr so far, growing)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     proc = start_worker("--listen", endpoint, "--gateway-key", gateway_key.decode(), "--config-dir",
-                        str(tmp_path / "worker"), *args, processes=2)
+                        str(tmp_path / "worker"), *args, processes=processes)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
     return proc, endpoint, worker_key(tmp_path / "worker"), lines
 
 
-def test_a_listening_worker_says_once_where_it_listens_with_its_key(tmp_path):
+@pytest.mark.parametrize("processes, counted", [(2, "2 processes"), (1, "1 process")])
+def test_a_listening_worker_says_once_where_it_listens_with_its_key(tmp_path, processes, counted):
     gateway = gateway_identity(tmp_path / "gateway")
-    proc, endpoint, key, lines = listening_worker(tmp_path, gateway.public)
+    proc, endpoint, key, lines = listening_worker(tmp_path, gateway.public, processes=processes)
     try:
-        expected = f"ilastik-worker: listening at {endpoint}, public key {key.decode()}, 2 processes\n"
+        expected = f"ilastik-worker: listening at {endpoint}, public key {key.decode()}, {counted}\n"
         wait_for(lambda: expected in lines, 60, interval=0.05, message=lambda: f"no start line: {lines}")
         assert lines == [expected]  # nothing else without --verbose
     finally:
