@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import sys
 
@@ -32,6 +33,7 @@ def run_headless(settings: Settings) -> int:
     """Run the export as configured (a batch when several raw data files are given); returns the exit code."""
     for signum in INTERRUPTING:
         signal.signal(signum, _interrupt)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a damaged file: our line says it
     project = open_project(settings.project)
     files = expand_raw_data(settings.raw_data, project, settings.lane)
     if len(files) > 1:

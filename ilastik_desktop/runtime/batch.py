@@ -215,7 +215,7 @@ class BatchRunner:
             return FileOutcome(spec, FAILED, str(exc))
         for path in result.paths:
             written[os.path.realpath(path)] = spec
-        unit = "frames" if self.options.kind == OBJECTS else "blocks"
+        unit = ("frame" if self.options.kind == OBJECTS else "block") + ("" if result.blocks == 1 else "s")
         return FileOutcome(spec, WRITTEN, f"wrote {', '.join(result.paths)} ({result.blocks} {unit}, "
                                           f"{result.seconds:.1f} s)", result.paths, result)
 

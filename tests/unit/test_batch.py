@@ -135,3 +135,15 @@ def test_cancel_removes_the_partial_output_and_starts_no_other_file(trained, ser
     assert [o.status for o in summary.outcomes] == [WRITTEN, CANCELLED, NOT_STARTED]
     assert os.listdir(out) == ["first_Probabilities.npy"]  # no partial (hidden) file of the second
     assert "cancelled (2 not exported)" in summary.line
+
+
+def test_raw_data_takes_several_files_and_the_window_refuses_them():
+    from ilastik_desktop.cli.main import build_parser
+    from ilastik_desktop.cli.options import project_and_raw_data, settings_from_args, window_raw_data
+
+    args = build_parser().parse_args(["--raw_data", "a.tif", "b.h5/data", "--raw_data", "c.npy", "P.ilp"])
+    assert project_and_raw_data(args) == ("P.ilp", ("a.tif", "b.h5/data", "c.npy"))  # the project, not a file
+    assert settings_from_args(args).raw_data == ("a.tif", "b.h5/data", "c.npy")
+    with pytest.raises(UserError, match="3 files given; the window opens one"):
+        window_raw_data(args)
+    assert window_raw_data(build_parser().parse_args(["P.ilp", "--raw_data", "a.tif"])) == "a.tif"
