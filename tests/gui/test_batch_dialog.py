@@ -84,3 +84,20 @@ def test_cancel_stops_the_batch_and_removes_the_partial_output(qtbot, window, tm
     assert os.listdir(out) == ["small_Probabilities.npy"]
     assert dialog.status(1).startswith("cancelled") and dialog.status(2).startswith("not started")
     assert dialog.start.isEnabled() and not dialog.stop.isEnabled()
+
+
+def test_closing_the_window_ends_a_running_batch_and_removes_its_partial_output(qtbot, make_window, tmp_path):
+    project, image = small_project(tmp_path, shape=(64, 256, 256), selection=FEATURES)
+    large = tmp_path / "large.npy"
+    np.save(large, np.concatenate([image, image[:, :, ::-1]], axis=2))
+    window = make_window()
+    open_and_settle(qtbot, window, project)
+    dialog = batch_dialog(qtbot, window)
+    dialog.add_files([str(large)])
+    out = tmp_path / "out"
+    dialog.pattern.setText(str(out / "{nickname}_{result_type}"))
+    click(dialog.start)
+    qtbot.waitUntil(lambda: dialog.file_progress.value() >= 1, timeout=60_000)
+    assert ".large_Probabilities.h5.partial" in os.listdir(out)
+    window.close()
+    assert not dialog.running() and os.listdir(out) == []
