@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ from backend.service.objects import OBJECTS
 from ilastik_desktop.runtime.settings import parse_cutout
 from ilastik_desktop.runtime.training import call_inline
 
+log = logging.getLogger(__name__)
 WRITTEN, FAILED, CANCELLED, NOT_STARTED = "written", "failed", "cancelled", "not started"
 _GLOB_CHARACTERS = "*?["
 
@@ -213,6 +215,9 @@ class BatchRunner:
             return FileOutcome(spec, CANCELLED, "cancelled; its partial output was removed")
         except (UserError, TaskError, TransientError, SourceReadError) as exc:
             return FileOutcome(spec, FAILED, str(exc))
+        except Exception as exc:  # an unexpected failure still ends this file only, in one line
+            log.exception("exporting %s failed", spec)
+            return FileOutcome(spec, FAILED, f"{type(exc).__name__}: {exc}")
         for path in result.paths:
             written[os.path.realpath(path)] = spec
         unit = ("frame" if self.options.kind == OBJECTS else "block") + ("" if result.blocks == 1 else "s")
@@ -243,6 +248,9 @@ class BatchRunner:
             return run_export(gateway, nickname, options, in_flight, on_progress, self.cancel_event)
         finally:
             gateway.close()
+            release = getattr(source, "close", None)  # an HDF5 source holds its file open
+            if release is not None:
+                release()
 
 
 def _make_folder(folder: str) -> None:

@@ -147,3 +147,21 @@ def test_raw_data_takes_several_files_and_the_window_refuses_them():
     with pytest.raises(UserError, match="3 files given; the window opens one"):
         window_raw_data(args)
     assert window_raw_data(build_parser().parse_args(["P.ilp", "--raw_data", "a.tif"])) == "a.tif"
+
+
+def test_an_unexpected_failure_ends_only_its_file(trained, services, tmp_path):
+    project, image = trained
+    for name in ("odd", "fine"):
+        np.save(tmp_path / f"{name}.npy", image[:4])
+
+    def pipeline_for(source):
+        if "odd" in source.description:
+            raise RuntimeError("the classifier broke")
+        return build_pipeline(project, source.channels, source.shape[1] > 1)
+
+    runner = BatchRunner(services, project, ExportOptions(fmt="npy", progress=False,
+                                                          filename_pattern=str(tmp_path / "out" / "{nickname}")),
+                         pipeline_for)
+    summary = runner.run([str(tmp_path / "odd.npy"), str(tmp_path / "fine.npy")])
+    assert [(o.status, o.message) for o in summary.outcomes][0] == (FAILED, "RuntimeError: the classifier broke")
+    assert summary.outcomes[1].status == WRITTEN and os.listdir(tmp_path / "out") == ["fine.npy"]
