@@ -8,6 +8,7 @@ import os
 from PyQt5 import QtGui, QtWidgets
 
 from backend.errors import RawDataMissing
+from ilastik_desktop._qt.dialogs.batch import open_batch_dialog
 from ilastik_desktop._qt.dialogs.new_project import NewProjectDialog
 from ilastik_desktop.runtime.opening import located_raw_data
 
@@ -22,6 +23,7 @@ class ProjectOpening:
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.export_action = menu.addAction("&Export...", self.open_export)
+        menu.addAction("&Batch processing...", lambda: open_batch_dialog(self))
         self.change_raw_action = menu.addAction("Change &raw data...", self.ask_raw_data)
         self.forget_raw_action = menu.addAction("&Forget remembered raw data", self.forget_raw_data)
         self.serve_action = menu.addAction("&Serve over HTTP...", self.open_serve)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import signal
 import sys
 
-from backend.compute.pipeline import split_kind
+from backend.compute.pipeline import Pipeline, split_kind
 from backend.distributed.futures import TaskError
 from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
-from backend.io.project import open_project
+from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
+from backend.io.sources import DataSource
 from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
+from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
 
@@ -27,11 +30,16 @@ INTERRUPTING = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") e
 
 
 def run_headless(settings: Settings) -> int:
-    """Run one export as configured; returns the exit code."""
+    """Run the export as configured (a batch when several raw data files are given); returns the exit code."""
     for signum in INTERRUPTING:
         signal.signal(signum, _interrupt)
+    logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a damaged file: our line says it
     project = open_project(settings.project)
-    source = open_lane(project, settings.lane, settings.raw_data, settings.input_axes)
+    files = expand_raw_data(settings.raw_data, project, settings.lane)
+    if len(files) > 1:
+        return run_batch(settings, project, files)
+    raw_data = files[0] if files else None
+    source = open_lane(project, settings.lane, raw_data, settings.input_axes)
     volumetric = source.shape[1] > 1
     classifier = None
     if settings.retrain:
@@ -47,7 +55,7 @@ def run_headless(settings: Settings) -> int:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
                                                                    source.spatial_shape))
     block_shape = options.block_shape or default_block_shape(source.spatial_shape)
-    nickname = project.lanes[settings.lane].nickname
+    nickname = nickname_of(raw_data) if raw_data else project.lanes[settings.lane].nickname
     for kind in check_sources(split_kind(options.kind), options.filename_pattern):  # checked before any
         output_path(options.filename_pattern, options.fmt, source, nickname, kind)  # process starts
     check_internal_path(options.internal_path)
@@ -73,3 +81,43 @@ def run_headless(settings: Settings) -> int:
           f"{status.computed} computed, {status.hits} from the cache, "
           f"{status.executor.processes} worker processes)", file=sys.stderr)
     return 0
+
+
+def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
+    """Export each file to its own output with the project's classifier: a line per file and a summary line;
+    exit code 1 if any file failed (it is skipped, the others are written)."""
+    classifier = None
+    if settings.retrain:  # on the project's own raw data, where its labels are
+        from backend.io.training import retrain_project
+
+        own = open_lane(project, settings.lane)
+        classifier = retrain_project(project, own, progress=settings.export.progress)
+        print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
+    needs_forest = settings.export.kind != "Features"
+    if needs_forest and classifier is None:
+        project.require_classifier()  # one line before anything starts, not one per file
+    threshold = parse_threshold(settings.threshold or "", project.threshold, len(project.label_names))
+    options = dataclasses.replace(settings.export, threshold=threshold)
+
+    def pipeline_for(source: DataSource) -> Pipeline:
+        return build_pipeline(project, source.channels, source.shape[1] > 1, classifier,
+                              require_classifier=needs_forest)
+
+    with Services(settings.compute) as services:
+        runner = BatchRunner(services, project, options, pipeline_for, settings.lane, settings.input_axes,
+                             settings.cutout)
+        runner.file_finished.connect(lambda index, outcome: _report(index, len(files), outcome))
+        if services.listen_address:
+            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
+                  file=sys.stderr)
+        services.wait_for_workers()
+        summary = runner.run(files)
+    print(summary.line, file=sys.stderr)
+    return 1 if summary.count(FAILED) else 0
+
+
+def _report(index: int, count: int, outcome: FileOutcome) -> None:
+    """``[2/5] FILE: wrote OUTPUT (...)`` or ``[3/5] skipped FILE: why``."""
+    reason = outcome.message.removeprefix(f"{outcome.spec}: ")
+    line = f"skipped {outcome.spec}: {reason}" if outcome.status == FAILED else f"{outcome.spec}: {reason}"
+    print(f"[{index + 1}/{count}] {line}", file=sys.stderr, flush=True)

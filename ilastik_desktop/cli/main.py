@@ -16,7 +16,9 @@ from ilastik_desktop.cli.options import (
     answer_at_once,
     attach_key_values,
     compute_from_args,
+    project_and_raw_data,
     settings_from_args,
+    window_raw_data,
 )
 from ilastik_desktop.runtime.frozen import announce_first_start
 
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="OUT.png",
                    help="open the project, wait until the visible predictions are complete, save the window, exit")
     p.add_argument("--window-size", default="1600x1000", metavar="WxH", help="window size (default 1600x1000)")
-    add_input_options(p)
+    add_input_options(p, several=True)
     g = p.add_argument_group("export")
     g.add_argument("--export_source", action="append", choices=EXPORT_SOURCES,
                    help="what to export (default Probabilities; Objects: thresholded, labelled objects as uint32); "
@@ -122,5 +124,5 @@ def _run(args: argparse.Namespace) -> int:
     check_display()
     from ilastik_desktop._qt.app import run_gui
 
-    return run_gui(args.project or args.project_file, args.raw_data, compute_from_args(args), args.screenshot,
+    return run_gui(project_and_raw_data(args)[0], window_raw_data(args), compute_from_args(args), args.screenshot,
                    _window_size(args.window_size))

@@ -22,11 +22,18 @@ from backend.service.export import ExportOptions
 from ilastik_desktop.runtime.settings import ComputeSettings, Settings, check_process_count, parse_block_shape
 
 
-def add_input_options(p: argparse.ArgumentParser) -> None:
-    """The options choosing the raw data (shared by the export and ``serve``)."""
+def add_input_options(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """The options choosing the raw data (shared by the export and ``serve``); ``several``: ``--raw_data`` takes
+    one or more files and repeats, as ilastik's headless mode does (a batch, one output per file)."""
     g = p.add_argument_group("input")
-    g.add_argument("--raw_data", metavar="FILE[/internal/path]",
-                   help="use this image instead of the project's raw data (e.g. when the project was moved)")
+    if several:
+        g.add_argument("--raw_data", action="extend", nargs="+", metavar="FILE[/internal/path]",
+                       help="use this image instead of the project's raw data (e.g. when the project was moved); "
+                       "with --headless, several files or a quoted glob pattern ('data/*.tif') export each "
+                       "file to its own output, named from its {nickname}, skipping files that fail")
+    else:
+        g.add_argument("--raw_data", metavar="FILE[/internal/path]",
+                       help="use this image instead of the project's raw data (e.g. when the project was moved)")
     g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
     g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
     g.add_argument("--retrain", action="store_true",
@@ -151,9 +158,28 @@ def _remote_worker(text: str) -> tuple[str, bytes | None]:
     return endpoint, check_key(key, "worker key") if key else None
 
 
+def project_and_raw_data(args: argparse.Namespace) -> tuple[str | None, tuple[str, ...]]:
+    """The project and the ``--raw_data`` files: a project file that ``--raw_data A B`` took as one of its
+    files (``--raw_data a.h5 P.ilp``) is the project when none was given otherwise."""
+    project = args.project or args.project_file
+    raw_data = tuple(args.raw_data or ())
+    if not project and raw_data and raw_data[-1].lower().endswith(".ilp"):
+        project, raw_data = raw_data[-1], raw_data[:-1]
+    return project, raw_data
+
+
+def window_raw_data(args: argparse.Namespace) -> str | None:
+    """The one ``--raw_data`` file the window opens (UserError for several: that is a headless batch)."""
+    _, raw_data = project_and_raw_data(args)
+    if len(raw_data) > 1:
+        raise UserError(f"--raw_data: {len(raw_data)} files given; the window opens one (several are a batch: "
+                        "add --headless, or use File > Batch processing in the window)")
+    return raw_data[0] if raw_data else None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The typed settings for a headless run."""
-    project = args.project or args.project_file
+    project, raw_data = project_and_raw_data(args)
     if not project:
         raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
     export = ExportOptions(
@@ -164,7 +190,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         block_shape=parse_block_shape(args.block_shape),
         progress=not args.no_progress,
     )
-    return Settings(project=project, raw_data=args.raw_data, input_axes=args.input_axes, lane=args.lane,
+    return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,
                     threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
                     compute=compute_from_args(args))
 

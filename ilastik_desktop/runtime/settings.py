@@ -43,7 +43,7 @@ class Settings:
     """Everything a headless run needs to know."""
 
     project: str
-    raw_data: str | None = None
+    raw_data: tuple[str, ...] = ()  # files (or glob patterns) instead of the project's raw data; several: a batch
     input_axes: str | None = None
     lane: int = 0
     retrain: bool = False
