@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from backend.compute.geometry import Roi
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
 from ilastik_desktop.runtime.training import TrainingController
@@ -37,6 +38,7 @@ class TrainingBinding(QtCore.QObject):
         controller.saved.connect(lambda text: self.saved.emit(text))
         controller.renamed.connect(window.project_renamed)
         controller.labels_changed.connect(self.repaint)
+        controller.labels_painted.connect(self.repaint)
         controller.classes_changed.connect(self._classes_changed)
         controller.pipeline_changed.connect(self._renew)
         self.panel.painting.connect(self._set_painting)
@@ -49,6 +51,9 @@ class TrainingBinding(QtCore.QObject):
         self.panel.choose_features.connect(self.choose_features)
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
+            view.brush_pressed.connect(lambda row, col, v=view: self.begin_stroke(v, row, col))
+            view.brush_moved.connect(controller.stroke_to)
+            view.brush_released.connect(controller.end_stroke)
         window.model.position_changed.connect(self._moved)
         window.model.layers_changed.connect(self._layer_changed)
         self.shortcuts = self._ilastik_keys()
@@ -62,11 +67,12 @@ class TrainingBinding(QtCore.QObject):
     # -- binding --------------------------------------------------------------------------------------
     def _ilastik_keys(self) -> list[QtWidgets.QShortcut]:
         """ilastik's labeling keys, anywhere in the window: N navigate, B brush, E eraser, A add a class,
-        "," and "." brush size, L live training, 1-9 choose a class."""
+        "," and "." brush size, L live training, 1-9 choose a class, Ctrl+Z and Ctrl+Y undo and redo."""
         panel = self.panel
         keys = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
                 "A": self.controller.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
-                "L": panel.live.toggle}
+                "L": panel.live.toggle, _standard(QtGui.QKeySequence.Undo): panel.undo.emit,
+                _standard(QtGui.QKeySequence.Redo): panel.redo.emit}
         keys.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
         shortcuts = []
         for key, action in keys.items():
@@ -85,9 +91,16 @@ class TrainingBinding(QtCore.QObject):
         self.controller.live = on
 
     def stroke(self, view, points: list[tuple[int, int]]) -> None:
-        """A finished stroke in ``view`` with the panel's class and brush."""
+        """A whole stroke through ``points`` of ``view`` with the panel's class and brush."""
         self.controller.stroke(tuple(self.window.model.position), view.rows_axis, view.cols_axis, points,
                                self.panel.radius(), self.panel.label())
+
+    def begin_stroke(self, view, row: int, col: int) -> None:
+        """The mouse went down on (``row``, ``col``) of ``view``: a stroke with the panel's class and brush
+        starts there, and is painted as the mouse moves."""
+        self.controller.begin_stroke(tuple(self.window.model.position), view.rows_axis, view.cols_axis,
+                                     self.panel.radius(), self.panel.label())
+        self.controller.stroke_to(row, col)
 
     def _moved(self, _axis: str) -> None:
         self.repaint()
@@ -105,12 +118,13 @@ class TrainingBinding(QtCore.QObject):
         if self.window.loader is not None and self.document is self.window.document:
             self.window.loader.renew()
 
-    def repaint(self) -> None:
-        """The labels overlay of every view, for the current slice and time, as the Labels layer says."""
+    def repaint(self, within: Roi | None = None) -> None:
+        """The labels overlay of every view, for the current slice and time, as the Labels layer says; only
+        inside ``within`` (tzyx) when given (where a stroke being painted went)."""
         layer = self.window.model.layer(LABELS)
         for view in self.window.views:
             paint_labels(view, self.controller.store, self.window.model.position, self.controller.colors,
-                         layer.opacity)
+                         layer.opacity, within)
             view.show_overlay(LABELS, layer.visible)
 
     # -- dialogs --------------------------------------------------------------------------------------
@@ -163,6 +177,11 @@ class TrainingBinding(QtCore.QObject):
         self.timer.stop()
         self.controller.close()
         for signal in (self.controller.message, self.controller.trained, self.controller.saved, self.controller.renamed,
-                       self.controller.labels_changed, self.controller.classes_changed,
+                       self.controller.labels_changed, self.controller.labels_painted, self.controller.classes_changed,
                        self.controller.pipeline_changed, self.controller.training_wanted):
             signal.disconnect()  # results posted before closing find no widget of a closed project
+
+
+def _standard(key: QtGui.QKeySequence.StandardKey) -> str:
+    """The platform's keys for a standard action (Ctrl+Z for undo)."""
+    return QtGui.QKeySequence(key).toString()

@@ -51,8 +51,8 @@ class TrainingPanel(QtWidgets.QWidget):
         layout.addLayout(row)
         edits = QtWidgets.QHBoxLayout()
         for text, key, signal in (("Undo", QtGui.QKeySequence.Undo, self.undo),
-                                  ("Redo", QtGui.QKeySequence.Redo, self.redo)):
-            button = QtWidgets.QPushButton(text, shortcut=QtGui.QKeySequence(key))
+                                  ("Redo", QtGui.QKeySequence.Redo, self.redo)):  # the keys work in every tab
+            button = QtWidgets.QPushButton(text, toolTip=QtGui.QKeySequence(key).toString())
             button.clicked.connect(signal.emit)
             edits.addWidget(button)
         layout.addLayout(edits)
