@@ -65,6 +65,7 @@ def drag(qtbot, view, points: list[tuple[int, int]], midway=None) -> None:
 
 
 def undo_by_keyboard(qtbot, window) -> None:
+    window.tabs.setCurrentIndex(0)  # the Project tab: the Undo button is hidden, its key works all the same
     QtWidgets.QApplication.setActiveWindow(window)
     qtbot.keyClick(window, QtCore.Qt.Key_Z, QtCore.Qt.ControlModifier)
 
