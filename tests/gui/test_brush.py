@@ -89,10 +89,11 @@ def check_stroke(qtbot, window, view, points: list[tuple[int, int]]) -> None:
     everything = Roi.from_shape(store.grid.image.shape)
     before, shown_before = store.region(everything), shown(view)
     between = tuple(int(v) for v in (np.array(points[0]) + points[1]) // 2)
+    later = tuple(int(v) for v in (np.array(points[-2]) + points[-1]) // 2)  # on the last segment
 
     def while_painting():  # between the first two mouse events, before the release; the rest not yet
         qtbot.waitUntil(lambda: shown(view)[between], timeout=5_000)
-        assert not shown(view)[points[-1]] and plane_labels(window, view)[between] == 1
+        assert plane_labels(window, view)[between] == 1 and shown(view)[later] == shown_before[later]
 
     drag(qtbot, view, points, while_painting)
     line = on_segments(points)
