@@ -21,7 +21,7 @@ from backend.compute.geometry import BlockGrid, Roi
 
 LABEL_BLOCK = (1, 40, 40, 40)  # tzyx, as ilastik's label cache blocks
 AXES = "tzyx"
-EXACT_SPAN = 30_000  # segments spanning fewer pixels (plus the radius) are rasterised in exact integers
+EXACT_SPAN = 20_000  # segments spanning fewer pixels (plus the radius) are rasterised in exact integers
 
 
 class LabelStore:
@@ -191,17 +191,19 @@ class _Stroke:
 def _near_segment(rows: np.ndarray, cols: np.ndarray, start: tuple[int, int], stop: tuple[int, int],
                   radius: int) -> np.ndarray:
     """Which pixels of the grid ``rows`` x ``cols`` are at most ``radius`` from the segment ``start``-``stop``
-    (the union of the discs centred anywhere on it)."""
+    (the union of the discs centred anywhere on it); radius 0 reaches half a pixel, so that a line of the
+    one-pixel brush stays connected."""
     (r0, c0), (r1, c1) = start, stop
     dr, dc = r1 - r0, c1 - c0
     kind = np.int64 if abs(dr) + abs(dc) + radius < EXACT_SPAN else np.float64  # int64 squares would overflow
     wr, wc = (rows - r0).astype(kind), (cols - c0).astype(kind)
+    width2 = max(2 * radius, 1) ** 2  # the brush's diameter, squared: distances are compared doubled
     length2, along = dr * dr + dc * dc, wr * dr + wc * dc
-    near_start = wr * wr + wc * wc <= radius * radius
+    near_start = 4 * (wr * wr + wc * wc) <= width2
     if length2 == 0:
         return near_start
-    near_stop = (wr - dr) ** 2 + (wc - dc) ** 2 <= radius * radius
-    near_line = (wr * dc - wc * dr) ** 2 <= radius * radius * length2  # distance to the line, squared, times length2
+    near_stop = 4 * ((wr - dr) ** 2 + (wc - dc) ** 2) <= width2
+    near_line = 4 * (wr * dc - wc * dr) ** 2 <= width2 * length2  # (doubled distance to the line * length)^2
     return np.where(along <= 0, near_start, np.where(along >= length2, near_stop, near_line))
 
 

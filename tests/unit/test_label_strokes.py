@@ -43,7 +43,21 @@ def test_a_fast_diagonal_drag_leaves_no_gap(radius):
         assert painted[round(10 + 90 * t), round(10 + 80 * t)]
 
 
-@pytest.mark.parametrize("radius", [0, 1, 3, 5, 10])
+def test_the_one_pixel_brush_draws_a_thin_line_without_gaps():
+    """Size 1 (radius 0) reaches half a pixel: only the pixels a steep segment passes exactly through would
+    leave gaps."""
+    store = LabelStore(SHAPE)
+    points = [(0, 0), (30, 60), (110, 71)]
+    store.stroke((0, 1, 0, 0), "y", "x", points, 0, 1)
+    painted = xy_plane(store) == 1
+    assert ndimage.label(painted, np.ones((3, 3)))[1] == 1
+    assert (painted >= fine_union(painted.shape, points, 0.5)).all()
+    assert (painted <= fine_union(painted.shape, points, 0.52)).all()
+    store.stroke((0, 1, 0, 0), "y", "x", [(60, 10)], 0, 2)
+    assert (xy_plane(store) == 2).sum() == 1  # a dab is one pixel
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 10])
 def test_the_swept_brush_is_the_union_of_discs_along_the_segments(radius):
     points = [(5, 7), (60, 31), (61, 31), (30, 110), (30, 110), (117, 2)]
     store = LabelStore(SHAPE)
