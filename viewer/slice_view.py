@@ -1,7 +1,9 @@
 """One orthogonal slice view: raw image, overlay images and a crosshair, with ilastik's navigation.
 
 Wheel scrolls slices, Ctrl+wheel zooms, dragging pans, a click moves the crosshair, Up/Down and
-PageUp/PageDown step slices. The view paints what it is given; it never computes or reads.
+PageUp/PageDown step slices. With the brush on, the left button paints: the view says where it went down,
+each pixel the mouse moved to with it held, and when it came up. The view paints what it is given; it never
+computes or reads.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ class _ViewBox(pg.ViewBox):
     def __init__(self, view: SliceView):
         super().__init__(lockAspect=True, invertY=True, enableMenu=False)
         self._view = view
-        self._stroke: list[tuple[int, int]] = []
 
     def wheelEvent(self, ev, axis=None):  # noqa: N802 - Qt's name
         if ev.modifiers() & QtCore.Qt.ControlModifier:
@@ -29,23 +30,8 @@ class _ViewBox(pg.ViewBox):
             self._view.slice_step.emit(1 if ev.delta() > 0 else -1)
             ev.accept()
 
-    def mouseDragEvent(self, ev, axis=None):  # noqa: N802 - Qt's name
-        if not (self._view.painting and ev.button() == QtCore.Qt.LeftButton):
-            super().mouseDragEvent(ev, axis)
-            return
-        ev.accept()
-        point = self.mapSceneToView(ev.scenePos())
-        self._stroke.append((int(np.floor(point.y())), int(np.floor(point.x()))))
-        if ev.isFinish():
-            points, self._stroke = self._stroke, []
-            self._view.stroked.emit(points)
-
     def mouseClickEvent(self, ev):  # noqa: N802 - Qt's name
-        if self._view.painting and ev.button() == QtCore.Qt.LeftButton:  # a dab of the brush
-            point = self.mapSceneToView(ev.scenePos())
-            self._view.stroked.emit([(int(np.floor(point.y())), int(np.floor(point.x())))])
-            ev.accept()
-        elif ev.button() == QtCore.Qt.LeftButton:
+        if ev.button() == QtCore.Qt.LeftButton:
             point = self.mapSceneToView(ev.scenePos())
             self._view.pointed.emit(int(point.y()), int(point.x()))
             ev.accept()
@@ -72,7 +58,11 @@ class SliceView(pg.GraphicsView):
     slice_step = QtCore.pyqtSignal(int)
     pointed = QtCore.pyqtSignal(int, int)  # row, column in image coordinates
     hovered = QtCore.pyqtSignal(int, int)  # row, column under the mouse; (-1, -1) when off the image
-    stroked = QtCore.pyqtSignal(object)  # (row, column) points of a finished brush stroke
+    # painting: the left button went down on (row, column), moved on with it held, came up (the stroke ends)
+    brush_pressed = QtCore.pyqtSignal(int, int)
+    brush_moved = QtCore.pyqtSignal(int, int)
+    brush_released = QtCore.pyqtSignal()
+    stroked = QtCore.pyqtSignal(object)  # the (row, column) points of a whole stroke at once (scripts, benchmarks)
     range_changed = QtCore.pyqtSignal()
 
     def __init__(self, plane: str, shape: tuple[int, int], parent=None):
@@ -81,6 +71,7 @@ class SliceView(pg.GraphicsView):
         self.setMinimumSize(160, 160)  # never crushed by the side panel
         self.scale_bar: pg.ScaleBar | None = None
         self.painting = False  # left drags paint labels instead of panning
+        self.brushing = False  # the left button is down on a stroke
         self.rows_axis, self.cols_axis, self.normal_axis = PLANES[plane]
         self.box = _ViewBox(self)
         self.setCentralItem(self.box)
@@ -112,6 +103,33 @@ class SliceView(pg.GraphicsView):
             self.slice_step.emit(steps[ev.key()])
         else:
             super().keyPressEvent(ev)
+
+    def mousePressEvent(self, ev: QtGui.QMouseEvent) -> None:  # noqa: N802 - Qt's name
+        if self.painting and ev.button() == QtCore.Qt.LeftButton:  # the stroke starts here, not after a drag
+            self.brushing = True
+            self.brush_pressed.emit(*self._pixel(ev.pos()))
+            ev.accept()
+        else:
+            super().mousePressEvent(ev)
+
+    def mouseMoveEvent(self, ev: QtGui.QMouseEvent) -> None:  # noqa: N802 - Qt's name
+        if self.brushing:
+            self.brush_moved.emit(*self._pixel(ev.pos()))
+        super().mouseMoveEvent(ev)  # hovering goes on (the scene saw no press: it neither pans nor drags)
+
+    def mouseReleaseEvent(self, ev: QtGui.QMouseEvent) -> None:  # noqa: N802 - Qt's name
+        if self.brushing and ev.button() == QtCore.Qt.LeftButton:
+            self.brushing = False
+            self.brush_moved.emit(*self._pixel(ev.pos()))
+            self.brush_released.emit()
+            ev.accept()
+        else:
+            super().mouseReleaseEvent(ev)
+
+    def _pixel(self, pos: QtCore.QPoint) -> tuple[int, int]:
+        """The image's (row, column) under a point of the widget (outside the image too)."""
+        point = self.box.mapSceneToView(self.mapToScene(pos))
+        return int(np.floor(point.y())), int(np.floor(point.x()))
 
     def leaveEvent(self, ev) -> None:  # noqa: N802 - Qt's name
         self._mouse_at = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from backend.compute.geometry import Roi
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
 from ilastik_desktop.runtime.training import TrainingController
@@ -42,6 +43,7 @@ class TrainingBinding(QtCore.QObject):
         controller.saved.connect(lambda text: self.saved.emit(text))
         controller.renamed.connect(window.project_renamed)
         controller.labels_changed.connect(self.repaint)
+        controller.labels_painted.connect(self.repaint)
         controller.classes_changed.connect(self._classes_changed)
         controller.pipeline_changed.connect(self._renew)
         self.panel.painting.connect(self._set_painting)
@@ -54,6 +56,9 @@ class TrainingBinding(QtCore.QObject):
         self.panel.choose_features.connect(self.choose_features)
         for view in window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
+            view.brush_pressed.connect(lambda row, col, v=view: self.begin_stroke(v, row, col))
+            view.brush_moved.connect(controller.stroke_to)
+            view.brush_released.connect(controller.end_stroke)
         window.model.position_changed.connect(self._moved)
         window.model.layers_changed.connect(self._layer_changed)
         self.shortcuts = self._ilastik_keys()
@@ -66,14 +71,17 @@ class TrainingBinding(QtCore.QObject):
 
     # -- binding --------------------------------------------------------------------------------------
     def _ilastik_keys(self) -> list[QtWidgets.QShortcut]:
-        """ilastik's labeling keys (:data:`LABELING_KEYS`), anywhere in the window."""
+        """ilastik's labeling keys (:data:`LABELING_KEYS`) and undo/redo (the platform's keys), anywhere in the
+        window."""
         panel = self.panel
+        undo, redo = _standard(QtGui.QKeySequence.Undo), _standard(QtGui.QKeySequence.Redo)
         actions = {"N": lambda: panel.paint.setChecked(False), "B": panel.brush, "E": panel.erase,
                    "A": self.add_class, ",": lambda: panel.step_size(-1), ".": lambda: panel.step_size(1),
-                   "L": panel.live.toggle}
+                   "L": panel.live.toggle, undo: panel.undo.emit, redo: panel.redo.emit}
         actions.update({str(n): (lambda n=n: panel.select_class(n)) for n in range(1, 10)})
+        edits = ((undo, "undo the last stroke"), (redo, "paint the stroke undone again"))
         shortcuts = []
-        for key, what in LABELING_KEYS:
+        for key, what in (*LABELING_KEYS, *edits):
             shortcut = QtWidgets.QShortcut(QtGui.QKeySequence(key), self.window)
             shortcut.setWhatsThis(what)  # the keyboard help lists it so
             shortcut.activated.connect(actions[key])
@@ -90,9 +98,16 @@ class TrainingBinding(QtCore.QObject):
         self.controller.live = on
 
     def stroke(self, view, points: list[tuple[int, int]]) -> None:
-        """A finished stroke in ``view`` with the panel's class and brush."""
+        """A whole stroke through ``points`` of ``view`` with the panel's class and brush."""
         self.controller.stroke(tuple(self.window.model.position), view.rows_axis, view.cols_axis, points,
                                self.panel.radius(), self.panel.label())
+
+    def begin_stroke(self, view, row: int, col: int) -> None:
+        """The mouse went down on (``row``, ``col``) of ``view``: a stroke with the panel's class and brush
+        starts there, and is painted as the mouse moves."""
+        self.controller.begin_stroke(tuple(self.window.model.position), view.rows_axis, view.cols_axis,
+                                     self.panel.radius(), self.panel.label())
+        self.controller.stroke_to(row, col)
 
     def _moved(self, _axis: str) -> None:
         self.repaint()
@@ -110,12 +125,13 @@ class TrainingBinding(QtCore.QObject):
         if self.window.loader is not None and self.document is self.window.document:
             self.window.loader.renew()
 
-    def repaint(self) -> None:
-        """The labels overlay of every view, for the current slice and time, as the Labels layer says."""
+    def repaint(self, within: Roi | None = None) -> None:
+        """The labels overlay of every view, for the current slice and time, as the Labels layer says; only
+        inside ``within`` (tzyx) when given (where a stroke being painted went)."""
         layer = self.window.model.layer(LABELS)
         for view in self.window.views:
             paint_labels(view, self.controller.store, self.window.model.position, self.controller.colors,
-                         layer.opacity)
+                         layer.opacity, within)
             view.show_overlay(LABELS, layer.visible)
 
     # -- dialogs --------------------------------------------------------------------------------------
@@ -176,6 +192,11 @@ class TrainingBinding(QtCore.QObject):
         self.timer.stop()
         self.controller.close()
         for signal in (self.controller.message, self.controller.trained, self.controller.saved, self.controller.renamed,
-                       self.controller.labels_changed, self.controller.classes_changed,
+                       self.controller.labels_changed, self.controller.labels_painted, self.controller.classes_changed,
                        self.controller.pipeline_changed, self.controller.training_wanted):
             signal.disconnect()  # results posted before closing find no widget of a closed project
+
+
+def _standard(key: QtGui.QKeySequence.StandardKey) -> str:
+    """The platform's keys for a standard action (Ctrl+Z for undo)."""
+    return QtGui.QKeySequence(key).toString()

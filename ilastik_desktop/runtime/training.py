@@ -49,6 +49,7 @@ class TrainingController:
     renamed = Signal(str)  # Save As: the project now lives elsewhere; the old path
     classes_changed = Signal()  # names or colours changed, or a class was added or deleted
     labels_changed = Signal()  # the painted labels changed
+    labels_painted = Signal(object)  # a stroke being painted changed labels in this tzyx Roi (ends: labels_changed)
     pipeline_changed = Signal()  # the gateway computes with another pipeline: overlays need renewing
     training_wanted = Signal()  # live training asks for a training soon
 
@@ -90,6 +91,22 @@ class TrainingController:
                points: list[tuple[int, int]], radius: int, label: int) -> None:
         """A finished stroke through ``points`` of a view (its rows and columns axes) at ``position``."""
         self._changed(self.store.stroke(position, rows_axis, cols_axis, points, radius, label))
+
+    def begin_stroke(self, position: tuple[int, int, int, int], rows_axis: str, cols_axis: str, radius: int,
+                     label: int) -> None:
+        """A stroke starts in a view (its rows and columns axes) at ``position``: painted as the mouse moves
+        (:meth:`stroke_to`), one undo step, and one training once it ends (:meth:`end_stroke`)."""
+        self.store.begin_stroke(position, rows_axis, cols_axis, radius, label)
+
+    def stroke_to(self, row: int, col: int) -> None:
+        """The stroke goes on to (``row``, ``col``) of its view; ``labels_painted`` says where it painted."""
+        painted = self.store.stroke_to(row, col)
+        if painted is not None:
+            self.labels_painted.emit(painted)
+
+    def end_stroke(self) -> None:
+        """The stroke ends (the mouse button was released)."""
+        self._changed(self.store.end_stroke())
 
     def undo(self) -> None:
         """Take the last stroke back."""

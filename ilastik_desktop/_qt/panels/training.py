@@ -50,9 +50,9 @@ class TrainingPanel(QtWidgets.QWidget):
         row.addWidget(self.size)
         layout.addLayout(row)
         edits = QtWidgets.QHBoxLayout()
-        for text, key, signal, tip in (("Undo", QtGui.QKeySequence.Undo, self.undo, "undo the last stroke"),
-                                       ("Redo", QtGui.QKeySequence.Redo, self.redo, "paint the stroke undone again")):
-            button = QtWidgets.QPushButton(text, shortcut=QtGui.QKeySequence(key), toolTip=tip)
+        for text, signal, tip in (("Undo", self.undo, "undo the last stroke"),
+                                  ("Redo", self.redo, "paint the stroke undone again")):  # keys: the window's
+            button = QtWidgets.QPushButton(text, toolTip=tip)
             button.clicked.connect(signal.emit)
             edits.addWidget(button)
         layout.addLayout(edits)
