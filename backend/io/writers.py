@@ -22,8 +22,8 @@ from backend.io.sources.base import CANONICAL
 from backend.io.voxel_size import SPACE, TIFF_CENTIMETER, VoxelSize
 
 FORMATS = {"hdf5": ".h5", "npy": ".npy", "tif": ".tif", "zarr": ".zarr"}
-HDF5_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # as ilastik's compressed hdf5
-CHUNK_BYTES = 1 << 20  # an HDF5 chunk read whole for any voxel of it: about 1 MB
+HDF5_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # ilastik's gzip level, shuffled
+CHUNK_BYTES = 1 << 20  # a chunk is read whole for any voxel of it: about 1 MB
 MIN_CHUNK_EDGE = 16  # chunks are not cut thinner than this to save padding
 PADDING_SHARE = 0.125  # edge padding allowed per axis, as a share of the axis
 
@@ -71,10 +71,10 @@ def hdf5_attrs(axes: str, size: VoxelSize | None) -> dict:
 
 def chunk_shape(shape: tuple[int, ...], block: tuple[int, ...], itemsize: int,
                 target_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:
-    """HDF5 chunks for an array of ``shape`` written in blocks of ``block``: the block clipped to the shape, halved
-    (keeping it a divisor of the block, so blocks cover whole chunks) along the largest axis while a chunk holds
-    more than ``target_bytes``, and along any axis whose edge chunk would be mostly padding (HDF5 stores edge
-    chunks whole)."""
+    """Chunks (HDF5, zarr) for an array of ``shape`` written in blocks of ``block``: the block clipped to the shape,
+    halved (keeping it a divisor of the block, so blocks cover whole chunks) along the largest axis while a chunk
+    holds more than ``target_bytes``, and along any axis whose edge chunk would be mostly padding (HDF5 and zarr
+    store edge chunks whole)."""
     chunks = [max(1, min(b, s)) for b, s in zip(block, shape)]
 
     def halvable(i: int) -> bool:
