@@ -1,4 +1,4 @@
-"""Block-wise writers for export results: HDF5, .npy, TIFF and zarr, in the raw data's axis order.
+"""Block-wise writers for export results: HDF5, .npy, TIFF and OME-Zarr, with the raw data's voxel size.
 
 Each writer fills a file under a temporary name and renames it when :meth:`commit` is called, so an
 interrupted export never leaves a file that looks complete.
@@ -17,9 +17,15 @@ import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.errors import UserError
+from backend.io.ngff import LEVEL, multiscales, ngff_axes
 from backend.io.sources.base import CANONICAL
+from backend.io.voxel_size import SPACE, TIFF_CENTIMETER, VoxelSize
 
 FORMATS = {"hdf5": ".h5", "npy": ".npy", "tif": ".tif", "zarr": ".zarr"}
+HDF5_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}  # ilastik's gzip level, shuffled
+CHUNK_BYTES = 1 << 20  # a chunk is read whole for any voxel of it: about 1 MB
+MIN_CHUNK_EDGE = 16  # chunks are not cut thinner than this to save padding
+PADDING_SHARE = 0.125  # edge padding allowed per axis, as a share of the axis
 
 
 def output_axes(raw_axes: str) -> str:
@@ -27,27 +33,83 @@ def output_axes(raw_axes: str) -> str:
     return raw_axes.replace("c", "") + "c"
 
 
-def axistags_json(axes: str) -> str:
-    """vigra-style axistags for ``axes``, so ilastik and our reader know the axis order."""
+def tiff_options(size: VoxelSize | None, axes: str) -> dict:
+    """tifffile's ``imwrite`` options that record ``size``: XResolution/YResolution in pixels per centimetre (as
+    every TIFF reader understands) and, in the description, ImageJ's ``unit`` and the z ``spacing``. Without a
+    size: the description alone (tifffile then writes a resolution of 1 per no unit, as before)."""
+    options: dict = {"metadata": {"axes": axes.upper()}}
+    if size is None:
+        return options
+    in_cm = size.in_unit("cm")
+    options["resolution"] = (1.0 / in_cm["x"], 1.0 / in_cm.get("y", in_cm["x"]))
+    options["resolutionunit"] = TIFF_CENTIMETER
+    options["metadata"]["unit"] = size.unit
+    if size.along("z") is not None and "z" in axes:
+        options["metadata"]["spacing"] = size.along("z")
+    return options
+
+
+def axistags_json(axes: str, size: VoxelSize | None = None) -> str:
+    """vigra's axistags JSON for ``axes`` as ilastik writes it (``AxisTags.toJSON``), with each spatial axis's
+    ``resolution`` (the voxel size, 0 where unknown), so ilastik and our reader know axis order and size."""
     flags = {"t": 8, "c": 1}
-    return json.dumps({"axes": [{"key": a, "typeFlags": flags.get(a, 2), "resolution": 0, "description": ""}
-                                for a in axes]})
+    known = size.in_unit(size.unit) if size is not None else {}
+    return json.dumps({"axes": [{"key": a, "typeFlags": flags.get(a, 2), "resolution": known.get(a, 0),
+                                 "description": ""} for a in axes]}, indent=2)
+
+
+def hdf5_attrs(axes: str, size: VoxelSize | None) -> dict:
+    """The attributes that describe an HDF5 dataset of ``axes``: ilastik's ``axistags`` always; with a size also
+    ilastik's ``axis_units`` and ``element_size_um`` (one value per spatial axis, in micrometres)."""
+    attrs: dict = {"axistags": axistags_json(axes, size)}
+    if size is not None:
+        attrs["axis_units"] = json.dumps({a: size.unit if size.along(a) is not None else "" for a in axes})
+        microns = size.in_unit("µm")
+        attrs["element_size_um"] = [microns.get(a, 1.0) for a in axes if a in SPACE]
+    return attrs
+
+
+def chunk_shape(shape: tuple[int, ...], block: tuple[int, ...], itemsize: int,
+                target_bytes: int = CHUNK_BYTES) -> tuple[int, ...]:
+    """Chunks (HDF5, zarr) for an array of ``shape`` written in blocks of ``block``: the block clipped to the shape,
+    halved (keeping it a divisor of the block, so blocks cover whole chunks) along the largest axis while a chunk
+    holds more than ``target_bytes``, and along any axis whose edge chunk would be mostly padding (HDF5 and zarr
+    store edge chunks whole)."""
+    chunks = [max(1, min(b, s)) for b, s in zip(block, shape)]
+
+    def halvable(i: int) -> bool:
+        return chunks[i] % 2 == 0 and chunks[i] > 1
+
+    while math.prod(chunks) * itemsize > target_bytes:
+        candidates = [i for i in range(len(chunks)) if halvable(i)]
+        if not candidates:
+            break
+        widest = max(candidates, key=lambda i: chunks[i])
+        chunks[widest] //= 2
+    for i, size in enumerate(shape):
+        while halvable(i) and chunks[i] >= MIN_CHUNK_EDGE * 2 and -size % chunks[i] > size * PADDING_SHARE:
+            chunks[i] //= 2
+    return tuple(chunks)
 
 
 class BlockWriter:
-    """Writes ``(t, z, y, x, c)`` blocks of the region ``region`` (tzyx) into an array-like target."""
+    """Writes ``(t, z, y, x, c)`` blocks of the region ``region`` (tzyx) into an array-like target, recording
+    ``voxel_size`` in the format's own metadata. zarr output is an OME-Zarr image, so its axes are put in NGFF
+    order (t, c, z, y, x)."""
 
     def __init__(self, path: str, fmt: str, axes: str, region: Roi, channels: int, dtype: np.dtype,
-                 block_shape: tuple[int, ...], internal_path: str = "exported_data"):
+                 block_shape: tuple[int, ...], internal_path: str = "exported_data",
+                 voxel_size: VoxelSize | None = None):
         if fmt not in FORMATS:
             raise UserError(f"unknown output format '{fmt}' (choose one of {', '.join(FORMATS)})")
+        axes = ngff_axes(axes) if fmt == "zarr" else axes
         self.path, self.fmt, self.axes, self.region = path, fmt, axes, region
-        self.channels, self.dtype = channels, np.dtype(dtype)
+        self.channels, self.dtype, self.voxel_size = channels, np.dtype(dtype), voxel_size
         self.partial = _partial_name(path)
         sizes = dict(zip("tzyx", region.shape), c=channels)
         shape = tuple(sizes[a] for a in axes)
-        block = dict(zip("tzyx", block_shape), c=channels)
-        chunks = tuple(min(block[a], sizes[a]) for a in axes)
+        block = dict(zip("tzyx", block_shape), t=1, c=1)  # a chunk per time step and channel, as ilastik's
+        chunks = chunk_shape(shape, tuple(block[a] for a in axes), self.dtype.itemsize)
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise UserError(f"{path}: the output folder {parent} does not exist")
@@ -57,7 +119,7 @@ class BlockWriter:
             open(self.partial, "wb").close()  # an unwritable folder says so, not that it has no room
             _remove(self.partial)
             _check_space(path, parent, fmt, math.prod(shape) * self.dtype.itemsize)
-            self.array = self._create(shape, np.dtype(dtype), chunks, internal_path)
+            self.array = self._create(shape, chunks, internal_path)
         except (OSError, UserError) as exc:
             with contextlib.suppress(OSError):
                 self.abort()
@@ -66,26 +128,28 @@ class BlockWriter:
             raise UserError(f"{path}: cannot write the output here ({exc.strerror or exc})") from None
         self._order = [CANONICAL.index(a) for a in axes] + [i for i, a in enumerate(CANONICAL) if a not in axes]
 
-    def _create(self, shape, dtype, chunks, internal_path):
+    def _create(self, shape: tuple[int, ...], chunks: tuple[int, ...], internal_path: str):
         if self.fmt == "hdf5":
             import h5py
 
             self._file = h5py.File(self.partial, "w")
-            ds = self._file.create_dataset(internal_path, shape=shape, dtype=dtype, chunks=chunks)
-            ds.attrs["axistags"] = axistags_json(self.axes)
+            ds = self._file.create_dataset(internal_path, shape=shape, dtype=self.dtype, chunks=chunks,
+                                           **HDF5_COMPRESSION)
+            ds.attrs.update(hdf5_attrs(self.axes, self.voxel_size))
             return ds
         if self.fmt == "npy":
-            return np.lib.format.open_memmap(self.partial, mode="w+", dtype=dtype, shape=shape)
+            return np.lib.format.open_memmap(self.partial, mode="w+", dtype=self.dtype, shape=shape)
         if self.fmt == "tif":
             import tifffile
 
-            return tifffile.memmap(self.partial, shape=shape, dtype=dtype,
-                                   metadata={"axes": self.axes.upper()})
+            return tifffile.memmap(self.partial, shape=shape, dtype=self.dtype,
+                                   **tiff_options(self.voxel_size, self.axes))
         import zarr
 
-        array = zarr.open_array(self.partial, mode="w", shape=shape, chunks=chunks, dtype=dtype)
-        array.attrs["axes"] = list(self.axes)
-        return array
+        group = zarr.open_group(self.partial, mode="w", zarr_format=2)
+        name = os.path.splitext(os.path.basename(self.path))[0]
+        group.attrs["multiscales"] = multiscales(name, self.axes, self.voxel_size)
+        return group.create_array(LEVEL, shape=shape, chunks=chunks, dtype=self.dtype, fill_value=0)
 
     def write(self, roi: Roi, block: np.ndarray) -> None:
         """Store the result of a tzyx ``roi`` (global coordinates) given as (t, z, y, x, c)."""

@@ -109,7 +109,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
                cancel: threading.Event | None = None) -> ExportResult:
     """Compute ``options.kind`` over the region through the gateway and write it; returns where and how long.
 
-    ``on_progress(done, total)`` is called after each written piece; setting ``cancel`` stops the
+    ``on_progress(done, total)`` is called with 0 once the number of pieces is known, then after each written
+    piece; setting ``cancel`` stops the
     export with :class:`ExportCancelled` and removes the partial output.
     """
     kinds = check_sources(split_kind(options.kind), options.filename_pattern)
@@ -123,7 +124,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         for kind, path in zip(kinds, paths):
             channels, dtype = (1, np.dtype(np.uint32)) if objects else (pipeline.channels(kind), pipeline.dtype(kind))
             writers.append(BlockWriter(path, options.fmt, output_axes(source.axes), region, channels, dtype,
-                                       gateway.config.block_shape, check_internal_path(options.internal_path)))
+                                       gateway.config.block_shape, check_internal_path(options.internal_path),
+                                       source.voxel_size))
     except BaseException:
         for writer in writers:
             writer.abort()
@@ -134,9 +136,10 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         total, pieces = _pieces(gateway, snapshot, options, region)
         bar = tqdm(total=total, unit="frame" if objects else "block", desc=options.kind, file=sys.stderr,
                    disable=not options.progress, dynamic_ncols=True)
+        progress = _Progress(bar, total, on_progress, cancel)
         try:
-            _stream(gateway, snapshot, options, pieces, writer, _Progress(bar, total, on_progress, cancel),
-                    max_in_flight)
+            progress.update(0)
+            _stream(gateway, snapshot, options, pieces, writer, progress, max_in_flight)
         finally:
             bar.close()
         writer.commit()

@@ -16,13 +16,13 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, settings_fingerprint
 from backend.distributed.futures import settle
 from backend.errors import UserError
+from backend.io.ngff import ORDER, ngff_axes
 from backend.service.gateway import RAW, Gateway
 from backend.service.objects import OBJECTS, request_frame
 from backend.service.snapshot import PipelineSnapshot
 
 SOURCES = {"raw": RAW, "probabilities": "Probabilities", "segmentation": "Simple Segmentation",
            "uncertainty": "Uncertainty", "objects": OBJECTS}
-NGFF_ORDER = "tczyx"
 
 
 class NotFound(UserError):
@@ -51,7 +51,7 @@ class ArrayLayout:
     def to_ngff(self, values: np.ndarray) -> np.ndarray:
         """``(t, z, y, x, c)`` values in this array's axis order."""
         ordered = values.transpose(0, 4, 1, 2, 3)  # t c z y x
-        return ordered[tuple(slice(None) if a in self.axes else 0 for a in NGFF_ORDER)]
+        return ordered[tuple(slice(None) if a in self.axes else 0 for a in ORDER)]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Lane:
         present = {a for a in "tz" if a in raw.axes} | {"y", "x"}
         if source != "raw" or "c" in raw.axes:
             present.add("c")
-        axes = "".join(a for a in NGFF_ORDER if a in present)
+        axes = ngff_axes("".join(present))
         kind = SOURCES[source]
         if source == "raw":
             channels, dtype = raw.channels, raw.dtype

@@ -6,11 +6,10 @@ import numpy as np
 from numcodecs import Blosc
 
 from backend.checks import decimal
+from backend.io.ngff import LEVEL, multiscales
 from backend.service.snapshot import PipelineSnapshot
 from backend.web.catalog import ArrayLayout, Lane, NotFound
 
-LEVEL = "0"  # the full-resolution array of each multiscale image
-AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 OUR_ATTRS = "ilastik-desktop"
 
 
@@ -25,20 +24,15 @@ def zgroup() -> dict:
 
 
 def zattrs(lane: Lane, source: str, classes: list[dict], snapshot: PipelineSnapshot) -> dict:
-    """``.zattrs`` of an image group under ``snapshot``: NGFF multiscales with named, typed axes, plus our own
-    attributes."""
+    """``.zattrs`` of an image group under ``snapshot``: NGFF multiscales with named, typed axes and the raw data's
+    voxel size (the same metadata as a zarr export's), plus our own attributes."""
     layout = lane.layout(source, snapshot)
-    axes = [{"name": a, "type": AXIS_TYPES[a]} for a in layout.axes]
-    scale = [1.0] * len(layout.axes)
     ours = {"lane": lane.index, "nickname": lane.nickname, "source": source,
             "data_fingerprint": snapshot.data_fingerprint, "classifier": snapshot.fingerprint}
     if source != "raw":
         ours["classes"] = classes
-    attrs = {"multiscales": [{"version": "0.4", "name": f"{lane.nickname} {source}", "axes": axes,
-                              "datasets": [{"path": LEVEL, "coordinateTransformations": [{"type": "scale",
-                                                                                         "scale": scale}]}],
-                              "type": "none"}],
-             OUR_ATTRS: ours}
+    voxel_size = lane.require_gateway().source.voxel_size
+    attrs = {"multiscales": multiscales(f"{lane.nickname} {source}", layout.axes, voxel_size), OUR_ATTRS: ours}
     if source in ("probabilities", "uncertainty") and "c" in layout.axes:
         attrs["omero"] = omero_channels(classes if source == "probabilities" else [])
     return attrs

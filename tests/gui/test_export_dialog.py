@@ -1,12 +1,13 @@
 """The export dialog for daily use: wide enough, a default name from the raw data actually shown, a missing
-folder created, time left shown, and quitting during an export asks first."""
+folder created, a busy bar until the total is known then counts from 0, time left shown, and quitting during an
+export asks first."""
 
 import os
 import shutil
 
 import numpy as np
 import pytest
-from PyQt5 import QtCore, QtWidgets
+from PyQt5 import QtCore, QtTest, QtWidgets
 
 from tests.gui.conftest import open_and_settle
 from tests.integration.test_executor import small_project
@@ -59,3 +60,28 @@ def test_quitting_during_an_export_asks_and_no_keeps_it_running(qtbot, make_wind
     window.close()
     assert not window.isVisible() and not dialog.running()
     assert not [n for n in os.listdir(tmp_path / "out")]  # the partial output removed
+
+
+def test_the_bar_is_busy_until_the_total_is_known_then_counts_every_block_from_zero(qtbot, window, tmp_path):
+    path, _ = small_project(tmp_path, shape=(16, 256, 256))
+    open_and_settle(qtbot, window, path)
+    dialog = window.open_export()
+    dialog.path.setText(str(tmp_path / "out" / "probabilities"))
+    shown = []
+    show = dialog.show_progress
+
+    def record(done, total):
+        show(done, total)
+        shown.append((dialog.progress.text(), dialog.message.text()))
+
+    dialog.show_progress = record
+    with qtbot.waitSignal(dialog.export_done, timeout=120_000) as finished:
+        QtTest.QTest.mouseClick(dialog.start, QtCore.Qt.LeftButton)
+        assert dialog.progress.maximum() == 0 and dialog.progress.text() == ""  # busy, not "0 / 100"
+        assert dialog.message.text() == "starting ..."
+    assert finished.args[0], finished.args[1]
+    blocks = len(shown) - 1
+    assert blocks == 4  # 16 x 256 x 256 in blocks of 64 x 128 x 128
+    assert shown[0] == ("0 / 4", "exporting ...")  # the total before the first block
+    assert [text for text, _ in shown] == [f"{i} / 4" for i in range(5)]
+    dialog.close()

@@ -92,7 +92,8 @@ def test_formats_cutout_and_result_kinds_agree(tmp_path, data_dir):
         assert np.array_equal(f["exported_data"][()], expected)
     assert np.array_equal(np.load(tmp_path / "cut_npy.npy"), expected)
     assert np.array_equal(tifffile.imread(tmp_path / "cut_tif.tif"), expected)
-    assert np.array_equal(zarr.open_array(str(tmp_path / "cut_zarr.zarr"), mode="r")[:], expected)
+    ome_zarr = zarr.open_array(str(tmp_path / "cut_zarr.zarr/0"), mode="r")[:]  # OME-Zarr: image 0, czyx
+    assert np.array_equal(np.moveaxis(ome_zarr, 0, -1), expected)
     export(tmp_path, *base, "--export_source", "Simple Segmentation", name="seg")
     assert np.array_equal(np.load(tmp_path / "seg.npy")[..., 0], np.argmax(full, axis=-1) + 1)
     export(tmp_path, *base, "--export_source", "Uncertainty", name="unc")

@@ -11,6 +11,7 @@ import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.errors import DataError
+from backend.io.voxel_size import VoxelSize
 
 CANONICAL = "tzyxc"
 SPATIAL = "tzyx"
@@ -75,7 +76,7 @@ class DataSource(ABC):
     def __init__(self, description: str, native_shape: tuple[int, ...], dtype: np.dtype, axes: str | None):
         self.description = description
         self.spec: str | None = None  # what open_source opens it by again (set by open_source)
-        self.pixel_size: tuple[float, str] | None = None  # in-plane (x) size of a pixel and its unit, if known
+        self.voxel_size: VoxelSize | None = None  # the physical size of a voxel, if the file says
         self.native_shape = tuple(int(s) for s in native_shape)
         self.dtype = np.dtype(dtype)
         self.axes_guessed = axes is None
@@ -95,6 +96,11 @@ class DataSource(ABC):
         """The canonical ``tzyxc`` shape (missing axes have length 1)."""
         sizes = dict(zip(self.axes, self.native_shape))
         return tuple(sizes.get(a, 1) for a in CANONICAL)
+
+    @property
+    def pixel_size(self) -> tuple[float, str] | None:
+        """The in-plane (x) size of a pixel and its unit, if known (for the scale bar)."""
+        return self.voxel_size.pixel_size if self.voxel_size is not None else None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

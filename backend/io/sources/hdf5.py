@@ -9,6 +9,7 @@ import numpy as np
 
 from backend.errors import DataError
 from backend.io.sources.base import DataSource, file_identity, parse_axistags
+from backend.io.voxel_size import from_hdf5
 
 
 def _default_dataset(f: h5py.File) -> str:
@@ -37,14 +38,13 @@ class Hdf5Source(DataSource):
                 if axes is None and "axistags" in ds.attrs:
                     axes = parse_axistags(ds.attrs["axistags"])
                 self.chunks = ds.chunks
-                element = ds.attrs.get("element_size_um")  # as Fiji and vigra write it, one per axis
-                pixel_size = (float(element[-1]), "µm") if element is not None and len(element) else None
+                attrs = {k: ds.attrs[k] for k in ("axistags", "axis_units", "element_size_um") if k in ds.attrs}
         except OSError as exc:
             raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
         self._file: h5py.File | None = None
         self._lock = threading.Lock()
         super().__init__(f"{path}/{self.internal}", shape, dtype, axes)
-        self.pixel_size = pixel_size if pixel_size and pixel_size[0] > 0 else None
+        self.voxel_size = from_hdf5(attrs, self.axes)
 
     def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
         with self._lock:

@@ -11,6 +11,7 @@ import tifffile
 from backend.errors import DataError
 from backend.io.sources.base import DataSource, file_identity
 from backend.io.sources.damage import unreadable
+from backend.io.voxel_size import from_tiff
 
 _TIFF_AXES = {"T": "t", "Z": "z", "Y": "y", "X": "x", "C": "c", "S": "c"}
 
@@ -25,24 +26,6 @@ def _axes_from_tifffile(series_axes: str, shape: tuple[int, ...]) -> str | None:
             return None
         axes += key
     return axes if len(axes) == len(shape) else None
-
-
-_UNITS = {"micron": "µm", "um": "µm", "\\u00B5m": "µm", "µm": "µm", "nm": "nm", "mm": "mm"}
-
-
-def _pixel_size(tif) -> tuple[float, str] | None:
-    """The x pixel size from the XResolution tag, in ImageJ's unit or the TIFF resolution unit; None if absent."""
-    tag = tif.pages[0].tags.get("XResolution")
-    if tag is None or not tag.value or not tag.value[0] or not tag.value[1]:
-        return None
-    per_unit = tag.value[0] / tag.value[1]
-    unit = (tif.imagej_metadata or {}).get("unit")
-    if unit is None:
-        resolution_unit = tif.pages[0].tags.get("ResolutionUnit")
-        code = int(resolution_unit.value) if resolution_unit is not None else 1
-        unit, per_unit = {2: ("µm", per_unit / 25400), 3: ("µm", per_unit / 10000)}.get(code, (None, per_unit))
-    unit = _UNITS.get(str(unit), None) if unit else None
-    return (1.0 / per_unit, unit) if unit and per_unit > 0 else None
 
 
 def _missing_data(series, file_size: int) -> str | None:
@@ -77,7 +60,7 @@ class TiffSource(DataSource):
                 series = tif.series[0]
                 shape, dtype = tuple(series.shape), series.dtype
                 native_axes = _axes_from_tifffile(series.axes, shape)
-                pixel_size = _pixel_size(tif)
+                voxel_size = from_tiff(tif)
                 missing = _missing_data(series, os.path.getsize(path))
         except (tifffile.TiffFileError, OSError, IndexError) as exc:
             raise unreadable(path, exc, "TIFF") from None
@@ -90,7 +73,7 @@ class TiffSource(DataSource):
         if self.array.shape != shape:
             self.array = np.asarray(self.array).reshape(shape)
         super().__init__(path, shape, dtype, axes or native_axes)
-        self.pixel_size = pixel_size
+        self.voxel_size = voxel_size
 
     def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
         return self.array[index]

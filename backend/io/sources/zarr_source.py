@@ -7,19 +7,8 @@ import os
 import numpy as np
 
 from backend.errors import DataError
+from backend.io.ngff import read_multiscales
 from backend.io.sources.base import DataSource, tree_identity
-
-
-def _ome_axes(attrs: dict) -> tuple[str, str] | None:
-    """(path of scale 0, axes) from OME-NGFF multiscales metadata, if present."""
-    meta = attrs.get("ome", attrs)
-    multiscales = meta.get("multiscales")
-    if not multiscales:
-        return None
-    first = multiscales[0]
-    axes = first.get("axes")
-    names = "".join(a["name"] if isinstance(a, dict) else a for a in axes) if axes else ""
-    return first["datasets"][0]["path"], names.lower()
 
 
 class ZarrSource(DataSource):
@@ -35,20 +24,21 @@ class ZarrSource(DataSource):
                 node = node[internal.strip("/")]
         except Exception as exc:  # zarr raises several types for missing or broken stores
             raise DataError(f"{path}: not a readable zarr store ({exc})") from None
-        native_axes = None
+        native_axes = voxel_size = None
         if isinstance(node, zarr.Group):
-            ome = _ome_axes(dict(node.attrs))
+            ome = read_multiscales(dict(node.attrs))
             if ome is None:
                 arrays = [name for name, _ in node.arrays()]
                 if len(arrays) != 1:
                     raise DataError(f"{path}: a zarr group with {len(arrays)} arrays; name one as {path}/NAME")
                 node = node[arrays[0]]
             else:
-                scale_path, native_axes = ome
+                scale_path, native_axes, voxel_size = ome
                 node = node[scale_path]
         self.array = node
         shape = tuple(node.shape)
         super().__init__(path, shape, np.dtype(node.dtype), axes or native_axes)
+        self.voxel_size = voxel_size
 
     def _read_native(self, index: tuple[slice, ...]) -> np.ndarray:
         return self.array[index]

@@ -108,8 +108,8 @@ class ExportDialog(QtWidgets.QDialog):
         self.cancel_event = threading.Event()
         self.start.setEnabled(False)
         self.stop.setEnabled(True)
-        self.progress.setValue(0)
-        self.message.setText("exporting ...")
+        self.progress.setRange(0, 0)  # busy until the export says how many pieces it has
+        self.message.setText("starting ...")
         self.thread = threading.Thread(target=self._run, args=(options, self.cancel_event), name="export",
                                        daemon=True)
         self.thread.start()
@@ -128,7 +128,8 @@ class ExportDialog(QtWidgets.QDialog):
         self.bridge.post(self._finished, *outcome)
 
     def show_progress(self, done: int, total: int) -> None:
-        """``done`` of ``total`` pieces written: the bar, and the time left estimated from the time so far."""
+        """``done`` of ``total`` pieces written (first 0, as soon as the total is known): the bar, and the time left
+        estimated from the time so far."""
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         elapsed = time.monotonic() - self.started_at
@@ -137,6 +138,9 @@ class ExportDialog(QtWidgets.QDialog):
                              f"exporting: {elapsed:.0f} s so far, about {format_seconds(left)} left")
 
     def _finished(self, path: str, message: str) -> None:
+        if self.progress.maximum() == 0:  # ended before it knew its total: not busy any more
+            self.progress.setRange(0, 1)
+            self.progress.reset()
         self.written = path
         self.show_folder.setEnabled(bool(path))  # the desktop's file manager, with the user's own libraries
         self.start.setEnabled(True)
