@@ -11,7 +11,7 @@ from backend.compute.geometry import Roi
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_writer import LaneLabels, RawInput, Training, label_block, save_training, write_project
-from backend.io.training import label_blocks
+from backend.io.training import label_blocks, project_samples, retrain_project
 from backend.io.writers import axistags_json
 from ilastik_desktop._qt.dialogs.new_project import FIRST_FEATURES
 
@@ -93,3 +93,14 @@ def test_the_written_lanes_have_the_layout_of_an_ilastik_project(tmp_path, data_
         first, added = ours["Input Data/infos/lane0000/Raw Data"], ours["Input Data/infos/lane0001/Raw Data"]
         assert added["__class__"][()] == b"RelativeFilesystemDatasetInfo" and added["filePath"][()] == b"second.h5/data"
         assert first["datasetId"][()] != added["datasetId"][()]
+
+
+def test_retraining_headless_learns_from_the_labels_of_every_lane(tmp_path):
+    path, labels = three_lanes(tmp_path)
+    project = open_project(path)
+    source = open_lane(project, 1)  # --lane 1 --retrain
+    x, y = project_samples(project, source, 1)
+    assert len(y) == sum(int((values > 0).sum()) for lane in labels for _, values in lane)
+    assert sorted(np.unique(y)) == [1, 2]
+    classifier = retrain_project(project, source, 1)
+    assert open_project(path).classifier.known_labels == classifier.known_labels == (1, 2)
