@@ -58,7 +58,7 @@ class TrainingController:
     labels_changed = Signal()  # the painted labels changed
     pipeline_changed = Signal()  # the gateway computes with another pipeline: overlays need renewing
     training_wanted = Signal()  # live training asks for a training soon
-    lanes_changed = Signal()  # a lane was added
+    lanes_changed = Signal()  # a lane was added, or showing one failed: list the lanes again
     lane_shown = Signal(object)  # the Document of the lane now shown
 
     def __init__(self, document: Document, executor: Executor | None, config: TrainingConfig = TrainingConfig(),
@@ -305,6 +305,7 @@ class TrainingController:
             return
         if future.exception() is not None:
             self.message.emit(f"could not show the lane: {future.exception()}")
+            self.lanes_changed.emit()  # the lane switcher names the lane shown again
             return
         document, pipeline = future.result(), self.document.pipeline
         document.project = self.document.project  # the classes, features and lanes as edited since

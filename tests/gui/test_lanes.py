@@ -2,6 +2,8 @@
 switcher showing any lane with its labels and undo history, one classifier trained on the labels of every lane,
 Save writing every lane, and the headless export of each lane (``--lane``) equal to what the window shows."""
 
+import io
+import json
 import os
 
 import h5py
@@ -20,6 +22,7 @@ from ilastik_desktop._qt.panels.lanes import add_images_dialog
 from ilastik_desktop.runtime.demo import write_demo_project
 from tests.conftest import run_cli
 from tests.gui.conftest import open_and_settle
+from tests.integration.webserver import http_get
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -135,3 +138,38 @@ def test_three_lanes_trained_together_saved_and_exported_headless(qtbot, window,
     assert np.array_equal(reopened.region(Roi.from_shape(reopened.grid.shape)),
                           stores[1].region(Roi.from_shape(reopened.grid.shape)))
     assert os.path.exists(path)
+
+
+def test_serving_while_another_lane_is_shown_serves_each_lane_as_itself(qtbot, window, tmp_path):
+    folder = tmp_path / "demo"
+    path = write_demo_project(str(folder), shape=(16, 48, 48), trees=10)
+    image = write_image(str(folder / "second.h5"), (12, 40, 56), 3)
+    open_and_settle(qtbot, window, path)
+    dialog = add_images_dialog(window, [f"{image}/data"])
+    QTest.mouseClick(dialog.findChild(QtWidgets.QDialogButtonBox).button(QtWidgets.QDialogButtonBox.Ok),
+                     QtCore.Qt.LeftButton)
+    combo = window.lane_switcher.combo
+    qtbot.waitUntil(lambda: combo.count() == 2, timeout=30_000)
+    combo.setFocus()
+    show_lane(qtbot, window, QtCore.Qt.Key_Down)
+    serve = window.open_serve()
+    serve.host.setText("127.0.0.1")
+    serve.port.setValue(0)
+    with qtbot.waitSignal(serve.serving, timeout=60_000) as started:
+        serve.start_button.click()
+    url = f"{started.args[0]}/t/{serve.server.token}"
+    lanes = json.loads(http_get(url + "/api/v1/info")[1])["lanes"]
+    assert [lane["shape_tzyx"] for lane in lanes] == [[1, 16, 48, 48], [1, 12, 40, 56]]
+    assert lanes[1]["classifier"] == window.document.gateway.pipeline_fingerprint
+    z, values, roi = shown_probabilities(window)
+    region = (f"{url}/api/v1/lanes/1/probabilities?start={z},{roi.start[2]},{roi.start[3]}"
+              f"&stop={z + 1},{roi.stop[2]},{roi.stop[3]}&format=npy")
+    status, body, _ = http_get(region)
+    assert status == 200 and np.array_equal(np.load(io.BytesIO(body))[0], values)
+    with qtbot.waitSignal(serve.serving, timeout=30_000):
+        serve.stop_button.click()
+    qtbot.waitUntil(lambda: not serve.controller.busy, timeout=30_000)
+    # stopping closed the gateway of lane 0 it opened, not the window's: the shown lane still computes
+    window.model.move("z", z - 1)
+    qtbot.waitUntil(window.loader.is_settled, timeout=60_000)
+    assert window.loader.shown("xy", "Probabilities")[0].any()
