@@ -66,7 +66,9 @@ def test_three_lanes_trained_together_saved_and_exported_headless(qtbot, window,
 
     # File > Add images: the axes guessed, OK adds both as lanes in the background
     dialog = add_images_dialog(window, [f"{image}/data" for image in images])
+    qtbot.waitUntil(lambda: not dialog.guessing(), timeout=30_000)  # read in the background
     assert [dialog.table.item(row, 1).text() for row in range(2)] == ["zyx", "zyx"]
+    assert dialog.table.item(0, 2).text() == "20 x 56 x 72 uint8"
     ok = dialog.findChild(QtWidgets.QDialogButtonBox).button(QtWidgets.QDialogButtonBox.Ok)
     QTest.mouseClick(ok, QtCore.Qt.LeftButton)
     combo = window.lane_switcher.combo

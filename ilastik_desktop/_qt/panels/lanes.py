@@ -4,6 +4,9 @@ and adds each as a lane."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
 from PyQt5 import QtCore, QtWidgets
 
 from backend.errors import UserError
@@ -51,26 +54,31 @@ class LaneSwitcher(QtWidgets.QToolBar):
 
 
 class AddImagesDialog(QtWidgets.QDialog):
-    """The images to add as lanes with their axes, guessed and editable; ``chosen([(image, axes), ...])``."""
+    """The images to add as lanes with their axes, guessed in the background (``post`` brings the guesses to
+    the GUI thread) and editable; ``chosen([(image, axes), ...])``."""
 
     chosen = QtCore.pyqtSignal(list)
 
-    def __init__(self, images: list[str], parent: QtWidgets.QWidget | None = None):
+    def __init__(self, images: list[str], post: Callable[..., None], parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("Add images")
         self.setMinimumWidth(720)
         self.table = QtWidgets.QTableWidget(len(images), 3)
         self.table.setHorizontalHeaderLabels(["Image", "Axes", "Shape"])
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.closed = False
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="add-images")
+        self.finished.connect(self._stop)
         for row, image in enumerate(images):
-            axes, about = guessed_axes(image)
             name = QtWidgets.QTableWidgetItem(image)
             name.setFlags(name.flags() & ~QtCore.Qt.ItemIsEditable)
             self.table.setItem(row, 0, name)
-            self.table.setItem(row, 1, QtWidgets.QTableWidgetItem(axes))
-            shape = QtWidgets.QTableWidgetItem(about)
+            self.table.setItem(row, 1, QtWidgets.QTableWidgetItem(""))
+            shape = QtWidgets.QTableWidgetItem("reading ...")
             shape.setFlags(shape.flags() & ~QtCore.Qt.ItemIsEditable)
             self.table.setItem(row, 2, shape)
+            future = self.pool.submit(guessed_axes, image)
+            future.add_done_callback(lambda f, r=row: post(self._guessed, r, f))
         self.table.resizeColumnsToContents()
         content = QtWidgets.QVBoxLayout()
         content.addWidget(QtWidgets.QLabel("Each image becomes a lane. Axes: one letter per dimension of the file "
@@ -78,6 +86,23 @@ class AddImagesDialog(QtWidgets.QDialog):
         content.addWidget(self.table)
         self.message = QtWidgets.QLabel(wordWrap=True, styleSheet="color: #b00;")
         ok_cancel(self, content, self.message, self.add)
+
+    def _guessed(self, row: int, future: Future) -> None:
+        if self.closed or future.cancelled():
+            return
+        axes, about = future.result()
+        if not self.table.item(row, 1).text():  # unless the user typed them meanwhile
+            self.table.item(row, 1).setText(axes)
+        self.table.item(row, 2).setText(about)
+        self.table.resizeColumnsToContents()
+
+    def _stop(self) -> None:
+        self.closed = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def guessing(self) -> bool:
+        """True while some images' axes are still being guessed."""
+        return any(self.table.item(row, 2).text() == "reading ..." for row in range(self.table.rowCount()))
 
     def images(self) -> list[tuple[str, str | None]]:
         """(image, axes or None to guess them) of every row."""
@@ -111,7 +136,7 @@ def ask_add_images(window) -> AddImagesDialog | None:
 
 def add_images_dialog(window, images: list[str]) -> AddImagesDialog:
     """The dialog asking for the axes of ``images``, shown; its OK adds them as lanes of the window's project."""
-    dialog = AddImagesDialog(images, window)
+    dialog = AddImagesDialog(images, window.bridge.post, window)
     controller = window.training.controller
     dialog.chosen.connect(controller.add_images)
     dialog.open()
