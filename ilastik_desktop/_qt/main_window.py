@@ -121,9 +121,9 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             self.close_document()
         self.document = document
         source = document.source
-        self.model = ViewerModel(source.spatial_shape, source.channels,
-                                 default_layers(document.project.label_names, document.project.label_colors),
-                                 document.display_range)
+        layers = ([dataclasses.replace(layer) for layer in self.model.layers] if switching  # as the user set them
+                  else default_layers(document.project.label_names, document.project.label_colors))
+        self.model = ViewerModel(source.spatial_shape, source.channels, layers, document.display_range)
         self.setCentralWidget(self._viewer_area())
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, threshold, self,
                                   refresh_delay_s=self.services.config.window.refresh_delay_s)
