@@ -13,6 +13,7 @@ import threading
 
 from psygnal import Signal
 
+from backend.compute.pipeline import Pipeline
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
 from backend.io.dataset import open_lane
@@ -29,12 +30,13 @@ from ilastik_desktop.runtime.settings import parse_threshold
 
 def open_served_lane(project: Project, index: int, services: Services, raw_data: str | None = None,
                      input_axes: str | None = None, threshold: str = "", block_shape: tuple | None = None,
-                     classifier=None) -> Lane:
-    """Lane ``index`` on a gateway of its own, or without one and with the reason when its data does not open."""
+                     classifier=None, pipeline: Pipeline | None = None) -> Lane:
+    """Lane ``index`` on a gateway of its own (computing ``pipeline``, else the project's with ``classifier``), or
+    without one and with the reason when its data does not open."""
     nickname = project.lanes[index].nickname
     try:
         source = open_lane(project, index, raw_data, input_axes)
-        pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
+        pipeline = pipeline or build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
         settings = parse_threshold(threshold, project.threshold, pipeline.label_count)
     except UserError as exc:
         return Lane(index, nickname, None, error=str(exc))
@@ -55,10 +57,12 @@ class WindowLane(Lane):
 
 def serve_document(document: Document, services: Services, threshold: ThresholdSettings,
                    settings: WebSettings) -> WebServer:
-    """Start a web server over ``document``'s project: its lane on screen on its gateway, the others on their own."""
+    """Start a web server over ``document``'s project: its lane on screen on its gateway, the others on their own,
+    all with the window's pipeline (the classifier trained in the window)."""
     project = document.project
     lanes = [WindowLane(index, info.nickname, document.gateway, threshold) if index == document.lane
-             else open_served_lane(project, index, services) for index, info in enumerate(project.lanes)]
+             else open_served_lane(project, index, services, pipeline=document.pipeline)
+             for index, info in enumerate(project.lanes)]
     server = WebServer(lanes, describe_project(project), dataclasses.replace(settings, limits=services.config.web),
                        __version__)
     try:
