@@ -47,24 +47,45 @@ def write_classifier(pc: h5py.Group, classifier: Classifier, row_count: int) -> 
     cf.create_dataset("pickled_type", data=_PICKLED_TYPE)
 
 
+@dataclass(frozen=True)
+class RawInput:
+    """A lane's raw data as the project records it: the file (relative to the project's folder, or absolute),
+    its axes and native shape, and the name ilastik shows for it."""
+
+    file_path: str
+    axes: str
+    shape: tuple[int, ...]
+    nickname: str
+
+
+def write_raw_input(f: h5py.File, lane: int, raw_input: RawInput) -> None:
+    """Write lane ``lane``'s ``Input Data/infos/laneNNNN`` with ilastik 1.4's fields (replacing it)."""
+    name = f"Input Data/infos/lane{lane:04d}"
+    if name in f:
+        del f[name]
+    raw = f.create_group(f"{name}/Raw Data")
+    kind = "FilesystemDatasetInfo" if os.path.isabs(raw_input.file_path) else "RelativeFilesystemDatasetInfo"
+    for key, value in {"filePath": raw_input.file_path, "location": "FileSystem", "nickname": raw_input.nickname,
+                       "datasetId": str(uuid.uuid4()), "axistags": axistags_json(raw_input.axes),
+                       "__class__": kind, "display_mode": "default", "working_scale": ""}.items():
+        raw.create_dataset(key, data=value.encode(), dtype=h5py.string_dtype("ascii" if value.isascii() else "utf-8"))
+    raw["shape"] = np.asarray(raw_input.shape, np.int64)
+    for key in ("allowLabels", "normalizeDisplay", "scale_locked"):
+        raw[key] = key == "allowLabels"
+    f.create_group(f"{name}/Prediction Mask")
+
+
 def write_project(path: str, raw_path: str, axes: str, shape: Sequence[int], features: FeatureSelection,
                   label_names: Sequence[str], label_colors: Sequence[Sequence[int]],
                   label_blocks: Sequence[LabelBlock], classifier: Classifier | None, row_count: int = 0,
                   nickname: str = "raw") -> None:
-    """Write a complete project that ilastik and ilastik-desktop open."""
+    """Write a complete one-lane project that ilastik and ilastik-desktop open."""
     with h5py.File(path, "w") as f:
         f["ilastikVersion"] = ILASTIK_VERSION.encode()
         f["workflowName"] = b"Pixel Classification"
         f["time"] = b"written by ilastik-desktop"
         f["currentApplet"] = 2
-        raw = f.create_group("Input Data/infos/lane0000/Raw Data")
-        for key, value in {"filePath": raw_path, "location": "FileSystem", "nickname": nickname,
-                           "datasetId": str(uuid.uuid4()), "axistags": axistags_json(axes),
-                           "__class__": "RelativeFilesystemDatasetInfo", "display_mode": "default"}.items():
-            raw[key] = value.encode()
-        raw["shape"] = np.asarray(shape, np.int64)
-        raw["allowLabels"] = True
-        f.create_group("Input Data/infos/lane0000/Prediction Mask")
+        write_raw_input(f, 0, RawInput(raw_path, axes, tuple(shape), nickname))
         f["Input Data/Role Names"] = np.asarray([b"Raw Data", b"Prediction Mask"], dtype=object)
         f["Input Data/StorageVersion"] = b"0.2"
         write_features(f, features)
@@ -136,15 +157,25 @@ def label_block(roi, labels: np.ndarray, axes: str) -> LabelBlock:
 
 
 @dataclass(frozen=True)
+class LaneLabels:
+    """One lane's labels as saved: its index, raw axes and label blocks; ``raw_input`` for a lane added in the
+    app (its ``Input Data`` entry is written too), None for a lane the project already records."""
+
+    lane: int
+    axes: str
+    blocks: Sequence[LabelBlock]
+    raw_input: RawInput | None = None
+
+
+@dataclass(frozen=True)
 class Training:
-    """What training in the app changes in a project: features, classes, one lane's labels, the classifier."""
+    """What training in the app changes in a project: features, classes, the lanes' labels (and the lanes
+    added), the classifier."""
 
     features: FeatureSelection
     names: Sequence[str]
     colors: Sequence[Sequence[int]]
-    lane: int
-    axes: str  # the lane's raw axes
-    blocks: Sequence[LabelBlock]
+    lanes: Sequence[LaneLabels]  # the lanes whose labels are saved; the project's other lanes keep theirs
     classifier: Classifier | None  # None: the project keeps no classifier (it no longer fits the classes)
     row_count: int
     threshold: ThresholdSettings | None = None  # the thresholding panel's parameters
@@ -157,9 +188,13 @@ def save_training(project_path: str, training: Training, target: str | None = No
         write_features(f, training.features)
         if training.threshold is not None:
             write_threshold(f, training.threshold)
+        for lane in training.lanes:
+            if lane.raw_input is not None:
+                write_raw_input(f, lane.lane, lane.raw_input)
         pc = f.require_group("PixelClassification")
         write_classes(pc, training.names, training.colors)
-        write_label_blocks(pc, training.lane, training.blocks, training.axes)
+        for lane in training.lanes:
+            write_label_blocks(pc, lane.lane, lane.blocks, lane.axes)
         if training.classifier is not None:
             write_classifier(pc, training.classifier, training.row_count)
         elif "ClassifierForests" in pc:

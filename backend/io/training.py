@@ -14,6 +14,7 @@ from backend.compute.geometry import Roi
 from backend.compute.pipeline import BlockTask
 from backend.errors import ProjectError
 from backend.io.checked import expect_attr_text, expect_dataset, expect_group, expect_integers, parse_axes, problem
+from backend.io.dataset import open_lane
 from backend.io.forest_io import forest_from_sklearn
 from backend.io.project import Classifier, Project, label_bound
 from backend.io.project_pipeline import build_pipeline
@@ -63,20 +64,40 @@ def _label_axes(source: DataSource, ndim: int) -> str:
 
 
 def labelled_samples(project: Project, source: DataSource, lane: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows and labels of every labelled voxel."""
+    """Feature rows and labels of every labelled voxel of lane ``lane`` (its raw data ``source``)."""
+    x, y = _lane_samples(project, source, lane)
+    if len(y) == 0:
+        raise ProjectError(f"{project.path}: the project has no labels to train from")
+    return x, y
+
+
+def project_samples(project: Project, source: DataSource, lane: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows and labels of every labelled voxel of every lane, as ilastik trains on all lanes: ``source``
+    is lane ``lane``'s raw data, the other lanes holding labels are opened as the project records them."""
+    parts = [_lane_samples(project, source if index == lane else open_lane(project, index), index)
+             for index in range(len(project.lanes)) if index == lane or _has_labels(project, index)]
+    x, y = concatenate_rows(parts, parts[0][0].shape[1])
+    if len(y) == 0:
+        raise ProjectError(f"{project.path}: the project has no labels to train from")
+    return x, y.astype(np.int64)
+
+
+def _has_labels(project: Project, lane: int) -> bool:
+    with h5py.File(project.path, "r") as f:
+        group = f.get(f"PixelClassification/LabelSets/labels{lane:03d}")
+        return isinstance(group, h5py.Group) and len(group) > 0
+
+
+def _lane_samples(project: Project, source: DataSource, lane: int) -> tuple[np.ndarray, np.ndarray]:
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
     image = Roi.from_shape(source.spatial_shape)
-    xs, ys = [], []
+    parts = []
     for roi, labels in label_blocks(project, source, lane):
         roi = roi.intersect(image)
-        if roi is None or not labels.any():
-            continue
-        x, y = block_samples(pipeline.features, source, roi, labels[tuple(slice(0, s) for s in roi.shape)])
-        xs.append(x)
-        ys.append(y)
-    if not xs or sum(len(y) for y in ys) == 0:
-        raise ProjectError(f"{project.path}: the project has no labels to train from")
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+        if roi is not None and labels.any():
+            parts.append(block_samples(pipeline.features, source, roi, labels[tuple(slice(0, s) for s in roi.shape)]))
+    x, y = concatenate_rows(parts, pipeline.features.column_count)
+    return x, y.astype(np.int64)
 
 
 def label_frames(features: FeatureSet, source: DataSource, roi: Roi, labels: np.ndarray,
@@ -137,10 +158,10 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
 
 
 def retrain_project(project: Project, source: DataSource, lane: int = 0, progress: bool = True) -> Classifier:
-    """Train on the project's labels and save the new classifier into the project file (refused before
-    training if the project cannot be saved into)."""
+    """Train on the labels of every lane (``source``: lane ``lane``'s raw data) and save the new classifier into
+    the project file (refused before training if the project cannot be saved into)."""
     check_replaceable(project.path)
-    x, y = labelled_samples(project, source, lane)
+    x, y = project_samples(project, source, lane)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)
     classifier = train_classifier(x, y, pipeline.features.column_names())
     replace_classifier(project.path, classifier, len(y))

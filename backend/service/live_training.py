@@ -1,9 +1,10 @@
 """Training in the app: the features of labelled voxels cached per label block, recomputed only for the
 blocks a stroke touched (on the workers, when an executor is given), and a forest trained from all of them
-(as ilastik's Live Update does)."""
+(as ilastik's Live Update does); one forest from the labels of several lanes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -76,7 +77,15 @@ class TrainingSession:
 
     def train(self, trees: int = 100, forests: int = 2) -> tuple[Classifier, int]:
         """A new classifier from the labels as they are now, and the number of labelled voxels it used."""
-        x, y = self.samples()
-        if len(np.unique(y)) < 2:
-            raise UserError("label at least two classes before training")
-        return train_classifier(x, y, self.features.column_names(), trees, forests), len(y)
+        return train_sessions([self], trees, forests)
+
+
+def train_sessions(sessions: Sequence[TrainingSession], trees: int = 100, forests: int = 2) -> tuple[Classifier, int]:
+    """One classifier from the labels of several images (a project's lanes, sharing one feature selection) as
+    they are now, and the number of labelled voxels it used."""
+    parts = [session.samples() for session in sessions]
+    x = np.concatenate([x for x, _ in parts]) if parts else np.empty((0, 0), np.float32)
+    y = np.concatenate([y for _, y in parts]) if parts else np.empty(0, np.int64)
+    if len(np.unique(y)) < 2:
+        raise UserError("label at least two classes before training")
+    return train_classifier(x, y, sessions[0].features.column_names(), trees, forests), len(y)

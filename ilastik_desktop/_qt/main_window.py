@@ -15,6 +15,7 @@ from ilastik_desktop._qt.dialogs.export import ExportDialog
 from ilastik_desktop._qt.dialogs.serve import ServeDialog
 from ilastik_desktop._qt.menus import add_help_menu, add_view_menu, add_view_shortcuts
 from ilastik_desktop._qt.opening import ProjectOpening
+from ilastik_desktop._qt.panels.lanes import LaneSwitcher
 from ilastik_desktop._qt.panels.layers import LayersPanel
 from ilastik_desktop._qt.panels.project import ProjectPanel, info_box
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
@@ -43,7 +44,7 @@ def scrolled(panel: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
 
 
 class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
-    """One window showing one project lane at a time."""
+    """One window showing one project lane at a time (the lane switcher shows another)."""
 
     opened = QtCore.pyqtSignal(object)  # the Document, once it is on screen
     failed = QtCore.pyqtSignal(str)
@@ -81,6 +82,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, self.side)
         self.side_width = 360  # what the user gave the side panel; kept when another project opens
         self.resizeDocks([self.side], [self.side_width], QtCore.Qt.Horizontal)
+        self.lane_switcher = LaneSwitcher(self)
+        self.addToolBar(self.lane_switcher)
         add_view_menu(self)
         add_help_menu(self)
         add_view_shortcuts(self)
@@ -107,20 +110,26 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         return label
 
     def _show(self, document: Document) -> None:
+        """Show ``document``: a project opened, or another lane of the project shown (its training kept)."""
+        switching = self.training is not None and document is self.training.controller.document
+        threshold = self.threshold_panel.settings() if switching else document.threshold
         if self.side.isVisible() and self.document is not None:
             self.side_width = self.side.width()
-        self.close_document()
+        if switching:
+            self._leave_document()
+        else:
+            self.close_document()
         self.document = document
         source = document.source
-        self.model = ViewerModel(source.spatial_shape, source.channels,
-                                 default_layers(document.project.label_names, document.project.label_colors),
-                                 document.display_range)
+        layers = ([dataclasses.replace(layer) for layer in self.model.layers] if switching  # as the user set them
+                  else default_layers(document.project.label_names, document.project.label_colors))
+        self.model = ViewerModel(source.spatial_shape, source.channels, layers, document.display_range)
         self.setCentralWidget(self._viewer_area())
-        self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, document.threshold, self,
+        self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, threshold, self,
                                   refresh_delay_s=self.services.config.window.refresh_delay_s)
         self.loader.progress.connect(self.pending.show_visible)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
-        self._fill_tabs(document)
+        self._fill_tabs(document, threshold)
         self._keep_side_width()
         self.model.position_changed.connect(lambda _axis: self._sync_crosshair())
         self.model.position_changed.connect(lambda _axis: self._refresh_readout())
@@ -131,6 +140,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.serve_action.setEnabled(True)
         self.save_action.setEnabled(True)
         self.save_as_action.setEnabled(True)
+        self.add_images_action.setEnabled(True)
         self.serve_dialog.set_document(document, self.threshold_panel.settings())
         self.change_raw_action.setEnabled(True)
         self.forget_raw_action.setEnabled(self.opener.remembered(document.project.path) is not None)
@@ -181,15 +191,20 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             grid.addLayout(row, 2, 0, 1, 2)
         return area
 
-    def _fill_tabs(self, document: Document) -> None:
+    def _fill_tabs(self, document: Document, threshold: ThresholdSettings) -> None:
         self.tabs.clear()
         project = ProjectPanel()
         project.show_document(document)
         loader = self.loader  # the panel's, even while another project replaces it
         self.layers_panel = LayersPanel(self.model, lambda: loader.raw_plane("xy"), document.display_range)
         loader.settled.connect(self.layers_panel.refresh_histogram)
-        self._threshold_panel(document.threshold)
-        self.training = TrainingBinding(self, document, self)
+        self._threshold_panel(threshold)
+        if self.training is None:
+            self.training = TrainingBinding(self, document, self)
+            self.lane_switcher.bind(self.training.controller)
+        else:
+            self.training.show_lane(document)
+            self.lane_switcher.refresh()
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
                               (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
             self.tabs.addTab(scrolled(widget), title)
@@ -276,17 +291,22 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
 
     def close_document(self) -> None:
-        """Stop showing the current project and release its gateway."""
+        """Stop showing the current project and release its gateways."""
+        self._leave_document()
+        if self.training is not None:
+            self.training.close()
+            self.training = None
+            self.lane_switcher.bind(None)
+        if self.document is not None:
+            self.document.close()
+            self.document = None
+
+    def _leave_document(self) -> None:
+        """Stop showing the current lane (its document stays open)."""
         if self.loader is not None:
             self.loader.close()
             self.loader = None
         self.serve_dialog.set_document(None)  # it serves through the document's gateway
-        if self.training is not None:
-            self.training.close()
-            self.training = None
-        if self.document is not None:
-            self.document.close()
-            self.document = None
         self.pending.reset()
         self._pointer = None
         self.cursor_label.clear()  # never the previous project's classes

@@ -10,6 +10,7 @@ from PyQt5 import QtGui, QtWidgets
 from backend.errors import RawDataMissing
 from ilastik_desktop._qt.dialogs.batch import open_batch_dialog
 from ilastik_desktop._qt.dialogs.new_project import NewProjectDialog
+from ilastik_desktop._qt.panels.lanes import ask_add_images
 from ilastik_desktop.runtime.opening import located_raw_data
 
 
@@ -22,6 +23,7 @@ class ProjectOpening:
         menu.addAction("&Open project...", self.ask_open, QtGui.QKeySequence.Open)
         self.recent_menu = menu.addMenu("Open &recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.add_images_action = menu.addAction("&Add images...", lambda: ask_add_images(self))
         self.export_action = menu.addAction("&Export...", self.open_export)
         menu.addAction("&Batch processing...", lambda: open_batch_dialog(self))
         self.change_raw_action = menu.addAction("Change &raw data...", self.ask_raw_data)
@@ -30,8 +32,8 @@ class ProjectOpening:
         self.save_action = menu.addAction("&Save labels and classifier", lambda: self.training.save(),
                                           QtGui.QKeySequence.Save)
         self.save_as_action = menu.addAction("Save &as...", self.ask_save_as, QtGui.QKeySequence.SaveAs)
-        for action in (self.export_action, self.change_raw_action, self.forget_raw_action, self.serve_action,
-                       self.save_action, self.save_as_action):
+        for action in (self.add_images_action, self.export_action, self.change_raw_action, self.forget_raw_action,
+                       self.serve_action, self.save_action, self.save_as_action):
             action.setEnabled(False)
         menu.addSeparator()
         menu.addAction("&Quit", self.close, QtGui.QKeySequence.Quit)

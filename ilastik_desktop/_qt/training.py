@@ -8,6 +8,7 @@ from __future__ import annotations
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.geometry import Roi
+from backend.service.export import default_block_shape
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
 from ilastik_desktop.runtime.training import TrainingController
@@ -30,9 +31,11 @@ class TrainingBinding(QtCore.QObject):
         super().__init__(parent)
         self.window, self.document = window, document
         services = window.services
-        self.controller = TrainingController(document, services.executor, services.config.training,
-                                             window.bridge.post)
+        self.controller = TrainingController(
+            document, services.executor, services.config.training, window.bridge.post,
+            lambda source, pipeline: services.gateway(source, pipeline, default_block_shape(source.spatial_shape)))
         controller = self.controller
+        controller.lane_shown.connect(lambda shown: window._show(shown))
         self.panel = TrainingPanel(controller.names, controller.colors)
         self.timer = QtCore.QTimer(self, singleShot=True, interval=round(services.config.training.debounce_s * 1000))
         self.timer.timeout.connect(controller.train)
@@ -54,14 +57,23 @@ class TrainingBinding(QtCore.QObject):
         self.panel.train.connect(controller.train)
         self.panel.edit_class.connect(self.edit_class)
         self.panel.choose_features.connect(self.choose_features)
-        for view in window.views:
+        self.shortcuts = self._ilastik_keys()
+        self._bind_views()
+
+    def show_lane(self, document) -> None:
+        """The window now shows ``document``, another lane: paint on its views."""
+        self.document = document
+        self._bind_views()
+
+    def _bind_views(self) -> None:
+        for view in self.window.views:
             view.stroked.connect(lambda points, v=view: self.stroke(v, points))
             view.brush_pressed.connect(lambda row, col, v=view: self.begin_stroke(v, row, col))
-            view.brush_moved.connect(controller.stroke_to)
-            view.brush_released.connect(controller.end_stroke)
-        window.model.position_changed.connect(self._moved)
-        window.model.layers_changed.connect(self._layer_changed)
-        self.shortcuts = self._ilastik_keys()
+            view.brush_moved.connect(self.controller.stroke_to)
+            view.brush_released.connect(self.controller.end_stroke)
+            view.painting = self.panel.paint.isChecked()
+        self.window.model.position_changed.connect(self._moved)
+        self.window.model.layers_changed.connect(self._layer_changed)
         self.repaint()
 
     def save(self, target: str | None = None) -> None:
@@ -193,7 +205,8 @@ class TrainingBinding(QtCore.QObject):
         self.controller.close()
         for signal in (self.controller.message, self.controller.trained, self.controller.saved, self.controller.renamed,
                        self.controller.labels_changed, self.controller.labels_painted, self.controller.classes_changed,
-                       self.controller.pipeline_changed, self.controller.training_wanted):
+                       self.controller.pipeline_changed, self.controller.training_wanted,
+                       self.controller.lanes_changed, self.controller.lane_shown):
             signal.disconnect()  # results posted before closing find no widget of a closed project
 
 

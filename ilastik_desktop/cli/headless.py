@@ -45,7 +45,7 @@ def run_headless(settings: Settings) -> int:
     if settings.retrain:
         from backend.io.training import retrain_project
 
-        classifier = retrain_project(project, source, progress=settings.export.progress)
+        classifier = retrain_project(project, source, settings.lane, progress=settings.export.progress)
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"  # a combined kind with Features needs it too
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)

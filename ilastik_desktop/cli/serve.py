@@ -63,7 +63,7 @@ def open_lanes(project: Project, services: Services, args: argparse.Namespace) -
         from backend.io.training import retrain_project
 
         source = open_lane(project, args.lane, args.raw_data, args.input_axes)
-        classifier = retrain_project(project, source, progress=True)
+        classifier = retrain_project(project, source, args.lane, progress=True)
     lanes = [open_served_lane(project, index, services, args.raw_data if index == args.lane else None,
                               args.input_axes, args.threshold or "", parse_block_shape(args.block_shape), classifier)
              for index in range(len(project.lanes))]

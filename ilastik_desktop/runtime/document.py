@@ -31,6 +31,7 @@ class Document:
     gateway: Gateway
     labels: LabelStore
     display_range: tuple[float, float] = (0.0, 255.0)
+    lane: int = 0  # which of the project's lanes
 
     @property
     def threshold(self) -> ThresholdSettings:
@@ -54,7 +55,7 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane),
                                     services.config.training.undo_steps)
     gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
-    return Document(project, source, pipeline, gateway, labels, display_range)
+    return Document(project, source, pipeline, gateway, labels, display_range, lane)
 
 
 def default_display_range(source: DataSource) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import threading
 
 from psygnal import Signal
 
+from backend.compute.pipeline import Pipeline
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
 from backend.io.dataset import open_lane
@@ -29,12 +30,13 @@ from ilastik_desktop.runtime.settings import parse_threshold
 
 def open_served_lane(project: Project, index: int, services: Services, raw_data: str | None = None,
                      input_axes: str | None = None, threshold: str = "", block_shape: tuple | None = None,
-                     classifier=None) -> Lane:
-    """Lane ``index`` on a gateway of its own, or without one and with the reason when its data does not open."""
+                     classifier=None, pipeline: Pipeline | None = None) -> Lane:
+    """Lane ``index`` on a gateway of its own (computing ``pipeline``, else the project's with ``classifier``), or
+    without one and with the reason when its data does not open."""
     nickname = project.lanes[index].nickname
     try:
         source = open_lane(project, index, raw_data, input_axes)
-        pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
+        pipeline = pipeline or build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
         settings = parse_threshold(threshold, project.threshold, pipeline.label_count)
     except UserError as exc:
         return Lane(index, nickname, None, error=str(exc))
@@ -49,12 +51,18 @@ def describe_project(project: Project) -> dict:
                                                                                    project.label_colors)]}
 
 
+class WindowLane(Lane):
+    """The lane on screen, served through the window's gateway (which stays open when serving stops)."""
+
+
 def serve_document(document: Document, services: Services, threshold: ThresholdSettings,
                    settings: WebSettings) -> WebServer:
-    """Start a web server over ``document``'s project: its open lane on its gateway, the others on their own."""
+    """Start a web server over ``document``'s project: its lane on screen on its gateway, the others on their own,
+    all with the window's pipeline (the classifier trained in the window)."""
     project = document.project
-    lanes = [Lane(0, project.lanes[0].nickname, document.gateway, threshold)]
-    lanes += [open_served_lane(project, index, services) for index in range(1, len(project.lanes))]
+    lanes = [WindowLane(index, info.nickname, document.gateway, threshold) if index == document.lane
+             else open_served_lane(project, index, services, pipeline=document.pipeline)
+             for index, info in enumerate(project.lanes)]
     server = WebServer(lanes, describe_project(project), dataclasses.replace(settings, limits=services.config.web),
                        __version__)
     try:
@@ -71,9 +79,9 @@ def stop_serving(server: WebServer) -> None:
 
 
 def close_own_gateways(lanes: list[Lane]) -> None:
-    """Close the gateways of every lane but the first (the window's own)."""
-    for lane in lanes[1:]:
-        if lane.gateway is not None:
+    """Close the gateways of every lane but the window's own."""
+    for lane in lanes:
+        if lane.gateway is not None and not isinstance(lane, WindowLane):
             lane.gateway.close()
 
 
@@ -125,8 +133,9 @@ class ServeController:
         """Objects served from now on use ``threshold`` (their ETag changes with it)."""
         self.threshold = threshold
         server = self.server
-        if server is not None:
-            server.service.lanes[0].threshold = threshold
+        for lane in server.service.lanes if server is not None else ():
+            if isinstance(lane, WindowLane):
+                lane.threshold = threshold
 
     def start(self, settings: WebSettings) -> bool:
         """Start serving the document in the background; False (and nothing started) if it cannot start now."""

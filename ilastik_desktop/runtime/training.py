@@ -1,8 +1,10 @@
-"""Training a document's classifier from painted labels, without Qt.
+"""Training a project's classifier from the labels painted on its lanes, without Qt.
 
-Strokes, undo and redo go into the label store; with live training on, each change asks for a training
-(``training_wanted``: the window debounces it); a forest is trained off the caller's thread from the
-labelled blocks' features (computed on the workers), and the document's gateway then uses it. Classes are
+Strokes, undo and redo go into the shown lane's label store; with live training on, each change asks for a
+training (``training_wanted``: the window debounces it); one forest is trained off the caller's thread from
+the labelled blocks' features of every lane (computed on the workers), and the shown document's gateway
+then uses it (another lane's, once shown). Images are added as lanes, and any lane is shown with its labels
+and undo history kept. Classes are
 added, renamed, recoloured and deleted; Save writes classes, labels, features, forest and thresholds into
 the project, atomically, in the background.
 
@@ -26,11 +28,15 @@ from backend.distributed.executor import Executor
 from backend.errors import UserError
 from backend.io.project import Classifier, FeatureSelection
 from backend.io.project_pipeline import build_pipeline, feature_set
-from backend.io.project_writer import Training, label_block, save_training
+from backend.io.project_writer import Training, save_training
+from backend.io.sources import DataSource
 from backend.io.training import load_trainer
 from backend.service import label_classes
-from backend.service.live_training import TrainingSession
+from backend.service.gateway import Gateway
+from backend.service.labels import LabelStore
+from backend.service.live_training import train_sessions
 from ilastik_desktop.runtime.document import Document
+from ilastik_desktop.runtime.lanes import ProjectLanes
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,8 @@ def call_inline(function: Callable, *args) -> None:
 
 
 class TrainingController:
-    """Labels, classes and classifier of one document; see the module docstring."""
+    """Labels, classes and classifier of a project's lanes, one of them shown (``document``); see the module
+    docstring. ``make_gateway(source, pipeline)`` makes the gateways of the other lanes when they are shown."""
 
     message = Signal(str)  # what happened, in words (trained, failed, saved, refused); "" after a class edit
     trained = Signal(str)  # a training's outcome (also sent as ``message``)
@@ -52,13 +59,14 @@ class TrainingController:
     labels_painted = Signal(object)  # a stroke being painted changed labels in this tzyx Roi (ends: labels_changed)
     pipeline_changed = Signal()  # the gateway computes with another pipeline: overlays need renewing
     training_wanted = Signal()  # live training asks for a training soon
+    lanes_changed = Signal()  # a lane was added, or showing one failed: list the lanes again
+    lane_shown = Signal(object)  # the Document of the lane now shown
 
     def __init__(self, document: Document, executor: Executor | None, config: TrainingConfig = TrainingConfig(),
-                 call_soon: Callable[..., None] = call_inline):
+                 call_soon: Callable[..., None] = call_inline,
+                 make_gateway: Callable[[DataSource, object], Gateway] | None = None):
         self.document, self.executor, self.config, self.call_soon = document, executor, config, call_soon
-        self.store = document.labels
-        self.session = TrainingSession(document.source, document.pipeline.features, self.store, executor,
-                                       config.features_timeout_s)
+        self.lanes = ProjectLanes(document, document.pipeline.features, executor, config, make_gateway)
         self.classifier: Classifier | None = document.project.classifier
         self.rows = 0
         self.dirty = False  # labels or classes changed since the last save
@@ -68,6 +76,16 @@ class TrainingController:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
         self._trainer_loaded = False
         self._training: Future | None = None
+
+    @property
+    def store(self) -> LabelStore:
+        """The shown lane's labels."""
+        return self.document.labels
+
+    @property
+    def lane_names(self) -> list[str]:
+        """The lanes' nicknames, lane 0 first."""
+        return [info.nickname for info in self.document.project.lanes]
 
     @property
     def colors(self) -> list[tuple[int, int, int]]:
@@ -119,7 +137,7 @@ class TrainingController:
     def _changed(self, blocks: set) -> None:
         if not blocks:
             return
-        self.session.touched(blocks)
+        self.lanes.touched(self.document.lane, blocks)
         self.dirty = True
         self.labels_changed.emit()
         if self.live:
@@ -137,7 +155,7 @@ class TrainingController:
             self.message.emit(str(exc))
             return
         self.document.project = project
-        self.session = TrainingSession(source, features, self.store, self.executor, self.config.features_timeout_s)
+        self.lanes.features = features  # every lane's features are computed anew at the next training
         self.stale = self.dirty = True
         if self.live:
             self.train()
@@ -162,7 +180,7 @@ class TrainingController:
         """Delete class ``label`` (from 1) and its labels; the overlays drop it until the next training."""
         if not self._edit_classes(label_classes.delete_class, label):
             return
-        self.session.touched(self.store.remove_class(label))
+        self.lanes.remove_class(label)
         self.labels_changed.emit()
         if self.classifier is not None:  # its other classes stay on screen, renumbered, until it is retrained
             known = tuple(0 if k == label else k - (k > label) for k in self.classifier.known_labels)
@@ -212,7 +230,8 @@ class TrainingController:
     def _train(self) -> None:
         started = time.perf_counter()
         try:
-            classifier, rows = self.session.train()
+            sessions = self.lanes.sessions()
+            classifier, rows = train_sessions(sessions)
             project, source = self.document.project, self.document.source
             pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
             # here, not on the owner's thread: with Dask it is a network call; the reference is given back once
@@ -225,9 +244,12 @@ class TrainingController:
             log.exception("training failed")
             self.call_soon(self._report_training, f"training failed: {type(exc).__name__}: {exc}")
             return
-        self.call_soon(self._use, classifier, rows, pipeline, fingerprint, time.perf_counter() - started)
+        of_lanes = f" of {len(sessions)} lanes" if len(sessions) > 1 else ""
+        left_out = "".join(f"; left out {failure}" for failure in self.lanes.failures())
+        self.call_soon(self._use, classifier, rows, pipeline, fingerprint,
+                       f"{of_lanes} in {time.perf_counter() - started:.1f} s{left_out}")
 
-    def _use(self, classifier: Classifier, rows: int, pipeline, fingerprint: str | None, seconds: float) -> None:
+    def _use(self, classifier: Classifier, rows: int, pipeline, fingerprint: str | None, how: str) -> None:
         try:
             if self.closed:
                 return  # the project was closed meanwhile
@@ -236,7 +258,7 @@ class TrainingController:
         finally:
             if fingerprint is not None:
                 self.executor.remove_pipeline(fingerprint)  # the reference _train took
-        self._report_training(f"trained {classifier.tree_count} trees on {rows} labelled voxels in {seconds:.1f} s")
+        self._report_training(f"trained {classifier.tree_count} trees on {rows} labelled voxels{how}")
 
     def _report_training(self, text: str) -> None:
         if not self.closed:
@@ -247,18 +269,21 @@ class TrainingController:
     def save(self, threshold: ThresholdSettings, target: str | None = None) -> Future:
         """Write the classes, labels, classifier and ``threshold`` into the project, or into a copy at ``target``
         that becomes the project (Save As); in the background, atomically. The future resolves when saved."""
-        source, project = self.document.source, self.document.project
-        blocks = [label_block(roi, labels.copy(), source.axes) for _, roi, labels in self.store.labelled()]
-        training = Training(project.features, project.label_names, project.label_colors, 0, source.axes, blocks,
-                            None if self.stale else self.classifier, self.rows, threshold)
+        project = self.document.project
+        lanes = self.lanes.loaded()
+        training = Training(project.features, project.label_names, project.label_colors,
+                            [lane.labels() for lane in lanes], None if self.stale else self.classifier, self.rows,
+                            threshold)
         future = self.pool.submit(save_training, project.path, training, target)
         path = target or project.path
-        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception()))
+        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception(), lanes))
         return future
 
-    def _saved(self, path: str, error: BaseException | None) -> None:
+    def _saved(self, path: str, error: BaseException | None, lanes: list) -> None:
         if error is None and not self.closed:
             self.dirty = False
+            for lane in lanes:
+                lane.raw_input = None  # the project records it now
             old = self.document.project.path
             if path != old:  # Save As: the copy is the project from now on
                 self.document.project = dataclasses.replace(self.document.project, path=path)
@@ -267,7 +292,50 @@ class TrainingController:
         self.message.emit(text)
         self.saved.emit(text)
 
+    # -- lanes ----------------------------------------------------------------------------------------
+    def add_images(self, images: list[tuple[str, str | None]]) -> None:
+        """Add each (image, axes or None to guess them) as a lane, opened in the background; ``lanes_changed``
+        once each is added, or ``message`` saying why it was not."""
+        for image, axes in images:
+            future = self.lanes.open_image(image, axes)
+            future.add_done_callback(lambda f, i=image: self.call_soon(self._image_opened, i, f))
+
+    def _image_opened(self, image: str, future: Future) -> None:
+        if self.closed:
+            return
+        if future.exception() is not None:
+            self.message.emit(str(future.exception()))
+            return
+        self.document.project = self.lanes.append(self.document.project, image, future.result())
+        self.dirty = True
+        self.message.emit(f"added lane {len(self.lanes) - 1}: {self.lane_names[-1]}")
+        self.lanes_changed.emit()
+
+    def show_lane(self, index: int) -> None:
+        """Show lane ``index`` (its document made in the background the first time): ``lane_shown``."""
+        if index == self.document.lane:
+            return
+        future = self.lanes.document(self.document.project, index, self.document.pipeline)
+        future.add_done_callback(lambda f: self.call_soon(self._lane_ready, f))
+
+    def _lane_ready(self, future: Future) -> None:
+        if self.closed:
+            return
+        if future.exception() is not None:
+            self.message.emit(f"could not show the lane: {future.exception()}")
+            self.lanes_changed.emit()  # the lane switcher names the lane shown again
+            return
+        document, pipeline = future.result(), self.document.pipeline
+        document.project = self.document.project  # the classes, features and lanes as edited since
+        if document.pipeline is not pipeline:  # trained or changed while the lane was not shown
+            document.pipeline = pipeline
+            document.gateway.set_pipeline(pipeline)
+        self.document = document
+        self.lane_shown.emit(document)
+
     def close(self) -> None:
-        """Stop: wait for a running training or save (their results are dropped)."""
+        """Stop: wait for a running training or save (their results are dropped); close the lanes' documents
+        but the one shown (the window's)."""
         self.closed = True
         self.pool.shutdown(wait=True, cancel_futures=False)
+        self.lanes.close(keep=self.document)

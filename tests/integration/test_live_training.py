@@ -13,7 +13,7 @@ from backend.compute.geometry import Roi
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.io.project_writer import Training, label_block, save_training
+from backend.io.project_writer import LaneLabels, Training, label_block, save_training
 from backend.io.training import label_blocks
 from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
@@ -68,7 +68,7 @@ def test_training_recomputes_only_touched_blocks_and_saves_what_vigra_loads(demo
     names = project.label_names + ("Label 3",)
     colors = project.label_colors + ((230, 25, 75),)
     before = open(path, "rb").read()
-    training = Training(project.features, names, colors, 0, source.axes, blocks, classifier, rows_after)
+    training = Training(project.features, names, colors, [LaneLabels(0, source.axes, blocks)], classifier, rows_after)
     save_training(path, training, saved)
     assert open(path, "rb").read() == before  # the original is left as it was
     reopened = open_project(saved)
