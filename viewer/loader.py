@@ -60,6 +60,7 @@ class PlaneLoader(QtCore.QObject):
         model.display_changed.connect(self._display_changed)
         for view in views:
             view.range_changed.connect(self.schedule)
+        self._restyle_raw()
 
     def schedule(self) -> None:
         """Refresh soon (changes arriving together are handled once)."""
@@ -120,7 +121,14 @@ class PlaneLoader(QtCore.QObject):
     def _moved(self, axis: str) -> None:
         self.schedule()
 
+    def _restyle_raw(self) -> None:
+        """Show, hide or fade the raw planes as the Raw layer says."""
+        raw = next(layer for layer in self.model.layers if layer.kind == RAW)
+        for view in self.views:
+            view.set_raw_style(raw.visible, raw.opacity)
+
     def _layers_changed(self, name: str) -> None:
+        self._restyle_raw()
         if name == CLASSES_CHANGED:  # overlays of layers that are gone leave the views; the rest is recoloured
             names = {layer.name for layer in self.model.layers}  # every overlay is named after its layer
             for view in self.views:

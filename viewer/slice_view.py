@@ -173,6 +173,11 @@ class SliceView(pg.GraphicsView):
         """The raw plane ``(rows, cols)``."""
         self.raw.setImage(plane, levels=levels, autoLevels=False)
 
+    def set_raw_style(self, visible: bool, opacity: float) -> None:
+        """Show, hide or fade the raw plane (the Raw layer's checkbox and opacity)."""
+        self.raw.setVisible(visible)
+        self.raw.setOpacity(opacity)
+
     def set_colormap(self, name: str) -> None:
         """The raw plane's colour map: ``grey`` or one of pyqtgraph's (viridis, magma, ...)."""
         self.raw.setLookupTable(None if name == "grey" else pg.colormap.get(name).getLookupTable(nPts=256))

@@ -27,11 +27,13 @@ from ilastik_desktop.runtime.opening import ProjectOpener
 from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
 from viewer.loader import PlaneLoader
-from viewer.model import ViewerModel, default_layers
+from viewer.model import OBJECTS, ViewerModel, default_layers
 from viewer.readout import voxel_readout
 from viewer.slice_view import SliceView, add_scale_bars
 
 log = logging.getLogger(__name__)
+SIDE_WIDTH_KEY = "window/side_width"  # the side panel's width, kept between runs
+DEFAULT_SIDE_WIDTH = 500  # every tab's full title and the layers panel fit (360 px hid the Workers tab)
 
 
 def scrolled(panel: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -72,15 +74,19 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self._build_menu()
         self._build_status()
         self.setCentralWidget(self._placeholder())
-        self.tabs = QtWidgets.QTabWidget()
+        self.tabs = QtWidgets.QTabWidget(usesScrollButtons=False, elideMode=QtCore.Qt.ElideRight)  # every tab
+        # stays reachable in a narrow panel: the titles shorten, no tab hides behind scroll arrows
         self.workers_panel = WorkersPanel(services, self.bridge)
-        self.tabs.addTab(scrolled(self.workers_panel), "Workers")
+        # the workers panel's one scroll area for the window's life: a second area over the same panel made
+        # both resize it to their own size, back and forth, until the stack overflowed (SIGSEGV)
+        self.workers_area = scrolled(self.workers_panel)
+        self.tabs.addTab(self.workers_area, "Workers")
         self.side = QtWidgets.QDockWidget("Project", self)
         self.side.setObjectName("side")
         self.side.setFeatures(QtWidgets.QDockWidget.DockWidgetMovable | QtWidgets.QDockWidget.DockWidgetClosable)
         self.side.setWidget(self.tabs)
         self.addDockWidget(QtCore.Qt.LeftDockWidgetArea, self.side)
-        self.side_width = 360  # what the user gave the side panel; kept when another project opens
+        self.side_width = self._remembered_side_width()  # kept when another project opens, and between runs
         self.resizeDocks([self.side], [self.side_width], QtCore.Qt.Horizontal)
         self.lane_switcher = LaneSwitcher(self)
         self.addToolBar(self.lane_switcher)
@@ -113,8 +119,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         """Show ``document``: a project opened, or another lane of the project shown (its training kept)."""
         switching = self.training is not None and document is self.training.controller.document
         threshold = self.threshold_panel.settings() if switching else document.threshold
-        if self.side.isVisible() and self.document is not None:
-            self.side_width = self.side.width()
+        if self.document is not None:
+            self._remember_side_width()
         if switching:
             self._leave_document()
         else:
@@ -146,6 +152,18 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.forget_raw_action.setEnabled(self.opener.remembered(document.project.path) is not None)
         self.loader.refresh()
         self.opened.emit(document)
+
+    def _remembered_side_width(self) -> int:
+        try:
+            return int(self.settings.value(SIDE_WIDTH_KEY, DEFAULT_SIDE_WIDTH))
+        except (TypeError, ValueError):  # not a number: a settings file edited by hand
+            return DEFAULT_SIDE_WIDTH
+
+    def _remember_side_width(self) -> None:
+        """Keep the width the user gave the side panel (the last one shown while it is collapsed)."""
+        if self.side.isVisible():
+            self.side_width = self.side.width()
+        self.settings.setValue(SIDE_WIDTH_KEY, self.side_width)
 
     def _keep_side_width(self) -> None:
         """Give the side panel back its width once the new views are laid out (they would take it otherwise)."""
@@ -192,7 +210,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         return area
 
     def _fill_tabs(self, document: Document, threshold: ThresholdSettings) -> None:
-        self.tabs.clear()
+        self._clear_tabs()
         project = ProjectPanel()
         project.show_document(document)
         loader = self.loader  # the panel's, even while another project replaces it
@@ -206,14 +224,39 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             self.training.show_lane(document)
             self.lane_switcher.refresh()
         for widget, title in ((project, "Project"), (self.training.panel, "Training"), (self.layers_panel, "Layers"),
-                              (self.threshold_panel, "Thresholding"), (self.workers_panel, "Workers")):
+                              (self.threshold_panel, "Thresholding")):
             self.tabs.addTab(scrolled(widget), title)
+        self.tabs.addTab(self.workers_area, "Workers")
+
+    def _clear_tabs(self) -> None:
+        """Take every tab off and delete the previous project's panels with their scroll areas; the workers
+        tab's area is kept, and the Training tab's panel when another lane is shown (QTabWidget.clear() deletes
+        nothing: two live scroll areas over one panel resized it in turn without end)."""
+        kept = self.training.panel if self.training is not None else None  # another lane: the same Training tab
+        while self.tabs.count():
+            area = self.tabs.widget(0)
+            self.tabs.removeTab(0)
+            if area is self.workers_area:
+                continue
+            panel = area.takeWidget()  # no scroll area left filtering a panel that is shown again elsewhere
+            if panel is not None and panel is not kept:
+                panel.deleteLater()
+            area.deleteLater()
 
     def _threshold_panel(self, threshold: ThresholdSettings) -> None:
         self.threshold_panel = ThresholdPanel(threshold, self.document.project.label_names, self.model.volumetric,
                                               self.services.config.window.threshold_pause_s)
         self.threshold_panel.changed.connect(self.loader.set_threshold)
+        self.threshold_panel.changed.connect(lambda _settings: self._show_objects())
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
+
+    def _show_objects(self) -> None:
+        """Turn the Objects layer on once the thresholds change (it starts off), as ilastik 1.4 shows its
+        objects, and say so."""
+        if not self.model.layer(OBJECTS).visible:
+            self.model.set_layer(OBJECTS, visible=True)
+            live = "" if self.model.live else "; Live update is off: turn it on (Layers tab) to compute them"
+            self.statusBar().showMessage(f"Objects layer turned on to show the thresholded objects{live}", 8000)
 
     def show_classes(self) -> None:
         """Show the document's classes as they are now (added, renamed, recoloured or deleted); the layers
@@ -322,6 +365,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             return
         if exporting:
             self.export_dialog.close()  # cancels it and removes its partial output
+        self._remember_side_width()
         self.status_timer.stop()
         self.workers_panel.shutdown()
         self.opener.close()

@@ -1,13 +1,18 @@
 """The thresholding panel as a user meets it: classes by name, a sensible default channel, impossible
-settings refused with a message, values applied on Enter or after a pause (not per keystroke), no z
-smoothing on 2D data."""
+settings refused with a message, hysteresis on one class allowed (ilastik's defaults), values applied on Enter
+or after a pause (not per keystroke), no z smoothing on 2D data, and the objects turned on and announced."""
 
+import os
+
+import numpy as np
 import pytest
-from PyQt5 import QtCore
+from PyQt5 import QtCore, QtTest
 
-from backend.compute.threshold import ThresholdSettings, default_channel
+from backend.compute.threshold import ThresholdSettings, default_channel, threshold_frame
 from backend.config import WindowConfig
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
+from ilastik_desktop.runtime.settings import parse_threshold
+from tests.gui.conftest import open_and_settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,9 +43,8 @@ def test_impossible_settings_are_refused_with_a_message_and_not_applied(qtbot):
     panel.low.setValue(0.5)
     panel.low.editingFinished.emit()
     assert [s.low for s in emitted] == [0.5] and panel.message.text() == ""
-    panel.core.setCurrentIndex(1)  # the same class as the channel
-    assert len(emitted) == 1 and "core channel" in panel.message.text()
-    panel.core.setCurrentIndex(2)
+    panel.core.setCurrentIndex(1)  # the same class as the channel: allowed, as in ilastik
+    assert [s.core_channel for s in emitted] == [2, 1] and panel.message.text() == ""
     panel.min_size.setValue(500)
     panel.max_size.setValue(100)
     panel.max_size.editingFinished.emit()
@@ -67,3 +71,37 @@ def test_2d_data_shows_no_z_smoothing(qtbot):
     assert not panel.sigmas[0].isVisible() and panel.sigmas[1].isVisible() and panel.sigmas[2].isVisible()
     three_d, _ = _panel(qtbot)
     assert all(box.isVisible() for box in three_d.sigmas)
+
+
+def test_hysteresis_may_seed_and_grow_on_the_same_class_as_ilastik_does(qtbot):
+    panel, emitted = _panel(qtbot, settings=ThresholdSettings())  # ilastik's defaults: both channels 0
+    panel.method.setFocus()
+    QtTest.QTest.keyClick(panel.method, QtCore.Qt.Key_Down)  # Simple -> Hysteresis
+    assert [(s.method, s.channel, s.core_channel) for s in emitted] == [(1, 0, 0)] and panel.message.text() == ""
+    parsed = parse_threshold("method=hysteresis,channel=1,core_channel=1", None, 2)  # headless --threshold
+    assert (parsed.method, parsed.channel, parsed.core_channel) == (1, 1, 1)
+    p = np.zeros((1, 20, 30, 2), np.float32)  # (z, y, x, classes)
+    p[0, 5:10, 2:8, 1] = 0.6  # grows from a seed
+    p[0, 6:8, 4:6, 1] = 0.9  # the seed: above High on the same class
+    p[0, 5:10, 15:25, 1] = 0.6  # above Low but no seed: dropped
+    labels = threshold_frame(p, ThresholdSettings(method=1, channel=1, core_channel=1, min_size=1, sigmas=(0, 0, 0)))
+    assert labels.max() == 1 and (labels == 1).sum() == 5 * 6 and labels[0, 7, 20] == 0
+
+
+@pytest.mark.timeout(300)
+def test_changing_a_threshold_turns_the_objects_layer_on_and_says_so(qtbot, window, data_dir):
+    open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp"))
+    assert not window.model.layer("Objects").visible  # off until thresholds are asked for
+    panel = window.threshold_panel
+    bar = window.tabs.tabBar()
+    tab = next(i for i in range(bar.count()) if bar.tabText(i) == "Thresholding")
+    QtTest.QTest.mouseClick(bar, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, bar.tabRect(tab).center())
+    qtbot.waitUntil(panel.low.isVisible, timeout=5_000)
+    panel.low.setFocus()
+    panel.low.selectAll()
+    qtbot.keyClicks(panel.low, "0.4")
+    qtbot.keyClick(panel.low, QtCore.Qt.Key_Return)
+    assert window.model.layer("Objects").visible and window.layers_panel.checks["Objects"].isChecked()
+    assert "Objects layer turned on" in window.statusBar().currentMessage() and "Objects layer" in panel.hint.text()
+    qtbot.waitUntil(lambda: window.loader.is_complete("xy", "Objects"), timeout=120_000)
+    assert window.views[0].overlays["Objects"].isVisible() and window.views[0].buffers["Objects"][..., 3].any()

@@ -135,3 +135,21 @@ def test_a_key_allowed_in_the_dialog_is_remembered_for_the_next_run(qtbot, windo
     dialog.allow_key.setText(key.decode())
     dialog.allow_worker()
     assert key in KeyStore(services.settings.config_dir).authorized("worker")
+
+
+def test_one_process_is_singular_and_the_users_column_widths_stay_between_polls(qtbot, window):
+    from backend.distributed.executor import ExecutorStatus, WorkerStatus
+    from ilastik_desktop._qt.panels.workers import workers_summary
+
+    one = WorkerStatus("h", "tcp://h:1", 1, "idle")
+    assert workers_summary(ExecutorStatus("zmq", None, (one,))) == "workers: 1 (1 process), queue 0"
+    two = ExecutorStatus("zmq", None, (one, WorkerStatus("g", "tcp://g:1", 3, "busy")))
+    assert workers_summary(two) == "workers: 2 (4 processes), queue 0"
+    panel = window.workers_panel
+    qtbot.waitUntil(lambda: panel.table.rowCount() > 0, timeout=15_000)
+    header = panel.table.horizontalHeader()
+    header.resizeSection(0, 333)  # as a user drags the column's edge
+    for _ in range(2):  # the table is refilled every poll
+        with qtbot.waitSignal(window.status_timer.timeout, timeout=10_000):
+            pass
+    assert header.sectionSize(0) == 333  # every poll fitted the columns to their contents again before

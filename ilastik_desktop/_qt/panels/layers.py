@@ -41,12 +41,14 @@ class LayersPanel(QtWidgets.QWidget):
             grid.addWidget(QtWidgets.QLabel(label), row + 1 + offset, 0)
             grid.addWidget(widget, row + 1 + offset, 1, 1, 2)
         grid.addWidget(QtWidgets.QLabel("Display range"), row + 3, 0)
-        grid.addLayout(self._range_row(), row + 3, 1, 1, 2)
+        limits, buttons = self._range_rows()  # two rows: in one, Reset was cut off in a 360 px side panel
+        grid.addLayout(limits, row + 3, 1, 1, 2)
+        grid.addLayout(buttons, row + 4, 1, 1, 2)
         self.histogram = RangeHistogram()
         self.histogram.set_range(*model.contrast)
         self.histogram.dragged.connect(lambda low, high: self.set_range((low, high)))
-        grid.addWidget(self.histogram, row + 4, 0, 1, 3)
-        grid.setRowStretch(row + 5, 1)
+        grid.addWidget(self.histogram, row + 5, 0, 1, 3)
+        grid.setRowStretch(row + 6, 1)
         narrow(self)
         model.layers_changed.connect(self._sync)
 
@@ -83,7 +85,7 @@ class LayersPanel(QtWidgets.QWidget):
                 grid.addWidget(button, row, column)
         self.checks[layer.name], self.sliders[layer.name], self.opacities[layer.name] = check, slider, value
 
-    def _range_row(self) -> QtWidgets.QHBoxLayout:
+    def _range_rows(self) -> tuple[QtWidgets.QHBoxLayout, QtWidgets.QHBoxLayout]:
         low, high = self.model.contrast
         self.low = QtWidgets.QDoubleSpinBox(decimals=1, minimum=-1e9, maximum=high, value=low)
         self.high = QtWidgets.QDoubleSpinBox(decimals=1, minimum=low, maximum=1e9, value=high)
@@ -93,10 +95,11 @@ class LayersPanel(QtWidgets.QWidget):
         self.auto.clicked.connect(self.auto_range)
         self.reset = QtWidgets.QPushButton("Reset", toolTip="the range the project opened with")
         self.reset.clicked.connect(lambda: self.set_range(self.original))
-        pair = QtWidgets.QHBoxLayout()
-        for widget in (self.low, self.high, self.auto, self.reset):
-            pair.addWidget(widget)
-        return pair
+        limits, buttons = QtWidgets.QHBoxLayout(), QtWidgets.QHBoxLayout()
+        for layout, widgets in ((limits, (self.low, self.high)), (buttons, (self.auto, self.reset))):
+            for widget in widgets:
+                layout.addWidget(widget)
+        return limits, buttons
 
     def auto_range(self) -> None:
         """Fit the display range to the raw data the xy view shows (0.1 to 99.9 percentiles)."""

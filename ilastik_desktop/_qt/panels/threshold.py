@@ -1,5 +1,6 @@
 """The thresholding panel: ilastik's Threshold & Size Filter parameters, by class name, checked, applied on
-Enter or after a short pause rather than on every keystroke."""
+Enter or after a short pause rather than on every keystroke. Hysteresis may seed and grow on the same class
+(ilastik's defaults: both channels 0)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ def problems(s: ThresholdSettings) -> list[str]:
     found = []
     if s.method == 1 and s.low > s.high:
         found.append(f"the low threshold ({s.low:g}) is above the high one ({s.high:g})")
-    if s.method == 1 and s.core_channel == s.channel:
-        found.append("the core channel must be another class than the channel")
     if s.min_size > s.max_size:
         found.append(f"the minimum size ({s.min_size}) is above the maximum ({s.max_size})")
     return found
@@ -56,6 +55,10 @@ class ThresholdPanel(QtWidgets.QWidget):
             form.addRow(label, widget)
         form.addRow("Smoothing " + ("z y x" if volumetric else "y x"), sigmas)
         form.addRow(self.message)
+        self.hint = QtWidgets.QLabel("The objects are drawn in the Objects layer (Layers tab); changing a value "
+                                     "turns it on.", wordWrap=True)
+        self.hint.setStyleSheet("color: #888;")
+        form.addRow(self.hint)
         narrow(self, 60)
         self.pause = QtCore.QTimer(self, singleShot=True, interval=round(pause_s * 1000))  # typing applies once
         # it pauses this long (Enter applies at once)

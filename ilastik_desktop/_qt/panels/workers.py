@@ -33,11 +33,16 @@ def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> No
     pool.submit(run)
 
 
+def processes(count: int) -> str:
+    """'1 process', '2 processes'."""
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def workers_summary(status: ExecutorStatus) -> str:
     """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers'."""
     if not status.workers:
         return f"no workers for {status.no_workers_s:.0f} s: blocks wait (queue {status.queued}); see Workers"
-    return f"workers: {len(status.workers)} ({status.processes} processes), queue {status.queued}"
+    return f"workers: {len(status.workers)} ({processes(status.processes)}), queue {status.queued}"
 
 
 class WorkersPanel(QtWidgets.QWidget):
@@ -71,6 +76,7 @@ class WorkersPanel(QtWidgets.QWidget):
         layout.addWidget(self.connect_button)
         self.dialog: ConnectDialog | None = None
         self.columns = COLUMNS
+        self._listed: list[tuple[str, bool]] = []  # (endpoint, lost) of the rows, to fit the columns when they change
         if services.settings.dask is not None:  # the Dask cluster decides its workers
             for widget in (self.local_count, self.apply_local, self.connect_button):
                 widget.setEnabled(False)
@@ -93,7 +99,10 @@ class WorkersPanel(QtWidgets.QWidget):
                 if r >= len(workers):
                     item.setForeground(QtGui.QBrush(QtGui.QColor("#999999")))
                 self.table.setItem(r, c, item)
-        self.table.resizeColumnsToContents()
+        listed = [(getattr(w, "endpoint", ""), r >= len(workers)) for r, (w, _state) in enumerate(workers + lost)]
+        if listed != self._listed:  # fitted when workers come or go, not every poll (the user's widths stay)
+            self._listed = listed
+            self.table.resizeColumnsToContents()
 
     def _apply_local(self) -> None:
         count = self.local_count.value()
@@ -168,7 +177,7 @@ class ConnectDialog(QtWidgets.QDialog):
     def _report(self, worker: WorkerStatus | None, error: str | None) -> None:
         self.connect_button.setEnabled(True)
         if error is None:
-            message = f"connected: {worker.host} with {worker.processes} processes"
+            message = f"connected: {worker.host} with {processes(worker.processes)}"
             self.result.setStyleSheet("color: #1a7f37;")
         else:
             message = error
