@@ -48,6 +48,12 @@ def show_lane(qtbot, window, key) -> None:
     qtbot.waitUntil(window.loader.is_settled, timeout=180_000)
 
 
+def one_scroll_area_each(window) -> bool:
+    """Every panel of the side panel sits in one scroll area (two over one panel resize it in turn without end)."""
+    managed = [area.widget() for area in window.findChildren(QtWidgets.QScrollArea) if area.widget() is not None]
+    return len(managed) == len(set(managed)) and window.training.panel in managed
+
+
 def shown_probabilities(window) -> tuple[int, np.ndarray, Roi]:
     values, roi = window.loader.shown("xy", "Probabilities")
     return window.model.position[1], values.copy(), roi
@@ -97,6 +103,7 @@ def test_three_lanes_trained_together_saved_and_exported_headless(qtbot, window,
     shown[2] = shown_probabilities(window)
     show_lane(qtbot, window, QtCore.Qt.Key_Home)
     assert window.document.lane == 0 and combo.currentIndex() == 0
+    qtbot.waitUntil(lambda: one_scroll_area_each(window))  # the old areas go at the next turn of the event loop
     # lane 0's labels and undo history were kept while other lanes were shown
     whole = Roi.from_shape(controller.store.grid.shape)
     assert np.array_equal(controller.store.region(whole), lane0_labels)
