@@ -20,19 +20,11 @@ from backend.service.export import default_block_shape
 from backend.service.gateway import Gateway, GatewayConfig
 from ilastik_desktop.runtime.document import open_document
 from ilastik_desktop.runtime.training import TrainingController
-from tests.fakes import FakeServices
 from tests.helpers import wait_for
 from tests.unit.test_lanes_writer import three_lanes
 from tests.unit.test_runtime_controllers import Heard
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def services():
-    services = FakeServices()
-    yield services
-    services.close()
 
 
 @pytest.fixture

@@ -19,18 +19,11 @@ from ilastik_desktop.runtime.document import open_document
 from ilastik_desktop.runtime.opening import ProjectOpener, located_raw_data
 from ilastik_desktop.runtime.serving import ServeController, zarr_url
 from ilastik_desktop.runtime.training import TrainingController
-from tests.fakes import FakeServices, MemoryPreferences
+from tests.fakes import MemoryPreferences
 from tests.helpers import wait_for
 from tests.integration.webserver import http_get
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def services():
-    services = FakeServices()
-    yield services
-    services.close()
 
 
 @pytest.fixture
