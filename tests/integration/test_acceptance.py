@@ -109,7 +109,8 @@ def test_default_output_next_to_the_data(tmp_path, data_dir, copy_of):
     result = run_cli("--headless", "--no-progress", "--project", os.path.join(data_dir, "seed", "pc.ilp"),
                      "--raw_data", raw + "/exported_data")
     assert result.returncode == 0, result.stderr
-    assert os.path.exists(tmp_path / "t063_preprocessed_Probabilities.h5")
+    # named as ilastik names it: from the given file and its internal path (DatasetInfo.create_nickname)
+    assert os.path.exists(tmp_path / "raw-exported_data_Probabilities.h5")
     assert "blocks" in result.stderr and "Mvoxel/s" in result.stderr
 
 
