@@ -142,8 +142,11 @@ class BlockWriter:
         if self.fmt == "tif":
             import tifffile
 
-            return tifffile.memmap(self.partial, shape=shape, dtype=self.dtype,
-                                   **tiff_options(self.voxel_size, self.axes))
+            options = tiff_options(self.voxel_size, self.axes)
+            if shape[-1] > 1:  # channels as samples of grey values, never taken for RGB (3 or 4 of them were)
+                options.update(planarconfig="contig", metadata={**options["metadata"],
+                                                                "axes": self.axes.upper()[:-1] + "S"})
+            return tifffile.memmap(self.partial, shape=shape, dtype=self.dtype, photometric="minisblack", **options)
         import zarr
 
         group = zarr.open_group(self.partial, mode="w", zarr_format=2)

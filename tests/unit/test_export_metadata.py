@@ -92,6 +92,8 @@ def test_the_values_survive_in_every_format(tmp_path):
         source = open_source(str(tmp_path / name))
         assert np.array_equal(source.read(Roi.from_shape(source.spatial_shape))[0], values), fmt
     assert np.array_equal(zarr.open_array(str(tmp_path / "v.zarr/0"), mode="r")[:], np.moveaxis(values, -1, 0))
+    with tifffile.TiffFile(tmp_path / "v.tif") as tif:  # 3 channels are grey samples, not an RGB image
+        assert values.shape[-1] == 3 and tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
 
 
 def test_without_a_voxel_size_none_is_written(tmp_path):
