@@ -40,6 +40,7 @@ from backend.distributed.protocol import (
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
 from backend.distributed.wakeup import Wakeup
 from backend.errors import is_deterministic
+from backend.wording import counted
 
 log = logging.getLogger(__name__)
 announce = logging.getLogger(__name__ + ".status")  # the one line that says the worker is up (shown by default)
@@ -159,7 +160,7 @@ class Worker:
         key = (f"public key {self.config.identity.public.decode()}" if self.config.secure
                else "unencrypted (this machine only)")
         count = self.config.processes
-        return f"listening at {self.address}, {key}, {count} process{'' if count == 1 else 'es'}"
+        return f"listening at {self.address}, {key}, {counted(count, 'process')}"
 
     def _wait_for_pool(self) -> None:
         """Announce ourselves only once the compute processes are warm (or after the warm-up limit)."""

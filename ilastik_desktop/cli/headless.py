@@ -16,6 +16,7 @@ from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource
 from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
+from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
@@ -75,11 +76,11 @@ def run_headless(settings: Settings) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
-    unit = "frames" if options.kind == "Objects" else "blocks"
-    print(f"wrote {', '.join(result.paths)} ({result.blocks} {unit}, {result.seconds:.1f} s, "
+    unit = "frame" if options.kind == "Objects" else "block"
+    print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, unit)}, {result.seconds:.1f} s, "
           f"{rate / 1e6:.2f} Mvoxel/s; "
           f"{status.computed} computed, {status.hits} from the cache, "
-          f"{status.executor.processes} worker processes)", file=sys.stderr)
+          f"{counted(status.executor.processes, 'worker process')})", file=sys.stderr)
     return 0
 
 

@@ -40,6 +40,7 @@ from backend.service.export import (
     run_export,
 )
 from backend.service.objects import OBJECTS
+from backend.wording import counted
 from ilastik_desktop.runtime.settings import parse_cutout
 from ilastik_desktop.runtime.training import call_inline
 
@@ -220,8 +221,8 @@ class BatchRunner:
             return FileOutcome(spec, FAILED, f"{type(exc).__name__}: {exc}")
         for path in result.paths:
             written[os.path.realpath(path)] = spec
-        unit = ("frame" if self.options.kind == OBJECTS else "block") + ("" if result.blocks == 1 else "s")
-        return FileOutcome(spec, WRITTEN, f"wrote {', '.join(result.paths)} ({result.blocks} {unit}, "
+        unit = "frame" if self.options.kind == OBJECTS else "block"
+        return FileOutcome(spec, WRITTEN, f"wrote {', '.join(result.paths)} ({counted(result.blocks, unit)}, "
                                           f"{result.seconds:.1f} s)", result.paths, result)
 
     def export_file(self, spec: str, on_progress: Callable[[int, int], None] | None = None,

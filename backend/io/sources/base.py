@@ -12,6 +12,7 @@ import numpy as np
 from backend.compute.geometry import Roi
 from backend.errors import DataError
 from backend.io.voxel_size import VoxelSize
+from backend.wording import counted
 
 CANONICAL = "tzyxc"
 SPATIAL = "tzyx"
@@ -42,7 +43,7 @@ def axes_problem(axes: str, ndim: int | None = None) -> str | None:
     """What is wrong with ``axes`` as the axis letters of an image with ``ndim`` axes (None: any number), in
     words; None if nothing is."""
     if ndim is not None and len(axes) != ndim:
-        return (f"the image has {ndim} ax{'is' if ndim == 1 else 'es'}, '{axes}' names {len(axes)} "
+        return (f"the image has {counted(ndim, 'axis', 'axes')}, '{axes}' names {len(axes)} "
                 "(one letter per axis)")
     if not axes:
         return "no axes are named"

@@ -9,6 +9,7 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from backend.distributed.executor import ExecutorStatus, WorkerStatus, ZmqStatus
 from backend.distributed.security import check_key
 from backend.errors import UserError
+from backend.wording import counted
 from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
 
@@ -33,16 +34,11 @@ def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> No
     pool.submit(run)
 
 
-def processes(count: int) -> str:
-    """'1 process', '2 processes'."""
-    return f"{count} process" if count == 1 else f"{count} processes"
-
-
 def workers_summary(status: ExecutorStatus) -> str:
     """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers'."""
     if not status.workers:
         return f"no workers for {status.no_workers_s:.0f} s: blocks wait (queue {status.queued}); see Workers"
-    return f"workers: {len(status.workers)} ({processes(status.processes)}), queue {status.queued}"
+    return f"workers: {len(status.workers)} ({counted(status.processes, 'process')}), queue {status.queued}"
 
 
 class WorkersPanel(QtWidgets.QWidget):
@@ -177,7 +173,7 @@ class ConnectDialog(QtWidgets.QDialog):
     def _report(self, worker: WorkerStatus | None, error: str | None) -> None:
         self.connect_button.setEnabled(True)
         if error is None:
-            message = f"connected: {worker.host} with {processes(worker.processes)}"
+            message = f"connected: {worker.host} with {counted(worker.processes, 'process')}"
             self.result.setStyleSheet("color: #1a7f37;")
         else:
             message = error
