@@ -24,10 +24,13 @@ from backend.compute.threshold import ThresholdSettings
 from backend.config import TrainingConfig
 from backend.distributed.executor import Executor
 from backend.errors import UserError
+from backend.io.label_journal import LabelJournal
+from backend.io.label_journal_format import JournalContents
 from backend.io.project import Classifier, FeatureSelection
 from backend.io.project_pipeline import build_pipeline, feature_set
 from backend.io.project_writer import Training, label_block, save_training
 from backend.io.training import load_trainer
+from backend.private_files import config_dir
 from backend.service import label_classes
 from backend.service.live_training import TrainingSession
 from ilastik_desktop.runtime.document import Document
@@ -56,6 +59,10 @@ class TrainingController:
                  call_soon: Callable[..., None] = call_inline):
         self.document, self.executor, self.config, self.call_soon = document, executor, config, call_soon
         self.store = document.labels
+        self.lane = 0
+        # unsaved labels and classes, journalled beside the project so that a crash does not lose them
+        self.journal = LabelJournal(document.project.path, config_dir(), config.journal_sync_s,
+                                    lambda text: call_soon(self.message.emit, text))
         self.session = TrainingSession(document.source, document.pipeline.features, self.store, executor,
                                        config.features_timeout_s)
         self.classifier: Classifier | None = document.project.classifier
@@ -102,6 +109,7 @@ class TrainingController:
     def _changed(self, blocks: set) -> None:
         if not blocks:
             return
+        self.journal.record_blocks(self.lane, {index: self.store.blocks.get(index) for index in blocks})
         self.session.touched(blocks)
         self.dirty = True
         self.labels_changed.emit()
@@ -145,7 +153,9 @@ class TrainingController:
         """Delete class ``label`` (from 1) and its labels; the overlays drop it until the next training."""
         if not self._edit_classes(label_classes.delete_class, label):
             return
-        self.session.touched(self.store.remove_class(label))
+        renumbered = self.store.remove_class(label)
+        self.journal.record_blocks(self.lane, {index: self.store.blocks.get(index) for index in renumbered})
+        self.session.touched(renumbered)
         self.labels_changed.emit()
         if self.classifier is not None:  # its other classes stay on screen, renumbered, until it is retrained
             known = tuple(0 if k == label else k - (k > label) for k in self.classifier.known_labels)
@@ -162,6 +172,7 @@ class TrainingController:
             return False
         self.document.project = project
         self.dirty = True
+        self.journal.record_classes(project.label_names, project.label_colors)
         self.classes_changed.emit()
         return True
 
@@ -233,14 +244,16 @@ class TrainingController:
         blocks = [label_block(roi, labels.copy(), source.axes) for _, roi, labels in self.store.labelled()]
         training = Training(project.features, project.label_names, project.label_colors, 0, source.axes, blocks,
                             None if self.stale else self.classifier, self.rows, threshold)
+        token = self.journal.saving()
         future = self.pool.submit(save_training, project.path, training, target)
         path = target or project.path
-        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception()))
+        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception(), token))
         return future
 
-    def _saved(self, path: str, error: BaseException | None) -> None:
+    def _saved(self, path: str, error: BaseException | None, token: int = 0) -> None:
         if error is None and not self.closed:
             self.dirty = False
+            self.journal.saved(token, path)
             old = self.document.project.path
             if path != old:  # Save As: the copy is the project from now on
                 self.document.project = dataclasses.replace(self.document.project, path=path)
@@ -249,7 +262,42 @@ class TrainingController:
         self.message.emit(text)
         self.saved.emit(text)
 
+    # -- the journal ------------------------------------------------------------------------------------
+    def restore(self, journal: JournalContents) -> None:
+        """Take back the labels and classes of ``journal`` (left by a session that ended without saving)."""
+        self.journal.restored(journal)  # first: the records below follow them in the journal
+        if journal.classes is not None:
+            names, colors = journal.classes
+            count = len(self.names)
+            self._edit_classes(label_classes.with_classes, tuple(names), tuple(colors))
+            if len(names) != count:
+                self._restored_class_count(len(names))
+        blocks = journal.lane_blocks(self.lane)
+        for index, labels in blocks.items():
+            if labels is None:
+                self.store.blocks.pop(index, None)
+            else:
+                self.store.blocks[index] = labels
+        self.dirty = True
+        if blocks:
+            self.session.touched(set(blocks))
+            self.labels_changed.emit()
+            if self.live:
+                self.training_wanted.emit()
+
+    def _restored_class_count(self, count: int) -> None:
+        if self.classifier is not None:  # classes it knows beyond the restored ones show as none until retrained
+            known = tuple(k if k <= count else 0 for k in self.classifier.known_labels)
+            self.classifier, self.stale = dataclasses.replace(self.classifier, known_labels=known), True
+        self.use_pipeline()
+
+    def discard_unsaved(self) -> None:
+        """The user discards the unsaved labels: their journal goes too."""
+        self.journal.clear()
+
     def close(self) -> None:
-        """Stop: wait for a running training or save (their results are dropped)."""
+        """Stop: wait for a running training or save (their results are dropped); the journal is closed as it
+        is (kept for the next opening unless the labels were saved or discarded)."""
         self.closed = True
         self.pool.shutdown(wait=True, cancel_futures=False)
+        self.journal.close()
