@@ -151,6 +151,8 @@ class LabelJournal:
 
     def _append(self, encode: Callable[[], bytes]) -> None:
         if self._fd is None:
+            if self.path is None:
+                self._set_aside_earlier()
             self._start_over([])
         os.write(self._fd, frame(encode()))
         self._unsynced = True
@@ -195,6 +197,13 @@ class LabelJournal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         if replaces is not None and os.path.abspath(replaces) != path:
             _remove_file(replaces)
+
+    def _set_aside_earlier(self) -> None:
+        """An earlier session's journal that was neither restored nor discarded is renamed, not overwritten."""
+        for path in journal_paths(self.project_path, self.fallback_dir):
+            if os.path.isfile(path):
+                os.replace(path, path + ".old")
+                self.report(f"unsaved labels of an earlier session, not restored, were kept as {path}.old")
 
     def _writable_path(self) -> str:
         beside, fallback = journal_paths(self.project_path, self.fallback_dir)

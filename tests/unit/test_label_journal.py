@@ -177,3 +177,16 @@ def test_records_are_appended_at_once_and_synced_at_most_every_interval(project,
     assert 1 <= len(syncs) <= elapsed / 0.3 + 2, (len(syncs), elapsed)
     gaps = np.diff([t for t, _ in syncs[:-1]])  # the last is the close's
     assert (gaps >= 0.29).all(), gaps
+
+
+def test_an_earlier_journal_neither_restored_nor_discarded_is_set_aside_not_overwritten(project, fallback):
+    earlier = LabelJournal(project, fallback)
+    earlier.record_blocks(0, {(0, 0, 0, 0): labels(1)})
+    earlier.close()
+    messages = []
+    journal = LabelJournal(project, fallback, report=messages.append)
+    journal.record_blocks(0, {(0, 0, 0, 1): labels(2)})
+    journal.close()
+    assert list(read_journal(project + ".journal").blocks) == [(0, (0, 0, 0, 1))]
+    assert np.array_equal(read_journal(project + ".journal.old").blocks[(0, (0, 0, 0, 0))], labels(1))
+    assert messages == [f"unsaved labels of an earlier session, not restored, were kept as {project}.journal.old"]
