@@ -123,6 +123,8 @@ class TrainingConfig:
                                         1, 86400)
     undo_steps: int = setting(100, "strokes that can be undone (each keeps a copy of the 40^3 label blocks it "
                                    "touched; older ones are forgotten)", 1, 100000)
+    journal_sync_s: float = setting(0.5, "painted labels are appended to the project's journal at once and synced "
+                                         "to disk (fsync, by a background thread) at most this often", 0, 60)
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
-        if self.training is not None and not self.training.may_discard(self.interactive, "Quit"):
+        if self.training is not None and not self.training.may_discard(self.interactive, "quitting", self.close):
             event.ignore()
             return
         exporting = self.export_dialog is not None and self.export_dialog.running()

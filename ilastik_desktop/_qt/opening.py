@@ -1,5 +1,6 @@
 """Opening projects in the window: the File menu, the file dialog, recent files, drops, raw data that
-moved (asked for, then remembered per project) and failures shown as dialogs, not tracebacks."""
+moved (asked for, then remembered per project), labels journalled by a session that ended without saving
+them (offered back) and failures shown as dialogs, not tracebacks."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from backend.errors import RawDataMissing
 from ilastik_desktop._qt.dialogs.batch import open_batch_dialog
 from ilastik_desktop._qt.dialogs.new_project import NewProjectDialog
 from ilastik_desktop._qt.panels.lanes import ask_add_images
-from ilastik_desktop.runtime.opening import located_raw_data
+from ilastik_desktop.runtime.opening import journal_offer, located_raw_data
 
 
 class ProjectOpening:
     """The main window's File menu and opening flow (a mixin of :class:`MainWindow`)."""
+
+    # what becomes of unsaved labels journalled for a project being opened: "ask" the user (Restore / Discard),
+    # "restore" them (only if the project was not saved elsewhere since), "discard" or "keep" them for later;
+    # None: ask in an interactive window, keep otherwise
+    journal_policy: str | None = None
 
     def _build_menu(self) -> None:
         menu = self.menuBar().addMenu("&File")
@@ -57,11 +63,13 @@ class ProjectOpening:
         self.opener.opened.connect(self._show)
         self.opener.raw_missing.connect(self._locate_raw)
         self.opener.failed.connect(self._fail)
+        self.opener.journal_found.connect(self._offer_journal)
 
     def open_project(self, path: str, raw_data: str | None = None, remember: bool = False) -> None:
         """Open ``path`` in the background with ``raw_data`` (kept for next time if ``remember`` and it opens),
         else the raw data remembered for it, else the project's own."""
-        if self.training is not None and not self.training.may_discard(self.interactive, "Open another project"):
+        if self.training is not None and not self.training.may_discard(
+                self.interactive, "opening another project", lambda: self.open_project(path, raw_data, remember)):
             return
         self.statusBar().showMessage(f"opening {os.path.abspath(path)} ...")
         self.opener.open(path, raw_data, remember)
@@ -109,6 +117,31 @@ class ProjectOpening:
             self._fail(str(error))
             return
         self.open_project(path, located_raw_data(error, chosen), remember=True)
+
+    def _offer_journal(self, document, journal) -> None:
+        """Offer back the labels journalled for ``document`` by a session that ended without saving them."""
+        if document is not self.document or self.training is None:
+            return  # another project replaced it meanwhile
+        belongs, question = journal_offer(document.project.path, journal)
+        policy = self.journal_policy or ("ask" if self.interactive else "keep")
+        if policy == "ask":
+            box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Question if belongs else QtWidgets.QMessageBox.Warning,
+                                        "Unsaved labels found", question, QtWidgets.QMessageBox.Discard, self)
+            restore = box.addButton("Restore" if belongs else "Restore anyway", QtWidgets.QMessageBox.AcceptRole)
+            box.setDefaultButton(restore if belongs else box.button(QtWidgets.QMessageBox.Discard))
+            box.exec()
+            policy = "restore" if box.clickedButton() is restore else "discard"
+        elif policy == "restore" and not belongs:
+            policy = "keep"
+        controller = self.training.controller
+        if policy == "restore":
+            controller.restore(journal)
+            controller.message.emit(f"restored the unsaved labels of {journal.path}")
+        elif policy == "discard":
+            controller.discard_unsaved()
+        else:
+            controller.message.emit(f"unsaved labels in {journal.path} were not restored"
+                                    + ("" if belongs else ": the project was saved elsewhere since"))
 
     def _fail(self, message: str) -> None:
         self.statusBar().showMessage("could not open the project", 5000)

@@ -5,6 +5,8 @@ training is debounced here (a stroke starts training once no other stroke follow
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.geometry import Roi
@@ -188,13 +190,32 @@ class TrainingBinding(QtCore.QObject):
         return QtWidgets.QMessageBox.question(self.window, "Delete class", f"Delete class {name!r} and all its "
                                               "labels? This cannot be undone.") == QtWidgets.QMessageBox.Yes
 
-    def may_discard(self, interactive: bool, doing: str) -> bool:
-        """True unless labels are unsaved and the user, asked, keeps them (``doing``: what would discard them)."""
+    def may_discard(self, interactive: bool, doing: str, then: Callable[[], None]) -> bool:
+        """True if ``doing`` (quitting, opening another project) may go on now: no labels are unsaved, or the
+        user discards them (their journal too). False if the user cancels, or chooses to save first: ``then``
+        is called once the save succeeded; a failed save is shown and nothing more happens."""
         if not self.controller.dirty or not interactive:
             return True
-        answer = QtWidgets.QMessageBox.question(self.window, "ilastik-desktop",
-                                                f"The labels changed since they were saved. {doing} without saving?")
-        return answer == QtWidgets.QMessageBox.Yes
+        box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Warning, "ilastik-desktop",
+                                    f"The labels changed since they were saved. Save them before {doing}?",
+                                    QtWidgets.QMessageBox.Save | QtWidgets.QMessageBox.Discard
+                                    | QtWidgets.QMessageBox.Cancel, self.window)
+        box.setDefaultButton(QtWidgets.QMessageBox.Save)
+        answer = box.exec()
+        if answer == QtWidgets.QMessageBox.Discard:
+            self.controller.discard_unsaved()
+            return True
+        if answer == QtWidgets.QMessageBox.Save:
+            future = self.controller.save(self.window.threshold_panel.settings())
+            # after the controller's own report of the save (posted first), on the GUI thread
+            future.add_done_callback(lambda f: self.window.bridge.post(self._saved_then, f.exception(), then))
+        return False
+
+    def _saved_then(self, error: BaseException | None, then: Callable[[], None]) -> None:
+        if error is None:
+            then()
+        else:
+            QtWidgets.QMessageBox.critical(self.window, "ilastik-desktop", f"The labels were not saved: {error}")
 
     def close(self) -> None:
         """Stop training and wait for a running training or save; its keys leave the window."""

@@ -30,6 +30,8 @@ from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
 from ilastik_desktop.runtime.document import Document, default_display_range
 
+Recorder = Callable[[int, dict], None]  # told (lane, {block index: labels or None}) of labels changed
+
 
 @dataclass
 class Lane:
@@ -107,13 +109,23 @@ class ProjectLanes:
         if session is not None:  # else the session made for the next training takes every block
             session.touched(blocks)
 
-    def remove_class(self, label: int) -> None:
-        """Delete class ``label`` from every lane's labels (lanes still loading: once loaded, in order)."""
+    def remove_class(self, label: int, record: Recorder | None = None) -> None:
+        """Delete class ``label`` from every lane's labels (lanes still loading: once loaded, in order);
+        ``record(lane, blocks)`` is told the blocks renumbered."""
         for future in self.futures:
             if future.done():
-                _remove_class(future, label)
+                _remove_class(future, label, record)
             else:
-                self.pool.submit(_remove_class, future, label)
+                self.pool.submit(_remove_class, future, label, record)
+
+    def put_blocks(self, index: int, blocks: dict, record: Recorder | None = None) -> None:
+        """Set lane ``index``'s label blocks (block index -> labels, None: empty), once it is loaded;
+        ``record(lane, blocks)`` is told them."""
+        future = self.futures[index]
+        if future.done():
+            _put_blocks(future, blocks, record)
+        else:
+            self.pool.submit(_put_blocks, future, blocks, record)
 
     def open_image(self, image: str, axes: str | None) -> Future:
         """Open ``image`` (read with ``axes``, else guessed) in the background, to add it as a lane; the future
@@ -160,12 +172,28 @@ class ProjectLanes:
                 lane.document.close()
 
 
-def _remove_class(future: Future, label: int) -> None:
+def _remove_class(future: Future, label: int, record: Recorder | None) -> None:
     if future.exception() is None:
         lane = future.result()
         blocks = lane.store.remove_class(label)
         if lane.session is not None:
             lane.session.touched(blocks)
+        if record is not None and blocks:
+            record(lane.index, {index: lane.store.blocks.get(index) for index in blocks})
+
+
+def _put_blocks(future: Future, blocks: dict, record: Recorder | None) -> None:
+    if future.exception() is None and blocks:
+        lane = future.result()
+        for index, labels in blocks.items():
+            if labels is None:
+                lane.store.blocks.pop(index, None)
+            else:
+                lane.store.blocks[index] = labels
+        if lane.session is not None:
+            lane.session.touched(set(blocks))
+        if record is not None:
+            record(lane.index, blocks)
 
 
 def check_fits(source: DataSource, first: DataSource) -> None:

@@ -4,7 +4,9 @@ remembered for the project, else the project's own; recent projects.
 Raw data the user located is remembered per project once it opens and fits; remembered raw data that no
 longer opens or fits is forgotten (and the user told so). Outcomes come back through ``call_soon`` (the
 window passes its GUI bridge) as signals: ``opened(document)``, ``raw_missing(path, error)`` (ask the user
-to locate it), ``failed(message)``.
+to locate it), ``failed(message)``; after ``opened``, ``journal_found(document, journal)`` when labels painted
+in an earlier session that ended without saving them were journalled for the project (offer to restore them:
+:func:`journal_offer` says what to ask, and whether the project was saved elsewhere since).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Protocol
 from psygnal import Signal
 
 from backend.errors import RawDataMissing, UserError
+from backend.io.label_journal_format import JournalContents, find_journal
+from backend.private_files import config_dir
 from ilastik_desktop.runtime.document import Document, open_document
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.training import call_inline
@@ -42,6 +46,7 @@ class ProjectOpener:
     opened = Signal(object)
     raw_missing = Signal(str, object)
     failed = Signal(str)
+    journal_found = Signal(object, object)
 
     def __init__(self, services: Services, preferences: Preferences, call_soon: Callable[..., None] = call_inline):
         self.services, self.preferences, self.call_soon = services, preferences, call_soon
@@ -72,14 +77,21 @@ class ProjectOpener:
             log.exception("opening %s failed", path)
             self.call_soon(self.failed.emit, f"{path}: {type(exc).__name__}: {exc}")
             return
-        self.call_soon(self._opened, document, raw_data if memory == "remember" else None)
+        try:
+            journal = find_journal(document.project.path, config_dir())
+        except Exception:  # a journal that cannot be read must not keep the project from opening
+            log.exception("reading the label journal of %s failed", path)
+            journal = None
+        self.call_soon(self._opened, document, raw_data if memory == "remember" else None, journal)
 
-    def _opened(self, document: Document, remember: str | None) -> None:
+    def _opened(self, document: Document, remember: str | None, journal: JournalContents | None = None) -> None:
         path = document.project.path
         if remember:
             self.preferences.setValue(RAW_KEY + path, remember)
         self.add_recent(path)
         self.opened.emit(document)
+        if journal is not None:
+            self.journal_found.emit(document, journal)
 
     # -- what is kept between runs --------------------------------------------------------------------
     def remembered(self, path: str) -> str | None:
@@ -115,3 +127,17 @@ def located_raw_data(error: RawDataMissing, chosen: str) -> str:
     """The raw data to use when the user located ``chosen`` for a missing file: the same dataset inside it."""
     internal = error.path.split(".h5/", 1)[1] if ".h5/" in error.path else ""
     return chosen + ("/" + internal if internal and chosen.endswith(".h5") else "")
+
+
+def journal_offer(project_path: str, journal: JournalContents) -> tuple[bool, str]:
+    """Whether ``journal`` belongs to the project's saved state, and the question offering to restore it."""
+    name = os.path.basename(project_path)
+    blocks = len(journal.blocks)
+    what = f"{blocks} label block{'s' if blocks != 1 else ''}" + (" and class changes" if journal.classes else "")
+    belongs = journal.belongs_to(project_path)
+    text = (f"Labels painted in {name} were not saved before ilastik-desktop ended ({what}, kept in "
+            f"{journal.path}).")
+    if belongs:
+        return True, text + " Restore them?"
+    return False, (text + f" But {name} was saved or changed elsewhere since they were painted: restoring "
+                   "puts them over its labels as they are now. Restore them anyway?")

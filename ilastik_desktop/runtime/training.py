@@ -4,9 +4,10 @@ Strokes, undo and redo go into the shown lane's label store; with live training 
 training (``training_wanted``: the window debounces it); one forest is trained off the caller's thread from
 the labelled blocks' features of every lane (computed on the workers), and the shown document's gateway
 then uses it (another lane's, once shown). Images are added as lanes, and any lane is shown with its labels
-and undo history kept. Classes are
-added, renamed, recoloured and deleted; Save writes classes, labels, features, forest and thresholds into
-the project, atomically, in the background.
+and undo history kept. Classes are added, renamed, recoloured and deleted; Save writes classes, labels,
+features, forest and thresholds into the project, atomically, in the background. Until then, labels, class
+edits and added lanes are journalled beside the project, and :meth:`TrainingController.restore` takes them
+back after a crash.
 
 Results come back through ``call_soon`` (the window passes its GUI bridge), so the controller's state is
 only ever changed on its owner's thread; signals are emitted there too.
@@ -26,11 +27,14 @@ from backend.compute.threshold import ThresholdSettings
 from backend.config import TrainingConfig
 from backend.distributed.executor import Executor
 from backend.errors import UserError
+from backend.io.label_journal import LabelJournal
+from backend.io.label_journal_format import JournalContents
 from backend.io.project import Classifier, FeatureSelection
 from backend.io.project_pipeline import build_pipeline, feature_set
 from backend.io.project_writer import Training, save_training
 from backend.io.sources import DataSource
 from backend.io.training import load_trainer
+from backend.private_files import config_dir
 from backend.service import label_classes
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
@@ -67,6 +71,9 @@ class TrainingController:
                  make_gateway: Callable[[DataSource, object], Gateway] | None = None):
         self.document, self.executor, self.config, self.call_soon = document, executor, config, call_soon
         self.lanes = ProjectLanes(document, document.pipeline.features, executor, config, make_gateway)
+        # unsaved labels, classes and lanes, journalled beside the project so that a crash does not lose them
+        self.journal = LabelJournal(document.project.path, config_dir(), config.journal_sync_s,
+                                    lambda text: call_soon(self.message.emit, text))
         self.classifier: Classifier | None = document.project.classifier
         self.rows = 0
         self.dirty = False  # labels or classes changed since the last save
@@ -137,7 +144,9 @@ class TrainingController:
     def _changed(self, blocks: set) -> None:
         if not blocks:
             return
-        self.lanes.touched(self.document.lane, blocks)
+        lane = self.document.lane
+        self.journal.record_blocks(lane, {index: self.store.blocks.get(index) for index in blocks})
+        self.lanes.touched(lane, blocks)
         self.dirty = True
         self.labels_changed.emit()
         if self.live:
@@ -180,7 +189,7 @@ class TrainingController:
         """Delete class ``label`` (from 1) and its labels; the overlays drop it until the next training."""
         if not self._edit_classes(label_classes.delete_class, label):
             return
-        self.lanes.remove_class(label)
+        self.lanes.remove_class(label, self.journal.record_blocks)
         self.labels_changed.emit()
         if self.classifier is not None:  # its other classes stay on screen, renumbered, until it is retrained
             known = tuple(0 if k == label else k - (k > label) for k in self.classifier.known_labels)
@@ -197,6 +206,7 @@ class TrainingController:
             return False
         self.document.project = project
         self.dirty = True
+        self.journal.record_classes(project.label_names, project.label_colors)
         self.classes_changed.emit()
         self.message.emit("")  # an earlier refusal no longer applies
         return True
@@ -274,14 +284,16 @@ class TrainingController:
         training = Training(project.features, project.label_names, project.label_colors,
                             [lane.labels() for lane in lanes], None if self.stale else self.classifier, self.rows,
                             threshold)
+        token = self.journal.saving()
         future = self.pool.submit(save_training, project.path, training, target)
         path = target or project.path
-        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception(), lanes))
+        future.add_done_callback(lambda f: self.call_soon(self._saved, path, f.exception(), lanes, token))
         return future
 
-    def _saved(self, path: str, error: BaseException | None, lanes: list) -> None:
+    def _saved(self, path: str, error: BaseException | None, lanes: list, token: int) -> None:
         if error is None and not self.closed:
             self.dirty = False
+            self.journal.saved(token, path)
             for lane in lanes:
                 lane.raw_input = None  # the project records it now
             old = self.document.project.path
@@ -300,15 +312,20 @@ class TrainingController:
             future = self.lanes.open_image(image, axes)
             future.add_done_callback(lambda f, i=image: self.call_soon(self._image_opened, i, f))
 
-    def _image_opened(self, image: str, future: Future) -> None:
+    def _image_opened(self, image: str, future: Future, restored: dict | None = None) -> None:
         if self.closed:
             return
         if future.exception() is not None:
             self.message.emit(str(future.exception()))
             return
-        self.document.project = self.lanes.append(self.document.project, image, future.result())
+        source = future.result()
+        self.document.project = self.lanes.append(self.document.project, image, source)
+        index = len(self.lanes) - 1
+        self.journal.record_lane(index, image, source.axes)
+        if restored:  # the labels an earlier session painted on this lane
+            self.lanes.put_blocks(index, restored, self.journal.record_blocks)
         self.dirty = True
-        self.message.emit(f"added lane {len(self.lanes) - 1}: {self.lane_names[-1]}")
+        self.message.emit(f"added lane {index}: {self.lane_names[-1]}")
         self.lanes_changed.emit()
 
     def show_lane(self, index: int) -> None:
@@ -333,9 +350,46 @@ class TrainingController:
         self.document = document
         self.lane_shown.emit(document)
 
+    # -- the journal ------------------------------------------------------------------------------------
+    def restore(self, journal: JournalContents) -> None:
+        """Take back the labels, classes and added lanes of ``journal`` (left by a session that ended without
+        saving); lanes still loading get their labels once loaded, added lanes once opened again."""
+        self.journal.restored(journal)  # first: the records below follow them in the journal
+        if journal.classes is not None:
+            names, colors = journal.classes
+            count = len(self.names)
+            self._edit_classes(label_classes.with_classes, tuple(names), tuple(colors))
+            if len(names) != count:
+                self._restored_class_count(len(names))
+        known = len(self.lanes)
+        for lane in sorted({lane for lane, _ in journal.blocks} | set(journal.lanes)):
+            blocks = journal.lane_blocks(lane)
+            if lane < known:
+                self.lanes.put_blocks(lane, blocks)
+            elif lane in journal.lanes:  # added after the last save: opened again, in the order they were added
+                image, axes = journal.lanes[lane]
+                future = self.lanes.open_image(image, axes)
+                future.add_done_callback(lambda f, i=image, b=blocks: self.call_soon(self._image_opened, i, f, b))
+        self.dirty = True
+        self.labels_changed.emit()
+        if self.live:
+            self.training_wanted.emit()
+
+    def _restored_class_count(self, count: int) -> None:
+        if self.classifier is not None:  # classes it knows beyond the restored ones show as none until retrained
+            known = tuple(k if k <= count else 0 for k in self.classifier.known_labels)
+            self.classifier, self.stale = dataclasses.replace(self.classifier, known_labels=known), True
+        self.use_pipeline()
+
+    def discard_unsaved(self) -> None:
+        """The user discards the unsaved labels: their journal goes too."""
+        self.journal.clear()
+
     def close(self) -> None:
         """Stop: wait for a running training or save (their results are dropped); close the lanes' documents
-        but the one shown (the window's)."""
+        but the one shown (the window's); close the journal as it is (kept for the next opening unless the
+        labels were saved or discarded)."""
         self.closed = True
         self.pool.shutdown(wait=True, cancel_futures=False)
         self.lanes.close(keep=self.document)
+        self.journal.close()

@@ -92,11 +92,11 @@ def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make
         box.button(button).click()
 
     other = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
-    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.No))
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Cancel))
     window.open_project(other)
-    assert questions == ["The labels changed since they were saved. Open another project without saving?"]
+    assert questions == ["The labels changed since they were saved. Save them before opening another project?"]
     assert window.document.project.path == path  # kept
-    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Yes))
+    QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Discard))
     with qtbot.waitSignal(window.opened, timeout=60_000):
         window.open_project(other)
     assert window.document.project.path == other and len(questions) == 2

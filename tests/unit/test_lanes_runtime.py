@@ -13,6 +13,7 @@ import pytest
 from backend.compute.geometry import Roi
 from backend.config import TrainingConfig
 from backend.io.dataset import open_lane
+from backend.io.label_journal_format import find_journal
 from backend.io.project import open_project
 from backend.io.training import label_blocks
 from backend.io.writers import axistags_json
@@ -112,3 +113,34 @@ def test_a_class_deleted_is_deleted_from_every_lane(lanes):
     for lane in range(3):
         values = [labels for _, labels in label_blocks(project, open_lane(project, lane), lane)]
         assert values and all(set(np.unique(v)) <= {0, 1} and (v == 1).any() for v in values)
+
+
+def test_labels_of_a_lane_and_of_a_lane_added_since_the_save_come_back_from_the_journal(lanes, tmp_path, services):
+    controller, path = lanes
+    controller.lanes.loaded(wait=True)
+    controller.stroke((0, 3, 0, 0), "y", "x", [(5, 5), (30, 40)], 2, 2)
+    painted = {0: {i: b.copy() for i, b in controller.store.blocks.items()}}
+    added, shown = Heard(controller.lanes_changed), Heard(controller.lane_shown)
+    controller.add_images([(str(tmp_path / "second.h5/data"), "zyx")])
+    wait_for(lambda: added.values, timeout=30)
+    controller.show_lane(3)
+    wait_for(lambda: shown.values, timeout=30)
+    controller.stroke((0, 5, 0, 0), "y", "x", [(10, 10), (20, 30)], 2, 1)
+    painted[3] = {i: b.copy() for i, b in controller.store.blocks.items()}
+    assert controller.journal.wait_written(10)
+    controller.journal.close()  # the session ends without saving: the journal stays
+    journal = find_journal(path, str(tmp_path / "config"))
+    assert set(journal.lanes) == {3} and journal.lanes[3][0] == str(tmp_path / "second.h5/data")
+
+    again = TrainingController(open_document(path, services), services.executor, TrainingConfig())
+    try:
+        again.restore(journal)
+        wait_for(lambda: len(again.lanes) == 4, timeout=30)
+        stores = {lane.index: lane.store for lane in again.lanes.loaded(wait=True)}
+        for lane, blocks in painted.items():
+            wait_for(lambda s=stores[lane], b=blocks: all(np.array_equal(s.blocks.get(i), v) for i, v in b.items()),
+                     timeout=30)
+        assert again.lane_names[3] == "second" and again.dirty
+    finally:
+        again.close()
+        again.document.close()
