@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 from backend.errors import DataError, RawDataMissing
@@ -67,3 +68,26 @@ def _fit_axes(axes: str, ndim: int) -> str | None:
     if len(axes) == ndim + 1 and "c" in axes:
         return axes.replace("c", "")
     return None
+
+
+GLOB_CHARACTERS = "*?["
+
+
+def is_pattern(spec: str) -> bool:
+    """True if ``spec`` is a glob pattern (it has ``*``, ``?`` or ``[`` and no file of that name exists)."""
+    return any(ch in spec for ch in GLOB_CHARACTERS) and not os.path.exists(spec)
+
+
+def nickname_of(spec: str) -> str:
+    """ilastik's nickname of a raw data spec (``DatasetInfo.create_nickname``): the file's name without its
+    extension, with the internal path appended (``raw.h5/volume/data`` -> ``raw-volume-data``); for a stack,
+    the files' common prefix."""
+    paths = [p for p in spec.split(os.pathsep) if p]
+    expanded = sorted(glob.glob(spec)) if is_pattern(spec) else paths
+    parts = [split_internal_path(p) for p in expanded or paths]
+    external = os.path.commonprefix([os.path.splitext(file)[0] for file, _ in parts])
+    name = os.path.basename(external) if external else ""
+    if not name:
+        name = "stack_at-" + os.path.splitext(os.path.basename(parts[0][0]))[0]
+    internal = os.path.commonprefix([inner or "" for _, inner in parts]).strip("/")
+    return name + ("-" + internal.replace("/", "-") if internal else "")

@@ -345,11 +345,10 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             self.document = None
 
     def _leave_document(self) -> None:
-        """Stop showing the current lane (its document stays open)."""
+        """Stop showing the current lane (its document stays open, and served if it was)."""
         if self.loader is not None:
             self.loader.close()
             self.loader = None
-        self.serve_dialog.set_document(None)  # it serves through the document's gateway
         self.pending.reset()
         self._pointer = None
         self.cursor_label.clear()  # never the previous project's classes

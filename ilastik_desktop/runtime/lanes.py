@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from backend.compute.pipeline import Pipeline
 from backend.config import TrainingConfig
 from backend.distributed.executor import Executor
 from backend.errors import DataError
-from backend.io.dataset import open_lane
+from backend.io.dataset import nickname_of, open_lane
+from backend.io.label_journal_format import JournalContents
 from backend.io.project import Project, RawDataInfo
 from backend.io.project_writer import LaneLabels, RawInput, label_block
 from backend.io.sources import DataSource, open_source
@@ -45,6 +47,7 @@ class Lane:
     raw_input: RawInput | None = None
     session: TrainingSession | None = None
     document: Document | None = None
+    pending: set = dataclasses.field(default_factory=set)  # blocks touched before its session was made
 
     def labels(self) -> LaneLabels:
         """The lane's labels as they are now, to save."""
@@ -61,6 +64,7 @@ class ProjectLanes:
                  make_gateway: Callable[[DataSource, Pipeline], Gateway] | None = None):
         self.features, self.executor, self.config, self.make_gateway = features, executor, config, make_gateway
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanes")
+        self._sessions = threading.Lock()  # sessions are made on the training thread, touched on the owner's
         project, index = document.project, document.lane
         shown = Lane(index, project.lanes[index].nickname, document.source, document.labels, document=document)
         self.futures: list[Future] = []
@@ -85,47 +89,87 @@ class ProjectLanes:
         """The lanes loaded (all of them, waiting for those still loading, if ``wait``); failed ones left out."""
         lanes = []
         for future in self.futures:
-            if (wait or future.done()) and future.exception() is None:
+            if future.cancelled() or not (wait or future.done()):
+                continue
+            if future.exception() is None:
                 lanes.append(future.result())
         return lanes
 
     def failures(self) -> list[str]:
         """Why lanes could not be loaded, one line each (only for lanes done loading)."""
-        return [f"lane {i}: {f.exception()}" for i, f in enumerate(self.futures) if f.done() and f.exception()]
+        return [f"lane {i}: {f.exception()}" for i, f in enumerate(self.futures)
+                if f.done() and not f.cancelled() and f.exception()]
+
+    def not_ready(self) -> list[str]:
+        """Each lane still loading or that could not be loaded, in words (empty once every lane is loaded)."""
+        return [f"lane {i} is still loading" if not f.done() else f"lane {i} could not be loaded ({f.exception()})"
+                for i, f in enumerate(self.futures) if not f.done() or f.cancelled() or f.exception()]
 
     def sessions(self) -> list[TrainingSession]:
         """Every loaded lane's training session for the current features (waits for lanes still loading)."""
         sessions = []
         for lane in self.loaded(wait=True):
-            if lane.session is None or lane.session.features is not self.features:
-                lane.session = TrainingSession(lane.source, self.features, lane.store, self.executor,
-                                               self.config.features_timeout_s)
+            with self._sessions:  # a stroke touching the lane meanwhile is not lost between snapshot and session
+                if lane.session is None or lane.session.features is not self.features:
+                    lane.session = TrainingSession(lane.source, self.features, lane.store, self.executor,
+                                                   self.config.features_timeout_s)
+                    lane.session.touched(lane.pending)
+                    lane.pending = set()
             sessions.append(lane.session)
         return sessions
 
     def touched(self, index: int, blocks: set) -> None:
         """Lane ``index``'s labels changed in ``blocks``."""
-        session = self.futures[index].result().session
-        if session is not None:  # else the session made for the next training takes every block
-            session.touched(blocks)
+        lane = self.futures[index].result()
+        with self._sessions:
+            if lane.session is not None and lane.session.features is self.features:
+                lane.session.touched(blocks)
+            else:  # the session the next training makes takes them
+                lane.pending |= set(blocks)
 
     def remove_class(self, label: int, record: Recorder | None = None) -> None:
-        """Delete class ``label`` from every lane's labels (lanes still loading: once loaded, in order);
+        """Delete class ``label`` from every lane's labels (all loaded: see :meth:`not_ready`);
         ``record(lane, blocks)`` is told the blocks renumbered."""
         for future in self.futures:
-            if future.done():
-                _remove_class(future, label, record)
-            else:
-                self.pool.submit(_remove_class, future, label, record)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                lane = future.result()
+                blocks = lane.store.remove_class(label)
+                self.touched(lane.index, blocks)
+                if record is not None and blocks:
+                    record(lane.index, {index: lane.store.blocks.get(index) for index in blocks})
 
     def put_blocks(self, index: int, blocks: dict, record: Recorder | None = None) -> None:
         """Set lane ``index``'s label blocks (block index -> labels, None: empty), once it is loaded;
         ``record(lane, blocks)`` is told them."""
         future = self.futures[index]
         if future.done():
-            _put_blocks(future, blocks, record)
+            self._put_blocks(future, blocks, record)
         else:
-            self.pool.submit(_put_blocks, future, blocks, record)
+            self.pool.submit(self._put_blocks, future, blocks, record)
+
+    def restore(self, journal: JournalContents, reopen: Callable[[str, str | None, dict], None]) -> None:
+        """Put the labels of ``journal`` into the project's lanes (once loaded); for each lane added since the
+        save, in the order they were added, ``reopen(image, axes, blocks)``."""
+        known = len(self)
+        for lane in sorted({lane for lane, _ in journal.blocks} | set(journal.lanes)):
+            blocks = journal.lane_blocks(lane)
+            if lane < known:
+                self.put_blocks(lane, blocks)
+            elif lane in journal.lanes:
+                reopen(*journal.lanes[lane], blocks)
+
+    def _put_blocks(self, future: Future, blocks: dict, record: Recorder | None) -> None:
+        if future.cancelled() or future.exception() is not None or not blocks:
+            return
+        lane = future.result()
+        for index, labels in blocks.items():
+            if labels is None:
+                lane.store.blocks.pop(index, None)
+            else:
+                lane.store.blocks[index] = labels
+        self.touched(lane.index, set(blocks))
+        if record is not None:
+            record(lane.index, blocks)
 
     def open_image(self, image: str, axes: str | None) -> Future:
         """Open ``image`` (read with ``axes``, else guessed) in the background, to add it as a lane; the future
@@ -141,7 +185,7 @@ class ProjectLanes:
     def append(self, project: Project, image: str, source: DataSource) -> Project:
         """Make the opened ``image`` the project's next lane, unlabelled; the project recording it."""
         path = os.path.relpath(os.path.abspath(image), project.directory)
-        nickname = os.path.splitext(os.path.basename(image.split(".h5/")[0]))[0]
+        nickname = nickname_of(image)
         lane = Lane(len(self.futures), nickname, source, LabelStore(source.spatial_shape, self.config.undo_steps),
                     RawInput(path, source.axes, source.native_shape, nickname))
         future: Future = Future()
@@ -170,30 +214,6 @@ class ProjectLanes:
         for lane in self.loaded():
             if lane.document is not None and lane.document is not keep:
                 lane.document.close()
-
-
-def _remove_class(future: Future, label: int, record: Recorder | None) -> None:
-    if future.exception() is None:
-        lane = future.result()
-        blocks = lane.store.remove_class(label)
-        if lane.session is not None:
-            lane.session.touched(blocks)
-        if record is not None and blocks:
-            record(lane.index, {index: lane.store.blocks.get(index) for index in blocks})
-
-
-def _put_blocks(future: Future, blocks: dict, record: Recorder | None) -> None:
-    if future.exception() is None and blocks:
-        lane = future.result()
-        for index, labels in blocks.items():
-            if labels is None:
-                lane.store.blocks.pop(index, None)
-            else:
-                lane.store.blocks[index] = labels
-        if lane.session is not None:
-            lane.session.touched(set(blocks))
-        if record is not None:
-            record(lane.index, blocks)
 
 
 def check_fits(source: DataSource, first: DataSource) -> None:

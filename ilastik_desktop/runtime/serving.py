@@ -122,8 +122,11 @@ class ServeController:
         return self.document is not None and self.server is None and not self.busy
 
     def set_document(self, document: Document | None, threshold: ThresholdSettings | None = None) -> None:
-        """Serve ``document`` from now on (stopping the service over the previous one)."""
-        if self.server is not None:
+        """Serve ``document`` from now on: the service over another project stops; another lane of the same
+        project shown goes on being served (every lane is, each as itself)."""
+        same_project = (document is not None and self.document is not None
+                        and document.project.path == self.document.project.path)
+        if self.server is not None and not same_project:
             self.stop(reason="stopped: the project was closed")
         with self._lock:
             self.document = document

@@ -1,16 +1,15 @@
 """Training a project's classifier from the labels painted on its lanes, without Qt.
 
-Strokes, undo and redo go into the shown lane's label store; with live training on, each change asks for a
-training (``training_wanted``: the window debounces it); one forest is trained off the caller's thread from
-the labelled blocks' features of every lane (computed on the workers), and the shown document's gateway
-then uses it (another lane's, once shown). Images are added as lanes, and any lane is shown with its labels
-and undo history kept. Classes are added, renamed, recoloured and deleted; Save writes classes, labels,
-features, forest and thresholds into the project, atomically, in the background. Until then, labels, class
-edits and added lanes are journalled beside the project, and :meth:`TrainingController.restore` takes them
-back after a crash.
+Strokes, undo and redo go into the shown lane's label store; with live training on, each change asks for a training
+(``training_wanted``: the window debounces it); one forest is trained off the caller's thread from the labelled
+blocks' features of every lane (computed on the workers), and the shown document's gateway then uses it (another
+lane's, once shown). Images are added as lanes, and any lane is shown with its labels and undo history kept. Classes
+are added, renamed, recoloured and deleted; Save writes classes, labels, features, forest and thresholds into the
+project, atomically, in the background. Until then, labels, class edits and added lanes are journalled beside the
+project, and :meth:`TrainingController.restore` takes them back after a crash.
 
-Results come back through ``call_soon`` (the window passes its GUI bridge), so the controller's state is
-only ever changed on its owner's thread; signals are emitted there too.
+Results come back through ``call_soon`` (the window passes its GUI bridge), so the controller's state is only ever
+changed on its owner's thread; signals are emitted there too.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ class TrainingController:
         self.closed = False
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
         self._trainer_loaded = False
+        self._wanted_lane = document.lane
         self._training: Future | None = None
 
     @property
@@ -186,7 +186,12 @@ class TrainingController:
         self._edit_classes(label_classes.recolour_class, label, color)
 
     def delete_class(self, label: int) -> None:
-        """Delete class ``label`` (from 1) and its labels; the overlays drop it until the next training."""
+        """Delete class ``label`` (from 1) and its labels on every lane; the overlays drop it until the next
+        training. Refused while a lane is loading or could not be loaded (its labels would keep the old numbers)."""
+        waiting = self.lanes.not_ready()
+        if waiting:
+            self.message.emit(f"cannot delete a class now: {'; '.join(waiting)}")
+            return
         if not self._edit_classes(label_classes.delete_class, label):
             return
         self.lanes.remove_class(label, self.journal.record_blocks)
@@ -330,13 +335,14 @@ class TrainingController:
 
     def show_lane(self, index: int) -> None:
         """Show lane ``index`` (its document made in the background the first time): ``lane_shown``."""
+        self._wanted_lane = index  # the last choice wins over lanes still being made
         if index == self.document.lane:
             return
         future = self.lanes.document(self.document.project, index, self.document.pipeline)
         future.add_done_callback(lambda f: self.call_soon(self._lane_ready, f))
 
     def _lane_ready(self, future: Future) -> None:
-        if self.closed:
+        if self.closed or (future.exception() is None and future.result().lane != self._wanted_lane):
             return
         if future.exception() is not None:
             self.message.emit(f"could not show the lane: {future.exception()}")
@@ -361,19 +367,15 @@ class TrainingController:
             self._edit_classes(label_classes.with_classes, tuple(names), tuple(colors))
             if len(names) != count:
                 self._restored_class_count(len(names))
-        known = len(self.lanes)
-        for lane in sorted({lane for lane, _ in journal.blocks} | set(journal.lanes)):
-            blocks = journal.lane_blocks(lane)
-            if lane < known:
-                self.lanes.put_blocks(lane, blocks)
-            elif lane in journal.lanes:  # added after the last save: opened again, in the order they were added
-                image, axes = journal.lanes[lane]
-                future = self.lanes.open_image(image, axes)
-                future.add_done_callback(lambda f, i=image, b=blocks: self.call_soon(self._image_opened, i, f, b))
+        self.lanes.restore(journal, self._reopen)
         self.dirty = True
         self.labels_changed.emit()
         if self.live:
             self.training_wanted.emit()
+
+    def _reopen(self, image: str, axes: str | None, blocks: dict) -> None:
+        future = self.lanes.open_image(image, axes)
+        future.add_done_callback(lambda f: self.call_soon(self._image_opened, image, f, blocks))
 
     def _restored_class_count(self, count: int) -> None:
         if self.classifier is not None:  # classes it knows beyond the restored ones show as none until retrained

@@ -78,7 +78,7 @@ def test_three_lanes_trained_together_saved_and_exported_headless(qtbot, window,
     QTest.mouseClick(ok, QtCore.Qt.LeftButton)
     combo = window.lane_switcher.combo
     qtbot.waitUntil(lambda: combo.count() == 3, timeout=30_000)
-    assert [combo.itemText(i) for i in range(3)] == ["0: demo_raw", "1: second", "2: third"]
+    assert [combo.itemText(i) for i in range(3)] == ["0: demo_raw", "1: second-data", "2: third-data"]
     assert combo.currentIndex() == 0 and controller.dirty
 
     paint(qtbot, window, 1, 12)
@@ -120,7 +120,7 @@ def test_three_lanes_trained_together_saved_and_exported_headless(qtbot, window,
 
     # our reader reads every lane with its labels
     project = open_project(path)
-    assert [lane.nickname for lane in project.lanes] == ["demo_raw", "second", "third"]
+    assert [lane.nickname for lane in project.lanes] == ["demo_raw", "second-data", "third-data"]
     stores = {lane.index: lane.store for lane in controller.lanes.loaded()}
     for lane in range(3):
         source = open_lane(project, lane)
@@ -184,6 +184,10 @@ def test_serving_with_another_lane_shown_serves_every_lane_as_itself_with_the_ne
               f"&stop={z + 1},{roi.stop[2]},{roi.stop[3]}&format=npy")
     status, body, _ = http_get(region)
     assert status == 200 and np.array_equal(np.load(io.BytesIO(body))[0], values)
+    combo.setFocus()
+    show_lane(qtbot, window, QtCore.Qt.Key_Up)  # showing another lane does not stop the service
+    assert serve.server is not None and window.document.lane == 0
+    assert http_get(region)[0] == 200
     with qtbot.waitSignal(serve.serving, timeout=30_000):
         serve.stop_button.click()
     qtbot.waitUntil(lambda: not serve.controller.busy, timeout=30_000)

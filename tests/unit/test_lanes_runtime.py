@@ -99,7 +99,8 @@ def test_an_image_that_does_not_fit_the_project_is_not_added(lanes, tmp_path):
     assert not added.values and len(controller.lanes) == 3 and len(controller.lane_names) == 3
     controller.add_images([(str(tmp_path / "second.h5/data"), "zyx")])
     wait_for(lambda: added.values, timeout=30)
-    assert controller.lane_names[-1] == "second" and len(controller.lanes) == 4 and controller.dirty
+    assert controller.lane_names[-1] == "second-data"  # as ilastik names it: the file and its internal path
+    assert len(controller.lanes) == 4 and controller.dirty
 
 
 def test_a_class_deleted_is_deleted_from_every_lane(lanes):
@@ -140,7 +141,7 @@ def test_labels_of_a_lane_and_of_a_lane_added_since_the_save_come_back_from_the_
         for lane, blocks in painted.items():
             wait_for(lambda s=stores[lane], b=blocks: all(np.array_equal(s.blocks.get(i), v) for i, v in b.items()),
                      timeout=30)
-        assert again.lane_names[3] == "second" and again.dirty
+        assert again.lane_names[3] == "second-data" and again.dirty
     finally:
         again.close()
         again.document.close()
