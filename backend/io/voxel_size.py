@@ -15,7 +15,9 @@ NGFF_NAMES = {"km": "kilometer", "m": "meter", "cm": "centimeter", "mm": "millim
 _ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "μm": "µm", "\\u00b5m": "µm", "angstroms": "Å",
             "a": "Å"}
 TIFF_UNIT_MICROMETRES = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}  # ResolutionUnit: inch, cm, mm, µm
+TIFF_INCH = 2
 TIFF_CENTIMETER = 3
+SCREEN_DPI = (72, 96)  # resolutions image editors write by default, not a pixel size
 
 
 def unit_symbol(text: object) -> str | None:
@@ -84,25 +86,38 @@ def _positive(value: object) -> bool:
 
 
 def from_tiff(tif) -> VoxelSize | None:
-    """From an open :class:`tifffile.TiffFile`: x and y from XResolution/YResolution (pixels per ResolutionUnit,
-    or per ImageJ's ``unit`` when the tag gives none), z from ``spacing`` in ImageJ's or tifffile's description."""
+    """From an open :class:`tifffile.TiffFile`: x and y from XResolution/YResolution (pixels per ImageJ's
+    ``unit`` when an ImageJ description gives one, as ImageJ reads them; else per ResolutionUnit, or per the
+    tifffile description's ``unit`` when the tag gives none), z from ``spacing`` in ImageJ's or tifffile's
+    description. A resolution of exactly 72 or 96 pixels per inch with no unit or spacing in a description is
+    an image editor's screen default, not a pixel size: unknown."""
     tags = tif.pages[0].tags
     meta = tif.imagej_metadata or (tif.shaped_metadata or [None])[0] or {}
     code_tag = tags.get("ResolutionUnit")
     code = int(code_tag.value) if code_tag is not None else 1
-    if code in TIFF_UNIT_MICROMETRES:
+    imagej_unit = unit_symbol((tif.imagej_metadata or {}).get("unit"))
+    if imagej_unit is None and code in TIFF_UNIT_MICROMETRES:
         unit, per_unit = "µm", TIFF_UNIT_MICROMETRES[code]
     else:
         unit, per_unit = unit_symbol(meta.get("unit")), 1.0
-    sizes = {}
+    per_pixel = {}
     for axis, name in (("x", "XResolution"), ("y", "YResolution")):
         tag = tags.get(name)
         if tag is not None and len(tag.value) == 2 and tag.value[0] and tag.value[1]:
-            sizes[axis] = per_unit * tag.value[1] / tag.value[0]
+            per_pixel[axis] = tag.value[1] / tag.value[0]
+    if code == TIFF_INCH and "unit" not in meta and "spacing" not in meta and _screen_default(per_pixel):
+        return None
+    sizes = {axis: per_unit * size for axis, size in per_pixel.items()}
     spacing_unit = unit_symbol(meta.get("unit"))
     if _positive(meta.get("spacing")) and spacing_unit is not None and unit is not None:
         sizes["z"] = float(meta["spacing"]) * METRES[spacing_unit] / METRES[unit]
     return VoxelSize.checked(sizes, unit)
+
+
+def _screen_default(per_pixel: Mapping[str, float]) -> bool:
+    """True if the resolutions (inches per pixel) are an image editor's 72 or 96 dpi."""
+    return bool(per_pixel) and any(all(abs(v * dpi - 1) < 1e-9 for v in per_pixel.values())
+                                   for dpi in SCREEN_DPI)
 
 
 def from_hdf5(attrs: Mapping, axes: str) -> VoxelSize | None:

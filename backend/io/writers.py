@@ -60,12 +60,15 @@ def axistags_json(axes: str, size: VoxelSize | None = None) -> str:
 
 def hdf5_attrs(axes: str, size: VoxelSize | None) -> dict:
     """The attributes that describe an HDF5 dataset of ``axes``: ilastik's ``axistags`` always; with a size also
-    ilastik's ``axis_units`` and ``element_size_um`` (one value per spatial axis, in micrometres)."""
+    ilastik's ``axis_units``, and ``element_size_um`` (one value per spatial axis, in micrometres) when every
+    spatial axis's size is known."""
     attrs: dict = {"axistags": axistags_json(axes, size)}
     if size is not None:
         attrs["axis_units"] = json.dumps({a: size.unit if size.along(a) is not None else "" for a in axes})
         microns = size.in_unit("µm")
-        attrs["element_size_um"] = [microns.get(a, 1.0) for a in axes if a in SPACE]
+        spatial = [a for a in axes if a in SPACE]
+        if all(a in microns for a in spatial):
+            attrs["element_size_um"] = [microns[a] for a in spatial]
     return attrs
 
 

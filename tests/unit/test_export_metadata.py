@@ -134,3 +134,31 @@ def test_units_and_ngff_metadata_round_trip():
     assert read_multiscales({"multiscales": multiscales("img", "tczyx", size)}) == ("0", "tczyx", size)
     assert read_multiscales({"multiscales": multiscales("img", "cyx", None)}) == ("0", "cyx", None)
     assert VoxelSize.checked({"x": 0.0}, "µm") is None and VoxelSize.checked({"x": 1.0}, "pixel") is None
+
+
+def test_imagejs_unit_wins_over_the_resolution_unit_tag(tmp_path):
+    path = str(tmp_path / "inch.tif")  # ImageJ reads 2 pixels per its unit, whatever ResolutionUnit says
+    tifffile.imwrite(path, np.zeros((4, 8, 8), np.uint8), imagej=True, resolution=(2.0, 2.0),
+                     resolutionunit="INCH", metadata={"unit": "um", "spacing": 3.0, "axes": "ZYX"})
+    assert open_source(path).voxel_size == VoxelSize("µm", (("z", 3.0), ("y", 0.5), ("x", 0.5)))
+
+
+@pytest.mark.parametrize("dpi", [72, 96])
+@pytest.mark.parametrize("description", [None, {}])
+def test_an_image_editors_screen_resolution_is_no_pixel_size(tmp_path, dpi, description):
+    path = str(tmp_path / "photo.tif")
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(dpi, dpi), resolutionunit="INCH",
+                     metadata=description)
+    assert open_source(path).voxel_size is None
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(300, 300), resolutionunit="INCH")
+    assert open_source(path).voxel_size.in_unit("µm") == pytest.approx({"y": 25400 / 300, "x": 25400 / 300})
+
+
+def test_hdf5_element_size_um_only_when_every_spatial_size_is_known(tmp_path):
+    _export(str(tmp_path / "yx.h5"), "hdf5", VoxelSize("nm", (("y", 250.0), ("x", 250.0))))  # z unknown
+    with h5py.File(tmp_path / "yx.h5", "r") as f:
+        attrs = f["exported_data"].attrs
+        assert "element_size_um" not in attrs and json.loads(attrs["axis_units"])["z"] == ""
+    _export(str(tmp_path / "zyx.h5"), "hdf5", VoxelSize("nm", (("z", 1000.0), ("y", 250.0), ("x", 250.0))))
+    with h5py.File(tmp_path / "zyx.h5", "r") as f:
+        assert list(f["exported_data"].attrs["element_size_um"]) == pytest.approx([1.0, 0.25, 0.25])

@@ -2,6 +2,7 @@
 file of no supported format: one line naming the file, no advice to install imageio plugins; the same
 line from the command line."""
 
+import builtins
 import struct
 import zlib
 
@@ -90,3 +91,17 @@ def test_the_command_line_says_damaged_in_one_line(tmp_path, png, data_dir):
     result = run_cli("--headless", "--no-progress", "--project", f"{data_dir}/seed/pc.ilp", "--raw_data",
                      str(tmp_path / "cut.png"), timeout=120)
     _assert_one_line_error(result, f"{tmp_path / 'cut.png'}: {DAMAGED} (PNG: cut off at byte {idat + 40}")
+
+
+def test_a_file_that_cannot_be_opened_says_why(tmp_path, monkeypatch):
+    path = str(tmp_path / "locked.tif")
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):  # as a file without read permission (the tests run as root)
+        if str(file) == path:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    assert _refused(path) == f"{path}: cannot be read (Permission denied)"

@@ -17,12 +17,10 @@ MAX_DETAIL = 160  # characters of a reader's own message kept in the line
 
 
 def image_format(path: str) -> str | None:
-    """The image format ``path``'s first bytes announce (``'PNG'``, ``'TIFF'``, ...), None if none of them."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(8)
-    except OSError:
-        return None
+    """The image format ``path``'s first bytes announce (``'PNG'``, ``'TIFF'``, ...), None if none of them;
+    OSError if the file cannot be read."""
+    with open(path, "rb") as file:
+        head = file.read(8)
     return next((name for signature, name in SIGNATURES.items() if head.startswith(signature)), None)
 
 
@@ -49,17 +47,22 @@ def png_damage(path: str) -> str | None:
 
 def unreadable(path: str, error: BaseException, expected: str) -> DataError:
     """The error for ``path`` that a reader of ``expected`` formats failed on with ``error``: damaged if the
-    file announces an image format, else not an image of the ``expected`` formats."""
-    found = image_format(path)
+    file announces an image format, else not an image of the ``expected`` formats; the system's reason if the
+    file cannot be read at all (no permission, an I/O error, a folder)."""
+    try:
+        found = image_format(path)
+    except OSError as exc:
+        return DataError(f"{path}: cannot be read ({exc.strerror or exc})")
     if found is None:
         if os.path.exists(path) and os.path.getsize(path) == 0:
             return DataError(f"{path}: the file is empty")
         return DataError(f"{path}: not a {expected} file (it does not start as one)")
-    detail = (png_damage(path) if found == "PNG" else None) or _first_line(error)
+    detail = (png_damage(path) if found == "PNG" else None) or first_line(error)
     return DataError(f"{path}: the file is damaged or incomplete ({found}: {detail})")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name if it has none), cut to :data:`MAX_DETAIL`."""
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
     return line if len(line) <= MAX_DETAIL else line[:MAX_DETAIL] + "..."

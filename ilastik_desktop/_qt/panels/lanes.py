@@ -4,6 +4,7 @@ and adds each as a lane."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -11,8 +12,11 @@ from PyQt5 import QtCore, QtWidgets
 
 from backend.errors import UserError
 from backend.io.sources import open_source
+from backend.io.sources.damage import first_line
 from ilastik_desktop._qt.panels.project import ok_cancel
 from ilastik_desktop.runtime.training import TrainingController
+
+log = logging.getLogger(__name__)
 
 
 class LaneSwitcher(QtWidgets.QToolBar):
@@ -121,6 +125,9 @@ def guessed_axes(image: str) -> tuple[str, str]:
         source = open_source(image)
     except UserError as exc:
         return "", str(exc)
+    except Exception as exc:  # a reader's own failure: one line on the row, the traceback in the log
+        log.exception("reading %s for Add images failed", image)
+        return "", f"{image}: cannot be read ({first_line(exc)})"
     guessed = " (axes guessed: check them)" if source.axes_guessed else ""
     return source.axes, f"{' x '.join(map(str, source.native_shape))} {source.dtype.name}{guessed}"
 
