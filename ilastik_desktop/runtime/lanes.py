@@ -102,7 +102,8 @@ class ProjectLanes:
 
     def not_ready(self) -> list[str]:
         """Each lane still loading or that could not be loaded, in words (empty once every lane is loaded)."""
-        return [f"lane {i} is still loading" if not f.done() else f"lane {i} could not be loaded ({f.exception()})"
+        return [f"lane {i} is still loading" if not f.done() else f"lane {i} was not loaded (closing)"
+                if f.cancelled() else f"lane {i} could not be loaded ({f.exception()})"
                 for i, f in enumerate(self.futures) if not f.done() or f.cancelled() or f.exception()]
 
     def sessions(self) -> list[TrainingSession]:

@@ -5,6 +5,7 @@ class deleted from every lane, any lane shown with its own labels."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future
 
 import h5py
 import numpy as np
@@ -145,3 +146,44 @@ def test_labels_of_a_lane_and_of_a_lane_added_since_the_save_come_back_from_the_
     finally:
         again.close()
         again.document.close()
+
+
+def test_a_class_is_not_deleted_while_a_lane_cannot_be_loaded(tmp_path, services):
+    path, _ = three_lanes(tmp_path)
+    os.remove(tmp_path / "third.h5")
+    controller = TrainingController(open_document(path, services), services.executor, TrainingConfig())
+    try:
+        wait_for(lambda: controller.lanes.failures(), timeout=30)
+        heard = Heard(controller.message)
+        controller.add_class()
+        names = controller.names
+        controller.delete_class(1)
+        assert controller.names == names  # lane 2's labels in the file would keep the old numbers
+        assert heard.values[-1].startswith("cannot delete a class now: lane 2 could not be loaded")
+    finally:
+        controller.close()
+
+
+def test_the_last_lane_chosen_is_shown_even_if_an_earlier_choice_finishes_later(lanes):
+    controller, _ = lanes
+    shown = Heard(controller.lane_shown)
+    controller.show_lane(2)
+    controller.show_lane(0)  # chosen back before lane 2 is ready
+    controller.lanes.pool.submit(lambda: None).result(timeout=30)  # lane 2's document was made meanwhile
+    assert controller.document.lane == 0 and not shown.values
+
+
+def test_lanes_closed_while_loading_and_strokes_before_a_session_are_kept(lanes):
+    controller, _ = lanes
+    lane = controller.lanes.loaded(wait=True)[0]
+    lane.session = None
+    controller.lanes.touched(0, {(0, 0, 0, 0)})  # as a stroke does while the training thread makes sessions
+    assert lane.pending == {(0, 0, 0, 0)}
+    controller.lanes.sessions()
+    assert not lane.pending and lane.session is not None
+    cancelled: Future = Future()
+    cancelled.cancel()
+    controller.lanes.futures.append(cancelled)  # a lane whose loading was cancelled by closing
+    assert len(controller.lanes.loaded()) == 3 and controller.lanes.failures() == []
+    assert controller.lanes.not_ready() == ["lane 3 was not loaded (closing)"]
+    controller.lanes.futures.pop()
