@@ -17,7 +17,7 @@ from ilastik_desktop._qt.menus import add_help_menu, add_view_menu, add_view_sho
 from ilastik_desktop._qt.opening import ProjectOpening
 from ilastik_desktop._qt.panels.lanes import LaneSwitcher
 from ilastik_desktop._qt.panels.layers import LayersPanel
-from ilastik_desktop._qt.panels.project import ProjectPanel, info_box
+from ilastik_desktop._qt.panels.project import ProjectPanel, info_box, legend_text
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
 from ilastik_desktop._qt.panels.workers import WorkersPanel, workers_summary
 from ilastik_desktop._qt.pending_bar import PendingBar
@@ -119,6 +119,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         """Show ``document``: a project opened, or another lane of the project shown (its training kept)."""
         switching = self.training is not None and document is self.training.controller.document
         threshold = self.threshold_panel.settings() if switching else document.threshold
+        tab = self.tabs.currentIndex() if switching else None  # the user stays in the tab they were in
         if self.document is not None:
             self._remember_side_width()
         if switching:
@@ -136,12 +137,16 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.loader.progress.connect(self.pending.show_visible)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document, threshold)
+        if tab is not None:
+            self.tabs.setCurrentIndex(tab)
         self._keep_side_width()
         self.model.position_changed.connect(lambda _axis: self._sync_crosshair())
         self.model.position_changed.connect(lambda _axis: self._refresh_readout())
         self._sync_crosshair()
         self.setWindowTitle(f"{os.path.basename(document.project.path)} - ilastik-desktop")
-        self.statusBar().showMessage(f"opened {document.project.path}", 3000)
+        nickname = document.project.lanes[document.lane].nickname
+        self.statusBar().showMessage(f"showing lane {document.lane}: {nickname}" if switching
+                                     else f"opened {document.project.path}", 3000)
         self.export_action.setEnabled(True)
         self.serve_action.setEnabled(True)
         self.save_action.setEnabled(True)
@@ -194,7 +199,9 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.position_label = QtWidgets.QLabel()
         self.position_label.setAlignment(QtCore.Qt.AlignCenter)
         if self.model.volumetric:
-            grid.addWidget(info_box(self.position_label, self.document.project), 1, 1)
+            project = self.document.project
+            self.legend = QtWidgets.QLabel(legend_text(project.label_names, project.label_colors))
+            grid.addWidget(info_box(self.position_label, self.legend), 1, 1)
         if t > 1:
             self.time_slider = QtWidgets.QSlider(QtCore.Qt.Horizontal, minimum=0, maximum=t - 1)
             time_label = QtWidgets.QLabel(f"time 0 / {t - 1}")
@@ -249,6 +256,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.threshold_panel.changed.connect(self.loader.set_threshold)
         self.threshold_panel.changed.connect(lambda _settings: self._show_objects())
         self.threshold_panel.changed.connect(self.serve_dialog.set_threshold)
+        self.threshold_panel.changed.connect(lambda _settings: self._thresholds_edited())
 
     def _show_objects(self) -> None:
         """Turn the Objects layer on once the thresholds change (it starts off), as ilastik 1.4 shows its
@@ -258,11 +266,17 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             live = "" if self.model.live else "; Live update is off: turn it on (Layers tab) to compute them"
             self.statusBar().showMessage(f"Objects layer turned on to show the thresholded objects{live}", 8000)
 
+    def _thresholds_edited(self) -> None:
+        if self.training is not None:  # they are saved with the project: quitting now asks to save them
+            self.training.controller.dirty = True
+
     def show_classes(self) -> None:
         """Show the document's classes as they are now (added, renamed, recoloured or deleted); the layers
         panel follows the model by itself."""
         project = self.document.project
         self.model.set_classes(project.label_names, project.label_colors)
+        if self.model.volumetric:
+            self.legend.setText(legend_text(project.label_names, project.label_colors))
         old = self.threshold_panel.settings()
         last = len(project.label_names) - 1
         settings = dataclasses.replace(old, channel=min(old.channel, last), core_channel=min(old.core_channel, last))

@@ -191,13 +191,13 @@ class TrainingBinding(QtCore.QObject):
                                               "labels? This cannot be undone.") == QtWidgets.QMessageBox.Yes
 
     def may_discard(self, interactive: bool, doing: str, then: Callable[[], None]) -> bool:
-        """True if ``doing`` (quitting, opening another project) may go on now: no labels are unsaved, or the
-        user discards them (their journal too). False if the user cancels, or chooses to save first: ``then``
+        """True if ``doing`` (quitting, opening another project) may go on now: nothing is unsaved, or the
+        user discards it (their journal too). False if the user cancels, or chooses to save first: ``then``
         is called once the save succeeded; a failed save is shown and nothing more happens."""
         if not self.controller.dirty or not interactive:
             return True
         box = QtWidgets.QMessageBox(QtWidgets.QMessageBox.Warning, "ilastik-desktop",
-                                    f"The labels changed since they were saved. Save them before {doing}?",
+                                    f"Labels, classes or thresholds are unsaved. Save them before {doing}?",
                                     QtWidgets.QMessageBox.Save | QtWidgets.QMessageBox.Discard
                                     | QtWidgets.QMessageBox.Cancel, self.window)
         box.setDefaultButton(QtWidgets.QMessageBox.Save)

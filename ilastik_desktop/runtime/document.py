@@ -36,7 +36,8 @@ class Document:
     @property
     def threshold(self) -> ThresholdSettings:
         """The project's thresholding parameters, or ilastik's defaults on the first non-background class."""
-        return self.project.threshold or ThresholdSettings(channel=default_channel(self.project.label_names))
+        channel = default_channel(self.project.label_names)  # hysteresis seeds and grows on it too, as ilastik's
+        return self.project.threshold or ThresholdSettings(channel=channel, core_channel=channel)  # defaults do
 
     def close(self) -> None:
         """Release the gateway's claims and threads."""

@@ -98,7 +98,7 @@ def test_quit_asks_save_discard_or_cancel_and_a_failed_save_does_not_quit(qtbot,
 
     answers = BoxAnswers("Cancel")
     assert not window.close()
-    assert answers.texts == ["The labels changed since they were saved. Save them before quitting?"]
+    assert answers.texts == ["Labels, classes or thresholds are unsaved. Save them before quitting?"]
     assert window.isVisible() and window.training.controller.dirty and os.path.exists(journal)
 
     hidden = demo + ".away"
@@ -135,7 +135,7 @@ def test_opening_another_project_over_unsaved_labels_asks_too(qtbot, new_window,
     other = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
     answers = BoxAnswers("Cancel")
     window.open_project(other)
-    assert answers.texts == ["The labels changed since they were saved. Save them before opening another project?"]
+    assert answers.texts == ["Labels, classes or thresholds are unsaved. Save them before opening another project?"]
     assert window.document.project.path == demo  # kept
     answers = BoxAnswers("Save")
     with qtbot.waitSignal(window.opened, timeout=60_000):
@@ -217,3 +217,19 @@ def test_a_journal_of_a_project_saved_elsewhere_since_is_not_applied_blindly(qtb
     assert window.training.controller.journal.wait_written(10)
     assert find_journal(demo, config_dir()).belongs_to(demo)  # journalled over the project as it is now
     window.interactive = False  # closed after the test as after a crash: its journal stays
+
+
+def test_a_threshold_changed_and_not_saved_is_asked_about_on_quit(qtbot, new_window, demo):
+    window = new_window(interactive=True)
+    open_and_settle(qtbot, window, demo)
+    assert not window.training.controller.dirty
+    panel = window.threshold_panel
+    panel.low.setValue(0.35)
+    panel.low.editingFinished.emit()  # Enter in the field
+    answers = BoxAnswers("Cancel")
+    assert not window.close()
+    assert answers.texts == ["Labels, classes or thresholds are unsaved. Save them before quitting?"]
+    answers = BoxAnswers("Save")
+    assert not window.close()  # not yet: once saved
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60_000)
+    assert open_project(demo).threshold.low == pytest.approx(0.35)

@@ -94,7 +94,7 @@ def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make
     other = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
     QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Cancel))
     window.open_project(other)
-    assert questions == ["The labels changed since they were saved. Save them before opening another project?"]
+    assert questions == ["Labels, classes or thresholds are unsaved. Save them before opening another project?"]
     assert window.document.project.path == path  # kept
     QtCore.QTimer.singleShot(300, lambda: answer(QtWidgets.QMessageBox.Discard))
     with qtbot.waitSignal(window.opened, timeout=60_000):

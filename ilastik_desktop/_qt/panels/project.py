@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from ilastik_desktop.runtime.document import Document
@@ -67,17 +69,22 @@ class ProjectPanel(QtWidgets.QTreeWidget):
         return section
 
 
-def info_box(position_label: QtWidgets.QLabel, project) -> QtWidgets.QWidget:
-    """The fourth quadrant of a 3D view: crosshair position, the classes' colours and the mouse hints."""
+def legend_text(names, colors) -> str:
+    """The classes' names, each after a square in its colour (rich text)."""
+    return "&nbsp;&nbsp;&nbsp;".join(f'<span style="color: rgb{tuple(color)}; font-size: 18px;">&#9632;</span> '
+                                     f'{html.escape(name)}' for name, color in zip(names, colors))
+
+
+def info_box(position_label: QtWidgets.QLabel, legend: QtWidgets.QLabel) -> QtWidgets.QWidget:
+    """The fourth quadrant of a 3D view: crosshair position, the classes' colours (``legend``) and the mouse
+    hints."""
     box = QtWidgets.QWidget()
     layout = QtWidgets.QVBoxLayout(box)
     layout.addStretch(1)
     position_label.setStyleSheet("font-size: 15px;")
     layout.addWidget(position_label)
-    legend = "&nbsp;&nbsp;&nbsp;".join(
-        f'<span style="color: rgb{tuple(color)}; font-size: 18px;">&#9632;</span> {name}'
-        for name, color in zip(project.label_names, project.label_colors))
-    layout.addWidget(QtWidgets.QLabel(legend, alignment=QtCore.Qt.AlignCenter))
+    legend.setAlignment(QtCore.Qt.AlignCenter)
+    layout.addWidget(legend)
     hint = QtWidgets.QLabel("wheel: slices    Ctrl+wheel: zoom\ndrag: pan    click: move the crosshair",
                             alignment=QtCore.Qt.AlignCenter)
     hint.setStyleSheet("color: #888;")
