@@ -135,6 +135,8 @@ class WindowConfig:
     threshold_pause_s: float = setting(0.6, "typed thresholds apply once typing pauses this long", 0, 60)
     refresh_delay_s: float = setting(0.015, "view changes arriving within this are requested together", 0, 1)
     screenshot_settle_s: float = setting(0.7, "--screenshot waits this long after the last overlay", 0, 60)
+    batch_stop_s: float = setting(5.0, "a cancelled batch (the window closing) gets this long to stop and remove "
+                                  "its partial output before the window stops waiting for it", 0, 600)
 
 
 @dataclass(frozen=True)

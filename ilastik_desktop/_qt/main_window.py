@@ -376,8 +376,17 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
                 self, "ilastik-desktop", "An export is running. Quit and discard it?") != QtWidgets.QMessageBox.Yes:
             event.ignore()
             return
+        batch = getattr(self, "batch_dialog", None)
+        batching = batch is not None and batch.running()
+        if batching and self.interactive and QtWidgets.QMessageBox.question(
+                self, "ilastik-desktop", "A batch is running. Quit and cancel it?") != QtWidgets.QMessageBox.Yes:
+            event.ignore()
+            return
         if exporting:
             self.export_dialog.close()  # cancels it and removes its partial output
+        if batching and not batch.finish():
+            log.warning("the batch did not stop within %.0f s; the partial output of the file being written may "
+                        "remain", self.services.config.window.batch_stop_s)
         self._remember_side_width()
         self.status_timer.stop()
         self.workers_panel.shutdown()

@@ -88,11 +88,11 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
     """Export each file to its own output with the project's classifier: a line per file and a summary line;
     exit code 1 if any file failed (it is skipped, the others are written)."""
     classifier = None
-    if settings.retrain:  # on the project's own raw data, where its labels are
+    if settings.retrain:  # on every lane's labels, each lane's raw data read where the project records it
         from backend.io.training import retrain_project
 
         own = open_lane(project, settings.lane)
-        classifier = retrain_project(project, own, progress=settings.export.progress)
+        classifier = retrain_project(project, own, settings.lane, progress=settings.export.progress)
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"
     if needs_forest and classifier is None:

@@ -5,7 +5,8 @@ One :class:`~ilastik_desktop.runtime.services.Services` (one executor, one cache
 file gets a gateway of its own, closed when its export ends. A file that cannot be exported (missing, corrupt,
 not fitting the project) is reported in one line and skipped; the others are written. Cancelling stops the
 batch and removes the partial output of the file being written. Outcomes come back through ``call_soon`` (the
-window passes its GUI bridge) as signals: ``file_started(index, spec)``, ``file_progress(index, done, total)``,
+window passes its GUI bridge) as signals: ``files_listed(files)`` (the patterns expanded, when :meth:`start`
+expands them), ``file_started(index, spec)``, ``file_progress(index, done, total)``,
 ``file_finished(index, outcome)``, ``finished(summary)``.
 """
 
@@ -158,6 +159,7 @@ class BatchRunner:
     each file in its own axes.
     """
 
+    files_listed = Signal(object)
     file_started = Signal(int, str)
     file_progress = Signal(int, int, int)
     file_finished = Signal(int, object)
@@ -190,10 +192,17 @@ class BatchRunner:
         self.call_soon(self.finished.emit, self.summary)
         return self.summary
 
-    def start(self, specs: Sequence[str]) -> None:
-        """Run the batch in the background (``finished`` tells when it ends)."""
-        self.thread = threading.Thread(target=self.run, args=(list(specs),), name="batch", daemon=True)
+    def start(self, specs: Sequence[str], expand: bool = False) -> None:
+        """Run the batch in the background (``finished`` tells when it ends); with ``expand`` the glob patterns
+        are first replaced by their files there (:func:`expand_raw_data`), announced by ``files_listed``."""
+        target = self._expand_and_run if expand else self.run
+        self.thread = threading.Thread(target=target, args=(list(specs),), name="batch", daemon=True)
         self.thread.start()
+
+    def _expand_and_run(self, specs: list[str]) -> None:
+        files = expand_raw_data(specs, self.project, self.lane)
+        self.call_soon(self.files_listed.emit, files)
+        self.run(files)
 
     def running(self) -> bool:
         """True while a batch started with :meth:`start` runs."""
@@ -203,10 +212,11 @@ class BatchRunner:
         """Stop the batch: the file being written is abandoned and its partial output removed."""
         self.cancel_event.set()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until a batch started with :meth:`start` has ended."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until a batch started with :meth:`start` has ended, at most ``timeout`` seconds; True if it has."""
         if self.thread is not None:
             self.thread.join(timeout)
+        return not self.running()
 
     def _export_one(self, index: int, spec: str, written: dict[str, str]) -> FileOutcome:
         try:

@@ -13,6 +13,7 @@ import tifffile
 
 from tests.conftest import run_cli
 from tests.integration.test_executor import small_project
+from tests.unit.test_lanes_writer import three_lanes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -107,3 +108,23 @@ def test_a_batch_of_only_failing_files_says_how_many_failed(batch, tmp_path):
     assert lines[0].startswith(f"[1/2] skipped {inputs}/cells_broken.tif: "), lines
     assert lines[1].startswith(f"[2/2] skipped {inputs}/missing.tif: "), lines
     assert lines[-1].startswith("batch: 0 of 2 files written, 2 failed"), lines
+
+
+def test_a_batch_retrained_with_any_lane_shown_learns_the_same_classifier(tmp_path):
+    """``--retrain`` trains on every lane's labels, each lane's raw data where the project records it: the batch
+    writes the same probabilities whichever ``--lane`` is given."""
+    outputs = []
+    for lane in ("0", "1"):
+        folder = tmp_path / f"lane{lane}"
+        folder.mkdir()
+        project, _ = three_lanes(folder)
+        out = folder / "out"
+        result = run_cli("--headless", "--no-progress", "--project", project, "--workers", "1", "--retrain",
+                         "--lane", lane, "--output_format", "npy", "--output_filename_format",
+                         str(out / "{nickname}_{result_type}"), "--raw_data", str(folder / "second.h5/data"),
+                         str(folder / "third.h5/data"), timeout=240)
+        assert result.returncode == 0 and "retrained 100 trees" in result.stderr, result.stderr
+        outputs.append(read_outputs(out))
+    assert list(outputs[0]) == list(outputs[1]) == ["second-data_Probabilities.npy", "third-data_Probabilities.npy"]
+    for name, values in outputs[0].items():
+        assert np.array_equal(values, outputs[1][name]), name

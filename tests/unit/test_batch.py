@@ -4,6 +4,7 @@ file named from its nickname, failures skipped, progress per file and overall, c
 from __future__ import annotations
 
 import os
+import threading
 
 import h5py
 import numpy as np
@@ -165,3 +166,20 @@ def test_an_unexpected_failure_ends_only_its_file(trained, services, tmp_path):
     summary = runner.run([str(tmp_path / "odd.npy"), str(tmp_path / "fine.npy")])
     assert [(o.status, o.message) for o in summary.outcomes][0] == (FAILED, "RuntimeError: the classifier broke")
     assert summary.outcomes[1].status == WRITTEN and os.listdir(tmp_path / "out") == ["fine.npy"]
+
+
+def test_a_started_batch_expands_its_patterns_on_its_own_thread_and_lists_the_files_first(trained, services, tmp_path):
+    project, image = trained
+    for name in ("b.npy", "a.npy"):
+        np.save(tmp_path / name, image[:4, :32, :32])
+    out = tmp_path / "out"
+    runner = runner_for(project, services, out)
+    heard: list[tuple[str, object, str]] = []
+    runner.files_listed.connect(lambda files: heard.append(("listed", files, threading.current_thread().name)))
+    runner.file_started.connect(lambda index, spec: heard.append(("started", spec, threading.current_thread().name)))
+    runner.start([str(tmp_path / "*.npy")], expand=True)
+    assert runner.join(timeout=120)
+    files = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    assert heard == [("listed", files, "batch"), ("started", files[0], "batch"), ("started", files[1], "batch")]
+    assert [o.status for o in runner.summary.outcomes] == [WRITTEN, WRITTEN]
+    assert sorted(os.listdir(out)) == ["a_Probabilities.npy", "b_Probabilities.npy"]

@@ -13,7 +13,7 @@ from backend.errors import DataError, UserError
 from backend.io.sources import DataSource
 from backend.io.writers import FORMATS
 from backend.service.export import EXPORT_SOURCES, ExportOptions
-from ilastik_desktop.runtime.batch import WRITTEN, BatchRunner, BatchSummary, FileOutcome, expand_raw_data
+from ilastik_desktop.runtime.batch import WRITTEN, BatchRunner, BatchSummary, FileOutcome
 from ilastik_desktop.runtime.document import Document
 from ilastik_desktop.runtime.services import Services
 from viewer.bridge import GuiBridge
@@ -79,8 +79,6 @@ class BatchDialog(QtWidgets.QDialog):
         form.addRow(self.overall)
         form.addRow(self.message)
         form.addRow(buttons)
-        if parent is not None:
-            parent.installEventFilter(self)  # the window closing ends the batch
 
     # -- the list of files ------------------------------------------------------------------------------
     def _ask_files(self) -> None:
@@ -128,35 +126,39 @@ class BatchDialog(QtWidgets.QDialog):
             return
         project = self.document.project
         pipeline = self.document.gateway.pipeline  # the classifier shown now, for the whole batch
+        shown = self.document.source
         options = ExportOptions(kind=self.source.currentText(), fmt=self.format.currentText(),
                                 filename_pattern=self.pattern.text(), progress=False, threshold=self.threshold())
         try:
-            files = expand_raw_data(self.specs(), project)
-            runner = BatchRunner(self.services, project, options, lambda source: self._fitting(source, pipeline),
-                                 call_soon=self.bridge.post)
+            runner = BatchRunner(self.services, project, options,
+                                 lambda source: self._fitting(source, shown, pipeline), call_soon=self.bridge.post)
         except UserError as exc:
             self.message.setText(str(exc))
             return
-        self.files.setRowCount(0)
-        self.add_files(files)
-        for row in range(self.files.rowCount()):
-            self.files.item(row, STATUS_COLUMN).setText("waiting")
         self.runner = runner
+        runner.files_listed.connect(self._files_listed)
         runner.file_started.connect(self._file_started)
         runner.file_progress.connect(self._file_progress)
         runner.file_finished.connect(self._file_finished)
         runner.finished.connect(self._finished)
-        self.overall.setRange(0, len(files))
-        self.overall.setValue(0)
+        self.overall.setRange(0, 0)  # busy while the patterns are expanded
         self.file_progress.setValue(0)
         self.start.setEnabled(False)
         self.remove.setEnabled(False)
         self.stop.setEnabled(True)
         self.message.setText("processing ...")
-        runner.start(files)
+        runner.start(self.specs(), expand=True)  # the patterns are read in the background (a stack's first file)
 
-    def _fitting(self, source: DataSource, pipeline):
-        shown = self.document.source
+    def _files_listed(self, files: list[str]) -> None:
+        self.files.setRowCount(0)
+        self.add_files(files)
+        for row in range(self.files.rowCount()):
+            self.files.item(row, STATUS_COLUMN).setText("waiting")
+        self.overall.setRange(0, len(files))
+        self.overall.setValue(0)
+
+    @staticmethod
+    def _fitting(source: DataSource, shown: DataSource, pipeline):
         if source.channels != shown.channels or (source.shape[1] > 1) != (shown.shape[1] > 1):
             raise DataError(f"{source.description}: {source.channels} channels, "
                             f"{'3D' if source.shape[1] > 1 else '2D'}; the classifier was trained on "
@@ -190,19 +192,16 @@ class BatchDialog(QtWidgets.QDialog):
         if self.runner is not None:
             self.runner.cancel()
 
-    def finish(self) -> None:
-        """Cancel a running batch and wait until its partial output is removed."""
-        if self.runner is not None:
-            self.runner.cancel()
-            self.runner.join(timeout=30)
-
-    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:  # noqa: N802 - Qt's name
-        if watched is self.parent() and event.type() == QtCore.QEvent.Close and self.running():
-            self.finish()
-        return False
+    def finish(self) -> bool:
+        """Cancel a running batch and wait, at most ``window.batch_stop_s``, until it has stopped and removed its
+        partial output; True if it has."""
+        if self.runner is None:
+            return True
+        self.runner.cancel()
+        return self.runner.join(timeout=self.services.config.window.batch_stop_s)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        self.finish()
+        self.cancel_batch()  # the batch's own thread removes the partial output
         super().closeEvent(event)
 
 
@@ -213,9 +212,13 @@ def open_batch_dialog(window) -> BatchDialog | None:
         window.statusBar().showMessage("open a trained project first; batch processing runs its classifier", 5000)
         return None
     dialog = getattr(window, "batch_dialog", None)
-    if dialog is None or dialog.document is not window.document:
+    if dialog is not None and dialog.document.project.path == window.document.project.path:
+        dialog.document = window.document  # the same project, maybe another lane shown: a running batch goes on
+    else:
+        if dialog is not None and not dialog.finish():
+            window.statusBar().showMessage("the other project's batch is still stopping; try again shortly", 5000)
+            return None
         if dialog is not None:
-            dialog.finish()
             dialog.deleteLater()
         dialog = window.batch_dialog = BatchDialog(window.document, lambda: window.threshold_panel.settings(),
                                                    window.services, window.bridge, window)
