@@ -101,3 +101,4 @@ def test_closing_the_window_ends_a_running_batch_and_removes_its_partial_output(
     assert ".large_Probabilities.h5.partial" in os.listdir(out)
     window.close()
     assert not dialog.running() and os.listdir(out) == []
+

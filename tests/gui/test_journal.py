@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-from PyQt5 import QtCore, QtTest, QtWidgets
 
 from backend.compute.geometry import Roi
 from backend.io.label_journal_format import find_journal
@@ -14,34 +13,9 @@ from backend.io.training import label_blocks
 from backend.private_files import config_dir
 from backend.service.labels import LabelStore
 from ilastik_desktop.runtime.demo import write_demo_project
-from tests.gui.conftest import open_and_settle
+from tests.gui.conftest import BoxAnswers, open_and_settle
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class BoxAnswers:
-    """Clicks the button named ``text`` of each modal message box as it appears; keeps the boxes' texts."""
-
-    pending: list["BoxAnswers"] = []  # answers still expected, so that the teardown guard stands back
-
-    def __init__(self, *buttons: str):
-        self.buttons, self.texts = list(buttons), []
-        self.timer = QtCore.QTimer(interval=20)
-        self.timer.timeout.connect(self._answer)
-        self.timer.start()
-        BoxAnswers.pending.append(self)
-
-    def _answer(self) -> None:
-        box = QtWidgets.QApplication.activeModalWidget()
-        if not isinstance(box, QtWidgets.QMessageBox) or not self.buttons or not box.isVisible():
-            return
-        self.texts.append(box.text())
-        button = next(b for b in box.buttons() if b.text().replace("&", "") == self.buttons[0])
-        self.buttons.pop(0)
-        if not self.buttons:
-            self.timer.stop()
-            BoxAnswers.pending.remove(self)
-        QtTest.QTest.mouseClick(button, QtCore.Qt.LeftButton)
 
 
 def everything(window) -> np.ndarray:
@@ -57,23 +31,6 @@ def paint(window, label: int, column: int) -> None:
     window.training.panel.classes.button(label).setChecked(True)
     window.training.panel.size.setValue(5)
     window.views[0].stroked.emit([(row, column) for row in range(10, 50, 3)])
-
-
-@pytest.fixture
-def new_window(make_window):
-    """Like ``make_window``; a window left with unsaved labels (a test failed midway) is closed after the test
-    without hanging on the question (pytest-qt closes the windows before fixtures end)."""
-    def discard_unexpected_questions():
-        box = QtWidgets.QApplication.activeModalWidget()
-        if isinstance(box, QtWidgets.QMessageBox) and box.isVisible() and not BoxAnswers.pending:
-            box.button(QtWidgets.QMessageBox.Discard).click()
-
-    guard = QtCore.QTimer(interval=50)
-    guard.timeout.connect(discard_unexpected_questions)
-    guard.start()
-    yield make_window
-    guard.stop()
-    BoxAnswers.pending.clear()
 
 
 @pytest.fixture
