@@ -27,6 +27,20 @@ def _missing(reason: str):
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_config_dir(tmp_path_factory):
+    """Every test run gets a configuration folder of its own (keys, journals of labels painted on read-only
+    projects), never the user's: what one run leaves there cannot change another."""
+    folder = str(tmp_path_factory.mktemp("config"))
+    before = os.environ.get("ILASTIK_DESKTOP_CONFIG_DIR")
+    os.environ["ILASTIK_DESKTOP_CONFIG_DIR"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("ILASTIK_DESKTOP_CONFIG_DIR", None)
+    else:
+        os.environ["ILASTIK_DESKTOP_CONFIG_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     """``../shared/data``: real ilastik projects and images."""

@@ -14,6 +14,7 @@ header.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -214,6 +215,8 @@ class LabelJournal:
     def _writable_path(self) -> str:
         beside, fallback = journal_paths(self.project_path, self.fallback_dir)
         try:
+            if not os.stat(os.path.dirname(beside)).st_mode & 0o222:  # marked read-only: root could still write
+                raise PermissionError(errno.EACCES, "the folder is read-only")
             with open(beside, "ab"):
                 pass
             return beside
