@@ -157,6 +157,21 @@ def test_an_unwritable_project_folder_journals_in_the_config_folder_and_says_so(
     journal.close()
 
 
+def test_a_folder_marked_read_only_is_not_written_into_even_by_root(project, fallback):
+    folder = os.path.dirname(project)
+    os.chmod(folder, 0o555)  # as the shared test data is: root could still write there
+    try:
+        messages = []
+        journal = LabelJournal(project, fallback, report=messages.append)
+        journal.record_blocks(0, {(0, 0, 0, 0): labels(1)})
+        written(journal)
+        journal.close()
+        assert journal.path.startswith(fallback) and not os.path.exists(project + ".journal")
+        assert "the folder is read-only" in messages[0]
+    finally:
+        os.chmod(folder, 0o755)
+
+
 def test_records_are_appended_at_once_and_synced_at_most_every_interval(project, fallback, monkeypatch):
     syncs = []
     real = os.fsync
