@@ -26,7 +26,7 @@ from psygnal import Signal
 from backend.compute.pipeline import Pipeline, split_kind
 from backend.distributed.futures import TaskError
 from backend.errors import TransientError, UserError
-from backend.io.dataset import open_lane
+from backend.io.dataset import is_pattern, nickname_of, open_lane
 from backend.io.project import Project
 from backend.io.sources import DataSource, open_source, split_internal_path
 from backend.io.sources.base import SourceReadError
@@ -47,7 +47,6 @@ from ilastik_desktop.runtime.training import call_inline
 
 log = logging.getLogger(__name__)
 WRITTEN, FAILED, CANCELLED, NOT_STARTED = "written", "failed", "cancelled", "not started"
-_GLOB_CHARACTERS = "*?["
 
 
 @dataclass(frozen=True)
@@ -84,24 +83,6 @@ class BatchSummary:
         return f"batch: {', '.join(parts)} ({self.seconds:.1f} s)"
 
 
-def nickname_of(spec: str) -> str:
-    """ilastik's nickname of a raw data spec: the file's name without its extension, with the internal path
-    appended (``raw.h5/volume/data`` -> ``raw-volume-data``); for a stack, the files' common prefix."""
-    paths = [p for p in spec.split(os.pathsep) if p]
-    expanded = sorted(glob.glob(spec)) if _is_pattern(spec) else paths
-    parts = [split_internal_path(p) for p in expanded or paths]
-    external = os.path.commonprefix([os.path.splitext(file)[0] for file, _ in parts])
-    name = os.path.basename(external) if external else ""
-    if not name:
-        name = "stack_at-" + os.path.splitext(os.path.basename(parts[0][0]))[0]
-    internal = os.path.commonprefix([inner or "" for _, inner in parts]).strip("/")
-    return name + ("-" + internal.replace("/", "-") if internal else "")
-
-
-def _is_pattern(spec: str) -> bool:
-    return any(ch in spec for ch in _GLOB_CHARACTERS) and not os.path.exists(spec)
-
-
 def expand_raw_data(specs: Sequence[str], project: Project, lane: int = 0) -> list[str]:
     """The files of a batch: each spec as given, a glob pattern (``'data/*.tif'``, ``'data/*.h5/volume'``)
     replaced by the files it matches (sorted); a pattern matching nothing stays (reported as missing).
@@ -111,7 +92,7 @@ def expand_raw_data(specs: Sequence[str], project: Project, lane: int = 0) -> li
     """
     files: list[str] = []
     for spec in specs:
-        if not _is_pattern(spec):
+        if not is_pattern(spec):
             files.append(spec)
             continue
         pattern, internal = split_internal_path(spec)
