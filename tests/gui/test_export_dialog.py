@@ -39,6 +39,7 @@ def test_default_name_from_the_raw_data_shown_and_a_missing_folder_is_created(qt
 def test_quitting_during_an_export_asks_and_no_keeps_it_running(qtbot, make_window, tmp_path):
     path, _ = small_project(tmp_path, shape=(64, 256, 256), selection=FEATURES)
     window = make_window(interactive=True)
+    window.journal_policy = "keep"  # labels an earlier test painted on a shared project are not asked about
     open_and_settle(qtbot, window, path)
     dialog = window.open_export()
     dialog.format.setCurrentText("npy")

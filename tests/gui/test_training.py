@@ -80,6 +80,7 @@ def test_paint_train_and_save_in_the_window(qtbot, window, tmp_path):
 def test_unsaved_labels_are_asked_about_before_another_project_opens(qtbot, make_window, tmp_path, data_dir):
     path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
     window = make_window(interactive=True)
+    window.journal_policy = "keep"  # labels an earlier test painted on a shared project are not asked about
     open_and_settle(qtbot, window, path)
     window.training.panel.live.setChecked(False)
     window.views[0].stroked.emit([(10, 10)])
