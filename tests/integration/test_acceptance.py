@@ -111,7 +111,7 @@ def test_default_output_next_to_the_data(tmp_path, data_dir, copy_of):
     assert result.returncode == 0, result.stderr
     # named as ilastik names it: from the given file and its internal path (DatasetInfo.create_nickname)
     assert os.path.exists(tmp_path / "raw-exported_data_Probabilities.h5")
-    assert "blocks" in result.stderr and "Mvoxel/s" in result.stderr
+    assert "(1 block," in result.stderr and "Mvoxel/s" in result.stderr
 
 
 def test_retrained_forest_loads_in_vigra_and_predicts_identically(tmp_path, data_dir, vigra_python, copy_of):

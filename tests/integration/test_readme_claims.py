@@ -58,7 +58,7 @@ def test_allow_list_files_on_both_sides(project, tmp_path):
                          str(app_dir), "--connect", f"{endpoint},{worker_key(worker_dir).decode()}",
                          "--block_shape", "8,32,32", timeout=180)
         assert result.returncode == 0, result.stderr
-        assert "1 worker processes" in result.stderr
+        assert "1 worker process)" in result.stderr
         exported = np.load(tmp_path / "out.npy")
         assert exported.shape == (24, 96, 96, 2)
         assert np.allclose(exported[4:12, 8:40, 16:48], expected, atol=1e-6)
