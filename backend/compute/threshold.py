@@ -1,4 +1,10 @@
-"""Objects from probabilities, as ilastik 1.4's thresholding applet computes them for one time frame."""
+"""Objects from probabilities, as ilastik 1.4's thresholding applet computes them for one time frame.
+
+The rules follow lazyflow's ``OpThresholdTwoLevels``: object IDs are the connected-component IDs of the
+thresholded mask (raster order of each component's first voxel, direct neighbourhood), kept through
+the size filter with their gaps (``OpFilterLabels`` never relabels). In hysteresis mode with two
+different channels, the low threshold applies to the sum of both smoothed channels.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ class ThresholdSettings:
     sigmas: tuple[float, float, float] = (1.0, 1.0, 1.0)  # z, y, x
     channel: int = 0
     core_channel: int = 0
+    relabel: bool = False  # consecutive IDs 1..n instead of ilastik's (our option, not ilastik's)
 
 
 def default_channel(class_names: list[str]) -> int:
@@ -69,25 +76,27 @@ def _size_filter(labels: np.ndarray, count: int, min_size: int, max_size: int) -
 
 
 def threshold_frame(probabilities: np.ndarray, settings: ThresholdSettings) -> np.ndarray:
-    """uint32 object labels (0 = background, 1..n in scan order) of one (z, y, x, channels) frame."""
+    """uint32 object labels (0 = background) of one (z, y, x, channels) frame, with ilastik's IDs."""
     channels = probabilities.shape[-1]
     for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
         if not 0 <= index < channels:
             raise ValueError(f"threshold {name} {index} does not exist (the frame has {channels} channels)")
-    low = smooth(probabilities[..., settings.channel], settings.sigmas) >= settings.low
-    if settings.method == 0:
-        labels, count = _components(low)
-        keep = _size_filter(labels, count, settings.min_size, settings.max_size)
-    else:
-        core = smooth(probabilities[..., settings.core_channel], settings.sigmas) >= settings.high
-        core_labels, core_count = _components(core)
+    final_input = smooth(probabilities[..., settings.channel], settings.sigmas)
+    if settings.method == 1 and settings.core_channel != settings.channel:
+        core_input = smooth(probabilities[..., settings.core_channel], settings.sigmas)
+        final_input = final_input + core_input  # lazyflow's opSumInputs
+    elif settings.method == 1:
+        core_input = final_input
+    labels, count = _components(final_input >= settings.low)
+    keep = _size_filter(labels, count, settings.min_size, settings.max_size)
+    if settings.method == 1:
+        core_labels, core_count = _components(core_input >= settings.high)
         cores = _size_filter(core_labels, core_count, settings.min_size, settings.max_size)
-        labels, count = _components(low)
         seeded = np.zeros(count + 1, bool)
-        seeded[np.unique(labels[cores])] = True
+        seeded[labels[cores]] = True
         seeded[0] = False
-        grown = seeded[labels]
-        labels, count = _components(grown)
-        keep = _size_filter(labels, count, settings.min_size, settings.max_size)
-    out, _ = _components(keep)
-    return out.astype(np.uint32)
+        keep &= seeded[labels]
+    labels[~keep] = 0
+    if settings.relabel:
+        labels, _ = _components(keep)
+    return labels.astype(np.uint32, copy=False)
