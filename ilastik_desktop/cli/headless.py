@@ -6,16 +6,19 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 
 from backend.compute.pipeline import Pipeline, split_kind
+from backend.compute.threshold import ThresholdSettings
 from backend.distributed.futures import TaskError
 from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.io.sources import DataSource
+from backend.io.sources import DataSource, open_source
 from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
+from backend.service.prediction_maps import export_objects
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
@@ -36,6 +39,8 @@ def run_headless(settings: Settings) -> int:
         signal.signal(signum, _interrupt)
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a damaged file: our line says it
     project = open_project(settings.project)
+    if settings.prediction_maps:
+        return run_prediction_maps(settings, project)
     files = expand_raw_data(settings.raw_data, project, settings.lane)
     if len(files) > 1:
         return run_batch(settings, project, files)
@@ -122,3 +127,51 @@ def _report(index: int, count: int, outcome: FileOutcome) -> None:
     reason = outcome.message.removeprefix(f"{outcome.spec}: ")
     line = f"skipped {outcome.spec}: {reason}" if outcome.status == FAILED else f"{outcome.spec}: {reason}"
     print(f"[{index + 1}/{count}] {line}", file=sys.stderr, flush=True)
+
+
+def run_prediction_maps(settings: Settings, project: Project) -> int:
+    """Threshold each given probability map into Objects with the project's thresholding settings (``--threshold``
+    over them); no classifier, no workers. Several maps: a line per map and a summary line, exit code 1 if any
+    failed (it is skipped, the others are written)."""
+    for given, option in ((settings.raw_data, "--raw_data"), (settings.retrain, "--retrain"),
+                          (settings.cutout, "--cutout_subregion")):
+        if given:
+            raise UserError(f"{option} is not used with --prediction_maps (the objects are thresholded from the "
+                            "whole of each map, and outputs are named after the maps)")
+    threshold = parse_threshold(settings.threshold or "", project.threshold, ANY_CHANNEL_COUNT)
+    files = expand_raw_data(settings.prediction_maps, project, settings.lane)
+    if len(files) == 1:
+        print(_export_map(settings, threshold, files[0]), file=sys.stderr)
+        return 0
+    started, failed = time.perf_counter(), 0
+    for index, spec in enumerate(files):
+        try:
+            line = f"{spec}: {_export_map(settings, threshold, spec)}"
+        except UserError as exc:
+            failed += 1
+            line = f"skipped {spec}: {str(exc).removeprefix(f'{spec}: ')}"
+        print(f"[{index + 1}/{len(files)}] {line}", file=sys.stderr, flush=True)
+    parts = [f"{len(files) - failed} of {len(files)} files written"] + ([f"{failed} failed"] if failed else [])
+    print(f"batch: {', '.join(parts)} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# the maps' channels are checked for each map (naming it), not against the project's classes
+ANY_CHANNEL_COUNT = 2**31
+
+
+def _export_map(settings: Settings, threshold: ThresholdSettings, spec: str) -> str:
+    """Threshold one map and write its Objects; returns the ``wrote ...`` line."""
+    source = open_source(spec, settings.input_axes)
+    try:
+        try:
+            result, highest = export_objects(source, nickname_of(spec), threshold, settings.export)
+        except SourceReadError as exc:
+            raise UserError(f"the export failed and its partial output was removed: {exc}") from None
+    finally:
+        release = getattr(source, "close", None)  # an HDF5 source holds its file open
+        if release is not None:
+            release()
+    rate = result.voxels / max(result.seconds, 1e-9)
+    return (f"wrote {result.path} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
+            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest})")

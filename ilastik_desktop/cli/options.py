@@ -34,6 +34,11 @@ def add_input_options(p: argparse.ArgumentParser, several: bool = False) -> None
     else:
         g.add_argument("--raw_data", metavar="FILE[/internal/path]",
                        help="use this image instead of the project's raw data (e.g. when the project was moved)")
+    if several:
+        g.add_argument("--prediction_maps", action="extend", nargs="+", metavar="FILE[/internal/path]",
+                       help="with --headless --export_source Objects: threshold these probability maps with the "
+                       "project's thresholding settings instead of predicting (no classifier needed); several "
+                       "files or a quoted glob pattern give one output per map, named from its {nickname}")
     g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
     g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
     g.add_argument("--retrain", action="store_true",
@@ -182,8 +187,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     project, raw_data = project_and_raw_data(args)
     if not project:
         raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
+    maps = tuple(getattr(args, "prediction_maps", None) or ())
+    if maps and args.export_source not in (None, ["Objects"]):
+        raise UserError("--prediction_maps exports Objects only (--export_source Objects): the maps are "
+                        "thresholded, not predicted")
     export = ExportOptions(
-        kind=combined_kind(args.export_source or ["Probabilities"]),
+        kind=combined_kind(args.export_source or ["Objects" if maps else "Probabilities"]),
         fmt=args.output_format,
         filename_pattern=args.output_filename_format,
         internal_path=args.output_internal_path,
@@ -192,7 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
     return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,
                     threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
-                    compute=compute_from_args(args))
+                    compute=compute_from_args(args), prediction_maps=maps)
 
 
 

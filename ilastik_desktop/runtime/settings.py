@@ -51,6 +51,7 @@ class Settings:
     cutout: str | None = None
     threshold: str | None = None  # --threshold overrides, applied over the project's settings
     compute: ComputeSettings = ComputeSettings()
+    prediction_maps: tuple[str, ...] = ()  # probability maps to threshold into Objects instead of predicting
 
 
 def process_limit(config: WorkerConfig) -> tuple[int, str]:

@@ -1,0 +1,163 @@
+"""Objects from a given probability map, as ilastik's "Object Classification (from prediction image)" workflow
+thresholds it: the map is read frame by frame, brought to float32 in [0, 1] and labelled with the project's
+thresholding settings; no classifier is involved.
+
+The input step follows lazyflow's ``OpThresholdTwoLevels``: convert to float32, then rescale from the map's data
+range to [0, 1] unless that range is already [0, 1]. The range is the map's ``drange`` attribute (HDF5, zarr, N5)
+if it has one; else the full range of an integer pixel type (uint8: 0 to 255); a float map without one is taken
+as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from backend.compute.geometry import Roi
+from backend.compute.threshold import ThresholdSettings, threshold_frame
+from backend.errors import DataError, UserError
+from backend.io.sources import DataSource
+from backend.io.writers import BlockWriter, output_axes
+from backend.service.export import ExportCancelled, ExportOptions, ExportResult, check_internal_path, output_path
+from backend.service.objects import OBJECTS
+
+Box = tuple[int, int, int]
+ReadBox = Callable[[Box, Box], np.ndarray]
+WriteBox = Callable[[Box, np.ndarray], None]
+
+
+def label_frame(read_box: ReadBox, frame_shape: Box, settings: ThresholdSettings, write_box: WriteBox,
+                progress: Callable[[float], None] | None = None) -> int:
+    """Label the objects of one (z, y, x) frame with ilastik's IDs and return the highest object ID.
+
+    ``read_box(start, stop)`` gives the float32 ``(z, y, x, channels)`` probabilities of a box, already in
+    [0, 1]; ``write_box(start, labels)`` receives the uint32 ``(z, y, x)`` labels of a box; ``progress`` is told
+    the share of the frame done (0 to 1).
+    """
+    origin = (0, 0, 0)
+    labels = threshold_frame(read_box(origin, tuple(frame_shape)), settings)
+    if progress is not None:
+        progress(0.5)
+    write_box(origin, labels)
+    if progress is not None:
+        progress(1.0)
+    return int(labels.max(initial=0))
+
+
+def declared_range(source: DataSource) -> tuple[float, float] | None:
+    """The ``drange`` attribute of a map's dataset (HDF5, zarr, N5), None if it has none; DataError naming the
+    file if it is not two increasing finite numbers."""
+    value = _drange_attribute(source)
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in np.asarray(value).ravel())
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise DataError(f"{source.description}: its drange attribute {value!r} is not a range (expected two "
+                        "numbers, the lower first)")
+    return low, high
+
+
+def _drange_attribute(source: DataSource):
+    from backend.io.sources.hdf5 import Hdf5Source
+    from backend.io.sources.n5 import N5Source
+    from backend.io.sources.zarr_source import ZarrSource
+
+    if isinstance(source, Hdf5Source):
+        import h5py
+
+        with h5py.File(source.path, "r") as f:
+            return f[source.internal].attrs.get("drange")
+    if isinstance(source, ZarrSource):
+        return source.array.attrs.get("drange")
+    if isinstance(source, N5Source):
+        with open(os.path.join(source.path, "attributes.json")) as f:
+            return json.load(f).get("drange")
+    return None
+
+
+def data_range(source: DataSource) -> tuple[float, float] | None:
+    """The range that maps to [0, 1]: the declared ``drange``, else an integer type's full range; None for a float
+    map without ``drange`` (used as it is)."""
+    declared = declared_range(source)
+    if declared is not None:
+        return declared
+    if np.issubdtype(source.dtype, np.integer):
+        info = np.iinfo(source.dtype)
+        return float(info.min), float(info.max)
+    return None
+
+
+def normalize(values: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """``values`` as float32, rescaled from ``value_range`` to [0, 1] unless it is None or already (0, 1)."""
+    out = values.astype(np.float32)
+    if value_range is None or value_range == (0.0, 1.0):
+        return out
+    low, high = value_range
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    return out
+
+
+def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
+    """UserError naming the map if the settings' channel or core channel is not one of its channels."""
+    for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
+        if index >= source.channels:
+            raise UserError(f"{source.description}: the thresholding {name} is {index} but this map has "
+                            f"{source.channels} channel{'s' if source.channels != 1 else ''} (0 to "
+                            f"{source.channels - 1}); choose one with --threshold {name.replace(' ', '_')}=N")
+
+
+def export_objects(source: DataSource, nickname: str, settings: ThresholdSettings, options: ExportOptions,
+                   on_progress: Callable[[float, int], None] | None = None,
+                   cancel: threading.Event | None = None) -> tuple[ExportResult, int]:
+    """Threshold every frame of the map ``source`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
+    does; returns where and how long, and the highest object ID of all frames. ``on_progress(done, total)``
+    counts frames (``done`` may be a fraction); setting ``cancel`` stops with :class:`ExportCancelled`. The
+    partial output is removed on any failure."""
+    check_map_channels(source, settings)
+    value_range = data_range(source)
+    frames, *frame_shape = source.spatial_shape
+    region = Roi.from_shape(source.spatial_shape)
+    path = output_path(options.filename_pattern, options.fmt, source, nickname, OBJECTS)
+    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, 1, np.dtype(np.uint32),
+                         (1, *frame_shape), check_internal_path(options.internal_path), source.voxel_size)
+    started = time.perf_counter()
+    highest = 0
+    bar = tqdm(total=frames, unit="frame", desc=OBJECTS, file=sys.stderr, disable=not options.progress,
+               dynamic_ncols=True)
+    try:
+        for t in range(frames):
+            if cancel is not None and cancel.is_set():
+                raise ExportCancelled("the export was cancelled")
+
+            def read_box(start: Box, stop: Box, t: int = t) -> np.ndarray:
+                values = source.read(Roi((t, *start), (t + 1, *stop)))[0]
+                return normalize(values, value_range)
+
+            def write_box(start: Box, labels: np.ndarray, t: int = t) -> None:
+                stop = tuple(s + n for s, n in zip(start, labels.shape))
+                writer.write(Roi((t, *start), (t + 1, *stop)), labels[None, ..., None])
+
+            def advance(share: float, t: int = t) -> None:
+                bar.update(int(t + share) - bar.n)  # whole frames on the bar
+                if on_progress is not None:
+                    on_progress(t + share, frames)
+
+            highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    return ExportResult(path, frames, time.perf_counter() - started, region.size, (path,)), highest

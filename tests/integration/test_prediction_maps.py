@@ -1,0 +1,171 @@
+"""``--prediction_maps``: Objects thresholded from a given probability map (ilastik's "Object Classification (from
+prediction image)" input), through the real command line, compared with ``threshold_frame`` on the same frames."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from backend.compute.geometry import Roi
+from backend.compute.threshold import ThresholdSettings, threshold_frame
+from backend.errors import UserError
+from backend.io.sources import open_source
+from backend.service.prediction_maps import data_range, normalize
+from tests.conftest import run_cli
+
+OC_PROJECT = os.path.join("ilastik-timeseries", "pc-oc-133.ilp")
+UNTRAINED_PC_PROJECT = os.path.join("ilastik-api", "PixelClassNoClassifier.ilp")
+
+
+def blobs(shape: tuple[int, ...], channels: int, seed: int, spatial: int = 2) -> np.ndarray:
+    """float32 probabilities in [0, 1] of shape ``shape + (channels,)``: noise below 0.4 and, in each frame (the
+    last ``spatial`` axes), bright boxes in random channels."""
+    rng = np.random.default_rng(seed)
+    maps = (rng.random(shape + (channels,)) * 0.4).astype(np.float32)
+    for frame in maps.reshape((-1,) + shape[-spatial:] + (channels,)):
+        for _ in range(8):
+            sizes = rng.integers(4, 9, spatial)
+            corner = [rng.integers(0, n - s) for n, s in zip(frame.shape, sizes)]
+            box = tuple(slice(c, c + s) for c, s in zip(corner, sizes))
+            frame[box + (rng.integers(channels),)] = 0.95
+    return maps
+
+
+def write_h5(path, data: np.ndarray, axes: str, **attrs) -> None:
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("exported_data", data=data)
+        ds.attrs["axistags"] = json.dumps({"axes": [{"key": a} for a in axes]})
+        ds.attrs.update(attrs)
+
+
+def objects(path: str, internal: str = "exported_data") -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f[internal][()]
+
+
+def pmaps(tmp_path, project: str, *specs: str, extra: tuple[str, ...] = ()):
+    return run_cli("--headless", "--no-progress", "--project", project, "--prediction_maps", *specs, *extra,
+                   cwd=str(tmp_path))
+
+
+def test_oc_project_thresholds_each_frame_of_an_hdf5_map(tmp_path, data_dir):
+    maps = blobs((5, 40, 60), 2, seed=1)
+    write_h5(tmp_path / "maps.h5", maps, "tyxc")
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps.h5/exported_data",
+                   extra=("--export_source", "Objects"))
+    assert result.returncode == 0, result.stderr
+    written = str(tmp_path / "maps-exported_data_Objects.h5")  # {dataset_dir}/{nickname}_Objects
+    assert f"wrote {written} (5 frames" in result.stderr
+    labels = objects(written)
+    assert labels.shape == (5, 40, 60, 1) and labels.dtype == np.uint32
+    settings = ThresholdSettings()  # what pc-oc-133.ilp's ThresholdTwoLevels holds
+    for t in range(5):
+        expected = threshold_frame(maps[t][None], settings)[0]
+        np.testing.assert_array_equal(labels[t, ..., 0], expected)
+        assert expected.max() > 0
+    assert f"highest object ID {labels.max()}" in result.stderr
+    with h5py.File(written, "r") as f:
+        assert [a["key"] for a in json.loads(f["exported_data"].attrs["axistags"])["axes"]] == list("tyxc")
+
+
+def test_project_settings_with_threshold_override_on_a_3d_zarr_map(tmp_path, data_dir):
+    project = tmp_path / "oc.ilp"
+    shutil.copyfile(os.path.join(data_dir, OC_PROJECT), project)
+    with h5py.File(project, "r+") as f:  # the project's own settings differ from ilastik's defaults
+        group = f["ThresholdTwoLevels"]
+        for name, value in (("MinSize", 6), ("HighThreshold", 0.9), ("CurOperator", 1)):
+            del group[name]
+            group[name] = value
+    maps = blobs((12, 30, 40), 3, seed=2, spatial=3)
+    zarr.save_array(str(tmp_path / "maps.zarr"), maps)
+    result = pmaps(tmp_path, str(project), "maps.zarr", extra=(
+        "--input_axes", "zyxc", "--threshold", "channel=2,core_channel=1,low=0.45,sigmas=0.5:1:1",
+        "--output_format", "tif"))
+    assert result.returncode == 0, result.stderr
+    labels = tifffile.imread(tmp_path / "maps_Objects.tif")
+    settings = ThresholdSettings(method=1, min_size=6, high=0.9, low=0.45, sigmas=(0.5, 1.0, 1.0), channel=2,
+                                 core_channel=1)
+    expected = threshold_frame(maps, settings)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(labels.reshape(expected.shape), expected)
+    defaults = threshold_frame(maps, dataclasses.replace(settings, method=0, min_size=10, high=0.8))
+    assert not np.array_equal(expected, defaults)  # the project's and the option's values made the difference
+
+
+def test_untrained_project_rescales_uint8_and_drange_maps_in_a_batch(tmp_path, data_dir):
+    maps = blobs((3, 30, 40), 1, seed=3)[..., 0]
+    as_uint8 = np.round(maps * 255).astype(np.uint8)
+    np.save(tmp_path / "bytes.npy", as_uint8)  # no drange: uint8's full range 0..255
+    write_h5(tmp_path / "percent.h5", maps * 100, "tyx", drange=(0.0, 100.0))
+    result = pmaps(tmp_path, os.path.join(data_dir, UNTRAINED_PC_PROJECT), "bytes.npy", "percent.h5",
+                   extra=("--input_axes", "tyx"))
+    assert result.returncode == 0, result.stderr
+    assert "[1/2] bytes.npy: wrote" in result.stderr and "[2/2] percent.h5: wrote" in result.stderr
+    assert "batch: 2 of 2 files written" in result.stderr
+    settings = ThresholdSettings()
+    for name, frames in (("bytes", as_uint8.astype(np.float32) / np.float32(255)),
+                         ("percent", (maps * 100).astype(np.float32) / np.float32(100))):
+        labels = objects(str(tmp_path / f"{name}_Objects.h5"))
+        assert labels.shape == (3, 30, 40, 1)
+        for t in range(3):
+            np.testing.assert_array_equal(labels[t, ..., 0], threshold_frame(frames[t][None, ..., None],
+                                                                              settings)[0])
+        assert labels.max() > 0
+
+
+def test_data_range_rule(tmp_path):
+    """drange if the file has one, else an integer type's full range, else (float) the values as they are."""
+    cases = {"u8.npy": (np.array([[0, 51, 255]], np.uint8), (0.0, 255.0)),
+             "i16.npy": (np.array([[-32768, 0, 32767]], np.int16), (-32768.0, 32767.0)),
+             "f.npy": (np.array([[0.0, 0.25, 1.5]], np.float32), None)}
+    for name, (values, expected) in cases.items():
+        np.save(tmp_path / name, values)
+        assert data_range(open_source(str(tmp_path / name))) == expected, name
+    write_h5(tmp_path / "d.h5", np.array([[0, 200, 400]], np.uint16), "yx", drange=(0, 400))
+    source = open_source(str(tmp_path / "d.h5"))
+    assert data_range(source) == (0.0, 400.0)
+    values = source.read(Roi.from_shape(source.spatial_shape))
+    np.testing.assert_array_equal(normalize(values, data_range(source)).ravel(), [0.0, 0.5, 1.0])
+    write_h5(tmp_path / "bad.h5", np.zeros((2, 2), np.float32), "yx", drange=(1.0, 1.0))
+    with pytest.raises(UserError, match="bad.h5/exported_data: its drange attribute"):
+        data_range(open_source(str(tmp_path / "bad.h5")))
+
+
+@pytest.mark.parametrize("option", ["channel=1", "method=hysteresis,core_channel=2"])
+def test_channel_missing_from_the_map_is_one_line(tmp_path, data_dir, option):
+    write_h5(tmp_path / "maps.h5", blobs((2, 20, 20), 1, seed=4), "tyxc")
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps.h5", extra=("--threshold", option))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "maps.h5/exported_data" in lines[0] and "this map has 1 channel" in lines[0], lines
+    assert "Traceback" not in result.stderr
+    assert not [p for p in os.listdir(tmp_path) if "Objects" in p]
+
+
+def test_unreadable_map_is_one_line_and_skipped_in_a_batch(tmp_path, data_dir):
+    (tmp_path / "broken.h5").write_bytes(b"not an hdf5 file")
+    write_h5(tmp_path / "good.h5", blobs((2, 20, 20), 1, seed=5), "tyxc")
+    project = os.path.join(data_dir, OC_PROJECT)
+    alone = pmaps(tmp_path, project, "broken.h5")
+    assert alone.returncode == 2
+    assert alone.stderr.strip().splitlines() == [alone.stderr.strip()] and "broken.h5" in alone.stderr
+    assert "Traceback" not in alone.stderr
+    batch = pmaps(tmp_path, project, "*.h5")
+    assert batch.returncode == 1, batch.stderr
+    assert "[1/2] skipped" in batch.stderr and "broken.h5" in batch.stderr
+    assert "[2/2]" in batch.stderr and "batch: 1 of 2 files written, 1 failed" in batch.stderr
+    assert objects(str(tmp_path / "good_Objects.h5")).shape == (2, 20, 20, 1)
+    assert not (tmp_path / "broken_Objects.h5").exists()
+
+
+def test_prediction_maps_refuse_other_export_sources(tmp_path, data_dir):
+    write_h5(tmp_path / "maps.h5", blobs((1, 20, 20), 1, seed=6), "tyxc")
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps.h5",
+                   extra=("--export_source", "Probabilities"))
+    assert result.returncode == 2 and "--prediction_maps exports Objects only" in result.stderr
