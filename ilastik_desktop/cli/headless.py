@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource, open_source
 from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
+from backend.service.objects import OBJECTS
 from backend.service.prediction_maps import export_objects
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
@@ -140,13 +142,14 @@ def run_prediction_maps(settings: Settings, project: Project) -> int:
                             "whole of each map, and outputs are named after the maps)")
     threshold = parse_threshold(settings.threshold or "", project.threshold, ANY_CHANNEL_COUNT)
     files = expand_raw_data(settings.prediction_maps, project, settings.lane)
+    written: dict[str, str] = {}  # output (real path) -> the map it was written from
     if len(files) == 1:
-        print(_export_map(settings, threshold, files[0]), file=sys.stderr)
+        print(_export_map(settings, threshold, files[0], written), file=sys.stderr)
         return 0
     started, failed = time.perf_counter(), 0
     for index, spec in enumerate(files):
         try:
-            line = f"{spec}: {_export_map(settings, threshold, spec)}"
+            line = f"{spec}: {_export_map(settings, threshold, spec, written)}"
         except UserError as exc:
             failed += 1
             line = f"skipped {spec}: {str(exc).removeprefix(f'{spec}: ')}"
@@ -160,18 +163,26 @@ def run_prediction_maps(settings: Settings, project: Project) -> int:
 ANY_CHANNEL_COUNT = 2**31
 
 
-def _export_map(settings: Settings, threshold: ThresholdSettings, spec: str) -> str:
-    """Threshold one map and write its Objects; returns the ``wrote ...`` line."""
+def _export_map(settings: Settings, threshold: ThresholdSettings, spec: str, written: dict[str, str]) -> str:
+    """Threshold one map and write its Objects, unless that would overwrite an output ``written`` before in this
+    run (UserError); returns the ``wrote ...`` line."""
     source = open_source(spec, settings.input_axes)
     try:
+        nickname = nickname_of(spec)
+        target = os.path.realpath(output_path(settings.export.filename_pattern, settings.export.fmt, source,
+                                              nickname, OBJECTS))
+        if target in written:
+            raise UserError(f"{spec}: its output {target} would overwrite the output of {written[target]} (put "
+                            "{nickname} or {dataset_dir} in the file name pattern)")
         try:
-            result, highest = export_objects(source, nickname_of(spec), threshold, settings.export)
+            result, highest = export_objects(source, nickname, threshold, settings.export)
         except SourceReadError as exc:
             raise UserError(f"the export failed and its partial output was removed: {exc}") from None
     finally:
         release = getattr(source, "close", None)  # an HDF5 source holds its file open
         if release is not None:
             release()
+    written[target] = spec
     rate = result.voxels / max(result.seconds, 1e-9)
     return (f"wrote {result.path} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
             f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest})")

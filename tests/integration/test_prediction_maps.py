@@ -5,9 +5,12 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import time
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 import tifffile
 import zarr
@@ -18,6 +21,7 @@ from backend.errors import UserError
 from backend.io.sources import open_source
 from backend.service.prediction_maps import data_range, normalize
 from tests.conftest import run_cli
+from tests.integration.test_faults import Run
 
 OC_PROJECT = os.path.join("ilastik-timeseries", "pc-oc-133.ilp")
 UNTRAINED_PC_PROJECT = os.path.join("ilastik-api", "PixelClassNoClassifier.ilp")
@@ -169,3 +173,44 @@ def test_prediction_maps_refuse_other_export_sources(tmp_path, data_dir):
     result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps.h5",
                    extra=("--export_source", "Probabilities"))
     assert result.returncode == 2 and "--prediction_maps exports Objects only" in result.stderr
+
+
+def test_two_maps_never_write_one_output(tmp_path, data_dir):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_h5(tmp_path / folder / "maps.h5", blobs((1, 20, 20), 1, seed=7), "tyxc")
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "a/maps.h5", "b/maps.h5",
+                   extra=("--output_filename_format", str(tmp_path / "objects")))
+    assert result.returncode == 1, result.stderr
+    assert "[1/2] a/maps.h5: wrote" in result.stderr
+    assert "[2/2] skipped b/maps.h5: its output" in result.stderr and "output of a/maps.h5" in result.stderr
+
+
+@pytest.mark.timeout(240)
+def test_a_declared_huge_map_is_labelled_frame_by_frame_in_flat_memory_until_stopped(tmp_path, data_dir):
+    """100 GB of declared (never written) float32 frames: memory stays flat, SIGTERM removes the partial output."""
+    with h5py.File(tmp_path / "huge.h5", "w") as f:
+        f.create_dataset("maps", shape=(100_000, 512, 512), chunks=(1, 512, 512), dtype=np.float32, fillvalue=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = Run("--headless", "--project", os.path.join(data_dir, OC_PROJECT), "--prediction_maps",
+              str(tmp_path / "huge.h5"), "--input_axes", "tyx", "--output_format", "zarr",
+              "--output_filename_format", str(out / "objects"))
+    try:
+        app = psutil.Process(run.process.pid)
+        run.wait_progress(20)
+        after_20 = app.memory_info().rss >> 20
+        run.wait_progress(120)
+        grown = (app.memory_info().rss >> 20) - after_20
+        started = time.monotonic()
+        run.process.send_signal(signal.SIGTERM)
+        code = run.finish(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    stderr = "".join(run.stderr)
+    assert grown < 64, f"the app grew by {grown} MB over 100 frames of 1 MB"
+    assert code == 130 and took < 5, (code, took, stderr[-3000:])
+    assert "Traceback" not in stderr and "interrupted; unfinished output was removed" in stderr
+    assert os.listdir(out) == []
