@@ -22,6 +22,7 @@ from backend.io.sources import open_source
 from backend.service.prediction_maps import data_range, normalize
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
+from tests.unit.test_sources import _write_n5
 
 OC_PROJECT = os.path.join("ilastik-timeseries", "pc-oc-133.ilp")
 UNTRAINED_PC_PROJECT = os.path.join("ilastik-api", "PixelClassNoClassifier.ilp")
@@ -136,6 +137,15 @@ def test_data_range_rule(tmp_path):
     assert data_range(source) == (0.0, 400.0)
     values = source.read(Roi.from_shape(source.spatial_shape))
     np.testing.assert_array_equal(normalize(values, data_range(source)).ravel(), [0.0, 0.5, 1.0])
+    stored = zarr.open_array(str(tmp_path / "d.zarr"), mode="w", shape=(4, 4), dtype=np.float32)
+    stored.attrs["drange"] = [0, 10]
+    assert data_range(open_source(str(tmp_path / "d.zarr"))) == (0.0, 10.0)
+    _write_n5(str(tmp_path / "d.n5"), np.zeros((2, 4, 4), np.uint16), (2, 4, 4), "raw")
+    with open(tmp_path / "d.n5" / "attributes.json") as f:
+        attributes = json.load(f)
+    with open(tmp_path / "d.n5" / "attributes.json", "w") as f:
+        json.dump({**attributes, "drange": [0, 1000]}, f)
+    assert data_range(open_source(str(tmp_path / "d.n5"))) == (0.0, 1000.0)
     write_h5(tmp_path / "bad.h5", np.zeros((2, 2), np.float32), "yx", drange=(1.0, 1.0))
     with pytest.raises(UserError, match="bad.h5/exported_data: its drange attribute"):
         data_range(open_source(str(tmp_path / "bad.h5")))
