@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import DataError, UserError
 from backend.io.sources import DataSource
 from backend.io.writers import BlockWriter, output_axes
-from backend.service.export import ExportCancelled, ExportOptions, ExportResult, check_internal_path, output_path
+from backend.service.export import ExportOptions, ExportResult, check_internal_path, output_path
 from backend.service.objects import OBJECTS
 
 Box = tuple[int, int, int]
@@ -117,13 +116,11 @@ def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
                             f"{source.channels - 1}); choose one with --threshold {name.replace(' ', '_')}=N")
 
 
-def export_objects(source: DataSource, nickname: str, settings: ThresholdSettings, options: ExportOptions,
-                   on_progress: Callable[[float, int], None] | None = None,
-                   cancel: threading.Event | None = None) -> tuple[ExportResult, int]:
+def export_objects(source: DataSource, nickname: str, settings: ThresholdSettings,
+                   options: ExportOptions) -> tuple[ExportResult, int]:
     """Threshold every frame of the map ``source`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
-    does; returns where and how long, and the highest object ID of all frames. ``on_progress(done, total)``
-    counts frames (``done`` may be a fraction); setting ``cancel`` stops with :class:`ExportCancelled`. The
-    partial output is removed on any failure."""
+    does; returns where and how long, and the highest object ID of all frames. The partial output is removed on
+    any failure or interruption."""
     check_map_channels(source, settings)
     value_range = data_range(source)
     frames, *frame_shape = source.spatial_shape
@@ -137,21 +134,10 @@ def export_objects(source: DataSource, nickname: str, settings: ThresholdSetting
                dynamic_ncols=True)
     try:
         for t in range(frames):
-            if cancel is not None and cancel.is_set():
-                raise ExportCancelled("the export was cancelled")
-
-            def read_box(start: Box, stop: Box, t: int = t) -> np.ndarray:
-                values = source.read(Roi((t, *start), (t + 1, *stop)))[0]
-                return normalize(values, value_range)
-
-            def write_box(start: Box, labels: np.ndarray, t: int = t) -> None:
-                stop = tuple(s + n for s, n in zip(start, labels.shape))
-                writer.write(Roi((t, *start), (t + 1, *stop)), labels[None, ..., None])
+            read_box, write_box = _frame_boxes(source, t, value_range, writer)
 
             def advance(share: float, t: int = t) -> None:
                 bar.update(int(t + share) - bar.n)  # whole frames on the bar
-                if on_progress is not None:
-                    on_progress(t + share, frames)
 
             highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance))
         writer.commit()
@@ -161,3 +147,17 @@ def export_objects(source: DataSource, nickname: str, settings: ThresholdSetting
     finally:
         bar.close()
     return ExportResult(path, frames, time.perf_counter() - started, region.size, (path,)), highest
+
+
+def _frame_boxes(source: DataSource, t: int, value_range: tuple[float, float] | None,
+                 writer: BlockWriter) -> tuple[ReadBox, WriteBox]:
+    """``label_frame``'s access to frame ``t``: normalized boxes of the map, labels into the writer."""
+
+    def read_box(start: Box, stop: Box) -> np.ndarray:
+        return normalize(source.read(Roi((t, *start), (t + 1, *stop)))[0], value_range)
+
+    def write_box(start: Box, labels: np.ndarray) -> None:
+        stop = tuple(s + n for s, n in zip(start, labels.shape))
+        writer.write(Roi((t, *start), (t + 1, *stop)), labels[None, ..., None])
+
+    return read_box, write_box

@@ -19,7 +19,7 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import UserError
 from backend.io.sources import open_source
-from backend.service.prediction_maps import data_range, normalize
+from backend.service.prediction_maps import data_range, label_frame, normalize
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
 from tests.unit.test_sources import _write_n5
@@ -224,3 +224,25 @@ def test_a_declared_huge_map_is_labelled_frame_by_frame_in_flat_memory_until_sto
     assert code == 130 and took < 5, (code, took, stderr[-3000:])
     assert "Traceback" not in stderr and "interrupted; unfinished output was removed" in stderr
     assert os.listdir(out) == []
+
+
+def test_label_frame_contract():
+    """What a replacement of label_frame (a blockwise engine) must keep: boxes read inside the frame, uint32
+    (z, y, x) labels written over the whole frame, equal to threshold_frame's, and the highest ID returned."""
+    frame = blobs((10, 30, 40), 2, seed=8, spatial=3)
+    settings = ThresholdSettings(method=1, channel=1, core_channel=0, min_size=4)
+    out = np.full(frame.shape[:3], 7, np.uint32)
+    shares = []
+
+    def read_box(start, stop):
+        assert all(0 <= a < b <= n for a, b, n in zip(start, stop, frame.shape))
+        return frame[tuple(slice(a, b) for a, b in zip(start, stop))]
+
+    def write_box(start, labels):
+        assert labels.dtype == np.uint32 and labels.ndim == 3
+        out[tuple(slice(a, a + n) for a, n in zip(start, labels.shape))] = labels
+
+    highest = label_frame(read_box, frame.shape[:3], settings, write_box, shares.append)
+    expected = threshold_frame(frame, settings)
+    np.testing.assert_array_equal(out, expected)
+    assert highest == expected.max() > 0 and shares[-1] == 1.0
