@@ -19,7 +19,7 @@ from backend.service.export import check_internal_path, check_sources, default_b
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
-from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
+from ilastik_desktop.runtime.settings import Settings, export_threshold, parse_cutout
 
 
 def _interrupt(signum, frame) -> None:
@@ -50,7 +50,7 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"  # a combined kind with Features needs it too
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    threshold = parse_threshold(settings.threshold or "", project.threshold, pipeline.label_count)
+    threshold = export_threshold(settings, project.path, project.threshold, pipeline.label_count)
     options = dataclasses.replace(settings.export, threshold=threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
@@ -97,7 +97,7 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
     needs_forest = settings.export.kind != "Features"
     if needs_forest and classifier is None:
         project.require_classifier()  # one line before anything starts, not one per file
-    threshold = parse_threshold(settings.threshold or "", project.threshold, len(project.label_names))
+    threshold = export_threshold(settings, project.path, project.threshold, len(project.label_names))
     options = dataclasses.replace(settings.export, threshold=threshold)
 
     def pipeline_for(source: DataSource) -> Pipeline:
