@@ -18,13 +18,16 @@ from backend.compute.filters import Patch, gaussian_kernel
 
 SMOOTHING_WINDOW = 2.0
 MAX_SIGMA = 50.0  # a smoothing sigma beyond this blurs any image flat and needs a huge halo
+METHODS = ("simple", "hysteresis", "graph-cut thresholding", "identity-preserving hysteresis")  # ilastik's
+# CurOperator 0 to 3 (lazyflow's ThresholdMethod); the first two are computed here
+SUPPORTED_METHODS = (0, 1)
 
 
 @dataclass(frozen=True)
 class ThresholdSettings:
     """ilastik's thresholding parameters (defaults are ilastik 1.4's)."""
 
-    method: int = 0  # 0 simple, 1 hysteresis
+    method: int = 0  # ilastik's CurOperator: 0 simple, 1 hysteresis (2 and 3 are read, not computed)
     min_size: int = 10
     max_size: int = 1_000_000
     high: float = 0.8
@@ -41,6 +44,16 @@ def default_channel(class_names: list[str]) -> int:
         if name.strip().lower() not in ("background", "bg"):
             return index
     return 0
+
+
+def unsupported_method(settings: ThresholdSettings) -> str | None:
+    """Why ``settings`` cannot be computed here (ilastik's graph-cut or identity-preserving method), in words
+    naming the project setting, or None when they can."""
+    if settings.method in SUPPORTED_METHODS:
+        return None
+    name = METHODS[settings.method] if 0 <= settings.method < len(METHODS) else "unknown"
+    return (f"ThresholdTwoLevels/CurOperator is {settings.method} ({name}), which ilastik-desktop does not "
+            "support; choose Simple or Hysteresis")
 
 
 def settings_fingerprint(settings: ThresholdSettings) -> str:
@@ -77,6 +90,9 @@ def _size_filter(labels: np.ndarray, count: int, min_size: int, max_size: int) -
 
 def threshold_frame(probabilities: np.ndarray, settings: ThresholdSettings) -> np.ndarray:
     """uint32 object labels (0 = background) of one (z, y, x, channels) frame, with ilastik's IDs."""
+    reason = unsupported_method(settings)
+    if reason is not None:
+        raise ValueError(reason)
     channels = probabilities.shape[-1]
     for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
         if not 0 <= index < channels:

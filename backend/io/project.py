@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import h5py
 
 from backend.compute.forest import CompiledForests, Forest
-from backend.compute.threshold import MAX_SIGMA, ThresholdSettings
+from backend.compute.threshold import MAX_SIGMA, METHODS, ThresholdSettings
 from backend.errors import ProjectError
 from backend.io.checked import (
     INTEGER_KINDS,
@@ -220,6 +220,9 @@ def _read_classifier(pc: h5py.Group) -> Classifier | None:
 
 
 def _read_threshold(group: h5py.Group | None) -> ThresholdSettings | None:
+    """ilastik's thresholding parameters in every layout it wrote: 1.2's ``SingleThreshold`` (the simple method's
+    threshold), no ``CoreChannel`` (hysteresis cores then come from ``Channel``), per-axis ``SmootherSigma``.
+    Graph-cut and identity-preserving methods are read as they are; computing objects with them is refused."""
     if group is None:
         return None
     d = ThresholdSettings()
@@ -234,15 +237,21 @@ def _read_threshold(group: h5py.Group | None) -> ThresholdSettings | None:
     def fraction(name: str, default: float) -> float:
         return expect_number(group, name, 0.0, 1.0, default)
 
+    method = whole("CurOperator", d.method, len(METHODS) - 1)
+    low = fraction("LowThreshold", d.low)
+    if method == 0 and present(group, "SingleThreshold"):  # as ilastik's ThresholdTwoLevelsSerializer reads it
+        low = fraction("SingleThreshold", low)
+    channel = whole("Channel", d.channel, MAX_CLASSES)
+    core_default = channel if method in (1, 3) else d.core_channel  # older projects seeded on the same channel
     return ThresholdSettings(
-        method=whole("CurOperator", d.method, 1),
+        method=method,
         min_size=whole("MinSize", d.min_size),
         max_size=whole("MaxSize", d.max_size),
         high=fraction("HighThreshold", d.high),
-        low=fraction("LowThreshold", d.low),
+        low=low,
         sigmas=(sigma("z"), sigma("y"), sigma("x")),
-        channel=whole("Channel", d.channel, MAX_CLASSES),
-        core_channel=whole("CoreChannel", d.core_channel, MAX_CLASSES),
+        channel=channel,
+        core_channel=whole("CoreChannel", core_default, MAX_CLASSES),
     )
 
 

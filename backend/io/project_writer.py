@@ -110,7 +110,8 @@ def write_features(f: h5py.File, features: FeatureSelection) -> None:
 
 
 def write_threshold(f: h5py.File, settings: ThresholdSettings) -> None:
-    """Replace the thresholding parameters (ilastik's ``ThresholdTwoLevels`` layout)."""
+    """Replace the thresholding parameters (ilastik's 1.4 ``ThresholdTwoLevels`` layout: the simple threshold in
+    ``LowThreshold``, ``CoreChannel`` explicit; a method ilastik-desktop does not compute is kept as it was)."""
     if "ThresholdTwoLevels" in f:
         del f["ThresholdTwoLevels"]
     group = f.create_group("ThresholdTwoLevels")
@@ -122,6 +123,7 @@ def write_threshold(f: h5py.File, settings: ThresholdSettings) -> None:
     sigmas = group.create_group("SmootherSigma")
     for axis, sigma in zip("zyx", settings.sigmas):
         sigmas[axis] = float(sigma)
+    group["StorageVersion"] = b"0.1"
 
 
 def write_classes(pc: h5py.Group, names: Sequence[str], colors: Sequence[Sequence[int]]) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 
 from backend.cache.block_cache import block_key
 from backend.compute.geometry import Roi
-from backend.compute.threshold import ThresholdSettings, settings_fingerprint, threshold_frame
+from backend.compute.threshold import ThresholdSettings, settings_fingerprint, threshold_frame, unsupported_method
+from backend.errors import UserError
 from backend.service.gateway import Gateway
 from backend.service.snapshot import PipelineSnapshot
 
@@ -62,7 +63,11 @@ def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, pri
 def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0,
                   snapshot: PipelineSnapshot | None = None) -> Future:
     """A future of one whole frame's labels ``(1, z, y, x, 1)``, labelled once however many ask (cached); the
-    key and the probabilities come from one snapshot (default: the gateway's current one)."""
+    key and the probabilities come from one snapshot (default: the gateway's current one). UserError at once for
+    a thresholding method that is not computed here."""
+    reason = unsupported_method(settings)
+    if reason is not None:
+        raise UserError(reason)
     frame = frame_roi(gateway, t)
     snapshot = snapshot or gateway.snapshot
 

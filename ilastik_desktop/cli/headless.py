@@ -24,7 +24,7 @@ from backend.service.prediction_maps import export_objects
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
-from ilastik_desktop.runtime.settings import Settings, parse_cutout, parse_threshold
+from ilastik_desktop.runtime.settings import Settings, export_threshold, parse_cutout
 
 
 def _interrupt(signum, frame) -> None:
@@ -57,7 +57,7 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"  # a combined kind with Features needs it too
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    threshold = parse_threshold(settings.threshold or "", project.threshold, pipeline.label_count)
+    threshold = export_threshold(settings, project.path, project.threshold, pipeline.label_count)
     options = dataclasses.replace(settings.export, threshold=threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
@@ -104,7 +104,7 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
     needs_forest = settings.export.kind != "Features"
     if needs_forest and classifier is None:
         project.require_classifier()  # one line before anything starts, not one per file
-    threshold = parse_threshold(settings.threshold or "", project.threshold, len(project.label_names))
+    threshold = export_threshold(settings, project.path, project.threshold, len(project.label_names))
     options = dataclasses.replace(settings.export, threshold=threshold)
 
     def pipeline_for(source: DataSource) -> Pipeline:
@@ -140,7 +140,7 @@ def run_prediction_maps(settings: Settings, project: Project) -> int:
         if given:
             raise UserError(f"{option} is not used with --prediction_maps (the objects are thresholded from the "
                             "whole of each map, and outputs are named after the maps)")
-    threshold = parse_threshold(settings.threshold or "", project.threshold, ANY_CHANNEL_COUNT)
+    threshold = export_threshold(settings, project.path, project.threshold, ANY_CHANNEL_COUNT)
     files = expand_raw_data(settings.prediction_maps, project, settings.lane)
     written: dict[str, str] = {}  # output (real path) -> the map it was written from
     if len(files) == 1:

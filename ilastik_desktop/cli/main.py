@@ -13,6 +13,7 @@ from ilastik_desktop._qt.display import check_display
 from ilastik_desktop.cli.options import (
     add_compute_options,
     add_input_options,
+    add_relabel_option,
     answer_at_once,
     attach_key_values,
     compute_from_args,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", metavar="NAME=VALUE,...",
                    help="thresholding for Objects over the project's settings (or ilastik's defaults): "
                    "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x")
+    add_relabel_option(g)
     g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
     g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     add_compute_options(p)

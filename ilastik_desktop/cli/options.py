@@ -45,6 +45,13 @@ def add_input_options(p: argparse.ArgumentParser, several: bool = False) -> None
                    help="train a new classifier from the project's labels and save it in the project first")
 
 
+def add_relabel_option(group: argparse._ArgumentGroup) -> None:
+    """``--relabel`` (shared by the export and ``serve``): consecutive object IDs instead of ilastik's."""
+    group.add_argument("--relabel", action="store_true",
+                       help="number the objects 1..n consecutively (default: ilastik's IDs, which keep the gaps "
+                       "of objects the size filter removed)")
+
+
 def add_compute_options(p: argparse.ArgumentParser) -> None:
     """The options choosing workers and cache (shared by the export and ``serve``)."""
     g = p.add_argument_group("workers and cache")
@@ -201,7 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
     return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,
                     threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
-                    compute=compute_from_args(args), prediction_maps=maps)
+                    relabel=args.relabel, compute=compute_from_args(args), prediction_maps=maps)
 
 
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 
+from backend.compute.threshold import unsupported_method
 from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
@@ -20,6 +21,7 @@ from ilastik_desktop import __version__
 from ilastik_desktop.cli.options import (
     add_compute_options,
     add_input_options,
+    add_relabel_option,
     answer_at_once,
     attach_key_values,
     compute_from_args,
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-memory-mb", type=float, default=256.0,
                    help="encoded zarr chunks kept in memory for repeated reads (MB, default 256; 0 = none)")
     g.add_argument("--threshold", metavar="NAME=VALUE,...", help="thresholding of 'objects' (as for the export)")
+    add_relabel_option(g)
     g.add_argument("--block_shape", metavar="Z,Y,X",
                    help="block (and zarr chunk) size (default 64,128,128 in 3D, 512,512 in 2D)")
     add_input_options(p)
@@ -65,10 +68,15 @@ def open_lanes(project: Project, services: Services, args: argparse.Namespace) -
         source = open_lane(project, args.lane, args.raw_data, args.input_axes)
         classifier = retrain_project(project, source, args.lane, progress=True)
     lanes = [open_served_lane(project, index, services, args.raw_data if index == args.lane else None,
-                              args.input_axes, args.threshold or "", parse_block_shape(args.block_shape), classifier)
+                              args.input_axes, args.threshold or "", parse_block_shape(args.block_shape), classifier,
+                              relabel=args.relabel)
              for index in range(len(project.lanes))]
     if not any(lane.gateway for lane in lanes):
         raise UserError(lanes[0].error if lanes else f"{project.path}: the project has no input lanes")
+    reason = unsupported_method(next(lane for lane in lanes if lane.gateway).threshold)
+    if reason is not None:  # the other sources are served; 'objects' answers with this line
+        print(f"{project.path}: {reason} (--threshold method=simple or method=hysteresis); 'objects' is not served",
+              file=sys.stderr)
     return lanes
 
 

@@ -30,14 +30,14 @@ from ilastik_desktop.runtime.settings import parse_threshold
 
 def open_served_lane(project: Project, index: int, services: Services, raw_data: str | None = None,
                      input_axes: str | None = None, threshold: str = "", block_shape: tuple | None = None,
-                     classifier=None, pipeline: Pipeline | None = None) -> Lane:
+                     classifier=None, pipeline: Pipeline | None = None, relabel: bool = False) -> Lane:
     """Lane ``index`` on a gateway of its own (computing ``pipeline``, else the project's with ``classifier``), or
     without one and with the reason when its data does not open."""
     nickname = project.lanes[index].nickname
     try:
         source = open_lane(project, index, raw_data, input_axes)
         pipeline = pipeline or build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-        settings = parse_threshold(threshold, project.threshold, pipeline.label_count)
+        settings = parse_threshold(threshold, project.threshold, pipeline.label_count, relabel)
     except UserError as exc:
         return Lane(index, nickname, None, error=str(exc))
     gateway = services.gateway(source, pipeline, block_shape or default_block_shape(source.spatial_shape))

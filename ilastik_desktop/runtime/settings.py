@@ -10,12 +10,14 @@ from dataclasses import dataclass
 import psutil
 
 from backend.compute.geometry import Roi
-from backend.compute.threshold import MAX_SIGMA, ThresholdSettings
+from backend.compute.pipeline import split_kind
+from backend.compute.threshold import MAX_SIGMA, ThresholdSettings, unsupported_method
 from backend.config import Config, WorkerConfig
 from backend.distributed.dask_clusters import DaskSettings
 from backend.distributed.executor import default_workers
 from backend.errors import UserError
 from backend.service.export import ExportOptions
+from backend.service.objects import OBJECTS
 
 _THRESHOLD_KEYS = ("method=simple|hysteresis, channel, core_channel, low, high (0 to 1), min_size, max_size, "
                    f"sigmas=z:y:x (0 to {MAX_SIGMA:g})")
@@ -50,6 +52,7 @@ class Settings:
     export: ExportOptions = ExportOptions()
     cutout: str | None = None
     threshold: str | None = None  # --threshold overrides, applied over the project's settings
+    relabel: bool = False  # --relabel: consecutive object IDs instead of ilastik's
     compute: ComputeSettings = ComputeSettings()
     prediction_maps: tuple[str, ...] = ()  # probability maps to threshold into Objects instead of predicting
 
@@ -113,10 +116,13 @@ def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
     return roi
 
 
-def parse_threshold(text: str, base: ThresholdSettings | None, channels: int) -> ThresholdSettings:
+def parse_threshold(text: str, base: ThresholdSettings | None, channels: int,
+                    relabel: bool = False) -> ThresholdSettings:
     """``'channel=1,low=0.6,min_size=20'`` applied over ``base`` (the project's settings or ilastik's defaults),
-    checked against the ``channels`` (classes) the probabilities have."""
-    settings = base or ThresholdSettings()
+    checked against the ``channels`` (classes) the probabilities have; ``relabel`` (``--relabel``) numbers the
+    objects consecutively. The method may still be one ilastik-desktop does not compute
+    (:func:`~backend.compute.threshold.unsupported_method` says so): only asking for objects is refused."""
+    settings = dataclasses.replace(base or ThresholdSettings(), relabel=relabel)
     changes: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
@@ -134,6 +140,17 @@ def parse_threshold(text: str, base: ThresholdSettings | None, channels: int) ->
             raise UserError(f"--threshold {name}={getattr(settings, name)}: the project has {channels} classes "
                             f"(channels 0 to {channels - 1})")
     return settings
+
+
+def export_threshold(settings: Settings, project_path: str, base: ThresholdSettings | None,
+                     channels: int) -> ThresholdSettings:
+    """The thresholding of a headless run (the project's ``base`` with ``--threshold`` and ``--relabel``);
+    UserError naming the project when Objects are asked for with a method ilastik-desktop does not compute."""
+    threshold = parse_threshold(settings.threshold or "", base, channels, settings.relabel)
+    reason = unsupported_method(threshold)
+    if reason is not None and OBJECTS in split_kind(settings.export.kind):
+        raise UserError(f"{project_path}: {reason} (--threshold method=simple or method=hysteresis)")
+    return threshold
 
 
 def _threshold_value(name: str, value: str):

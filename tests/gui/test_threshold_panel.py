@@ -3,7 +3,9 @@ settings refused with a message, hysteresis on one class allowed (ilastik's defa
 or after a pause (not per keystroke), no z smoothing on 2D data, and the objects turned on and announced."""
 
 import os
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 from PyQt5 import QtCore, QtTest
@@ -105,3 +107,45 @@ def test_changing_a_threshold_turns_the_objects_layer_on_and_says_so(qtbot, wind
     assert "Objects layer turned on" in window.statusBar().currentMessage() and "Objects layer" in panel.hint.text()
     qtbot.waitUntil(lambda: window.loader.is_complete("xy", "Objects"), timeout=120_000)
     assert window.views[0].overlays["Objects"].isVisible() and window.views[0].buffers["Objects"][..., 3].any()
+
+
+def test_consecutive_object_ids_is_a_checkbox_off_by_default(qtbot):
+    panel, emitted = _panel(qtbot)
+    assert panel.relabel.text() == "Consecutive object IDs" and not panel.relabel.isChecked()
+    assert not panel.settings().relabel  # ilastik's IDs
+    box = QtCore.QPoint(8, panel.relabel.height() // 2)  # on the tick box
+    QtTest.QTest.mouseClick(panel.relabel, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, box)
+    assert [s.relabel for s in emitted] == [True]
+    QtTest.QTest.mouseClick(panel.relabel, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, box)
+    assert [s.relabel for s in emitted] == [True, False]
+
+
+def test_a_graph_cut_project_is_shown_as_unsupported_until_another_method_is_chosen(qtbot):
+    panel, emitted = _panel(qtbot, settings=ThresholdSettings(method=2, channel=1, core_channel=1))
+    assert panel.method.currentText() == "Graph cut (not supported)"
+    assert panel.message.text() == ("ThresholdTwoLevels/CurOperator is 2 (graph-cut thresholding), which "
+                                    "ilastik-desktop does not support; choose Simple or Hysteresis; not applied")
+    panel.low.setValue(0.3)
+    panel.low.editingFinished.emit()
+    assert emitted == []  # still graph cut: nothing to compute
+    panel.method.setFocus()
+    QtTest.QTest.keyClick(panel.method, QtCore.Qt.Key_Down)  # the unsupported entries cannot be chosen
+    assert panel.method.currentIndex() == 2 and emitted == []
+    QtTest.QTest.keyClick(panel.method, QtCore.Qt.Key_Up)
+    assert [(s.method, s.low) for s in emitted] == [(1, 0.3)] and panel.message.text() == ""
+
+
+@pytest.mark.timeout(300)
+def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_computed(qtbot, window, data_dir,
+                                                                                    tmp_path):
+    folder = os.path.join(data_dir, "ilastik-timeseries")
+    shutil.copyfile(os.path.join(folder, "pc-oc-133.ilp"), tmp_path / "p.ilp")
+    with h5py.File(tmp_path / "p.ilp", "r+") as f:
+        f["ThresholdTwoLevels/CurOperator"][()] = 2
+    shutil.copytree(os.path.join(folder, "mitocheck_2d+t"), tmp_path / "mitocheck_2d+t")
+    open_and_settle(qtbot, window, str(tmp_path / "p.ilp"),
+                    str(tmp_path / "mitocheck_2d+t" / "mitocheck_small_2D+t.h5" / "exported_data"))
+    panel = window.threshold_panel
+    assert panel.method.currentText() == "Graph cut (not supported)"
+    assert "CurOperator is 2 (graph-cut thresholding), which ilastik-desktop does not support" in panel.message.text()
+    assert window.views[0].buffers["Probability Label 1"][..., 3].any()  # pixel classification works

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import shutil
 import tracemalloc
@@ -7,11 +8,17 @@ import numpy as np
 import pytest
 
 from backend.compute.threshold import ThresholdSettings
-from backend.errors import DataError, ProjectError
+from backend.errors import DataError, ProjectError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
+from backend.io.project_writer import write_threshold
 from backend.io.training import label_blocks
+from backend.service.export import ExportOptions
+from ilastik_desktop.cli.main import build_parser, main
+from ilastik_desktop.cli.options import settings_from_args
+from ilastik_desktop.cli.serve import build_parser as build_serve_parser
+from ilastik_desktop.runtime.settings import Settings, export_threshold, parse_threshold
 
 
 def test_seed_project_1_2(data_dir):
@@ -150,3 +157,118 @@ def test_labels_above_the_projects_classes_are_refused(project_3d):
     assert roi.shape == (1, 1, 3, 3) and labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     with pytest.raises(ProjectError, match="block0001: holds values outside 0 to 2"):
         next(blocks)
+
+
+@pytest.fixture
+def mitocheck_1_2(data_dir, tmp_path):
+    """A copy of the shared ilastik 1.2 time-series project (no thresholding saved) with its raw data."""
+    folder = os.path.join(data_dir, "ilastik-timeseries")
+    shutil.copyfile(os.path.join(folder, "mitocheckPixelClassification.ilp"), tmp_path / "mito.ilp")
+    shutil.copytree(os.path.join(folder, "mitocheck_2d+t"), tmp_path / "mitocheck_2d+t")
+    return str(tmp_path / "mito.ilp")
+
+
+def _write_1_2_threshold(path: str, method: int) -> None:
+    """ThresholdTwoLevels as ilastik 1.2 wrote it: SingleThreshold beside LowThreshold, no CoreChannel."""
+    with h5py.File(path, "r+") as f:
+        group = f.create_group("ThresholdTwoLevels")
+        for key, value in {"CurOperator": method, "MinSize": 7, "MaxSize": 900, "HighThreshold": 0.75,
+                           "LowThreshold": 0.45, "SingleThreshold": 0.3, "Channel": 1,
+                           "StorageVersion": b"0.1"}.items():
+            group[key] = value
+        for axis, sigma in zip("xyz", (2.0, 1.5, 0.0)):
+            group[f"SmootherSigma/{axis}"] = sigma
+
+
+def test_a_1_2_project_keeps_its_single_threshold_and_seeds_hysteresis_on_its_channel(mitocheck_1_2):
+    assert open_project(mitocheck_1_2).version == "1.2.0rc10"
+    _write_1_2_threshold(mitocheck_1_2, method=0)
+    simple = open_project(mitocheck_1_2).threshold
+    assert simple == ThresholdSettings(method=0, min_size=7, max_size=900, high=0.75, low=0.3,
+                                       sigmas=(0.0, 1.5, 2.0), channel=1, core_channel=0)
+    with h5py.File(mitocheck_1_2, "r+") as f:
+        f["ThresholdTwoLevels/CurOperator"][()] = 1
+    hysteresis = open_project(mitocheck_1_2).threshold  # SingleThreshold is the simple method's only
+    assert (hysteresis.method, hysteresis.low, hysteresis.high) == (1, 0.45, 0.75)
+    assert (hysteresis.channel, hysteresis.core_channel) == (1, 1)
+
+
+def test_a_1_2_threshold_saved_again_reads_the_same_in_the_1_4_layout(mitocheck_1_2):
+    _write_1_2_threshold(mitocheck_1_2, method=0)
+    read = open_project(mitocheck_1_2).threshold
+    with h5py.File(mitocheck_1_2, "r+") as f:
+        write_threshold(f, read)
+    with h5py.File(mitocheck_1_2, "r") as f:
+        group = f["ThresholdTwoLevels"]
+        assert "SingleThreshold" not in group and group["LowThreshold"][()] == 0.3
+        assert group["CoreChannel"][()] == 0 and group["StorageVersion"][()] == b"0.1"
+    assert open_project(mitocheck_1_2).threshold == read
+
+
+@pytest.fixture
+def object_project(data_dir, tmp_path):
+    """A copy of the shared ilastik 1.3.3 object-classification project (with ThresholdTwoLevels)."""
+    shutil.copyfile(os.path.join(data_dir, "ilastik-timeseries", "pc-oc-133.ilp"), tmp_path / "p.ilp")
+    return str(tmp_path / "p.ilp")
+
+
+def _set(path: str, **values) -> None:
+    with h5py.File(path, "r+") as f:
+        for key, value in values.items():
+            f[f"ThresholdTwoLevels/{key}"][()] = value
+
+
+def test_a_1_4_layout_hysteresis_with_another_core_channel(object_project):
+    _set(object_project, CurOperator=1, Channel=1, CoreChannel=0, LowThreshold=0.35, HighThreshold=0.9,
+         MinSize=3, MaxSize=77)
+    with h5py.File(object_project, "r+") as f:
+        f["ThresholdTwoLevels/SmootherSigma/z"][()] = 0.5
+    assert open_project(object_project).threshold == ThresholdSettings(
+        method=1, min_size=3, max_size=77, high=0.9, low=0.35, sigmas=(0.5, 1.0, 1.0), channel=1, core_channel=0)
+
+
+@pytest.mark.parametrize("method, name", [(2, "graph-cut thresholding"), (3, "identity-preserving hysteresis")])
+def test_unsupported_methods_open_for_pixel_classification_and_refuse_objects(object_project, method, name):
+    _set(object_project, CurOperator=method)
+    project = open_project(object_project)  # probabilities need no thresholding
+    assert project.threshold.method == method and project.classifier is not None
+    line = (f"{object_project}: ThresholdTwoLevels/CurOperator is {method} ({name}), which ilastik-desktop does "
+            "not support; choose Simple or Hysteresis (--threshold method=simple or method=hysteresis)")
+    for kind in ("Probabilities", "Simple Segmentation+Uncertainty"):
+        settings = Settings(project=object_project, export=ExportOptions(kind=kind))
+        assert export_threshold(settings, project.path, project.threshold, 2).method == method
+    for kind in ("Objects", "Probabilities+Objects"):
+        settings = Settings(project=object_project, export=ExportOptions(kind=kind))
+        with pytest.raises(UserError) as refused:
+            export_threshold(settings, project.path, project.threshold, 2)
+        assert str(refused.value) == line
+    chosen = Settings(project=object_project, export=ExportOptions(kind="Objects"), threshold="method=hysteresis",
+                      relabel=True)
+    assert export_threshold(chosen, project.path, project.threshold, 2) == dataclasses.replace(
+        project.threshold, method=1, relabel=True)
+
+
+def test_an_unknown_method_is_a_damaged_project(object_project):
+    _set(object_project, CurOperator=4)
+    with pytest.raises(ProjectError, match=r"p.ilp: /ThresholdTwoLevels/CurOperator: is 4, outside 0 to 3"):
+        open_project(object_project)
+
+
+def test_headless_objects_with_graph_cut_say_so_in_one_line(mitocheck_1_2, tmp_path, capsys):
+    _write_1_2_threshold(mitocheck_1_2, method=2)
+    code = main(["--headless", "--project", mitocheck_1_2, "--export_source", "Objects",
+                 "--output_filename_format", str(tmp_path / "out"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"ilastik-desktop: error: {mitocheck_1_2}: ThresholdTwoLevels/CurOperator is 2 (graph-cut "
+                   "thresholding), which ilastik-desktop does not support; choose Simple or Hysteresis "
+                   "(--threshold method=simple or method=hysteresis)\n")
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_relabel_is_an_option_of_the_export_and_of_serve(mitocheck_1_2):
+    args = build_parser().parse_args(["--headless", "--project", mitocheck_1_2, "--relabel"])
+    assert settings_from_args(args).relabel
+    assert not settings_from_args(build_parser().parse_args(["--headless", "--project", mitocheck_1_2])).relabel
+    assert build_serve_parser().parse_args([mitocheck_1_2, "--relabel"]).relabel
+    assert parse_threshold("low=0.4", None, 2, relabel=True) == ThresholdSettings(low=0.4, relabel=True)

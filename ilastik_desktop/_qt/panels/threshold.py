@@ -1,6 +1,7 @@
 """The thresholding panel: ilastik's Threshold & Size Filter parameters, by class name, checked, applied on
 Enter or after a short pause rather than on every keystroke. Hysteresis may seed and grow on the same class
-(ilastik's defaults: both channels 0)."""
+(ilastik's defaults: both channels 0). A project's graph-cut or identity-preserving method is shown, said to be
+unsupported and not applied until Simple or Hysteresis is chosen."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 
 from PyQt5 import QtCore, QtWidgets
 
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, unsupported_method
 from backend.config import WindowConfig
 from ilastik_desktop._qt.panels.project import narrow
 
@@ -16,6 +17,9 @@ from ilastik_desktop._qt.panels.project import narrow
 def problems(s: ThresholdSettings) -> list[str]:
     """What is wrong with ``s``, in words (empty when it can be applied)."""
     found = []
+    reason = unsupported_method(s)
+    if reason is not None:
+        found.append(reason)
     if s.method == 1 and s.low > s.high:
         found.append(f"the low threshold ({s.low:g}) is above the high one ({s.high:g})")
     if s.min_size > s.max_size:
@@ -33,7 +37,10 @@ class ThresholdPanel(QtWidgets.QWidget):
         super().__init__(parent)
         form = QtWidgets.QFormLayout(self)
         self.method = QtWidgets.QComboBox()
-        self.method.addItems(["Simple", "Hysteresis"])
+        self.method.addItems(["Simple", "Hysteresis", "Graph cut (not supported)",
+                              "Identity-preserving hysteresis (not supported)"])
+        for index in (2, 3):  # shown when a project has them, never offered
+            self.method.model().item(index).setEnabled(False)
         self.channel, self.core = QtWidgets.QComboBox(), QtWidgets.QComboBox()
         for box in (self.channel, self.core):
             box.addItems(class_names)
@@ -43,6 +50,9 @@ class ThresholdPanel(QtWidgets.QWidget):
                        for _ in range(3)]
         self.min_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
         self.max_size = QtWidgets.QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.relabel = QtWidgets.QCheckBox("Consecutive object IDs")
+        self.relabel.setToolTip("Number the objects 1..n; off: ilastik's IDs, with the gaps of objects the size "
+                                "filter removed")
         self.message = QtWidgets.QLabel(wordWrap=True)
         self.message.setStyleSheet("color: #c62828;")
         sigmas = QtWidgets.QHBoxLayout()
@@ -54,6 +64,7 @@ class ThresholdPanel(QtWidgets.QWidget):
                               ("Size max", self.max_size)):
             form.addRow(label, widget)
         form.addRow("Smoothing " + ("z y x" if volumetric else "y x"), sigmas)
+        form.addRow(self.relabel)
         form.addRow(self.message)
         self.hint = QtWidgets.QLabel("The objects are drawn in the Objects layer (Layers tab); changing a value "
                                      "turns it on.", wordWrap=True)
@@ -66,6 +77,7 @@ class ThresholdPanel(QtWidgets.QWidget):
         self.set_settings(settings)
         for combo in (self.method, self.channel, self.core):
             combo.currentIndexChanged.connect(lambda *_: self.apply())
+        self.relabel.toggled.connect(lambda *_: self.apply())
         for box in self.boxes():
             box.valueChanged.connect(lambda *_: self.pause.start())
             box.editingFinished.connect(self.apply)
@@ -76,7 +88,7 @@ class ThresholdPanel(QtWidgets.QWidget):
 
     def set_settings(self, s: ThresholdSettings) -> None:
         """Show ``s`` without emitting ``changed``."""
-        widgets = [self.method, self.channel, self.core, *self.boxes()]
+        widgets = [self.method, self.channel, self.core, self.relabel, *self.boxes()]
         for widget in widgets:
             widget.blockSignals(True)
         self.method.setCurrentIndex(s.method)
@@ -88,9 +100,11 @@ class ThresholdPanel(QtWidgets.QWidget):
         self.max_size.setValue(s.max_size)
         for box, sigma in zip(self.sigmas, s.sigmas):
             box.setValue(sigma)
+        self.relabel.setChecked(s.relabel)
         for widget in widgets:
             widget.blockSignals(False)
         self._enable(s.method)
+        self._say(problems(s))
         self.applied = s
 
     def _enable(self, method: int) -> None:
@@ -103,7 +117,7 @@ class ThresholdPanel(QtWidgets.QWidget):
             ThresholdSettings(), method=self.method.currentIndex(), channel=self.channel.currentIndex(),
             core_channel=self.core.currentIndex(), low=self.low.value(), high=self.high.value(),
             min_size=self.min_size.value(), max_size=self.max_size.value(),
-            sigmas=tuple(box.value() for box in self.sigmas))
+            sigmas=tuple(box.value() for box in self.sigmas), relabel=self.relabel.isChecked())
 
     def apply(self) -> None:
         """Emit the shown settings if they are valid and new; otherwise say what is wrong."""
@@ -111,7 +125,11 @@ class ThresholdPanel(QtWidgets.QWidget):
         shown = self.settings()
         self._enable(shown.method)
         wrong = problems(shown)
-        self.message.setText("; ".join(wrong).capitalize() + ("; not applied" if wrong else ""))
+        self._say(wrong)
         if not wrong and shown != self.applied:
             self.applied = shown
             self.changed.emit(shown)
+
+    def _say(self, wrong: list[str]) -> None:
+        text = "; ".join(wrong)
+        self.message.setText(text[:1].upper() + text[1:] + ("; not applied" if wrong else ""))
