@@ -90,3 +90,17 @@ def test_table_rows_give_x_y_z_order_exclusive_bbox_end_and_running_object_id():
     values = raw[..., 0][labels == 9]
     assert (row["Mean Intensity"], row["Minimum intensity"], row["Maximum intensity"]) == (
         np.float32(values.mean()), values.min(), values.max())
+
+
+def test_status_line_describes_an_object_with_inclusive_x_y_z_bounds():
+    from ilastik_desktop.runtime.object_info import describe_object
+
+    labels = np.zeros((3, 6, 7), np.uint32)
+    labels[1:3, 2:4, 1:6] = 5
+    raw = np.full((3, 6, 7, 2), 10, np.uint16)
+    raw[..., 1] = 3
+    stats = block_stats(labels, raw, (0, 0, 0))
+    assert describe_object(stats, 5, volumetric=True) == "object 5: 20 px, mean 10/3, bbox x 1-5 y 2-3 z 1-2"
+    flat = block_stats(labels[1:2], raw[1:2, ..., :1], (0, 0, 0))
+    assert describe_object(flat, 5, volumetric=False) == "object 5: 10 px, mean 10, bbox x 1-5 y 2-3"
+    assert describe_object(stats, 4, volumetric=True) == "object 4"
