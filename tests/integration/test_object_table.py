@@ -89,3 +89,21 @@ def test_table_format_mistakes_are_one_clear_line(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cutout_gives_the_objects_parts_inside_the_box_in_whole_image_coordinates(exported, tmp_path):
+    objects = exported[0]
+    _export(tmp_path, "cut", "--export_source", "Object Features", "--output_format", "csv",
+            "--cutout_subregion", "[(2,0,30,None,None),(4,60,105,None,None)]")  # t 2-3, x 0-59, y 30-104
+    with open(tmp_path / "cut.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = []
+    for t in (2, 3):
+        labels = objects[t, 0, 30:105, 0:60]
+        for oid in np.unique(labels[labels > 0]):
+            ys, xs = np.nonzero(labels == oid)
+            expected.append((t, oid, len(ys), xs.min(), ys.min() + 30, xs.max() + 1, ys.max() + 31))
+    got = [(int(r["timestep"]), int(r["labelimage_oid"]), float(r["Size in pixels"]),
+            float(r["Bounding Box Minimum_0"]), float(r["Bounding Box Minimum_1"]),
+            float(r["Bounding Box Maximum_0"]), float(r["Bounding Box Maximum_1"])) for r in rows]
+    assert got == expected and len(got) >= 2
