@@ -63,14 +63,22 @@ class ObjectInfo:
         self.text_changed.emit(f"object {object_id}: computing its features...")
         if key not in self._computing:
             self._computing.add(key)
-            frame = request_frame(self.gateway, t, settings, VISIBLE)
-            frame.add_done_callback(lambda done: self._labelled(key, t, done))
+            self._submit(self._request, key, t, settings)
 
-    def _labelled(self, key: str, t: int, frame: Future) -> None:
+    def _submit(self, function: Callable, *args) -> None:
         try:
-            self._pool.submit(self._compute, key, t, frame)
+            self._pool.submit(function, *args)
         except RuntimeError:  # closed meanwhile
             pass
+
+    def _request(self, key: str, t: int, settings: ThresholdSettings) -> None:
+        """On this controller's thread: ask for the frame's labels (a cache look-up may take a while)."""
+        try:
+            frame = request_frame(self.gateway, t, settings, VISIBLE)
+        except Exception as exc:  # the cache or the lane refused
+            self.post(self._failed, key, str(exc) or type(exc).__name__)
+            return
+        frame.add_done_callback(lambda done: self._submit(self._compute, key, t, done))
 
     def _compute(self, key: str, t: int, frame: Future) -> None:
         try:
