@@ -21,10 +21,12 @@ from backend.errors import UserError
 from backend.io.sources import DataSource, split_internal_path
 from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
+from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, frame_rows, write_table
 from backend.service.objects import OBJECTS, frame_roi, request_frame
 from backend.service.snapshot import PipelineSnapshot
 
-EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS)
+EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS, OBJECT_FEATURES)
+OUTPUT_FORMATS = (*FORMATS, "csv")  # csv: tables (Object Features) only
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,21 @@ def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, 
 
 
 PLACEHOLDERS = ("dataset_dir", "nickname", "result_type")
-_EXTENSIONS = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr"}
+_EXTENSIONS = {".h5": "hdf5", ".hdf5": "hdf5", ".npy": "npy", ".tif": "tif", ".tiff": "tif", ".zarr": "zarr",
+               ".csv": "csv"}
 
 
 def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind: str) -> str:
     """Fill ``{dataset_dir}``, ``{nickname}`` and ``{result_type}`` and add the format's extension.
 
-    UserError for other placeholders (only plain names are filled in), an extension of another format, and
-    an output that would overwrite the raw data it is computed from.
+    UserError for other placeholders (only plain names are filled in), an extension of another format, a
+    format the source cannot be written in, and an output that would overwrite the raw data it is computed from.
     """
+    if kind == OBJECT_FEATURES:
+        check_table_format(fmt)
+    elif fmt == "csv":
+        raise UserError(f"--output_format csv is for {OBJECT_FEATURES} (a table); images are written as "
+                        f"{', '.join(FORMATS)}")
     file_path, _ = split_internal_path(source.description.split(os.pathsep)[0])
     dataset_dir = os.path.dirname(os.path.abspath(file_path))
     try:
@@ -83,7 +91,7 @@ def output_path(pattern: str, fmt: str, source: DataSource, nickname: str, kind:
     ext = os.path.splitext(path)[1].lower()
     if ext in _EXTENSIONS and _EXTENSIONS[ext] != fmt:
         raise UserError(f"--output_filename_format '{pattern}' ends in {ext} but --output_format is {fmt}")
-    path = path if ext in _EXTENSIONS else path + FORMATS[fmt]
+    path = path if ext in _EXTENSIONS else path + {**FORMATS, **TABLE_FORMATS}[fmt]
     inputs = {os.path.realpath(p) for p in source.description.split(os.pathsep)}
     inputs |= {os.path.realpath(split_internal_path(p)[0]) for p in source.description.split(os.pathsep)}
     if os.path.realpath(path) in inputs:
@@ -114,6 +122,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     export with :class:`ExportCancelled` and removes the partial output.
     """
     kinds = check_sources(split_kind(options.kind), options.filename_pattern)
+    if options.kind == OBJECT_FEATURES:
+        return _export_table(gateway, nickname, options, max_in_flight, on_progress, cancel)
     snapshot = gateway.snapshot  # one classifier for the whole export, even while the window trains
     source, pipeline = gateway.source, snapshot.pipeline
     region = options.region or Roi.from_shape(source.spatial_shape)
@@ -149,6 +159,41 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
     return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths))
 
 
+def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
+                  on_progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> ExportResult:
+    """The Object Features table of the region: each frame's objects (up to ``max_in_flight`` frames labelled
+    ahead), their features over the raw data block by block, one table file at the end."""
+    snapshot, source = gateway.snapshot, gateway.source
+    region = options.region or Roi.from_shape(source.spatial_shape)
+    path = output_path(options.filename_pattern, options.fmt, source, nickname, OBJECT_FEATURES)
+    settings = options.threshold or ThresholdSettings()
+    frames = range(region.start[0], region.stop[0])
+    requested: dict[int, Future] = {}
+    tables: list[np.ndarray] = []
+    started = time.perf_counter()
+    bar = tqdm(total=len(frames), unit="frame", desc=OBJECT_FEATURES, file=sys.stderr,
+               disable=not options.progress, dynamic_ncols=True)
+    progress = _Progress(bar, len(frames), on_progress, cancel)
+    try:
+        progress.update(0)
+        for t in frames:
+            for ahead in frames[frames.index(t):frames.index(t) + max_in_flight]:
+                if ahead not in requested:
+                    requested[ahead] = request_frame(gateway, ahead, settings, BATCH, snapshot)
+            while not wait([requested[t]], timeout=0.5).done:
+                progress.check()
+            labels = requested.pop(t).result()
+            frame = frame_roi(gateway, t).intersect(region)
+            tables.append(frame_rows(gateway, labels, frame, gateway.config.block_shape,
+                                     sum(len(table) for table in tables)))
+            progress.update(1)
+            progress.check()
+        write_table(path, options.fmt, tables)
+    finally:
+        bar.close()
+    return ExportResult(path, len(frames), time.perf_counter() - started, region.size, (path,))
+
+
 def _pieces(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,
             region: Roi) -> tuple[int, Callable[[bool], Iterator[Roi]]]:
     """How many pieces (blocks, or frames for Objects) the region has, and a way to go through them one at a
@@ -168,9 +213,9 @@ def check_sources(kinds: tuple[str, ...], pattern: str) -> tuple[str, ...]:
         if kind not in EXPORT_SOURCES:
             raise UserError(f"unknown export source '{kind}' (choose one of {', '.join(EXPORT_SOURCES)})")
     if len(kinds) > 1:
-        if len(set(kinds)) < len(kinds) or OBJECTS in kinds:
-            raise UserError("several export sources in one run must differ and cannot include Objects "
-                            "(it is exported in its own run)")
+        if len(set(kinds)) < len(kinds) or OBJECTS in kinds or OBJECT_FEATURES in kinds:
+            raise UserError(f"several export sources in one run must differ and cannot include {OBJECTS} or "
+                            f"{OBJECT_FEATURES} (each is exported in its own run)")
         if "{result_type}" not in pattern:
             raise UserError(f"--output_filename_format '{pattern}': several export sources need {{result_type}} "
                             "in the name, so that each gets its own file")

@@ -50,6 +50,13 @@ def describe(version: str) -> dict:
         "/api/v1/lanes/{lane}/{source}": _get(
             "a region of the raw data or of a result, computed on demand (large regions stream block by block)",
             roi_params, {**binary, "image/tiff": {}, "image/png": {}}, "regions"),
+        "/api/v1/lanes/{lane}/objects/table": _get(
+            "the Object Features table of one time step (ilastik's Export Table columns: object_id, timestep, "
+            "labelimage_oid, intensities, bounding box, centre, size)",
+            [_LANE, _param("t", "query", "time step (default 0)", {"type": "integer"}),
+             _param("format", "query", "csv (ilastik's CSV table) or json ({columns, rows})",
+                    {"type": "string", "enum": ["csv", "json"], "default": "csv"})],
+            {"text/csv": {}, **json_any}, "regions"),
         "/zarr/{lane}/{source}/.zattrs": _get("OME-NGFF 0.4 image metadata (multiscales, axes, classes)",
                                               [_LANE, _SOURCE], json_any, "zarr"),
         "/zarr/{lane}/{source}/0/.zarray": _get("zarr v2 array metadata (chunks = the gateway's blocks, Blosc)",

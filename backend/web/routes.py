@@ -13,6 +13,9 @@ import numpy as np
 from aiohttp import web
 
 from backend.checks import decimal
+from backend.errors import UserError
+from backend.service.object_table import csv_text, frame_labels_bytes, frame_rows, json_rows
+from backend.service.objects import frame_roi
 from backend.web import zarr_layout
 from backend.web.catalog import Lane, LaneView, NotFound, check_source
 from backend.web.openapi import describe, docs_asset, docs_page
@@ -25,6 +28,7 @@ def add_routes(app: web.Application, prefix: str = "") -> None:
     """Register every endpoint under ``prefix`` (empty, or ``/t/{token}`` for token-in-path clients)."""
     app.router.add_get(prefix + "/health", health)
     app.router.add_get(prefix + "/api/v1/info", info)
+    app.router.add_get(prefix + "/api/v1/lanes/{lane}/objects/table", objects_table)
     app.router.add_get(prefix + "/api/v1/lanes/{lane}/{source}", region)
     app.router.add_get(prefix + "/zarr/{lane}/{source}/{path:.*}", zarr_document)
     app.router.add_get(prefix + "/metrics", metrics)
@@ -154,6 +158,35 @@ def _as_output(values, query: RoiQuery) -> np.ndarray:
     """``(t, z, y, x, c)`` values in the response's axis order, contiguous."""
     drop = tuple(0 if a not in query.axes else slice(None) for a in "tz")
     return np.ascontiguousarray(values[drop].astype(query.dtype, copy=False))
+
+
+TABLE_FORMATS = {"csv": "text/csv", "json": "application/json"}
+
+
+async def objects_table(request: web.Request) -> web.Response:
+    """The Object Features table of one time step (``t``, default 0) as CSV (default) or JSON."""
+    service = request.app[SERVICE]
+    lane = _lane(request)
+    gateway = lane.require_gateway()
+    fmt = request.query.get("format", "csv")
+    if fmt not in TABLE_FORMATS:
+        raise UserError(f"unknown format '{fmt[:40]}' (choose one of {', '.join(TABLE_FORMATS)})")
+    frames = gateway.source.spatial_shape[0]
+    t = decimal(request.query.get("t", "0"), frames - 1)
+    if t is None:
+        raise UserError(f"t '{request.query['t'][:40]}' is not a time step of the lane (0 to {frames - 1})")
+    view = lane.view()
+    frame = frame_roi(gateway, t)
+    block = gateway.config.block_shape
+    raw_block = int(np.prod(block[1:])) * gateway.source.channels * gateway.source.dtype.itemsize
+    async with service.budget.hold(frame_labels_bytes(gateway) + 2 * raw_block):  # labels, a raw block, its copy
+        labels = await service.fetch(lane, "objects", frame, view)
+        table = await service.run(frame_rows, gateway, labels, frame, block, 0)
+    headers = {"ETag": view.etag("objects"), "Cache-Control": "no-cache"}
+    if fmt == "json":
+        return web.json_response(await service.run(json_rows, table), headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="objects_table_t{t}.csv"'
+    return web.Response(text=await service.run(csv_text, table), content_type="text/csv", headers=headers)
 
 
 async def metrics(request: web.Request) -> web.Response:

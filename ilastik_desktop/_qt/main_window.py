@@ -14,7 +14,9 @@ from backend.service.gateway_status import GatewayStatus
 from ilastik_desktop._qt.dialogs.export import ExportDialog
 from ilastik_desktop._qt.dialogs.serve import ServeDialog
 from ilastik_desktop._qt.menus import add_help_menu, add_view_menu, add_view_shortcuts
+from ilastik_desktop._qt.object_line import ObjectLine
 from ilastik_desktop._qt.opening import ProjectOpening
+from ilastik_desktop._qt.panels import scrolled
 from ilastik_desktop._qt.panels.lanes import LaneSwitcher
 from ilastik_desktop._qt.panels.layers import LayersPanel
 from ilastik_desktop._qt.panels.project import ProjectPanel, info_box, legend_text
@@ -34,15 +36,6 @@ from viewer.slice_view import SliceView, add_scale_bars
 log = logging.getLogger(__name__)
 SIDE_WIDTH_KEY = "window/side_width"  # the side panel's width, kept between runs
 DEFAULT_SIDE_WIDTH = 500  # every tab's full title and the layers panel fit (360 px hid the Workers tab)
-
-
-def scrolled(panel: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
-    """``panel`` in a scroll area, so that the side panel is as wide as the user makes it, not as its
-    widest field asks (it grew to 1100 px on opening another project, leaving the views 69 px)."""
-    area = QtWidgets.QScrollArea(widgetResizable=True, frameShape=QtWidgets.QFrame.NoFrame)
-    area.setWidget(panel)
-    area.setMinimumWidth(120)
-    return area
 
 
 class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
@@ -99,8 +92,9 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
 
     # -- building -------------------------------------------------------------------------------------
     def _build_status(self) -> None:
-        self.cursor_label = QtWidgets.QLabel()
+        self.cursor_label, self.object_line = QtWidgets.QLabel(), ObjectLine(self.bridge)
         self.statusBar().addWidget(self.cursor_label)
+        self.statusBar().addWidget(self.object_line)
         self.workers_label, self.cache_label = QtWidgets.QLabel("workers: -"), QtWidgets.QLabel("cache: -")
         self.pending = PendingBar()
         self.web_label = QtWidgets.QLabel(visible=False)
@@ -135,6 +129,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, threshold, self,
                                   refresh_delay_s=self.services.config.window.refresh_delay_s)
         self.loader.progress.connect(self.pending.show_visible)
+        self.object_line.bind(document.gateway)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document, threshold)
         if tab is not None:
@@ -318,6 +313,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
 
     def _refresh_readout(self) -> None:
         """The readout of the voxel under the mouse, for the current slice, time and painted values."""
+        self.object_line.point(self.model, self.loader, self._pointer)
         if self._pointer is None or self.loader is None:
             self.cursor_label.clear()
             return
@@ -365,6 +361,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             self.loader = None
         self.pending.reset()
         self._pointer = None
+        self.object_line.unbind()
         self.cursor_label.clear()  # never the previous project's classes
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name

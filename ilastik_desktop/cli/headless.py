@@ -83,7 +83,7 @@ def run_headless(settings: Settings) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
-    unit = "frame" if options.kind == "Objects" else "block"
+    unit = "frame" if options.kind in ("Objects", "Object Features") else "block"
     print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, unit)}, {result.seconds:.1f} s, "
           f"{rate / 1e6:.2f} Mvoxel/s; "
           f"{status.computed} computed, {status.hits} from the cache, "

@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from backend.errors import UserError
-from backend.io.writers import FORMATS
-from backend.service.export import EXPORT_SOURCES
+from backend.service.export import EXPORT_SOURCES, OUTPUT_FORMATS
 from ilastik_desktop import __version__
 from ilastik_desktop._qt.display import check_display
 from ilastik_desktop.cli.options import (
@@ -44,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_options(p, several=True)
     g = p.add_argument_group("export")
     g.add_argument("--export_source", action="append", choices=EXPORT_SOURCES,
-                   help="what to export (default Probabilities; Objects: thresholded, labelled objects as uint32); "
+                   help="what to export (default Probabilities; Objects: thresholded, labelled objects as uint32; "
+                   "Object Features: a table of the objects' features, as ilastik's Export Table writes it); "
                    "repeat it to write several results from one feature computation (each to its own file: put "
                    "{result_type} in --output_filename_format)")
-    g.add_argument("--output_format", default="hdf5", choices=list(FORMATS), help="file format (default hdf5)")
+    g.add_argument("--output_format", default="hdf5", choices=list(OUTPUT_FORMATS),
+                   help="file format (default hdf5; csv for the Object Features table)")
     g.add_argument("--output_filename_format", default="{dataset_dir}/{nickname}_{result_type}",
                    metavar="PATTERN", help="output path; placeholders {dataset_dir}, {nickname}, {result_type}; "
                    "the extension is added if missing")
