@@ -9,6 +9,7 @@ IDs before handing it to the writer. Memory is bounded by the blocks in flight (
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from backend.compute.object_blocks import (
     summarise_block,
 )
 from backend.compute.threshold import ThresholdSettings
+from backend.distributed.futures import settle
 
 ReadBox = Callable[[Index, Index], np.ndarray]
 WriteBox = Callable[[Index, np.ndarray], None]
@@ -143,3 +145,60 @@ def _bounded(pool: ThreadPoolExecutor, task: Callable[[Index], Result], items: l
     finally:
         for future in pending:
             future.cancel()
+
+
+class FrameJob:
+    """One frame labelled blockwise on a background thread; each block's final labels as a future.
+
+    :meth:`block` may be asked before or after the block is written: a future resolves with the labels
+    ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
+    asked for yet keeps its labels until the job ends. ``on_end(job)`` is called once the thread is done.
+    """
+
+    def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
+                 dtype: np.dtype | type = np.uint32, threads: int = 2,
+                 on_end: Callable[[FrameJob], None] | None = None) -> None:
+        self.frame_shape, self.block_shape, self.dtype = tuple(frame_shape), tuple(block_shape), np.dtype(dtype)
+        self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
+        self._futures: dict[Index, Future] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="objects-frame", daemon=True)
+
+    def start(self) -> FrameJob:
+        """Start labelling; returns the job."""
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the labelling thread to end."""
+        self._thread.join(timeout)
+
+    def block(self, start: Index) -> Future:
+        """The future of the labels of the block starting at ``start`` (a corner of the job's block grid)."""
+        if any(s % b for s, b in zip(start, self.block_shape)) or any(s >= n for s, n in zip(start, self.frame_shape)):
+            raise ValueError(f"{tuple(start)} is not the start of a block {self.block_shape} of {self.frame_shape}")
+        with self._lock:
+            return self._futures.setdefault(tuple(start), Future())
+
+    def _write(self, start: Index, labels: np.ndarray) -> None:
+        if labels.dtype != self.dtype:
+            raise ValueError(f"the frame has more objects than {self.dtype} labels hold")
+        settle(self.block(start), result=labels[..., None])
+
+    def _run(self) -> None:
+        try:
+            label_frame_blockwise(self._read_box, self.frame_shape, self._settings, self._write, self.block_shape,
+                                  self._threads)
+        except Exception as exc:  # a block failed (its probabilities, the parameters): every block fails with it
+            self._fail(exc)
+        finally:
+            if self._on_end is not None:
+                self._on_end(self)
+
+    def _fail(self, error: Exception) -> None:
+        with self._lock:
+            for start in block_boxes(self.frame_shape, self.block_shape).values():
+                self._futures.setdefault(start[0], Future())
+            futures = list(self._futures.values())
+        for future in futures:
+            settle(future, error=error)

@@ -1,5 +1,6 @@
 """Objects labelled block by block are bit for bit the objects ``threshold_frame`` labels in one piece."""
 
+import dataclasses
 import os
 import threading
 
@@ -16,7 +17,7 @@ from backend.compute.threshold import ThresholdSettings, smooth, threshold_frame
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.service.blockwise_objects import label_frame_blockwise
+from backend.service.blockwise_objects import FrameJob, label_frame_blockwise
 
 SIGMAS = [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.7, 1.6, 2.3), (1.0, 0.05, 1.0)]  # the last one: no smoothing
 
@@ -50,6 +51,10 @@ class Frame:
             self.labels = np.zeros(self.probabilities.shape[:3], labels.dtype)
         self.labels[tuple(slice(a, a + n) for a, n in zip(start, labels.shape))] = labels
         self.written.append(start)
+
+
+def box_slices(box):
+    return tuple(slice(a, b) for a, b in zip(*box))
 
 
 def blockwise(probabilities, settings, **options):
@@ -223,3 +228,25 @@ def test_shared_projects_blockwise_equal_the_whole_frame(data_dir, project, raw_
         result, labels = blockwise(probabilities, settings, block_shape=block_shape)
         assert np.array_equal(labels, expected), settings
         assert result.max_id == expected.max() and (result.object_count > 1 or settings is rounding)
+
+
+def test_a_frame_job_hands_out_each_blocks_labels_and_fails_them_all_on_an_error():
+    probabilities, settings, _ = random_case(2)
+    expected = threshold_frame(probabilities, settings)
+    ended = []
+    job = FrameJob(Frame(probabilities).read_box, probabilities.shape[:3], settings, (4, 16, 16),
+                   on_end=ended.append)
+    asked_before = job.block((4, 16, 0))
+    job.start().join(timeout=30)
+    assert ended == [job]
+    for start, stop in block_boxes(probabilities.shape[:3], (4, 16, 16)).values():
+        labels = job.block(start).result(timeout=0)
+        assert labels.dtype == np.uint32 and np.array_equal(labels[..., 0], expected[box_slices((start, stop))])
+    assert asked_before.result(timeout=0) is not None
+    with pytest.raises(ValueError, match="not the start of a block"):
+        job.block((1, 0, 0))
+    broken = FrameJob(Frame(probabilities, fail_at=(0, 0, 0)).read_box, probabilities.shape[:3],
+                      dataclasses.replace(settings, sigmas=(0, 0, 0)), (4, 16, 16)).start()
+    broken.join(timeout=30)
+    with pytest.raises(OSError, match="unreadable"):
+        broken.block((4, 16, 0)).result(timeout=0)
