@@ -96,8 +96,8 @@ def random_case(seed: int):
 
 
 def test_blockwise_equals_the_whole_frame_on_random_volumes():
-    seen = dict.fromkeys(("several objects", "gaps", "crossing", "2D", "3D", "hysteresis drops", "other core",
-                          "relabel"), 0)
+    seen = dict.fromkeys(("several objects", "gaps", "crossing", "border", "2D", "3D", "hysteresis drops",
+                          "other core", "relabel"), 0)
     for seed in range(20):
         probabilities, settings, block_shape = random_case(seed)
         expected = threshold_frame(probabilities, settings)
@@ -108,6 +108,7 @@ def test_blockwise_equals_the_whole_frame_on_random_volumes():
         assert result.max_id == expected.max() and result.object_count == np.count_nonzero(np.unique(expected))
         seen["gaps"] += result.max_id > result.object_count
         seen["crossing"] += objects_in_several_blocks(labels, block_shape) > 0
+        seen["border"] += any(edge.any() for edge in (labels[:, 0], labels[:, -1], labels[..., 0], labels[..., -1]))
         seen["2D" if probabilities.shape[0] == 1 else "3D"] += 1
         seen["relabel"] += settings.relabel
         if settings.method == 1:
