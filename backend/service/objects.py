@@ -179,7 +179,9 @@ def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: 
 
         job = jobs[frame_key] = FrameJob(read_box, gateway.source.spatial_shape[1:], settings,
                                          object_block_shape(gateway), LABELS, on_end=forget)
-    job.start()
-    for block in object_blocks(gateway, frame_roi(gateway, t)):
-        _request_block(gateway, block, settings, PREFETCH, snapshot)
+    try:
+        for block in object_blocks(gateway, frame_roi(gateway, t)):  # before the start: the job cannot end first
+            _request_block(gateway, block, settings, PREFETCH, snapshot)
+    finally:
+        job.start()
     return job

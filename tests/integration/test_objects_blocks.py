@@ -9,6 +9,7 @@ from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.distributed.local_executor import LocalExecutor
+from backend.service import blockwise_objects
 from backend.service.objects import object_blocks, objects_key, request_frame, request_objects
 from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
@@ -35,7 +36,12 @@ def cached(gateway, settings, roi):
 
 
 @pytest.mark.timeout(240)
-def test_objects_arrive_block_by_block_cached_per_block_and_a_frame_is_labelled_once(project, redis_server):
+def test_objects_arrive_block_by_block_cached_per_block_and_a_frame_is_labelled_once(project, redis_server,
+                                                                                    monkeypatch):
+    labellings = []
+    real = blockwise_objects.label_frame_blockwise
+    monkeypatch.setattr(blockwise_objects, "label_frame_blockwise",
+                        lambda *args, **kwargs: labellings.append(args[2]) or real(*args, **kwargs))
     path, image = project
     pipeline = _pipeline(path)
     probabilities = whole_image(pipeline, image)[0]
@@ -56,6 +62,7 @@ def test_objects_arrive_block_by_block_cached_per_block_and_a_frame_is_labelled_
             assert all(cached(gateway, settings, frame))
             computed = gateway.status().computed
             assert computed == 8 + 8  # eight probability blocks (each once), eight blocks of labels
+            assert labellings == [settings]  # of one labelling of the frame
 
             plane = Roi((0, 17, 0, 0), (1, 18, 96, 96))  # a view elsewhere in the frame: from the cache
             again = request_objects(gateway, plane, settings).result(timeout=60)
@@ -67,6 +74,7 @@ def test_objects_arrive_block_by_block_cached_per_block_and_a_frame_is_labelled_
             assert np.array_equal(sliced[0, 0, ..., 0], threshold_frame(probabilities, stricter)[3])
             wait_for(lambda: all(cached(gateway, stricter, frame)), 60, message="the frame's other blocks are cached")
             assert gateway.status().computed == computed + 8  # labels only: the probabilities came from the cache
+            assert labellings == [settings, stricter]
         finally:
             gateway.close()
 
