@@ -1,24 +1,37 @@
-"""The Objects layer: thresholded, labelled objects of whole time frames, built on the gateway.
+"""The Objects layer: thresholded, labelled objects of time frames, built block by block on the gateway.
 
-A frame's probabilities come through the gateway (so their blocks are cached and shared); the labels
-are cached under a key that includes the thresholding parameters.
+Objects are labelled per frame (an object's ID depends on the whole frame) but computed and cached per
+block: a frame's :class:`~backend.service.blockwise_objects.FrameJob` reads the probabilities through
+the gateway one block plus smoothing halo at a time (so they are cached and shared), joins the blocks'
+summaries and writes each block's final labels. Every block of labels is a derived value of the gateway
+(``request_derived``) under a key that includes the thresholding parameters: requests get blocks as they
+finish, and a block already in the cache is never labelled again.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
 
 from backend.cache.block_cache import block_key
 from backend.compute.geometry import Roi
-from backend.compute.threshold import ThresholdSettings, settings_fingerprint, threshold_frame, unsupported_method
+from backend.compute.object_blocks import block_boxes
+from backend.compute.threshold import ThresholdSettings, settings_fingerprint, unsupported_method
+from backend.distributed.futures import settle
 from backend.errors import UserError
-from backend.service.gateway import Gateway
+from backend.service.blockwise_objects import FrameJob
+from backend.service.gateway import PREFETCH, Gateway
+from backend.service.region import RegionRequest
 from backend.service.snapshot import PipelineSnapshot
 
 OBJECTS = "Objects"
+LABELS = np.dtype(np.uint32)  # the layer's labels (a frame with more IDs fails with a clear error)
+_jobs: weakref.WeakKeyDictionary[Gateway, dict[str, FrameJob]] = weakref.WeakKeyDictionary()
+_jobs_lock = threading.Lock()
 
 
 def frame_roi(gateway: Gateway, t: int) -> Roi:
@@ -27,68 +40,153 @@ def frame_roi(gateway: Gateway, t: int) -> Roi:
     return Roi((t, 0, 0, 0), (t + 1, z, y, x))
 
 
-def objects_key(gateway: Gateway, t: int, settings: ThresholdSettings, snapshot: PipelineSnapshot | None = None) -> str:
-    """Cache key of a frame's labels: data, classifier, parameters and frame."""
+def object_block_shape(gateway: Gateway) -> tuple[int, int, int]:
+    """The (z, y, x) blocks objects are labelled, cached and delivered in: the gateway's blocks."""
+    return tuple(gateway.config.block_shape[1:])
+
+
+def object_blocks(gateway: Gateway, roi: Roi) -> list[Roi]:
+    """The object blocks (tzyx, one time step each) that ``roi`` touches."""
+    shape = gateway.source.spatial_shape[1:]
+    blocks = []
+    for t in range(roi.start[0], roi.stop[0]):
+        for start, stop in block_boxes(shape, object_block_shape(gateway)).values():
+            block = Roi((t,) + start, (t + 1,) + stop)
+            if block.intersect(roi) is not None:
+                blocks.append(block)
+    return blocks
+
+
+def objects_key(gateway: Gateway, t: int, settings: ThresholdSettings, snapshot: PipelineSnapshot | None = None,
+                block: Roi | None = None) -> str:
+    """Cache key of one block of a frame's labels (default: the frame's first block): data, classifier,
+    parameters and block."""
     snapshot = snapshot or gateway.snapshot
     pipeline = f"{snapshot.fingerprint}.{settings_fingerprint(settings)}"
-    return block_key(snapshot.data_fingerprint, pipeline, OBJECTS, frame_roi(gateway, t))
+    block = block or object_blocks(gateway, Roi((t, 0, 0, 0), (t + 1, 1, 1, 1)))[0]
+    return block_key(snapshot.data_fingerprint, pipeline, OBJECTS, block)
 
 
-def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, priority: int = 0) -> Future:
-    """A future of the uint32 labels ``(t, z, y, x, 1)`` of ``roi``; each frame is labelled as a whole."""
-    frames = [request_frame(gateway, t, settings, priority) for t in range(roi.start[0], roi.stop[0])]
-    result: Future = Future()
-    out = np.zeros(roi.shape + (1,), np.uint32)
-    remaining = [len(frames)]
-    lock = threading.Lock()
+class ObjectsRequest:
+    """A region of the Objects layer being assembled from its blocks; ``future`` resolves to the
+    ``(t, z, y, x, 1)`` uint32 labels, ``on_block(part, values)`` is called for each block as it finishes."""
 
-    def collect(t: int, future: Future) -> None:
-        if future.exception() is not None:
-            if not result.done():
-                result.set_exception(future.exception())
+    def __init__(self, roi: Roi, on_block: Callable[[Roi, np.ndarray], None] | None, blocks: int):
+        self.roi, self.on_block = roi, on_block
+        self.data = np.zeros(roi.shape + (1,), LABELS)
+        self.future: Future = Future()
+        self.parts: list[RegionRequest] = []
+        self._pending = blocks
+        self._lock = threading.Lock()
+        self.future.add_done_callback(self._stop_parts_if_cancelled)
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """The assembled region (raises the first block's error, or TimeoutError)."""
+        return self.future.result(timeout)
+
+    def cancel(self) -> None:
+        """Stop waiting; blocks nobody else wants are dropped."""
+        self.future.cancel()
+
+    def watch(self, part: RegionRequest) -> None:
+        """Take one of the region's blocks into the region when it arrives."""
+        with self._lock:
+            self.parts.append(part)
+        if self.future.cancelled():
+            part.cancel()
+        part.future.add_done_callback(lambda done: self._deliver(part.roi, done))
+
+    def _stop_parts_if_cancelled(self, done: Future) -> None:
+        if done.cancelled():
+            with self._lock:
+                parts = list(self.parts)
+            for part in parts:
+                part.cancel()
+
+    def _deliver(self, block: Roi, done: Future) -> None:
+        if done.cancelled():
             return
-        local = Roi((0,) + roi.start[1:], (1,) + roi.stop[1:])
-        with lock:
-            out[t - roi.start[0]] = future.result()[local.slices()][0]
-            remaining[0] -= 1
-            done = remaining[0] == 0
-        if done and not result.done():
-            result.set_result(out)
+        if done.exception() is not None:
+            settle(self.future, error=done.exception())
+            return
+        part = block.intersect(self.roi)
+        with self._lock:
+            if self.future.done():
+                return
+            self.data[part.relative_to(self.roi)] = done.result()[part.relative_to(block)]
+            self._pending -= 1
+            finished = self._pending == 0
+            if self.on_block is not None:  # under the lock: every block is announced before the future resolves
+                self.on_block(part, self.data[part.relative_to(self.roi)])
+        if finished:
+            settle(self.future, result=self.data)
 
-    for t, frame in zip(range(roi.start[0], roi.stop[0]), frames):
-        frame.add_done_callback(lambda f, t=t: collect(t, f))
-    return result
+
+def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, priority: int = 0,
+                    on_block: Callable[[Roi, np.ndarray], None] | None = None,
+                    snapshot: PipelineSnapshot | None = None) -> ObjectsRequest:
+    """Start assembling the uint32 labels ``(t, z, y, x, 1)`` of ``roi``, each frame labelled as a whole and
+    delivered block by block; keys and probabilities come from one snapshot (default: the current one).
+    UserError at once for a thresholding method that is not computed here."""
+    reason = unsupported_method(settings)
+    if reason is not None:
+        raise UserError(reason)
+    if not Roi.from_shape(gateway.source.spatial_shape).contains(roi):
+        raise ValueError(f"{roi} is outside the image {gateway.source.spatial_shape}")
+    snapshot = snapshot or gateway.snapshot
+    blocks = object_blocks(gateway, roi)
+    request = ObjectsRequest(roi, on_block, len(blocks))
+    for block in blocks:
+        request.watch(_request_block(gateway, block, settings, priority, snapshot))
+    return request
 
 
 def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0,
                   snapshot: PipelineSnapshot | None = None) -> Future:
-    """A future of one whole frame's labels ``(1, z, y, x, 1)``, labelled once however many ask (cached); the
-    key and the probabilities come from one snapshot (default: the gateway's current one). UserError at once for
-    a thresholding method that is not computed here."""
-    reason = unsupported_method(settings)
-    if reason is not None:
-        raise UserError(reason)
-    frame = frame_roi(gateway, t)
-    snapshot = snapshot or gateway.snapshot
+    """A future of one whole frame's labels ``(1, z, y, x, 1)`` (cancelling it stops waiting for its blocks)."""
+    return request_objects(gateway, frame_roi(gateway, t), settings, priority, snapshot=snapshot).future
+
+
+def _request_block(gateway: Gateway, block: Roi, settings: ThresholdSettings, priority: int,
+                   snapshot: PipelineSnapshot) -> RegionRequest:
+    """One block of labels through the gateway: from the cache, from another process, or from the frame's job."""
+    t = block.start[0]
 
     def produce() -> Future:
-        labelled: Future = Future()
-        probabilities = gateway.request("Probabilities", frame, priority, snapshot=snapshot)
+        return _frame_job(gateway, t, settings, priority, snapshot).block(block.start[1:])
 
-        def label(future: Future) -> None:
-            try:
-                labelled.set_result(threshold_frame(future.result()[0], settings)[..., None])
-            except Exception as exc:  # a failed probability block or bad parameters
-                labelled.set_exception(exc)
+    key = objects_key(gateway, t, settings, snapshot, block)
+    return gateway.request_derived(key, block, 1, LABELS, produce, priority)
 
-        def hand_over(future: Future) -> None:
-            try:
-                gateway.run_local(label, future)
-            except RuntimeError:  # the gateway was closed meanwhile
-                labelled.cancel()
 
-        probabilities.future.add_done_callback(hand_over)
-        return labelled
+def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int,
+               snapshot: PipelineSnapshot) -> FrameJob:
+    """The running job labelling frame ``t`` with ``settings`` (started once however many blocks ask).
 
-    key = objects_key(gateway, t, settings, snapshot)
-    return gateway.request_derived(key, frame, 1, np.uint32, produce, priority).future
+    A new job also asks for every block of the frame at prefetch priority, so that the whole frame ends
+    up in the cache and moving through it labels nothing again.
+    """
+    frame_key = f"{objects_key(gateway, t, settings, snapshot)}.frame"
+    with _jobs_lock:
+        jobs = _jobs.setdefault(gateway, {})
+        job = jobs.get(frame_key)
+        if job is not None:
+            return job
+
+        def read_box(start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+            roi = Roi((t,) + tuple(start), (t + 1,) + tuple(stop))
+            return gateway.request("Probabilities", roi, priority, snapshot=snapshot).result()[0]
+
+        def forget(ended: FrameJob) -> None:
+            with _jobs_lock:
+                if jobs.get(frame_key) is ended:
+                    del jobs[frame_key]
+
+        job = jobs[frame_key] = FrameJob(read_box, gateway.source.spatial_shape[1:], settings,
+                                         object_block_shape(gateway), LABELS, on_end=forget)
+    try:
+        for block in object_blocks(gateway, frame_roi(gateway, t)):  # before the start: the job cannot end first
+            _request_block(gateway, block, settings, PREFETCH, snapshot)
+    finally:
+        job.start()
+    return job

@@ -207,7 +207,7 @@ def test_a_frames_objects_are_labelled_once_however_many_views_ask(project, redi
             frames = [request_frame(gateway, 0, settings) for _ in range(3)]  # the three orthoviews
             labels = [f.result(timeout=60) for f in frames]
             assert all(np.array_equal(x, labels[0]) for x in labels)
-            assert gateway.status().computed == 4 + 1  # four probability blocks, one labelling
+            assert gateway.status().computed == 4 + 4  # four probability blocks, four blocks of labels of one labelling
             probabilities = gateway.request("Probabilities", Roi((0, 0, 0, 0), (1, 24, 96, 96))).result(timeout=60)
             expected = independent_objects(probabilities[0], settings)
             ours = labels[0][0, ..., 0]
