@@ -128,9 +128,7 @@ def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, pri
     """Start assembling the uint32 labels ``(t, z, y, x, 1)`` of ``roi``, each frame labelled as a whole and
     delivered block by block; keys and probabilities come from one snapshot (default: the current one).
     UserError at once for a thresholding method that is not computed here."""
-    reason = unsupported_method(settings)
-    if reason is not None:
-        raise UserError(reason)
+    _refuse_unsupported(settings)
     if not Roi.from_shape(gateway.source.spatial_shape).contains(roi):
         raise ValueError(f"{roi} is outside the image {gateway.source.spatial_shape}")
     snapshot = snapshot or gateway.snapshot
@@ -143,8 +141,16 @@ def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, pri
 
 def request_frame(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int = 0,
                   snapshot: PipelineSnapshot | None = None) -> Future:
-    """A future of one whole frame's labels ``(1, z, y, x, 1)`` (cancelling it stops waiting for its blocks)."""
+    """A future of one whole frame's labels ``(1, z, y, x, 1)`` (cancelling it stops waiting for its blocks);
+    UserError at once for a thresholding method that is not computed here."""
+    _refuse_unsupported(settings)
     return request_objects(gateway, frame_roi(gateway, t), settings, priority, snapshot=snapshot).future
+
+
+def _refuse_unsupported(settings: ThresholdSettings) -> None:
+    reason = unsupported_method(settings)
+    if reason is not None:
+        raise UserError(reason)
 
 
 def _request_block(gateway: Gateway, block: Roi, settings: ThresholdSettings, priority: int,
