@@ -19,7 +19,7 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import UserError
 from backend.io.sources import open_source
-from backend.service.prediction_maps import data_range, label_frame, normalize
+from backend.service.prediction_maps import data_range, label_frame, normalize, open_input
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
 from tests.unit.test_sources import _write_n5
@@ -246,3 +246,48 @@ def test_label_frame_contract():
     expected = threshold_frame(frame, settings)
     np.testing.assert_array_equal(out, expected)
     assert highest == expected.max() > 0 and shares[-1] == 1.0
+
+
+def test_raw_data_pairs_with_the_maps_in_order_and_names_the_outputs(tmp_path, data_dir):
+    """As ilastik's Object Classification (from prediction image) headless: ``--raw_data`` and ``--prediction_maps``
+    paired in order, outputs named from the raw data (its {nickname} and {dataset_dir}); the raw data without axes
+    takes the project lane's (t, y, x)."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "maps").mkdir()
+    maps = {name: blobs((3, 24, 32), 1, seed=seed) for name, seed in (("m1", 11), ("m2", 12))}
+    for index, (name, values) in enumerate(maps.items()):
+        write_h5(tmp_path / "maps" / f"{name}.h5", values, "tyxc")
+        with h5py.File(tmp_path / "raw" / f"cells_{index + 1}.h5", "w") as f:
+            f["data"] = np.full((3, 24, 32), index, np.uint8)
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps/*.h5", extra=(
+        "--raw_data", "raw/cells_1.h5/data", "raw/cells_2.h5/data"))
+    assert result.returncode == 0, result.stderr
+    assert "batch: 2 of 2 files written" in result.stderr
+    for index, values in enumerate(maps.values()):
+        written = tmp_path / "raw" / f"cells_{index + 1}-data_Objects.h5"  # ilastik's raw data {nickname}
+        assert f"wrote {written}" in result.stderr
+        labels = objects(str(written))
+        expected = np.stack([threshold_frame(frame[None], ThresholdSettings())[0] for frame in values])
+        assert expected.max() > 0
+        np.testing.assert_array_equal(labels[..., 0], expected)
+    assert not [p for p in os.listdir(tmp_path / "maps") if "Objects" in p]
+
+
+def test_raw_data_and_maps_that_do_not_pair_are_one_line(tmp_path, data_dir):
+    project = os.path.join(data_dir, OC_PROJECT)
+    write_h5(tmp_path / "maps.h5", blobs((2, 20, 20), 1, seed=13), "tyxc")
+    np.save(tmp_path / "raw.npy", np.zeros((2, 20, 21), np.uint8))
+    np.save(tmp_path / "other.npy", np.zeros((2, 20, 20), np.uint8))
+    counts = pmaps(tmp_path, project, "maps.h5", extra=("--raw_data", "raw.npy", "other.npy"))
+    assert counts.returncode == 2 and counts.stderr.count("\n") == 1, counts.stderr
+    assert "--raw_data gives 2 files but --prediction_maps 1 file: they are paired in order" in counts.stderr
+    shapes = pmaps(tmp_path, project, "maps.h5", extra=("--raw_data", "raw.npy", "--input_axes", "tyx,tyxc"))
+    assert shapes.returncode == 2 and shapes.stderr.count("\n") == 1, shapes.stderr
+    assert "maps.h5/exported_data: its shape (t, z, y, x) (2, 1, 20, 20) differs from that of its raw data" \
+        in shapes.stderr and "raw.npy (2, 1, 20, 21)" in shapes.stderr
+    assert "Traceback" not in shapes.stderr and not [p for p in os.listdir(tmp_path) if "Objects" in p]
+    inputs = open_input(str(tmp_path / "maps.h5"), None, str(tmp_path / "other.npy"), "tyx")
+    try:  # the raw data stays available to the run (per-object measurements need its intensities)
+        assert inputs.raw.spatial_shape == inputs.map.spatial_shape and inputs.named_after is inputs.raw
+    finally:
+        inputs.close()
