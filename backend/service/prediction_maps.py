@@ -102,8 +102,8 @@ def label_frame(read_box: ReadBox, frame_shape: Box, settings: ThresholdSettings
     """Label the objects of one (z, y, x) frame with ilastik's IDs and return the highest object ID.
 
     ``read_box(start, stop)`` gives the float32 ``(z, y, x, channels)`` probabilities of a box, already in
-    [0, 1]; ``write_box(start, labels)`` receives the uint32 ``(z, y, x)`` labels of a box; ``progress`` is told
-    the share of the frame done (0 to 1).
+    [0, 1]; ``write_box(start, labels)`` receives the ``(z, y, x)`` labels of a box, uint32, or uint64 once IDs go
+    beyond 2**32 - 1 (the output is widened then); ``progress`` is told the share of the frame done (0 to 1).
     """
     origin = (0, 0, 0)
     labels = threshold_frame(read_box(origin, tuple(frame_shape)), settings)
@@ -184,8 +184,9 @@ def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
 def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
                    options: ExportOptions) -> tuple[ExportResult, int]:
     """Threshold every frame of the map of ``inputs`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
-    does; returns where and how long, and the highest object ID of all frames. The partial output is removed on
-    any failure or interruption."""
+    does: uint32, uint64 if an ID needs it, the highest ID recorded as the attribute ``max_object_id``. Returns
+    where and how long, and the highest object ID of all frames. The partial output is removed on any failure or
+    interruption."""
     source = inputs.map
     check_map_channels(source, settings)
     value_range = data_range(source)
@@ -207,6 +208,7 @@ def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
                 bar.update(int(t + share) - bar.n)  # whole frames on the bar
 
             highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance))
+        writer.describe(max_object_id=highest)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -224,7 +226,9 @@ def _frame_boxes(source: DataSource, t: int, value_range: tuple[float, float] | 
         return normalize(source.read(Roi((t, *start), (t + 1, *stop)))[0], value_range)
 
     def write_box(start: Box, labels: np.ndarray) -> None:
+        if labels.dtype != writer.dtype and int(labels.max(initial=0)) > np.iinfo(writer.dtype).max:
+            writer.widen(np.dtype(np.uint64))
         stop = tuple(s + n for s, n in zip(start, labels.shape))
-        writer.write(Roi((t, *start), (t + 1, *stop)), labels[None, ..., None])
+        writer.write(Roi((t, *start), (t + 1, *stop)), labels.astype(writer.dtype, copy=False)[None, ..., None])
 
     return read_box, write_box

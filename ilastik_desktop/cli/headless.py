@@ -199,4 +199,4 @@ def _export_map(settings: Settings, project: Project, threshold: ThresholdSettin
     written[target] = spec
     rate = result.voxels / max(result.seconds, 1e-9)
     return (f"wrote {result.path} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
-            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest})")
+            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest}{', uint64 labels' if highest >= 2**32 else ''})")

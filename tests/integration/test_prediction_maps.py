@@ -18,8 +18,11 @@ import zarr
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import UserError
+from backend.io import writers
 from backend.io.sources import open_source
-from backend.service.prediction_maps import data_range, label_frame, normalize, open_input
+from backend.service import prediction_maps
+from backend.service.export import ExportOptions
+from backend.service.prediction_maps import MapInput, data_range, label_frame, normalize, open_input
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
 from tests.unit.test_sources import _write_n5
@@ -77,6 +80,7 @@ def test_oc_project_thresholds_each_frame_of_an_hdf5_map(tmp_path, data_dir):
     assert f"highest object ID {labels.max()}" in result.stderr
     with h5py.File(written, "r") as f:
         assert [a["key"] for a in json.loads(f["exported_data"].attrs["axistags"])["axes"]] == list("tyxc")
+        assert f["exported_data"].attrs["max_object_id"] == labels.max()
 
 
 def test_project_settings_with_threshold_override_on_a_3d_zarr_map(tmp_path, data_dir):
@@ -291,3 +295,46 @@ def test_raw_data_and_maps_that_do_not_pair_are_one_line(tmp_path, data_dir):
         assert inputs.raw.spatial_shape == inputs.map.spatial_shape and inputs.named_after is inputs.raw
     finally:
         inputs.close()
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "zarr", "tif", "npy"])
+def test_object_ids_beyond_uint32_widen_the_output_to_uint64(tmp_path, monkeypatch, fmt):
+    """A label_frame (a blockwise engine) that hands uint64 boxes with IDs above 2**32 - 1 in the second frame: the
+    output becomes uint64 with every value kept, and says its highest ID (max_object_id)."""
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(14).random((3, 8, 10), np.float32))
+    big = 2**32 + 7
+    expected = np.zeros((3, 8, 10), np.uint64)
+
+    def fake_label_frame(read_box, frame_shape, settings, write_box, progress=None):
+        assert read_box((0, 0, 0), frame_shape).shape == (1, 8, 10, 1)
+        t = fake_label_frame.frame
+        fake_label_frame.frame += 1
+        top = np.full((1, 4, 10), t + 1, np.uint32)
+        bottom = np.full((1, 4, 10), big + t if t == 1 else t + 10, np.uint64 if t == 1 else np.uint32)
+        for start, labels in (((0, 0, 0), top), ((0, 4, 0), bottom)):
+            write_box(start, labels)
+            expected[t, start[1]:start[1] + 4] = labels[0]
+        return int(max(top.max(), bottom.max()))
+
+    fake_label_frame.frame = 0
+    monkeypatch.setattr(prediction_maps, "label_frame", fake_label_frame)
+    monkeypatch.setattr(writers, "WIDEN_SLAB_ITEMS", 16)  # the copy into the wider array cut into many slabs
+    options = ExportOptions(kind="Objects", fmt=fmt, filename_pattern=str(tmp_path / "out" / "{nickname}"),
+                            progress=False)
+    (tmp_path / "out").mkdir()
+    result, highest = prediction_maps.export_objects(MapInput(open_source(str(tmp_path / "tiny.npy"), "tyx")),
+                                                     "tiny", ThresholdSettings(), options)
+    assert highest == big + 1 and os.listdir(tmp_path / "out") == [os.path.basename(result.path)]
+    if fmt == "hdf5":
+        with h5py.File(result.path, "r") as f:
+            labels, recorded = f["exported_data"][()], f["exported_data"].attrs["max_object_id"]
+    elif fmt == "zarr":
+        array = zarr.open_group(result.path, mode="r")["0"]
+        labels, recorded = array[()], array.attrs["max_object_id"]
+    elif fmt == "tif":
+        with tifffile.TiffFile(result.path) as f:
+            labels, recorded = f.asarray(), f.shaped_metadata[0]["max_object_id"]
+    else:
+        labels, recorded = np.load(result.path), highest  # .npy has no place for attributes
+    assert labels.dtype == np.uint64 and recorded == highest
+    np.testing.assert_array_equal(labels.reshape(expected.shape), expected)
