@@ -19,10 +19,13 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import UserError
 from backend.io import writers
+from backend.io.project import open_project
 from backend.io.sources import open_source
 from backend.service import prediction_maps
 from backend.service.export import ExportOptions
 from backend.service.prediction_maps import MapInput, data_range, label_frame, normalize, open_input
+from ilastik_desktop.cli.headless import run_prediction_maps
+from ilastik_desktop.runtime.settings import Settings
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
 from tests.unit.test_sources import _write_n5
@@ -297,34 +300,40 @@ def test_raw_data_and_maps_that_do_not_pair_are_one_line(tmp_path, data_dir):
         inputs.close()
 
 
-@pytest.mark.parametrize("fmt", ["hdf5", "zarr", "tif", "npy"])
-def test_object_ids_beyond_uint32_widen_the_output_to_uint64(tmp_path, monkeypatch, fmt):
-    """A label_frame (a blockwise engine) that hands uint64 boxes with IDs above 2**32 - 1 in the second frame: the
-    output becomes uint64 with every value kept, and says its highest ID (max_object_id)."""
-    np.save(tmp_path / "tiny.npy", np.random.default_rng(14).random((3, 8, 10), np.float32))
-    big = 2**32 + 7
-    expected = np.zeros((3, 8, 10), np.uint64)
+class WideLabels:
+    """A stand-in for label_frame (a blockwise engine) on (8, 10) frames: two boxes per frame, uint32, except frame
+    1's second box: uint64 IDs above 2**32 - 1. ``expected`` collects what it wrote."""
 
-    def fake_label_frame(read_box, frame_shape, settings, write_box, progress=None):
+    big = 2**32 + 7
+
+    def __init__(self, frames: int):
+        self.frame, self.expected = 0, np.zeros((frames, 8, 10), np.uint64)
+
+    def __call__(self, read_box, frame_shape, settings, write_box, progress=None) -> int:
         assert read_box((0, 0, 0), frame_shape).shape == (1, 8, 10, 1)
-        t = fake_label_frame.frame
-        fake_label_frame.frame += 1
+        t, self.frame = self.frame, self.frame + 1
         top = np.full((1, 4, 10), t + 1, np.uint32)
-        bottom = np.full((1, 4, 10), big + t if t == 1 else t + 10, np.uint64 if t == 1 else np.uint32)
+        bottom = np.full((1, 4, 10), self.big + t if t == 1 else t + 10, np.uint64 if t == 1 else np.uint32)
         for start, labels in (((0, 0, 0), top), ((0, 4, 0), bottom)):
             write_box(start, labels)
-            expected[t, start[1]:start[1] + 4] = labels[0]
+            self.expected[t, start[1]:start[1] + 4] = labels[0]
         return int(max(top.max(), bottom.max()))
 
-    fake_label_frame.frame = 0
-    monkeypatch.setattr(prediction_maps, "label_frame", fake_label_frame)
+
+@pytest.mark.parametrize("fmt", ["hdf5", "zarr", "tif", "npy"])
+def test_object_ids_beyond_uint32_widen_the_output_to_uint64(tmp_path, monkeypatch, fmt):
+    """IDs above 2**32 - 1 from the second frame on: the output becomes uint64 with every value kept, and says its
+    highest ID (max_object_id)."""
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(14).random((3, 8, 10), np.float32))
+    fake = WideLabels(3)
+    monkeypatch.setattr(prediction_maps, "label_frame", fake)
     monkeypatch.setattr(writers, "WIDEN_SLAB_ITEMS", 16)  # the copy into the wider array cut into many slabs
     options = ExportOptions(kind="Objects", fmt=fmt, filename_pattern=str(tmp_path / "out" / "{nickname}"),
                             progress=False)
     (tmp_path / "out").mkdir()
     result, highest = prediction_maps.export_objects(MapInput(open_source(str(tmp_path / "tiny.npy"), "tyx")),
                                                      "tiny", ThresholdSettings(), options)
-    assert highest == big + 1 and os.listdir(tmp_path / "out") == [os.path.basename(result.path)]
+    assert highest == WideLabels.big + 1 and os.listdir(tmp_path / "out") == [os.path.basename(result.path)]
     if fmt == "hdf5":
         with h5py.File(result.path, "r") as f:
             labels, recorded = f["exported_data"][()], f["exported_data"].attrs["max_object_id"]
@@ -337,4 +346,14 @@ def test_object_ids_beyond_uint32_widen_the_output_to_uint64(tmp_path, monkeypat
     else:
         labels, recorded = np.load(result.path), highest  # .npy has no place for attributes
     assert labels.dtype == np.uint64 and recorded == highest
-    np.testing.assert_array_equal(labels.reshape(expected.shape), expected)
+    np.testing.assert_array_equal(labels.reshape(fake.expected.shape), fake.expected)
+
+
+def test_the_summary_line_says_uint64(tmp_path, monkeypatch, capsys, data_dir):
+    np.save(tmp_path / "tiny.npy", np.zeros((2, 8, 10), np.float32))
+    monkeypatch.setattr(prediction_maps, "label_frame", WideLabels(2))
+    project = os.path.join(data_dir, OC_PROJECT)
+    settings = Settings(project=project, input_axes="tyx", prediction_maps=(str(tmp_path / "tiny.npy"),),
+                        export=ExportOptions(kind="Objects", progress=False))
+    assert run_prediction_maps(settings, open_project(project)) == 0
+    assert f"highest object ID {WideLabels.big + 1}, uint64 labels)" in capsys.readouterr().err
