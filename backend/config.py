@@ -156,6 +156,14 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class ObjectsConfig:
+    """Labelling objects of a frame block by block (``--prediction_maps``)."""
+
+    threads: int = setting(2, "threads labelling the blocks of a frame; each holds about one block of input "
+                              "(64 x 256 x 256 voxels, one 2048 x 2048 slice in 2D) and its temporaries", 1, 256)
+
+
+@dataclass(frozen=True)
 class Config:
     """Every tunable of the application, by section."""
 
@@ -166,6 +174,7 @@ class Config:
     training: TrainingConfig = TrainingConfig()
     window: WindowConfig = WindowConfig()
     web: WebConfig = WebConfig()
+    objects: ObjectsConfig = ObjectsConfig()
 
     def replace(self, **changes: float) -> Config:
         """A copy with ``section__name=value`` changes (checked like environment values)."""

@@ -7,6 +7,7 @@ interrupted export never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ HDF5_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": Tru
 CHUNK_BYTES = 1 << 20  # a chunk is read whole for any voxel of it: about 1 MB
 MIN_CHUNK_EDGE = 16  # chunks are not cut thinner than this to save padding
 PADDING_SHARE = 0.125  # edge padding allowed per axis, as a share of the axis
+WIDEN_SLAB_ITEMS = 1 << 22  # values copied at a time when an output is widened to a larger type
 
 
 def output_axes(raw_axes: str) -> str:
@@ -98,7 +100,8 @@ def chunk_shape(shape: tuple[int, ...], block: tuple[int, ...], itemsize: int,
 class BlockWriter:
     """Writes ``(t, z, y, x, c)`` blocks of the region ``region`` (tzyx) into an array-like target, recording
     ``voxel_size`` in the format's own metadata. zarr output is an OME-Zarr image, so its axes are put in NGFF
-    order (t, c, z, y, x)."""
+    order (t, c, z, y, x). The value type can be widened while writing (:meth:`widen`), and attributes recorded
+    when the file is committed (:meth:`describe`)."""
 
     def __init__(self, path: str, fmt: str, axes: str, region: Roi, channels: int, dtype: np.dtype,
                  block_shape: tuple[int, ...], internal_path: str = "exported_data",
@@ -117,6 +120,7 @@ class BlockWriter:
         if not os.path.isdir(parent):
             raise UserError(f"{path}: the output folder {parent} does not exist")
         self._file, self.array = None, None
+        self._chunks, self._internal_path, self._attributes = chunks, internal_path, {}
         try:
             _remove(self.partial)
             open(self.partial, "wb").close()  # an unwritable folder says so, not that it has no room
@@ -164,9 +168,39 @@ class BlockWriter:
         native = block.transpose(self._order).reshape([block.shape[i] for i in self._order[: len(self.axes)]])
         self.array[tuple(bounds[a] for a in self.axes)] = native
 
+    def widen(self, dtype: np.dtype) -> None:
+        """Store values of the larger type ``dtype`` from now on (object IDs beyond uint32, say): what was written
+        so far is copied into a new array of that type, a slab at a time, and the old one deleted."""
+        narrow = (self.array, self._file, self.partial, self.dtype)
+        self.dtype, self._file = np.dtype(dtype), None
+        self.partial = _partial_name(self.path, self.dtype.name)
+        try:
+            _remove(self.partial)
+            _check_space(self.path, os.path.dirname(self.partial), self.fmt,
+                         math.prod(narrow[0].shape) * self.dtype.itemsize)
+            self.array = self._create(narrow[0].shape, self._chunks, self._internal_path)
+            for index in _slabs(narrow[0].shape, WIDEN_SLAB_ITEMS):
+                self.array[index] = narrow[0][index]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.abort()
+            self.array, self._file, self.partial, self.dtype = narrow
+            raise
+        _release(*narrow[:2])
+        _remove(narrow[2])
+
+    def describe(self, **attributes) -> None:
+        """Record ``attributes`` (numbers, strings) in the output's metadata when it is committed: on the HDF5
+        dataset, in the zarr array's attributes, in a TIFF's JSON description (.npy has no place for them)."""
+        self._attributes.update(attributes)
+
     def commit(self) -> None:
-        """Flush, close and move the finished file to its final name."""
+        """Record the attributes, flush, close and move the finished file to its final name."""
+        if self.fmt in ("hdf5", "zarr"):
+            self.array.attrs.update(self._attributes)
         self._close()
+        if self.fmt == "tif" and self._attributes:
+            _describe_tiff(self.partial, self._attributes)
         _remove(self.path)
         os.replace(self.partial, self.path)
 
@@ -176,12 +210,38 @@ class BlockWriter:
         _remove(self.partial)
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        elif hasattr(self.array, "flush"):
-            self.array.flush()
-        self.array = None
+        _release(self.array, self._file)
+        self._file, self.array = None, None
+
+
+def _release(array, file) -> None:
+    """Close an output's HDF5 file, or flush its memory map."""
+    if file is not None:
+        file.close()
+    elif hasattr(array, "flush"):
+        array.flush()
+
+
+def _slabs(shape: tuple[int, ...], limit: int):
+    """Indices that cut an array of ``shape`` along its leading axes into slabs of at most ``limit`` values (or
+    a single row of the last axis)."""
+    lead = 0
+    while lead < len(shape) - 1 and math.prod(shape[lead:]) > limit:
+        lead += 1
+    return (index + (Ellipsis,) for index in itertools.product(*(range(n) for n in shape[:lead])))
+
+
+def _describe_tiff(path: str, attributes: dict) -> None:
+    """Add ``attributes`` to the TIFF's JSON ImageDescription (tifffile's shaped description); a file without one
+    is left as it is."""
+    import tifffile
+
+    try:
+        description = json.loads(tifffile.tiffcomment(path) or "")
+    except (ValueError, TypeError):
+        return
+    if isinstance(description, dict):
+        tifffile.tiffcomment(path, json.dumps({**description, **attributes}))
 
 
 def _check_space(path: str, parent: str, fmt: str, size: int) -> None:
@@ -199,9 +259,9 @@ def _size_text(size: int) -> str:
     return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
 
 
-def _partial_name(path: str) -> str:
+def _partial_name(path: str, variant: str = "") -> str:
     head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, f".{tail}.partial")
+    return os.path.join(head, f".{tail}{'.' + variant if variant else ''}.partial")
 
 
 def _remove(path: str, settle_s: float = 0.2, limit_s: float = 5.0) -> None:

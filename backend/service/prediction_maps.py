@@ -6,6 +6,9 @@ The input step follows lazyflow's ``OpThresholdTwoLevels``: convert to float32, 
 range to [0, 1] unless that range is already [0, 1]. The range is the map's ``drange`` attribute (HDF5, zarr, N5)
 if it has one; else the full range of an integer pixel type (uint8: 0 to 255); a float map without one is taken
 as it is.
+
+With the raw data given (``--raw_data``, paired with the maps in order), a map must have the raw data's (t, z, y, x)
+shape, and the outputs are named after the raw data, as ilastik's export names them from its raw data role.
 """
 
 from __future__ import annotations
@@ -15,15 +18,20 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from backend.compute.geometry import Roi
-from backend.compute.threshold import ThresholdSettings, threshold_frame
+from backend.compute.object_blocks import default_block_shape
+from backend.compute.threshold import ThresholdSettings
 from backend.errors import DataError, UserError
-from backend.io.sources import DataSource
+from backend.io.dataset import open_lane
+from backend.io.project import Project
+from backend.io.sources import DataSource, open_source, split_internal_path
 from backend.io.writers import BlockWriter, output_axes
+from backend.service.blockwise_objects import label_frame_blockwise
 from backend.service.export import ExportOptions, ExportResult, check_internal_path, output_path
 from backend.service.objects import OBJECTS
 
@@ -32,22 +40,81 @@ ReadBox = Callable[[Box, Box], np.ndarray]
 WriteBox = Callable[[Box, np.ndarray], None]
 
 
+@dataclass(frozen=True)
+class MapInput:
+    """One lane of a ``--prediction_maps`` run: the probability map and, when given, the raw data it was predicted
+    from (the outputs are named after it; its intensities are there for measurements per object)."""
+
+    map: DataSource
+    raw: DataSource | None = None
+
+    @property
+    def named_after(self) -> DataSource:
+        """The image whose ``{nickname}`` and ``{dataset_dir}`` the outputs take: the raw data when given."""
+        return self.raw if self.raw is not None else self.map
+
+    def close(self) -> None:
+        """Release the files the sources hold open (HDF5)."""
+        for source in (self.map, self.raw):
+            _close(source)
+
+
+def open_input(map_spec: str, map_axes: str | None, raw_spec: str | None = None, raw_axes: str | None = None,
+               project: Project | None = None, lane: int = 0) -> MapInput:
+    """The map ``map_spec`` and, if given, its raw data ``raw_spec`` (read as the project's lane ``lane`` is, its
+    axes fitted to the lane's); UserError naming both if their (t, z, y, x) shapes differ."""
+    source = open_source(map_spec, map_axes)
+    if raw_spec is None:
+        return MapInput(source)
+    try:
+        raw = (open_lane(project, lane, raw_spec, raw_axes) if project is not None and project.lanes
+               else open_source(raw_spec, raw_axes))
+    except BaseException:
+        _close(source)
+        raise
+    inputs = MapInput(source, raw)
+    if raw.spatial_shape != source.spatial_shape:
+        inputs.close()
+        raise UserError(f"{source.description}: its shape (t, z, y, x) {source.spatial_shape} differs from that of "
+                        f"its raw data {raw.description} {raw.spatial_shape} (the maps and the raw data are paired "
+                        "in the order given)")
+    return inputs
+
+
+def _close(source: DataSource | None) -> None:
+    release = getattr(source, "close", None)  # an HDF5 source holds its file open
+    if release is not None:
+        release()
+
+
+def objects_path(inputs: MapInput, nickname: str, options: ExportOptions) -> str:
+    """The Objects output of ``inputs`` (``output_path`` of the image it is named after); UserError if it would
+    overwrite the map itself."""
+    path = output_path(options.filename_pattern, options.fmt, inputs.named_after, nickname, OBJECTS)
+    if inputs.raw is not None:
+        files = inputs.map.description.split(os.pathsep)
+        if os.path.realpath(path) in {os.path.realpath(split_internal_path(f)[0]) for f in files}:
+            raise UserError(f"{path}: the export would overwrite its probability map; choose another "
+                            "--output_filename_format")
+    return path
+
+
 def label_frame(read_box: ReadBox, frame_shape: Box, settings: ThresholdSettings, write_box: WriteBox,
-                progress: Callable[[float], None] | None = None) -> int:
+                progress: Callable[[float], None] | None = None, threads: int = 2) -> int:
     """Label the objects of one (z, y, x) frame with ilastik's IDs and return the highest object ID.
 
     ``read_box(start, stop)`` gives the float32 ``(z, y, x, channels)`` probabilities of a box, already in
-    [0, 1]; ``write_box(start, labels)`` receives the uint32 ``(z, y, x)`` labels of a box; ``progress`` is told
-    the share of the frame done (0 to 1).
+    [0, 1]; ``write_box(start, labels)`` receives the ``(z, y, x)`` labels of a box, uint32, or uint64 once IDs go
+    beyond 2**32 - 1 (the output is widened then); ``progress`` is told the share of the frame done (0 to 1).
+    The frame is labelled block by block on ``threads`` threads, in memory bounded by blocks, not by the frame.
     """
-    origin = (0, 0, 0)
-    labels = threshold_frame(read_box(origin, tuple(frame_shape)), settings)
-    if progress is not None:
-        progress(0.5)
-    write_box(origin, labels)
-    if progress is not None:
-        progress(1.0)
-    return int(labels.max(initial=0))
+    def ticks(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / total)
+
+    result = label_frame_blockwise(read_box, tuple(frame_shape), settings, write_box, threads=threads,
+                                   progress=ticks)
+    return result.max_id
 
 
 def declared_range(source: DataSource) -> tuple[float, float] | None:
@@ -116,18 +183,22 @@ def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
                             f"{source.channels - 1}); choose one with --threshold {name.replace(' ', '_')}=N")
 
 
-def export_objects(source: DataSource, nickname: str, settings: ThresholdSettings,
-                   options: ExportOptions) -> tuple[ExportResult, int]:
-    """Threshold every frame of the map ``source`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
-    does; returns where and how long, and the highest object ID of all frames. The partial output is removed on
-    any failure or interruption."""
+def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
+                   options: ExportOptions, threads: int = 2) -> tuple[ExportResult, int]:
+    """Threshold every frame of the map of ``inputs`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
+    does: uint32, uint64 if an ID needs it, the highest ID recorded as the attribute ``max_object_id``. Returns
+    where and how long, and the highest object ID of all frames. The partial output is removed on any failure or
+    interruption. Each frame is labelled block by block on ``threads`` threads."""
+    source = inputs.map
     check_map_channels(source, settings)
     value_range = data_range(source)
     frames, *frame_shape = source.spatial_shape
     region = Roi.from_shape(source.spatial_shape)
-    path = output_path(options.filename_pattern, options.fmt, source, nickname, OBJECTS)
+    path = objects_path(inputs, nickname, options)
+    voxel_size = source.voxel_size or (inputs.raw.voxel_size if inputs.raw is not None else None)
     writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, 1, np.dtype(np.uint32),
-                         (1, *frame_shape), check_internal_path(options.internal_path), source.voxel_size)
+                         (1, *default_block_shape(tuple(frame_shape))), check_internal_path(options.internal_path),
+                         voxel_size)
     started = time.perf_counter()
     highest = 0
     bar = tqdm(total=frames, unit="frame", desc=OBJECTS, file=sys.stderr, disable=not options.progress,
@@ -139,7 +210,9 @@ def export_objects(source: DataSource, nickname: str, settings: ThresholdSetting
             def advance(share: float, t: int = t) -> None:
                 bar.update(int(t + share) - bar.n)  # whole frames on the bar
 
-            highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance))
+            highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance,
+                                                   threads))
+        writer.describe(max_object_id=highest)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -157,7 +230,9 @@ def _frame_boxes(source: DataSource, t: int, value_range: tuple[float, float] | 
         return normalize(source.read(Roi((t, *start), (t + 1, *stop)))[0], value_range)
 
     def write_box(start: Box, labels: np.ndarray) -> None:
+        if labels.dtype != writer.dtype and int(labels.max(initial=0)) > np.iinfo(writer.dtype).max:
+            writer.widen(np.dtype(np.uint64))
         stop = tuple(s + n for s, n in zip(start, labels.shape))
-        writer.write(Roi((t, *start), (t + 1, *stop)), labels[None, ..., None])
+        writer.write(Roi((t, *start), (t + 1, *stop)), labels.astype(writer.dtype, copy=False)[None, ..., None])
 
     return read_box, write_box

@@ -16,11 +16,10 @@ from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.io.sources import DataSource, open_source
+from backend.io.sources import DataSource
 from backend.io.sources.base import SourceReadError
 from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
-from backend.service.objects import OBJECTS
-from backend.service.prediction_maps import export_objects
+from backend.service.prediction_maps import export_objects, objects_path, open_input
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
@@ -133,23 +132,28 @@ def _report(index: int, count: int, outcome: FileOutcome) -> None:
 
 def run_prediction_maps(settings: Settings, project: Project) -> int:
     """Threshold each given probability map into Objects with the project's thresholding settings (``--threshold``
-    over them); no classifier, no workers. Several maps: a line per map and a summary line, exit code 1 if any
-    failed (it is skipped, the others are written)."""
-    for given, option in ((settings.raw_data, "--raw_data"), (settings.retrain, "--retrain"),
-                          (settings.cutout, "--cutout_subregion")):
+    over them); no classifier, no workers. ``--raw_data`` files, if given, are paired with the maps in order and
+    name the outputs. Several maps: a line per map and a summary line, exit code 1 if any failed (it is skipped,
+    the others are written)."""
+    for given, option in ((settings.retrain, "--retrain"), (settings.cutout, "--cutout_subregion")):
         if given:
             raise UserError(f"{option} is not used with --prediction_maps (the objects are thresholded from the "
-                            "whole of each map, and outputs are named after the maps)")
+                            "whole of each map)")
     threshold = export_threshold(settings, project.path, project.threshold, ANY_CHANNEL_COUNT)
     files = expand_raw_data(settings.prediction_maps, project, settings.lane)
+    raws = expand_raw_data(settings.raw_data, project, settings.lane) if settings.raw_data else []
+    if raws and len(raws) != len(files):
+        raise UserError(f"--raw_data gives {counted(len(raws), 'file')} but --prediction_maps "
+                        f"{counted(len(files), 'file')}: they are paired in order, one raw data file per map")
+    pairs = list(zip(files, raws or [None] * len(files)))
     written: dict[str, str] = {}  # output (real path) -> the map it was written from
-    if len(files) == 1:
-        print(_export_map(settings, threshold, files[0], written), file=sys.stderr)
+    if len(pairs) == 1:
+        print(_export_map(settings, project, threshold, *pairs[0], written), file=sys.stderr)
         return 0
     started, failed = time.perf_counter(), 0
-    for index, spec in enumerate(files):
+    for index, (spec, raw_spec) in enumerate(pairs):
         try:
-            line = f"{spec}: {_export_map(settings, threshold, spec, written)}"
+            line = f"{spec}: {_export_map(settings, project, threshold, spec, raw_spec, written)}"
         except UserError as exc:
             failed += 1
             line = f"skipped {spec}: {str(exc).removeprefix(f'{spec}: ')}"
@@ -163,26 +167,37 @@ def run_prediction_maps(settings: Settings, project: Project) -> int:
 ANY_CHANNEL_COUNT = 2**31
 
 
-def _export_map(settings: Settings, threshold: ThresholdSettings, spec: str, written: dict[str, str]) -> str:
-    """Threshold one map and write its Objects, unless that would overwrite an output ``written`` before in this
-    run (UserError); returns the ``wrote ...`` line."""
-    source = open_source(spec, settings.input_axes)
+def role_axes(input_axes: str | None) -> tuple[str | None, str | None]:
+    """``--input_axes`` as ilastik's per role (raw data, prediction maps): ``RAW,MAPS``, or one value for both."""
+    if input_axes is None or "," not in input_axes:
+        return input_axes, input_axes
+    raw, maps, *more = (part.strip() or None for part in input_axes.split(","))
+    if more:
+        raise UserError(f"--input_axes '{input_axes}': expected the axes of the raw data and of the maps "
+                        "(e.g. tyx,tyxc), or one value for both")
+    return raw, maps
+
+
+def _export_map(settings: Settings, project: Project, threshold: ThresholdSettings, spec: str,
+                raw_spec: str | None, written: dict[str, str]) -> str:
+    """Threshold one map (with its raw data ``raw_spec`` if given) and write its Objects, unless that would
+    overwrite an output ``written`` before in this run (UserError); returns the ``wrote ...`` line."""
+    raw_axes, map_axes = role_axes(settings.input_axes)
+    inputs = open_input(spec, map_axes, raw_spec, raw_axes, project, settings.lane)
     try:
-        nickname = nickname_of(spec)
-        target = os.path.realpath(output_path(settings.export.filename_pattern, settings.export.fmt, source,
-                                              nickname, OBJECTS))
+        nickname = nickname_of(raw_spec or spec)
+        target = os.path.realpath(objects_path(inputs, nickname, settings.export))
         if target in written:
             raise UserError(f"{spec}: its output {target} would overwrite the output of {written[target]} (put "
                             "{nickname} or {dataset_dir} in the file name pattern)")
         try:
-            result, highest = export_objects(source, nickname, threshold, settings.export)
+            result, highest = export_objects(inputs, nickname, threshold, settings.export,
+                                             settings.compute.config.objects.threads)
         except SourceReadError as exc:
             raise UserError(f"the export failed and its partial output was removed: {exc}") from None
     finally:
-        release = getattr(source, "close", None)  # an HDF5 source holds its file open
-        if release is not None:
-            release()
+        inputs.close()
     written[target] = spec
     rate = result.voxels / max(result.seconds, 1e-9)
     return (f"wrote {result.path} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
-            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest})")
+            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest}{', uint64 labels' if highest >= 2**32 else ''})")

@@ -38,7 +38,9 @@ def add_input_options(p: argparse.ArgumentParser, several: bool = False) -> None
         g.add_argument("--prediction_maps", action="extend", nargs="+", metavar="FILE[/internal/path]",
                        help="with --headless --export_source Objects: threshold these probability maps with the "
                        "project's thresholding settings instead of predicting (no classifier needed); several "
-                       "files or a quoted glob pattern give one output per map, named from its {nickname}")
+                       "files or a quoted glob pattern give one output per map, named from its {nickname}; "
+                       "--raw_data files given too are paired with the maps in order and name the outputs "
+                       "(--input_axes RAW,MAPS then gives the axes of each)")
     g.add_argument("--input_axes", metavar="AXES", help="axes of the raw data, e.g. zyx or tyxc (from t,z,y,x,c)")
     g.add_argument("--lane", type=int, default=0, help="which input lane of the project (default 0)")
     g.add_argument("--retrain", action="store_true",

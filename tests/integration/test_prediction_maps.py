@@ -18,8 +18,14 @@ import zarr
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.errors import UserError
+from backend.io import writers
+from backend.io.project import open_project
 from backend.io.sources import open_source
-from backend.service.prediction_maps import data_range, label_frame, normalize
+from backend.service import prediction_maps
+from backend.service.export import ExportOptions
+from backend.service.prediction_maps import MapInput, data_range, label_frame, normalize, open_input
+from ilastik_desktop.cli.headless import run_prediction_maps
+from ilastik_desktop.runtime.settings import Settings
 from tests.conftest import run_cli
 from tests.integration.test_faults import Run
 from tests.unit.test_sources import _write_n5
@@ -77,6 +83,7 @@ def test_oc_project_thresholds_each_frame_of_an_hdf5_map(tmp_path, data_dir):
     assert f"highest object ID {labels.max()}" in result.stderr
     with h5py.File(written, "r") as f:
         assert [a["key"] for a in json.loads(f["exported_data"].attrs["axistags"])["axes"]] == list("tyxc")
+        assert f["exported_data"].attrs["max_object_id"] == labels.max()
 
 
 def test_project_settings_with_threshold_override_on_a_3d_zarr_map(tmp_path, data_dir):
@@ -246,3 +253,107 @@ def test_label_frame_contract():
     expected = threshold_frame(frame, settings)
     np.testing.assert_array_equal(out, expected)
     assert highest == expected.max() > 0 and shares[-1] == 1.0
+
+
+def test_raw_data_pairs_with_the_maps_in_order_and_names_the_outputs(tmp_path, data_dir):
+    """As ilastik's Object Classification (from prediction image) headless: ``--raw_data`` and ``--prediction_maps``
+    paired in order, outputs named from the raw data (its {nickname} and {dataset_dir}); the raw data without axes
+    takes the project lane's (t, y, x)."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "maps").mkdir()
+    maps = {name: blobs((3, 24, 32), 1, seed=seed) for name, seed in (("m1", 11), ("m2", 12))}
+    for index, (name, values) in enumerate(maps.items()):
+        write_h5(tmp_path / "maps" / f"{name}.h5", values, "tyxc")
+        with h5py.File(tmp_path / "raw" / f"cells_{index + 1}.h5", "w") as f:
+            f["data"] = np.full((3, 24, 32), index, np.uint8)
+    result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps/*.h5", extra=(
+        "--raw_data", "raw/cells_1.h5/data", "raw/cells_2.h5/data"))
+    assert result.returncode == 0, result.stderr
+    assert "batch: 2 of 2 files written" in result.stderr
+    for index, values in enumerate(maps.values()):
+        written = tmp_path / "raw" / f"cells_{index + 1}-data_Objects.h5"  # ilastik's raw data {nickname}
+        assert f"wrote {written}" in result.stderr
+        labels = objects(str(written))
+        expected = np.stack([threshold_frame(frame[None], ThresholdSettings())[0] for frame in values])
+        assert expected.max() > 0
+        np.testing.assert_array_equal(labels[..., 0], expected)
+    assert not [p for p in os.listdir(tmp_path / "maps") if "Objects" in p]
+
+
+def test_raw_data_and_maps_that_do_not_pair_are_one_line(tmp_path, data_dir):
+    project = os.path.join(data_dir, OC_PROJECT)
+    write_h5(tmp_path / "maps.h5", blobs((2, 20, 20), 1, seed=13), "tyxc")
+    np.save(tmp_path / "raw.npy", np.zeros((2, 20, 21), np.uint8))
+    np.save(tmp_path / "other.npy", np.zeros((2, 20, 20), np.uint8))
+    counts = pmaps(tmp_path, project, "maps.h5", extra=("--raw_data", "raw.npy", "other.npy"))
+    assert counts.returncode == 2 and counts.stderr.count("\n") == 1, counts.stderr
+    assert "--raw_data gives 2 files but --prediction_maps 1 file: they are paired in order" in counts.stderr
+    shapes = pmaps(tmp_path, project, "maps.h5", extra=("--raw_data", "raw.npy", "--input_axes", "tyx,tyxc"))
+    assert shapes.returncode == 2 and shapes.stderr.count("\n") == 1, shapes.stderr
+    assert "maps.h5/exported_data: its shape (t, z, y, x) (2, 1, 20, 20) differs from that of its raw data" \
+        in shapes.stderr and "raw.npy (2, 1, 20, 21)" in shapes.stderr
+    assert "Traceback" not in shapes.stderr and not [p for p in os.listdir(tmp_path) if "Objects" in p]
+    inputs = open_input(str(tmp_path / "maps.h5"), None, str(tmp_path / "other.npy"), "tyx")
+    try:  # the raw data stays available to the run (per-object measurements need its intensities)
+        assert inputs.raw.spatial_shape == inputs.map.spatial_shape and inputs.named_after is inputs.raw
+    finally:
+        inputs.close()
+
+
+class WideLabels:
+    """A stand-in for label_frame (a blockwise engine) on (8, 10) frames: two boxes per frame, uint32, except frame
+    1's second box: uint64 IDs above 2**32 - 1. ``expected`` collects what it wrote."""
+
+    big = 2**32 + 7
+
+    def __init__(self, frames: int):
+        self.frame, self.expected = 0, np.zeros((frames, 8, 10), np.uint64)
+
+    def __call__(self, read_box, frame_shape, settings, write_box, progress=None, threads=2) -> int:
+        assert read_box((0, 0, 0), frame_shape).shape == (1, 8, 10, 1)
+        t, self.frame = self.frame, self.frame + 1
+        top = np.full((1, 4, 10), t + 1, np.uint32)
+        bottom = np.full((1, 4, 10), self.big + t if t == 1 else t + 10, np.uint64 if t == 1 else np.uint32)
+        for start, labels in (((0, 0, 0), top), ((0, 4, 0), bottom)):
+            write_box(start, labels)
+            self.expected[t, start[1]:start[1] + 4] = labels[0]
+        return int(max(top.max(), bottom.max()))
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "zarr", "tif", "npy"])
+def test_object_ids_beyond_uint32_widen_the_output_to_uint64(tmp_path, monkeypatch, fmt):
+    """IDs above 2**32 - 1 from the second frame on: the output becomes uint64 with every value kept, and says its
+    highest ID (max_object_id)."""
+    np.save(tmp_path / "tiny.npy", np.random.default_rng(14).random((3, 8, 10), np.float32))
+    fake = WideLabels(3)
+    monkeypatch.setattr(prediction_maps, "label_frame", fake)
+    monkeypatch.setattr(writers, "WIDEN_SLAB_ITEMS", 16)  # the copy into the wider array cut into many slabs
+    options = ExportOptions(kind="Objects", fmt=fmt, filename_pattern=str(tmp_path / "out" / "{nickname}"),
+                            progress=False)
+    (tmp_path / "out").mkdir()
+    result, highest = prediction_maps.export_objects(MapInput(open_source(str(tmp_path / "tiny.npy"), "tyx")),
+                                                     "tiny", ThresholdSettings(), options)
+    assert highest == WideLabels.big + 1 and os.listdir(tmp_path / "out") == [os.path.basename(result.path)]
+    if fmt == "hdf5":
+        with h5py.File(result.path, "r") as f:
+            labels, recorded = f["exported_data"][()], f["exported_data"].attrs["max_object_id"]
+    elif fmt == "zarr":
+        array = zarr.open_group(result.path, mode="r")["0"]
+        labels, recorded = array[()], array.attrs["max_object_id"]
+    elif fmt == "tif":
+        with tifffile.TiffFile(result.path) as f:
+            labels, recorded = f.asarray(), f.shaped_metadata[0]["max_object_id"]
+    else:
+        labels, recorded = np.load(result.path), highest  # .npy has no place for attributes
+    assert labels.dtype == np.uint64 and recorded == highest
+    np.testing.assert_array_equal(labels.reshape(fake.expected.shape), fake.expected)
+
+
+def test_the_summary_line_says_uint64(tmp_path, monkeypatch, capsys, data_dir):
+    np.save(tmp_path / "tiny.npy", np.zeros((2, 8, 10), np.float32))
+    monkeypatch.setattr(prediction_maps, "label_frame", WideLabels(2))
+    project = os.path.join(data_dir, OC_PROJECT)
+    settings = Settings(project=project, input_axes="tyx", prediction_maps=(str(tmp_path / "tiny.npy"),),
+                        export=ExportOptions(kind="Objects", progress=False))
+    assert run_prediction_maps(settings, open_project(project)) == 0
+    assert f"highest object ID {WideLabels.big + 1}, uint64 labels)" in capsys.readouterr().err
