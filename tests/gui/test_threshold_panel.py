@@ -188,3 +188,11 @@ def test_turning_on_a_graph_cut_projects_objects_says_why_in_the_status_bar_and_
         return window.loader.is_settled() and len(asked) == 1
 
     stays(still_settled, 1.0, message="asked again (a retry loop) or not settled any more")
+    tab = next(i for i in range(bar.count()) if bar.tabText(i) == "Thresholding")
+    QtTest.QTest.mouseClick(bar, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, bar.tabRect(tab).center())
+    panel = window.threshold_panel
+    qtbot.waitUntil(panel.method.isVisible, timeout=5_000)
+    panel.method.setFocus()
+    QtTest.QTest.keyClick(panel.method, QtCore.Qt.Key_Up)  # Hysteresis: the objects are computed now
+    qtbot.waitUntil(lambda: window.loader.is_complete("xy", "Objects"), timeout=120_000)  # labels arrived
+    assert len(asked) == 2 and asked[-1][2].method == 1
