@@ -137,6 +137,8 @@ class WindowConfig:
     screenshot_settle_s: float = setting(0.7, "--screenshot waits this long after the last overlay", 0, 60)
     batch_stop_s: float = setting(5.0, "a cancelled batch (the window closing) gets this long to stop and remove "
                                   "its partial output before the window stops waiting for it", 0, 600)
+    problem_message_s: float = setting(10.0, "why a layer cannot be shown stays this long in the status bar", 0.5,
+                                       3600)
 
 
 @dataclass(frozen=True)

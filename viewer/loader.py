@@ -16,6 +16,7 @@ from PyQt5 import QtCore
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
 from backend.config import WindowConfig
+from backend.errors import UserError
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
 from backend.service.objects import request_frame
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
@@ -42,6 +43,7 @@ class PlaneLoader(QtCore.QObject):
 
     settled = QtCore.pyqtSignal()
     progress = QtCore.pyqtSignal(int)  # blocks still wanted by the visible views
+    failed = QtCore.pyqtSignal(str)  # one line: why a layer cannot be shown (its view counts as settled)
 
     def __init__(self, model: ViewerModel, gateway: Gateway, views: list[SliceView], bridge: GuiBridge,
                  threshold: ThresholdSettings, parent=None,
@@ -204,10 +206,20 @@ class PlaneLoader(QtCore.QObject):
                 ahead = self.policy.prefetch_for(view.normal_axis, roi, self.model.shape) if kind != RAW else None
                 if ahead is not None and generation == slot.generation:
                     prefetch = self.gateway.request(kind, ahead, PREFETCH, block_shape=blocks)
-        except Exception as exc:  # the gateway refused (cache down, bad region): show it, do not crash
+        except Exception as exc:  # refused (an unsupported method, cache down, bad region): say it, do not crash
             log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)
+            self.bridge.post(self._refused, slot, generation, problem(kind, exc))
             return
         self.bridge.post(self._attach, slot, generation, handle, prefetch)
+
+    def _refused(self, slot: Slot, generation: int, message: str) -> None:
+        """On the GUI thread: a request that could not be made is over (asked again only when the view moves
+        or the parameters change); say why."""
+        if generation != slot.generation:
+            return
+        slot.complete = True
+        self.failed.emit(message)
+        self._check_settled()
 
     def _attach(self, slot: Slot, generation: int, handle, prefetch) -> None:
         """On the GUI thread: keep the requests of the current generation, cancel stale ones."""
@@ -246,6 +258,7 @@ class PlaneLoader(QtCore.QObject):
         slot.complete = True
         if future.exception() is not None:
             log.warning("objects failed: %s", future.exception())
+            self.failed.emit(problem(OBJECTS, future.exception()))
             self._check_settled()
             return
         normal = "tzyx".index(view.normal_axis)
@@ -295,6 +308,12 @@ class PlaneLoader(QtCore.QObject):
     def _check_settled(self) -> None:
         if self.is_settled():
             self.settled.emit()
+
+
+def problem(kind: str, exc: BaseException) -> str:
+    """One line on why ``kind`` cannot be shown: a user's mistake (such as a thresholding method not supported)
+    in its own words, anything else named as a failure."""
+    return str(exc) if isinstance(exc, UserError) else f"could not show {kind}: {type(exc).__name__}: {exc}"
 
 
 def _plane_of(values: np.ndarray, view: SliceView) -> np.ndarray:

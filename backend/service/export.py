@@ -29,6 +29,17 @@ EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS, OBJECT_FEATURES)
 OUTPUT_FORMATS = (*FORMATS, "csv")  # csv: tables (Object Features) only
 
 
+def formats_for(kind: str) -> tuple[str, ...]:
+    """The output formats ``kind`` can be written in: csv or hdf5 for the Object Features table, the image
+    formats for every other source."""
+    return tuple(TABLE_FORMATS) if kind == OBJECT_FEATURES else tuple(FORMATS)
+
+
+def piece_unit(kind: str) -> str:
+    """What an export of ``kind`` counts as its pieces: frames for Objects and Object Features, else blocks."""
+    return "frame" if kind in (OBJECTS, OBJECT_FEATURES) else "block"
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """What to export, where, and how to cut it into blocks."""

@@ -129,6 +129,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         self.loader = PlaneLoader(self.model, document.gateway, self.views, self.bridge, threshold, self,
                                   refresh_delay_s=self.services.config.window.refresh_delay_s)
         self.loader.progress.connect(self.pending.show_visible)
+        shown_ms = round(1000 * self.services.config.window.problem_message_s)
+        self.loader.failed.connect(lambda text: self.statusBar().showMessage(text, shown_ms))
         self.object_line.bind(document.gateway)
         self.loader.progress.connect(lambda _count: self._refresh_readout())  # values arrived or changed
         self._fill_tabs(document, threshold)

@@ -18,7 +18,14 @@ from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource
 from backend.io.sources.base import SourceReadError
-from backend.service.export import check_internal_path, check_sources, default_block_shape, output_path, run_export
+from backend.service.export import (
+    check_internal_path,
+    check_sources,
+    default_block_shape,
+    output_path,
+    piece_unit,
+    run_export,
+)
 from backend.service.prediction_maps import export_objects, objects_path, open_input
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
@@ -82,8 +89,8 @@ def run_headless(settings: Settings) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
-    unit = "frame" if options.kind in ("Objects", "Object Features") else "block"
-    print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, unit)}, {result.seconds:.1f} s, "
+    print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, piece_unit(options.kind))}, "
+          f"{result.seconds:.1f} s, "
           f"{rate / 1e6:.2f} Mvoxel/s; "
           f"{status.computed} computed, {status.hits} from the cache, "
           f"{counted(status.executor.processes, 'worker process')})", file=sys.stderr)

@@ -38,9 +38,9 @@ from backend.service.export import (
     check_sources,
     default_block_shape,
     output_path,
+    piece_unit,
     run_export,
 )
-from backend.service.objects import OBJECTS
 from backend.wording import counted
 from ilastik_desktop.runtime.settings import parse_cutout
 from ilastik_desktop.runtime.training import call_inline
@@ -212,7 +212,7 @@ class BatchRunner:
             return FileOutcome(spec, FAILED, f"{type(exc).__name__}: {exc}")
         for path in result.paths:
             written[os.path.realpath(path)] = spec
-        unit = "frame" if self.options.kind == OBJECTS else "block"
+        unit = piece_unit(self.options.kind)
         return FileOutcome(spec, WRITTEN, f"wrote {', '.join(result.paths)} ({counted(result.blocks, unit)}, "
                                           f"{result.seconds:.1f} s)", result.paths, result)
 

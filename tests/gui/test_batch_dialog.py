@@ -102,3 +102,22 @@ def test_closing_the_window_ends_a_running_batch_and_removes_its_partial_output(
     window.close()
     assert not dialog.running() and os.listdir(out) == []
 
+
+
+def test_object_features_are_offered_as_csv_or_hdf5_and_each_file_counted_in_frames(qtbot, window, tmp_path):
+    project, image = small_project(tmp_path)
+    np.save(tmp_path / "cells.npy", image[:8])
+    open_and_settle(qtbot, window, project)
+    dialog = batch_dialog(qtbot, window)
+    dialog.add_files([str(tmp_path / "cells.npy")])
+    dialog.source.setFocus()
+    QtTest.QTest.keyClick(dialog.source, QtCore.Qt.Key_End)
+    assert dialog.source.currentText() == "Object Features"
+    assert [dialog.format.itemText(i) for i in range(dialog.format.count())] == ["csv", "hdf5"]
+    dialog.format.setCurrentText("csv")
+    dialog.pattern.setText(str(tmp_path / "out" / "{nickname}_{result_type}"))
+    with qtbot.waitSignal(dialog.batch_done, timeout=120_000):
+        click(dialog.start)
+    written = str(tmp_path / "out" / "cells_Object_Features.csv")
+    assert dialog.status(0).startswith(f"wrote {written} (1 frame, "), dialog.status(0)
+    assert dialog.file_progress.text().endswith("frames")

@@ -86,3 +86,32 @@ def test_the_bar_is_busy_until_the_total_is_known_then_counts_every_block_from_z
     assert shown[0] == ("0 / 4", "exporting ...")  # the total before the first block
     assert [text for text, _ in shown] == [f"{i} / 4" for i in range(5)]
     dialog.close()
+
+
+def choose_last(combo) -> None:
+    """The combo box's last item chosen with the keyboard (End), as a user does."""
+    combo.setFocus()
+    QtTest.QTest.keyClick(combo, QtCore.Qt.Key_End)
+
+
+def test_object_features_are_offered_as_csv_or_hdf5_and_counted_in_frames(qtbot, window, tmp_path):
+    path, _ = small_project(tmp_path)
+    open_and_settle(qtbot, window, path)
+    dialog = window.open_export()
+    qtbot.waitExposed(dialog)
+    choose_last(dialog.source)
+    assert dialog.source.currentText() == "Object Features"
+    assert [dialog.format.itemText(i) for i in range(dialog.format.count())] == ["csv", "hdf5"]
+    dialog.format.setFocus()
+    QtTest.QTest.keyClick(dialog.format, QtCore.Qt.Key_Home)
+    dialog.path.setText(str(tmp_path / "out" / "table"))
+    with qtbot.waitSignal(dialog.export_done, timeout=120_000) as finished:
+        QtTest.QTest.mouseClick(dialog.start, QtCore.Qt.LeftButton)
+    assert finished.args[0] == str(tmp_path / "out" / "table.csv"), finished.args[1]
+    assert finished.args[1].startswith(f"wrote {finished.args[0]} (1 frame, ")
+    with open(finished.args[0]) as table:
+        assert table.readline().startswith("object_id,timestep,labelimage_oid,")
+    QtTest.QTest.keyClick(dialog.source, QtCore.Qt.Key_Home)  # back to an image source: the image formats
+    assert "csv" not in [dialog.format.itemText(i) for i in range(dialog.format.count())]
+    assert dialog.format.currentText() == "hdf5"
+    dialog.close()

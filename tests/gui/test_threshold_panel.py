@@ -1,6 +1,7 @@
 """The thresholding panel as a user meets it: classes by name, a sensible default channel, impossible
 settings refused with a message, hysteresis on one class allowed (ilastik's defaults), values applied on Enter
-or after a pause (not per keystroke), no z smoothing on 2D data, and the objects turned on and announced."""
+or after a pause (not per keystroke), no z smoothing on 2D data, the objects turned on and announced, and a
+project's unsupported method said in the status bar when its objects are asked for."""
 
 import os
 import shutil
@@ -8,13 +9,16 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from PyQt5 import QtCore, QtTest
+from PyQt5 import QtCore, QtTest, QtWidgets
 
-from backend.compute.threshold import ThresholdSettings, default_channel, threshold_frame
+import viewer.loader as loader_module
+from backend.compute.threshold import ThresholdSettings, default_channel, threshold_frame, unsupported_method
 from backend.config import WindowConfig
+from backend.service.objects import request_frame
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
 from ilastik_desktop.runtime.settings import parse_threshold
 from tests.gui.conftest import open_and_settle
+from tests.helpers import stays
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,3 +153,46 @@ def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_compu
     assert panel.method.currentText() == "Graph cut (not supported)"
     assert "CurOperator is 2 (graph-cut thresholding), which ilastik-desktop does not support" in panel.message.text()
     assert window.views[0].buffers["Probability Label 1"][..., 3].any()  # pixel classification works
+
+
+@pytest.mark.timeout(300)
+def test_turning_on_a_graph_cut_projects_objects_says_why_in_the_status_bar_and_settles(qtbot, window, data_dir,
+                                                                                       tmp_path, monkeypatch):
+    folder = os.path.join(data_dir, "ilastik-timeseries")
+    shutil.copyfile(os.path.join(folder, "pc-oc-133.ilp"), tmp_path / "p.ilp")
+    with h5py.File(tmp_path / "p.ilp", "r+") as f:
+        f["ThresholdTwoLevels/CurOperator"][()] = 2
+    shutil.copytree(os.path.join(folder, "mitocheck_2d+t"), tmp_path / "mitocheck_2d+t")
+    open_and_settle(qtbot, window, str(tmp_path / "p.ilp"),
+                    str(tmp_path / "mitocheck_2d+t" / "mitocheck_small_2D+t.h5" / "exported_data"))
+    asked = []
+    monkeypatch.setattr(loader_module, "request_frame", lambda *args: asked.append(args) or request_frame(*args))
+    bar = window.tabs.tabBar()
+    tab = next(i for i in range(bar.count()) if bar.tabText(i) == "Layers")
+    QtTest.QTest.mouseClick(bar, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, bar.tabRect(tab).center())
+    check = window.layers_panel.checks["Objects"]
+    window.tabs.currentWidget().ensureWidgetVisible(check)
+    qtbot.waitUntil(check.isVisible, timeout=5_000)
+    assert not check.isChecked()
+    QtTest.QTest.mouseClick(check, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, QtCore.QPoint(8, check.height() // 2))
+    assert window.model.layer("Objects").visible
+    qtbot.waitUntil(window.loader.is_settled, timeout=30_000)
+    line = unsupported_method(window.loader.threshold)
+    assert line.startswith("ThresholdTwoLevels/CurOperator is 2 (graph-cut thresholding)")
+    assert window.statusBar().currentMessage() == line
+    assert window.threshold_panel.message.text().startswith(line)  # the panel's own words
+    assert len(asked) == 1  # the one view of this 2D+t project asked once
+
+    def still_settled() -> bool:
+        QtWidgets.QApplication.processEvents()
+        return window.loader.is_settled() and len(asked) == 1
+
+    stays(still_settled, 1.0, message="asked again (a retry loop) or not settled any more")
+    tab = next(i for i in range(bar.count()) if bar.tabText(i) == "Thresholding")
+    QtTest.QTest.mouseClick(bar, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, bar.tabRect(tab).center())
+    panel = window.threshold_panel
+    qtbot.waitUntil(panel.method.isVisible, timeout=5_000)
+    panel.method.setFocus()
+    QtTest.QTest.keyClick(panel.method, QtCore.Qt.Key_Up)  # Hysteresis: the objects are computed now
+    qtbot.waitUntil(lambda: window.loader.is_complete("xy", "Objects"), timeout=120_000)  # labels arrived
+    assert len(asked) == 2 and asked[-1][2].method == 1

@@ -183,3 +183,15 @@ def test_a_started_batch_expands_its_patterns_on_its_own_thread_and_lists_the_fi
     assert heard == [("listed", files, "batch"), ("started", files[0], "batch"), ("started", files[1], "batch")]
     assert [o.status for o in runner.summary.outcomes] == [WRITTEN, WRITTEN]
     assert sorted(os.listdir(out)) == ["a_Probabilities.npy", "b_Probabilities.npy"]
+
+
+def test_an_object_features_file_is_counted_in_frames_and_written_as_a_table(trained, services, tmp_path):
+    project, image = trained
+    np.save(tmp_path / "cells.npy", image[:8, :40, :24])
+    runner = BatchRunner(services, project, ExportOptions(kind="Object Features", fmt="csv", progress=False,
+                                                          filename_pattern=str(tmp_path / "{nickname}_{result_type}")),
+                         lambda source: build_pipeline(project, source.channels, source.shape[1] > 1))
+    outcome, = runner.run([str(tmp_path / "cells.npy")]).outcomes
+    assert outcome.status == WRITTEN and outcome.paths == (str(tmp_path / "cells_Object_Features.csv"),)
+    assert outcome.message.startswith(f"wrote {outcome.paths[0]} (1 frame, "), outcome.message
+    assert open(outcome.paths[0]).readline().startswith("object_id,timestep,labelimage_oid,")

@@ -11,8 +11,8 @@ from PyQt5 import QtCore, QtWidgets
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import DataError, UserError
 from backend.io.sources import DataSource
-from backend.io.writers import FORMATS
-from backend.service.export import EXPORT_SOURCES, ExportOptions
+from backend.service.export import EXPORT_SOURCES, ExportOptions, piece_unit
+from ilastik_desktop._qt.dialogs.export import offer_formats
 from ilastik_desktop.runtime.batch import WRITTEN, BatchRunner, BatchSummary, FileOutcome
 from ilastik_desktop.runtime.document import Document
 from ilastik_desktop.runtime.services import Services
@@ -52,7 +52,7 @@ class BatchDialog(QtWidgets.QDialog):
         self.source = QtWidgets.QComboBox()
         self.source.addItems(EXPORT_SOURCES)
         self.format = QtWidgets.QComboBox()
-        self.format.addItems(list(FORMATS))
+        offer_formats(self.source, self.format)
         self.pattern = QtWidgets.QLineEdit(DEFAULT_PATTERN)
         self.pattern.setToolTip("{dataset_dir}: the input's folder, {nickname}: its name, {result_type}: the source")
         folder = QtWidgets.QPushButton("Folder...")
@@ -143,6 +143,7 @@ class BatchDialog(QtWidgets.QDialog):
         runner.finished.connect(self._finished)
         self.overall.setRange(0, 0)  # busy while the patterns are expanded
         self.file_progress.setValue(0)
+        self.file_progress.setFormat(f"this file: %v / %m {piece_unit(options.kind)}s")
         self.start.setEnabled(False)
         self.remove.setEnabled(False)
         self.stop.setEnabled(True)

@@ -11,8 +11,8 @@ from PyQt5 import QtCore, QtWidgets
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import UserError
 from backend.io.sources import split_internal_path
-from backend.io.writers import FORMATS
-from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, run_export
+from backend.service.export import EXPORT_SOURCES, ExportCancelled, ExportOptions, formats_for, piece_unit, run_export
+from backend.wording import counted
 from ilastik_desktop.runtime.document import Document
 from ilastik_desktop.runtime.frozen import open_externally
 from viewer.bridge import GuiBridge
@@ -28,6 +28,21 @@ def default_pattern(document: Document) -> str:
     """Next to the raw data's name, in the project's folder: ``FOLDER/RAWNAME_{result_type}``."""
     folder = os.path.dirname(os.path.abspath(document.project.path))
     return os.path.join(folder, f"{raw_name(document)}_{{result_type}}")
+
+
+def offer_formats(source: QtWidgets.QComboBox, formats: QtWidgets.QComboBox) -> None:
+    """Keep ``formats`` listing the formats the source chosen in ``source`` can be written in (the choice kept
+    when the new source has it, else the first)."""
+
+    def refill() -> None:
+        chosen = formats.currentText()
+        offered = formats_for(source.currentText())
+        formats.clear()
+        formats.addItems(offered)
+        formats.setCurrentText(chosen if chosen in offered else offered[0])
+
+    source.currentTextChanged.connect(refill)
+    refill()
 
 
 def format_seconds(seconds: float) -> str:
@@ -55,7 +70,7 @@ class ExportDialog(QtWidgets.QDialog):
         self.source = QtWidgets.QComboBox()
         self.source.addItems(EXPORT_SOURCES)
         self.format = QtWidgets.QComboBox()
-        self.format.addItems(list(FORMATS))
+        offer_formats(self.source, self.format)
         self.setMinimumWidth(720)  # paths and messages readable
         self.path = QtWidgets.QLineEdit(default_pattern(document))
         browse = QtWidgets.QPushButton("...")
@@ -118,7 +133,8 @@ class ExportDialog(QtWidgets.QDialog):
         try:
             result = run_export(self.document.gateway, raw_name(self.document), options,
                                 on_progress=lambda d, t: self.bridge.post(self.show_progress, d, t), cancel=cancel)
-            outcome = (result.path, f"wrote {result.path} ({result.blocks} pieces, {result.seconds:.1f} s)")
+            outcome = (result.path, f"wrote {result.path} ({counted(result.blocks, piece_unit(options.kind))}, "
+                                    f"{result.seconds:.1f} s)")
         except ExportCancelled:
             outcome = ("", "cancelled; nothing was written")
         except UserError as exc:
