@@ -97,6 +97,28 @@ def is_volumetric(source: DataSource) -> bool:
     return source.spatial_shape[1] > 1
 
 
+class FrameTables:
+    """The table rows of frames whose labels arrive block by block (``--prediction_maps``): each block is
+    measured over the same box of ``raw`` and merged into its frame's statistics; a frame's rows are made when
+    it ends. Holds the per-object numbers, never a frame."""
+
+    def __init__(self, raw: DataSource):
+        self.raw = raw
+        self.tables: list[np.ndarray] = []
+        self._merger = StatsMerger(raw.channels, raw.dtype)
+
+    def add_block(self, t: int, start: tuple[int, int, int], labels: np.ndarray) -> None:
+        """Measure the ``(z, y, x)`` block of frame ``t``'s final labels that starts at ``start``."""
+        stop = tuple(a + n for a, n in zip(start, labels.shape))
+        self._merger.add(block_stats(labels, self.raw.read(Roi((t, *start), (t + 1, *stop)))[0], start))
+
+    def end_frame(self, t: int) -> None:
+        """Frame ``t`` has no more blocks: its rows, ``object_id`` counted on from the frames before."""
+        rows = sum(len(table) for table in self.tables)
+        self.tables.append(feature_table(self._merger.result(), t, rows, is_volumetric(self.raw)))
+        self._merger = StatsMerger(self.raw.channels, self.raw.dtype)
+
+
 def csv_text(table: np.ndarray, header: bool = True) -> str:
     """The rows as ilastik writes its CSV table: names joined by commas, then each row's values."""
     lines = [",".join(table.dtype.names)] if header else []
