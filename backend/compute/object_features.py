@@ -120,6 +120,26 @@ def merge_stats(parts: list[ObjectStats]) -> ObjectStats:
                        joined("coord_sums", np.add))
 
 
+class StatsMerger:
+    """Gathers the partial statistics of a frame's blocks as they come and merges them by object ID; holds
+    at most ``batch`` partials besides the running merge (a few numbers per object, never pixels)."""
+
+    def __init__(self, channels: int, dtype: np.dtype, batch: int = 32):
+        self._parts: list[ObjectStats] = [empty_stats(channels, dtype)]
+        self._batch = batch
+
+    def add(self, part: ObjectStats) -> None:
+        """Take one block's partial statistics."""
+        self._parts.append(part)
+        if len(self._parts) > self._batch:
+            self._parts = [merge_stats(self._parts)]
+
+    def result(self) -> ObjectStats:
+        """The statistics of every block added so far."""
+        self._parts = [merge_stats(self._parts)]
+        return self._parts[0]
+
+
 def _suffixed(name: str, width: int) -> list[str]:
     """ilastik's column names of a feature with ``width`` values: ``name`` alone for one, else ``name_0``..."""
     return [name] if width == 1 else [f"{name}_{i}" for i in range(width)]

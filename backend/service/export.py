@@ -21,7 +21,7 @@ from backend.errors import UserError
 from backend.io.sources import DataSource, split_internal_path
 from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
-from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, frame_rows, write_table
+from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, stream_tables, write_table
 from backend.service.objects import OBJECTS, frame_roi, request_frame
 from backend.service.snapshot import PipelineSnapshot
 
@@ -172,37 +172,28 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
 
 def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
                   on_progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> ExportResult:
-    """The Object Features table of the region: each frame's objects (up to ``max_in_flight`` frames labelled
-    ahead), their features over the raw data block by block, one table file at the end."""
+    """The Object Features table of the region: the objects' labels asked for block by block (up to
+    ``max_in_flight`` blocks at once), their features over the raw data merged per frame, one table file at the end."""
     snapshot, source = gateway.snapshot, gateway.source
     region = options.region or Roi.from_shape(source.spatial_shape)
     path = output_path(options.filename_pattern, options.fmt, source, nickname, OBJECT_FEATURES)
     settings = options.threshold or ThresholdSettings()
-    frames = range(region.start[0], region.stop[0])
-    requested: dict[int, Future] = {}
+    frames = region.shape[0]
     tables: list[np.ndarray] = []
     started = time.perf_counter()
-    bar = tqdm(total=len(frames), unit="frame", desc=OBJECT_FEATURES, file=sys.stderr,
-               disable=not options.progress, dynamic_ncols=True)
-    progress = _Progress(bar, len(frames), on_progress, cancel)
+    bar = tqdm(total=frames, unit="frame", desc=OBJECT_FEATURES, file=sys.stderr, disable=not options.progress,
+               dynamic_ncols=True)
+    progress = _Progress(bar, frames, on_progress, cancel)
     try:
         progress.update(0)
-        for t in frames:
-            for ahead in frames[frames.index(t):frames.index(t) + max_in_flight]:
-                if ahead not in requested:
-                    requested[ahead] = request_frame(gateway, ahead, settings, BATCH, snapshot)
-            while not wait([requested[t]], timeout=0.5).done:
-                progress.check()
-            labels = requested.pop(t).result()
-            frame = frame_roi(gateway, t).intersect(region)
-            tables.append(frame_rows(gateway, labels, frame, gateway.config.block_shape,
-                                     sum(len(table) for table in tables)))
+        for table in stream_tables(gateway, region, settings, BATCH, snapshot, max_in_flight, progress.check):
+            tables.append(table)
             progress.update(1)
             progress.check()
         write_table(path, options.fmt, tables)
     finally:
         bar.close()
-    return ExportResult(path, len(frames), time.perf_counter() - started, region.size, (path,))
+    return ExportResult(path, frames, time.perf_counter() - started, region.size, (path,))
 
 
 def _pieces(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,

@@ -8,7 +8,9 @@ if it has one; else the full range of an integer pixel type (uint8: 0 to 255); a
 as it is.
 
 With the raw data given (``--raw_data``, paired with the maps in order), a map must have the raw data's (t, z, y, x)
-shape, and the outputs are named after the raw data, as ilastik's export names them from its raw data role.
+shape, and the outputs are named after the raw data, as ilastik's export names them from its raw data role. The
+Object Features table (as ilastik's "from prediction image" workflow, computed on the raw data) is measured from
+the same blocks of final labels as they are written, each over the same box of the raw data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from backend.compute.geometry import Roi
 from backend.compute.object_blocks import default_block_shape
+from backend.compute.pipeline import split_kind
 from backend.compute.threshold import ThresholdSettings
 from backend.errors import DataError, UserError
 from backend.io.dataset import open_lane
@@ -33,6 +36,7 @@ from backend.io.sources import DataSource, open_source, split_internal_path
 from backend.io.writers import BlockWriter, output_axes
 from backend.service.blockwise_objects import label_frame_blockwise
 from backend.service.export import ExportOptions, ExportResult, check_internal_path, output_path
+from backend.service.object_table import OBJECT_FEATURES, FrameTables, write_table
 from backend.service.objects import OBJECTS
 
 Box = tuple[int, int, int]
@@ -87,16 +91,37 @@ def _close(source: DataSource | None) -> None:
         release()
 
 
-def objects_path(inputs: MapInput, nickname: str, options: ExportOptions) -> str:
-    """The Objects output of ``inputs`` (``output_path`` of the image it is named after); UserError if it would
-    overwrite the map itself."""
-    path = output_path(options.filename_pattern, options.fmt, inputs.named_after, nickname, OBJECTS)
-    if inputs.raw is not None:
-        files = inputs.map.description.split(os.pathsep)
-        if os.path.realpath(path) in {os.path.realpath(split_internal_path(f)[0]) for f in files}:
-            raise UserError(f"{path}: the export would overwrite its probability map; choose another "
-                            "--output_filename_format")
-    return path
+MAP_SOURCES = (OBJECTS, OBJECT_FEATURES)
+NEEDS_RAW = f"{OBJECT_FEATURES} need the raw data: give --raw_data (paired with the maps in order)"
+
+
+def check_map_sources(kind: str, pattern: str, with_raw: bool) -> tuple[str, ...]:
+    """The sources a ``--prediction_maps`` run writes (Objects, Object Features or both), checked: UserError for
+    another source, a repeat, two without ``{result_type}`` in the name, Object Features without raw data."""
+    kinds = split_kind(kind)
+    if not set(kinds) <= set(MAP_SOURCES) or len(set(kinds)) < len(kinds):
+        raise UserError(f"--prediction_maps exports {OBJECTS} and {OBJECT_FEATURES} only (--export_source, each "
+                        "at most once): the maps are thresholded, not predicted")
+    if len(kinds) > 1 and "{result_type}" not in pattern:
+        raise UserError(f"--output_filename_format '{pattern}': {OBJECTS} and {OBJECT_FEATURES} need "
+                        "{result_type} in the name, so that each gets its own file")
+    if OBJECT_FEATURES in kinds and not with_raw:
+        raise UserError(NEEDS_RAW)
+    return kinds
+
+
+def map_outputs(inputs: MapInput, nickname: str, options: ExportOptions) -> dict[str, str]:
+    """The output of each source of ``options.kind`` (``output_path`` of the image it is named after); UserError
+    as :func:`check_map_sources` says, or if an output would overwrite the map itself."""
+    outputs = {}
+    for kind in check_map_sources(options.kind, options.filename_pattern, inputs.raw is not None):
+        path = outputs[kind] = output_path(options.filename_pattern, options.fmt, inputs.named_after, nickname, kind)
+        if inputs.raw is not None:
+            files = inputs.map.description.split(os.pathsep)
+            if os.path.realpath(path) in {os.path.realpath(split_internal_path(f)[0]) for f in files}:
+                raise UserError(f"{path}: the export would overwrite its probability map; choose another "
+                                "--output_filename_format")
+    return outputs
 
 
 def label_frame(read_box: ReadBox, frame_shape: Box, settings: ThresholdSettings, write_box: WriteBox,
@@ -185,51 +210,73 @@ def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
 
 def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
                    options: ExportOptions, threads: int = 2) -> tuple[ExportResult, int]:
-    """Threshold every frame of the map of ``inputs`` and write the labels ``(t, z, y, x, 1)`` as the Objects export
-    does: uint32, uint64 if an ID needs it, the highest ID recorded as the attribute ``max_object_id``. Returns
-    where and how long, and the highest object ID of all frames. The partial output is removed on any failure or
-    interruption. Each frame is labelled block by block on ``threads`` threads."""
+    """Threshold every frame of the map of ``inputs`` and write what ``options.kind`` asks for: the labels
+    ``(t, z, y, x, 1)`` as the Objects export does (uint32, uint64 if an ID needs it, the highest ID recorded as
+    the attribute ``max_object_id``) and/or the Object Features table measured on the raw data. Returns where and
+    how long, and the highest object ID of all frames. Partial outputs are removed on any failure or
+    interruption. Each frame is labelled block by block on ``threads`` threads; the table is measured from the
+    same blocks, so neither holds a frame."""
     source = inputs.map
     check_map_channels(source, settings)
+    outputs = map_outputs(inputs, nickname, options)
     value_range = data_range(source)
     frames, *frame_shape = source.spatial_shape
     region = Roi.from_shape(source.spatial_shape)
-    path = objects_path(inputs, nickname, options)
-    voxel_size = source.voxel_size or (inputs.raw.voxel_size if inputs.raw is not None else None)
-    writer = BlockWriter(path, options.fmt, output_axes(source.axes), region, 1, np.dtype(np.uint32),
-                         (1, *default_block_shape(tuple(frame_shape))), check_internal_path(options.internal_path),
-                         voxel_size)
+    writer = _labels_writer(inputs, options, outputs[OBJECTS]) if OBJECTS in outputs else None
+    tables = FrameTables(inputs.raw) if OBJECT_FEATURES in outputs else None
     started = time.perf_counter()
     highest = 0
-    bar = tqdm(total=frames, unit="frame", desc=OBJECTS, file=sys.stderr, disable=not options.progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=frames, unit="frame", desc=" and ".join(outputs), file=sys.stderr,
+               disable=not options.progress, dynamic_ncols=True)
     try:
         for t in range(frames):
-            read_box, write_box = _frame_boxes(source, t, value_range, writer)
+            read_box, write_box = _frame_boxes(source, t, value_range, writer, tables)
 
             def advance(share: float, t: int = t) -> None:
                 bar.update(int(t + share) - bar.n)  # whole frames on the bar
 
             highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance,
                                                    threads))
-        writer.describe(max_object_id=highest)
-        writer.commit()
+            if tables is not None:
+                tables.end_frame(t)
+        if tables is not None:
+            write_table(outputs[OBJECT_FEATURES], options.fmt, tables.tables)
+        if writer is not None:
+            writer.describe(max_object_id=highest)
+            writer.commit()
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         bar.close()
-    return ExportResult(path, frames, time.perf_counter() - started, region.size, (path,)), highest
+    paths = tuple(outputs.values())
+    return ExportResult(paths[0], frames, time.perf_counter() - started, region.size, paths), highest
 
 
-def _frame_boxes(source: DataSource, t: int, value_range: tuple[float, float] | None,
-                 writer: BlockWriter) -> tuple[ReadBox, WriteBox]:
-    """``label_frame``'s access to frame ``t``: normalized boxes of the map, labels into the writer."""
+def _labels_writer(inputs: MapInput, options: ExportOptions, path: str) -> BlockWriter:
+    """The Objects output of ``inputs``: uint32 (widened if an ID needs it), chunks aligned with the blocks."""
+    source = inputs.map
+    frame_shape = tuple(source.spatial_shape[1:])
+    voxel_size = source.voxel_size or (inputs.raw.voxel_size if inputs.raw is not None else None)
+    return BlockWriter(path, options.fmt, output_axes(source.axes), Roi.from_shape(source.spatial_shape), 1,
+                       np.dtype(np.uint32), (1, *default_block_shape(frame_shape)),
+                       check_internal_path(options.internal_path), voxel_size)
+
+
+def _frame_boxes(source: DataSource, t: int, value_range: tuple[float, float] | None, writer: BlockWriter | None,
+                 tables: FrameTables | None) -> tuple[ReadBox, WriteBox]:
+    """``label_frame``'s access to frame ``t``: normalized boxes of the map; labels into the writer and measured
+    into the tables (whichever are given)."""
 
     def read_box(start: Box, stop: Box) -> np.ndarray:
         return normalize(source.read(Roi((t, *start), (t + 1, *stop)))[0], value_range)
 
     def write_box(start: Box, labels: np.ndarray) -> None:
+        if tables is not None:
+            tables.add_block(t, start, labels)
+        if writer is None:
+            return
         if labels.dtype != writer.dtype and int(labels.max(initial=0)) > np.iinfo(writer.dtype).max:
             writer.widen(np.dtype(np.uint64))
         stop = tuple(s + n for s, n in zip(start, labels.shape))

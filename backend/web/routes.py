@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 from aiohttp import web
 
 from backend.checks import decimal
 from backend.errors import UserError
-from backend.service.object_table import csv_text, frame_labels_bytes, frame_rows, json_rows
+from backend.service.gateway import PREFETCH
+from backend.service.object_table import block_bytes, csv_text, frame_rows, json_rows
 from backend.service.objects import frame_roi
 from backend.web import zarr_layout
 from backend.web.catalog import Lane, LaneView, NotFound, check_source
@@ -161,6 +163,7 @@ def _as_output(values, query: RoiQuery) -> np.ndarray:
 
 
 TABLE_FORMATS = {"csv": "text/csv", "json": "application/json"}
+TABLE_BLOCKS_AHEAD = 2  # blocks of labels a table request holds: one being measured, the next arriving
 
 
 async def objects_table(request: web.Request) -> web.Response:
@@ -176,12 +179,19 @@ async def objects_table(request: web.Request) -> web.Response:
     if t is None:
         raise UserError(f"t '{request.query['t'][:40]}' is not a time step of the lane (0 to {frames - 1})")
     view = lane.view()
-    frame = frame_roi(gateway, t)
-    block = gateway.config.block_shape
-    raw_block = int(np.prod(block[1:])) * gateway.source.channels * gateway.source.dtype.itemsize
-    async with service.budget.hold(frame_labels_bytes(gateway) + 2 * raw_block):  # labels, a raw block, its copy
-        labels = await service.fetch(lane, "objects", frame, view)
-        table = await service.run(frame_rows, gateway, labels, frame, block, 0)
+    gone = threading.Event()  # the client went away: the table's blocks are let go
+
+    def stop_if_gone() -> None:
+        if gone.is_set():
+            raise ConnectionResetError("the client went away")
+
+    async with service.budget.hold(TABLE_BLOCKS_AHEAD * block_bytes(gateway)):
+        try:
+            table = await service.run(frame_rows, gateway, frame_roi(gateway, t), view.threshold, PREFETCH,
+                                      view.snapshot, stop_if_gone, TABLE_BLOCKS_AHEAD)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
     headers = {"ETag": view.etag("objects"), "Cache-Control": "no-cache"}
     if fmt == "json":
         return web.json_response(await service.run(json_rows, table), headers=headers)

@@ -26,7 +26,7 @@ from backend.service.export import (
     piece_unit,
     run_export,
 )
-from backend.service.prediction_maps import export_objects, objects_path, open_input
+from backend.service.prediction_maps import check_map_sources, export_objects, map_outputs, open_input
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
@@ -139,13 +139,14 @@ def _report(index: int, count: int, outcome: FileOutcome) -> None:
 
 def run_prediction_maps(settings: Settings, project: Project) -> int:
     """Threshold each given probability map into Objects with the project's thresholding settings (``--threshold``
-    over them); no classifier, no workers. ``--raw_data`` files, if given, are paired with the maps in order and
-    name the outputs. Several maps: a line per map and a summary line, exit code 1 if any failed (it is skipped,
-    the others are written)."""
+    over them) and/or measure their Object Features on the raw data; no classifier, no workers. ``--raw_data``
+    files, if given, are paired with the maps in order and name the outputs. Several maps: a line per map and a
+    summary line, exit code 1 if any failed (it is skipped, the others are written)."""
     for given, option in ((settings.retrain, "--retrain"), (settings.cutout, "--cutout_subregion")):
         if given:
             raise UserError(f"{option} is not used with --prediction_maps (the objects are thresholded from the "
                             "whole of each map)")
+    check_map_sources(settings.export.kind, settings.export.filename_pattern, bool(settings.raw_data))
     threshold = export_threshold(settings, project.path, project.threshold, ANY_CHANNEL_COUNT)
     files = expand_raw_data(settings.prediction_maps, project, settings.lane)
     raws = expand_raw_data(settings.raw_data, project, settings.lane) if settings.raw_data else []
@@ -193,10 +194,11 @@ def _export_map(settings: Settings, project: Project, threshold: ThresholdSettin
     inputs = open_input(spec, map_axes, raw_spec, raw_axes, project, settings.lane)
     try:
         nickname = nickname_of(raw_spec or spec)
-        target = os.path.realpath(objects_path(inputs, nickname, settings.export))
-        if target in written:
-            raise UserError(f"{spec}: its output {target} would overwrite the output of {written[target]} (put "
-                            "{nickname} or {dataset_dir} in the file name pattern)")
+        targets = [os.path.realpath(path) for path in map_outputs(inputs, nickname, settings.export).values()]
+        for target in targets:
+            if target in written:
+                raise UserError(f"{spec}: its output {target} would overwrite the output of {written[target]} (put "
+                                "{nickname} or {dataset_dir} in the file name pattern)")
         try:
             result, highest = export_objects(inputs, nickname, threshold, settings.export,
                                              settings.compute.config.objects.threads)
@@ -204,7 +206,7 @@ def _export_map(settings: Settings, project: Project, threshold: ThresholdSettin
             raise UserError(f"the export failed and its partial output was removed: {exc}") from None
     finally:
         inputs.close()
-    written[target] = spec
+    written.update(dict.fromkeys(targets, spec))
     rate = result.voxels / max(result.seconds, 1e-9)
-    return (f"wrote {result.path} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
+    return (f"wrote {', '.join(result.paths)} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
             f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest}{', uint64 labels' if highest >= 2**32 else ''})")

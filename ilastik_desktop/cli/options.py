@@ -36,7 +36,8 @@ def add_input_options(p: argparse.ArgumentParser, several: bool = False) -> None
                        help="use this image instead of the project's raw data (e.g. when the project was moved)")
     if several:
         g.add_argument("--prediction_maps", action="extend", nargs="+", metavar="FILE[/internal/path]",
-                       help="with --headless --export_source Objects: threshold these probability maps with the "
+                       help="with --headless --export_source Objects and/or 'Object Features' (measured on "
+                       "the --raw_data): threshold these probability maps with the "
                        "project's thresholding settings instead of predicting (no classifier needed); several "
                        "files or a quoted glob pattern give one output per map, named from its {nickname}; "
                        "--raw_data files given too are paired with the maps in order and name the outputs "
@@ -196,10 +197,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     project, raw_data = project_and_raw_data(args)
     if not project:
         raise UserError("no project given: ilastik-desktop --headless --project PROJECT.ilp")
-    maps = tuple(getattr(args, "prediction_maps", None) or ())
-    if maps and args.export_source not in (None, ["Objects"]):
-        raise UserError("--prediction_maps exports Objects only (--export_source Objects): the maps are "
-                        "thresholded, not predicted")
+    maps = tuple(getattr(args, "prediction_maps", None) or ())  # their export sources: check_map_sources
     export = ExportOptions(
         kind=combined_kind(args.export_source or ["Objects" if maps else "Probabilities"]),
         fmt=args.output_format,

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from psygnal import Signal
 
 from backend.compute.object_features import ObjectStats
 from backend.compute.threshold import ThresholdSettings
 from backend.service.gateway import VISIBLE, Gateway
-from backend.service.object_table import region_stats
-from backend.service.objects import frame_roi, objects_key, request_frame
+from backend.service.object_table import frame_stats
+from backend.service.objects import frame_roi, objects_key
 
 KEPT_FRAMES = 4  # frames whose features are kept (a frame's are a few numbers per object)
 
@@ -63,7 +63,7 @@ class ObjectInfo:
         self.text_changed.emit(f"object {object_id}: computing its features...")
         if key not in self._computing:
             self._computing.add(key)
-            self._submit(self._request, key, t, settings)
+            self._submit(self._compute, key, t, settings)
 
     def _submit(self, function: Callable, *args) -> None:
         try:
@@ -71,23 +71,18 @@ class ObjectInfo:
         except RuntimeError:  # closed meanwhile
             pass
 
-    def _request(self, key: str, t: int, settings: ThresholdSettings) -> None:
-        """On this controller's thread: ask for the frame's labels (a cache look-up may take a while)."""
+    def _compute(self, key: str, t: int, settings: ThresholdSettings) -> None:
+        """On this controller's thread: the frame's features from its labels, asked for block by block."""
         try:
-            frame = request_frame(self.gateway, t, settings, VISIBLE)
-        except Exception as exc:  # the cache or the lane refused
-            self.post(self._failed, key, str(exc) or type(exc).__name__)
-            return
-        frame.add_done_callback(lambda done: self._submit(self._compute, key, t, done))
-
-    def _compute(self, key: str, t: int, frame: Future) -> None:
-        try:
-            region = frame_roi(self.gateway, t)
-            stats = region_stats(self.gateway, frame.result(), region, self.gateway.config.block_shape)
-        except Exception as exc:  # the frame failed or the lane was closed: said on the line
+            stats = frame_stats(self.gateway, frame_roi(self.gateway, t), settings, VISIBLE, check=self._check)
+        except Exception as exc:  # the cache, the lane or the frame failed, or closed meanwhile: said on the line
             self.post(self._failed, key, str(exc) or type(exc).__name__)
             return
         self.post(self._arrived, key, stats)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("closed")
 
     def _arrived(self, key: str, stats: ObjectStats) -> None:
         self._computing.discard(key)

@@ -189,7 +189,7 @@ def test_prediction_maps_refuse_other_export_sources(tmp_path, data_dir):
     write_h5(tmp_path / "maps.h5", blobs((1, 20, 20), 1, seed=6), "tyxc")
     result = pmaps(tmp_path, os.path.join(data_dir, OC_PROJECT), "maps.h5",
                    extra=("--export_source", "Probabilities"))
-    assert result.returncode == 2 and "--prediction_maps exports Objects only" in result.stderr
+    assert result.returncode == 2 and "--prediction_maps exports Objects and Object Features only" in result.stderr
 
 
 def test_two_maps_never_write_one_output(tmp_path, data_dir):
