@@ -10,6 +10,7 @@ IDs before handing it to the writer. Memory is bounded by the blocks in flight (
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from backend.compute.object_blocks import (
     summarise_block,
 )
 from backend.compute.threshold import ThresholdSettings
+from backend.config import ObjectsConfig
 from backend.distributed.futures import settle
 
 ReadBox = Callable[[Index, Index], np.ndarray]
@@ -162,6 +164,7 @@ class FrameJob:
         self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
         self._futures: dict[Index, Future] = {}
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="objects-frame", daemon=True)
 
     def start(self) -> FrameJob:
@@ -169,9 +172,18 @@ class FrameJob:
         self._thread.start()
         return self
 
+    def stop(self) -> None:
+        """Stop labelling: no block is read any more and every block not written yet fails."""
+        self._stopped.set()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the labelling thread to end."""
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the labelling thread runs."""
+        return self._thread.is_alive()
 
     def block(self, start: Index) -> Future:
         """The future of the labels of the block starting at ``start`` (a corner of the job's block grid)."""
@@ -187,13 +199,18 @@ class FrameJob:
 
     def _run(self) -> None:
         try:
-            label_frame_blockwise(self._read_box, self.frame_shape, self._settings, self._write, self.block_shape,
+            label_frame_blockwise(self._read, self.frame_shape, self._settings, self._write, self.block_shape,
                                   self._threads)
         except Exception as exc:  # a block failed (its probabilities, the parameters): every block fails with it
             self._fail(exc)
         finally:
             if self._on_end is not None:
                 self._on_end(self)
+
+    def _read(self, start: Index, stop: Index) -> np.ndarray:
+        if self._stopped.is_set():
+            raise FrameJobStopped("the frame's labelling was stopped")
+        return self._read_box(start, stop)
 
     def _fail(self, error: Exception) -> None:
         with self._lock:
@@ -202,3 +219,56 @@ class FrameJob:
             futures = list(self._futures.values())
         for future in futures:
             settle(future, error=error)
+
+
+class FrameJobStopped(RuntimeError):
+    """A frame's labelling was stopped before it ended (its owner closed)."""
+
+
+class FrameJobs:
+    """The frame labellings running for one owner (a gateway), by key; :meth:`stop` and :meth:`join` end them."""
+
+    def __init__(self, stop_s: float = ObjectsConfig().stop_s) -> None:
+        self.stop_s = stop_s
+        self._jobs: dict[str, FrameJob] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def job(self, key: str, make: Callable[[Callable[[FrameJob], None]], FrameJob]) -> tuple[FrameJob, bool]:
+        """The running job under ``key``, or a new one ``make(on_end)`` (not started; True with it). A job made
+        after :meth:`stop` is stopped already: started, it ends at once and its blocks fail."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                return job, False
+
+            def forget(ended: FrameJob) -> None:
+                with self._lock:
+                    if self._jobs.get(key) is ended:
+                        del self._jobs[key]
+
+            job = self._jobs[key] = make(forget)
+            if self._stopped:
+                job.stop()
+            return job, True
+
+    def running(self) -> list[FrameJob]:
+        """The jobs not ended yet."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def stop(self) -> None:
+        """Stop every job, and any made from now on (returns at once)."""
+        with self._lock:
+            self._stopped = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.stop()
+
+    def join(self) -> bool:
+        """Wait up to ``stop_s`` in all for the stopped jobs' threads; True if every one ended."""
+        deadline = time.monotonic() + self.stop_s
+        jobs = self.running()
+        for job in jobs:
+            job.join(max(0.0, deadline - time.monotonic()))
+        return not any(job.is_alive() for job in jobs)
