@@ -55,6 +55,7 @@ class PlaneLoader(QtCore.QObject):
         self.policy = SlicingPolicy(views[0].normal_axis)
         self.slots = self.policy.slots
         self._styles: dict[tuple[str, str], tuple] = {}  # (view, kind) -> the layers' looks last painted
+        self._closed = False
         self._timer = QtCore.QTimer(self, singleShot=True, interval=round(refresh_delay_s * 1000))
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
@@ -65,8 +66,9 @@ class PlaneLoader(QtCore.QObject):
         self._restyle_raw()
 
     def schedule(self) -> None:
-        """Refresh soon (changes arriving together are handled once)."""
-        self._timer.start()
+        """Refresh soon (changes arriving together are handled once); nothing once closed."""
+        if not self._closed:
+            self._timer.start()
 
     def set_threshold(self, settings: ThresholdSettings) -> None:
         """Label objects with other parameters from now on."""
@@ -81,7 +83,8 @@ class PlaneLoader(QtCore.QObject):
         self.refresh()
 
     def close(self) -> None:
-        """Cancel everything and stop the I/O threads."""
+        """Cancel everything and stop the I/O threads (a view resized while the window closes asks nothing)."""
+        self._closed = True
         self._timer.stop()
         for slot in self.slots.values():
             self._cancel(slot)
@@ -159,6 +162,8 @@ class PlaneLoader(QtCore.QObject):
     # -- requests --------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Request what each view shows now; recolour what is already there."""
+        if self._closed:
+            return
         visible = {layer.kind for layer in self.model.layers if layer.visible}
         if self.gateway.pipeline.forests is None:  # an untrained project shows its raw data only
             visible = {RAW}
