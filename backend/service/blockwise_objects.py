@@ -33,6 +33,7 @@ from backend.compute.object_blocks import (
 from backend.compute.threshold import ThresholdSettings
 from backend.config import ObjectsConfig
 from backend.distributed.futures import settle
+from backend.errors import TransientError
 
 ReadBox = Callable[[Index, Index], np.ndarray]
 WriteBox = Callable[[Index, np.ndarray], None]
@@ -154,7 +155,8 @@ class FrameJob:
 
     :meth:`block` may be asked before or after the block is written: a future resolves with the labels
     ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
-    asked for yet keeps its labels until the job ends. ``on_end(job)`` is called once the thread is done.
+    asked for yet keeps its labels until the job ends; one asked for is forgotten once written (asked for
+    again while the job runs, it fails with a TransientError). ``on_end(job)`` is called once the thread is done.
     """
 
     def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
@@ -162,7 +164,9 @@ class FrameJob:
                  on_end: Callable[[FrameJob], None] | None = None) -> None:
         self.frame_shape, self.block_shape, self.dtype = tuple(frame_shape), tuple(block_shape), np.dtype(dtype)
         self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
-        self._futures: dict[Index, Future] = {}
+        self._futures: dict[Index, Future] = {}  # blocks not handed over yet
+        self._asked: set[Index] = set()
+        self._delivered: set[Index] = set()  # handed over once written: the job keeps no labels of its own
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="objects-frame", daemon=True)
@@ -189,13 +193,26 @@ class FrameJob:
         """The future of the labels of the block starting at ``start`` (a corner of the job's block grid)."""
         if any(s % b for s, b in zip(start, self.block_shape)) or any(s >= n for s, n in zip(start, self.frame_shape)):
             raise ValueError(f"{tuple(start)} is not the start of a block {self.block_shape} of {self.frame_shape}")
+        start = tuple(start)
         with self._lock:
-            return self._futures.setdefault(tuple(start), Future())
+            if start not in self._delivered:
+                self._asked.add(start)
+                return self._futures.setdefault(start, Future())
+        delivered: Future = Future()
+        settle(delivered, error=TransientError(f"the labels of block {start} were handed over already and are not "
+                                               "kept: ask again once the frame's labelling has ended"))
+        return delivered
 
     def _write(self, start: Index, labels: np.ndarray) -> None:
         if labels.dtype != self.dtype:
             raise ValueError(f"the frame has more objects than {self.dtype} labels hold")
-        settle(self.block(start), result=labels[..., None])
+        start = tuple(start)
+        with self._lock:
+            future = self._futures.setdefault(start, Future())
+            if start in self._asked:  # its asker holds the labels now: memory follows the blocks not yet asked for
+                del self._futures[start]
+                self._delivered.add(start)
+        settle(future, result=labels[..., None])
 
     def _run(self) -> None:
         try:
@@ -215,7 +232,8 @@ class FrameJob:
     def _fail(self, error: Exception) -> None:
         with self._lock:
             for start in block_boxes(self.frame_shape, self.block_shape).values():
-                self._futures.setdefault(start[0], Future())
+                if start[0] not in self._delivered:
+                    self._futures.setdefault(start[0], Future())
             futures = list(self._futures.values())
         for future in futures:
             settle(future, error=error)

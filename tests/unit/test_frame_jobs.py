@@ -1,15 +1,20 @@
-"""A gateway owns the labellings of its frames' objects: closing it stops and joins them."""
+"""A gateway owns the labellings of its frames' objects: closing it stops and joins them; a job keeps no labels it
+handed over."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 
 from backend.compute.geometry import Roi
+from backend.compute.object_blocks import block_boxes
 from backend.compute.threshold import ThresholdSettings
 from backend.io.sources.arrays import ArraySource
+from backend.service.blockwise_objects import FrameJob
 from backend.service.gateway import Gateway, GatewayConfig
 from backend.service.objects import request_objects
 from tests.fakes import FakeCache, FakeExecutor, FakePipeline
@@ -47,3 +52,32 @@ def test_closing_the_gateway_stops_and_joins_a_frame_labelled_half_way(monkeypat
         if not closed:
             gateway.close()
         executor.close()
+
+
+def test_a_job_keeps_no_labels_of_the_blocks_it_handed_over():
+    probabilities = np.full((4, 16, 16, 1), 0.9, np.float32)
+    last = ((2, 8, 8), (4, 16, 16))
+    release, reads = threading.Event(), []
+
+    def read_box(start, stop):
+        reads.append((tuple(start), tuple(stop)))
+        if reads.count(last) == 2:  # pass 2 of the last block waits
+            release.wait(30)
+        return probabilities[tuple(slice(a, b) for a, b in zip(start, stop))]
+
+    settings = ThresholdSettings(low=0.5, min_size=1, sigmas=(0.0, 0.0, 0.0))
+    job = FrameJob(read_box, (4, 16, 16), settings, (2, 8, 8), threads=1)
+    delivered = []
+    for start, _ in block_boxes((4, 16, 16), (2, 8, 8)).values():
+        job.block(start).add_done_callback(lambda done: delivered.append(weakref.ref(done.result())))
+    job.start()
+    try:
+        wait_for(lambda: len(delivered) == 7, 30, message="seven of the eight blocks are written")
+        gc.collect()
+        assert job.is_alive() and all(labels() is None for labels in delivered)  # nothing kept by the job
+        again = job.block((0, 0, 0))  # asked again while the job runs: said, not a future that never ends
+        assert "handed over already" in str(again.exception(timeout=1))
+    finally:
+        release.set()
+        job.join(30)
+    assert not job.is_alive() and len(delivered) == 8
