@@ -159,10 +159,12 @@ class WebConfig:
 
 @dataclass(frozen=True)
 class ObjectsConfig:
-    """Labelling objects of a frame block by block (``--prediction_maps``)."""
+    """Labelling objects of a frame block by block (``--prediction_maps``, the Objects layer)."""
 
     threads: int = setting(2, "threads labelling the blocks of a frame; each holds about one block of input "
                               "(64 x 256 x 256 voxels, one 2048 x 2048 slice in 2D) and its temporaries", 1, 256)
+    stop_s: float = setting(10.0, "a closing gateway waits this long for its frames' labellings to end (their "
+                                  "reads fail at once; a read in progress finishes first)", 0, 600)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from backend.compute.threshold import ThresholdSettings
 from backend.config import WindowConfig
 from backend.errors import UserError
 from backend.service.gateway import PREFETCH, RAW, SIDE_VIEW, VISIBLE, Gateway
-from backend.service.objects import request_frame
+from backend.service.objects import request_objects
 from backend.service.rendering import objects_rgba, probability_rgba, segmentation_rgba
 from viewer.bridge import GuiBridge
 from viewer.model import (
@@ -55,6 +55,7 @@ class PlaneLoader(QtCore.QObject):
         self.policy = SlicingPolicy(views[0].normal_axis)
         self.slots = self.policy.slots
         self._styles: dict[tuple[str, str], tuple] = {}  # (view, kind) -> the layers' looks last painted
+        self._closed = False
         self._timer = QtCore.QTimer(self, singleShot=True, interval=round(refresh_delay_s * 1000))
         self._timer.timeout.connect(self.refresh)
         model.position_changed.connect(self._moved)
@@ -65,8 +66,9 @@ class PlaneLoader(QtCore.QObject):
         self._restyle_raw()
 
     def schedule(self) -> None:
-        """Refresh soon (changes arriving together are handled once)."""
-        self._timer.start()
+        """Refresh soon (changes arriving together are handled once); nothing once closed."""
+        if not self._closed:
+            self._timer.start()
 
     def set_threshold(self, settings: ThresholdSettings) -> None:
         """Label objects with other parameters from now on."""
@@ -81,7 +83,8 @@ class PlaneLoader(QtCore.QObject):
         self.refresh()
 
     def close(self) -> None:
-        """Cancel everything and stop the I/O threads."""
+        """Cancel everything and stop the I/O threads (a view resized while the window closes asks nothing)."""
+        self._closed = True
         self._timer.stop()
         for slot in self.slots.values():
             self._cancel(slot)
@@ -159,6 +162,8 @@ class PlaneLoader(QtCore.QObject):
     # -- requests --------------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Request what each view shows now; recolour what is already there."""
+        if self._closed:
+            return
         visible = {layer.kind for layer in self.model.layers if layer.visible}
         if self.gateway.pipeline.forests is None:  # an untrained project shows its raw data only
             visible = {RAW}
@@ -166,7 +171,7 @@ class PlaneLoader(QtCore.QObject):
             self._want(view, RAW, self._plane_roi(view, whole=True))
             for kind in RESULT_LAYERS:
                 if kind in visible and self.model.live:
-                    self._want(view, kind, self._plane_roi(view, whole=kind == OBJECTS))
+                    self._want(view, kind, self._plane_roi(view, whole=False))
                 style = tuple((layer.visible, layer.opacity) for layer in self.model.layers if layer.kind == kind)
                 if self._styles.get((view.plane, kind)) != style:  # recolour only what the user restyled
                     self._styles[(view.plane, kind)] = style
@@ -194,18 +199,20 @@ class PlaneLoader(QtCore.QObject):
             return
         prefetch = None
         try:
-            if kind == OBJECTS:
-                handle = request_frame(self.gateway, roi.start[0], self.threshold, VISIBLE)
-                handle.add_done_callback(lambda f: self.bridge.post(self._objects_ready, view, slot, generation, f))
+            priority = VISIBLE if view is self.views[0] else SIDE_VIEW  # the main (xy) view first
+
+            def paint(part: Roi, values: np.ndarray) -> None:
+                self.bridge.post(self._paint, view, kind, slot, generation, part, values.copy())
+
+            if kind == OBJECTS:  # its blocks are the frame's labelling blocks, painted as they are labelled
+                handle = request_objects(self.gateway, roi, self.threshold, priority, paint)
             else:
-                priority = VISIBLE if view is self.views[0] else SIDE_VIEW  # the main (xy) view first
                 blocks = view_block_shape(view.normal_axis)
-                handle = self.gateway.request(kind, roi, priority, lambda part, values: self.bridge.post(
-                    self._paint, view, kind, slot, generation, part, values.copy()), blocks)
-                handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, slot, generation, f))
+                handle = self.gateway.request(kind, roi, priority, paint, blocks)
                 ahead = self.policy.prefetch_for(view.normal_axis, roi, self.model.shape) if kind != RAW else None
                 if ahead is not None and generation == slot.generation:
                     prefetch = self.gateway.request(kind, ahead, PREFETCH, block_shape=blocks)
+            handle.future.add_done_callback(lambda f: self.bridge.post(self._finished, kind, slot, generation, f))
         except Exception as exc:  # refused (an unsupported method, cache down, bad region): say it, do not crash
             log.warning("could not request %s for the %s view: %s", kind, view.plane, exc)
             self.bridge.post(self._refused, slot, generation, problem(kind, exc))
@@ -252,27 +259,13 @@ class PlaneLoader(QtCore.QObject):
         slot.painted[rows, cols] = True
         self._recolour(view, kind, (rows, cols))
 
-    def _objects_ready(self, view: SliceView, slot: Slot, generation: int, future: Future) -> None:
-        if generation != slot.generation or future.cancelled():
-            return
-        slot.complete = True
-        if future.exception() is not None:
-            log.warning("objects failed: %s", future.exception())
-            self.failed.emit(problem(OBJECTS, future.exception()))
-            self._check_settled()
-            return
-        normal = "tzyx".index(view.normal_axis)
-        index = [slice(None)] * 5
-        index[normal] = slice(self.model.position[normal], self.model.position[normal] + 1)
-        slot.values, slot.painted = _plane_of(future.result()[tuple(index)], view), None
-        self._recolour(view, OBJECTS)
-        self._check_settled()
-
-    def _finished(self, slot: Slot, generation: int, future: Future) -> None:
+    def _finished(self, kind: str, slot: Slot, generation: int, future: Future) -> None:
         if generation == slot.generation and not future.cancelled():
             slot.complete = True  # posted after the blocks' paints, so they are all on screen
             if future.exception() is not None:
-                log.warning("blocks failed: %s", future.exception())
+                log.warning("%s blocks failed: %s", kind, future.exception())
+                if kind == OBJECTS:  # a frame that cannot be labelled (too many objects, a bad channel): say it
+                    self.failed.emit(problem(kind, future.exception()))
         self.progress.emit(self.pending_blocks())
         self._check_settled()
 

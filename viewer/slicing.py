@@ -55,7 +55,7 @@ class Slot:
 
     generation: int = 0
     roi: Roi | None = None
-    request: object = None  # a RegionRequest, or a Future for objects
+    request: object = None  # a RegionRequest, or an ObjectsRequest for objects
     prefetch: object = None
     values: np.ndarray | None = None  # the plane's values, for recolouring without recomputing
     painted: np.ndarray | None = None  # which pixels of ``values`` have arrived (None: all of them)

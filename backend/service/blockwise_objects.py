@@ -10,6 +10,7 @@ IDs before handing it to the writer. Memory is bounded by the blocks in flight (
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from backend.compute.object_blocks import (
     summarise_block,
 )
 from backend.compute.threshold import ThresholdSettings
+from backend.config import ObjectsConfig
 from backend.distributed.futures import settle
+from backend.errors import TransientError
 
 ReadBox = Callable[[Index, Index], np.ndarray]
 WriteBox = Callable[[Index, np.ndarray], None]
@@ -152,7 +155,8 @@ class FrameJob:
 
     :meth:`block` may be asked before or after the block is written: a future resolves with the labels
     ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
-    asked for yet keeps its labels until the job ends. ``on_end(job)`` is called once the thread is done.
+    asked for yet keeps its labels until the job ends; one asked for is forgotten once written (asked for
+    again while the job runs, it fails with a TransientError). ``on_end(job)`` is called once the thread is done.
     """
 
     def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
@@ -160,8 +164,11 @@ class FrameJob:
                  on_end: Callable[[FrameJob], None] | None = None) -> None:
         self.frame_shape, self.block_shape, self.dtype = tuple(frame_shape), tuple(block_shape), np.dtype(dtype)
         self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
-        self._futures: dict[Index, Future] = {}
+        self._futures: dict[Index, Future] = {}  # blocks not handed over yet
+        self._asked: set[Index] = set()
+        self._delivered: set[Index] = set()  # handed over once written: the job keeps no labels of its own
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="objects-frame", daemon=True)
 
     def start(self) -> FrameJob:
@@ -169,25 +176,47 @@ class FrameJob:
         self._thread.start()
         return self
 
+    def stop(self) -> None:
+        """Stop labelling: no block is read any more and every block not written yet fails."""
+        self._stopped.set()
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the labelling thread to end."""
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the labelling thread runs."""
+        return self._thread.is_alive()
 
     def block(self, start: Index) -> Future:
         """The future of the labels of the block starting at ``start`` (a corner of the job's block grid)."""
         if any(s % b for s, b in zip(start, self.block_shape)) or any(s >= n for s, n in zip(start, self.frame_shape)):
             raise ValueError(f"{tuple(start)} is not the start of a block {self.block_shape} of {self.frame_shape}")
+        start = tuple(start)
         with self._lock:
-            return self._futures.setdefault(tuple(start), Future())
+            if start not in self._delivered:
+                self._asked.add(start)
+                return self._futures.setdefault(start, Future())
+        delivered: Future = Future()
+        settle(delivered, error=TransientError(f"the labels of block {start} were handed over already and are not "
+                                               "kept: ask again once the frame's labelling has ended"))
+        return delivered
 
     def _write(self, start: Index, labels: np.ndarray) -> None:
         if labels.dtype != self.dtype:
             raise ValueError(f"the frame has more objects than {self.dtype} labels hold")
-        settle(self.block(start), result=labels[..., None])
+        start = tuple(start)
+        with self._lock:
+            future = self._futures.setdefault(start, Future())
+            if start in self._asked:  # its asker holds the labels now: memory follows the blocks not yet asked for
+                del self._futures[start]
+                self._delivered.add(start)
+        settle(future, result=labels[..., None])
 
     def _run(self) -> None:
         try:
-            label_frame_blockwise(self._read_box, self.frame_shape, self._settings, self._write, self.block_shape,
+            label_frame_blockwise(self._read, self.frame_shape, self._settings, self._write, self.block_shape,
                                   self._threads)
         except Exception as exc:  # a block failed (its probabilities, the parameters): every block fails with it
             self._fail(exc)
@@ -195,10 +224,69 @@ class FrameJob:
             if self._on_end is not None:
                 self._on_end(self)
 
+    def _read(self, start: Index, stop: Index) -> np.ndarray:
+        if self._stopped.is_set():
+            raise FrameJobStopped("the frame's labelling was stopped")
+        return self._read_box(start, stop)
+
     def _fail(self, error: Exception) -> None:
         with self._lock:
             for start in block_boxes(self.frame_shape, self.block_shape).values():
-                self._futures.setdefault(start[0], Future())
+                if start[0] not in self._delivered:
+                    self._futures.setdefault(start[0], Future())
             futures = list(self._futures.values())
         for future in futures:
             settle(future, error=error)
+
+
+class FrameJobStopped(RuntimeError):
+    """A frame's labelling was stopped before it ended (its owner closed)."""
+
+
+class FrameJobs:
+    """The frame labellings running for one owner (a gateway), by key; :meth:`stop` and :meth:`join` end them."""
+
+    def __init__(self, stop_s: float = ObjectsConfig().stop_s) -> None:
+        self.stop_s = stop_s
+        self._jobs: dict[str, FrameJob] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def job(self, key: str, make: Callable[[Callable[[FrameJob], None]], FrameJob]) -> tuple[FrameJob, bool]:
+        """The running job under ``key``, or a new one ``make(on_end)`` (not started; True with it). A job made
+        after :meth:`stop` is stopped already: started, it ends at once and its blocks fail."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                return job, False
+
+            def forget(ended: FrameJob) -> None:
+                with self._lock:
+                    if self._jobs.get(key) is ended:
+                        del self._jobs[key]
+
+            job = self._jobs[key] = make(forget)
+            if self._stopped:
+                job.stop()
+            return job, True
+
+    def running(self) -> list[FrameJob]:
+        """The jobs not ended yet."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def stop(self) -> None:
+        """Stop every job, and any made from now on (returns at once)."""
+        with self._lock:
+            self._stopped = True
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.stop()
+
+    def join(self) -> bool:
+        """Wait up to ``stop_s`` in all for the stopped jobs' threads; True if every one ended."""
+        deadline = time.monotonic() + self.stop_s
+        jobs = self.running()
+        for job in jobs:
+            job.join(max(0.0, deadline - time.monotonic()))
+        return not any(job.is_alive() for job in jobs)

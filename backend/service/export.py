@@ -22,7 +22,7 @@ from backend.io.sources import DataSource, split_internal_path
 from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
 from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, stream_tables, write_table
-from backend.service.objects import OBJECTS, frame_roi, request_frame
+from backend.service.objects import OBJECTS, frame_roi, object_blocks, request_objects
 from backend.service.snapshot import PipelineSnapshot
 
 EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS, OBJECT_FEATURES)
@@ -160,7 +160,7 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         progress = _Progress(bar, total, on_progress, cancel)
         try:
             progress.update(0)
-            _stream(gateway, snapshot, options, pieces, writer, progress, max_in_flight)
+            _stream(gateway, snapshot, options, pieces, writer, progress, max_in_flight, region)
         finally:
             bar.close()
         writer.commit()
@@ -200,10 +200,14 @@ def _pieces(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions
             region: Roi) -> tuple[int, Callable[[bool], Iterator[Roi]]]:
     """How many pieces (blocks, or frames for Objects) the region has, and a way to go through them one at a
     time, last first if asked: a declared-huge image is never listed."""
-    if options.kind == OBJECTS:
+    if options.kind == OBJECTS:  # counted in frames, written block by block (the frame's labelling blocks)
         frames = range(region.start[0], region.stop[0])
-        return len(frames), lambda reverse: (frame_roi(gateway, t).intersect(region)
-                                             for t in (reversed(frames) if reverse else frames))
+
+        def blocks(reverse: bool) -> Iterator[Roi]:
+            for t in reversed(frames) if reverse else frames:
+                for block in object_blocks(gateway, frame_roi(gateway, t).intersect(region)):
+                    yield block.intersect(region)
+        return len(frames), blocks
     grid = snapshot.grid(gateway.config.block_shape)
     return grid.count_in(region), lambda reverse: (block.roi.intersect(region)
                                                    for block in grid.blocks_in(region, reverse))
@@ -252,20 +256,29 @@ class SplitWriter:
 def _request(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,
              roi: Roi) -> tuple[Future, Callable[[], None]]:
     """A future of ``roi``'s values and how to cancel it."""
-    if options.kind != OBJECTS:
+    if options.kind == OBJECTS:  # a piece of a frame's labels, labelled with the whole frame
+        request = request_objects(gateway, roi, options.threshold or ThresholdSettings(), BATCH, snapshot=snapshot)
+    else:
         request = gateway.request(options.kind, roi, BATCH, snapshot=snapshot)
-        return request.future, request.cancel
-    frame = request_frame(gateway, roi.start[0], options.threshold or ThresholdSettings(), BATCH, snapshot)
-    cropped: Future = Future()
+    return request.future, request.cancel
 
-    def crop(done: Future) -> None:
-        try:
-            cropped.set_result(done.result()[roi.relative_to(frame_roi(gateway, roi.start[0]))])
-        except Exception as exc:  # the frame failed: the export reports it
-            cropped.set_exception(exc)
 
-    frame.add_done_callback(crop)
-    return cropped, lambda: None
+class _FramesWritten:
+    """How many pieces a written piece completes: one for a block, and for Objects (counted in frames) one
+    when the last of its frame's blocks in the region is written."""
+
+    def __init__(self, gateway: Gateway, options: ExportOptions, region: Roi):
+        self.gateway, self.region, self.objects = gateway, region, options.kind == OBJECTS
+        self.left: dict[int, int] = {}
+
+    def __call__(self, roi: Roi) -> int:
+        if not self.objects:
+            return 1
+        t = roi.start[0]
+        if t not in self.left:
+            self.left[t] = len(object_blocks(self.gateway, frame_roi(self.gateway, t).intersect(self.region)))
+        self.left[t] -= 1
+        return 0 if self.left[t] else 1
 
 
 class _Progress:
@@ -285,21 +298,22 @@ class _Progress:
             raise ExportCancelled("the export was cancelled")
 
 
-def _stream(gateway, snapshot, options, pieces, writer, bar, max_in_flight) -> None:
+def _stream(gateway, snapshot, options, pieces, writer, bar, max_in_flight, region) -> None:
     """Request every piece, at most ``max_in_flight`` at a time; pieces another process is computing right
     now are put off to the end (by then they are cached), so concurrent exports share the work."""
     pending: dict[Future, tuple[Roi, Callable[[], None]]] = {}
     deferred: list[Roi] = []
+    completes = _FramesWritten(gateway, options, region)
     try:
         for roi in _own_first(gateway, snapshot, options, pieces, deferred):
             bar.check()
             while len(pending) >= max_in_flight:
-                _drain(pending, writer, bar)
+                _drain(pending, writer, bar, completes)
                 bar.check()
             future, cancel = _request(gateway, snapshot, options, roi)
             pending[future] = (roi, cancel)
         while pending:
-            _drain(pending, writer, bar)
+            _drain(pending, writer, bar, completes)
             bar.check()
     finally:
         for _, cancel in pending.values():
@@ -322,9 +336,9 @@ def _own_first(gateway, snapshot, options, pieces, deferred: list[Roi]):
     yield from deferred
 
 
-def _drain(pending: dict, writer: BlockWriter, bar) -> None:
+def _drain(pending: dict, writer: BlockWriter, bar, completes: Callable[[Roi], int]) -> None:
     done, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
     for future in done:
         roi, _ = pending.pop(future)
         writer.write(roi, future.result())
-        bar.update(1)
+        bar.update(completes(roi))

@@ -25,6 +25,7 @@ from backend.distributed.executor import Executor
 from backend.errors import TransientError
 from backend.io.sources import DataSource
 from backend.service.block_state import BlockState, BlockTable
+from backend.service.blockwise_objects import FrameJobs
 from backend.service.claims import CacheUnavailable, Claims
 from backend.service.gateway_status import Counters, GatewayStatus
 from backend.service.region import RegionRequest
@@ -58,6 +59,7 @@ class Gateway:
         self.claims = Claims(cache, self.table, self.counters, self._compute, self._finish, executor.cancel,
                              on_cache_lost, clock)
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-helper")
+        self.frame_jobs = FrameJobs()  # the frames whose objects are being labelled (backend.service.objects)
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def set_pipeline(self, pipeline: Pipeline) -> None:
@@ -161,7 +163,9 @@ class Gateway:
                              **self.counters.values())
 
     def close(self) -> None:
-        """Stop the watchdog and the notice listener; drop our queued blocks and release our claims."""
+        """Stop the watchdog, the notice listener and the frames' labellings; drop our queued blocks and
+        release our claims."""
+        self.frame_jobs.stop()  # first: a labelling asks for no block from now on
         self.claims.stop()
         self._helper.shutdown(wait=True, cancel_futures=True)
         waiting = self.table.clear()
@@ -172,6 +176,9 @@ class Gateway:
         for state in waiting:
             for req in state.waiters:
                 req.fail(CacheUnavailable("the gateway was closed"))
+        if not self.frame_jobs.join():  # their reads in progress have just failed
+            log.warning("a frame's labelling did not end within %.1f s of the gateway's close",
+                        self.frame_jobs.stop_s)
 
     # -- computing a claimed block --------------------------------------------------------------------
     def _compute(self, state: BlockState) -> None:

@@ -11,7 +11,6 @@ finish, and a block already in the cache is never labelled again.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -30,8 +29,6 @@ from backend.service.snapshot import PipelineSnapshot
 
 OBJECTS = "Objects"
 LABELS = np.dtype(np.uint32)  # the layer's labels (a frame with more IDs fails with a clear error)
-_jobs: weakref.WeakKeyDictionary[Gateway, dict[str, FrameJob]] = weakref.WeakKeyDictionary()
-_jobs_lock = threading.Lock()
 
 
 def frame_roi(gateway: Gateway, t: int) -> Roi:
@@ -173,23 +170,18 @@ def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: 
     up in the cache and moving through it labels nothing again.
     """
     frame_key = f"{objects_key(gateway, t, settings, snapshot)}.frame"
-    with _jobs_lock:
-        jobs = _jobs.setdefault(gateway, {})
-        job = jobs.get(frame_key)
-        if job is not None:
-            return job
 
-        def read_box(start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
-            roi = Roi((t,) + tuple(start), (t + 1,) + tuple(stop))
-            return gateway.request("Probabilities", roi, priority, snapshot=snapshot).result()[0]
+    def read_box(start: tuple[int, int, int], stop: tuple[int, int, int]) -> np.ndarray:
+        roi = Roi((t,) + tuple(start), (t + 1,) + tuple(stop))
+        return gateway.request("Probabilities", roi, priority, snapshot=snapshot).result()[0]
 
-        def forget(ended: FrameJob) -> None:
-            with _jobs_lock:
-                if jobs.get(frame_key) is ended:
-                    del jobs[frame_key]
+    def make(on_end: Callable[[FrameJob], None]) -> FrameJob:
+        return FrameJob(read_box, gateway.source.spatial_shape[1:], settings, object_block_shape(gateway), LABELS,
+                        on_end=on_end)
 
-        job = jobs[frame_key] = FrameJob(read_box, gateway.source.spatial_shape[1:], settings,
-                                         object_block_shape(gateway), LABELS, on_end=forget)
+    job, new = gateway.frame_jobs.job(frame_key, make)
+    if not new:
+        return job
     try:
         for block in object_blocks(gateway, frame_roi(gateway, t)):  # before the start: the job cannot end first
             _request_block(gateway, block, settings, PREFETCH, snapshot)

@@ -14,11 +14,10 @@ import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, settings_fingerprint
-from backend.distributed.futures import settle
 from backend.errors import UserError
 from backend.io.ngff import ORDER, ngff_axes
 from backend.service.gateway import RAW, Gateway
-from backend.service.objects import OBJECTS, request_frame
+from backend.service.objects import OBJECTS, request_objects
 from backend.service.snapshot import PipelineSnapshot
 
 SOURCES = {"raw": RAW, "probabilities": "Probabilities", "segmentation": "Simple Segmentation",
@@ -76,27 +75,6 @@ class Fetch(Protocol):
     def cancel(self) -> None: ...
 
 
-class _Part:
-    """Part ``local`` of a whole frame's future (objects are labelled frame by frame)."""
-
-    def __init__(self, frame: Future, local: Roi):
-        self.frame, self.future = frame, Future()
-        frame.add_done_callback(lambda done: self._cut(done, local))
-
-    def _cut(self, frame: Future, local: Roi) -> None:
-        if frame.cancelled():
-            self.future.cancel()
-        elif frame.exception() is not None:
-            settle(self.future, error=frame.exception())
-        else:
-            settle(self.future, result=frame.result()[local.slices()])
-
-    def cancel(self) -> None:
-        """Stop waiting for the frame."""
-        self.frame.cancel()
-        self.future.cancel()
-
-
 class Lane:
     """One lane of the project, served through its gateway (None with ``error`` when its data did not open)."""
 
@@ -147,8 +125,7 @@ class Lane:
             return gateway.request(kind, roi, priority, snapshot=view.snapshot)
         if roi.shape[0] != 1:
             raise ValueError(f"objects are fetched one time step at a time, not {roi}")
-        frame = request_frame(gateway, roi.start[0], view.threshold, priority, view.snapshot)
-        return _Part(frame, Roi((0,) + roi.start[1:], (1,) + roi.stop[1:]))
+        return request_objects(gateway, roi, view.threshold, priority, snapshot=view.snapshot)
 
     def describe(self) -> dict:
         """The lane for ``/api/v1/info``: nickname, axes and shape of each source, or why it is unavailable."""

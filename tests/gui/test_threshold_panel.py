@@ -14,7 +14,7 @@ from PyQt5 import QtCore, QtTest, QtWidgets
 import viewer.loader as loader_module
 from backend.compute.threshold import ThresholdSettings, default_channel, threshold_frame, unsupported_method
 from backend.config import WindowConfig
-from backend.service.objects import request_frame
+from backend.service.objects import request_objects
 from ilastik_desktop._qt.panels.threshold import ThresholdPanel
 from ilastik_desktop.runtime.settings import parse_threshold
 from tests.gui.conftest import open_and_settle
@@ -166,7 +166,7 @@ def test_turning_on_a_graph_cut_projects_objects_says_why_in_the_status_bar_and_
     open_and_settle(qtbot, window, str(tmp_path / "p.ilp"),
                     str(tmp_path / "mitocheck_2d+t" / "mitocheck_small_2D+t.h5" / "exported_data"))
     asked = []
-    monkeypatch.setattr(loader_module, "request_frame", lambda *args: asked.append(args) or request_frame(*args))
+    monkeypatch.setattr(loader_module, "request_objects", lambda *args: asked.append(args) or request_objects(*args))
     bar = window.tabs.tabBar()
     tab = next(i for i in range(bar.count()) if bar.tabText(i) == "Layers")
     QtTest.QTest.mouseClick(bar, QtCore.Qt.LeftButton, QtCore.Qt.NoModifier, bar.tabRect(tab).center())

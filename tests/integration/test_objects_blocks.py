@@ -59,7 +59,8 @@ def test_objects_arrive_block_by_block_cached_per_block_and_a_frame_is_labelled_
             assert np.array_equal(labels[0, ..., 0], expected)
             assert sorted(p.start for p, _ in parts) == sorted(b.start for b in object_blocks(gateway, frame))
             assert len(parts) == 8 and all(np.array_equal(v[0, ..., 0], expected[p.slices()[1:]]) for p, v in parts)
-            assert all(cached(gateway, settings, frame))
+            wait_for(lambda: all(cached(gateway, settings, frame)), 30,  # stored just after being delivered
+                     message="the frame's blocks are cached")
             computed = gateway.status().computed
             assert computed == 8 + 8  # eight probability blocks (each once), eight blocks of labels
             assert labellings == [settings]  # of one labelling of the frame

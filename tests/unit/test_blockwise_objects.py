@@ -14,6 +14,7 @@ from backend.compute.geometry import Roi
 from backend.compute.object_blocks import block_boxes, block_inputs, halo_box, label_dtype, smoothing_halo
 from backend.compute.pipeline import BlockTask
 from backend.compute.threshold import ThresholdSettings, smooth, threshold_frame
+from backend.errors import TransientError
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.io.project_pipeline import build_pipeline
@@ -241,9 +242,10 @@ def test_a_frame_job_hands_out_each_blocks_labels_and_fails_them_all_on_an_error
     job.start().join(timeout=30)
     assert ended == [job]
     for start, stop in block_boxes(probabilities.shape[:3], (4, 16, 16)).values():
-        labels = job.block(start).result(timeout=0)
+        labels = (asked_before if start == (4, 16, 0) else job.block(start)).result(timeout=0)
         assert labels.dtype == np.uint32 and np.array_equal(labels[..., 0], expected[box_slices((start, stop))])
-    assert asked_before.result(timeout=0) is not None
+    with pytest.raises(TransientError, match="handed over already"):  # the job kept no copy of a block it handed over
+        job.block((4, 16, 0)).result(timeout=0)
     with pytest.raises(ValueError, match="not the start of a block"):
         job.block((1, 0, 0))
     broken = FrameJob(Frame(probabilities, fail_at=(0, 0, 0)).read_box, probabilities.shape[:3],
