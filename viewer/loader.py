@@ -106,6 +106,10 @@ class PlaneLoader(QtCore.QObject):
         slot = self.slots.get((plane, kind))
         if slot is None or slot.values is None or (slot.painted is not None and not slot.painted[row, col]):
             return None
+        normal = "tzyx".index(next(v for v in self.views if v.plane == plane).normal_axis)
+        here = self.model.position
+        if slot.roi.start[0] != here[0] or slot.roi.start[normal] != here[normal]:  # another slice: not yet asked
+            return None
         return np.atleast_1d(slot.values[row, col])
 
     def raw_plane(self, plane: str) -> np.ndarray | None:
@@ -258,6 +262,7 @@ class PlaneLoader(QtCore.QObject):
         slot.values[rows, cols] = plane
         slot.painted[rows, cols] = True
         self._recolour(view, kind, (rows, cols))
+        self.progress.emit(self.pending_blocks())  # what is under the mouse may have just arrived
 
     def _finished(self, kind: str, slot: Slot, generation: int, future: Future) -> None:
         if generation == slot.generation and not future.cancelled():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.compute.geometry import Roi
+from backend.service.objects import ObjectsRequest
 
 AXES = "tzyx"
 TILE = 128  # side of the square blocks a view asks for, in its plane
@@ -150,9 +151,17 @@ class SlicingPolicy:
             if isinstance(request, Future):
                 count += not request.done()
             elif request is not None and not request.future.done():
-                count += len(request.pending)
+                count += _blocks_left(request)
         return count
 
     def all_done(self) -> bool:
         """True when every slot shows everything it asked for."""
         return all(slot.done for slot in self.slots.values())
+
+
+def _blocks_left(request) -> int:
+    """The blocks a region request still waits for; an Objects request counts those of its parts (it is
+    assembled from one region request per labelling block)."""
+    if isinstance(request, ObjectsRequest):
+        return sum(len(part.pending) for part in list(request.parts) if not part.future.done())
+    return len(request.pending)

@@ -2,7 +2,10 @@
 
 from concurrent.futures import Future
 
+import numpy as np
+
 from backend.compute.geometry import Roi
+from backend.service.objects import ObjectsRequest
 from viewer.slicing import PREFETCH_SLICES, SlicingPolicy, plane_roi, prefetch_roi, view_block_shape
 
 SHAPE = (1, 64, 256, 256)  # t, z, y, x
@@ -75,6 +78,23 @@ def test_pending_blocks_and_completion():
     assert policy.pending_blocks() == 0 and policy.all_done()
     policy.forget("Objects")
     assert b.slot.roi is None and policy.want("xy", "Objects", "z", xy(5)).generation == 2
+
+
+def test_an_objects_request_in_flight_counts_the_blocks_its_parts_wait_for():
+    """An Objects request is assembled from one region request per labelling block: counting it (while the
+    viewer paints another layer) neither fails nor counts the parts already delivered."""
+    policy = SlicingPolicy("z")
+    wanted = policy.want("xy", "Objects", "z", xy(5))
+    objects = ObjectsRequest(xy(5), None, blocks=3)
+    parts = [Handle(1), Handle(2), Handle(1)]
+    for part in parts:
+        part.roi = xy(5)
+        objects.watch(part)
+    policy.attach(wanted.slot, wanted.generation, objects, None)
+    assert policy.pending_blocks() == 4
+    parts[1].pending.clear()
+    parts[1].future.set_result(np.zeros(xy(5).shape + (1,), np.uint32))
+    assert policy.pending_blocks() == 2
 
 
 def test_a_new_classifier_asks_again_but_keeps_the_old_values_on_screen():
