@@ -8,9 +8,10 @@ from viewer.slice_view import SliceView
 
 
 def voxel_readout(model: ViewerModel, loader: PlaneLoader, view: SliceView, row: int, col: int,
-                  class_names: list[str]) -> str:
+                  class_names: list[str], object_ids: bool = True) -> str:
     """``x .. y .. z .. t ..  raw ..  class p ..  object ..`` for the pixel at ``row, col`` of ``view``,
-    at the current slice and time, with the values painted there (none yet where nothing arrived)."""
+    at the current slice and time, with the values painted there (none yet where nothing arrived); without
+    the object's ID when ``object_ids`` is False (a line of its own says it), still saying ``background``."""
     position = list(model.position)
     position["tzyx".index(view.rows_axis)], position["tzyx".index(view.cols_axis)] = row, col
     text = "  ".join(f"{axis} {value}" for axis, value in zip("xyzt", reversed(position))
@@ -26,5 +27,8 @@ def voxel_readout(model: ViewerModel, loader: PlaneLoader, view: SliceView, row:
         text += f"   uncertainty {uncertainty[0]:.2f}"
     objects = loader.value_at(view.plane, OBJECTS, row, col)
     if objects is not None and model.layer("Objects").visible:
-        text += f"   object {objects[0]}" if objects[0] else "   background"
+        if not objects[0]:
+            text += "   background"
+        elif object_ids:
+            text += f"   object {objects[0]}"
     return text

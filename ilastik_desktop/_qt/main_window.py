@@ -321,7 +321,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
             return
         view, row, col = self._pointer
         self.cursor_label.setText(voxel_readout(self.model, self.loader, view, row, col,
-                                                self.document.project.label_names))
+                                                self.document.project.label_names, object_ids=False))
 
     def _sync_crosshair(self) -> None:
         position = dict(zip("tzyx", self.model.position))

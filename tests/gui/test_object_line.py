@@ -61,6 +61,8 @@ def test_moving_the_mouse_over_an_object_shows_its_features(qtbot, window, data_
 
     move_to(row, col)
     qtbot.waitUntil(lambda: window.object_line.text() == expected, timeout=30_000)
+    status = f"{window.cursor_label.text()}   {window.object_line.text()}"
+    assert status.count(f"object {object_id}") == 1  # the ID said once, by the object's line
     assert computing_threads and threading.main_thread() not in computing_threads
 
     background = np.argwhere(plane == 0)[0]
