@@ -63,6 +63,7 @@ class ExportResult:
     seconds: float
     voxels: int
     paths: tuple[str, ...] = ()  # every file, when one run wrote several sources
+    highest_object_id: int | None = None  # Objects: the highest ID written (0: no object)
 
 
 def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -151,7 +152,7 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         for writer in writers:
             writer.abort()
         raise
-    writer = SplitWriter(writers)
+    writer = SplitWriter(writers, track_highest=objects)
     started = time.perf_counter()
     try:  # from here on an interruption (SIGTERM, Ctrl-C) removes the partial output
         total, pieces = _pieces(gateway, snapshot, options, region)
@@ -163,11 +164,14 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
             _stream(gateway, snapshot, options, pieces, writer, progress, max_in_flight, region)
         finally:
             bar.close()
+        if objects:  # as the --prediction_maps Objects output records it
+            writers[0].describe(max_object_id=writer.highest)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths))
+    return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths),
+                        writer.highest if objects else None)
 
 
 def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
@@ -229,13 +233,16 @@ def check_sources(kinds: tuple[str, ...], pattern: str) -> tuple[str, ...]:
 
 
 class SplitWriter:
-    """Writes a combined result's channels into one writer per source (each its own dtype)."""
+    """Writes a combined result's channels into one writer per source (each its own dtype); with
+    ``track_highest``, ``highest`` is the largest value written (an Objects export's highest ID)."""
 
-    def __init__(self, writers: list[BlockWriter]):
-        self.writers = writers
+    def __init__(self, writers: list[BlockWriter], track_highest: bool = False):
+        self.writers, self.track_highest, self.highest = writers, track_highest, 0
 
     def write(self, roi: Roi, values: np.ndarray) -> None:
         """Store each writer's channels of ``values`` over ``roi``."""
+        if self.track_highest and values.size:
+            self.highest = max(self.highest, int(values.max()))
         start = 0
         for writer in self.writers:
             part = values[..., start:start + writer.channels] if len(self.writers) > 1 else values

@@ -89,9 +89,10 @@ def run_headless(settings: Settings) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
+    highest = "" if result.highest_object_id is None else f"highest object ID {result.highest_object_id}; "
     print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, piece_unit(options.kind))}, "
           f"{result.seconds:.1f} s, "
-          f"{rate / 1e6:.2f} Mvoxel/s; "
+          f"{rate / 1e6:.2f} Mvoxel/s; {highest}"
           f"{status.computed} computed, {status.hits} from the cache, "
           f"{counted(status.executor.processes, 'worker process')})", file=sys.stderr)
     return 0

@@ -1,12 +1,15 @@
 """The headless export through the gateway: remote workers both ways, a shared cache, Objects."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
+import tifffile
 
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.threshold import ThresholdSettings, threshold_frame
@@ -90,6 +93,25 @@ def test_objects_export_thresholds_the_probabilities(project, tmp_path):
     assert objects.dtype == np.uint32 and objects.shape == probabilities.shape[:-1] + (1,)
     assert np.array_equal(objects[..., 0], expected) and objects.max() > 1
     assert "(1 frame," in err
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fmt", ["hdf5", "tif"])
+def test_a_projects_objects_export_records_its_highest_object_id(project, tmp_path, fmt):
+    """As the --prediction_maps Objects output does: an attribute (HDF5; TIFF: its JSON description) and the
+    summary line."""
+    result = run_cli("--headless", "--no-progress", "--project", project, "--output_format", fmt,
+                     "--output_filename_format", str(tmp_path / "objects"), "--block_shape", "12,48,48",
+                     "--workers", "1", "--export_source", "Objects", "--threshold", "channel=1,low=0.6,min_size=5")
+    assert result.returncode == 0, result.stderr
+    if fmt == "hdf5":
+        with h5py.File(tmp_path / "objects.h5", "r") as f:
+            labels, recorded = f["exported_data"][()], f["exported_data"].attrs["max_object_id"]
+    else:
+        labels = tifffile.imread(tmp_path / "objects.tif")
+        recorded = json.loads(tifffile.tiffcomment(tmp_path / "objects.tif"))["max_object_id"]
+    assert labels.max() > 1 and recorded == labels.max()
+    assert f"Mvoxel/s; highest object ID {labels.max()}; " in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

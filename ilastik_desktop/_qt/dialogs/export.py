@@ -133,8 +133,9 @@ class ExportDialog(QtWidgets.QDialog):
         try:
             result = run_export(self.document.gateway, raw_name(self.document), options,
                                 on_progress=lambda d, t: self.bridge.post(self.show_progress, d, t), cancel=cancel)
+            highest = "" if result.highest_object_id is None else f"; highest object ID {result.highest_object_id}"
             outcome = (result.path, f"wrote {result.path} ({counted(result.blocks, piece_unit(options.kind))}, "
-                                    f"{result.seconds:.1f} s)")
+                                    f"{result.seconds:.1f} s{highest})")
         except ExportCancelled:
             outcome = ("", "cancelled; nothing was written")
         except UserError as exc:
