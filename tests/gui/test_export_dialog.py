@@ -2,6 +2,7 @@
 folder created, a busy bar until the total is known then counts from 0, time left shown, and quitting during an
 export asks first."""
 
+import dataclasses
 import os
 import shutil
 
@@ -114,4 +115,27 @@ def test_object_features_are_offered_as_csv_or_hdf5_and_counted_in_frames(qtbot,
     QtTest.QTest.keyClick(dialog.source, QtCore.Qt.Key_Home)  # back to an image source: the image formats
     assert "csv" not in [dialog.format.itemText(i) for i in range(dialog.format.count())]
     assert dialog.format.currentText() == "hdf5"
+    dialog.close()
+
+
+@pytest.mark.parametrize("source", ["Objects", "Object Features"])
+def test_a_refused_graph_cut_projects_message_is_shown_whole_above_the_buttons(qtbot, window, tmp_path, source):
+    path, _ = small_project(tmp_path)
+    open_and_settle(qtbot, window, path)
+    dialog = window.open_export()
+    qtbot.waitExposed(dialog)
+    dialog.threshold = dataclasses.replace(dialog.threshold, method=2)  # a project saved with graph cut
+    dialog.source.setCurrentText(source)
+    dialog.path.setText(str(tmp_path / "out" / "objects"))
+    with qtbot.waitSignal(dialog.export_done, timeout=60_000) as finished:
+        QtTest.QTest.mouseClick(dialog.start, QtCore.Qt.LeftButton)
+    assert finished.args[0] == "" and "graph-cut thresholding" in finished.args[1]
+    message = dialog.message
+
+    def fits() -> bool:
+        return (message.height() >= message.heightForWidth(message.width())
+                and message.geometry().bottom() < dialog.start.geometry().top())
+
+    qtbot.waitUntil(fits, timeout=5_000)
+    assert message.heightForWidth(message.width()) > message.fontMetrics().height()  # several lines
     dialog.close()

@@ -116,6 +116,7 @@ class ExportDialog(QtWidgets.QDialog):
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             self.message.setText(f"cannot create the folder {folder}: {exc.strerror or exc}")
+            self._fit_message()
             return
         self.started_at = time.monotonic()
         options = ExportOptions(kind=self.source.currentText(), fmt=self.format.currentText(),
@@ -163,7 +164,17 @@ class ExportDialog(QtWidgets.QDialog):
         self.start.setEnabled(True)
         self.stop.setEnabled(False)
         self.message.setText(message)
+        self._fit_message()
         self.export_done.emit(path, message)
+
+    def _fit_message(self) -> None:
+        """Grow the dialog's height until its message, wrapped to the dialog's width, is shown whole above the
+        buttons (a form layout does not grow a window for a label's wrapped lines by itself)."""
+        layout = self.layout()
+        layout.activate()
+        needed = layout.totalHeightForWidth(self.width())
+        if needed > self.height():
+            self.resize(self.width(), needed)
 
     def cancel_export(self) -> None:
         """Stop the running export (its partial output is removed)."""
