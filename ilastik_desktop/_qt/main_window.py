@@ -290,7 +290,8 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
 
     def open_export(self) -> ExportDialog:
         """Show the export dialog for the open project, with the thresholding panel's settings."""
-        dialog = self.export_dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self)
+        dialog = self.export_dialog = ExportDialog(self.document, self.threshold_panel.settings(), self.bridge, self,
+                                                   self.export_dialog)  # its source and format chosen again
         dialog.show()
         return dialog
 

@@ -139,3 +139,22 @@ def test_a_refused_graph_cut_projects_message_is_shown_whole_above_the_buttons(q
     qtbot.waitUntil(fits, timeout=5_000)
     assert message.heightForWidth(message.width()) > message.fontMetrics().height()  # several lines
     dialog.close()
+
+
+def test_the_dialog_reopens_with_the_source_and_format_chosen_last(qtbot, window, tmp_path):
+    path, _ = small_project(tmp_path)
+    open_and_settle(qtbot, window, path)
+    dialog = window.open_export()
+    qtbot.waitExposed(dialog)
+    assert dialog.source.currentText() == "Probabilities"
+    dialog.source.setFocus()
+    QtTest.QTest.keyClick(dialog.source, QtCore.Qt.Key_Down)  # the next source
+    chosen = dialog.source.currentText()
+    dialog.format.setFocus()
+    QtTest.QTest.keyClick(dialog.format, QtCore.Qt.Key_End)  # the last format
+    fmt = dialog.format.currentText()
+    assert (chosen, fmt) != ("Probabilities", "hdf5")
+    dialog.close()
+    again = window.open_export()
+    assert again is not dialog and (again.source.currentText(), again.format.currentText()) == (chosen, fmt)
+    again.close()

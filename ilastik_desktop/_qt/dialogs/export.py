@@ -60,7 +60,9 @@ class ExportDialog(QtWidgets.QDialog):
 
     export_done = QtCore.pyqtSignal(str, str)  # path ("" if none), message
 
-    def __init__(self, document: Document, threshold: ThresholdSettings, bridge: GuiBridge, parent=None):
+    def __init__(self, document: Document, threshold: ThresholdSettings, bridge: GuiBridge, parent=None,
+                 previous: ExportDialog | None = None):
+        """``previous``: the dialog shown before in this session, whose source and format are chosen again."""
         super().__init__(parent)
         self.document, self.threshold, self.bridge = document, threshold, bridge
         self.cancel_event: threading.Event | None = None
@@ -71,6 +73,9 @@ class ExportDialog(QtWidgets.QDialog):
         self.source.addItems(EXPORT_SOURCES)
         self.format = QtWidgets.QComboBox()
         offer_formats(self.source, self.format)
+        if previous is not None:
+            self.source.setCurrentText(previous.source.currentText())
+            self.format.setCurrentText(previous.format.currentText())
         self.setMinimumWidth(720)  # paths and messages readable
         self.path = QtWidgets.QLineEdit(default_pattern(document))
         browse = QtWidgets.QPushButton("...")
