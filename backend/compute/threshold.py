@@ -46,6 +46,13 @@ def default_channel(class_names: list[str]) -> int:
     return 0
 
 
+def default_settings(class_names: list[str]) -> ThresholdSettings:
+    """ilastik's default thresholding on the first class that is not background (core channel too): what the
+    window and headless runs use for a project that saved no thresholding."""
+    channel = default_channel(class_names)
+    return ThresholdSettings(channel=channel, core_channel=channel)
+
+
 def unsupported_method(settings: ThresholdSettings) -> str | None:
     """Why ``settings`` cannot be computed here (ilastik's graph-cut or identity-preserving method), in words
     naming the project setting, or None when they can."""

@@ -68,6 +68,11 @@ def open_input(map_spec: str, map_axes: str | None, raw_spec: str | None = None,
     """The map ``map_spec`` and, if given, its raw data ``raw_spec`` (read as the project's lane ``lane`` is, its
     axes fitted to the lane's); UserError naming both if their (t, z, y, x) shapes differ."""
     source = open_source(map_spec, map_axes)
+    try:
+        check_not_labels(source)
+    except UserError:
+        _close(source)
+        raise
     if raw_spec is None:
         return MapInput(source)
     try:
@@ -83,6 +88,18 @@ def open_input(map_spec: str, map_axes: str | None, raw_spec: str | None = None,
                         f"its raw data {raw.description} {raw.spatial_shape} (the maps and the raw data are paired "
                         "in the order given)")
     return inputs
+
+
+LABEL_TYPES = ("int32", "uint32", "int64", "uint64")
+
+
+def check_not_labels(source: DataSource) -> None:
+    """UserError naming the map if it has a 32 or 64-bit integer type and no ``drange``: such a file is a label
+    image (an earlier Objects export picked up by a glob, say), not probabilities."""
+    if source.dtype.name in LABEL_TYPES and declared_range(source) is None:
+        raise UserError(f"{source.description}: looks like a label image, not probabilities: its pixel type is "
+                        f"{source.dtype.name} and it has no drange attribute; give it a drange attribute if it is "
+                        "a probability map")
 
 
 def _close(source: DataSource | None) -> None:
@@ -115,7 +132,11 @@ def map_outputs(inputs: MapInput, nickname: str, options: ExportOptions) -> dict
     as :func:`check_map_sources` says, or if an output would overwrite the map itself."""
     outputs = {}
     for kind in check_map_sources(options.kind, options.filename_pattern, inputs.raw is not None):
-        path = outputs[kind] = output_path(options.filename_pattern, options.fmt, inputs.named_after, nickname, kind)
+        try:
+            path = outputs[kind] = output_path(options.filename_pattern, options.fmt, inputs.named_after, nickname,
+                                               kind)
+        except UserError as exc:  # named after the map itself: the "raw data" output_path speaks of is the map
+            raise UserError(str(exc).replace("its own raw data", "its own probability map")) from None
         if inputs.raw is not None:
             files = inputs.map.description.split(os.pathsep)
             if os.path.realpath(path) in {os.path.realpath(split_internal_path(f)[0]) for f in files}:
@@ -208,14 +229,15 @@ def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
                             f"{source.channels - 1}); choose one with --threshold {name.replace(' ', '_')}=N")
 
 
-def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
-                   options: ExportOptions, threads: int = 2) -> tuple[ExportResult, int]:
+def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings, options: ExportOptions,
+                   threads: int = 2, frame_done: Callable[[int, int], None] | None = None) -> tuple[ExportResult, int]:
     """Threshold every frame of the map of ``inputs`` and write what ``options.kind`` asks for: the labels
     ``(t, z, y, x, 1)`` as the Objects export does (uint32, uint64 if an ID needs it, the highest ID recorded as
     the attribute ``max_object_id``) and/or the Object Features table measured on the raw data. Returns where and
     how long, and the highest object ID of all frames. Partial outputs are removed on any failure or
     interruption. Each frame is labelled block by block on ``threads`` threads; the table is measured from the
-    same blocks, so neither holds a frame."""
+    same blocks, so neither holds a frame. ``frame_done(t, highest)`` is told each frame's highest ID (0: no
+    object)."""
     source = inputs.map
     check_map_channels(source, settings)
     outputs = map_outputs(inputs, nickname, options)
@@ -235,8 +257,10 @@ def export_objects(inputs: MapInput, nickname: str, settings: ThresholdSettings,
             def advance(share: float, t: int = t) -> None:
                 bar.update(int(t + share) - bar.n)  # whole frames on the bar
 
-            highest = max(highest, label_frame(read_box, tuple(frame_shape), settings, write_box, advance,
-                                                   threads))
+            frame_highest = label_frame(read_box, tuple(frame_shape), settings, write_box, advance, threads)
+            highest = max(highest, frame_highest)
+            if frame_done is not None:
+                frame_done(t, frame_highest)
             if tables is not None:
                 tables.end_frame(t)
         if tables is not None:

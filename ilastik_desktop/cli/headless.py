@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import os
@@ -9,6 +10,9 @@ import signal
 import sys
 import time
 
+import h5py
+
+from backend.compute.geometry import Roi
 from backend.compute.pipeline import Pipeline, split_kind
 from backend.compute.threshold import ThresholdSettings
 from backend.distributed.futures import TaskError
@@ -16,9 +20,12 @@ from backend.errors import TransientError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
-from backend.io.sources import DataSource
+from backend.io.sources import DataSource, open_source
 from backend.io.sources.base import SourceReadError
+from backend.io.writers import output_axes
 from backend.service.export import (
+    ExportOptions,
+    ExportResult,
     check_internal_path,
     check_sources,
     default_block_shape,
@@ -26,11 +33,13 @@ from backend.service.export import (
     piece_unit,
     run_export,
 )
+from backend.service.object_table import OBJECT_FEATURES, TABLE_DATASET
+from backend.service.objects import OBJECTS
 from backend.service.prediction_maps import check_map_sources, export_objects, map_outputs, open_input
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
 from ilastik_desktop.runtime.services import Services
-from ilastik_desktop.runtime.settings import Settings, export_threshold, parse_cutout
+from ilastik_desktop.runtime.settings import Settings, export_threshold, no_objects_line, parse_cutout
 
 
 def _interrupt(signum, frame) -> None:
@@ -63,7 +72,7 @@ def run_headless(settings: Settings) -> int:
         print(f"retrained {classifier.tree_count} trees and saved them in {project.path}", file=sys.stderr)
     needs_forest = settings.export.kind != "Features"  # a combined kind with Features needs it too
     pipeline = build_pipeline(project, source.channels, volumetric, classifier, require_classifier=needs_forest)
-    threshold = export_threshold(settings, project.path, project.threshold, pipeline.label_count)
+    threshold = export_threshold(settings, project, pipeline.label_count)
     options = dataclasses.replace(settings.export, threshold=threshold)
     if settings.cutout:
         options = dataclasses.replace(options, region=parse_cutout(settings.cutout, source.axes,
@@ -95,7 +104,38 @@ def run_headless(settings: Settings) -> int:
           f"{rate / 1e6:.2f} Mvoxel/s; {highest}"
           f"{status.computed} computed, {status.hits} from the cache, "
           f"{counted(status.executor.processes, 'worker process')})", file=sys.stderr)
+    warning = no_objects_line(*written_without_objects(result, options, source), threshold, project.label_names)
+    if warning and {OBJECTS, OBJECT_FEATURES} & set(split_kind(options.kind)):
+        print(warning, file=sys.stderr)
     return 0
+
+
+def written_without_objects(result: ExportResult, options: ExportOptions, source: DataSource) -> tuple[int, int]:
+    """How many of the frames an Objects or Object Features export wrote have no object, and how many frames it
+    wrote, read back from its output (a zero labels frame, no row of the table); (0, 0) for other sources."""
+    kind = split_kind(options.kind)[0]
+    if kind == OBJECT_FEATURES:
+        if options.fmt == "csv":
+            with open(result.path, newline="") as f:
+                steps = {row["timestep"] for row in csv.DictReader(f)}
+        else:
+            with h5py.File(result.path, "r") as f:
+                steps = set(f[TABLE_DATASET]["timestep"].tolist())
+        return result.blocks - len(steps), result.blocks
+    if kind != OBJECTS:
+        return 0, 0
+    spec = f"{result.path}/{options.internal_path}" if options.fmt == "hdf5" else result.path
+    try:
+        labels = open_source(spec, None if options.fmt in ("hdf5", "zarr") else output_axes(source.axes))
+    except UserError:
+        return 0, 0  # not read back: no warning
+    frames, depth, height, width = labels.spatial_shape
+    try:
+        empty = sum(not any(labels.read(Roi((t, z, 0, 0), (t + 1, z + 1, height, width))).any()
+                            for z in range(depth)) for t in range(frames))
+    finally:
+        getattr(labels, "close", lambda: None)()  # an HDF5 source holds its file open
+    return empty, frames
 
 
 def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
@@ -111,7 +151,7 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
     needs_forest = settings.export.kind != "Features"
     if needs_forest and classifier is None:
         project.require_classifier()  # one line before anything starts, not one per file
-    threshold = export_threshold(settings, project.path, project.threshold, len(project.label_names))
+    threshold = export_threshold(settings, project, len(project.label_names))
     options = dataclasses.replace(settings.export, threshold=threshold)
 
     def pipeline_for(source: DataSource) -> Pipeline:
@@ -148,14 +188,14 @@ def run_prediction_maps(settings: Settings, project: Project) -> int:
             raise UserError(f"{option} is not used with --prediction_maps (the objects are thresholded from the "
                             "whole of each map)")
     check_map_sources(settings.export.kind, settings.export.filename_pattern, bool(settings.raw_data))
-    threshold = export_threshold(settings, project.path, project.threshold, ANY_CHANNEL_COUNT)
+    threshold = export_threshold(settings, project, ANY_CHANNEL_COUNT)
     files = expand_raw_data(settings.prediction_maps, project, settings.lane)
     raws = expand_raw_data(settings.raw_data, project, settings.lane) if settings.raw_data else []
     if raws and len(raws) != len(files):
         raise UserError(f"--raw_data gives {counted(len(raws), 'file')} but --prediction_maps "
                         f"{counted(len(files), 'file')}: they are paired in order, one raw data file per map")
     pairs = list(zip(files, raws or [None] * len(files)))
-    written: dict[str, str] = {}  # output (real path) -> the map it was written from
+    written: dict[str, tuple[str, str | None]] = {}  # output (real path) -> the map and raw data written to it
     if len(pairs) == 1:
         print(_export_map(settings, project, threshold, *pairs[0], written), file=sys.stderr)
         return 0
@@ -188,26 +228,39 @@ def role_axes(input_axes: str | None) -> tuple[str | None, str | None]:
 
 
 def _export_map(settings: Settings, project: Project, threshold: ThresholdSettings, spec: str,
-                raw_spec: str | None, written: dict[str, str]) -> str:
+                raw_spec: str | None, written: dict[str, tuple[str, str | None]]) -> str:
     """Threshold one map (with its raw data ``raw_spec`` if given) and write its Objects, unless that would
-    overwrite an output ``written`` before in this run (UserError); returns the ``wrote ...`` line."""
+    overwrite an output ``written`` before in this run (UserError); returns the ``wrote ...`` line, and a warning
+    line when a frame has no object."""
     raw_axes, map_axes = role_axes(settings.input_axes)
     inputs = open_input(spec, map_axes, raw_spec, raw_axes, project, settings.lane)
     try:
         nickname = nickname_of(raw_spec or spec)
         targets = [os.path.realpath(path) for path in map_outputs(inputs, nickname, settings.export).values()]
         for target in targets:
-            if target in written:
-                raise UserError(f"{spec}: its output {target} would overwrite the output of {written[target]} (put "
+            first_map, first_raw = written.get(target, (None, None))
+            if first_map is not None and same_file(first_map, spec) and first_raw == raw_spec:
+                raise UserError(f"{spec}: this map was given twice; it is written once")
+            if first_map is not None:
+                raise UserError(f"{spec}: its output {target} would overwrite the output of {first_map} (put "
                                 "{nickname} or {dataset_dir} in the file name pattern)")
+        empty: list[int] = []
         try:
             result, highest = export_objects(inputs, nickname, threshold, settings.export,
-                                             settings.compute.config.objects.threads)
+                                             settings.compute.config.objects.threads,
+                                             lambda t, frame_highest: empty.extend([t] * (frame_highest == 0)))
         except SourceReadError as exc:
             raise UserError(f"the export failed and its partial output was removed: {exc}") from None
     finally:
         inputs.close()
-    written.update(dict.fromkeys(targets, spec))
+    written.update(dict.fromkeys(targets, (spec, raw_spec)))
     rate = result.voxels / max(result.seconds, 1e-9)
+    warning = no_objects_line(len(empty), result.blocks, threshold, project.label_names)
     return (f"wrote {', '.join(result.paths)} ({counted(result.blocks, 'frame')}, {result.seconds:.1f} s, "
-            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest}{', uint64 labels' if highest >= 2**32 else ''})")
+            f"{rate / 1e6:.2f} Mvoxel/s; highest object ID {highest}{', uint64 labels' if highest >= 2**32 else ''})"
+            + (f"\n{warning}" if warning else ""))
+
+
+def same_file(spec: str, other: str) -> bool:
+    """Whether two image specifications (file, or file/internal/path) name the same data."""
+    return os.path.realpath(spec) == os.path.realpath(other)

@@ -56,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutout_subregion", metavar='"[(start..),(stop..)]"',
                    help="export only this box, one value per raw data axis, None for the full extent")
     g.add_argument("--threshold", metavar="NAME=VALUE,...",
-                   help="thresholding for Objects over the project's settings (or ilastik's defaults): "
-                   "method=simple|hysteresis, channel, core_channel, low, high, min_size, max_size, sigmas=z:y:x")
+                   help="thresholding for Objects over the project's settings (or ilastik's defaults on its "
+                   "first class that is not background): method=simple|hysteresis, channel and core_channel (a "
+                   "number or a class name), low, high (0 to 1), min_size, max_size, sigmas=z:y:x or y:x")
     add_relabel_option(g)
     g.add_argument("--block_shape", metavar="Z,Y,X", help="block size (default 64,128,128 in 3D, 512,512 in 2D)")
     g.add_argument("--no-progress", action="store_true", help="do not show the progress bar")

@@ -8,7 +8,7 @@ import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import Pipeline
-from backend.compute.threshold import ThresholdSettings, default_channel
+from backend.compute.threshold import ThresholdSettings, default_settings
 from backend.io.dataset import open_lane
 from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
@@ -36,8 +36,7 @@ class Document:
     @property
     def threshold(self) -> ThresholdSettings:
         """The project's thresholding parameters, or ilastik's defaults on the first non-background class."""
-        channel = default_channel(self.project.label_names)  # hysteresis seeds and grows on it too, as ilastik's
-        return self.project.threshold or ThresholdSettings(channel=channel, core_channel=channel)  # defaults do
+        return self.project.threshold or default_settings(self.project.label_names)
 
     def close(self) -> None:
         """Release the gateway's claims and threads."""

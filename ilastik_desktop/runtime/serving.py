@@ -14,7 +14,7 @@ import threading
 from psygnal import Signal
 
 from backend.compute.pipeline import Pipeline
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, default_settings
 from backend.errors import UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project
@@ -37,7 +37,8 @@ def open_served_lane(project: Project, index: int, services: Services, raw_data:
     try:
         source = open_lane(project, index, raw_data, input_axes)
         pipeline = pipeline or build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-        settings = parse_threshold(threshold, project.threshold, pipeline.label_count, relabel)
+        settings = parse_threshold(threshold, project.threshold or default_settings(list(project.label_names)),
+                                   pipeline.label_count, relabel, project.label_names)
     except UserError as exc:
         return Lane(index, nickname, None, error=str(exc))
     gateway = services.gateway(source, pipeline, block_shape or default_block_shape(source.spatial_shape))

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import split_kind
-from backend.compute.threshold import MAX_SIGMA, ThresholdSettings, unsupported_method
+from backend.compute.threshold import MAX_SIGMA, ThresholdSettings, default_settings, unsupported_method
 from backend.config import Config, WorkerConfig
 from backend.distributed.dask_clusters import DaskSettings
 from backend.distributed.executor import default_workers
 from backend.errors import UserError
+from backend.io.project import Project
 from backend.service.export import ExportOptions
+from backend.service.object_table import OBJECT_FEATURES
 from backend.service.objects import OBJECTS
-
-_THRESHOLD_KEYS = ("method=simple|hysteresis, channel, core_channel, low, high (0 to 1), min_size, max_size, "
-                   f"sigmas=z:y:x (0 to {MAX_SIGMA:g})")
 
 
 @dataclass(frozen=True)
@@ -116,21 +116,24 @@ def parse_cutout(text: str, axes: str, spatial_shape: tuple[int, ...]) -> Roi:
     return roi
 
 
-def parse_threshold(text: str, base: ThresholdSettings | None, channels: int,
-                    relabel: bool = False) -> ThresholdSettings:
+def parse_threshold(text: str, base: ThresholdSettings | None, channels: int, relabel: bool = False,
+                    class_names: Sequence[str] = ()) -> ThresholdSettings:
     """``'channel=1,low=0.6,min_size=20'`` applied over ``base`` (the project's settings or ilastik's defaults),
-    checked against the ``channels`` (classes) the probabilities have; ``relabel`` (``--relabel``) numbers the
-    objects consecutively. The method may still be one ilastik-desktop does not compute
-    (:func:`~backend.compute.threshold.unsupported_method` says so): only asking for objects is refused."""
+    checked against the ``channels`` (classes) the probabilities have; a channel may be named by its class in
+    ``class_names`` (any case); ``relabel`` (``--relabel``) numbers the objects consecutively. The method may still
+    be one ilastik-desktop does not compute (:func:`~backend.compute.threshold.unsupported_method` says so): only
+    asking for objects is refused."""
     settings = dataclasses.replace(base or ThresholdSettings(), relabel=relabel)
     changes: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, value = item.partition("=")
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or name not in _THRESHOLD_RULES:
+            raise UserError(f"--threshold '{item}': expected NAME=VALUE with NAME one of {', '.join(_THRESHOLD_RULES)}")
         try:
-            changes[name] = _threshold_value(name.strip(), value.strip())
+            changes[name] = _threshold_value(name, value, class_names)
         except (KeyError, ValueError):
-            raise UserError(f"--threshold '{item}': expected NAME=VALUE with NAME one of {_THRESHOLD_KEYS}") from None
-    settings = dataclasses.replace(settings, **{k.strip(): v for k, v in changes.items()})
+            raise UserError(f"--threshold '{item}': {name} {_THRESHOLD_RULES[name]}") from None
+    settings = dataclasses.replace(settings, **changes)
     if settings.low > settings.high and settings.method == 1:
         raise UserError(f"--threshold: low ({settings.low}) must not exceed high ({settings.high})")
     if settings.max_size < settings.min_size:
@@ -142,33 +145,70 @@ def parse_threshold(text: str, base: ThresholdSettings | None, channels: int,
     return settings
 
 
-def export_threshold(settings: Settings, project_path: str, base: ThresholdSettings | None,
-                     channels: int) -> ThresholdSettings:
-    """The thresholding of a headless run (the project's ``base`` with ``--threshold`` and ``--relabel``);
-    UserError naming the project when Objects are asked for with a method ilastik-desktop does not compute."""
-    threshold = parse_threshold(settings.threshold or "", base, channels, settings.relabel)
+def export_threshold(settings: Settings, project: Project, channels: int) -> ThresholdSettings:
+    """The thresholding of a headless run: the project's saved settings, else ilastik's defaults on its first
+    class that is not background (as the window's), with ``--threshold`` and ``--relabel`` over them; UserError
+    naming the project when Objects or their features are asked for with a method ilastik-desktop does not
+    compute."""
+    base = project.threshold or default_settings(list(project.label_names))
+    threshold = parse_threshold(settings.threshold or "", base, channels, settings.relabel, project.label_names)
     reason = unsupported_method(threshold)
-    if reason is not None and OBJECTS in split_kind(settings.export.kind):
-        raise UserError(f"{project_path}: {reason} (--threshold method=simple or method=hysteresis)")
+    if reason is not None and set(split_kind(settings.export.kind)) & {OBJECTS, OBJECT_FEATURES}:
+        raise UserError(f"{project.path}: {reason} (--threshold method=simple or method=hysteresis)")
     return threshold
 
 
-def _threshold_value(name: str, value: str):
+def no_objects_line(empty: int, frames: int, threshold: ThresholdSettings, class_names: Sequence[str]) -> str | None:
+    """The warning when ``empty`` of the ``frames`` exported have no object at all, naming the thresholded
+    channel; None when every frame has objects."""
+    if not empty:
+        return None
+    channel = threshold.channel
+    name = f" '{class_names[channel]}'" if channel < len(class_names) else ""
+    return (f"warning: found no objects in {empty} of {frames} frame{'s' if frames != 1 else ''} (threshold "
+            f"channel {channel}{name}, low {threshold.low:g}): see --threshold")
+
+
+_THRESHOLD_RULES = {
+    "method": "is simple or hysteresis (ilastik's graph-cut and identity-preserving methods are not computed here)",
+    "channel": "is a channel number (0, 1, ...) or a class name of the project",
+    "core_channel": "is a channel number (0, 1, ...) or a class name of the project",
+    "low": "is a number from 0 to 1",
+    "high": "is a number from 0 to 1",
+    "min_size": "is a whole number of pixels, 0 or more",
+    "max_size": "is a whole number of pixels, 0 or more",
+    "sigmas": f"is z:y:x, or y:x (z then as y: 2D data has no z), each a number from 0 to {MAX_SIGMA:g}",
+}
+
+
+def _threshold_value(name: str, value: str, class_names: Sequence[str]):
+    """``value`` of setting ``name`` (KeyError or ValueError if it breaks ``_THRESHOLD_RULES``; UserError listing
+    the classes for an unknown class name)."""
     if name == "method":
-        return {"simple": 0, "hysteresis": 1}[value]
-    if name in ("channel", "core_channel", "min_size", "max_size"):
-        number = int(value)
-        if number < 0:
-            raise ValueError
-        return number
+        return {"simple": 0, "hysteresis": 1}[value.lower()]
+    if name in ("channel", "core_channel") and not value.lstrip("-").isdigit():
+        return _class_channel(name, value, class_names)
     if name in ("low", "high"):
         number = float(value)
-        if not 0.0 <= number <= 1.0:
-            raise ValueError
-        return number
-    if name == "sigmas":
-        sigmas = tuple(float(v) for v in value.split(":"))
-        if len(sigmas) != 3 or not all(0 <= v <= MAX_SIGMA for v in sigmas):  # also refuses nan and inf
-            raise ValueError
-        return sigmas
-    raise KeyError(name)
+    elif name == "sigmas":
+        number = tuple(float(v) for v in value.split(":"))
+        number = (number[0], *number) if len(number) == 2 else number  # y:x, z as y
+    else:
+        number = int(value)
+    if name in ("low", "high") and not 0.0 <= number <= 1.0:  # also refuses nan
+        raise ValueError
+    if name == "sigmas" and (len(number) != 3 or not all(0 <= v <= MAX_SIGMA for v in number)):  # nan, inf too
+        raise ValueError
+    if isinstance(number, int) and number < 0:
+        raise ValueError
+    return number
+
+
+def _class_channel(name: str, value: str, class_names: Sequence[str]) -> int:
+    """The channel of the class named ``value`` (any case); UserError listing the classes if there is none."""
+    lowered = [class_name.lower() for class_name in class_names]
+    if value.lower() in lowered:
+        return lowered.index(value.lower())
+    known = ", ".join(f"'{class_name}'" for class_name in class_names) or "none"
+    raise UserError(f"--threshold {name}={value}: no class of that name (the project's classes: {known}; or give "
+                    "a channel number)")

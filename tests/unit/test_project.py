@@ -236,15 +236,15 @@ def test_unsupported_methods_open_for_pixel_classification_and_refuse_objects(ob
             "not support; choose Simple or Hysteresis (--threshold method=simple or method=hysteresis)")
     for kind in ("Probabilities", "Simple Segmentation+Uncertainty"):
         settings = Settings(project=object_project, export=ExportOptions(kind=kind))
-        assert export_threshold(settings, project.path, project.threshold, 2).method == method
-    for kind in ("Objects", "Probabilities+Objects"):
+        assert export_threshold(settings, project, 2).method == method
+    for kind in ("Objects", "Probabilities+Objects", "Object Features"):
         settings = Settings(project=object_project, export=ExportOptions(kind=kind))
         with pytest.raises(UserError) as refused:
-            export_threshold(settings, project.path, project.threshold, 2)
+            export_threshold(settings, project, 2)
         assert str(refused.value) == line
     chosen = Settings(project=object_project, export=ExportOptions(kind="Objects"), threshold="method=hysteresis",
                       relabel=True)
-    assert export_threshold(chosen, project.path, project.threshold, 2) == dataclasses.replace(
+    assert export_threshold(chosen, project, 2) == dataclasses.replace(
         project.threshold, method=1, relabel=True)
 
 
