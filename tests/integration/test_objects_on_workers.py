@@ -1,0 +1,67 @@
+"""A frame's objects labelled as tasks on real ZeroMQ worker processes: bit for bit the whole-frame labels,
+also when a worker is killed in the middle of a labelling."""
+
+import threading
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from backend.compute.objects_pipeline import ObjectsPipeline
+from backend.compute.threshold import ThresholdSettings, smooth, threshold_frame
+from backend.service.blockwise_objects import label_frame_blockwise
+from backend.service.object_runners import ExecutorRunner
+from tests.helpers import wait_for
+from tests.integration.workers import ZmqWithWorkers, kill_worker
+from tests.unit.test_blockwise_objects import Frame, random_case
+
+
+def on_workers(executor, probabilities, settings, **options):
+    frame = Frame(probabilities)
+    result = label_frame_blockwise(frame.read_box, probabilities.shape[:3], settings, frame.write_box,
+                                   runner=ExecutorRunner(executor), **options)
+    return result, frame.labels
+
+
+@pytest.mark.timeout(300)
+def test_workers_label_the_20_random_volumes_bit_for_bit_as_the_whole_frame():
+    with ZmqWithWorkers(ObjectsPipeline(ThresholdSettings()), workers=2) as cluster:
+        for seed in range(20):
+            probabilities, settings, block_shape = random_case(seed)
+            expected = threshold_frame(probabilities, settings)
+            result, labels = on_workers(cluster.executor, probabilities, settings, block_shape=block_shape,
+                                        threads=4)
+            assert labels.dtype == expected.dtype == result.dtype, seed
+            assert np.array_equal(labels, expected), f"seed {seed}: {settings}, blocks {block_shape}"
+        status = cluster.executor.status()
+        assert status.done >= 2 * 20 and all(w.blocks_done > 0 for w in status.workers), status
+
+
+@pytest.mark.timeout(300)
+def test_a_worker_killed_during_a_labelling_loses_nothing():
+    rng = np.random.default_rng(7)
+    fields = ndimage.gaussian_filter(rng.random((24, 96, 96, 2)), sigma=(2, 2, 2, 0))
+    probabilities = ((fields - fields.min()) / (fields.max() - fields.min())).astype(np.float32)
+    core = smooth(probabilities[..., 0], (1.0, 1.5, 1.5))
+    final = smooth(probabilities[..., 1], (1.0, 1.5, 1.5)) + core
+    settings = ThresholdSettings(method=1, channel=1, core_channel=0, low=float(np.quantile(final, 0.75)),
+                                 high=float(np.quantile(core, 0.95)), min_size=3, sigmas=(1.0, 1.5, 1.5))
+    expected = threshold_frame(probabilities, settings)
+    assert expected.max() > 5
+    with ZmqWithWorkers(ObjectsPipeline(settings), workers=2, processes=1) as cluster:
+        victim = cluster.procs[0]
+        killed = threading.Event()
+
+        def kill_when_busy(done: int, total: int) -> None:
+            busy = all(w.in_flight > 0 for w in cluster.executor.status().workers)
+            if not killed.is_set() and done >= 4 and busy:
+                kill_worker(victim)
+                killed.set()
+
+        result, labels = on_workers(cluster.executor, probabilities, settings, block_shape=(6, 24, 24), threads=6,
+                                    progress=kill_when_busy)
+        assert killed.is_set()
+        assert np.array_equal(labels, expected) and labels.dtype == expected.dtype
+        wait_for(lambda: len(cluster.executor.status().lost) >= 1, 10)
+        assert cluster.executor.status().redispatched >= 1
+        assert result.object_count == np.count_nonzero(np.unique(expected))
