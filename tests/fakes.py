@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.compute.objects_pipeline import ObjectsPipeline
 from backend.compute.pipeline import BlockTask
 from backend.config import CacheConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
@@ -256,10 +257,13 @@ class FakeTask:
 
 class FakeExecutor(Executor):
     """An Executor whose tasks wait until the test finishes them; with ``auto``, one thread computes them in
-    priority order (``compute(task, pipeline)``, default: :meth:`FakeTask.result`), like one worker process."""
+    priority order (``compute(task, pipeline)``, default: :meth:`FakeTask.result`), like one worker process.
+    The block tasks of an objects labelling are always computed for real (``ObjectsPipeline.run``)."""
 
     def __init__(self, auto: bool = False, compute: Callable | None = None):
-        self.compute = compute or (lambda job: job.result())
+        others = compute or (lambda job: job.result())
+        self.compute = lambda job: job.pipeline.run(job.task) if isinstance(job.pipeline, ObjectsPipeline) \
+            else others(job)
         self.pipelines: dict[str, object] = {}  # the pipelines tasks may refer to now
         self.refs = PipelineRefs()
         self.tasks: list[FakeTask] = []  # every task ever submitted, in order

@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.geometry import Roi
 from backend.compute.objects_pipeline import ObjectsPipeline
 from backend.compute.threshold import ThresholdSettings, smooth, threshold_frame
 from backend.service.blockwise_objects import label_frame_blockwise
 from backend.service.object_runners import ExecutorRunner
+from backend.service.objects import object_blocks, request_objects
 from tests.helpers import wait_for
+from tests.integration.test_executor import _pipeline, small_project
+from tests.integration.test_gateway import gateway_on, whole_image
 from tests.integration.workers import ZmqWithWorkers, kill_worker
 from tests.unit.test_blockwise_objects import Frame, random_case
 
@@ -65,3 +70,29 @@ def test_a_worker_killed_during_a_labelling_loses_nothing():
         wait_for(lambda: len(cluster.executor.status().lost) >= 1, 10)
         assert cluster.executor.status().redispatched >= 1
         assert result.object_count == np.count_nonzero(np.unique(expected))
+
+
+@pytest.mark.timeout(300)
+def test_the_objects_layer_labels_its_blocks_on_the_gateways_workers(tmp_path):
+    path, image = small_project(str(tmp_path), shape=(24, 96, 96))
+    pipeline = _pipeline(path)
+    probabilities = whole_image(pipeline, image)[0]
+    settings = ThresholdSettings(channel=1, min_size=5, sigmas=(1.0, 1.0, 1.0))
+    expected = threshold_frame(probabilities, settings)
+    assert expected.max() > 3
+    server = EmbeddedRedis(RedisSettings(maxmemory_mb=256)).start()
+    try:
+        with ZmqWithWorkers(pipeline, workers=2) as cluster:
+            gateway = gateway_on(path, pipeline, cluster.executor, server.client(), (1, 12, 48, 48))
+            try:
+                frame = Roi((0, 0, 0, 0), (1, 24, 96, 96))
+                labels = request_objects(gateway, frame, settings).result(timeout=120)
+                assert np.array_equal(labels[0, ..., 0], expected)
+                blocks = len(object_blocks(gateway, frame))
+                # each probability block once, then both passes of every block of labels as the workers' tasks
+                wait_for(lambda: cluster.executor.status().done == blocks + 2 * blocks, 30)
+                assert cluster.executor.status().submitted == blocks + 2 * blocks
+            finally:
+                gateway.close()
+    finally:
+        server.stop()
