@@ -160,6 +160,8 @@ class FrameJob:
     ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
     asked for yet keeps its labels until the job ends; one asked for is forgotten once written (asked for
     again while the job runs, it fails with a TransientError). ``on_end(job)`` is called once the thread is done.
+    ``runner`` computes the blocks' passes (default: the job's threads; the gateway's executor for the layer);
+    :meth:`stop` also gives up the blocks waiting on it.
     """
 
     def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
