@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.compute.objects_pipeline import ObjectsPipeline
-from backend.compute.pipeline import BlockTask
+from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import CacheConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
 from backend.distributed.futures import TaskError, TaskFuture, settle
@@ -233,6 +233,8 @@ class FakePipeline:
 
     def dtype(self, kind: str) -> np.dtype:
         return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
+
+    accepts = Pipeline.accepts  # a result of the task's dtype and shape, as a real pipeline checks it
 
     def value(self) -> float:
         """The value every voxel of this pipeline's results has (so a test can tell who computed a block)."""
