@@ -96,3 +96,22 @@ def test_the_objects_layer_labels_its_blocks_on_the_gateways_workers(tmp_path):
                 gateway.close()
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_dask_cluster_labels_the_frames_bit_for_bit_as_the_whole_frame():
+    from dask.distributed import Client, LocalCluster
+
+    from backend.distributed.dask_executor import DaskExecutor
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None)
+    executor = DaskExecutor(Client(cluster), "in-process Dask cluster", on_close=cluster.close)
+    try:
+        for seed in (1, 2, 3, 6):  # 2D and 3D, simple and hysteresis, relabel on and off
+            probabilities, settings, block_shape = random_case(seed)
+            expected = threshold_frame(probabilities, settings)
+            result, labels = on_workers(executor, probabilities, settings, block_shape=block_shape, threads=4)
+            assert np.array_equal(labels, expected) and labels.dtype == expected.dtype, seed
+        assert executor.status().done > 0
+    finally:
+        executor.close()
