@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.compute.pipeline import BlockTask
+from backend.compute.objects_pipeline import ObjectsPipeline
+from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import CacheConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
 from backend.distributed.futures import TaskError, TaskFuture, settle
@@ -233,6 +234,8 @@ class FakePipeline:
     def dtype(self, kind: str) -> np.dtype:
         return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
 
+    accepts = Pipeline.accepts  # a result of the task's dtype and shape, as a real pipeline checks it
+
     def value(self) -> float:
         """The value every voxel of this pipeline's results has (so a test can tell who computed a block)."""
         return (int(self.fingerprint(), 16) % 1000) / 1000
@@ -256,10 +259,13 @@ class FakeTask:
 
 class FakeExecutor(Executor):
     """An Executor whose tasks wait until the test finishes them; with ``auto``, one thread computes them in
-    priority order (``compute(task, pipeline)``, default: :meth:`FakeTask.result`), like one worker process."""
+    priority order (``compute(task, pipeline)``, default: :meth:`FakeTask.result`), like one worker process.
+    The block tasks of an objects labelling are always computed for real (``ObjectsPipeline.run``)."""
 
     def __init__(self, auto: bool = False, compute: Callable | None = None):
-        self.compute = compute or (lambda job: job.result())
+        others = compute or (lambda job: job.result())
+        self.compute = lambda job: job.pipeline.run(job.task) if isinstance(job.pipeline, ObjectsPipeline) \
+            else others(job)
         self.pipelines: dict[str, object] = {}  # the pipelines tasks may refer to now
         self.refs = PipelineRefs()
         self.tasks: list[FakeTask] = []  # every task ever submitted, in order

@@ -33,6 +33,7 @@ class BlockTask:
     target: tuple[tuple[int, int], ...]
     pipeline: str  # fingerprint of the Pipeline that must compute it
     raw_ref: dict | None = None  # instead of raw: {spec, axes, start, stop} for workers that read the file
+    lookup: np.ndarray | None = None  # Object Labels tasks: the block's local label -> final ID table
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class Pipeline:
         if kind == "Probabilities":
             return probs
         return simple_segmentation(probs) if kind == "Simple Segmentation" else uncertainty(probs)
+
+    def accepts(self, task: BlockTask, result: np.ndarray) -> bool:
+        """Whether a worker's ``result`` is exactly what ``task`` asked for (dtype and shape)."""
+        shape = tuple(b - a for a, b in task.target) + (self.channels(task.kind),)
+        return (result.dtype.str, result.shape) == (self.dtype(task.kind).str, shape)
 
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
         """Per-label probabilities (ilastik's channel order) for a feature block."""

@@ -20,6 +20,7 @@ import time
 import numpy as np
 from distributed import Client, WorkerPlugin, get_worker
 
+from backend.compute.objects_pipeline import pipeline_from_message
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import ExecutorConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
@@ -51,7 +52,7 @@ class PipelinePlugin(WorkerPlugin):
         """Build the pipeline and compile its kernels before the first task."""
         from backend.compute.warmup import warm_up
 
-        self.pipeline = Pipeline.from_message(json.loads(self.header), self.arrays)
+        self.pipeline = pipeline_from_message(json.loads(self.header), self.arrays)
         self._local = threading.local()
         keep_freed_memory()  # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536: 40 % slower blocks
         warm_up()
@@ -89,7 +90,7 @@ def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, fl
     message = decode(frames)
     reference = message.fields.pop("raw_ref", None)
     if reference is not None:
-        message = Message(message.type, message.fields, [read_raw(reference, plugin.sources)])
+        message = Message(message.type, message.fields, [read_raw(reference, plugin.sources), *message.arrays])
     task = task_from_message(message)
     started = time.perf_counter()
     values = plugin.pipeline.run(task, plugin.workspace())

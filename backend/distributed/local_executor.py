@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import lz4.frame
 import numpy as np
 
+from backend.compute.objects_pipeline import load_pipeline
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import WorkerConfig
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus, default_workers
@@ -86,7 +87,7 @@ def _run_task(task: BlockTask, folder: str, deadline_s: float,
             path = os.path.join(folder, task.pipeline + ".npz")
             if not os.path.exists(path):
                 raise KeyError(f"unknown pipeline {task.pipeline}")
-            pipeline = _worker_pipelines[task.pipeline] = Pipeline.load(path)
+            pipeline = _worker_pipelines[task.pipeline] = load_pipeline(path)
         _worker_pipelines.move_to_end(task.pipeline)
         while len(_worker_pipelines) > kept:
             _worker_pipelines.popitem(last=False)

@@ -105,7 +105,7 @@ def task_message(task, deadline_s: float | None = None) -> list[bytes]:
     if task.raw_ref is not None:
         raise ValueError("this executor's workers need the raw data in the task (--shared-filesystem is for Dask)")
     fields = task_fields(task) if deadline_s is None else {**task_fields(task), "deadline_s": round(deadline_s, 3)}
-    return encode("TASK", fields, [task.raw])
+    return encode("TASK", fields, [task.raw] if task.lookup is None else [task.raw, task.lookup])
 
 
 def task_fields(task) -> dict:
@@ -124,7 +124,7 @@ def task_from_message(message: Message):
         image = tuple(whole_number(v, 1, MAX_DIMENSION) for v in f["image"])
         target = tuple((whole_number(a, 0, MAX_DIMENSION), whole_number(b, 0, MAX_DIMENSION)) for a, b in f["target"])
         task = BlockTask(key=str(f["key"]), kind=str(f["kind"]), raw=message.arrays[0], start=start, image=image,
-                         target=target, pipeline=str(f["pipeline"]))
+                         target=target, pipeline=str(f["pipeline"]), lookup=_lookup(message.arrays[1:], target))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed TASK: {str(exc)[:200]}") from None
     stop = tuple(a + n for a, n in zip(task.start, task.raw.shape))
@@ -132,6 +132,21 @@ def task_from_message(message: Message):
             and all(a <= lo < hi <= b <= n for (lo, hi), a, b, n in zip(task.target, task.start, stop, task.image))):
         raise ProtocolError("malformed TASK: its target is not inside its raw data and image")
     return task
+
+
+def _lookup(arrays: list[np.ndarray], target) -> np.ndarray | None:
+    """A TASK's optional second array: an objects block's lookup table (uint32 or uint64, one entry per local
+    label and the background, so at most one more than the target's voxels)."""
+    if not arrays:
+        return None
+    voxels = 1
+    for lo, hi in target:
+        voxels *= max(hi - lo, 0)
+    lookup = arrays[0]
+    if len(arrays) > 1 or lookup.dtype.str not in ("<u4", "<u8") or lookup.ndim != 1 \
+            or not 1 <= lookup.size <= voxels + 1:
+        raise ValueError("a task's second array must be a lookup table: uint32 or uint64, 1 to voxels + 1 entries")
+    return lookup
 
 
 def task_deadline(fields: dict) -> float | None:

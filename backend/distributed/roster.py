@@ -179,8 +179,8 @@ class Roster:
             return None  # its worker gave up on it (killed the stuck process); it was re-dispatched already
         if message.type == "RESULT" and not self._acceptable(job, message.arrays):
             self.counters["rejected"] += 1
-            log.warning("worker %s answered a task with %s instead of %s; rejected", worker.host,
-                        [(a.dtype.str, a.shape) for a in message.arrays][:2], self._expected(job))
+            log.warning("worker %s answered a %s task with %s; rejected", worker.host, job.task.kind,
+                        [(a.dtype.str, a.shape) for a in message.arrays][:2])
             fields = {"message": "the worker sent a malformed result"}
         elif message.type == "RESULT":
             return self._book_result(worker, job, message)
@@ -216,14 +216,9 @@ class Roster:
         job.future.compute_s = compute_s
         return lambda: settle(job.future, result=message.arrays[0])
 
-    def _expected(self, job: Job) -> tuple[str, tuple[int, ...]]:
-        pipeline = self.pipelines[job.task.pipeline]
-        shape = tuple(b - a for a, b in job.task.target) + (pipeline.channels(job.task.kind),)
-        return pipeline.dtype(job.task.kind).str, shape
-
     def _acceptable(self, job: Job, arrays: list) -> bool:
-        """A result must be exactly what its task asked for: one array of the expected dtype and shape."""
-        return len(arrays) == 1 and (arrays[0].dtype.str, arrays[0].shape) == self._expected(job)
+        """A result must be exactly what its task asked for: one array its pipeline accepts for the task."""
+        return len(arrays) == 1 and self.pipelines[job.task.pipeline].accepts(job.task, arrays[0])
 
     def _requeue(self, job: Job) -> None:
         job.attempts += 1

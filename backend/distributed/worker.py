@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import zmq
 
 from backend.backoff import Backoff
+from backend.compute.objects_pipeline import pipeline_from_message
 from backend.compute.pipeline import Pipeline
 from backend.config import WorkerConfig
 from backend.distributed.handshake import HUNG_UP, REFUSED_OUR_KEY, HandshakeMonitor
@@ -266,7 +267,7 @@ class Worker:
             self._peer_interval = peer_interval(message.fields)
         elif message.type == "PIPELINE":
             try:
-                self._keep(Pipeline.from_message(message.fields["pipeline"], message.arrays))
+                self._keep(pipeline_from_message(message.fields["pipeline"], message.arrays))
             except (KeyError, TypeError, ValueError) as exc:
                 self.dropped_messages += 1
                 log.warning("dropped a malformed pipeline: %s", exc)

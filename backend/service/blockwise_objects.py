@@ -24,16 +24,15 @@ from backend.compute.object_blocks import (
     FrameMerge,
     Index,
     block_boxes,
-    block_labels,
     default_block_shape,
     halo_box,
     smoothing_halo,
-    summarise_block,
 )
 from backend.compute.threshold import ThresholdSettings
 from backend.config import ObjectsConfig
 from backend.distributed.futures import settle
 from backend.errors import TransientError
+from backend.service.object_runners import BlockRunner, LocalRunner
 
 ReadBox = Callable[[Index, Index], np.ndarray]
 WriteBox = Callable[[Index, np.ndarray], None]
@@ -53,14 +52,17 @@ class FrameLabelling:
 
 
 def label_frame_blockwise(read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, write_box: WriteBox,
-                          block_shape: Index | None = None, threads: int = 2,
-                          progress: Progress | None = None) -> FrameLabelling:
+                          block_shape: Index | None = None, threads: int = 2, progress: Progress | None = None,
+                          runner: BlockRunner | None = None, stopped: threading.Event | None = None) -> FrameLabelling:
     """Label one (z, y, x) frame's objects block by block, bit for bit as ``threshold_frame`` labels it whole.
 
     ``read_box(start, stop)`` returns the float32 (z, y, x, channels) probabilities of a box inside the
     frame (it is called from ``threads`` worker threads at once); ``write_box(start, labels)`` receives
     each block's final labels (from the calling thread, blocks in any order); ``progress(done, total)``
-    counts blocks over both passes. An exception in any block fails the call once the threads are joined.
+    counts blocks over both passes. ``runner`` computes the passes (default: in these threads; an
+    :class:`~backend.service.object_runners.ExecutorRunner` sends them to workers, ``threads`` then bounds the
+    blocks in flight); ``stopped`` set gives up its blocks waiting on the executor. An exception in any block
+    fails the call once the threads are joined.
     """
     frame_shape = tuple(int(n) for n in frame_shape)
     if len(frame_shape) != 3 or min(frame_shape) < 1:
@@ -80,24 +82,25 @@ def label_frame_blockwise(read_box: ReadBox, frame_shape: Index, settings: Thres
             raise ValueError(f"read_box{(start, stop)} gave shape {data.shape}, expected {expected} + (channels,)")
         return data, start
 
-    def first_pass(index: Index) -> BlockSummary:
-        data, start = read(boxes[index])
-        return summarise_block(index, data, start, boxes[index], frame_shape, settings)
-
     merge = FrameMerge(settings.method == 1)
 
     def add(summary: BlockSummary) -> None:
         merge.add(summary)
         ticks.step()
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="objects-block") as pool:
+    with (runner or LocalRunner()).frame(settings, stopped) as blocks, \
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="objects-block") as pool:
+
+        def first_pass(index: Index) -> BlockSummary:
+            data, start = read(boxes[index])
+            return blocks.summary(index, data, start, boxes[index], frame_shape)
+
         _drain(_bounded(pool, first_pass, list(boxes), threads + 1), add)
         ids = merge.finish(settings)
 
         def second_pass(index: Index) -> tuple[Index, np.ndarray]:
             data, start = read(boxes[index])
-            labels, _ = block_labels(data, start, boxes[index], frame_shape, settings)
-            return index, ids.lookup(index)[labels]
+            return index, blocks.labels(data, start, boxes[index], frame_shape, ids.lookup(index))
 
         def write(result: tuple[Index, np.ndarray]) -> None:
             index, labels = result
@@ -157,13 +160,16 @@ class FrameJob:
     ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
     asked for yet keeps its labels until the job ends; one asked for is forgotten once written (asked for
     again while the job runs, it fails with a TransientError). ``on_end(job)`` is called once the thread is done.
+    ``runner`` computes the blocks' passes (default: the job's threads; the gateway's executor for the layer);
+    :meth:`stop` also gives up the blocks waiting on it.
     """
 
     def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
                  dtype: np.dtype | type = np.uint32, threads: int = 2,
-                 on_end: Callable[[FrameJob], None] | None = None) -> None:
+                 on_end: Callable[[FrameJob], None] | None = None, runner: BlockRunner | None = None) -> None:
         self.frame_shape, self.block_shape, self.dtype = tuple(frame_shape), tuple(block_shape), np.dtype(dtype)
         self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
+        self._runner = runner
         self._futures: dict[Index, Future] = {}  # blocks not handed over yet
         self._asked: set[Index] = set()
         self._delivered: set[Index] = set()  # handed over once written: the job keeps no labels of its own
@@ -217,7 +223,7 @@ class FrameJob:
     def _run(self) -> None:
         try:
             label_frame_blockwise(self._read, self.frame_shape, self._settings, self._write, self.block_shape,
-                                  self._threads)
+                                  self._threads, runner=self._runner, stopped=self._stopped)
         except Exception as exc:  # a block failed (its probabilities, the parameters): every block fails with it
             self._fail(exc)
         finally:

@@ -2,10 +2,12 @@
 
 Objects are labelled per frame (an object's ID depends on the whole frame) but computed and cached per
 block: a frame's :class:`~backend.service.blockwise_objects.FrameJob` reads the probabilities through
-the gateway one block plus smoothing halo at a time (so they are cached and shared), joins the blocks'
-summaries and writes each block's final labels. Every block of labels is a derived value of the gateway
-(``request_derived``) under a key that includes the thresholding parameters: requests get blocks as they
-finish, and a block already in the cache is never labelled again.
+the gateway one block plus smoothing halo at a time (so they are cached and shared), has each block's
+two passes computed as tasks on the gateway's executor (workers, local processes or Dask, with their
+retries, priorities and deadlines), joins the blocks' summaries and writes each block's final labels.
+Every block of labels is a derived value of the gateway (``request_derived``) under a key that includes
+the thresholding parameters: requests get blocks as they finish, and a block already in the cache is
+never labelled again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from backend.distributed.futures import settle
 from backend.errors import UserError
 from backend.service.blockwise_objects import FrameJob
 from backend.service.gateway import PREFETCH, Gateway
+from backend.service.object_runners import ExecutorRunner
 from backend.service.region import RegionRequest
 from backend.service.snapshot import PipelineSnapshot
 
@@ -177,7 +180,7 @@ def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: 
 
     def make(on_end: Callable[[FrameJob], None]) -> FrameJob:
         return FrameJob(read_box, gateway.source.spatial_shape[1:], settings, object_block_shape(gateway), LABELS,
-                        on_end=on_end)
+                        on_end=on_end, runner=ExecutorRunner(gateway.executor, priority))
 
     job, new = gateway.frame_jobs.job(frame_key, make)
     if not new:
