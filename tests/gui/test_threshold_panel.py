@@ -139,9 +139,8 @@ def test_a_graph_cut_project_is_shown_as_unsupported_until_another_method_is_cho
     assert [(s.method, s.low) for s in emitted] == [(1, 0.3)] and panel.message.text() == ""
 
 
-@pytest.mark.timeout(300)
-def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_computed(qtbot, window, data_dir,
-                                                                                    tmp_path):
+def _open_graph_cut_copy(qtbot, window, data_dir, tmp_path) -> None:
+    """Open a copy of the shared 1.3 object-classification project saved with graph-cut thresholding."""
     folder = os.path.join(data_dir, "ilastik-timeseries")
     shutil.copyfile(os.path.join(folder, "pc-oc-133.ilp"), tmp_path / "p.ilp")
     with h5py.File(tmp_path / "p.ilp", "r+") as f:
@@ -149,6 +148,12 @@ def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_compu
     shutil.copytree(os.path.join(folder, "mitocheck_2d+t"), tmp_path / "mitocheck_2d+t")
     open_and_settle(qtbot, window, str(tmp_path / "p.ilp"),
                     str(tmp_path / "mitocheck_2d+t" / "mitocheck_small_2D+t.h5" / "exported_data"))
+
+
+@pytest.mark.timeout(300)
+def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_computed(qtbot, window, data_dir,
+                                                                                    tmp_path):
+    _open_graph_cut_copy(qtbot, window, data_dir, tmp_path)
     panel = window.threshold_panel
     assert panel.method.currentText() == "Graph cut (not supported)"
     assert "CurOperator is 2 (graph-cut thresholding), which ilastik-desktop does not support" in panel.message.text()
@@ -158,13 +163,7 @@ def test_the_window_opens_a_graph_cut_project_and_says_its_objects_are_not_compu
 @pytest.mark.timeout(300)
 def test_turning_on_a_graph_cut_projects_objects_says_why_in_the_status_bar_and_settles(qtbot, window, data_dir,
                                                                                        tmp_path, monkeypatch):
-    folder = os.path.join(data_dir, "ilastik-timeseries")
-    shutil.copyfile(os.path.join(folder, "pc-oc-133.ilp"), tmp_path / "p.ilp")
-    with h5py.File(tmp_path / "p.ilp", "r+") as f:
-        f["ThresholdTwoLevels/CurOperator"][()] = 2
-    shutil.copytree(os.path.join(folder, "mitocheck_2d+t"), tmp_path / "mitocheck_2d+t")
-    open_and_settle(qtbot, window, str(tmp_path / "p.ilp"),
-                    str(tmp_path / "mitocheck_2d+t" / "mitocheck_small_2D+t.h5" / "exported_data"))
+    _open_graph_cut_copy(qtbot, window, data_dir, tmp_path)
     asked = []
     monkeypatch.setattr(loader_module, "request_objects", lambda *args: asked.append(args) or request_objects(*args))
     bar = window.tabs.tabBar()

@@ -27,13 +27,6 @@ def project(tmp_path_factory):
     return small_project(str(tmp_path_factory.mktemp("gw")), shape=(24, 96, 96))
 
 
-@pytest.fixture
-def redis_server():
-    server = EmbeddedRedis(RedisSettings(maxmemory_mb=256)).start()
-    yield server
-    server.stop()
-
-
 def whole_image(pipeline, image, kind="Probabilities"):
     feats = pipeline.features.compute(image[..., None].astype(np.float32), (0, 0, 0), image.shape,
                                       [(0, n) for n in image.shape])

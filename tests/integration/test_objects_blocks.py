@@ -5,7 +5,6 @@ import threading
 import numpy as np
 import pytest
 
-from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings, threshold_frame
 from backend.distributed.local_executor import LocalExecutor
@@ -21,13 +20,6 @@ BLOCKS = (1, 12, 48, 48)  # the 24 x 96 x 96 frame is 8 blocks
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     return small_project(str(tmp_path_factory.mktemp("objects")), shape=(24, 96, 96))
-
-
-@pytest.fixture
-def redis_server():
-    server = EmbeddedRedis(RedisSettings(maxmemory_mb=256)).start()
-    yield server
-    server.stop()
 
 
 def cached(gateway, settings, roi):
