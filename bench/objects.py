@@ -26,7 +26,7 @@ from bench.common import measure, report  # noqa: E402
 from ilastik_desktop.runtime.demo import write_demo_project  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-THRESHOLD = "low=0.75,min_size=10"  # smoothing: sigma 1.0 per axis, the project's default
+THRESHOLD = "channel=0,low=0.75,min_size=10"  # smoothing: sigma 1.0 per axis, the project's default
 PERIODS = (32.0, 48.0, 48.0)  # z, y, x periods of the blob pattern, in voxels
 SLAB = 32  # z planes generated and written at a time
 

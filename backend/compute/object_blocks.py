@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.compute.filters import Patch, gaussian_kernel, kernel_radius
-from backend.compute.threshold import SMOOTHING_WINDOW, ThresholdSettings, _components
+from backend.compute.threshold import SMOOTHING_WINDOW, ThresholdSettings, check_channels, label_components
 
 Index = tuple[int, int, int]
 Box = tuple[Index, Index]
@@ -68,13 +68,6 @@ def halo_box(box: Box, halo: Index, frame_shape: Index) -> Box:
             tuple(min(n, s + h) for s, h, n in zip(stop, halo, frame_shape)))
 
 
-def check_channels(channels: int, settings: ThresholdSettings) -> None:
-    """ValueError (as ``threshold_frame`` raises it) when a thresholded channel does not exist."""
-    for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
-        if not 0 <= index < channels:
-            raise ValueError(f"threshold {name} {index} does not exist (the frame has {channels} channels)")
-
-
 def block_inputs(data: np.ndarray, data_start: Index, box: Box, frame_shape: Index,
                  settings: ThresholdSettings) -> tuple[np.ndarray, np.ndarray | None]:
     """The block's smoothed low-threshold input and, in hysteresis mode, its core input (as the frame's).
@@ -104,7 +97,7 @@ def block_labels(data: np.ndarray, data_start: Index, box: Box, frame_shape: Ind
                  settings: ThresholdSettings) -> tuple[np.ndarray, int]:
     """The block's local labels of the low-threshold mask and their count (deterministic: pass 2 redoes them)."""
     final_input, _ = block_inputs(data, data_start, box, frame_shape, settings)
-    return _components(final_input >= settings.low)
+    return label_components(final_input >= settings.low)
 
 
 @dataclass
@@ -151,11 +144,11 @@ def summarise_block(index: Index, data: np.ndarray, data_start: Index, box: Box,
                     settings: ThresholdSettings) -> BlockSummary:
     """Pass 1 of a block: smooth, threshold, label locally and keep only the summary."""
     final_input, core_input = block_inputs(data, data_start, box, frame_shape, settings)
-    labels, count = _components(final_input >= settings.low)
+    labels, count = label_components(final_input >= settings.low)
     low = summarise_mask(labels, count, box, frame_shape)
     if core_input is None:
         return BlockSummary(index, low)
-    core_labels, core_count = _components(core_input >= settings.high)
+    core_labels, core_count = label_components(core_input >= settings.high)
     core = summarise_mask(core_labels, core_count, box, frame_shape)
     return BlockSummary(index, low, core, _label_pairs(labels, core_labels, core_count))
 

@@ -79,7 +79,9 @@ def smooth(channel: np.ndarray, sigmas: tuple[float, float, float]) -> np.ndarra
     return patch.separable(kernels, tuple((0, n) for n in data.shape)).data
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of a (z, y, x) mask as ilastik labels them: direct neighbourhood (4 within a single
+    slice, 6 in 3D), IDs 1..n in raster order of each component's first voxel; and their count."""
     from scipy import ndimage  # here, not at the top: 0.1 s that every worker's start-up would wait for
 
     structure = ndimage.generate_binary_structure(3, 1)
@@ -95,25 +97,36 @@ def _size_filter(labels: np.ndarray, count: int, min_size: int, max_size: int) -
     return keep[labels]
 
 
+def used_channels(settings: ThresholdSettings) -> tuple[tuple[str, int], ...]:
+    """The channels the thresholding reads, by role: the channel, and the core channel in hysteresis mode only
+    (simple thresholding never reads the core channel, so it need not exist)."""
+    used = (("channel", settings.channel),)
+    return used + (("core channel", settings.core_channel),) if settings.method == 1 else used
+
+
+def check_channels(channels: int, settings: ThresholdSettings) -> None:
+    """ValueError when a channel the thresholding reads is not one of the frame's ``channels``."""
+    for name, index in used_channels(settings):
+        if not 0 <= index < channels:
+            raise ValueError(f"threshold {name} {index} does not exist (the frame has {channels} channels)")
+
+
 def threshold_frame(probabilities: np.ndarray, settings: ThresholdSettings) -> np.ndarray:
     """uint32 object labels (0 = background) of one (z, y, x, channels) frame, with ilastik's IDs."""
     reason = unsupported_method(settings)
     if reason is not None:
         raise ValueError(reason)
-    channels = probabilities.shape[-1]
-    for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
-        if not 0 <= index < channels:
-            raise ValueError(f"threshold {name} {index} does not exist (the frame has {channels} channels)")
+    check_channels(probabilities.shape[-1], settings)
     final_input = smooth(probabilities[..., settings.channel], settings.sigmas)
     if settings.method == 1 and settings.core_channel != settings.channel:
         core_input = smooth(probabilities[..., settings.core_channel], settings.sigmas)
         final_input = final_input + core_input  # lazyflow's opSumInputs
     elif settings.method == 1:
         core_input = final_input
-    labels, count = _components(final_input >= settings.low)
+    labels, count = label_components(final_input >= settings.low)
     keep = _size_filter(labels, count, settings.min_size, settings.max_size)
     if settings.method == 1:
-        core_labels, core_count = _components(core_input >= settings.high)
+        core_labels, core_count = label_components(core_input >= settings.high)
         cores = _size_filter(core_labels, core_count, settings.min_size, settings.max_size)
         seeded = np.zeros(count + 1, bool)
         seeded[labels[cores]] = True
@@ -121,5 +134,5 @@ def threshold_frame(probabilities: np.ndarray, settings: ThresholdSettings) -> n
         keep &= seeded[labels]
     labels[~keep] = 0
     if settings.relabel:
-        labels, _ = _components(keep)
+        labels, _ = label_components(keep)
     return labels.astype(np.uint32, copy=False)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from backend.compute.geometry import Roi
 from backend.compute.object_blocks import default_block_shape
 from backend.compute.pipeline import split_kind
-from backend.compute.threshold import ThresholdSettings
+from backend.compute.threshold import ThresholdSettings, used_channels
 from backend.errors import DataError, UserError
 from backend.io.dataset import open_lane
 from backend.io.project import Project
@@ -221,8 +221,9 @@ def normalize(values: np.ndarray, value_range: tuple[float, float] | None) -> np
 
 
 def check_map_channels(source: DataSource, settings: ThresholdSettings) -> None:
-    """UserError naming the map if the settings' channel or core channel is not one of its channels."""
-    for name, index in (("channel", settings.channel), ("core channel", settings.core_channel)):
+    """UserError naming the map if a channel the thresholding reads (the channel; the core channel in hysteresis
+    mode) is not one of its channels."""
+    for name, index in used_channels(settings):
         if index >= source.channels:
             raise UserError(f"{source.description}: the thresholding {name} is {index} but this map has "
                             f"{source.channels} channel{'s' if source.channels != 1 else ''} (0 to "

@@ -12,7 +12,7 @@ import psutil
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import split_kind
-from backend.compute.threshold import MAX_SIGMA, ThresholdSettings, default_settings, unsupported_method
+from backend.compute.threshold import MAX_SIGMA, ThresholdSettings, default_settings, unsupported_method, used_channels
 from backend.config import Config, WorkerConfig
 from backend.distributed.dask_clusters import DaskSettings
 from backend.distributed.executor import default_workers
@@ -138,9 +138,10 @@ def parse_threshold(text: str, base: ThresholdSettings | None, channels: int, re
         raise UserError(f"--threshold: low ({settings.low}) must not exceed high ({settings.high})")
     if settings.max_size < settings.min_size:
         raise UserError(f"--threshold: max_size ({settings.max_size}) is smaller than min_size ({settings.min_size})")
-    for name in ("channel", "core_channel"):
-        if getattr(settings, name) >= channels:
-            raise UserError(f"--threshold {name}={getattr(settings, name)}: the project has {channels} classes "
+    for role, index in used_channels(settings):
+        if index >= channels:
+            name = role.replace(" ", "_")
+            raise UserError(f"--threshold {name}={index}: the project has {channels} classes "
                             f"(channels 0 to {channels - 1})")
     return settings
 

@@ -50,3 +50,12 @@ def test_smoothing_and_parameters():
     assert settings_fingerprint(ThresholdSettings()) != settings_fingerprint(ThresholdSettings(low=0.4))
     with pytest.raises(ValueError, match="channel 5"):
         threshold_frame(p, ThresholdSettings(channel=5))
+
+
+def test_simple_thresholding_never_reads_the_core_channel():
+    frame = np.zeros((1, 8, 8, 1), np.float32)
+    frame[0, 2:5, 2:5, 0] = 1
+    simple = ThresholdSettings(channel=0, core_channel=3, min_size=1, sigmas=(0, 0, 0))
+    assert threshold_frame(frame, simple).max() == 1  # a one-channel map thresholds whatever the core channel says
+    with pytest.raises(ValueError, match="core channel 3"):
+        threshold_frame(frame, ThresholdSettings(method=1, channel=0, core_channel=3, sigmas=(0, 0, 0)))
