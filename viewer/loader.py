@@ -259,6 +259,8 @@ class PlaneLoader(QtCore.QObject):
         if slot.values is None or slot.values.shape[-1] != plane.shape[-1]:  # first, or classes were added
             slot.values = np.zeros(view.shape + (plane.shape[-1],), plane.dtype)
             slot.painted = np.zeros(view.shape, bool)
+        if slot.values.dtype != plane.dtype:  # objects of a frame whose IDs need uint64 (or back): keep the wider
+            slot.values = slot.values.astype(np.promote_types(slot.values.dtype, plane.dtype))
         slot.values[rows, cols] = plane
         slot.painted[rows, cols] = True
         self._recolour(view, kind, (rows, cols))

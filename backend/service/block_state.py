@@ -30,7 +30,8 @@ class BlockState:
     task: BlockTask | None = None
     future: Future | None = None
     produce: Callable[[], Future] | None = None  # computed here, not by the executor (a frame's objects)
-    expected: tuple[tuple[int, ...], np.dtype] | None = None  # shape and dtype of a valid cached value
+    expected: tuple[tuple[int, ...], np.dtype | tuple[np.dtype, ...]] | None = None  # shape, dtype(s) of a valid
+    # cached value
 
 
 class BlockTable:

@@ -165,9 +165,10 @@ class FrameJob:
     """
 
     def __init__(self, read_box: ReadBox, frame_shape: Index, settings: ThresholdSettings, block_shape: Index,
-                 dtype: np.dtype | type = np.uint32, threads: int = 2,
+                 dtype: np.dtype | type | None = np.uint32, threads: int = 2,
                  on_end: Callable[[FrameJob], None] | None = None, runner: BlockRunner | None = None) -> None:
-        self.frame_shape, self.block_shape, self.dtype = tuple(frame_shape), tuple(block_shape), np.dtype(dtype)
+        self.frame_shape, self.block_shape = tuple(frame_shape), tuple(block_shape)
+        self.dtype = None if dtype is None else np.dtype(dtype)
         self._read_box, self._settings, self._threads, self._on_end = read_box, settings, threads, on_end
         self._runner = runner
         self._futures: dict[Index, Future] = {}  # blocks not handed over yet
@@ -210,7 +211,7 @@ class FrameJob:
         return delivered
 
     def _write(self, start: Index, labels: np.ndarray) -> None:
-        if labels.dtype != self.dtype:
+        if self.dtype is not None and labels.dtype != self.dtype:
             raise ValueError(f"the frame has more objects than {self.dtype} labels hold")
         start = tuple(start)
         with self._lock:

@@ -89,7 +89,7 @@ class Claims:
     def _served_from_cache(self, state: BlockState) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
-        if values is not None and (values.shape, values.dtype) != state.expected:
+        if values is not None and not _as_expected(values, state.expected):
             log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
                         *state.expected)
             self.cache.discard(state.key)
@@ -223,3 +223,9 @@ class Claims:
         for thread in self._threads:
             thread.join(timeout=5)
         self._listener.stop()
+
+
+def _as_expected(values: np.ndarray, expected: tuple) -> bool:
+    """True if cached ``values`` have the shape and one of the dtypes a block expects."""
+    shape, dtypes = expected
+    return values.shape == shape and values.dtype in (dtypes if isinstance(dtypes, tuple) else (dtypes,))

@@ -64,6 +64,7 @@ class ExportResult:
     voxels: int
     paths: tuple[str, ...] = ()  # every file, when one run wrote several sources
     highest_object_id: int | None = None  # Objects: the highest ID written (0: no object)
+    labels_dtype: np.dtype | None = None  # Objects: the output's dtype (uint64 when a frame's IDs needed it)
 
 
 def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -171,7 +172,7 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         writer.abort()
         raise
     return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths),
-                        writer.highest if objects else None)
+                        writer.highest if objects else None, writers[0].dtype if objects else None)
 
 
 def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
@@ -240,9 +241,13 @@ class SplitWriter:
         self.writers, self.track_highest, self.highest = writers, track_highest, 0
 
     def write(self, roi: Roi, values: np.ndarray) -> None:
-        """Store each writer's channels of ``values`` over ``roi``."""
+        """Store each writer's channels of ``values`` over ``roi``; Objects labels of a wider dtype (uint64, for a
+        frame whose IDs need it) widen the output first."""
         if self.track_highest and values.size:
             self.highest = max(self.highest, int(values.max()))
+        if self.track_highest and np.can_cast(self.writers[0].dtype, values.dtype, "safe") \
+                and values.dtype != self.writers[0].dtype:
+            self.writers[0].widen(values.dtype)
         start = 0
         for writer in self.writers:
             part = values[..., start:start + writer.channels] if len(self.writers) > 1 else values

@@ -139,14 +139,16 @@ class Gateway:
         """A value derived from results (a frame's objects) under ``key``, computed once however many ask.
 
         It goes through the same look-up, claim and notices as blocks; ``produce()`` is called only by the
-        claim's owner and returns a future of the ``roi``-shaped values without the time axis.
+        claim's owner and returns a future of the ``roi``-shaped values without the time axis. ``dtype`` may be a
+        tuple of the dtypes the values may have (the first is the region's until a wider one arrives).
         """
-        req = RegionRequest(self, "derived", roi, channels, dtype, None)
+        dtypes = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,)))
+        req = RegionRequest(self, "derived", roi, channels, dtypes[0], None)
         req.pending.add(key)
 
         def make() -> BlockState:
             return BlockState(key, Block((), roi, roi), "derived", priority, None, self.clock(), produce=produce,
-                              expected=((1, *roi.shape[1:], channels), np.dtype(dtype)))
+                              expected=((1, *roi.shape[1:], channels), dtypes))
 
         state, fresh, _ = self.table.join(key, make, req, priority)
         if fresh:

@@ -31,7 +31,8 @@ from backend.service.region import RegionRequest
 from backend.service.snapshot import PipelineSnapshot
 
 OBJECTS = "Objects"
-LABELS = np.dtype(np.uint32)  # the layer's labels (a frame with more IDs fails with a clear error)
+LABELS = np.dtype(np.uint32)  # the layer's labels: uint32, or uint64 for a frame whose highest ID needs it
+WIDE_LABELS = np.dtype(np.uint64)
 
 
 def frame_roi(gateway: Gateway, t: int) -> Roi:
@@ -69,7 +70,8 @@ def objects_key(gateway: Gateway, t: int, settings: ThresholdSettings, snapshot:
 
 class ObjectsRequest:
     """A region of the Objects layer being assembled from its blocks; ``future`` resolves to the
-    ``(t, z, y, x, 1)`` uint32 labels, ``on_block(part, values)`` is called for each block as it finishes."""
+    ``(t, z, y, x, 1)`` labels (uint32, widened to uint64 when a block of a frame whose IDs need it arrives),
+    ``on_block(part, values)`` is called for each block as it finishes."""
 
     def __init__(self, roi: Roi, on_block: Callable[[Roi, np.ndarray], None] | None, blocks: int):
         self.roi, self.on_block = roi, on_block
@@ -110,10 +112,13 @@ class ObjectsRequest:
             settle(self.future, error=done.exception())
             return
         part = block.intersect(self.roi)
+        values = done.result()
         with self._lock:
             if self.future.done():
                 return
-            self.data[part.relative_to(self.roi)] = done.result()[part.relative_to(block)]
+            if values.dtype != self.data.dtype and values.dtype == WIDE_LABELS:
+                self.data = self.data.astype(WIDE_LABELS)
+            self.data[part.relative_to(self.roi)] = values[part.relative_to(block)]
             self._pending -= 1
             finished = self._pending == 0
             if self.on_block is not None:  # under the lock: every block is announced before the future resolves
@@ -125,9 +130,9 @@ class ObjectsRequest:
 def request_objects(gateway: Gateway, roi: Roi, settings: ThresholdSettings, priority: int = 0,
                     on_block: Callable[[Roi, np.ndarray], None] | None = None,
                     snapshot: PipelineSnapshot | None = None) -> ObjectsRequest:
-    """Start assembling the uint32 labels ``(t, z, y, x, 1)`` of ``roi``, each frame labelled as a whole and
-    delivered block by block; keys and probabilities come from one snapshot (default: the current one).
-    UserError at once for a thresholding method that is not computed here."""
+    """Start assembling the labels ``(t, z, y, x, 1)`` of ``roi`` (uint32, or uint64 when a frame's IDs need it),
+    each frame labelled as a whole and delivered block by block; keys and probabilities come from one snapshot
+    (default: the current one). UserError at once for a thresholding method that is not computed here."""
     _refuse_unsupported(settings)
     if not Roi.from_shape(gateway.source.spatial_shape).contains(roi):
         raise ValueError(f"{roi} is outside the image {gateway.source.spatial_shape}")
@@ -155,14 +160,15 @@ def _refuse_unsupported(settings: ThresholdSettings) -> None:
 
 def _request_block(gateway: Gateway, block: Roi, settings: ThresholdSettings, priority: int,
                    snapshot: PipelineSnapshot) -> RegionRequest:
-    """One block of labels through the gateway: from the cache, from another process, or from the frame's job."""
+    """One block of labels through the gateway: from the cache, from another process, or from the frame's job;
+    uint32 or uint64 as the frame's merge decides (the cached block records its dtype)."""
     t = block.start[0]
 
     def produce() -> Future:
         return _frame_job(gateway, t, settings, priority, snapshot).block(block.start[1:])
 
     key = objects_key(gateway, t, settings, snapshot, block)
-    return gateway.request_derived(key, block, 1, LABELS, produce, priority)
+    return gateway.request_derived(key, block, 1, (LABELS, WIDE_LABELS), produce, priority)
 
 
 def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: int,
@@ -179,7 +185,7 @@ def _frame_job(gateway: Gateway, t: int, settings: ThresholdSettings, priority: 
         return gateway.request("Probabilities", roi, priority, snapshot=snapshot).result()[0]
 
     def make(on_end: Callable[[FrameJob], None]) -> FrameJob:
-        return FrameJob(read_box, gateway.source.spatial_shape[1:], settings, object_block_shape(gateway), LABELS,
+        return FrameJob(read_box, gateway.source.spatial_shape[1:], settings, object_block_shape(gateway), None,
                         on_end=on_end, runner=ExecutorRunner(gateway.executor, priority))
 
     job, new = gateway.frame_jobs.job(frame_key, make)

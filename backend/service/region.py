@@ -43,6 +43,8 @@ class RegionRequest:
         with self._lock:
             if key not in self.pending or self.future.done():
                 return
+            if values.dtype != self.data.dtype and np.can_cast(self.data.dtype, values.dtype, "safe"):
+                self.data = self.data.astype(values.dtype)  # a derived value of the wider of its dtypes
             self.data[part.relative_to(self.roi)] = values[part.relative_to(block)]
             self.pending.discard(key)
             finished = not self.pending

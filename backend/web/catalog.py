@@ -103,8 +103,8 @@ class Lane:
         kind = SOURCES[source]
         if source == "raw":
             channels, dtype = raw.channels, raw.dtype
-        elif kind == OBJECTS:
-            channels, dtype = 1, np.dtype(np.uint32)
+        elif kind == OBJECTS:  # announced before any labelling: wide enough for any frame's IDs
+            channels, dtype = 1, np.dtype(np.uint64)
         else:
             channels, dtype = pipeline.channels(kind), pipeline.dtype(kind)
         sizes = dict(zip("tzyx", raw.spatial_shape), c=channels)

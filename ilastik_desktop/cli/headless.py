@@ -11,6 +11,7 @@ import sys
 import time
 
 import h5py
+import numpy as np
 
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import Pipeline, split_kind
@@ -98,7 +99,8 @@ def run_headless(settings: Settings) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
-    highest = "" if result.highest_object_id is None else f"highest object ID {result.highest_object_id}; "
+    wide = ", uint64 labels" if result.labels_dtype == np.uint64 else ""
+    highest = "" if result.highest_object_id is None else f"highest object ID {result.highest_object_id}{wide}; "
     print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, piece_unit(options.kind))}, "
           f"{result.seconds:.1f} s, "
           f"{rate / 1e6:.2f} Mvoxel/s; {highest}"

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from backend.compute import object_blocks
 from backend.compute.threshold import ThresholdSettings
 from backend.service.objects import request_frame
 from tests.gui.conftest import open_and_settle
@@ -51,3 +52,18 @@ def test_the_objects_layer_shows_the_blocks_labelled_while_one_is_held_back(qtbo
     assert slot.painted.all()
     labels = request_frame(gateway, 0, settings).result(timeout=60)[0, 0, ..., 0]
     assert labels.max() > 1 and np.array_equal(slot.values[..., 0], labels)
+
+
+def test_a_frame_labelled_in_uint64_is_painted(qtbot, window, data_dir, monkeypatch):
+    monkeypatch.setattr(object_blocks, "UINT32_LIMIT", 1)  # as if the frame had more IDs than uint32 holds
+    open_and_settle(qtbot, window, os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp"))
+    settings = ThresholdSettings(channel=1, core_channel=1, min_size=5)
+    window.loader.set_threshold(settings)
+    window.model.set_layer(OBJECTS, visible=True)
+    qtbot.waitUntil(lambda: window.loader.is_complete("xy", OBJECTS), timeout=60_000)
+    slot = window.loader.slots[("xy", OBJECTS)]
+    labels = request_frame(window.document.gateway, 0, settings).result(timeout=60)[0, 0, ..., 0]
+    assert labels.dtype == slot.values.dtype == np.uint64 and labels.max() > 1
+    assert np.array_equal(slot.values[..., 0], labels)
+    alpha = window.views[0].buffers[OBJECTS][..., 3]
+    assert np.array_equal(alpha > 0, labels > 0)  # every object on screen, the background transparent

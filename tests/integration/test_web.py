@@ -323,7 +323,7 @@ def test_metrics_info_health_and_openapi(server_3d):
 def test_objects_and_segmentation_chunks(server_3d, project_3d, tmp_path):
     objects = zarr.open_array(server_3d.url + "/zarr/0/objects/0", mode="r", zarr_format=2)[:]
     exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32", "--export_source", "Objects")
-    assert objects.dtype == np.uint32 and np.array_equal(objects, np.moveaxis(exported, -1, 0))
+    assert objects.dtype == np.uint64 and np.array_equal(objects, np.moveaxis(exported, -1, 0))
     segmentation = zarr.open_array(server_3d.url + "/zarr/0/segmentation/0", mode="r", zarr_format=2)[:]
     exported = _export(tmp_path, "--project", project_3d, "--block_shape", "32,32,32",
                        "--export_source", "Simple Segmentation")
