@@ -160,6 +160,7 @@ class FrameJob:
     ``(z, y, x, 1)`` of the block starting there, or fails with the labelling's error. A block nobody has
     asked for yet keeps its labels until the job ends; one asked for is forgotten once written (asked for
     again while the job runs, it fails with a TransientError). ``on_end(job)`` is called once the thread is done.
+    ``dtype`` is the labels' (a frame needing a wider one fails), None for the one the frame's merge decides.
     ``runner`` computes the blocks' passes (default: the job's threads; the gateway's executor for the layer);
     :meth:`stop` also gives up the blocks waiting on it.
     """
