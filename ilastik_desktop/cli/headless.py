@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 import h5py
@@ -25,6 +26,7 @@ from backend.io.sources import DataSource, open_source
 from backend.io.sources.base import SourceReadError
 from backend.io.writers import output_axes
 from backend.service.export import (
+    ExportCancelled,
     ExportOptions,
     ExportResult,
     check_internal_path,
@@ -42,19 +44,28 @@ from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expa
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, export_threshold, no_objects_line, parse_cutout
 
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # ends the run like Ctrl-C: partial output and temporary files removed
-
-
-# a kill or a service stop; the terminal closed (no SIGHUP on Windows)
-INTERRUPTING = (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+# Ctrl-C, a kill or a service stop; the terminal closed (no SIGHUP on Windows)
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
 
 def run_headless(settings: Settings) -> int:
-    """Run the export as configured (a batch when several raw data files are given); returns the exit code."""
-    for signum in INTERRUPTING:
-        signal.signal(signum, _interrupt)
+    """Run the export as configured (a batch when several raw data files are given); returns the exit code.
+    Ctrl-C, SIGTERM and SIGHUP end it with its partial output and temporary files removed."""
+    interrupted = threading.Event()
+
+    def interrupt(signum, frame) -> None:
+        interrupted.set()  # seen by the export even if the exception lands where Python ignores it (a gc callback)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in INTERRUPTING}
+    try:
+        return _run(settings, interrupted)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(settings: Settings, interrupted: threading.Event) -> int:
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # its warnings on a damaged file: our line says it
     project = open_project(settings.project)
     if settings.prediction_maps:
@@ -92,7 +103,9 @@ def run_headless(settings: Settings) -> int:
         try:
             in_flight = max(4, 2 * services.executor.status().processes + 2)
             try:
-                result = run_export(gateway, nickname, options, in_flight)
+                result = run_export(gateway, nickname, options, in_flight, cancel=interrupted)
+            except ExportCancelled:
+                raise KeyboardInterrupt from None  # interrupted: the export removed its partial output
             except (TaskError, TransientError, SourceReadError) as exc:
                 raise UserError(f"the export failed and its partial output was removed: {exc}") from None
             status = gateway.status()

@@ -59,7 +59,7 @@ def test_a_2d_project_pointed_at_3d_data(api):
     (["--cutout_subregion", "[('a','b','c'),('d','e','f')]"], "--cutout_subregion"),
     (["--cutout_subregion", "[(0,0,0),(10.5,10,10)]"], "--cutout_subregion"),
     (["--export_source", "Objects", "--threshold", "channel=99"], "the project has 2 classes"),
-    (["--export_source", "Objects", "--threshold", "core_channel=99"], "the project has 2 classes"),
+    (["--export_source", "Objects", "--threshold", "method=hysteresis,core_channel=99"], "the project has 2 classes"),
     (["--export_source", "Objects", "--threshold", "sigmas=inf:1:1"], "--threshold 'sigmas=inf:1:1'"),
     (["--export_source", "Objects", "--threshold", "sigmas=1e9:1:1"], "--threshold 'sigmas=1e9:1:1'"),
     (["--export_source", "Objects", "--threshold", "min_size=50,max_size=10"], "max_size (10) is smaller"),
