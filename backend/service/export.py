@@ -65,6 +65,7 @@ class ExportResult:
     paths: tuple[str, ...] = ()  # every file, when one run wrote several sources
     highest_object_id: int | None = None  # Objects: the highest ID written (0: no object)
     labels_dtype: np.dtype | None = None  # Objects: the output's dtype (uint64 when a frame's IDs needed it)
+    frames_with_objects: int | None = None  # Objects: how many of the frames written hold an object
 
 
 def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -172,7 +173,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
         writer.abort()
         raise
     return ExportResult(paths[0], total, time.perf_counter() - started, region.size, tuple(paths),
-                        writer.highest if objects else None, writers[0].dtype if objects else None)
+                        writer.highest if objects else None, writers[0].dtype if objects else None,
+                        len(writer.frames_with_objects) if objects else None)
 
 
 def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
@@ -235,16 +237,20 @@ def check_sources(kinds: tuple[str, ...], pattern: str) -> tuple[str, ...]:
 
 class SplitWriter:
     """Writes a combined result's channels into one writer per source (each its own dtype); with
-    ``track_highest``, ``highest`` is the largest value written (an Objects export's highest ID)."""
+    ``track_highest``, ``highest`` is the largest value written (an Objects export's highest ID) and
+    ``frames_with_objects`` the time steps where a value above 0 was written."""
 
     def __init__(self, writers: list[BlockWriter], track_highest: bool = False):
         self.writers, self.track_highest, self.highest = writers, track_highest, 0
+        self.frames_with_objects: set[int] = set()
 
     def write(self, roi: Roi, values: np.ndarray) -> None:
         """Store each writer's channels of ``values`` over ``roi``; Objects labels of a wider dtype (uint64, for a
         frame whose IDs need it) widen the output first."""
         if self.track_highest and values.size:
-            self.highest = max(self.highest, int(values.max()))
+            per_frame = values.reshape(values.shape[0], -1).max(axis=1)  # values are (t, z, y, x, c) over roi
+            self.highest = max(self.highest, int(per_frame.max()))
+            self.frames_with_objects.update(t for t, top in zip(range(roi.start[0], roi.stop[0]), per_frame) if top)
         if self.track_highest and np.can_cast(self.writers[0].dtype, values.dtype, "safe") \
                 and values.dtype != self.writers[0].dtype:
             self.writers[0].widen(values.dtype)

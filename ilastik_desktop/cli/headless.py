@@ -127,7 +127,8 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
 
 def written_without_objects(result: ExportResult, options: ExportOptions, source: DataSource) -> tuple[int, int]:
     """How many of the frames an Objects or Object Features export wrote have no object, and how many frames it
-    wrote, read back from its output (a zero labels frame, no row of the table); (0, 0) for other sources."""
+    wrote: counted while writing for Objects alone, else read back from its output (a zero labels frame, no row
+    of the table); (0, 0) for other sources."""
     kind = split_kind(options.kind)[0]
     if kind == OBJECT_FEATURES:
         if options.fmt == "csv":
@@ -139,6 +140,8 @@ def written_without_objects(result: ExportResult, options: ExportOptions, source
         return result.blocks - len(steps), result.blocks
     if kind != OBJECTS:
         return 0, 0
+    if result.frames_with_objects is not None:  # counted while writing (an Objects-only export)
+        return result.blocks - result.frames_with_objects, result.blocks
     spec = f"{result.path}/{options.internal_path}" if options.fmt == "hdf5" else result.path
     try:
         labels = open_source(spec, None if options.fmt in ("hdf5", "zarr") else output_axes(source.axes))
