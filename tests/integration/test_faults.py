@@ -77,6 +77,17 @@ class Run:
         self._reader.join(timeout=10)
         return code
 
+    def interrupt(self, sig: int, group: bool = False, timeout: float = 30) -> tuple[int, float]:
+        """Send ``sig`` to the app (to its whole process group with ``group``, as a terminal's Ctrl-C does) and
+        wait for it to end: its exit code and the seconds it took."""
+        started = time.monotonic()
+        if group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
+        code = self.finish(timeout=timeout)
+        return code, time.monotonic() - started
+
     def kill_app(self) -> None:
         """SIGKILL the app alone, as the OOM killer or a user's kill -9 would (its process tree noted first)."""
         self.tree()
@@ -196,13 +207,7 @@ def test_interrupting_an_export_is_quick_and_leaves_nothing(project, tmp_path, h
         run.wait_progress(2)
         run.find("redis-server")
         run.tree()
-        started = time.monotonic()
-        if how == "ctrl-c":
-            os.killpg(run.process.pid, signal.SIGINT)
-        else:
-            run.process.terminate()
-        code = run.finish(timeout=30)
-        took = time.monotonic() - started
+        code, took = run.interrupt(signal.SIGINT, group=True) if how == "ctrl-c" else run.interrupt(signal.SIGTERM)
     finally:
         if run.process.poll() is None:
             run.kill()
