@@ -155,6 +155,9 @@ class WebConfig:
                                          "503 with Retry-After", 0, 3600)
     stop_grace_s: float = setting(2.0, "at stop, requests in progress get this long before they are cancelled",
                                   0, 600)
+    shard_blocks: int = setting(2, "a sharded zarr v3 array's shard holds this many blocks along each spatial "
+                                   "axis (fewer where the image has fewer); a shard is computed and kept whole",
+                                1, 64)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Who may use the web service: its token, the names it answers to, and how many connections it holds.
 
+Browsers read from the origins the server is told (``--cors``): every answer to them, errors and preflights
+included, carries the CORS headers a zarr client needs (ranges, lengths, ETags).
+
 Every server has a token unless it is bound to loopback and told to run without one (as Jupyter does);
 the token is compared as bytes in constant time. A server bound to loopback answers only requests whose
 ``Host`` is a loopback name or address, so a web page the user visits cannot reach it through a DNS name
@@ -92,6 +95,23 @@ def check_host(request: web.Request, accepted: Callable[[str], bool] | None) -> 
         name = name.split(":")[0]
     if not accepted(name.rstrip(".")):
         raise Forbidden(f"this server answers to loopback names only, not '{header[:80]}'")
+
+
+CORS_METHODS = "GET, HEAD, OPTIONS"
+CORS_REQUEST_HEADERS = "Authorization, Range, If-None-Match, If-Range"
+CORS_EXPOSED = "ETag, Content-Length, Content-Range, Accept-Ranges, X-Axes, X-Shape"
+CORS_MAX_AGE_S = "600"  # how long a browser may reuse a preflight's answer
+
+
+def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The CORS headers of any answer to a request from ``origin`` (none for an origin not ``allowed``;
+    ``allowed`` may hold '*' for any)."""
+    if not origin or not ("*" in allowed or origin in allowed):
+        return {}
+    return {"Access-Control-Allow-Origin": "*" if "*" in allowed else origin,
+            "Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
+            "Access-Control-Expose-Headers": CORS_EXPOSED, "Access-Control-Max-Age": CORS_MAX_AGE_S,
+            "Vary": "Origin"}
 
 
 class _Refused(asyncio.Protocol):

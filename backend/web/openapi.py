@@ -17,10 +17,15 @@ def _param(name: str, where: str, text: str, schema: dict, required: bool = Fals
 
 _LANE = _param("lane", "path", "index of the project's input lane (see /api/v1/info)", {"type": "integer"})
 _SOURCE = _param("source", "path", "what to read", {"type": "string", "enum": SOURCE_NAMES})
+_SOURCE3 = _param("source", "path", "what to read; NAME-sharded for the sharded array",
+                  {"type": "string", "enum": SOURCE_NAMES + [f"{name}-sharded" for name in SOURCE_NAMES]})
+_RANGE = _param("Range", "header", "one byte range: bytes=a-b, bytes=a- or bytes=-n (206, or 416 past the end; "
+                "several ranges are answered whole)", {"type": "string"})
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _ERRORS = {code: {"description": text, "content": _ERROR}
            for code, text in (("400", "bad request: what is wrong"), ("401", "token missing or wrong"),
-                              ("404", "no such lane, source or chunk"), ("413", "region larger than the limit"))}
+                              ("404", "no such lane, source or chunk"), ("413", "region larger than the limit"),
+                              ("416", "byte range outside the answer"))}
 
 
 def _get(summary: str, params: list[dict], content: dict, tag: str) -> dict:
@@ -65,8 +70,23 @@ def describe(version: str) -> dict:
             "one chunk, computed on demand and Blosc-compressed; ETag carries the classifier's fingerprint",
             [_LANE, _SOURCE, _param("chunk", "path", "chunk key, one index per axis joined by '.', e.g. 0.0.1.2.3",
                                     {"type": "string"})], binary, "zarr"),
+        "/zarr3/{lane}/{source}/zarr.json": _get(
+            "OME-Zarr 0.5 group (zarr v3): attributes.ome with multiscales, axes, omero; classes. A source named "
+            "NAME-sharded (e.g. probabilities-sharded) is the same image with sharded chunks", [_LANE, _SOURCE3],
+            json_any, "zarr"),
+        "/zarr3/{lane}/{source}/0/zarr.json": _get(
+            "zarr v3 array metadata: regular chunk grid of the gateway's blocks (or shards of several blocks), "
+            "'/' chunk keys, bytes + Blosc (inside sharding_indexed when sharded), dimension_names",
+            [_LANE, _SOURCE3], json_any, "zarr"),
+        "/zarr3/{lane}/{source}/0/c/{chunk}": _get(
+            "one chunk (or shard: its blocks, then the index) computed on demand; byte ranges answered "
+            "(Range: bytes=a-b, a-, -n)",
+            [_LANE, _SOURCE3, _param("chunk", "path", "chunk (or shard) index, one per axis joined by '/', "
+                                     "e.g. 0/0/1/2", {"type": "string"}), _RANGE], binary, "zarr"),
         "/metrics": _get("Prometheus metrics", [], {"text/plain": {}}, "service"),
     }
+    for item in paths.values():  # every GET is answered to HEAD too (headers and length, no body)
+        item["head"] = {**item["get"], "summary": "headers of: " + item["get"]["summary"]}
     return {"openapi": "3.0.3",
             "info": {"title": "ilastik-desktop web service", "version": version,
                      "description": "Raw data and pixel-classification results of an ilastik project, computed "

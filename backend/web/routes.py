@@ -1,4 +1,4 @@
-"""The web service's endpoints: health, info, ROI regions, zarr documents and chunks, metrics, docs.
+"""The web service's endpoints: health, info, ROI regions, zarr v2 and v3 documents and chunks, metrics, docs.
 
 Handlers never block the event loop: gateway requests (cache look-ups, raw reads) and encoding run on the
 service's thread pool, results are awaited as futures.
@@ -18,7 +18,8 @@ from backend.errors import UserError
 from backend.service.gateway import PREFETCH
 from backend.service.object_table import block_bytes, csv_text, frame_rows, json_rows
 from backend.service.objects import frame_roi
-from backend.web import zarr_layout
+from backend.web import zarr3_layout, zarr_layout
+from backend.web.byte_ranges import answer, json_answer
 from backend.web.catalog import Lane, LaneView, NotFound, check_source
 from backend.web.openapi import describe, docs_asset, docs_page
 from backend.web.roi_query import FORMATS, RoiQuery, npy_header, parse_query, png_bytes, slabs, tiff_frame
@@ -33,6 +34,7 @@ def add_routes(app: web.Application, prefix: str = "") -> None:
     app.router.add_get(prefix + "/api/v1/lanes/{lane}/objects/table", objects_table)
     app.router.add_get(prefix + "/api/v1/lanes/{lane}/{source}", region)
     app.router.add_get(prefix + "/zarr/{lane}/{source}/{path:.*}", zarr_document)
+    app.router.add_get(prefix + "/zarr3/{lane}/{source}/{path:.*}", zarr3_document)
     app.router.add_get(prefix + "/metrics", metrics)
     app.router.add_get(prefix + "/openapi.json", openapi)
     app.router.add_get(prefix + "/doc", docs)
@@ -78,14 +80,14 @@ async def zarr_document(request: web.Request) -> web.StreamResponse:
     documents = {".zgroup": zarr_layout.zgroup,
                  ".zattrs": lambda: zarr_layout.zattrs(lane, source, service.classes, view.snapshot)}
     if path in documents:
-        return web.json_response(documents[path](), headers=headers)
+        return json_answer(request, documents[path](), headers)
     level, _, rest = path.partition("/")
     zarr_layout.check_level(level)
     layout = lane.layout(source, view.snapshot)
     if rest == ".zarray":
-        return web.json_response(zarr_layout.zarray(layout), headers=headers)
+        return json_answer(request, zarr_layout.zarray(layout), headers)
     if rest == ".zattrs":
-        return web.json_response(zarr_layout.level_zattrs(layout), headers=headers)
+        return json_answer(request, zarr_layout.level_zattrs(layout), headers)
     if rest in ("", ".zgroup") or rest.startswith("zarr.json") or "/" in rest:
         raise NotFound(f"nothing at {request.path}")
     index = zarr_layout.parse_chunk_key(rest, layout)
@@ -96,7 +98,45 @@ async def zarr_document(request: web.Request) -> web.StreamResponse:
             return await service.run(zarr_layout.encode_chunk, layout, values)
 
     body = await service.chunks.get((lane.index, source, index, etag), produce)
-    return web.Response(body=body, content_type="application/octet-stream", headers=headers)
+    return answer(request, body, "application/octet-stream", headers)
+
+
+async def zarr3_document(request: web.Request) -> web.StreamResponse:
+    """OME-Zarr 0.5 (zarr v3): the group's and the array's ``zarr.json``, and chunks (or shards) at
+    ``0/c/i/j/...``; a source named ``NAME-sharded`` is the same image with sharded chunks."""
+    service = request.app[SERVICE]
+    lane = _lane(request)
+    source, sharded = zarr3_layout.split_source(request.match_info["source"])
+    check_source(source)
+    path = request.match_info["path"].strip("/")
+    view = lane.view()  # the ETag, the layout and the chunk all come from this one snapshot
+    etag = view.etag(source)
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers={"ETag": etag})
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if path == "zarr.json":
+        return json_answer(request, zarr3_layout.group(lane, source, service.classes, view.snapshot), headers)
+    level, _, rest = path.partition("/")
+    zarr_layout.check_level(level)
+    served = zarr3_layout.zarr3_array(lane.layout(source, view.snapshot), sharded,
+                                      service.settings.limits.shard_blocks)
+    if rest == "zarr.json":
+        return json_answer(request, zarr3_layout.array(served), headers)
+    index = zarr3_layout.parse_chunk_key(rest, served)
+    roi = served.grid.chunk_roi(index)
+    held = 2 * int(np.prod(served.grid.chunks)) * served.layout.dtype.itemsize  # values, padded
+
+    async def produce() -> bytes:
+        async with service.budget.hold(held):
+            values = await service.fetch(lane, source, roi, view)
+            if sharded:
+                return await service.run(zarr3_layout.encode_shard, served, index, values)
+            return await service.run(zarr3_layout.encode_chunk, served, values)
+
+    same_as_v2 = not sharded and served.little_endian.dtype == served.layout.dtype  # the v2 chunk's very bytes
+    key = (lane.index, source, index, etag) if same_as_v2 else (lane.index, source, sharded, "v3", index, etag)
+    body = await service.chunks.get(key, produce)
+    return answer(request, body, "application/octet-stream", headers)
 
 
 async def region(request: web.Request) -> web.StreamResponse:

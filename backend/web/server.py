@@ -1,8 +1,9 @@
 """The web service's lifecycle: an aiohttp server on its own thread and event loop, over given lanes' gateways.
 
-Every request passes :mod:`backend.web.access`'s checks (Host, token) first; CORS answers only the configured
-origins. Connections are capped and must send their request head in time; the answers being assembled share
-one memory budget (:mod:`backend.web.budget`).
+Every request passes :mod:`backend.web.access`'s checks (Host, token) first; every answer to a configured
+origin carries CORS headers (set as it is sent, so streamed answers and errors have them too). Connections
+are capped and must send their request head in time; the answers being assembled share one memory budget
+(:mod:`backend.web.budget`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from backend.web.access import (
     Unauthorized,
     check_host,
     check_token,
+    cors_headers,
     host_names,
     is_loopback,
     token_problem,
@@ -148,6 +150,8 @@ def _route_name(request: web.Request) -> str:
     path = request.path
     if "/zarr/" in path:
         return "zarr_metadata" if path.rsplit("/", 1)[-1].startswith(".") else "zarr_chunk"
+    if "/zarr3/" in path:
+        return "zarr_metadata" if path.endswith("/zarr.json") else "zarr_chunk"
     for name in ("api/v1/lanes", "api/v1/info", "health", "metrics"):
         if f"/{name}" in path:
             return name.replace("api/v1/", "").replace("lanes", "region")
@@ -156,12 +160,9 @@ def _route_name(request: web.Request) -> str:
 
 def _middlewares(service: Service, token: str | None, hosts: Callable[[str], bool] | None,
                  guard: Callable[[], ConnectionGuard | None]) -> list:
-    cors = service.settings.cors
-
     @web.middleware
     async def handle(request: web.Request, handler):
         started = time.perf_counter()
-        origin = request.headers.get("Origin")
         connections = guard()
         if connections is not None:
             connections.serving(request.protocol, +1)
@@ -187,15 +188,19 @@ def _middlewares(service: Service, token: str | None, hosts: Callable[[str], boo
         finally:
             if connections is not None:
                 connections.serving(request.protocol, -1)
-        if origin and ("*" in cors or origin in cors) and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in cors else origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Range, If-None-Match"
-            response.headers["Access-Control-Expose-Headers"] = "ETag, Content-Length, X-Axes, X-Shape"
-            response.headers["Vary"] = "Origin"
         service.metrics.observe(_route_name(request), time.perf_counter() - started)
         return response
 
     return [handle]
+
+
+def _cors_on_every_answer(allowed: tuple[str, ...]) -> Callable:
+    """An ``on_response_prepare`` hook adding the CORS headers to every answer as its head is sent."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(cors_headers(request.headers.get("Origin"), allowed))
+
+    return add
 
 
 class WebServer:
@@ -258,6 +263,7 @@ class WebServer:
         app = web.Application(middlewares=_middlewares(self.service, self.token, host_names(self.settings.host),
                                                        lambda: self.guard), client_max_size=1024)
         app[SERVICE] = self.service
+        app.on_response_prepare.append(_cors_on_every_answer(self.settings.cors))
         add_routes(app)
         add_routes(app, "/t/{token}")
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
