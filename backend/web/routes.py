@@ -168,6 +168,9 @@ async def _stream(request: web.Request, lane: Lane, view: LaneView, query: RoiQu
     response = web.StreamResponse(headers={**headers, "Content-Type": FORMATS[query.fmt],
                                            "Content-Disposition": f'attachment; filename="{query.source}.{extension}"'})
     response.content_length = len(head) + query.nbytes + len(tail)
+    if request.method == "HEAD":  # the length is known without computing anything
+        await response.prepare(request)
+        return response
     parts = slabs(query.roi, lane.require_gateway().config.block_shape[1])
     slab = max(int(np.prod(part.shape)) for part in parts) * query.channels * query.dtype.itemsize
     held = min(2, len(parts)) * slab

@@ -166,7 +166,8 @@ def test_token_is_required_on_every_request_including_chunks(project_3d):
     with ServeProcess(project_3d, "--workers", "1", "--token", "sesame-1234") as server:
         assert server.url == server.base + "/t/sesame-1234"  # the link it prints carries the token
         base = server.base
-        for path in ("/health", "/api/v1/info", "/zarr/0/raw/0/.zarray", "/zarr/0/raw/0/0.0.0.0"):
+        for path in ("/health", "/api/v1/info", "/zarr/0/raw/0/.zarray", "/zarr/0/raw/0/0.0.0.0",
+                     "/zarr3/0/raw/zarr.json", "/zarr3/0/raw/0/c/0/0/0/0", "/zarr3/0/raw-sharded/0/c/0/0/0/0"):
             assert http_get(base + path)[0] == 401
             assert http_get(base + path, {"Authorization": "Bearer wrong-token"})[0] == 401
             assert http_get(base + path, {"Authorization": "Bearer sesame-1234"})[0] == 200

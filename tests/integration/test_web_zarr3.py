@@ -138,6 +138,10 @@ def test_head_answers_the_length_without_a_body_and_computes_nothing_twice(serve
     status, body, got = ask(chunk)
     assert status == 200 and len(body) == int(headers["Content-Length"]) and got["ETag"] == headers["ETag"]
     assert _metric(server, "ilastik_cache_hits") + _metric(server, "ilastik_cache_misses") == looked_up
+    region = server.url + "/api/v1/lanes/0/uncertainty?start=40,40,40&stop=64,64,64"
+    status, body, headers = ask(region, "HEAD")  # a region's length is known without computing it
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 24 ** 3 * 4
+    assert _metric(server, "ilastik_cache_hits") + _metric(server, "ilastik_cache_misses") == looked_up
     for path in ("/health", "/api/v1/info", "/openapi.json", "/doc", "/doc/static/swagger-ui.css", "/metrics",
                  "/zarr/0/raw/.zattrs", "/zarr3/0/raw/0/zarr.json", "/api/v1/lanes/0/raw?stop=8,8,8",
                  "/zarr3/0/raw/0/c/0/0/0/0"):
