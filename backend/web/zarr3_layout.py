@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.checks import decimal
-from backend.compute.geometry import Roi
 from backend.service.snapshot import PipelineSnapshot
 from backend.web import zarr_layout
 from backend.web.catalog import ArrayLayout, Lane, NotFound
@@ -137,7 +136,3 @@ def encode_shard(served: Zarr3Array, index: tuple[int, ...], values: np.ndarray)
     parts.append(np.array(entries, dtype="<u8").tobytes())
     return b"".join(parts)
 
-
-def key_roi(served: Zarr3Array, index: tuple[int, ...]) -> Roi:
-    """The tzyx region a chunk or shard key covers, clipped to the array."""
-    return served.grid.chunk_roi(index)
