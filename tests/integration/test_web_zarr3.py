@@ -187,6 +187,7 @@ def test_cors_headers_on_every_answer_and_the_preflight(server):
             ("v2 probe of zarr.json", server.get("/zarr/0/probabilities/zarr.json", origin), 404),
             ("v3 probe of .zattrs", server.get("/zarr3/0/probabilities/.zattrs", origin), 404),
             ("no token", ask(server.base + "/zarr3/0/probabilities/zarr.json", headers=origin), 401),
+            ("foreign Host", server.get("/zarr3/0/raw/zarr.json", {**origin, "Host": "rebound.example"}), 403),
             ("range", server.get("/zarr3/0/raw/0/c/0/0/0/0", {**origin, "Range": "bytes=0-3"}), 206),
             ("416", server.get("/zarr3/0/raw/zarr.json", {**origin, "Range": "bytes=99999-"}), 416),
             ("streamed npy", server.get("/api/v1/lanes/0/raw?stop=8,8,8", origin), 200),
