@@ -14,6 +14,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +37,13 @@ def _region_argument() -> str:
     return ",".join(f"{bounds.start}:{bounds.stop}" for bounds in REGION)
 
 
-def read_zarr_python(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def _url(server: ServeProcess, layout: Layout) -> str:
+    """The URL of lane 0 in ``layout`` (with the server's token in its path)."""
+    return server.url + layout.path + "/0"
+
+
+def read_zarr_python(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """zarr-python 3 in this process, over fsspec's HTTP store."""
     import zarr
 
     url = _url(server, layout)
@@ -44,7 +51,8 @@ def read_zarr_python(server: ServeProcess, layout: Layout, tmp_path) -> dict[str
             for source in SOURCES}
 
 
-def read_ome_zarr(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def read_ome_zarr(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """ome-zarr-py's reader: the image it finds at each source's group, its full-resolution level."""
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
@@ -57,7 +65,8 @@ def read_ome_zarr(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, n
     return values
 
 
-def read_tensorstore(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def read_tensorstore(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """tensorstore with the layout's zarr driver over its http kvstore."""
     import tensorstore
 
     values = {}
@@ -69,19 +78,15 @@ def read_tensorstore(server: ServeProcess, layout: Layout, tmp_path) -> dict[str
     return values
 
 
-def read_dask(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def read_dask(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """``dask.array.from_zarr`` on each source's full-resolution array."""
     import dask.array
 
     url = _url(server, layout)
     return {source: dask.array.from_zarr(f"{url}/{source}/0")[(..., *REGION)].compute() for source in SOURCES}
 
 
-def _url(server: ServeProcess, layout: Layout) -> str:
-    """The URL of lane 0 in ``layout`` (with the server's token in its path)."""
-    return server.url + layout.path + "/0"
-
-
-def _read_in_venv(venv: str, script: str, url: str, tmp_path) -> tuple[dict[str, np.ndarray], dict]:
+def _read_in_venv(venv: str, script: str, url: str, tmp_path: Path) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``script`` in client venv ``venv`` and load what it saved; also what it printed."""
     result = subprocess.run([venv_python(venv), os.path.join(HERE, script), url, str(tmp_path), _region_argument(),
                              *SOURCES], capture_output=True, text=True, timeout=240,
@@ -91,13 +96,16 @@ def _read_in_venv(venv: str, script: str, url: str, tmp_path) -> tuple[dict[str,
     return {source: np.load(tmp_path / f"{source}.npy") for source in SOURCES}, said
 
 
-def read_zarr_python_2(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def read_zarr_python_2(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """zarr-python 2 in its own venv (tests/clients/read_zarr2.py)."""
     values, said = _read_in_venv("zarr2", "read_zarr2.py", _url(server, layout), tmp_path)
     assert said["zarr"].startswith("2."), said
     return values
 
 
-def read_napari(server: ServeProcess, layout: Layout, tmp_path) -> dict[str, np.ndarray]:
+def read_napari(server: ServeProcess, layout: Layout, tmp_path: Path) -> dict[str, np.ndarray]:
+    """napari with napari-ome-zarr in its own venv (tests/clients/read_napari.py); its probabilities
+    layers must be named and coloured as the project's classes."""
     values, said = _read_in_venv("napari", "read_napari.py", _url(server, layout), tmp_path)
     classes = json.loads(server.get("/api/v1/info")[1])["classes"]
     layers = said["layers"]["probabilities"]
@@ -114,7 +122,7 @@ class Client:
     name: str
     version: str
     formats: tuple[int, ...]
-    read: Callable[[ServeProcess, Layout, object], dict[str, np.ndarray]]
+    read: Callable[[ServeProcess, Layout, Path], dict[str, np.ndarray]]
     venv: str | None = None
 
 

@@ -44,7 +44,8 @@ def client_python(name: str) -> tuple[str, dict[str, str]] | None:
             versions = json.load(file)
     except (OSError, ValueError):
         return None
-    return os.path.join(folder, "bin", "python"), versions
+    python = os.path.join(folder, "bin", "python")
+    return (python, versions) if os.path.exists(python) else None  # gone with the interpreter it was made from
 
 
 def make(name: str) -> float:
