@@ -32,7 +32,7 @@ class Layout:
     tensorstore_driver: str
 
 
-LAYOUTS = (Layout("zarr-v2", "/zarr", 2, "zarr"),)
+LAYOUTS = (Layout("zarr-v2", "/zarr", 2, "zarr"), Layout("zarr-v3", "/zarr3", 3, "zarr3"))
 
 
 def missing(reason: str) -> None:
