@@ -88,3 +88,9 @@ def copy_of(tmp_path):
         shutil.copyfile(path, target)
         return str(target)
     return _copy
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the client matrix last: CI makes its clients' virtualenvs while the other tests run."""
+    clients = os.path.join("tests", "clients") + os.sep
+    items.sort(key=lambda item: clients in str(item.path))

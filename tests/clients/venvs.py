@@ -22,6 +22,7 @@ CLIENTS: dict[str, tuple[str, ...]] = {
 }
 REPORTED = {"zarr2": ("zarr", "numcodecs", "fsspec"), "napari": ("napari", "napari-ome-zarr", "zarr")}
 READY = "ready.json"
+MAKING = ".making"  # beside a venv being made: the pid of the process making it
 
 
 def cache_root() -> str:
@@ -48,12 +49,33 @@ def client_python(name: str) -> tuple[str, dict[str, str]] | None:
     return (python, versions) if os.path.exists(python) else None  # gone with the interpreter it was made from
 
 
+def being_made(name: str) -> bool:
+    """True while another process is making client ``name``'s venv (CI makes them while the tests start)."""
+    try:
+        with open(venv_dir(name) + MAKING) as file:
+            os.kill(int(file.read().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def make(name: str) -> float:
     """Make client ``name``'s venv unless it is there already; the seconds it took (0 when it was there)."""
     if client_python(name) is not None:
         return 0.0
     started = time.monotonic()
     folder = venv_dir(name)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + MAKING, "w") as file:
+        file.write(str(os.getpid()))
+    try:
+        _make(name, folder)
+    finally:
+        os.remove(folder + MAKING)
+    return time.monotonic() - started
+
+
+def _make(name: str, folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)  # a venv left half made by an interrupted run
     subprocess.run([sys.executable, "-m", "venv", folder], check=True)
     python = os.path.join(folder, "bin", "python")
@@ -63,7 +85,6 @@ def make(name: str) -> float:
     versions = subprocess.run([python, "-c", query, *REPORTED[name]], check=True, capture_output=True, text=True)
     with open(os.path.join(folder, READY), "w") as file:
         file.write(versions.stdout)
-    return time.monotonic() - started
 
 
 def main() -> None:
