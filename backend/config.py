@@ -155,6 +155,8 @@ class WebConfig:
                                          "503 with Retry-After", 0, 3600)
     stop_grace_s: float = setting(2.0, "at stop, requests in progress get this long before they are cancelled",
                                   0, 600)
+    viewer_poll_s: float = setting(1.0, "an open /viewer page asks this often whether the classifier or the "
+                                        "thresholds changed (then it shows the new results)", 0.1, 3600)
 
 
 @dataclass(frozen=True)

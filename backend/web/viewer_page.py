@@ -31,7 +31,6 @@ PAGE_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "viewer")
 PAGE_ASSETS = ("viewer.js", "viewer.css")
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".html": "text/html",
                  ".map": "application/json"}
-POLL_MS = 1000  # how often an open page asks whether a layer's version changed
 CLOSING = web.AppKey("viewer_closing", asyncio.Event)
 
 
@@ -118,7 +117,8 @@ async def page(request: web.Request) -> web.Response:
     gateway = lane.require_gateway()
     project = os.path.basename(str(service.project.get("project", "")))
     config = {"lane": lane.index, "nickname": lane.nickname, "project": project, "root": _root(request),
-              "classes": service.classes, "versions": source_versions(lane), "poll_ms": POLL_MS,
+              "classes": service.classes, "versions": source_versions(lane),
+              "poll_ms": int(service.settings.limits.viewer_poll_s * 1000),
               "classifier": gateway.snapshot.fingerprint, "dimensions": dimensions(lane),
               "shape": dict(zip("tzyx", gateway.source.spatial_shape))}
     title = f"{project} · lane {lane.index} ({lane.nickname})"

@@ -28,6 +28,7 @@ from backend.compute.threshold import ThresholdSettings
 from backend.io.project import open_project
 from backend.web.server import WebServer, WebSettings
 from backend.web.viewer_page import client_files
+from ilastik_desktop.cli.serve import announce
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import describe_project, open_served_lane
 from ilastik_desktop.runtime.settings import ComputeSettings
@@ -297,3 +298,11 @@ def test_an_open_event_stream_does_not_hold_the_service_when_it_stops(served):
     took = time.monotonic() - started
     stream.close()
     assert took < served.settings.limits.stop_grace_s / 2, took
+
+
+def test_serve_prints_the_viewer_link_with_its_token(served, capsys):
+    announce(served)
+    lines = capsys.readouterr().err.splitlines()
+    viewer = next(line for line in lines if line.startswith("viewer: "))
+    assert viewer.split()[1] == f"{served.url}/t/{served.token}/viewer?lane=0"
+    assert lines[-1].startswith("zarr: ")  # the last line, which scripts wait for, stays last
