@@ -91,12 +91,12 @@ def source_versions(lane: Lane) -> dict[str, str]:
 
 
 def dimensions(lane: Lane) -> dict[str, list]:
-    """neuroglancer's global dimensions of the lane, x first (shown left to right), as it reads them from the
-    OME-Zarr axes: metres where the voxel size is known, unitless voxels otherwise."""
+    """neuroglancer's global dimensions of the lane, x first (shown left to right), time last, as it reads them
+    from the OME-Zarr axes: metres where the voxel size is known, unitless voxels otherwise."""
     size = lane.require_gateway().source.voxel_size
     metres = {a: value * METRES[size.unit] for a, value in size.sizes} if size is not None else {}
     axes = lane.layout("raw").axes
-    return {a: [metres[a], "m"] if a in metres else [1, ""] for a in "xyz" if a in axes}
+    return {a: [metres[a], "m"] if a in metres else [1, ""] for a in "xyzt" if a in axes}
 
 
 def _root(request: web.Request) -> str:

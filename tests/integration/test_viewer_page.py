@@ -116,7 +116,7 @@ class Chromium:
         self.process.wait(timeout=30)
 
 
-STATUS = "document.body ? [document.body.dataset.state, document.getElementById('status').textContent] : null"
+STATUS = "document.body && [document.body.dataset.state, document.body.innerText.slice(0, 300)]"
 # Where the slice panel is on the page and how neuroglancer maps voxels to it (x first, then y).
 GEOMETRY = """(() => {
   const frame = document.getElementById("neuroglancer");

@@ -16,7 +16,7 @@ function sourceUrl(source, version) {
   return "zarr2://" + new URL(path, window.location.origin).href;
 }
 
-function hex(color) {
+function rgb(color) {
   return color.slice(0, 3).map((v) => (v / 255).toFixed(4)).join(", ");
 }
 
@@ -24,13 +24,13 @@ function classLayer(cls, index) {
   // one layer per class, its channel of the probabilities in the class colour, as opaque as it is probable
   return {
     type: "image", name: `${cls.name} probability`, source: sourceUrl("probabilities", shown.probabilities),
-    localPosition: [index], opacity: 0.7, blend: "default",
-    shader: `void main() {\n  emitRGBA(vec4(${hex(cls.color)}, clamp(toNormalized(getDataValue()), 0.0, 1.0)));\n}\n`,
+    localPosition: [index], opacity: 0.6, blend: "default",
+    shader: `void main() {\n  emitRGBA(vec4(${rgb(cls.color)}, clamp(toNormalized(getDataValue()), 0.0, 1.0)));\n}\n`,
   };
 }
 
 function initialState() {
-  const layers = [{ type: "image", name: "raw", source: sourceUrl("raw", shown.raw) }];
+  const layers = [{ type: "image", name: "raw", source: sourceUrl("raw", shown.raw) }];  // neuroglancer's grey
   config.classes.forEach((cls, index) => layers.push(classLayer(cls, index)));
   layers.push(
     { type: "segmentation", name: "segmentation", source: sourceUrl("segmentation", shown.segmentation),
@@ -40,18 +40,18 @@ function initialState() {
     { type: "segmentation", name: "objects", source: sourceUrl("objects", shown.objects), visible: false },
   );
   const axes = Object.keys(config.dimensions);
-  const flat = axes.length === 2;
+  const flat = !axes.includes("z") || config.shape.z <= 1;
   // the whole image fits: one panel in 2D, a quarter of the frame in 3D's four panels
   const width = frame.clientWidth / (flat ? 1 : 2);
   const height = (frame.clientHeight - 70) / (flat ? 1 : 2);
   const scale = 1.05 * Math.max(config.shape.x / width, config.shape.y / Math.max(height, 1));
-  return { dimensions: config.dimensions, position: axes.map((a) => config.shape[a] / 2),
+  return { dimensions: config.dimensions, position: axes.map((a) => (a === "t" ? 0.5 : config.shape[a] / 2)),
            crossSectionScale: scale, projectionScale: 2 * Math.max(config.shape.x, config.shape.y),
            layers, layout: flat ? "xy" : "4panel", showDefaultAnnotations: false, showAxisLines: false,
            selectedLayer: { visible: false } };
 }
 
-function setState(state, text) {
+function showLoading(text) {
   document.body.dataset.state = "loading";
   document.body.dataset.versions = JSON.stringify(shown);
   statusLine.textContent = text;
@@ -98,7 +98,7 @@ function swapSources(versions) {
   }
   shown = versions;
   readyChecks = 0;
-  setState(state, "new results: loading");
+  showLoading("new results: loading");
   frame.contentWindow.location.hash = "#!" + encodeURIComponent(JSON.stringify(state));  // as it first loaded
 }
 
@@ -116,8 +116,7 @@ async function poll() {
 }
 
 document.getElementById("classifier").textContent = config.classifier;
-const state = initialState();
-setState(state, "loading");
-frame.src = `viewer/ng/v/${config.lane}/#!` + encodeURIComponent(JSON.stringify(state));
+showLoading("loading");
+frame.src = `viewer/ng/v/${config.lane}/#!` + encodeURIComponent(JSON.stringify(initialState()));
 setInterval(watchReady, 250);
 setInterval(poll, config.poll_ms);
