@@ -51,11 +51,13 @@ async def _closing(app: web.Application) -> None:
     app[CLOSING].set()  # open event streams end at once rather than holding the stop for its grace time
 
 
+@cache
 def client_folder() -> str | None:
     """The folder of neuroglancer's built client in the installed package (or the bundle); None without it."""
     spec = importlib.util.find_spec("neuroglancer")
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    roots.append(os.path.join(getattr(sys, "_MEIPASS", ""), "neuroglancer"))
+    if hasattr(sys, "_MEIPASS"):  # the bundle carries the client's files without the package's modules
+        roots.append(os.path.join(sys._MEIPASS, "neuroglancer"))
     return next((os.path.join(root, "static", "client") for root in roots
                  if os.path.isfile(os.path.join(root, "static", "client", "index.html"))), None)
 
