@@ -158,6 +158,8 @@ class WebConfig:
     shard_blocks: int = setting(2, "a sharded zarr v3 array's shard holds this many blocks along each spatial "
                                    "axis (fewer where the image has fewer); a shard is computed and kept whole",
                                 1, 64)
+    viewer_poll_s: float = setting(1.0, "an open /viewer page asks this often whether the classifier or the "
+                                        "thresholds changed (then it shows the new results)", 0.1, 3600)
 
 
 @dataclass(frozen=True)

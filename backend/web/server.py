@@ -47,6 +47,7 @@ from backend.web.chunk_memory import ChunkMemory
 from backend.web.metrics import Metrics
 from backend.web.roi_query import TooLarge
 from backend.web.routes import SERVICE, add_routes, error_body
+from backend.web.viewer_page import add_viewer_routes
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,10 @@ class WebServer:
                                                        lambda: self.guard), client_max_size=1024)
         app[SERVICE] = self.service
         app.on_response_prepare.append(_cors_on_every_answer(self.settings.cors))
-        add_routes(app)
-        add_routes(app, "/t/{token}")
+        for prefix in ("", "/t/{token}"):
+            add_routes(app, prefix)
+            add_routes(app, prefix + "/v/{version}")  # the viewer page's layers: the version only busts caches
+            add_viewer_routes(app, prefix)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
                                      shutdown_timeout=limits.stop_grace_s, keepalive_timeout=limits.header_timeout_s)
         await self._runner.setup()

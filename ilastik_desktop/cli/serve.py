@@ -1,4 +1,4 @@
-"""``ilastik-desktop serve``: a project's raw data and results over HTTP (OME-Zarr and ROI endpoints).
+"""``ilastik-desktop serve``: a project's raw data and results over HTTP (OME-Zarr, ROI endpoints, a viewer page).
 
 Usage: ``ilastik-desktop serve PROJECT.ilp [--host 127.0.0.1] [--port 8000] [compute options]``.
 """
@@ -27,7 +27,7 @@ from ilastik_desktop.cli.options import (
     compute_from_args,
 )
 from ilastik_desktop.runtime.services import Services
-from ilastik_desktop.runtime.serving import describe_project, open_served_lane
+from ilastik_desktop.runtime.serving import describe_project, open_served_lane, viewer_url
 from ilastik_desktop.runtime.settings import parse_block_shape
 
 
@@ -97,6 +97,7 @@ def announce(server: WebServer) -> None:
               f"to {url})", file=sys.stderr)
     else:
         print("no token (--no-token): any program or web page on this machine can read", file=sys.stderr)
+    print(f"viewer: {viewer_url(server)} (any browser; ?lane=N for another lane)", file=sys.stderr)
     print(f"zarr: {link}/zarr/0/probabilities", file=sys.stderr)
 
 

@@ -91,6 +91,12 @@ def zarr_url(server: WebServer) -> str:
     return f"{server.link}/zarr/0/probabilities"
 
 
+def viewer_url(server: WebServer, lane: int = 0) -> str:
+    """The URL of the viewer page of ``lane`` (neuroglancer in any browser), with the token in the path if there
+    is one."""
+    return f"{server.link}/viewer?lane={lane}"
+
+
 class ServeController:
     """Serves the open document while asked to; signals come from a background thread.
 

@@ -8,6 +8,7 @@ import urllib.error
 
 import numpy as np
 import pytest
+from PyQt5 import QtCore, QtTest, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
 from tests.gui.conftest import open_and_settle
@@ -46,6 +47,13 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
     url = f"{base}/t/{token}"
     assert token and dialog.zarr_url() == f"{url}/zarr/0/probabilities" and f"token: {token}" in dialog.message.text()
     assert f'href="{url}/doc"' in dialog.url.text() and http_get(base + "/api/v1/info")[0] == 401
+    viewer = f"{url}/viewer?lane={window.document.lane}"  # the lane on screen in a browser, with the token
+    assert dialog.viewer_url() == viewer and f'<a href="{viewer}">' in dialog.viewer_link.text()
+    assert dialog.viewer_link.openExternalLinks() and dialog.viewer_link.isVisible()
+    QtTest.QTest.mouseClick(dialog.copy_viewer_button, QtCore.Qt.LeftButton)
+    assert QtWidgets.QApplication.clipboard().text() == viewer
+    status, page, _ = http_get(viewer)
+    assert status == 200 and window.document.gateway.pipeline_fingerprint in page.decode()
     info = json.loads(http_get(url + "/api/v1/info")[1])
     assert info["project"] == project and info["lanes"][0]["classifier"] == window.document.gateway.pipeline_fingerprint
 
@@ -69,6 +77,7 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
         open_and_settle(qtbot, window, os.path.join(data_dir, "seed", "pc.ilp"),
                         os.path.join(data_dir, "seed", "raw.h5/exported_data"))
     assert stopped.args == [""] and not window.web_label.isVisible()
+    assert dialog.viewer_link.text() == "" and not dialog.copy_viewer_button.isEnabled()
     qtbot.waitUntil(lambda: not dialog.controller.busy, timeout=30_000)
     assert _refused(base) and _web_threads() == []
 

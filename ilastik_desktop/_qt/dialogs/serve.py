@@ -1,4 +1,4 @@
-"""File > Serve over HTTP: where to listen, start and stop; shows the URL and the token.
+"""File > Serve over HTTP: where to listen, start and stop; shows the URLs (docs, viewer page, zarr) and the token.
 
 The serving itself is :class:`~ilastik_desktop.runtime.serving.ServeController`'s; this dialog binds its
 fields and buttons to it and shows its signals on the GUI thread.
@@ -14,7 +14,7 @@ from backend.compute.threshold import ThresholdSettings
 from backend.web.server import WebServer, WebSettings
 from ilastik_desktop.runtime.document import Document
 from ilastik_desktop.runtime.services import Services
-from ilastik_desktop.runtime.serving import ServeController, zarr_url
+from ilastik_desktop.runtime.serving import ServeController, viewer_url, zarr_url
 from viewer.bridge import GuiBridge
 
 
@@ -49,19 +49,24 @@ class ServeDialog(QtWidgets.QDialog):
         self.token = QtWidgets.QLineEdit(placeholderText="generated (shown in the links below)")
         self.cors = QtWidgets.QLineEdit(placeholderText="e.g. https://neuroglancer-demo.appspot.com (comma-separated)")
         self.url = QtWidgets.QLabel(textInteractionFlags=QtCore.Qt.TextBrowserInteraction, openExternalLinks=True)
+        self.viewer_link = QtWidgets.QLabel(textInteractionFlags=QtCore.Qt.TextBrowserInteraction,
+                                            openExternalLinks=True)
+        self.viewer_link.setToolTip("the lane on screen in any browser (neuroglancer), following training")
         self.message = QtWidgets.QLabel(wordWrap=True)
         self.message.setTextInteractionFlags(QtCore.Qt.TextSelectableByMouse)
         self.start_button = QtWidgets.QPushButton("Start", clicked=self.start)
         self.stop_button = QtWidgets.QPushButton("Stop", clicked=lambda: self.controller.stop(), enabled=False)
         self.copy_button = QtWidgets.QPushButton("Copy zarr URL", clicked=self._copy, enabled=False)
+        self.copy_viewer_button = QtWidgets.QPushButton("Copy viewer link", clicked=self._copy_viewer, enabled=False)
         buttons = QtWidgets.QHBoxLayout()
-        for button in (self.start_button, self.stop_button, self.copy_button):
+        for button in (self.start_button, self.stop_button, self.copy_button, self.copy_viewer_button):
             buttons.addWidget(button)
         for label, widget in (("Address", self.host), ("Port", self.port), ("Token", self.token),
                               ("Browser origins", self.cors)):
             form.addRow(label, widget)
         form.addRow(buttons)
         form.addRow(self.url)
+        form.addRow("Viewer", self.viewer_link)
         form.addRow(self.message)
 
     def set_document(self, document: Document | None, threshold: ThresholdSettings | None = None) -> None:
@@ -87,10 +92,13 @@ class ServeDialog(QtWidgets.QDialog):
             return  # stopped meanwhile
         self.stop_button.setEnabled(True)
         self.copy_button.setEnabled(True)
+        self.copy_viewer_button.setEnabled(True)
         for field in (self.host, self.port, self.token, self.cors):
             field.setEnabled(False)
         link = html.escape(server.link)
         self.url.setText(f'<a href="{link}/doc">{link}/doc</a>')
+        viewer = html.escape(self.viewer_url())
+        self.viewer_link.setText(f'<a href="{viewer}">{viewer}</a>')
         token = f"token: {server.token}\n" if server.token else "no token: this machine only\n"
         self.message.setText(f"serving {server.url}\n{token}zarr: {self.zarr_url()}")
         self.serving.emit(server.url)
@@ -102,9 +110,11 @@ class ServeDialog(QtWidgets.QDialog):
     def _stopped(self, reason: str) -> None:
         self.stop_button.setEnabled(False)
         self.copy_button.setEnabled(False)
+        self.copy_viewer_button.setEnabled(False)
         for field in (self.host, self.port, self.token, self.cors):
             field.setEnabled(True)
         self.url.clear()
+        self.viewer_link.clear()
         self.message.setText(reason)
         self.serving.emit("")
 
@@ -116,8 +126,16 @@ class ServeDialog(QtWidgets.QDialog):
         server = self.controller.server
         return zarr_url(server) if server is not None else ""
 
+    def viewer_url(self) -> str:
+        """The link of the viewer page showing the lane on screen ("" when not serving)."""
+        server, document = self.controller.server, self.controller.document
+        return viewer_url(server, document.lane if document is not None else 0) if server is not None else ""
+
     def _copy(self) -> None:
         QtWidgets.QApplication.clipboard().setText(self.zarr_url())
+
+    def _copy_viewer(self) -> None:
+        QtWidgets.QApplication.clipboard().setText(self.viewer_url())
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop serving (in the background)."""

@@ -1,0 +1,122 @@
+// The viewer page: neuroglancer (in the frame) showing one lane's raw data and results from this server.
+// The layers read /v/{version}/zarr/{lane}/{source}/; the page polls the versions and swaps a layer's source when
+// its version changes (new classifier or thresholding), so no stale chunk stays on screen.
+// <body data-state> is "loading" until every visible layer has its chunks on screen, then "ready";
+// <body data-versions> holds the versions shown.
+"use strict";
+
+const config = JSON.parse(document.getElementById("viewer-config").textContent);
+const frame = document.getElementById("neuroglancer");
+const statusLine = document.getElementById("status");
+const LAYER_URL = /\/v\/[^/]+\/zarr\/(\d+)\/([a-z]+)\/$/;
+let shown = config.versions;
+
+function sourceUrl(source, version) {
+  const path = `${config.root}v/${encodeURIComponent(version)}/zarr/${config.lane}/${source}/`;
+  return "zarr2://" + new URL(path, window.location.origin).href;
+}
+
+function rgb(color) {
+  return color.slice(0, 3).map((v) => (v / 255).toFixed(4)).join(", ");
+}
+
+function classLayer(cls, index) {
+  // one layer per class, its channel of the probabilities in the class colour, as opaque as it is probable
+  return {
+    type: "image", name: `${cls.name} probability`, source: sourceUrl("probabilities", shown.probabilities),
+    localPosition: [index], opacity: 0.6, blend: "default",
+    shader: `void main() {\n  emitRGBA(vec4(${rgb(cls.color)}, clamp(toNormalized(getDataValue()), 0.0, 1.0)));\n}\n`,
+  };
+}
+
+function initialState() {
+  const layers = [{ type: "image", name: "raw", source: sourceUrl("raw", shown.raw) }];  // neuroglancer's grey
+  config.classes.forEach((cls, index) => layers.push(classLayer(cls, index)));
+  layers.push(
+    { type: "segmentation", name: "segmentation", source: sourceUrl("segmentation", shown.segmentation),
+      visible: false },
+    { type: "image", name: "uncertainty", source: sourceUrl("uncertainty", shown.uncertainty), visible: false,
+      shader: "void main() {\n  emitRGBA(vec4(1.0, 1.0, 0.0, toNormalized(getDataValue())));\n}\n" },
+    { type: "segmentation", name: "objects", source: sourceUrl("objects", shown.objects), visible: false },
+  );
+  const axes = Object.keys(config.dimensions);
+  const flat = !axes.includes("z") || config.shape.z <= 1;
+  // the whole image fits: one panel in 2D, a quarter of the frame in 3D's four panels
+  const width = frame.clientWidth / (flat ? 1 : 2);
+  const height = (frame.clientHeight - 70) / (flat ? 1 : 2);
+  const scale = 1.05 * Math.max(config.shape.x / width, config.shape.y / Math.max(height, 1));
+  return { dimensions: config.dimensions, position: axes.map((a) => (a === "t" ? 0.5 : config.shape[a] / 2)),
+           crossSectionScale: scale, projectionScale: 2 * Math.max(config.shape.x, config.shape.y),
+           layers, layout: flat ? "xy" : "4panel", showDefaultAnnotations: false, showAxisLines: false,
+           selectedLayer: { visible: false } };
+}
+
+function showLoading(text) {
+  document.body.dataset.state = "loading";
+  document.body.dataset.versions = JSON.stringify(shown);
+  statusLine.textContent = text;
+}
+
+function viewer() {
+  try {
+    return frame.contentWindow.viewer;
+  } catch (error) {
+    return undefined;
+  }
+}
+
+function isReady(ng) {
+  // every visible layer loaded and every chunk its panels need on the GPU
+  ng.chunkQueueManager.flushPendingChunkUpdates();
+  if (!ng.display.isReady()) return false;
+  return ng.layerManager.managedLayers.every((layer) => !layer.visible || layer.isReady());
+}
+
+let readyChecks = 0;
+function watchReady() {
+  const ng = viewer();
+  if (ng === undefined || document.body.dataset.state === "ready") return;
+  readyChecks = ng.layerManager && isReady(ng) ? readyChecks + 1 : 0;
+  if (readyChecks >= 2) {
+    document.body.dataset.state = "ready";
+    statusLine.textContent = "all chunks shown";
+  }
+}
+
+function swapSources(versions) {
+  const ng = viewer();
+  if (ng === undefined) return;
+  const state = ng.state.toJSON();
+  for (const layer of state.layers || []) {
+    const url = typeof layer.source === "string" ? layer.source : layer.source && layer.source.url;
+    const found = url && url.match(LAYER_URL);
+    if (found && Number(found[1]) === config.lane && versions[found[2]] !== undefined) {
+      const fresh = sourceUrl(found[2], versions[found[2]]);
+      if (typeof layer.source === "string") layer.source = fresh;
+      else layer.source.url = fresh;
+    }
+  }
+  shown = versions;
+  readyChecks = 0;
+  showLoading("new results: loading");
+  frame.contentWindow.location.hash = "#!" + encodeURIComponent(JSON.stringify(state));  // as it first loaded
+}
+
+async function poll() {
+  try {
+    const answer = await fetch(`${config.root}viewer/versions/${config.lane}`, { cache: "no-store" });
+    if (answer.ok) {
+      const latest = await answer.json();
+      document.getElementById("classifier").textContent = latest.classifier;
+      if (JSON.stringify(latest.versions) !== JSON.stringify(shown)) swapSources(latest.versions);
+    }
+  } catch (error) {
+    statusLine.textContent = `server not reachable (${error.message})`;
+  }
+}
+
+document.getElementById("classifier").textContent = config.classifier;
+showLoading("loading");
+frame.src = `viewer/ng/v/${config.lane}/#!` + encodeURIComponent(JSON.stringify(initialState()));
+setInterval(watchReady, 250);
+setInterval(poll, config.poll_ms);
