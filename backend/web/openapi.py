@@ -84,6 +84,20 @@ def describe(version: str) -> dict:
             [_LANE, _SOURCE3, _param("chunk", "path", "chunk (or shard) index, one per axis joined by '/', "
                                      "e.g. 0/0/1/2", {"type": "string"}), _RANGE], binary, "zarr"),
         "/metrics": _get("Prometheus metrics", [], {"text/plain": {}}, "service"),
+        "/viewer": _get(
+            "the viewer page: the lane's raw data, probabilities in the classes' colours, segmentation, uncertainty "
+            "and objects in neuroglancer (served from this server), following the classifier and thresholds as "
+            "they change", [_param("lane", "query", "index of the lane shown (default 0)", {"type": "integer"})],
+            {"text/html": {}}, "viewer"),
+        "/viewer/versions/{lane}": _get(
+            "each source's current version (its ETag): the viewer page asks this to know when to fetch new "
+            "results", [_LANE], json_any, "viewer"),
+        "/v/{version}/zarr/{lane}/{source}/0/{chunk}": _get(
+            "the same as /zarr/... (every path is also answered under /v/{version}/): the version only makes "
+            "browsers and viewers fetch again when the results change",
+            [_param("version", "path", "any text without '/' (the viewer page uses the source's ETag)",
+                    {"type": "string"}), _LANE, _SOURCE,
+             _param("chunk", "path", "chunk key, as under /zarr/", {"type": "string"})], binary, "zarr"),
     }
     for item in paths.values():  # every GET is answered to HEAD too (headers and length, no body)
         item["head"] = {**item["get"], "summary": "headers of: " + item["get"]["summary"]}

@@ -232,8 +232,8 @@ def test_bad_zarr3_requests_answer_404_with_a_message_and_the_server_stays_up(se
     assert server.get("/health")[0] == 200
 
 
-def test_openapi_lists_the_zarr3_paths(server):
+def test_openapi_lists_the_zarr3_and_viewer_paths(server):
     paths = json.loads(server.get("/openapi.json")[1])["paths"]
     assert {"/zarr3/{lane}/{source}/zarr.json", "/zarr3/{lane}/{source}/0/zarr.json",
-            "/zarr3/{lane}/{source}/0/c/{chunk}"} <= set(paths)
+            "/zarr3/{lane}/{source}/0/c/{chunk}", "/viewer", "/viewer/versions/{lane}"} <= set(paths)
     assert "head" in paths["/zarr3/{lane}/{source}/0/c/{chunk}"]
