@@ -108,7 +108,11 @@ def parse_chunk_key(key: str, served: Zarr3Array) -> tuple[int, ...]:
         raise NotFound(f"'{key[:100]}' is not a chunk key of this array (expected 'c' and {len(axes)} numbers "
                        f"joined by '/', one per axis {axes})")
     index = tuple(numbers)
-    served.grid.chunk_roi(index)  # raises NotFound outside the array
+    try:
+        served.grid.chunk_roi(index)
+    except NotFound as outside:  # the grid names the chunk in v2 form: name it as it was asked for
+        raise NotFound(str(outside).replace(f"no chunk {'.'.join(map(str, index))}",
+                                           f"no chunk c/{'/'.join(map(str, index))}", 1)) from None
     return index
 
 
