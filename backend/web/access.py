@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 
@@ -63,6 +65,32 @@ def check_token(request: web.Request, token: str | None) -> None:
                            "prefix")
     if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("ascii")):
         raise Unauthorized("wrong token")
+
+
+UNAUTHORIZED_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>token needed - ilastik-desktop</title></head>
+<body style="font: 15px sans-serif; margin: 2em">
+<h1>This link needs its token</h1>
+<p>{reason}.</p>
+<p>Open the link as <code>ilastik-desktop serve</code> prints it or as File &gt; Serve over HTTP shows it in the
+window: it carries the token, as in <code>http://HOST:PORT/t/TOKEN{path}</code>.</p>
+</body></html>
+"""
+
+
+@web.middleware
+async def unauthorized_page_for_browsers(request: web.Request, handler) -> web.StreamResponse:
+    """A browser's (a request accepting text/html) 401 as a short HTML page saying the link needs its token;
+    other clients keep the JSON error."""
+    response = await handler(request)
+    if response.status != 401 or "text/html" not in request.headers.get("Accept", ""):
+        return response
+    try:
+        reason = json.loads(response.body)["error"]
+    except (TypeError, ValueError, KeyError):
+        reason = "a token is required"
+    page = UNAUTHORIZED_PAGE.format(reason=html.escape(reason), path=html.escape(request.path))
+    return web.Response(status=401, text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 def host_names(bound: str) -> Callable[[str], bool] | None:

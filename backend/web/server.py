@@ -40,6 +40,7 @@ from backend.web.access import (
     host_names,
     is_loopback,
     token_problem,
+    unauthorized_page_for_browsers,
 )
 from backend.web.budget import Budget, Busy
 from backend.web.catalog import Lane, LaneView, NotFound
@@ -261,8 +262,8 @@ class WebServer:
 
     async def _listen(self) -> None:
         limits = self.settings.limits
-        app = web.Application(middlewares=_middlewares(self.service, self.token, host_names(self.settings.host),
-                                                       lambda: self.guard), client_max_size=1024)
+        middlewares = _middlewares(self.service, self.token, host_names(self.settings.host), lambda: self.guard)
+        app = web.Application(middlewares=[unauthorized_page_for_browsers, *middlewares], client_max_size=1024)
         app[SERVICE] = self.service
         app.on_response_prepare.append(_cors_on_every_answer(self.settings.cors))
         for prefix in ("", "/t/{token}"):
