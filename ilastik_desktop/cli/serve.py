@@ -98,6 +98,7 @@ def announce(server: WebServer) -> None:
     else:
         print("no token (--no-token): any program or web page on this machine can read", file=sys.stderr)
     print(f"viewer: {viewer_url(server)} (any browser; ?lane=N for another lane)", file=sys.stderr)
+    print(f"zarr3: {link}/zarr3/0/probabilities (OME-Zarr 0.5, zarr v3)", file=sys.stderr)
     print(f"zarr: {link}/zarr/0/probabilities", file=sys.stderr)
 
 
