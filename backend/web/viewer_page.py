@@ -39,6 +39,7 @@ def add_viewer_routes(app: web.Application, prefix: str = "") -> None:
     if CLOSING not in app:
         app[CLOSING] = asyncio.Event()
         app.on_shutdown.append(_closing)
+    app.router.add_get(prefix + "/", to_viewer)
     app.router.add_get(prefix + "/viewer", page)
     app.router.add_get(prefix + "/viewer/assets/{name}", page_asset)
     app.router.add_get(prefix + "/viewer/versions/{lane}", versions)
@@ -104,6 +105,11 @@ def dimensions(lane: Lane) -> dict[str, list]:
 def _root(request: web.Request) -> str:
     token = request.match_info.get("token")
     return f"/t/{token}/" if token else "/"
+
+
+async def to_viewer(request: web.Request) -> web.Response:
+    """The service's root (``/``, or the ``/t/TOKEN/`` link serve prints) leads a browser to the viewer page."""
+    return web.Response(status=302, headers={"Location": f"{_root(request)}viewer?lane=0"})
 
 
 async def page(request: web.Request) -> web.Response:

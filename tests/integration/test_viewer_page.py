@@ -305,4 +305,42 @@ def test_serve_prints_the_viewer_link_with_its_token(served, capsys):
     lines = capsys.readouterr().err.splitlines()
     viewer = next(line for line in lines if line.startswith("viewer: "))
     assert viewer.split()[1] == f"{served.url}/t/{served.token}/viewer?lane=0"
+    zarr3 = next(line for line in lines if line.startswith("zarr3: ")).split()[1]
+    assert zarr3 == f"{served.link}/zarr3/0/probabilities"
+    assert json.loads(http_get(zarr3 + "/zarr.json")[1])["zarr_format"] == 3
     assert lines[-1].startswith("zarr: ")  # the last line, which scripts wait for, stays last
+
+
+def test_the_printed_link_and_the_root_lead_to_the_viewer_page(served):
+    """``serve`` prints ``http://HOST:PORT/t/TOKEN/``: a browser opening it (or ``/`` without a token) lands on
+    the viewer page, the token kept in the path."""
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as moved:
+        opener.open(served.link + "/", timeout=30)
+    assert moved.value.code == 302 and moved.value.headers["Location"] == f"/t/{served.token}/viewer?lane=0"
+    status, body, headers = http_get(served.link + "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"viewer-config" in body
+    assert http_get(served.url + "/")[0] == 401
+    open_server = WebServer(served.service.lanes, served.service.project,
+                            WebSettings(port=0, no_token=True, limits=served.settings.limits), "test").start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as moved:
+            opener.open(open_server.url + "/", timeout=30)
+        assert moved.value.code == 302 and moved.value.headers["Location"] == "/viewer?lane=0"
+    finally:
+        open_server.stop()
+
+
+def test_a_browser_without_the_token_is_told_in_a_page_and_json_clients_keep_json(served):
+    as_browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    status, body, headers = http_get(served.url + "/viewer%3Cscript%3E?lane=0", as_browser)
+    page = body.decode()
+    assert status == 401 and headers["Content-Type"].startswith("text/html"), (status, headers)
+    assert "needs its token" in page and "File &gt; Serve over HTTP" in page and "a token is required" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    status, body, headers = http_get(served.url + "/viewer", {**as_browser, "Authorization": "Bearer wrong-token"})
+    assert status == 401 and "wrong token" in body.decode()
+    for accept in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):
+        status, body, headers = http_get(served.url + "/viewer", accept)
+        assert status == 401 and headers["Content-Type"].startswith("application/json")
+        assert "token" in json.loads(body)["error"]
