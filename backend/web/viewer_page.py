@@ -19,10 +19,14 @@ import re
 import sys
 from functools import cache
 
+import numpy as np
 from aiohttp import web
 
 from backend.checks import decimal
+from backend.compute.geometry import Roi
+from backend.io.sources import DataSource
 from backend.io.voxel_size import METRES
+from backend.service.rendering import percentile_range
 from backend.web.access import token_problem
 from backend.web.catalog import SOURCES, Lane, NotFound
 from backend.web.routes import SERVICE
@@ -32,12 +36,14 @@ PAGE_ASSETS = ("viewer.js", "viewer.css")
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".html": "text/html",
                  ".map": "application/json"}
 CLOSING = web.AppKey("viewer_closing", asyncio.Event)
+RAW_RANGES = web.AppKey("viewer_raw_ranges", dict)
 
 
 def add_viewer_routes(app: web.Application, prefix: str = "") -> None:
     """Register the viewer page and what it loads under ``prefix`` (empty, or ``/t/{token}``)."""
     if CLOSING not in app:
         app[CLOSING] = asyncio.Event()
+        app[RAW_RANGES] = {}
         app.on_shutdown.append(_closing)
     app.router.add_get(prefix + "/", to_viewer)
     app.router.add_get(prefix + "/viewer", page)
@@ -102,6 +108,24 @@ def dimensions(lane: Lane) -> dict[str, list]:
     return {a: [metres[a], "m"] if a in metres else [1, ""] for a in "xyzt" if a in axes}
 
 
+def raw_display_range(source: DataSource) -> list[float]:
+    """The raw layer's contrast, as the window picks it: 0-255 for 8-bit data, else the 0.1-99.9 percentiles of
+    the first time point's middle slice."""
+    if source.dtype == np.uint8:
+        return [0.0, 255.0]
+    _, z, y, x = source.spatial_shape
+    return list(percentile_range(source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x)))))
+
+
+async def _raw_range(request: web.Request, lane: Lane) -> list[float]:
+    """The lane's raw display range, read once per served lane (on the pool)."""
+    ranges = request.app[RAW_RANGES]
+    if lane.index not in ranges:
+        ranges[lane.index] = await request.app[SERVICE].run(raw_display_range,
+                                                                   lane.require_gateway().source)
+    return ranges[lane.index]
+
+
 def _root(request: web.Request) -> str:
     token = request.match_info.get("token")
     return f"/t/{token}/" if token else "/"
@@ -128,7 +152,7 @@ async def page(request: web.Request) -> web.Response:
               "classes": service.classes, "versions": source_versions(lane),
               "poll_ms": int(service.settings.limits.viewer_poll_s * 1000),
               "classifier": gateway.snapshot.fingerprint, "dimensions": dimensions(lane),
-              "shape": dict(zip("tzyx", gateway.source.spatial_shape))}
+              "shape": dict(zip("tzyx", gateway.source.spatial_shape)), "raw_range": await _raw_range(request, lane)}
     title = f"{project} · lane {lane.index} ({lane.nickname})"
     body = _template("page.html").format(title=html.escape(title), config=_json_in_html(config))
     return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-cache"})

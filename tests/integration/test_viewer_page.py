@@ -24,10 +24,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
+from backend.io.dataset import open_lane
 from backend.io.project import open_project
 from backend.web.server import WebServer, WebSettings
-from backend.web.viewer_page import client_files
+from backend.web.viewer_page import client_files, raw_display_range
 from ilastik_desktop.cli.serve import announce
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import describe_project, open_served_lane
@@ -216,6 +218,58 @@ def test_the_page_shows_each_class_in_its_colour_where_the_export_says_it_wins(s
     assert "PixelClass.ilp" in header and "2d_cells_128px" in header and info["lanes"][0]["classifier"] in header
     shot = _check_class_colours(browser, exported, [c["color"] for c in info["classes"]])
     iio.imwrite(tmp_path / "viewer.png", shot)
+    wanted = browser.evaluate("config.raw_range")
+    handed = browser.evaluate("initialState().layers")  # what the page hands neuroglancer
+    assert next(layer for layer in handed if layer["name"] == "raw")["shaderControls"] == {
+        "normalized": {"range": wanted}}
+    assert wanted == [0, 255]  # 8-bit data: neuroglancer's default, which its state then leaves out
+    assert _layer(browser, "raw").get("shaderControls", {"normalized": {"range": wanted}}) == {
+        "normalized": {"range": wanted}}
+
+
+def _layer(browser: Chromium, name: str) -> dict:
+    """The state of neuroglancer's layer ``name``."""
+    state = browser.evaluate("document.getElementById('neuroglancer').contentWindow.viewer.state.toJSON()")
+    return next(layer for layer in state["layers"] if layer["name"] == name)
+
+
+def _show_only(browser: Chromium, *names: str) -> None:
+    """Make only the raw layer and ``names`` visible and wait until their chunks are on screen."""
+    shown = json.dumps(["raw", *names])
+    browser.evaluate(f"""(() => {{
+      for (const layer of frame.contentWindow.viewer.layerManager.managedLayers)
+        layer.setVisible({shown}.includes(layer.name));
+      readyChecks = 0;
+      showLoading("layers changed");
+    }})()""")
+    browser.wait_ready()
+
+
+def test_the_segmentation_is_in_the_class_colours_and_the_uncertainty_grey(served, browser, exported):
+    colours = [c["color"] for c in served.service.classes]
+    browser.open(served.link + "/viewer?lane=0")
+    try:
+        _show_only(browser, "segmentation")
+        _check_class_colours(browser, exported, colours)
+        _show_only(browser, "uncertainty (white: uncertain)")
+        shot = browser.screenshot()
+        geometry = browser.evaluate(GEOMETRY)
+        top, left = int(geometry["top"]), int(geometry["left"])
+        panel = shot[top:top + int(geometry["height"]), left:left + int(geometry["width"])]
+        _, saturation = _hue(panel[::4, ::4])
+        assert np.mean(saturation < 0.1) > 0.95, np.mean(saturation < 0.1)  # no class colour: grey and white
+    finally:
+        _show_only(browser, *[f"{c['name']} probability" for c in served.service.classes])
+
+
+def test_the_raw_contrast_of_16_bit_data_comes_from_the_data(data_dir):
+    """The 2D+t mitocheck images are uint16 from 33028 to 36863: the page's raw range lies inside the data's
+    (neuroglancer's default, 0 to 65535, shows them nearly black)."""
+    project = open_project(os.path.join(data_dir, "ilastik-timeseries", "mitocheckPixelClassification.ilp"))
+    source = open_lane(project, 0)
+    low, high = raw_display_range(source)
+    values = source.read(Roi((0, 0, 0, 0), source.spatial_shape))
+    assert values.min() <= low < high <= values.max() and (values.min(), values.max()) == (33028, 36863)
 
 
 def test_an_open_page_follows_a_new_classifier_and_new_thresholds_without_a_reload(served, browser, exported):

@@ -29,14 +29,32 @@ function classLayer(cls, index) {
   };
 }
 
+function hex(color) {
+  return "#" + color.slice(0, 3).map((v) => v.toString(16).padStart(2, "0")).join("");
+}
+
+function rawLayer() {
+  // grey, its contrast from the data as the window picks it (not the data type's full range)
+  return { type: "image", name: "raw", source: sourceUrl("raw", shown.raw),
+           shader: "#uicontrol invlerp normalized\nvoid main() {\n  emitGrayscale(normalized());\n}\n",
+           shaderControls: { normalized: { range: config.raw_range } } };
+}
+
+function segmentationLayer() {
+  // label k + 1 is class k: drawn in class k's colour
+  const colors = Object.fromEntries(config.classes.map((cls, index) => [String(index + 1), hex(cls.color)]));
+  return { type: "segmentation", name: "segmentation", source: sourceUrl("segmentation", shown.segmentation),
+           segmentColors: colors, visible: false };
+}
+
 function initialState() {
-  const layers = [{ type: "image", name: "raw", source: sourceUrl("raw", shown.raw) }];  // neuroglancer's grey
+  const layers = [rawLayer()];
   config.classes.forEach((cls, index) => layers.push(classLayer(cls, index)));
   layers.push(
-    { type: "segmentation", name: "segmentation", source: sourceUrl("segmentation", shown.segmentation),
-      visible: false },
-    { type: "image", name: "uncertainty", source: sourceUrl("uncertainty", shown.uncertainty), visible: false,
-      shader: "void main() {\n  emitRGBA(vec4(1.0, 1.0, 0.0, toNormalized(getDataValue())));\n}\n" },
+    segmentationLayer(),
+    { type: "image", name: "uncertainty (white: uncertain)", source: sourceUrl("uncertainty", shown.uncertainty),
+      visible: false, shader: "void main() {\n  float u = clamp(toNormalized(getDataValue()), 0.0, 1.0);\n"
+                              + "  emitRGBA(vec4(u, u, u, u));\n}\n" },
     { type: "segmentation", name: "objects", source: sourceUrl("objects", shown.objects), visible: false },
   );
   const axes = Object.keys(config.dimensions);
