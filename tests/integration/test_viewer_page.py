@@ -338,6 +338,47 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+PROBLEM = "document.body.dataset.problem"
+# neuroglancer's notices about its Python server: [all, shown]
+PYTHON_NOTICES = """(() => {
+  const notices = [...document.getElementById("neuroglancer").contentDocument.querySelectorAll(
+    "[id^='neuroglancer-status-container'] li")].filter((item) => item.textContent.includes("Python server"));
+  return [notices.length, notices.filter((item) => item.offsetParent !== null).length];
+})()"""
+
+
+def test_the_page_says_when_the_server_stops_comes_back_or_wants_a_new_token(served, browser):
+    """The status line says "the server stopped" (and neuroglancer's "Disconnected from Python server" is hidden),
+    clears when the server answers again, and says the link's token is no longer valid after a restart with a
+    token (File > Serve over HTTP's Stop then Start)."""
+    lane, limits = served.service.lanes[0], served.settings.limits
+
+    def serve(port: int, **settings) -> WebServer:
+        return WebServer([lane], served.service.project, WebSettings(port=port, limits=limits, **settings),
+                         "test").start()
+
+    server = serve(0, no_token=True)
+    port = server.port
+    try:
+        browser.open(server.url + "/viewer?lane=0")
+        assert browser.evaluate(PROBLEM) == ""
+        server.stop()
+        wait_for(lambda: "the server stopped" in browser.evaluate("document.getElementById('status').textContent"),
+                 30, interval=0.2, message=lambda: browser.evaluate(STATUS))
+        wait_for(lambda: browser.evaluate(PYTHON_NOTICES)[0] > 0, 30, interval=0.2)
+        assert browser.evaluate(PYTHON_NOTICES)[1] == 0  # made by neuroglancer, hidden by the page
+        server = serve(port, no_token=True)
+        wait_for(lambda: browser.evaluate(PROBLEM) == "", 30, interval=0.2, message=lambda: browser.evaluate(STATUS))
+        assert browser.evaluate("document.getElementById('status').textContent") == "all chunks shown"
+        server.stop()
+        server = serve(port, token="a-new-token-5678")
+        wait_for(lambda: "token is no longer valid" in browser.evaluate(PROBLEM), 30, interval=0.2,
+                 message=lambda: browser.evaluate(STATUS))
+        assert "File > Serve over HTTP" in browser.evaluate("document.getElementById('status').textContent")
+    finally:
+        server.stop()
+
+
 def test_an_open_event_stream_does_not_hold_the_service_when_it_stops(served):
     """neuroglancer's client keeps ``events`` open for as long as the page is: stopping ends it at once rather
     than after the requests' grace time."""

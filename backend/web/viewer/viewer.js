@@ -69,10 +69,31 @@ function initialState() {
            selectedLayer: { visible: false } };
 }
 
+const TOKEN_GONE = "this link's token is no longer valid: open the new link from File > Serve over HTTP or " +
+                   "serve's output";
+let progress = "loading";  // what the layers are doing
+let problem = "";  // what is wrong with the server, if anything: shown instead
+
+function showStatus() {
+  statusLine.textContent = problem || progress;
+  statusLine.classList.toggle("problem", problem !== "");
+  document.body.dataset.problem = problem;
+}
+
+function showProgress(text) {
+  progress = text;
+  showStatus();
+}
+
+function showProblem(text) {
+  problem = text;
+  showStatus();
+}
+
 function showLoading(text) {
   document.body.dataset.state = "loading";
   document.body.dataset.versions = JSON.stringify(shown);
-  statusLine.textContent = text;
+  showProgress(text);
 }
 
 function viewer() {
@@ -97,7 +118,7 @@ function watchReady() {
   readyChecks = ng.layerManager && isReady(ng) ? readyChecks + 1 : 0;
   if (readyChecks >= 2) {
     document.body.dataset.state = "ready";
-    statusLine.textContent = "all chunks shown";
+    showProgress("all chunks shown");
   }
 }
 
@@ -120,21 +141,51 @@ function swapSources(versions) {
   frame.contentWindow.location.hash = "#!" + encodeURIComponent(JSON.stringify(state));  // as it first loaded
 }
 
-async function poll() {
+async function errorOf(answer) {
   try {
-    const answer = await fetch(`${config.root}viewer/versions/${config.lane}`, { cache: "no-store" });
-    if (answer.ok) {
-      const latest = await answer.json();
-      document.getElementById("classifier").textContent = latest.classifier;
-      if (JSON.stringify(latest.versions) !== JSON.stringify(shown)) swapSources(latest.versions);
-    }
+    return (await answer.json()).error;
   } catch (error) {
-    statusLine.textContent = `server not reachable (${error.message})`;
+    return answer.statusText;
   }
+}
+
+async function poll() {
+  let answer;
+  try {
+    answer = await fetch(`${config.root}viewer/versions/${config.lane}`, { cache: "no-store" });
+  } catch (error) {
+    showProblem(`the server stopped (or cannot be reached): the page tries again every ${config.poll_ms / 1000} s`);
+    return;
+  }
+  if (answer.status === 401) {
+    showProblem(TOKEN_GONE);
+  } else if (!answer.ok) {
+    showProblem(`the server answered ${answer.status}: ${await errorOf(answer)}`);
+  } else {
+    const latest = await answer.json();
+    showProblem("");
+    document.getElementById("classifier").textContent = latest.classifier;
+    if (JSON.stringify(latest.versions) !== JSON.stringify(shown)) swapSources(latest.versions);
+  }
+}
+
+function hidePythonServerNotice() {
+  // neuroglancer's client reports its (here silent) state stream from a Python server as "Disconnected from
+  // Python server" once the server stops: our header says what happened instead
+  const doc = frame.contentDocument;
+  if (!doc || !doc.body) return;
+  const hide = () => {
+    for (const item of doc.querySelectorAll("[id^='neuroglancer-status-container'] li")) {
+      if (item.textContent.includes("Python server")) item.style.display = "none";
+    }
+  };
+  new MutationObserver(hide).observe(doc.body, { childList: true, subtree: true, characterData: true });
+  hide();
 }
 
 document.getElementById("classifier").textContent = config.classifier;
 showLoading("loading");
+frame.addEventListener("load", hidePythonServerNotice);
 frame.src = `viewer/ng/v/${config.lane}/#!` + encodeURIComponent(JSON.stringify(initialState()));
 setInterval(watchReady, 250);
 setInterval(poll, config.poll_ms);
