@@ -8,7 +8,7 @@ import urllib.error
 
 import numpy as np
 import pytest
-from PyQt5 import QtCore, QtTest, QtWidgets
+from PyQt5 import QtCore, QtGui, QtTest, QtWidgets
 
 from backend.compute.threshold import ThresholdSettings
 from tests.gui.conftest import open_and_settle
@@ -50,6 +50,15 @@ def test_serving_the_open_project_shares_its_blocks_and_stops_with_it(qtbot, win
     viewer = f"{url}/viewer?lane={window.document.lane}"  # the lane on screen in a browser, with the token
     assert dialog.viewer_url() == viewer and f'<a href="{viewer}">' in dialog.viewer_link.text()
     assert dialog.viewer_link.openExternalLinks() and dialog.viewer_link.isVisible()
+    assert dialog.viewer_link.toolTip().startswith(viewer + "\n")  # the whole link, however narrow the dialog
+    for width in (dialog.minimumWidth(), 900):
+        dialog.resize(width, dialog.height())
+        qtbot.waitUntil(lambda wanted=width: dialog.width() == wanted, timeout=5_000)
+        label = dialog.viewer_link
+        shown = QtGui.QTextDocumentFragment.fromHtml(label.text()).toPlainText()
+        right = label.mapTo(dialog, QtCore.QPoint(label.fontMetrics().horizontalAdvance(shown), 0)).x()
+        assert right <= dialog.width() - 8, (width, shown, right)  # not cut off at the dialog's edge
+        assert f'<a href="{viewer}">' in label.text() and (shown == viewer or "\u2026" in shown)
     QtTest.QTest.mouseClick(dialog.copy_viewer_button, QtCore.Qt.LeftButton)
     assert QtWidgets.QApplication.clipboard().text() == viewer
     status, page, _ = http_get(viewer)

@@ -17,6 +17,8 @@ from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import ServeController, viewer_url, zarr_url
 from viewer.bridge import GuiBridge
 
+VIEWER_HINT = "the lane on screen in any browser (neuroglancer), following training"
+
 
 class ServeDialog(QtWidgets.QDialog):
     """The serving controller's face. ``serving`` emits the URL, "" on stop."""
@@ -51,7 +53,10 @@ class ServeDialog(QtWidgets.QDialog):
         self.url = QtWidgets.QLabel(textInteractionFlags=QtCore.Qt.TextBrowserInteraction, openExternalLinks=True)
         self.viewer_link = QtWidgets.QLabel(textInteractionFlags=QtCore.Qt.TextBrowserInteraction,
                                             openExternalLinks=True)
-        self.viewer_link.setToolTip("the lane on screen in any browser (neuroglancer), following training")
+        self.viewer_link.setToolTip(VIEWER_HINT)
+        # the link is elided to the width the dialog gives it (never wider): the tooltip and the copy button
+        # give it whole
+        self.viewer_link.setSizePolicy(QtWidgets.QSizePolicy.Ignored, QtWidgets.QSizePolicy.Preferred)
         self.message = QtWidgets.QLabel(wordWrap=True)
         self.message.setTextInteractionFlags(QtCore.Qt.TextSelectableByMouse)
         self.start_button = QtWidgets.QPushButton("Start", clicked=self.start)
@@ -97,8 +102,7 @@ class ServeDialog(QtWidgets.QDialog):
             field.setEnabled(False)
         link = html.escape(server.link)
         self.url.setText(f'<a href="{link}/doc">{link}/doc</a>')
-        viewer = html.escape(self.viewer_url())
-        self.viewer_link.setText(f'<a href="{viewer}">{viewer}</a>')
+        self._show_viewer_link()
         token = f"token: {server.token}\n" if server.token else "no token: this machine only\n"
         self.message.setText(f"serving {server.url}\n{token}zarr: {self.zarr_url()}")
         self.serving.emit(server.url)
@@ -114,9 +118,21 @@ class ServeDialog(QtWidgets.QDialog):
         for field in (self.host, self.port, self.token, self.cors):
             field.setEnabled(True)
         self.url.clear()
-        self.viewer_link.clear()
+        self._show_viewer_link()
         self.message.setText(reason)
         self.serving.emit("")
+
+    def _show_viewer_link(self) -> None:
+        link = self.viewer_url()
+        shown = self.viewer_link.fontMetrics().elidedText(link, QtCore.Qt.ElideMiddle,
+                                                          max(self.viewer_link.width() - 8, 80))
+        self.viewer_link.setText(f'<a href="{html.escape(link)}">{html.escape(shown)}</a>' if link else "")
+        self.viewer_link.setToolTip(f"{link}\n{VIEWER_HINT}" if link else VIEWER_HINT)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """Elide the viewer link to the new width."""
+        super().resizeEvent(event)
+        self._show_viewer_link()
 
     def _idle(self) -> None:
         self.start_button.setEnabled(self.controller.can_start())
