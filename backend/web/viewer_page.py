@@ -108,6 +108,17 @@ def dimensions(lane: Lane) -> dict[str, list]:
     return {a: [metres[a], "m"] if a in metres else [1, ""] for a in "xyzt" if a in axes}
 
 
+IMAGE_LAYERS = ("raw", "uncertainty")  # neuroglancer's segmentation layers take no channel dimension
+
+
+def single_channel_axes(lane: Lane) -> dict[str, str]:
+    """Per source shown as an image layer whose channel axis holds one channel, its axes in order (the page makes
+    that axis a channel dimension, which neuroglancer shows no control for)."""
+    layouts = {source: lane.layout(source) for source in IMAGE_LAYERS}
+    return {source: layout.axes for source, layout in layouts.items()
+            if "c" in layout.axes and layout.shape[layout.axes.index("c")] == 1}
+
+
 def raw_display_range(source: DataSource) -> list[float]:
     """The raw layer's contrast, as the window picks it: 0-255 for 8-bit data, else the 0.1-99.9 percentiles of
     the first time point's middle slice."""
@@ -152,7 +163,8 @@ async def page(request: web.Request) -> web.Response:
               "classes": service.classes, "versions": source_versions(lane),
               "poll_ms": int(service.settings.limits.viewer_poll_s * 1000),
               "classifier": gateway.snapshot.fingerprint, "dimensions": dimensions(lane),
-              "shape": dict(zip("tzyx", gateway.source.spatial_shape)), "raw_range": await _raw_range(request, lane)}
+              "shape": dict(zip("tzyx", gateway.source.spatial_shape)), "raw_range": await _raw_range(request, lane),
+              "single_channel": single_channel_axes(lane)}
     title = f"{project} · lane {lane.index} ({lane.nickname})"
     body = _template("page.html").format(title=html.escape(title), config=_json_in_html(config))
     return web.Response(text=body, content_type="text/html", headers={"Cache-Control": "no-cache"})

@@ -251,6 +251,8 @@ def test_the_segmentation_is_in_the_class_colours_and_the_uncertainty_grey(serve
     try:
         _show_only(browser, "segmentation")
         _check_class_colours(browser, exported, colours)
+        names = "frame.contentWindow.viewer.layerManager.getLayerByName('{}').layer.localCoordinateSpace.value.names"
+        assert browser.evaluate(names.format("uncertainty (white: uncertain)")) == []  # one channel: no "c'" control
         _show_only(browser, "uncertainty (white: uncertain)")
         shot = browser.screenshot()
         geometry = browser.evaluate(GEOMETRY)

@@ -16,6 +16,16 @@ function sourceUrl(source, version) {
   return "zarr2://" + new URL(path, window.location.origin).href;
 }
 
+function layerSource(source, version) {
+  // an image's channel axis of one channel becomes a channel dimension ("c^"), which neuroglancer shows no
+  // control for (its segmentation layers keep their "c'" control: they take no channel dimension)
+  const axes = config.single_channel[source];
+  if (axes === undefined) return sourceUrl(source, version);
+  const outputDimensions = Object.fromEntries([...axes].map((a) => (a === "c" ? ["c^", [1, ""]]
+                                                                          : [a, config.dimensions[a]])));
+  return { url: sourceUrl(source, version), transform: { outputDimensions } };
+}
+
 function rgb(color) {
   return color.slice(0, 3).map((v) => (v / 255).toFixed(4)).join(", ");
 }
@@ -35,7 +45,7 @@ function hex(color) {
 
 function rawLayer() {
   // grey, its contrast from the data as the window picks it (not the data type's full range)
-  return { type: "image", name: "raw", source: sourceUrl("raw", shown.raw),
+  return { type: "image", name: "raw", source: layerSource("raw", shown.raw),
            shader: "#uicontrol invlerp normalized\nvoid main() {\n  emitGrayscale(normalized());\n}\n",
            shaderControls: { normalized: { range: config.raw_range } } };
 }
@@ -52,7 +62,7 @@ function initialState() {
   config.classes.forEach((cls, index) => layers.push(classLayer(cls, index)));
   layers.push(
     segmentationLayer(),
-    { type: "image", name: "uncertainty (white: uncertain)", source: sourceUrl("uncertainty", shown.uncertainty),
+    { type: "image", name: "uncertainty (white: uncertain)", source: layerSource("uncertainty", shown.uncertainty),
       visible: false, shader: "void main() {\n  float u = clamp(toNormalized(getDataValue()), 0.0, 1.0);\n"
                               + "  emitRGBA(vec4(u, u, u, u));\n}\n" },
     { type: "segmentation", name: "objects", source: sourceUrl("objects", shown.objects), visible: false },
