@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from backend.compute.geometry import Roi
+from backend.io.sources import DataSource
+
 
 def probability_rgba(values: np.ndarray, color: tuple[int, int, int], opacity: float) -> np.ndarray:
     """A class's probabilities ``(rows, cols)`` as its colour with alpha = probability x opacity."""
@@ -53,3 +56,12 @@ def percentile_range(values: np.ndarray) -> tuple[float, float]:
     """The raw display range that fits ``values``: their 0.1 to 99.9 percentiles (high above low)."""
     low, high = (float(v) for v in np.percentile(values, (0.1, 99.9)))
     return low, high if high > low else low + 1.0
+
+
+def raw_display_range(source: DataSource) -> tuple[float, float]:
+    """The raw data's display range (the window's and the viewer page's): 0-255 for 8-bit data, else the
+    0.1-99.9 percentiles of the first time point's middle slice."""
+    if source.dtype == np.uint8:
+        return (0.0, 255.0)
+    _, z, y, x = source.spatial_shape
+    return percentile_range(source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x))))

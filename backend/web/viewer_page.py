@@ -19,14 +19,11 @@ import re
 import sys
 from functools import cache
 
-import numpy as np
 from aiohttp import web
 
 from backend.checks import decimal
-from backend.compute.geometry import Roi
-from backend.io.sources import DataSource
 from backend.io.voxel_size import METRES
-from backend.service.rendering import percentile_range
+from backend.service.rendering import raw_display_range
 from backend.web.access import token_problem
 from backend.web.catalog import SOURCES, Lane, NotFound
 from backend.web.routes import SERVICE
@@ -119,21 +116,12 @@ def single_channel_axes(lane: Lane) -> dict[str, str]:
             if "c" in layout.axes and layout.shape[layout.axes.index("c")] == 1}
 
 
-def raw_display_range(source: DataSource) -> list[float]:
-    """The raw layer's contrast, as the window picks it: 0-255 for 8-bit data, else the 0.1-99.9 percentiles of
-    the first time point's middle slice."""
-    if source.dtype == np.uint8:
-        return [0.0, 255.0]
-    _, z, y, x = source.spatial_shape
-    return list(percentile_range(source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x)))))
-
-
 async def _raw_range(request: web.Request, lane: Lane) -> list[float]:
     """The lane's raw display range, read once per served lane (on the pool)."""
     ranges = request.app[RAW_RANGES]
     if lane.index not in ranges:
-        ranges[lane.index] = await request.app[SERVICE].run(raw_display_range,
-                                                                   lane.require_gateway().source)
+        low, high = await request.app[SERVICE].run(raw_display_range, lane.require_gateway().source)
+        ranges[lane.index] = [low, high]
     return ranges[lane.index]
 
 

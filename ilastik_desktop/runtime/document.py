@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from backend.compute.geometry import Roi
 from backend.compute.pipeline import Pipeline
 from backend.compute.threshold import ThresholdSettings, default_settings
 from backend.io.dataset import open_lane
@@ -17,7 +14,7 @@ from backend.io.training import label_blocks
 from backend.service.export import default_block_shape
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
-from backend.service.rendering import percentile_range
+from backend.service.rendering import raw_display_range
 from ilastik_desktop.runtime.services import Services
 
 
@@ -50,18 +47,9 @@ def open_document(path: str, services: Services, raw_data: str | None = None, la
     source = open_lane(project, lane, raw_data, input_axes)
     pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, require_classifier=False)  # untrained:
     # raw data and labels only, until the Training tab trains one
-    display_range = default_display_range(source)
+    display_range = raw_display_range(source)
     # labels and the gateway are made here, not on the GUI thread
     labels = LabelStore.from_blocks(source.spatial_shape, label_blocks(project, source, lane),
                                     services.config.training.undo_steps)
     gateway = services.gateway(source, pipeline, default_block_shape(source.spatial_shape))
     return Document(project, source, pipeline, gateway, labels, display_range, lane)
-
-
-def default_display_range(source: DataSource) -> tuple[float, float]:
-    """The raw display range: 0-255 for 8-bit data, else the 0.1-99.9 percentiles of the first middle slice."""
-    if source.dtype == np.uint8:
-        return (0.0, 255.0)
-    _, z, y, x = source.spatial_shape
-    sample = source.read(Roi((0, z // 2, 0, 0), (1, z // 2 + 1, y, x)))
-    return percentile_range(sample)

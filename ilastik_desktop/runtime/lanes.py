@@ -30,7 +30,8 @@ from backend.io.training import label_blocks
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
 from backend.service.live_training import TrainingSession
-from ilastik_desktop.runtime.document import Document, default_display_range
+from backend.service.rendering import raw_display_range
+from ilastik_desktop.runtime.document import Document
 
 Recorder = Callable[[int, dict], None]  # told (lane, {block index: labels or None}) of labels changed
 
@@ -206,7 +207,7 @@ class ProjectLanes:
                 raise DataError(f"lane {index}: nothing to compute it with")
             gateway = self.make_gateway(lane.source, pipeline)
             lane.document = Document(project, lane.source, pipeline, gateway, lane.store,
-                                     default_display_range(lane.source), index)
+                                     raw_display_range(lane.source), index)
         return lane.document
 
     def close(self, keep: Document | None = None) -> None:

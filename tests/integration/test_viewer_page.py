@@ -28,8 +28,9 @@ from backend.compute.geometry import Roi
 from backend.compute.threshold import ThresholdSettings
 from backend.io.dataset import open_lane
 from backend.io.project import open_project
+from backend.service.rendering import raw_display_range
 from backend.web.server import WebServer, WebSettings
-from backend.web.viewer_page import client_files, raw_display_range
+from backend.web.viewer_page import client_files
 from ilastik_desktop.cli.serve import announce
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import describe_project, open_served_lane
