@@ -37,9 +37,11 @@ def source_of(path):
     return open_source(os.path.join(os.path.dirname(path), "raw.h5/data"))
 
 
-def gateway_on(path, pipeline, executor, client, block_shape, lease_s=10.0):
-    """A gateway for the test project's image, caching through ``client`` with the given lease."""
-    return Gateway(source_of(path), pipeline, executor, BlockCache(client, CacheConfig(lease_s=lease_s)),
+def gateway_on(path, pipeline, executor, client, block_shape, lease_s=10.0, retry_window_s=20.0):
+    """A gateway for the test project's image, caching through ``client`` with the given lease, riding out a
+    cache server that does not answer for ``retry_window_s``."""
+    config = CacheConfig(lease_s=lease_s, retry_window_s=retry_window_s)
+    return Gateway(source_of(path), pipeline, executor, BlockCache(client, config),
                    GatewayConfig(block_shape=block_shape))
 
 
@@ -131,7 +133,8 @@ def test_redis_killed_mid_request_fails_clearly_then_recovers(project, redis_ser
     path, image = project
     pipeline = _pipeline(path)
     with LocalExecutor(workers=1) as ex:
-        gateway = gateway_on(path, pipeline, ex, redis_server.client(socket_timeout=2), (1, 12, 48, 48), 2)
+        gateway = gateway_on(path, pipeline, ex, redis_server.client(socket_timeout=2), (1, 12, 48, 48), 2,
+                             retry_window_s=3)  # the default 20 s of riding out the outage, shortened
         roi = Roi((0, 0, 0, 0), (1, 24, 96, 96))
         ghost = BlockCache(redis_server.client(), CacheConfig(lease_s=30))
         for block in gateway.grid.blocks_in(roi):  # someone else "computes" everything: we must wait
