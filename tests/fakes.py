@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.cache.block_cache import CACHED, CLAIMED, FAILED, HELD
 from backend.compute.objects_pipeline import ObjectsPipeline
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import CacheConfig
@@ -107,6 +108,26 @@ class FakeCache:
                 return False
             self.leases[key] = _Lease(token, self.clock() + self.config.lease_s)
             return True
+
+    def claim_many(self, leases: dict[str, str]) -> list[int]:
+        with self._lock:
+            outcomes = []
+            for key, token in leases.items():
+                if key in self.values or key in self.planted:
+                    outcomes.append(CACHED)
+                elif key + ":error" in self.planted or self.error(key) is not None:
+                    outcomes.append(FAILED)
+                else:
+                    outcomes.append(CLAIMED if self.claim(key, token) else HELD)
+            return outcomes
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        with self._lock:
+            return [self.get(key) for key in keys]
+
+    def leased_many(self, keys: list[str]) -> list[bool]:
+        with self._lock:
+            return [self.leased(key) for key in keys]
 
     def renew_all(self, leases: dict[str, str]) -> list[str]:
         with self._lock:
