@@ -50,8 +50,8 @@ class CacheConfig:
                                               "waiters (its owner may renew its lease but never deliver)", 1, 1e7)
     claim_batch: int = setting(256, "blocks a gateway looks up and claims in one call to the cache server", 1,
                                100000)
-    read_batch_mb: float = setting(16.0, "cached blocks a gateway reads in one round trip, up to about this many "
-                                         "MB of values", 0.01, 4096)
+    batch_mb: float = setting(16.0, "a gateway reads, or writes, cached blocks in one round trip up to about "
+                                    "this many MB of values", 0.01, 4096)
 
 
 @dataclass(frozen=True)

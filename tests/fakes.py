@@ -164,6 +164,10 @@ class FakeCache:
             self.leases.pop(key, None)
         self._publish(key)
 
+    def complete_many(self, blocks: list[tuple[str, np.ndarray]]) -> None:
+        for key, array in blocks:
+            self.complete(key, array)
+
     def fail(self, key: str, message: str) -> None:
         with self._lock:
             self.errors[key] = (message, self.clock() + self.config.error_ttl_s)

@@ -44,6 +44,14 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], KEYS[1])
 return 1
 """
+_COMPLETE_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1])
+  redis.call('DEL', key .. ':lease')
+end
+redis.call('PUBLISH', ARGV[1], table.concat(KEYS, '\\n'))
+return 1
+"""
 _FAIL = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
@@ -159,6 +167,8 @@ class BlockCache:
         self._claim = self.client.register_script(_CLAIM)
         self._claim_many = self.client.register_script(_CLAIM_MANY)
         self._complete = self.client.register_script(_COMPLETE)
+        self._complete_many = self.client.register_script(_COMPLETE_MANY)
+        self.batch_bytes = int(config.batch_mb * 2**20)
         self._fail = self.client.register_script(_FAIL)
         self._renew_all = self._renew_client.register_script(_RENEW_ALL)
         self._release = self.client.register_script(_RELEASE)
@@ -285,6 +295,18 @@ class BlockCache:
         blob = self._signer.sign(key, encode_block(array))
         self._r.write(lambda: self._complete(keys=[key, key + ":lease"], args=[blob, CHANNEL]), None)
 
+    def complete_many(self, blocks: list[tuple[str, np.ndarray]]) -> None:
+        """:meth:`complete` for many (key, values) pairs: a few MB of them (``cache.batch_mb``) per call, each
+        call telling everyone of its blocks in one notice."""
+        signed = [(key, self._signer.sign(key, encode_block(array))) for key, array in blocks]
+        while signed:
+            count, size = 1, len(signed[0][1])
+            while count < len(signed) and size + len(signed[count][1]) <= self.batch_bytes:
+                size, count = size + len(signed[count][1]), count + 1
+            batch, signed = signed[:count], signed[count:]
+            keys, blobs = [key for key, _ in batch], [blob for _, blob in batch]
+            self._r.write(lambda keys=keys, blobs=blobs: self._complete_many(keys=keys, args=[CHANNEL, *blobs]), None)
+
     def fail(self, key: str, message: str) -> None:
         """Record that a block failed (one line of ``message``), drop its lease and tell everyone."""
         keys = [key + ":error", key + ":lease", key]
@@ -352,7 +374,8 @@ class NoticeListener:
                     pass
 
     def _notify(self, data: bytes) -> None:
-        self._guarded(self.on_notice, data.decode(errors="replace"))
+        for key in data.decode(errors="replace").split("\n"):  # one notice may name many blocks
+            self._guarded(self.on_notice, key)
 
     @staticmethod
     def _guarded(callback, *args) -> None:

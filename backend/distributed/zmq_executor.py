@@ -4,9 +4,8 @@ One I/O thread owns every socket. Local workers connect to a plain loopback/ipc 
 remote workers connect to a CurveZMQ ROUTER (:meth:`ZmqExecutor.listen`) or are reached by
 connecting out to a worker that listens (:meth:`ZmqExecutor.connect`, CurveZMQ when given the
 worker's key). Who gets which task, and when a task or worker has failed, is decided by the
-:class:`~backend.distributed.roster.Roster` under the executor's lock. Futures are settled on a
-completion thread, so a slow consumer (a cache write) never delays heartbeats; the I/O loop logs and
-survives unexpected errors.
+:class:`~backend.distributed.roster.Roster` under the executor's lock. A turn's futures are settled on a
+completion thread as one batch (a slow cache write never delays heartbeats); the loop survives errors.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from backend.distributed.protocol import (
 )
 from backend.distributed.roster import NoWorkers, Roster, Settle
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
+from backend.distributed.settling import settle_all
 from backend.distributed.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class ZmqExecutor(Executor):
     def _settle_later(self, settles: list[Settle]) -> None:
         """Settle futures on the completion thread (their callbacks may be slow and may call us), in one go."""
         if settles:
-            self._completions.submit(lambda: [guarded(settle_one) for settle_one in settles])
+            self._completions.submit(settle_all, settles)
 
     def _send(self, route: tuple[int, bytes], frames: list) -> None:
         sock = self._sockets.get(route[0])

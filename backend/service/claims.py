@@ -24,6 +24,7 @@ import redis
 
 from backend.cache.block_cache import CACHED, CLAIMED
 from backend.distributed.futures import TaskError
+from backend.distributed.settling import after_settling
 from backend.errors import TransientError, UserError, is_deterministic
 from backend.service.block_state import BlockState, BlockTable
 from backend.service.gateway_status import Counters
@@ -54,9 +55,11 @@ class Claims:
         self.interval = cache.config.lease_s / 3
         self.deadline_s = cache.config.block_deadline_s
         self.batch = cache.config.claim_batch
-        self.read_batch_bytes = cache.config.read_batch_mb * 2**20
+        self.read_batch_bytes = cache.config.batch_mb * 2**20
         self._token_prefix = uuid.uuid4().hex
         self._token_numbers = itertools.count()
+        self._store_lock = threading.Lock()
+        self._to_store: list[tuple[str, np.ndarray]] = []
         self._stop = threading.Event()
         self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
         if not self._listener.subscribed.wait(cache.config.subscribe_timeout_s):
@@ -192,11 +195,21 @@ class Claims:
             log.warning("could not release block %s: %s (its lease expires by itself)", state.key, exc)
 
     def store(self, state: BlockState, values: np.ndarray) -> None:
-        """Put a block we computed into the cache (its claim goes, everyone waiting hears of it)."""
+        """Put a block we computed into the cache (its claim goes, everyone waiting hears of it); the blocks of
+        one settling batch (:mod:`backend.distributed.settling`) are written together when it ends."""
+        with self._store_lock:
+            self._to_store.append((state.key, values))
+        after_settling(self._write_stores)
+
+    def _write_stores(self) -> None:
+        with self._store_lock:
+            blocks, self._to_store = self._to_store, []
+        if not blocks:
+            return
         try:
-            self.cache.complete(state.key, values)
+            self.cache.complete_many(blocks)
         except redis.RedisError as exc:
-            log.warning("could not store block %s: %s", state.key, exc)
+            log.warning("could not store %d blocks: %s", len(blocks), exc)
 
     def release(self, states: list[BlockState]) -> None:
         """Give up the claims of ``states`` without results, at once (closing: never wait for a dead cache)."""
