@@ -3,14 +3,14 @@
     python bench/gateway_throughput.py [--connections 1,2,4,8] [--small 4096] [--large 128] [--repeat 1]
                                        [--processes 4] [--json bench/out/gateway_throughput.json]
 
-Real worker processes (``--instant-worker``, below) speak the ZeroMQ worker protocol and answer every task at
-once with the same block, so what is measured is the gateway alone: cutting the request into blocks, the
-Redis look-up and claim, dispatch over ZeroMQ, settling the futures, storing every result in Redis (lz4 and
-signature included) and assembling the region. Two result sizes: small (8^3 blocks, 4 KiB of float32 per
-result: the bookkeeping rate) and large (64^3 x 2 float32, 2 MiB per result, random values that do not
-compress: the data rate, compared with the machine's memory-copy bandwidth). Each is then requested again,
-all from the cache. CPU seconds are the gateway process's (every thread: gateway, executor, notices) and the
-redis-server's, per block.
+Real worker processes (``--instant-worker``, below; at most 8, each with its share of the connections) speak
+the ZeroMQ worker protocol and answer every task at once with the same block, so what is measured is the
+gateway alone: cutting the request into blocks, the Redis look-up and claim, dispatch over ZeroMQ, settling
+the futures, storing every result in Redis (lz4 and signature included) and assembling the region. Two result
+sizes: small (8^3 blocks, 4 KiB of float32 per result: the bookkeeping rate) and large (64^3 x 2 float32, 2
+MiB per result, random values that do not compress: the data rate, compared with the machine's memory-copy
+bandwidth). Each is then requested again, all from the cache. CPU seconds are the gateway process's (every
+thread: gateway, executor, notices) and the redis-server's, per block.
 """
 
 from __future__ import annotations
@@ -52,44 +52,57 @@ def trivial_pipeline() -> Pipeline:
     return Pipeline(FeatureSet((FeatureSpec("GaussianSmoothing", 0.7, False),), 1, True), None, (), LABELS)
 
 
-def run_instant_worker(address: str, processes: int) -> None:
-    """A worker process that answers every TASK at once with the same block of the task's shape (float32, the
-    pipeline's channels), until the gateway says goodbye or goes silent for 10 s."""
+def run_instant_worker(address: str, processes: int, connections: int) -> None:
+    """A worker process with ``connections`` connections to the gateway (each a worker to it) that answers
+    every TASK at once with the same block of the task's shape (float32, the pipeline's channels), until the
+    gateway says goodbye or goes silent for 10 s."""
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    sock.send_multipart(encode("READY", {"processes": processes, "version": "ilastik-desktop/1",
-                                         "host": platform.node(), "pid": os.getpid(), "heartbeat_s": 1.0}))
+    poller = zmq.Poller()
+    sockets = [context.socket(zmq.DEALER) for _ in range(connections)]
+    for sock in sockets:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        sock.send_multipart(encode("READY", {"processes": processes, "version": "ilastik-desktop/1",
+                                             "host": platform.node(), "pid": os.getpid(), "heartbeat_s": 1.0}))
+        poller.register(sock, zmq.POLLIN)
     blocks: dict[tuple[int, ...], np.ndarray] = {}
     rng = np.random.default_rng(os.getpid())
     last_heard = last_beat = time.monotonic()
-    while time.monotonic() - last_heard < 10:
-        if not sock.poll(500):
-            continue
-        last_heard = time.monotonic()
-        message = decode(sock.recv_multipart())
-        if message.type == "DISCONNECT":
-            break
-        if message.type == "TASK":
-            shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
-            if shape not in blocks:
-                blocks[shape] = rng.random(shape, dtype=np.float32)
-            sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0}, [blocks[shape]]))
+    while time.monotonic() - last_heard < 10 and sockets:
+        ready = [sock for sock, _ in poller.poll(500)]
+        if ready:
+            last_heard = time.monotonic()
+        for sock in ready:
+            message = decode(sock.recv_multipart())
+            if message.type == "DISCONNECT":
+                poller.unregister(sock)
+                sockets.remove(sock)
+                sock.close(linger=0)
+            elif message.type == "TASK":
+                shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
+                if shape not in blocks:
+                    blocks[shape] = rng.random(shape, dtype=np.float32)
+                sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0},
+                                           [blocks[shape]]))
         if last_heard - last_beat > 1.0:
             last_beat = last_heard
-            sock.send_multipart(encode("HEARTBEAT"))
-    sock.close(linger=0)
+            for sock in sockets:
+                sock.send_multipart(encode("HEARTBEAT"))
+    for sock in sockets:
+        sock.close(linger=0)
     context.term()
 
 
 @contextlib.contextmanager
-def instant_workers(executor: ZmqExecutor, count: int, processes: int):
-    """``count`` instant worker processes (``processes`` task slots each) registered with ``executor``."""
+def instant_workers(executor: ZmqExecutor, connections: int, processes: int, most_processes: int = 8):
+    """``connections`` instant worker connections (``processes`` task slots each) registered with ``executor``,
+    from at most ``most_processes`` worker processes."""
+    spread = min(connections, most_processes)
+    shares = [connections // spread + (i < connections % spread) for i in range(spread)]
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--instant-worker", executor.address,
-                               "--processes", str(processes)]) for _ in range(count)]
+                               "--processes", str(processes), "--per-process", str(share)]) for share in shares]
     try:
-        if not executor.wait_for_workers(count * processes, timeout=60):
+        if not executor.wait_for_workers(connections * processes, timeout=60):
             raise RuntimeError("the instant workers did not register")
         yield
     finally:
@@ -171,16 +184,18 @@ def run_case(connections: int, size: str, blocks: int, processes: int, folder: s
 def main() -> None:
     """Parse the arguments; run the instant worker, or every case and report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--connections", default="1,2,4,8", help="worker connections, comma-separated")
+    parser.add_argument("--connections", default="1,2,4,8", help="worker connections, comma-separated (spread "
+                        "over at most 8 worker processes)")
     parser.add_argument("--small", type=int, default=4096, help="blocks of the small-result case")
     parser.add_argument("--large", type=int, default=128, help="blocks of the large-result case")
     parser.add_argument("--processes", type=int, default=4, help="task slots each worker announces (2 tasks each)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (spread)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--instant-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--per-process", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.instant_worker:
-        run_instant_worker(args.instant_worker, args.processes)
+        run_instant_worker(args.instant_worker, args.processes, args.per_process)
         return
     copy_gb_s = memcpy_gb_s()
     rows = []
