@@ -135,6 +135,7 @@ def simulate(blocks: int, per_request: int, every: int, maxmemory_mb: int) -> tu
         status = gateway.status()
         totals = {"blocks": done, "computed": status.computed, "submitted": executor.status().submitted,
                   "in_progress_at_end": status.blocks_in_progress, "redis_keys_at_end": client.dbsize(),
+                  "leases_at_end": sum(1 for _ in client.scan_iter(match="*:lease", count=10_000)),
                   "redis_used_mb": round(client.info("memory")["used_memory"] / 2**20, 1),
                   "redis_maxmemory_mb": maxmemory_mb, "wall_s": round(time.perf_counter() - started, 1),
                   "rss_growth_mb": rows[-1]["growth_mb"]}

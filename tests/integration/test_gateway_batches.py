@@ -66,11 +66,12 @@ def test_many_blocks_take_few_round_trips_to_the_cache_and_each_is_computed_once
 
 
 def test_the_million_block_simulation_shortened_keeps_the_gateway_flat():
-    """bench/gateway_simulation.py on 20,000 blocks: each computed once, nothing left in the gateway's table,
-    its memory flat from the first sample on, the Redis keys bounded by the blocks."""
+    """bench/gateway_simulation.py on 20,000 blocks: each computed once, nothing left in the gateway's table
+    and no lease in Redis, its memory flat from the first sample on, the Redis keys bounded by the blocks."""
     from bench.gateway_simulation import simulate
 
     rows, totals = simulate(20_000, 2_000, 5_000, 64)
     assert totals["computed"] == totals["submitted"] == totals["blocks"] >= 20_000
-    assert totals["in_progress_at_end"] == 0 and totals["redis_keys_at_end"] <= totals["blocks"]
+    assert totals["in_progress_at_end"] == totals["leases_at_end"] == 0
+    assert totals["redis_keys_at_end"] <= totals["blocks"]
     assert rows[-1]["rss_mb"] - rows[1]["rss_mb"] < 10, rows
