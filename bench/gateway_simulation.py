@@ -132,6 +132,7 @@ def simulate(blocks: int, per_request: int, every: int, maxmemory_mb: int) -> tu
                              "growth_mb": round((rss - start_rss) / 2**20, 1),
                              "blocks_per_s": round(done / (time.perf_counter() - started))})
                 print(rows[-1], flush=True)
+        executor.close()  # its last batch, and so the last cache writes, ended: what stays in Redis stays
         status = gateway.status()
         totals = {"blocks": done, "computed": status.computed, "submitted": executor.status().submitted,
                   "in_progress_at_end": status.blocks_in_progress, "redis_keys_at_end": client.dbsize(),
