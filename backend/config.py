@@ -48,6 +48,10 @@ class CacheConfig:
                                       "later: it never outlasts the leases", 0.05, 0.9)
     block_deadline_s: float = setting(1800.0, "a block not delivered within this of being asked for fails its "
                                               "waiters (its owner may renew its lease but never deliver)", 1, 1e7)
+    claim_batch: int = setting(256, "blocks a gateway looks up and claims in one call to the cache server", 1,
+                               100000)
+    batch_mb: float = setting(16.0, "a gateway reads, or writes, cached blocks in one round trip up to about "
+                                    "this many MB of values", 0.01, 4096)
 
 
 @dataclass(frozen=True)

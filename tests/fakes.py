@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.cache.block_cache import CACHED, CLAIMED, FAILED, HELD
 from backend.compute.objects_pipeline import ObjectsPipeline
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import CacheConfig
@@ -108,6 +109,26 @@ class FakeCache:
             self.leases[key] = _Lease(token, self.clock() + self.config.lease_s)
             return True
 
+    def claim_many(self, leases: dict[str, str]) -> list[int]:
+        with self._lock:
+            outcomes = []
+            for key, token in leases.items():
+                if key in self.values or key in self.planted:
+                    outcomes.append(CACHED)
+                elif key + ":error" in self.planted or self.error(key) is not None:
+                    outcomes.append(FAILED)
+                else:
+                    outcomes.append(CLAIMED if self.claim(key, token) else HELD)
+            return outcomes
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        with self._lock:
+            return [self.get(key) for key in keys]
+
+    def leased_many(self, keys: list[str]) -> list[bool]:
+        with self._lock:
+            return [self.leased(key) for key in keys]
+
     def renew_all(self, leases: dict[str, str]) -> list[str]:
         with self._lock:
             lost = []
@@ -142,6 +163,10 @@ class FakeCache:
             self.planted.discard(key)
             self.leases.pop(key, None)
         self._publish(key)
+
+    def complete_many(self, blocks: list[tuple[str, np.ndarray]]) -> None:
+        for key, array in blocks:
+            self.complete(key, array)
 
     def fail(self, key: str, message: str) -> None:
         with self._lock:

@@ -44,6 +44,14 @@ redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], KEYS[1])
 return 1
 """
+_COMPLETE_MANY = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1])
+  redis.call('DEL', key .. ':lease')
+end
+redis.call('PUBLISH', ARGV[1], table.concat(KEYS, '\\n'))
+return 1
+"""
 _FAIL = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
@@ -54,6 +62,16 @@ _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
+"""
+_CLAIM_MANY = """
+local outcomes = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then outcomes[i] = 1
+  elseif redis.call('EXISTS', key .. ':error') == 1 then outcomes[i] = 2
+  elseif redis.call('SET', key .. ':lease', ARGV[i + 1], 'NX', 'PX', ARGV[1]) then outcomes[i] = 0
+  else outcomes[i] = 3 end
+end
+return outcomes
 """
 _ABANDON = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -75,6 +93,9 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+CLAIMED, CACHED, FAILED, HELD = 0, 1, 2, 3  # what claim_many found for each block
 
 
 def block_key(data: str, pipeline: str, kind: str, roi: Roi) -> str:
@@ -144,7 +165,10 @@ class BlockCache:
         self.lease_ms = int(config.lease_s * 1000)
         self.error_ms = int(config.error_ttl_s * 1000)
         self._claim = self.client.register_script(_CLAIM)
+        self._claim_many = self.client.register_script(_CLAIM_MANY)
         self._complete = self.client.register_script(_COMPLETE)
+        self._complete_many = self.client.register_script(_COMPLETE_MANY)
+        self.batch_bytes = int(config.batch_mb * 2**20)
         self._fail = self.client.register_script(_FAIL)
         self._renew_all = self._renew_client.register_script(_RENEW_ALL)
         self._release = self.client.register_script(_RELEASE)
@@ -159,7 +183,17 @@ class BlockCache:
 
     def get(self, key: str) -> np.ndarray | None:
         """The cached block, or None (an unsigned or damaged entry is deleted and counts as missing)."""
-        blob = self._r.call(lambda: self.client.get(key))
+        return self._open_block(key, self._r.call(lambda: self.client.get(key)))
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        """The cached blocks of ``keys`` (None where missing, unsigned or damaged), in one round trip."""
+        if not keys:
+            return []
+        blobs = self._r.call(lambda: self.client.mget(keys))
+        return [self._open_block(key, blob) for key, blob in zip(keys, blobs)]
+
+    def _open_block(self, key: str, blob: bytes | None) -> np.ndarray | None:
+        """The block in a stored entry; None for no entry (an unsigned or damaged one is deleted)."""
         if blob is None:
             return None
         payload = self._signer.open(key, blob)
@@ -210,6 +244,17 @@ class BlockCache:
         keys = [key, key + ":lease", key + ":error"]
         return bool(self._r.write(lambda: self._claim(keys=keys, args=[token, self.lease_ms]), True))
 
+    def claim_many(self, leases: Mapping[str, str]) -> list[int]:
+        """:meth:`claim` for every block ``leases`` maps to its token, in one atomic call: for each, in order,
+        CLAIMED (ours now), CACHED (its value is there), FAILED (its error is there) or HELD (someone else's
+        lease). A server that refuses writes lets us compute them all ourselves (CLAIMED)."""
+        keys = list(leases)
+        if not keys:
+            return []
+        args = [self.lease_ms, *leases.values()]
+        outcomes = self._r.write(lambda: self._claim_many(keys=keys, args=args), [CLAIMED] * len(keys))
+        return [int(n) for n in outcomes]
+
     def renew_all(self, leases: Mapping[str, str]) -> list[str]:
         """Extend the leases of the blocks ``leases`` maps to our tokens, in one call; the blocks whose lease was
         lost (lapsed, or held by another token now). Raises a RedisError after ``renew_share`` of a lease."""
@@ -232,10 +277,35 @@ class BlockCache:
         """True while someone holds the block's lease."""
         return bool(self._r.call(lambda: self.client.exists(key + ":lease")))
 
+    def leased_many(self, keys: list[str]) -> list[bool]:
+        """:meth:`leased` for each of ``keys``, in one round trip."""
+        if not keys:
+            return []
+
+        def ask() -> list:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.exists(key + ":lease")
+            return pipe.execute()
+
+        return [bool(n) for n in self._r.call(ask)]
+
     def complete(self, key: str, array: np.ndarray) -> None:
         """Store a block, drop its lease and tell everyone (skipped, with one warning, if writes are refused)."""
         blob = self._signer.sign(key, encode_block(array))
         self._r.write(lambda: self._complete(keys=[key, key + ":lease"], args=[blob, CHANNEL]), None)
+
+    def complete_many(self, blocks: list[tuple[str, np.ndarray]]) -> None:
+        """:meth:`complete` for many (key, values) pairs: a few MB of them (``cache.batch_mb``) per call, each
+        call telling everyone of its blocks in one notice."""
+        signed = [(key, self._signer.sign(key, encode_block(array))) for key, array in blocks]
+        while signed:
+            count, size = 1, len(signed[0][1])
+            while count < len(signed) and size + len(signed[count][1]) <= self.batch_bytes:
+                size, count = size + len(signed[count][1]), count + 1
+            batch, signed = signed[:count], signed[count:]
+            keys, blobs = [key for key, _ in batch], [blob for _, blob in batch]
+            self._r.write(lambda keys=keys, blobs=blobs: self._complete_many(keys=keys, args=[CHANNEL, *blobs]), None)
 
     def fail(self, key: str, message: str) -> None:
         """Record that a block failed (one line of ``message``), drop its lease and tell everyone."""
@@ -304,7 +374,8 @@ class NoticeListener:
                     pass
 
     def _notify(self, data: bytes) -> None:
-        self._guarded(self.on_notice, data.decode(errors="replace"))
+        for key in data.decode(errors="replace").split("\n"):  # one notice may name many blocks
+            self._guarded(self.on_notice, key)
 
     @staticmethod
     def _guarded(callback, *args) -> None:

@@ -4,9 +4,8 @@ One I/O thread owns every socket. Local workers connect to a plain loopback/ipc 
 remote workers connect to a CurveZMQ ROUTER (:meth:`ZmqExecutor.listen`) or are reached by
 connecting out to a worker that listens (:meth:`ZmqExecutor.connect`, CurveZMQ when given the
 worker's key). Who gets which task, and when a task or worker has failed, is decided by the
-:class:`~backend.distributed.roster.Roster` under the executor's lock. Futures are settled on a
-completion thread, so a slow consumer (a cache write) never delays heartbeats; the I/O loop logs and
-survives unexpected errors.
+:class:`~backend.distributed.roster.Roster` under the executor's lock. A turn's futures are settled on a
+completion thread as one batch (a slow cache write never delays heartbeats); the loop survives errors.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from backend.distributed.protocol import (
 )
 from backend.distributed.roster import NoWorkers, Roster, Settle
 from backend.distributed.security import Authenticator, CurveIdentity, is_local
+from backend.distributed.settling import settle_all
 from backend.distributed.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -291,15 +291,17 @@ class ZmqExecutor(Executor):
         for number, monitor in self._monitors.items():
             for failure in monitor.read() if monitor.socket in events else ():
                 self._refuse(self._explain(monitor.endpoint, failure, outbound=number in self._outbound))
+        received = []
         for number, sock in list(self._sockets.items()):
             while sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
-                self._receive((number, frames[0]), frames[1:])
-        with self._lock:
+                received.append(((number, frames[0]), self._decode(frames[1:])))
+        with self._lock:  # one turn's messages booked at once, their futures settled in one hand-over
+            settles = [s for route, message in received if message for s in self._book(route, message)]
             for fingerprint in self._refs.collect():
                 del self._messages[fingerprint]
                 self.roster.forget(fingerprint)
-            settles = self.roster.expire(self.roster.clock())
+            settles += self.roster.expire(self.roster.clock())
             for worker, key, job, needs_pipeline in self.roster.dispatch():
                 if needs_pipeline:
                     header, arrays = self._messages[job.task.pipeline]
@@ -308,9 +310,9 @@ class ZmqExecutor(Executor):
         self._settle_later(settles)
 
     def _settle_later(self, settles: list[Settle]) -> None:
-        """Settle futures on the completion thread: their callbacks may be slow and may call us."""
-        for settle_one in settles:
-            self._completions.submit(guarded, settle_one)
+        """Settle futures on the completion thread (their callbacks may be slow and may call us), in one go."""
+        if settles:
+            self._completions.submit(settle_all, settles)
 
     def _send(self, route: tuple[int, bytes], frames: list) -> None:
         sock = self._sockets.get(route[0])
@@ -329,22 +331,19 @@ class ZmqExecutor(Executor):
         for route in routes:
             self._send(route, encode("HEARTBEAT", {"heartbeat_s": self.heartbeat_s}))
 
-    def _receive(self, route: tuple[int, bytes], frames: list[bytes]) -> None:
+    def _decode(self, frames: list[bytes]):
+        """The message in ``frames``; None (refused or counted as dropped) if it cannot be read."""
         try:
-            message = decode(frames)
+            return decode(frames)
         except VersionMismatch as exc:
             self._refuse(f"a worker speaking {exc}")
-            return
         except ProtocolError as exc:
             with self._lock:
                 self.roster.counters["dropped_messages"] += 1
             log.warning("dropped a malformed message: %s", exc)
-            return
-        with self._lock:
-            self._book(route, message)
 
-    def _book(self, route: tuple[int, bytes], message) -> None:
-        """Act on one decoded message (under the lock)."""
+    def _book(self, route: tuple[int, bytes], message) -> list[Settle]:
+        """Act on one decoded message (under the lock); what settles the future it completes, if any."""
         worker = self.roster.workers.get(route)
         reason = message.fields.get("reason") if message.type == "DISCONNECT" else None
         if isinstance(reason, str) and route[0] in self._outbound and worker is None:
@@ -362,9 +361,9 @@ class ZmqExecutor(Executor):
             self.roster.drop(route, "said goodbye")
         else:
             self.roster.heard_from(worker)
-            if message.type in ("RESULT", "ERROR"):
-                settle_one = self.roster.complete(worker, message)
-                self._settle_later([settle_one] if settle_one else [])
+            settle_one = self.roster.complete(worker, message) if message.type in ("RESULT", "ERROR") else None
+            return [settle_one] if settle_one else []
+        return []
 
     def _peer(self, number: int) -> tuple[str, str]:
         """How a worker on socket ``number`` is reached, and whether it is one of our local ones."""
@@ -398,3 +397,4 @@ class ZmqExecutor(Executor):
             settles = self.roster.close()
         for settle_one in settles:
             guarded(settle_one)
+

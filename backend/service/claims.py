@@ -11,6 +11,7 @@ channel makes every waiting block look again once it is back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -21,7 +22,9 @@ from concurrent.futures import Future
 import numpy as np
 import redis
 
+from backend.cache.block_cache import CACHED, CLAIMED
 from backend.distributed.futures import TaskError
+from backend.distributed.settling import after_settling
 from backend.errors import TransientError, UserError, is_deterministic
 from backend.service.block_state import BlockState, BlockTable
 from backend.service.gateway_status import Counters
@@ -51,6 +54,12 @@ class Claims:
         self.on_cache_lost, self.clock = on_cache_lost, clock
         self.interval = cache.config.lease_s / 3
         self.deadline_s = cache.config.block_deadline_s
+        self.batch = cache.config.claim_batch
+        self.read_batch_bytes = cache.config.batch_mb * 2**20
+        self._token_prefix = uuid.uuid4().hex
+        self._token_numbers = itertools.count()
+        self._store_lock = threading.Lock()
+        self._to_store: list[tuple[str, np.ndarray]] = []
         self._stop = threading.Event()
         self._listener = cache.listen(self._on_notice, self._on_lost, self._on_back)
         if not self._listener.subscribed.wait(cache.config.subscribe_timeout_s):
@@ -69,32 +78,90 @@ class Claims:
         finally:
             self.counters.add("gateway_s", time.perf_counter() - started)
 
-    def _serve(self, state: BlockState) -> None:
+    def look_up_many(self, states: list[BlockState]) -> None:
+        """:meth:`look_up` for many blocks: one call to the cache server claims (or finds cached) a batch of
+        them, and the cached ones are read in a few round trips; anything else goes the way of one block."""
+        started = time.perf_counter()
         try:
-            if self._served_from_cache(state):
-                return
-            token = uuid.uuid4().hex
-            if self.cache.claim(state.key, token):
-                self.counters.add("misses")
-                state.token = token
-                self.compute(state)
-            elif not self._served_from_cache(state):  # it may have finished or failed since we looked
-                self.counters.add("waited")
+            for first in range(0, len(states), self.batch):
+                self._serve_batch(states[first:first + self.batch])
+        finally:
+            self.counters.add("gateway_s", time.perf_counter() - started)
+
+    def _serve_batch(self, states: list[BlockState]) -> None:
+        tokens = [self._token() for _ in states]
+        try:
+            outcomes = self.cache.claim_many({state.key: token for state, token in zip(states, tokens)})
         except redis.RedisError as exc:
-            self.give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
+            for state in states:
+                self.give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
+            return
+        cached = [state for state, outcome in zip(states, outcomes) if outcome == CACHED]
+        for state, token, outcome in zip(states, tokens, outcomes):
+            if outcome == CLAIMED:
+                state.token = token
+                self.counters.add("misses")
+                self._guarded_compute(state)
+            elif outcome != CACHED:  # failed, or someone else's: read its error or wait, as for one block
+                self._serve(state)
+        self._serve_cached(cached)
+
+    def _serve_cached(self, states: list[BlockState]) -> None:
+        """Finish blocks found cached, reading a few MB of values per round trip (an entry gone or refused
+        since: the way of one block)."""
+        while states:
+            size, count = 0, 0
+            while count < len(states) and (count == 0 or size + _nbytes(states[count]) <= self.read_batch_bytes):
+                size, count = size + _nbytes(states[count]), count + 1
+            batch, states = states[:count], states[count:]
+            try:
+                values = self.cache.get_many([state.key for state in batch])
+            except redis.RedisError as exc:
+                for state in batch:
+                    self.give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
+                continue
+            for state, value in zip(batch, values):
+                if value is not None and self._usable(state, value):
+                    self.counters.add("hits")
+                    self.finish(state, values=value)
+                else:
+                    self._serve(state)
+
+    def _token(self) -> str:
+        """A claim token of ours, unique to this claim."""
+        return f"{self._token_prefix}-{next(self._token_numbers)}"
+
+    def _guarded_compute(self, state: BlockState) -> None:
+        try:
+            self.compute(state)
         except Exception as exc:  # e.g. the raw data could not be read: nobody may wait for this block forever
             log.debug("block %s failed before it reached a worker: %s", state.key, exc)  # its waiters report it
             self.give_up(state, exc)
 
+    def _serve(self, state: BlockState) -> None:
+        token = self._token()
+        try:
+            if self._served_from_cache(state):
+                return
+            if not self.cache.claim(state.key, token):
+                if not self._served_from_cache(state):  # it may have finished or failed since we looked
+                    self.counters.add("waited")
+                return
+        except redis.RedisError as exc:
+            self.give_up(state, CacheUnavailable(f"the cache server is unavailable ({exc})"))
+            return
+        except Exception as exc:  # nobody may wait for this block forever
+            log.debug("block %s failed before it was claimed: %s", state.key, exc)  # its waiters report it
+            self.give_up(state, exc)
+            return
+        self.counters.add("misses")
+        state.token = token
+        self._guarded_compute(state)
+
     def _served_from_cache(self, state: BlockState) -> bool:
         """Finish the block from its cached values or recorded error, if either is there."""
         values = self.cache.get(state.key)
-        if values is not None and not _as_expected(values, state.expected):
-            log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
-                        *state.expected)
-            self.cache.discard(state.key)
-            values = None
-        if values is not None:
+        if values is not None and self._usable(state, values):
             self.counters.add("hits")
             self.finish(state, values=values)
             return True
@@ -102,6 +169,15 @@ class Claims:
         if message is not None:  # recorded by the owner that computed it: its failure is the block's
             self.finish(state, error=TaskError(message, deterministic=True))
             return True
+        return False
+
+    def _usable(self, state: BlockState, values: np.ndarray) -> bool:
+        """True if cached ``values`` fit the block; a value of the wrong shape or type is dropped."""
+        if _as_expected(values, state.expected):
+            return True
+        log.warning("dropping cache entry %s: %s %s instead of %s %s", state.key, values.shape, values.dtype,
+                    *state.expected)
+        self.cache.discard(state.key)
         return False
 
     def give_up(self, state: BlockState, error: Exception) -> None:
@@ -119,11 +195,21 @@ class Claims:
             log.warning("could not release block %s: %s (its lease expires by itself)", state.key, exc)
 
     def store(self, state: BlockState, values: np.ndarray) -> None:
-        """Put a block we computed into the cache (its claim goes, everyone waiting hears of it)."""
+        """Put a block we computed into the cache (its claim goes, everyone waiting hears of it); the blocks of
+        one settling batch (:mod:`backend.distributed.settling`) are written together when it ends."""
+        with self._store_lock:
+            self._to_store.append((state.key, values))
+        after_settling(self._write_stores)
+
+    def _write_stores(self) -> None:
+        with self._store_lock:
+            blocks, self._to_store = self._to_store, []
+        if not blocks:
+            return
         try:
-            self.cache.complete(state.key, values)
+            self.cache.complete_many(blocks)
         except redis.RedisError as exc:
-            log.warning("could not store block %s: %s", state.key, exc)
+            log.warning("could not store %d blocks: %s", len(blocks), exc)
 
     def release(self, states: list[BlockState]) -> None:
         """Give up the claims of ``states`` without results, at once (closing: never wait for a dead cache)."""
@@ -194,13 +280,18 @@ class Claims:
             self.cancel(future)
 
     def check(self) -> None:
-        """Fail blocks past their deadline; take over blocks we wait for whose owner has let its lease lapse."""
+        """Fail blocks past their deadline; take over blocks we wait for whose owner has let its lease lapse
+        (their leases asked for in one round trip)."""
         try:
             now = self.clock()
-            for state in self.table.states():
+            states = self.table.states()
+            for state in states:
                 if now - state.since > self.deadline_s:
                     self._overdue(state)
-                elif not state.token and now - state.since > self.interval and not self.cache.leased(state.key):
+            waiting = [s for s in states if not s.token and self.interval < now - s.since <= self.deadline_s]
+            held = self.cache.leased_many([state.key for state in waiting])
+            for state, leased in zip(waiting, held):
+                if not leased and not state.token:
                     self.look_up(state)  # the owner died or gave up: take over
         except redis.RedisError as exc:
             self._cache_gone(exc)
@@ -223,6 +314,13 @@ class Claims:
         for thread in self._threads:
             thread.join(timeout=5)
         self._listener.stop()
+
+
+def _nbytes(state: BlockState) -> int:
+    """Bytes of a block's values (its widest dtype)."""
+    shape, dtypes = state.expected
+    itemsize = max(np.dtype(d).itemsize for d in (dtypes if isinstance(dtypes, tuple) else (dtypes,)))
+    return int(np.prod(shape, dtype=np.int64)) * itemsize
 
 
 def _as_expected(values: np.ndarray, expected: tuple) -> bool:

@@ -118,8 +118,7 @@ class Gateway:
             (fresh if is_fresh else hurried if is_hurried else []).append(state)
         for state in hurried:
             self._hurry(state)
-        for state in fresh:
-            self.claims.look_up(state)
+        self.claims.look_up_many(fresh)
         return req
 
     def held_elsewhere(self, kind: str, roi: Roi, snapshot: PipelineSnapshot | None = None) -> bool:

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import redis
 
-from backend.cache.block_cache import MAGIC, BlockCache, decode_block, encode_block
+from backend.cache.block_cache import CACHED, CLAIMED, FAILED, HELD, MAGIC, BlockCache, decode_block, encode_block
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.cache.signing import signing_key
 from backend.config import CacheConfig
@@ -232,6 +232,52 @@ def test_renewing_many_leases_is_one_round_trip(redis_server, key):
     before = scripts_run()
     assert real.cache.renew_all(leases) == []
     assert scripts_run() - before == 1
+
+
+def test_claiming_many_blocks_says_for_each_what_it_found(side, key):
+    cache = side.cache
+    fresh, done, failed, theirs = (f"{key}:{i}" for i in range(4))
+    cache.complete(done, VALUES)
+    assert cache.claim(failed, "x")
+    cache.fail(failed, "ValueError: bad block")
+    assert cache.claim(theirs, "theirs")
+    leases = {fresh: "mine", done: "mine", failed: "mine", theirs: "mine"}
+    assert cache.claim_many(leases) == [CLAIMED, CACHED, FAILED, HELD]
+    assert cache.leased_many([fresh, done, failed, theirs]) == [True, False, False, True]
+    assert cache.renew_all({fresh: "mine"}) == [] and cache.claim_many({fresh: "again"}) == [HELD]
+    assert cache.claim_many({}) == [] and cache.leased_many([]) == []
+
+
+def test_many_blocks_are_completed_and_read_together_and_listeners_hear_each(side, key):
+    cache = side.cache
+    keys = [f"{key}:{i}" for i in range(3)]
+    assert cache.claim_many({k: "mine" for k in keys}) == [CLAIMED] * 3
+    first, listener = heard(cache)
+    try:
+        cache.complete_many([(k, VALUES + i) for i, k in enumerate(keys)])
+        wait_for(lambda: sorted(first) == keys, timeout=5, message=lambda: f"heard {first}")
+    finally:
+        listener.stop()
+    got = cache.get_many([*keys, key + ":missing"])
+    assert all(np.array_equal(g, VALUES + i) for i, g in enumerate(got[:3])) and got[3] is None
+    assert cache.leased_many(keys) == [False] * 3 and cache.get_many([]) == []
+
+
+def test_claiming_completing_and_reading_many_blocks_take_one_call_each(redis_server, key):
+    real = Real(redis_server)
+    keys = [f"{key}:{i}" for i in range(100)]
+
+    def calls(command: str) -> int:
+        return real.client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+    real.cache.claim_many({key: "warm"})  # the server learns both scripts (EVALSHA, then EVAL once)
+    real.cache.complete_many([(key, VALUES)])
+    scripts, reads = calls("evalsha"), calls("mget")
+    assert real.cache.claim_many({k: "mine" for k in keys}) == [CLAIMED] * 100
+    real.cache.complete_many([(k, VALUES) for k in keys])
+    got = real.cache.get_many(keys)
+    assert calls("evalsha") - scripts == 2 and calls("mget") - reads == 1
+    assert all(np.array_equal(g, VALUES) for g in got)
 
 
 def test_renewing_gives_up_on_a_stalled_server_before_the_leases_lapse(redis_server, key):
