@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 
+from backend.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no clean-up of stale folders
@@ -21,6 +23,22 @@ except ImportError:  # pragma: no cover - not POSIX: no clean-up of stale folder
 
 log = logging.getLogger(__name__)
 LOCK = "owner.lock"
+SOCKET_PATH_MAX = 100  # a unix socket's path holds 107 bytes on Linux, 103 on macOS
+SHORT_TEMPORARY_FOLDER = "/tmp"
+
+
+def socket_folder_parent(prefix: str, socket_name: str) -> str | None:
+    """Where a new folder ``prefix...`` holding the unix socket ``socket_name`` goes: the temporary folder (None),
+    or /tmp when the socket's path under the temporary folder would be too long for a unix socket; UserError if
+    neither can hold it."""
+    base = tempfile.gettempdir()
+    if len(os.path.join(base, prefix + "x" * 8, socket_name)) <= SOCKET_PATH_MAX:  # mkdtemp adds 8 characters
+        return None
+    if os.path.isdir(SHORT_TEMPORARY_FOLDER) and os.access(SHORT_TEMPORARY_FOLDER, os.W_OK | os.X_OK):
+        return SHORT_TEMPORARY_FOLDER
+    room = SOCKET_PATH_MAX - len(prefix) - len(socket_name) - 10
+    raise UserError(f"the temporary folder {base} is too long a path for a unix socket in it (at most {room} "
+                    "characters): set TMPDIR to a shorter folder")
 
 
 def remove_stale_folders(prefix: str, parent: str | None = None) -> list[str]:

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import redis
 
 from backend.config import CacheConfig
 from backend.errors import UserError
-from backend.owned_folder import OwnedFolder
+from backend.owned_folder import OwnedFolder, socket_folder_parent
 from backend.processes import Spawner
 
 
@@ -51,20 +50,7 @@ def find_redis_server(explicit: str | None = None) -> str:
 
 
 FOLDER_PREFIX = "ilastik-desktop-redis-"
-SOCKET_PATH_MAX = 100  # a unix socket's path holds 107 bytes on Linux, 103 on macOS
-SHORT_TEMPORARY_FOLDER = "/tmp"
-
-
-def socket_parent() -> str | None:
-    """Where the server's private folder goes: the temporary folder (None), or /tmp when a socket path under the
-    temporary folder would be too long for a unix socket; UserError if neither can hold it."""
-    base = tempfile.gettempdir()
-    if len(os.path.join(base, FOLDER_PREFIX + "x" * 8, "redis.sock")) <= SOCKET_PATH_MAX:
-        return None
-    if os.path.isdir(SHORT_TEMPORARY_FOLDER) and os.access(SHORT_TEMPORARY_FOLDER, os.W_OK | os.X_OK):
-        return SHORT_TEMPORARY_FOLDER
-    raise UserError(f"the temporary folder {base} is too long a path for the cache server's socket (at most "
-                    f"{SOCKET_PATH_MAX - len(FOLDER_PREFIX) - 20} characters): set TMPDIR to a shorter folder")
+SOCKET_NAME = "redis.sock"
 
 
 class EmbeddedRedis:
@@ -79,7 +65,7 @@ class EmbeddedRedis:
 
     @property
     def socket_path(self) -> str:
-        return os.path.join(self._folder.path if self._folder else "", "redis.sock")
+        return os.path.join(self._folder.path if self._folder else "", SOCKET_NAME)
 
     @property
     def url(self) -> str:
@@ -95,7 +81,7 @@ class EmbeddedRedis:
         if self.alive():
             return self
         # a new folder also removes those that killed apps left
-        self._folder = self._folder or OwnedFolder(FOLDER_PREFIX, socket_parent())
+        self._folder = self._folder or OwnedFolder(FOLDER_PREFIX, socket_folder_parent(FOLDER_PREFIX, SOCKET_NAME))
         folder = self._folder.path
         config = "\n".join([
             "port 0", f"unixsocket {self.socket_path}", "unixsocketperm 700", f"requirepass {self.password}",

@@ -24,7 +24,7 @@ from backend.distributed.security import CurveIdentity, KeyStore
 from backend.distributed.zmq_executor import ZmqExecutor
 from backend.errors import UserError
 from backend.io.sources import DataSource
-from backend.owned_folder import OwnedFolder
+from backend.owned_folder import OwnedFolder, socket_folder_parent
 from backend.service.gateway import Gateway, GatewayConfig
 from ilastik_desktop.runtime.local_workers import LocalWorkers
 from ilastik_desktop.runtime.settings import ComputeSettings
@@ -62,13 +62,18 @@ def _is_loopback(name: str) -> bool:
         return False
 
 
+RUN_FOLDER_PREFIX = "ilastik-desktop-run-"
+WORKERS_SOCKET = "workers"
+
+
 class Services:
     """Cache, executor and workers of one application run; use as a context manager."""
 
     def __init__(self, settings: ComputeSettings):
         self.settings = settings
         self.config = settings.config
-        self._folder = OwnedFolder("ilastik-desktop-run-")  # also removes those of killed runs
+        # the local workers' socket lives in it; making it also removes the folders of killed runs
+        self._folder = OwnedFolder(RUN_FOLDER_PREFIX, socket_folder_parent(RUN_FOLDER_PREFIX, WORKERS_SOCKET))
         self.folder = self._folder.path
         self.embedded: EmbeddedRedis | None = None
         self.executor: Executor | None = None
@@ -81,7 +86,7 @@ class Services:
             if settings.dask is not None:
                 self.executor = start_dask(settings.dask, self.config)
                 return
-            local = "ipc://" + os.path.join(self.folder, "workers") if os.name == "posix" else "tcp://127.0.0.1:0"
+            local = "ipc://" + os.path.join(self.folder, WORKERS_SOCKET) if os.name == "posix" else "tcp://127.0.0.1:0"
             self.executor = ZmqExecutor(bind=local, identity=self.identity, config=self.config.executor,
                                         fail_without_workers=settings.fail_without_workers)
             if settings.listen:

@@ -106,17 +106,21 @@ def test_the_folders_of_a_killed_app_are_removed_when_the_next_one_starts(tmp_pa
     assert os.listdir(tmp_path) == []  # and the second one's own folders are gone after close
 
 
-def test_a_long_temporary_folder_still_gives_a_cache_server(tmp_path, monkeypatch):
-    """A socket path under a long TMPDIR exceeded a unix socket's 107 bytes: the server never listened and the app
-    said only 'the cache server did not start'. Its folder now goes to /tmp then."""
+def test_a_long_temporary_folder_still_gives_a_cache_server_and_local_workers(tmp_path, monkeypatch):
+    """Socket paths under a long TMPDIR exceeded a unix socket's 107 bytes: the cache server never listened (the
+    app said only 'the cache server did not start') and the local workers' socket could not be bound. Their
+    folders now go to /tmp then."""
     import tempfile
 
-    from backend.cache.redis_server import SOCKET_PATH_MAX, EmbeddedRedis, RedisSettings
+    from backend.owned_folder import SOCKET_PATH_MAX
+    from ilastik_desktop.runtime.settings import ComputeSettings
 
     long_folder = tmp_path / ("t" * 90)
     long_folder.mkdir()
     monkeypatch.setenv("TMPDIR", str(long_folder))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
-    with EmbeddedRedis(RedisSettings(maxmemory_mb=16)) as server:
-        assert len(server.socket_path) <= SOCKET_PATH_MAX
-        assert server.client().ping()
+    with Services(ComputeSettings(workers=1, cache_mb=16)) as services:
+        assert len(services.embedded.socket_path) <= SOCKET_PATH_MAX
+        assert services.cache.client.ping()
+        assert services.executor.address.startswith("ipc://")
+        assert len(services.executor.address) - len("ipc://") <= SOCKET_PATH_MAX
