@@ -99,6 +99,17 @@ def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, sl
     """Create or join the zarr output at ``path`` and have the workers write ``kind`` over ``region`` (its
     ``slab``, if given) into it; ``on_written(count)`` after each batch of blocks written, ``check()`` raises to
     stop (the blocks written so far stay)."""
+    output = open_output(gateway, path, kind, region)
+    part = slab_region(output.region, gateway.snapshot.grid(gateway.config.block_shape), slab) if slab \
+        else output.region
+    counts = SharedExport(gateway, kind, output, part, max_in_flight, on_written, check).run()
+    counts.voxels = part.size
+    return counts
+
+
+def open_output(gateway: Gateway, path: str, kind: str, region: Roi | None) -> SharedOutput:
+    """Create or join the zarr output at ``path`` for ``kind`` over ``region`` (None: the whole image) under the
+    gateway's current pipeline; UserError for what this mode cannot write."""
     check_kind(kind)
     source, snapshot = gateway.source, gateway.snapshot
     whole = region or Roi.from_shape(source.spatial_shape)
@@ -106,12 +117,8 @@ def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, sl
     check_aligned(whole, grid)
     identity = {"data": snapshot.data_fingerprint, "pipeline": snapshot.fingerprint, "source": kind,
                 "block_shape": list(grid.block_shape)}
-    output = create_or_join(path, ngff_axes(output_axes(source.axes)), whole, snapshot.pipeline.channels(kind),
-                            snapshot.pipeline.dtype(kind), grid.block_shape, source.voxel_size, identity)
-    part = slab_region(whole, grid, slab) if slab else whole
-    counts = SharedExport(gateway, kind, output, part, max_in_flight, on_written, check).run()
-    counts.voxels = part.size
-    return counts
+    return create_or_join(path, ngff_axes(output_axes(source.axes)), whole, snapshot.pipeline.channels(kind),
+                          snapshot.pipeline.dtype(kind), grid.block_shape, source.voxel_size, identity)
 
 
 class SharedExport:

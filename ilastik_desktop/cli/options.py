@@ -106,7 +106,8 @@ def add_dask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-filesystem", action="store_true",
                    help="with --headless and --output_format zarr: the workers (ours or Dask's) read their raw "
                    "blocks by path and write their results straight into the zarr output, which they must see at "
-                   "the same path; the gateway only coordinates")
+                   "the same path; the gateway only coordinates (other formats, with --dask or --cluster only: "
+                   "the workers read the raw data by path and send their results back)")
     g.add_argument("--slab", metavar="K/N",
                    help="with --shared-filesystem: export only the K-th of N block-aligned slabs into the shared "
                    "output (N gateways, one per slab, share the workers' cache server through --redis-url)")
@@ -118,6 +119,10 @@ def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | N
     if args.dask and args.cluster:
         raise UserError("use either --dask or --cluster, not both")
     if not (args.dask or args.cluster):
+        if args.shared_filesystem and getattr(args, "output_format", None) != "zarr":
+            raise UserError("--shared-filesystem needs --output_format zarr, whose chunks our workers then write "
+                            "themselves; hdf5, npy and tif outputs need --dask or --cluster, whose workers then only "
+                            "read the raw data by path")
         if args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
             raise UserError("--cluster-dry-run, --cluster-host and --cluster-dashboard need --dask or --cluster")
         return None
@@ -209,7 +214,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         internal_path=args.output_internal_path,
         block_shape=parse_block_shape(args.block_shape),
         progress=not args.no_progress,
-        shared_filesystem=args.shared_filesystem,
+        shared_filesystem=args.shared_filesystem and args.output_format == "zarr",  # else Dask's raw data by path
         slab=shared_slab(args),
     )
     return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,
@@ -221,9 +226,9 @@ def shared_slab(args: argparse.Namespace) -> tuple[int, int] | None:
     """``--slab K/N`` as (K, N), checked; None without it."""
     if args.slab is None:
         return None
-    if not args.shared_filesystem:
-        raise UserError("--slab needs --shared-filesystem (the gateways of a slab each write into one shared "
-                        "zarr output)")
+    if not args.shared_filesystem or args.output_format != "zarr":
+        raise UserError("--slab needs --shared-filesystem and --output_format zarr (the gateways of the slabs "
+                        "write into one shared zarr output)")
     return parse_slab(args.slab)
 
 
