@@ -26,6 +26,7 @@ from backend.io.sources import open_source
 from backend.service.export import ExportOptions, run_export
 from backend.service.gateway import Gateway, GatewayConfig
 from backend.service.shared_export import open_output
+from tests.conftest import run_cli
 from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
 from tests.integration.test_faults import FEATURES
@@ -140,3 +141,27 @@ def test_what_the_shared_mode_refuses_is_said_in_one_line(cluster, ordinary):
         _shared(gateway, folder, "uncertainty", "Probabilities")
     with pytest.raises(UserError, match="not a --shared-filesystem export"):
         _shared(gateway, folder, "ordinary_Probabilities")
+
+
+def _real_export(data_dir: str, out: str, *more: str):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    return run_cli("--headless", "--no-progress", "--project", project,
+                   "--output_format", "zarr", "--block_shape", "32,32,32", "--output_filename_format", out, *more)
+
+
+@pytest.fixture(scope="module")
+def real_ordinary(data_dir, tmp_path_factory):
+    """The ordinary zarr export of a real ilastik project (8 blocks, 2 channels)."""
+    out = str(tmp_path_factory.mktemp("real") / "ordinary")
+    result = _real_export(data_dir, out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return zarr.open_group(out + ".zarr", mode="r")["0"][...]
+
+
+@pytest.mark.parametrize("engine", [("--workers", "1"), ("--dask", "local:2")], ids=["zeromq", "dask"])
+def test_headless_shared_export_of_a_real_project_equals_the_ordinary_one(data_dir, real_ordinary, tmp_path, engine):
+    shared = _real_export(data_dir, str(tmp_path / "shared"), *engine, "--shared-filesystem")
+    assert shared.returncode == 0, shared.stderr
+    assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in shared.stderr
+    array = zarr.open_group(str(tmp_path / "shared.zarr"), mode="r")["0"][...]
+    assert real_ordinary.shape == (2, 64, 64, 64) and np.array_equal(array, real_ordinary)
