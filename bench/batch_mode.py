@@ -120,6 +120,7 @@ def run_case(case: str, connections: int, blocks: int, edge: int, processes: int
             wall = time.perf_counter() - started
             cpu_after, redis_after = cpu_seconds(server.pid)
             keys = server.client().dbsize()
+            redis_mb = server.client().info("memory")["used_memory"] / 2**20
         finally:
             gateway.close()
     done = counts.computed
@@ -127,7 +128,7 @@ def run_case(case: str, connections: int, blocks: int, edge: int, processes: int
             "blocks_per_s": round(done / wall, 1),
             "gateway_cpu_ms_per_block": round(1000 * (cpu_after - cpu_before) / done, 3),
             "redis_cpu_ms_per_block": round(1000 * (redis_after - redis_before) / done, 3),
-            "result_bytes": counts.result_bytes, "redis_keys": keys}
+            "result_bytes": counts.result_bytes, "redis_keys": keys, "redis_mb": round(redis_mb, 1)}
 
 
 def main() -> None:
