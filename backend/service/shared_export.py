@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 
@@ -91,7 +91,7 @@ class SharedCounts:
     partials_removed: int = 0  # .partial files of killed writers deleted at the end
     voxels: int = 0  # in this gateway's region (or slab)
     seconds: float = 0.0
-    waited: set = field(default_factory=set)  # blocks another gateway held when we came to them
+    waited: int = 0  # blocks another gateway held when we came to them
 
 
 def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, slab: tuple[int, int] | None,
@@ -185,7 +185,7 @@ class SharedExport:
         tokens = {key: f"{self._token}-{key}" for key, _ in batch}
         outcomes = self._cache_call(lambda: self.cache.claim_many(tokens))
         for (key, block), outcome in zip(batch, outcomes):
-            self._elsewhere.pop(key, None)
+            held_before = self._elsewhere.pop(key, None) is not None
             if outcome == CLAIMED:
                 self._held[key] = (tokens[key], block)
                 self._queued.append((key, block))
@@ -197,7 +197,7 @@ class SharedExport:
                 raise UserError(f"the export failed: block {block.roi} failed in another gateway ({message})")
             else:
                 self._elsewhere[key] = block
-                self.counts.waited.add(key)
+                self.counts.waited += not held_before
 
     def _look_again(self) -> None:
         """Blocks another gateway held: written by now, still held, or ours to compute (its owner went away)."""

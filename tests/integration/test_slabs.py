@@ -74,7 +74,7 @@ def test_two_gateways_export_one_slab_each_into_one_output_and_compute_no_block_
         assert sorted(results) == [1, 2]
         counts = [results[n].shared for n in (1, 2)]
         assert [c.blocks for c in counts] == [12, 12] and [c.computed for c in counts] == [12, 12]
-        assert [c.written_before for c in counts] == [0, 0] and not counts[0].waited | counts[1].waited
+        assert [c.written_before for c in counts] == [0, 0] and counts[0].waited + counts[1].waited == 0
         assert executor.status().done - done_before == 24  # the workers computed each block once
         assert results[1].path == results[2].path
         merged = zarr.open_group(results[1].path, mode="r")["0"][...]
@@ -82,6 +82,35 @@ def test_two_gateways_export_one_slab_each_into_one_output_and_compute_no_block_
 
         again = run_export(gateways[0], "raw", _options(folder, "slabs", shared_filesystem=True), max_in_flight=64)
         assert again.shared.written_before == 24 and again.shared.computed == 0  # the cache's records: all written
+    finally:
+        for gateway in gateways:
+            gateway.close()
+
+
+def test_two_gateways_on_the_same_whole_output_share_its_blocks(setup):
+    """Without slabs both want every block: each computes what it claims first and waits for the others'
+    "written" markers (looked at again every third of a lease), so that no block is computed twice."""
+    folder, executor = setup[5], setup[4]
+    gateways = [_gateway(setup) for _ in range(3)]
+    try:
+        ordinary = run_export(gateways[2], "raw", _options(folder, "ordinary_whole"), max_in_flight=8)
+        done_before = executor.status().done
+        results: dict[int, object] = {}
+
+        def export(index: int) -> None:
+            results[index] = run_export(gateways[index], "raw", _options(folder, "whole", shared_filesystem=True),
+                                        max_in_flight=4)
+
+        threads = [threading.Thread(target=export, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        counts = [results[i].shared for i in (0, 1)]
+        assert sum(c.computed for c in counts) == 24 and executor.status().done - done_before == 24
+        assert [c.computed + c.written_before for c in counts] == [24, 24]  # each saw every block written
+        merged = zarr.open_group(results[0].path, mode="r")["0"][...]
+        assert np.array_equal(merged, zarr.open_group(ordinary.path, mode="r")["0"][...])
     finally:
         for gateway in gateways:
             gateway.close()
