@@ -137,7 +137,8 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
 
     ``on_progress(done, total)`` is called with 0 once the number of pieces is known, then after each written
     piece; setting ``cancel`` stops the
-    export with :class:`ExportCancelled` and removes the partial output.
+    export with :class:`ExportCancelled` and removes the partial output. With ``options.shared_filesystem`` the
+    workers write a zarr output themselves (:mod:`backend.service.shared_export`), which an interruption leaves.
     """
     kinds = check_sources(split_kind(options.kind), options.filename_pattern)
     if options.shared_filesystem:
