@@ -34,6 +34,11 @@ class BlockTask:
     pipeline: str  # fingerprint of the Pipeline that must compute it
     raw_ref: dict | None = None  # instead of raw: {spec, axes, start, stop} for workers that read the file
     lookup: np.ndarray | None = None  # Object Labels tasks: the block's local label -> final ID table
+    output: dict | None = None  # write here: the chunk target (backend.io.chunk_store) the result goes into;
+    # the computing process writes it there and answers with WRITTEN instead of the values
+
+
+WRITTEN = np.zeros(0, np.uint8)  # the answer of a task that wrote its result into its output itself
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,10 @@ class Pipeline:
         return simple_segmentation(probs) if kind == "Simple Segmentation" else uncertainty(probs)
 
     def accepts(self, task: BlockTask, result: np.ndarray) -> bool:
-        """Whether a worker's ``result`` is exactly what ``task`` asked for (dtype and shape)."""
+        """Whether a worker's ``result`` is exactly what ``task`` asked for (dtype and shape; :data:`WRITTEN` for a
+        task that names its output)."""
+        if task.output is not None:
+            return (result.dtype.str, result.shape) == (WRITTEN.dtype.str, WRITTEN.shape)
         shape = tuple(b - a for a, b in task.target) + (self.channels(task.kind),)
         return (result.dtype.str, result.shape) == (self.dtype(task.kind).str, shape)
 

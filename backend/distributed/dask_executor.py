@@ -28,6 +28,7 @@ from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, sett
 from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
 from backend.errors import TransientError
+from backend.io.chunk_store import stored
 from backend.processes import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class ParentWatch(WorkerPlugin):
 
 
 def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, float]:
-    """On a Dask worker: the block's result and the seconds it computed."""
+    """On a Dask worker: the block's result (or, for a task that names its output, WRITTEN once it is written
+    there) and the seconds it computed."""
     plugin = get_worker().plugins.get(plugin_name(fingerprint))
     if plugin is None or plugin.pipeline is None:
         raise KeyError(f"this worker has no pipeline {fingerprint}")
@@ -93,7 +95,7 @@ def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, fl
         message = Message(message.type, message.fields, [read_raw(reference, plugin.sources), *message.arrays])
     task = task_from_message(message)
     started = time.perf_counter()
-    values = plugin.pipeline.run(task, plugin.workspace())
+    values = stored(task, plugin.pipeline.run(task, plugin.workspace()))  # a task naming its output: written here
     return values, time.perf_counter() - started
 
 

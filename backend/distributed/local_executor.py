@@ -24,10 +24,12 @@ from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, sett
 from backend.distributed.pipeline_folder import PipelineFolder
 from backend.distributed.pipeline_refs import PipelineRefs
 from backend.errors import TransientError
+from backend.io.chunk_store import stored, with_raw
 
 log = logging.getLogger(__name__)
 _worker_pipelines: OrderedDict[str, Pipeline] = OrderedDict()  # in a compute process: the last ones used
 _worker_buffers: dict = {}
+_worker_sources: dict = {}  # in a compute process: the raw data files tasks named, opened once
 _slot: tuple | None = None  # in a compute process: (the pool's deadlines, this process's index in them)
 
 
@@ -91,7 +93,8 @@ def _run_task(task: BlockTask, folder: str, deadline_s: float,
         _worker_pipelines.move_to_end(task.pipeline)
         while len(_worker_pipelines) > kept:
             _worker_pipelines.popitem(last=False)
-        result = pipeline.run(task, _worker_buffers)
+        task = with_raw(task, _worker_sources)  # a task naming its raw data's file: read here
+        result = stored(task, pipeline.run(task, _worker_buffers))  # a task naming its output: written here
         return _pack(result), time.perf_counter() - started
     finally:
         if _slot is not None:

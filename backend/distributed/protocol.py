@@ -102,29 +102,39 @@ def _array(spec, frame: bytes) -> np.ndarray:
 def task_message(task, deadline_s: float | None = None) -> list[bytes]:
     """A TASK message for a :class:`~backend.compute.pipeline.BlockTask` (which carries its raw data); with
     ``deadline_s``, the seconds after which the gateway gives up on it (the worker then ends its computation)."""
-    if task.raw_ref is not None:
-        raise ValueError("this executor's workers need the raw data in the task (--shared-filesystem is for Dask)")
     fields = task_fields(task) if deadline_s is None else {**task_fields(task), "deadline_s": round(deadline_s, 3)}
-    return encode("TASK", fields, [task.raw] if task.lookup is None else [task.raw, task.lookup])
+    raw = [] if task.raw_ref is not None else [task.raw]  # by reference: the worker reads it itself
+    return encode("TASK", fields, raw if task.lookup is None else [*raw, task.lookup])
 
 
 def task_fields(task) -> dict:
-    """The JSON header fields of a TASK message (everything but the raw data)."""
-    return {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
-            "target": [list(t) for t in task.target], "pipeline": task.pipeline}
+    """The JSON header fields of a TASK message (everything but the raw data): with them where the raw data is
+    (``raw_ref``) and where the result goes (``output``) when the task names them."""
+    fields = {"key": task.key, "kind": task.kind, "start": list(task.start), "image": list(task.image),
+              "target": [list(t) for t in task.target], "pipeline": task.pipeline}
+    if task.raw_ref is not None:
+        fields["raw_ref"] = task.raw_ref
+    if task.output is not None:
+        fields["output"] = task.output
+    return fields
 
 
 def task_from_message(message: Message):
     """The :class:`~backend.compute.pipeline.BlockTask` carried by a TASK message."""
     from backend.compute.pipeline import BlockTask
+    from backend.io.chunk_store import check_target
 
     f = message.fields
     try:
         start = tuple(whole_number(v, 0, MAX_DIMENSION) for v in f["start"])
         image = tuple(whole_number(v, 1, MAX_DIMENSION) for v in f["image"])
         target = tuple((whole_number(a, 0, MAX_DIMENSION), whole_number(b, 0, MAX_DIMENSION)) for a, b in f["target"])
-        task = BlockTask(key=str(f["key"]), kind=str(f["kind"]), raw=message.arrays[0], start=start, image=image,
-                         target=target, pipeline=str(f["pipeline"]), lookup=_lookup(message.arrays[1:], target))
+        reference = _raw_ref(f.get("raw_ref"), start)
+        arrays = message.arrays if reference is None else [_placeholder(reference), *message.arrays]
+        output = None if f.get("output") is None else check_target(f["output"])
+        task = BlockTask(key=str(f["key"]), kind=str(f["kind"]), raw=arrays[0], start=start, image=image,
+                         target=target, pipeline=str(f["pipeline"]), raw_ref=reference,
+                         lookup=_lookup(arrays[1:], target), output=output)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed TASK: {str(exc)[:200]}") from None
     stop = tuple(a + n for a, n in zip(task.start, task.raw.shape))
@@ -132,6 +142,26 @@ def task_from_message(message: Message):
             and all(a <= lo < hi <= b <= n for (lo, hi), a, b, n in zip(task.target, task.start, stop, task.image))):
         raise ProtocolError("malformed TASK: its target is not inside its raw data and image")
     return task
+
+
+def _raw_ref(reference, start: tuple[int, ...]) -> dict | None:
+    """A TASK's raw data named by file and region (tzyx, one time step, starting at ``start``); None if absent."""
+    if reference is None:
+        return None
+    if not isinstance(reference, dict) or not isinstance(reference.get("spec"), str) \
+            or not isinstance(reference.get("axes"), str):
+        raise ValueError("raw_ref must name a file and its axes")
+    lo = [whole_number(v, 0, MAX_DIMENSION) for v in reference["start"]]
+    hi = [whole_number(v, 0, MAX_DIMENSION) for v in reference["stop"]]
+    if len(lo) != 4 or len(hi) != 4 or hi[0] != lo[0] + 1 or tuple(lo[1:]) != start or any(a > b for a, b in
+                                                                                             zip(lo, hi)):
+        raise ValueError("raw_ref's region must be one time step starting at the task's start")
+    return {"spec": reference["spec"], "axes": reference["axes"], "start": lo, "stop": hi}
+
+
+def _placeholder(reference: dict) -> np.ndarray:
+    """A raw array of no bytes with the referenced region's extent (the worker reads the voxels itself)."""
+    return np.empty([b - a for a, b in zip(reference["start"][1:], reference["stop"][1:])] + [0], np.uint8)
 
 
 def _lookup(arrays: list[np.ndarray], target) -> np.ndarray | None:

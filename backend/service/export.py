@@ -23,6 +23,7 @@ from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
 from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, stream_tables, write_table
 from backend.service.objects import OBJECTS, frame_roi, object_blocks, request_objects
+from backend.service.shared_export import SharedCounts, export_shared, slab_region
 from backend.service.snapshot import PipelineSnapshot
 
 EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS, OBJECT_FEATURES)
@@ -52,6 +53,8 @@ class ExportOptions:
     block_shape: tuple[int, int, int, int] | None = None  # tzyx; None = default_block_shape()
     progress: bool = True
     threshold: ThresholdSettings | None = None  # for Objects; None = ilastik's defaults
+    shared_filesystem: bool = False  # the workers read their raw data and write their chunks themselves (zarr)
+    slab: tuple[int, int] | None = None  # with shared_filesystem: only the K-th of N slabs (K, N)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class ExportResult:
     highest_object_id: int | None = None  # Objects: the highest ID written (0: no object)
     labels_dtype: np.dtype | None = None  # Objects: the output's dtype (uint64 when a frame's IDs needed it)
     frames_with_objects: int | None = None  # Objects: how many of the frames written hold an object
+    shared: SharedCounts | None = None  # --shared-filesystem: what the workers wrote and what was there already
 
 
 def default_block_shape(spatial_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -133,9 +137,12 @@ def run_export(gateway: Gateway, nickname: str, options: ExportOptions, max_in_f
 
     ``on_progress(done, total)`` is called with 0 once the number of pieces is known, then after each written
     piece; setting ``cancel`` stops the
-    export with :class:`ExportCancelled` and removes the partial output.
+    export with :class:`ExportCancelled` and removes the partial output. With ``options.shared_filesystem`` the
+    workers write a zarr output themselves (:mod:`backend.service.shared_export`), which an interruption leaves.
     """
     kinds = check_sources(split_kind(options.kind), options.filename_pattern)
+    if options.shared_filesystem:
+        return _export_shared(gateway, nickname, options, max_in_flight, on_progress, cancel)
     if options.kind == OBJECT_FEATURES:
         return _export_table(gateway, nickname, options, max_in_flight, on_progress, cancel)
     snapshot = gateway.snapshot  # one classifier for the whole export, even while the window trains
@@ -201,6 +208,28 @@ def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_i
     finally:
         bar.close()
     return ExportResult(path, frames, time.perf_counter() - started, region.size, (path,))
+
+
+def _export_shared(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
+                   on_progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> ExportResult:
+    """The export written by the workers straight into a zarr output (:mod:`backend.service.shared_export`)."""
+    if options.fmt != "zarr":
+        raise UserError("--shared-filesystem needs --output_format zarr (the workers write its chunks themselves)")
+    path = output_path(options.filename_pattern, options.fmt, gateway.source, nickname, options.kind)
+    region = options.region or Roi.from_shape(gateway.source.spatial_shape)
+    region = slab_region(region, gateway.snapshot.grid(gateway.config.block_shape), options.slab) \
+        if options.slab else region
+    total = gateway.snapshot.grid(gateway.config.block_shape).count_in(region)
+    bar = tqdm(total=total, unit="block", desc=options.kind, file=sys.stderr, disable=not options.progress,
+               dynamic_ncols=True)
+    progress = _Progress(bar, total, on_progress, cancel)
+    try:
+        progress.update(0)
+        counts = export_shared(gateway, path, options.kind, options.region, options.slab, max_in_flight,
+                               progress.update, progress.check)
+    finally:
+        bar.close()
+    return ExportResult(path, counts.blocks, counts.seconds, counts.voxels, (path,), shared=counts)
 
 
 def _pieces(gateway: Gateway, snapshot: PipelineSnapshot, options: ExportOptions,

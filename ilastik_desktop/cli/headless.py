@@ -102,6 +102,8 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
         gateway = services.gateway(source, pipeline, block_shape)
         try:
             in_flight = max(4, 2 * services.executor.status().processes + 2)
+            if options.shared_filesystem:  # no result is held here: keep every worker's queue full
+                in_flight = max(in_flight, services.config.cache.claim_batch)
             try:
                 result = run_export(gateway, nickname, options, in_flight, cancel=interrupted)
             except ExportCancelled:
@@ -112,6 +114,9 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
         finally:
             gateway.close()
     rate = result.voxels / max(result.seconds, 1e-9)
+    if result.shared is not None:
+        print(shared_line(result, status.executor.processes), file=sys.stderr)
+        return 0
     wide = ", uint64 labels" if result.labels_dtype == np.uint64 else ""
     highest = "" if result.highest_object_id is None else f"highest object ID {result.highest_object_id}{wide}; "
     print(f"wrote {', '.join(result.paths)} ({counted(result.blocks, piece_unit(options.kind))}, "
@@ -123,6 +128,16 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
     if warning and {OBJECTS, OBJECT_FEATURES} & set(split_kind(options.kind)):
         print(warning, file=sys.stderr)
     return 0
+
+
+def shared_line(result: ExportResult, processes: int) -> str:
+    """What a --shared-filesystem export did: blocks written by the workers, found written, bytes of results
+    that reached this gateway."""
+    counts = result.shared
+    rate = result.voxels / max(result.seconds, 1e-9)
+    return (f"wrote {result.path} ({counted(result.blocks, 'block')}, {result.seconds:.1f} s, {rate / 1e6:.2f} "
+            f"Mvoxel/s; {counts.computed} written by the workers, {counts.written_before} written before, "
+            f"{counts.result_bytes} bytes of results through this gateway, {counted(processes, 'worker process')})")
 
 
 def written_without_objects(result: ExportResult, options: ExportOptions, source: DataSource) -> tuple[int, int]:

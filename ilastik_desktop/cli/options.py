@@ -19,6 +19,7 @@ from backend.distributed.dask_clusters import (
 from backend.distributed.security import KeyStore, check_endpoint, check_key, is_local
 from backend.errors import UserError
 from backend.service.export import ExportOptions
+from backend.service.shared_export import parse_slab
 from ilastik_desktop.runtime.settings import ComputeSettings, Settings, check_process_count, parse_block_shape
 
 
@@ -103,8 +104,13 @@ def add_dask_options(p: argparse.ArgumentParser) -> None:
                    help="serve the scheduler's (unauthenticated) dashboard there (default: no dashboard)")
     g.add_argument("--cluster-dry-run", action="store_true", help="print the job script and exit (submits nothing)")
     g.add_argument("--shared-filesystem", action="store_true",
-                   help="Dask workers read the raw data by path (they must see the same file system) instead of "
-                   "receiving each block's raw data")
+                   help="with --headless and --output_format zarr: the workers (ours or Dask's) read their raw "
+                   "blocks by path and write their results straight into the zarr output, which they must see at "
+                   "the same path; the gateway only coordinates (other formats, with --dask or --cluster only: "
+                   "the workers read the raw data by path and send their results back)")
+    g.add_argument("--slab", metavar="K/N",
+                   help="with --shared-filesystem: export only the K-th of N block-aligned slabs into the shared "
+                   "output (N gateways, one per slab, share the workers' cache server through --redis-url)")
 
 
 def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | None:
@@ -113,9 +119,12 @@ def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | N
     if args.dask and args.cluster:
         raise UserError("use either --dask or --cluster, not both")
     if not (args.dask or args.cluster):
-        if args.shared_filesystem or args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
-            raise UserError("--shared-filesystem, --cluster-dry-run, --cluster-host and --cluster-dashboard need "
-                            "--dask or --cluster")
+        if args.shared_filesystem and getattr(args, "output_format", None) != "zarr":
+            raise UserError("--shared-filesystem needs --output_format zarr, whose chunks our workers then write "
+                            "themselves; hdf5, npy and tif outputs need --dask or --cluster, whose workers then only "
+                            "read the raw data by path")
+        if args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
+            raise UserError("--cluster-dry-run, --cluster-host and --cluster-dashboard need --dask or --cluster")
         return None
     if args.connect or args.listen or args.workers is not None:
         raise UserError("--dask and --cluster replace --workers, --connect and --listen (use --dask local:N for N "
@@ -205,11 +214,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         internal_path=args.output_internal_path,
         block_shape=parse_block_shape(args.block_shape),
         progress=not args.no_progress,
+        shared_filesystem=args.shared_filesystem and args.output_format == "zarr",  # else Dask's raw data by path
+        slab=shared_slab(args),
     )
     return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,
                     threshold=args.threshold, retrain=args.retrain, export=export, cutout=args.cutout_subregion,
                     relabel=args.relabel, compute=compute_from_args(args), prediction_maps=maps)
 
+
+def shared_slab(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--slab K/N`` as (K, N), checked; None without it."""
+    if args.slab is None:
+        return None
+    if not args.shared_filesystem or args.output_format != "zarr":
+        raise UserError("--slab needs --shared-filesystem and --output_format zarr (the gateways of the slabs "
+                        "write into one shared zarr output)")
+    return parse_slab(args.slab)
 
 
 def answer_at_once(args: argparse.Namespace) -> int | None:

@@ -1,0 +1,165 @@
+"""Batch mode throughput: blocks per second one gateway coordinates when the workers write the output themselves.
+
+    python bench/batch_mode.py [--connections 1,4,8] [--blocks 4096] [--edge 8] [--repeat 2]
+                               [--json bench/out/batch_mode.json]
+
+The gateway is the real one running a real ``--shared-filesystem`` export (``backend.service.shared_export``)
+with a real embedded redis-server: it creates the chunk-aligned zarr output, claims the blocks in batches,
+sends each task (raw data by reference, output chunk named), and marks each block written in the cache. The
+workers are real processes (``--instant-worker``, below) speaking the ZeroMQ worker protocol that answer every
+task at once with "written": in case ``notice`` they write nothing (the gateway's bookkeeping alone); in case
+``chunk`` they write the task's chunk for real (a constant block through the output's codec and an atomic
+rename, as a worker does), on the same cores as the gateway. CPU seconds are the gateway process's (every
+thread) and the redis-server's, per block; ``result_bytes`` are the bytes of results that reached the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from backend.cache.block_cache import BlockCache  # noqa: E402
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
+from backend.compute.pipeline import WRITTEN  # noqa: E402
+from backend.distributed.protocol import decode, encode  # noqa: E402
+from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
+from backend.io.chunk_store import write_block  # noqa: E402
+from backend.io.sources.arrays import ArraySource  # noqa: E402
+from backend.service.gateway import Gateway, GatewayConfig  # noqa: E402
+from backend.service.shared_export import export_shared  # noqa: E402
+from bench.common import report  # noqa: E402
+from bench.gateway_throughput import LABELS, cpu_seconds, trivial_pipeline, volume_for  # noqa: E402
+
+
+def run_instant_worker(address: str, processes: int, connections: int, write: bool) -> None:
+    """A worker process with ``connections`` connections to the gateway that answers every TASK at once with
+    WRITTEN (after writing its chunk with ``write``), until the gateway says goodbye or is silent for 10 s."""
+    context = zmq.Context()
+    poller = zmq.Poller()
+    sockets = [context.socket(zmq.DEALER) for _ in range(connections)]
+    for sock in sockets:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        sock.send_multipart(encode("READY", {"processes": processes, "version": "ilastik-desktop/1",
+                                             "host": platform.node(), "pid": os.getpid(), "heartbeat_s": 1.0}))
+        poller.register(sock, zmq.POLLIN)
+    blocks: dict[tuple[int, ...], np.ndarray] = {}
+    last_heard = last_beat = time.monotonic()
+    while time.monotonic() - last_heard < 10 and sockets:
+        ready = [sock for sock, _ in poller.poll(500)]
+        if ready:
+            last_heard = time.monotonic()
+        for sock in ready:
+            message = decode(sock.recv_multipart())
+            if message.type == "DISCONNECT":
+                poller.unregister(sock)
+                sockets.remove(sock)
+                sock.close(linger=0)
+            elif message.type == "TASK":
+                if write:
+                    shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
+                    if shape not in blocks:
+                        blocks[shape] = np.full(shape, 0.5, np.float32)
+                    write_block(message.fields["output"], blocks[shape])
+                sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0}, [WRITTEN]))
+        if last_heard - last_beat > 1.0:
+            last_beat = last_heard
+            for sock in sockets:
+                sock.send_multipart(encode("HEARTBEAT"))
+    for sock in sockets:
+        sock.close(linger=0)
+    context.term()
+
+
+@contextlib.contextmanager
+def instant_workers(executor: ZmqExecutor, connections: int, processes: int, write: bool, most_processes: int = 8):
+    """``connections`` instant worker connections registered with ``executor``, from at most ``most_processes``
+    processes."""
+    spread = min(connections, most_processes)
+    shares = [connections // spread + (i < connections % spread) for i in range(spread)]
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--instant-worker", executor.address,
+                               "--processes", str(processes), "--per-process", str(share),
+                               *(["--write"] if write else [])]) for share in shares]
+    try:
+        if not executor.wait_for_workers(connections * processes, timeout=60):
+            raise RuntimeError("the instant workers did not register")
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+
+
+def run_case(case: str, connections: int, blocks: int, edge: int, processes: int, folder: str) -> dict:
+    """One shared export of about ``blocks`` blocks through ``connections`` instant workers."""
+    shape = volume_for(blocks, edge)
+    source = ArraySource(np.zeros(shape, np.uint8), "zyx")
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=1024)) as server, \
+            ZmqExecutor(bind=f"ipc://{folder}/w{case}{connections}") as executor, \
+            instant_workers(executor, connections, processes, case == "chunk"):
+        gateway = Gateway(source, trivial_pipeline(), executor, BlockCache(server.client(socket_timeout=30)),
+                          GatewayConfig(block_shape=(1, edge, edge, edge)))
+        try:
+            path = os.path.join(folder, f"{case}{connections}-{time.monotonic_ns()}.zarr")
+            cpu_before, redis_before = cpu_seconds(server.pid)
+            started = time.perf_counter()
+            counts = export_shared(gateway, path, "Probabilities", None, None, 8 * connections * processes,
+                                   lambda count: None, lambda: None)
+            wall = time.perf_counter() - started
+            cpu_after, redis_after = cpu_seconds(server.pid)
+            keys = server.client().dbsize()
+            redis_mb = server.client().info("memory")["used_memory"] / 2**20
+        finally:
+            gateway.close()
+    done = counts.computed
+    return {"case": case, "connections": connections, "blocks": done, "wall_s": round(wall, 3),
+            "blocks_per_s": round(done / wall, 1),
+            "gateway_cpu_ms_per_block": round(1000 * (cpu_after - cpu_before) / done, 3),
+            "redis_cpu_ms_per_block": round(1000 * (redis_after - redis_before) / done, 3),
+            "result_bytes": counts.result_bytes, "redis_keys": keys, "redis_mb": round(redis_mb, 1)}
+
+
+def main() -> None:
+    """Parse the arguments; run the instant worker, or every case and report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", default="1,4,8", help="worker connections, comma-separated")
+    parser.add_argument("--blocks", type=int, default=4096, help="blocks per export (about)")
+    parser.add_argument("--edge", type=int, default=8, help="block edge in voxels")
+    parser.add_argument("--processes", type=int, default=4, help="task slots each worker announces")
+    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times")
+    parser.add_argument("--cases", default="notice,chunk", help="notice (write nothing), chunk (write chunks)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--instant-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--per-process", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.instant_worker:
+        run_instant_worker(args.instant_worker, args.processes, args.per_process, args.write)
+        return
+    import numcodecs  # noqa: F401  (imported before the clock starts: the workers' codec, the output's metadata)
+    import zarr  # noqa: F401
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="batchbench") as folder:
+        for _ in range(args.repeat):
+            for case in args.cases.split(","):
+                for connections in (int(n) for n in args.connections.split(",")):
+                    rows.append(run_case(case, connections, args.blocks, args.edge, args.processes, folder))
+    report("batch_mode", rows, {"cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+                                "edge": args.edge, "processes_per_connection": args.processes}, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""--shared-filesystem: the workers read their raw blocks and write their zarr chunks themselves.
+
+One redis-server, one ZeroMQ executor with a real worker (two compute processes) and one ordinary zarr export
+of every pixel source serve the whole module. Each shared export must equal the ordinary one value for value,
+with no result reaching the gateway or the cache, also when a compute process is killed mid-run or a killed
+writer left a damaged chunk and a temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+
+from backend.cache.block_cache import BlockCache
+from backend.cache.redis_server import EmbeddedRedis, RedisSettings
+from backend.compute.geometry import Roi
+from backend.compute.pipeline import RESULT_KINDS, combined_kind
+from backend.errors import UserError
+from backend.io.chunk_store import PARTIAL
+from backend.io.sources import open_source
+from backend.service.export import ExportOptions, run_export
+from backend.service.gateway import Gateway, GatewayConfig
+from backend.service.shared_export import open_output
+from tests.conftest import run_cli
+from tests.helpers import wait_for
+from tests.integration.test_executor import _pipeline, small_project
+from tests.integration.test_faults import FEATURES
+from tests.integration.workers import ZmqWithWorkers, compute_processes
+
+pytestmark = pytest.mark.timeout(300)
+BLOCK = (1, 16, 32, 32)
+SHAPE = (32, 96, 128)  # 2 x 3 x 4 = 24 blocks
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(gateway, redis client, worker process, folder) on a 9-feature synthetic project."""
+    folder = tmp_path_factory.mktemp("shared")
+    path, _ = small_project(str(folder), shape=SHAPE, selection=FEATURES)
+    pipeline = _pipeline(path)
+    server = EmbeddedRedis(RedisSettings(maxmemory_mb=256)).start()
+    workers = ZmqWithWorkers(pipeline, workers=1, processes=2)
+    gateway = Gateway(open_source(os.path.join(folder, "raw.h5/data")), pipeline, workers.executor,
+                      BlockCache(server.client()), GatewayConfig(BLOCK))
+    try:
+        yield gateway, server.client(), workers.procs[0], folder
+    finally:
+        gateway.close()
+        workers.close()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ordinary(cluster):
+    """The ordinary zarr export of every pixel source (one run, results through the gateway), and the bytes the
+    cache server received for it."""
+    gateway, client, _, folder = cluster
+    before = client.info("stats")["total_net_input_bytes"]
+    options = ExportOptions(kind=combined_kind(RESULT_KINDS), fmt="zarr", progress=False, block_shape=BLOCK,
+                            filename_pattern=str(folder / "ordinary_{result_type}"))
+    result = run_export(gateway, "raw", options, max_in_flight=8)
+    wait_for(lambda: not client.keys("*:lease"), 30, message="the ordinary export's results did not reach the cache")
+    arrays = {kind: zarr.open_group(path, mode="r") for kind, path in zip(RESULT_KINDS, result.paths)}
+    return arrays, client.info("stats")["total_net_input_bytes"] - before
+
+
+def _shared(gateway, folder, name: str, kind: str = "Probabilities", on_progress=None, **more):
+    options = ExportOptions(kind=kind, fmt="zarr", progress=False, block_shape=BLOCK, shared_filesystem=True,
+                            filename_pattern=str(folder / name), **more)
+    return run_export(gateway, "raw", options, max_in_flight=64, on_progress=on_progress)
+
+
+def _assert_equal(path: str, ordinary_group) -> None:
+    shared = zarr.open_group(path, mode="r")
+    assert shared["0"].dtype == ordinary_group["0"].dtype and shared["0"].shape == ordinary_group["0"].shape
+    assert np.array_equal(shared["0"][...], ordinary_group["0"][...])
+    assert shared.attrs["multiscales"][0]["axes"] == ordinary_group.attrs["multiscales"][0]["axes"]
+    assert not [name for name in os.listdir(os.path.join(path, "0")) if name.endswith(PARTIAL)]
+
+
+@pytest.mark.parametrize("kind", RESULT_KINDS)
+def test_shared_export_equals_the_ordinary_export_with_no_result_through_gateway_or_cache(cluster, ordinary, kind):
+    gateway, client, _, folder = cluster
+    groups, ordinary_bytes = ordinary
+    before = client.info("stats")["total_net_input_bytes"]
+    result = _shared(gateway, folder, f"shared_{kind.replace(' ', '_')}", kind)
+    received = client.info("stats")["total_net_input_bytes"] - before
+    _assert_equal(result.path, groups[kind])
+    assert result.shared.computed == result.blocks == 24 and result.shared.written_before == 0
+    assert result.shared.result_bytes == 0  # only "written" answers reached the gateway
+    size = groups[kind]["0"].nbytes
+    block_bytes = size // result.blocks  # 16 KB (uint8) to 590 KB (Features) of values per block
+    assert received < min(2048, block_bytes) * result.blocks, (received, size)  # claims and markers, no values
+    assert ordinary_bytes > size / 4  # where the ordinary export did send its results
+
+
+def test_a_compute_process_killed_mid_export_changes_nothing(cluster, ordinary):
+    gateway, _, worker, folder = cluster
+    killed = []
+
+    def kill_one(done: int, total: int) -> None:
+        if done >= 3 and not killed:
+            victim = compute_processes(psutil.Process(worker.pid))[0]
+            victim.send_signal(signal.SIGKILL)
+            killed.append((victim.pid, done, total))
+
+    result = _shared(gateway, folder, "killed", on_progress=kill_one)
+    assert killed and killed[0][1] < killed[0][2]  # killed while blocks were still to come
+    _assert_equal(result.path, ordinary[0]["Probabilities"])
+    assert result.shared.result_bytes == 0
+
+
+def test_a_damaged_chunk_and_the_temporary_file_of_a_killed_writer_are_replaced(cluster, ordinary):
+    gateway, _, _, folder = cluster
+    path = str(folder / "damaged.zarr")
+    output = open_output(gateway, path, "Probabilities", None)  # as a run killed before it wrote these
+    with open(os.path.join(output.array_path, "0.0.0.0.0"), "wb") as f:
+        f.write(b"\x02\x01half a chunk")
+    partial = os.path.join(output.array_path, f".0.1.1.2.3~0123456789ab{PARTIAL}")
+    with open(partial, "wb") as f:
+        f.write(b"torn")
+    result = _shared(gateway, folder, "damaged")
+    assert result.shared.computed == 24 and result.shared.partials_removed == 1
+    _assert_equal(result.path, ordinary[0]["Probabilities"])
+
+
+def test_what_the_shared_mode_refuses_is_said_in_one_line(cluster, ordinary):
+    gateway, _, _, folder = cluster
+    with pytest.raises(UserError, match="needs --output_format zarr"):
+        run_export(gateway, "raw", ExportOptions(fmt="hdf5", shared_filesystem=True, block_shape=BLOCK,
+                                                 filename_pattern=str(folder / "h5"), progress=False))
+    with pytest.raises(UserError, match="multiple of the block shape"):
+        _shared(gateway, folder, "unaligned", region=Roi((0, 8, 0, 0), (1, 32, 96, 128)))
+    open_output(gateway, str(folder / "uncertainty.zarr"), "Uncertainty", None)
+    with pytest.raises(UserError, match="other settings.*source"):
+        _shared(gateway, folder, "uncertainty", "Probabilities")
+    with pytest.raises(UserError, match="not a --shared-filesystem export"):
+        _shared(gateway, folder, "ordinary_Probabilities")
+
+
+def _real_export(data_dir: str, out: str, *more: str):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    return run_cli("--headless", "--no-progress", "--project", project,
+                   "--output_format", "zarr", "--block_shape", "32,32,32", "--output_filename_format", out, *more)
+
+
+@pytest.fixture(scope="module")
+def real_ordinary(data_dir, tmp_path_factory):
+    """The ordinary zarr export of a real ilastik project (8 blocks, 2 channels)."""
+    out = str(tmp_path_factory.mktemp("real") / "ordinary")
+    result = _real_export(data_dir, out, "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return zarr.open_group(out + ".zarr", mode="r")["0"][...]
+
+
+@pytest.mark.parametrize("engine", [("--workers", "1"), ("--dask", "local:2")], ids=["zeromq", "dask"])
+def test_headless_shared_export_of_a_real_project_equals_the_ordinary_one(data_dir, real_ordinary, tmp_path, engine):
+    shared = _real_export(data_dir, str(tmp_path / "shared"), *engine, "--shared-filesystem")
+    assert shared.returncode == 0, shared.stderr
+    assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in shared.stderr
+    array = zarr.open_group(str(tmp_path / "shared.zarr"), mode="r")["0"][...]
+    assert real_ordinary.shape == (2, 64, 64, 64) and np.array_equal(array, real_ordinary)
