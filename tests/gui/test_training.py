@@ -243,7 +243,10 @@ def test_a_stroke_painted_during_a_training_replaces_it_and_the_overlay_follows_
     trained: list[str] = []
     training.trained.connect(trained.append)
     training.panel.classes.button(losing[0]).setChecked(True)
+    slot = window.loader.slots[("xy", "Probabilities")]
+    assert slot.prefetch is not None  # the next slices, under the project's classifier
     drag(window, xy, 20, range(10, 41, 3))
+    assert slot.prefetch is None  # dropped: a new classifier is coming
     qtbot.waitUntil(lambda: controller._training is not None, timeout=10_000)  # the first training runs
     training.panel.classes.button(losing[1]).setChecked(True)
     drag(window, xy, 70, range(10, 41, 3))  # outdates it
