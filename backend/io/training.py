@@ -144,9 +144,10 @@ def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -
 def load_trainer() -> None:
     """Import scikit-learn's forests now (about half a second), so that the first training does not wait.
 
-    Once per process, without a garbage collection meanwhile, and what the process holds then (its modules, mostly;
-    any garbage too, never freed) is kept out of later collections: a full collection over it paused every thread
-    (the GUI's too) for 0.2 s, once during the import and once just after the first training."""
+    Once per process, without a garbage collection meanwhile, and what the process holds then (its modules,
+    mostly) is kept out of later collections: a full collection over it paused every thread (the GUI's too) for
+    0.2 s, once during the import and once just after the first training. :func:`prepare_trainer` collects what
+    became garbage among it since."""
     if "sklearn.ensemble" in sys.modules:
         return
     enabled = gc.isenabled()
@@ -157,6 +158,18 @@ def load_trainer() -> None:
         gc.freeze()  # (a collection first would itself be the pause)
         if enabled:
             gc.enable()
+
+
+def prepare_trainer() -> None:
+    """Before a project's first stroke: load the trainer (:func:`load_trainer`), or, loaded already (for an
+    earlier project), collect the garbage among what it kept out of collections (that project's objects) and
+    keep what lives on out of them again: one full collection's pause, now rather than while labelling."""
+    if "sklearn.ensemble" not in sys.modules:
+        load_trainer()
+    elif gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 class TrainingStopped(Exception):

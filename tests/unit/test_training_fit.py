@@ -1,5 +1,5 @@
 """Fitting the classifier in chunks of trees (so that an outdated training can stop) and loading the trainer
-without a long garbage collection."""
+without long garbage collections."""
 
 import subprocess
 import sys
@@ -56,18 +56,27 @@ def test_a_training_asked_to_stop_stops_between_chunks(samples):
 
 
 def test_loading_the_trainer_keeps_what_the_process_holds_out_of_garbage_collections():
-    code = ("import gc, time\n"
-            "from backend.io.training import load_trainer\n"
+    code = ("import gc, time, weakref\n"
+            "from backend.io.training import load_trainer, prepare_trainer\n"
+            "class Project:\n"
+            "    pass\n"
+            "gc.disable()  # (as if no collection came before the trainer was loaded)\n"
+            "closed = Project()\n"
+            "closed.me = closed  # garbage in a cycle\n"
+            "closed = weakref.ref(closed)\n"
             "load_trainer()\n"
-            "frozen, enabled = gc.get_freeze_count(), gc.isenabled()\n"
+            "frozen = gc.get_freeze_count()\n"
             "def collect():\n"
             "    started = time.perf_counter()\n"
             "    gc.collect()\n"
             "    return time.perf_counter() - started\n"
             "skipping = collect()\n"
+            "kept = closed() is not None\n"
+            "prepare_trainer()  # a later project's brush\n"
             "gc.unfreeze()\n"
-            "print(frozen, enabled, skipping, collect())\n")
+            "print(frozen, skipping, collect(), kept, closed() is None)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    frozen, enabled, skipping, everything = out.stdout.split()
-    assert int(frozen) > 100_000 and enabled == "True", out.stdout  # the modules imported so far
-    assert float(skipping) < float(everything) / 2, out.stdout  # a full collection now skips them
+    frozen, skipping, everything, kept, collected = out.stdout.split()
+    assert int(frozen) > 100_000, out.stdout  # the modules imported so far
+    assert float(skipping) < float(everything) / 2, out.stdout  # a full collection skips them
+    assert kept == "True" and collected == "True", out.stdout  # until the next project's brush collects them
