@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import math
 import re
-import sys
 from collections.abc import Callable, Iterator
 
 import h5py
@@ -141,15 +140,19 @@ def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -
     return np.concatenate(xs), np.concatenate(ys)
 
 
+_trainer = {"loaded": False}  # load_trainer ran in this process
+
+
 def load_trainer() -> None:
     """Import scikit-learn's forests now (about half a second), so that the first training does not wait.
 
     Once per process, without a garbage collection meanwhile, and what the process holds then (its modules,
     mostly) is kept out of later collections: a full collection over it paused every thread (the GUI's too) for
-    0.2 s, once during the import and once just after the first training. :func:`prepare_trainer` collects what
-    became garbage among it since."""
-    if "sklearn.ensemble" in sys.modules:
+    0.2 s, once during the import and once just after the first training. :func:`collect_frozen_garbage` collects
+    what became garbage among it since."""
+    if _trainer["loaded"]:
         return
+    _trainer["loaded"] = True
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -160,13 +163,10 @@ def load_trainer() -> None:
             gc.enable()
 
 
-def prepare_trainer() -> None:
-    """Before a project's first stroke: load the trainer (:func:`load_trainer`), or, loaded already (for an
-    earlier project), collect the garbage among what it kept out of collections (that project's objects) and
-    keep what lives on out of them again: one full collection's pause, now rather than while labelling."""
-    if "sklearn.ensemble" not in sys.modules:
-        load_trainer()
-    elif gc.get_freeze_count():
+def collect_frozen_garbage() -> None:
+    """Collect what became garbage among the objects :func:`load_trainer` kept out of collections (a closed
+    project's), and keep what lives on out of them again: one full collection's pause."""
+    if gc.get_freeze_count():
         gc.unfreeze()
         gc.collect()
         gc.freeze()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.geometry import Roi
+from backend.io.training import collect_frozen_garbage
 from backend.service.export import default_block_shape
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
@@ -236,6 +237,9 @@ class TrainingBinding(QtCore.QObject):
                        self.controller.pipeline_changed, self.controller.training_wanted,
                        self.controller.lanes_changed, self.controller.lane_shown):
             signal.disconnect()  # results posted before closing find no widget of a closed project
+        # once the window has let go of the project: its garbage, kept out of collections with the trainer's
+        # objects, is collected (a pause while switching projects rather than while labelling)
+        QtCore.QTimer.singleShot(0, collect_frozen_garbage)
 
 
 def _standard(key: QtGui.QKeySequence.StandardKey) -> str:

@@ -33,7 +33,7 @@ from backend.io.project import Classifier, FeatureSelection
 from backend.io.project_pipeline import build_pipeline, feature_set
 from backend.io.project_writer import Training, save_training
 from backend.io.sources import DataSource
-from backend.io.training import TrainingStopped, prepare_trainer
+from backend.io.training import TrainingStopped, load_trainer
 from backend.private_files import config_dir
 from backend.service import label_classes
 from backend.service.gateway import Gateway
@@ -107,11 +107,11 @@ class TrainingController:
         return list(self.document.project.label_names)
 
     def take_brush(self) -> None:
-        """The user means to label: prepare the trainer in the background before the first stroke (not at
-        opening: loading it there slowed the first overlay, 0.55 -> 0.72-0.96 s)."""
+        """The user means to label: load the trainer in the background before the first stroke (not at
+        opening: there it slowed the first overlay, 0.55 -> 0.72-0.96 s)."""
         if self._loader is None:
             self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-import")
-            self._loader.submit(prepare_trainer)
+            self._loader.submit(load_trainer)
 
     # -- labels ---------------------------------------------------------------------------------------
     def stroke(self, position: tuple[int, int, int, int], rows_axis: str, cols_axis: str,

@@ -2,6 +2,7 @@
 overlay recomputed under the new classifier where the labels were painted, Save writing what reopens."""
 
 
+import gc
 import os
 
 import numpy as np
@@ -258,3 +259,7 @@ def test_a_stroke_painted_during_a_training_replaces_it_and_the_overlay_follows_
     shown = window.loader.shown("xy", "Probabilities")[0]
     for column, label in zip((20, 70), losing):
         assert before[25, column, label - 1] < 0.5 < shown[25, column, label - 1]  # now it wins where painted
+    frozen = gc.get_freeze_count()
+    assert frozen > 0  # the trainer's import kept what the process held out of collections
+    window.close_document()  # then collects the closed project's garbage among it, and freezes the rest again
+    qtbot.waitUntil(lambda: gc.get_freeze_count() != frozen, timeout=10_000)

@@ -57,7 +57,7 @@ def test_a_training_asked_to_stop_stops_between_chunks(samples):
 
 def test_loading_the_trainer_keeps_what_the_process_holds_out_of_garbage_collections():
     code = ("import gc, time, weakref\n"
-            "from backend.io.training import load_trainer, prepare_trainer\n"
+            "from backend.io.training import collect_frozen_garbage, load_trainer\n"
             "class Project:\n"
             "    pass\n"
             "gc.disable()  # (as if no collection came before the trainer was loaded)\n"
@@ -72,11 +72,11 @@ def test_loading_the_trainer_keeps_what_the_process_holds_out_of_garbage_collect
             "    return time.perf_counter() - started\n"
             "skipping = collect()\n"
             "kept = closed() is not None\n"
-            "prepare_trainer()  # a later project's brush\n"
+            "collect_frozen_garbage()  # the project closed\n"
             "gc.unfreeze()\n"
             "print(frozen, skipping, collect(), kept, closed() is None)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     frozen, skipping, everything, kept, collected = out.stdout.split()
     assert int(frozen) > 100_000, out.stdout  # the modules imported so far
     assert float(skipping) < float(everything) / 2, out.stdout  # a full collection skips them
-    assert kept == "True" and collected == "True", out.stdout  # until the next project's brush collects them
+    assert kept == "True" and collected == "True", out.stdout  # until a closed project's garbage is collected
