@@ -121,8 +121,10 @@ class LocalWorkersConfig:
 class TrainingConfig:
     """Live training in the window."""
 
-    debounce_s: float = setting(0.4, "a stroke starts training once no other stroke followed for this long",
+    debounce_s: float = setting(0.1, "a stroke starts training once no other stroke followed for this long",
                                 0, 60)
+    chunk_trees: int = setting(10, "a forest grows this many trees at a time; between them, a training that new "
+                                   "strokes made outdated stops (the trees are the same as grown at once)", 1, 1000)
     features_timeout_s: float = setting(600.0, "a labelled block's features not back by then fail the training",
                                         1, 86400)
     undo_steps: int = setting(100, "strokes that can be undone (each keeps a copy of the 40^3 label blocks it "

@@ -82,6 +82,14 @@ class PlaneLoader(QtCore.QObject):
         self.policy.renew(RESULT_LAYERS)
         self.refresh()
 
+    def drop_prefetch(self) -> None:
+        """Stop prefetching the result layers: a new classifier is coming, and what they prefetch would be
+        outdated (they prefetch again once it is shown)."""
+        for (_, kind), slot in self.slots.items():
+            if kind != RAW and slot.prefetch is not None:
+                self._cancel_all([slot.prefetch])
+                slot.prefetch = None
+
     def close(self) -> None:
         """Cancel everything and stop the I/O threads (a view resized while the window closes asks nothing)."""
         self._closed = True

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -139,21 +140,63 @@ def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -
     return np.concatenate(xs), np.concatenate(ys)
 
 
+_trainer = {"loaded": False}  # load_trainer ran in this process
+
+
 def load_trainer() -> None:
-    """Import scikit-learn's forests now (about half a second), so that the first training does not wait."""
-    from sklearn.ensemble import RandomForestClassifier  # noqa: F401
+    """Import scikit-learn's forests now (about half a second), so that the first training does not wait.
+
+    Once per process, without a garbage collection meanwhile, and what the process holds then (its modules,
+    mostly) is kept out of later collections: a full collection over it paused every thread (the GUI's too) for
+    0.2 s, once during the import and once just after the first training. :func:`collect_frozen_garbage` collects
+    what became garbage among it since."""
+    if _trainer["loaded"]:
+        return
+    _trainer["loaded"] = True
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from sklearn.ensemble import RandomForestClassifier  # noqa: F401
+    finally:
+        gc.freeze()  # (a collection first would itself be the pause)
+        if enabled:
+            gc.enable()
+
+
+def collect_frozen_garbage() -> None:
+    """Collect what became garbage among the objects :func:`load_trainer` kept out of collections (a closed
+    project's), and keep what lives on out of them again: one full collection's pause."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
+class TrainingStopped(Exception):
+    """A training given up before its end (new labels made it outdated)."""
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], trees: int = 100,
-                     forests: int = 2, seed: int = 0) -> Classifier:
-    """A classifier of ``forests`` random forests with ``trees`` trees in total, in vigra's layout."""
+                     forests: int = 2, seed: int = 0, chunk_trees: int | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> Classifier:
+    """A classifier of ``forests`` random forests with ``trees`` trees in total, in vigra's layout.
+
+    With ``chunk_trees``, each forest grows that many trees at a time (the same trees as all at once) and
+    ``should_stop()`` is asked between chunks: True gives up with :class:`TrainingStopped`."""
+    load_trainer()
     from sklearn.ensemble import RandomForestClassifier
 
     per = [trees // forests + (1 if i < trees % forests else 0) for i in range(forests)]
     fitted = []
     for i, n in enumerate(per):
-        rf = RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed + i, n_jobs=-1)
-        fitted.append(forest_from_sklearn(rf.fit(x, y), x.shape[1]))
+        rf = RandomForestClassifier(n_estimators=n, max_features="sqrt", random_state=seed + i, n_jobs=-1,
+                                    warm_start=True)
+        step = chunk_trees or n
+        for grown in [*range(step, n, step), n]:
+            if should_stop is not None and should_stop():
+                raise TrainingStopped()
+            rf.set_params(n_estimators=grown).fit(x, y)  # warm start: the trees grown so far are kept
+        fitted.append(forest_from_sklearn(rf, x.shape[1]))
     return Classifier(tuple(fitted), fitted[0].labels, tuple(feature_names))
 
 

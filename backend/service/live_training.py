@@ -4,7 +4,7 @@ blocks a stroke touched (on the workers, when an executor is given), and a fores
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -80,12 +80,16 @@ class TrainingSession:
         return train_sessions([self], trees, forests)
 
 
-def train_sessions(sessions: Sequence[TrainingSession], trees: int = 100, forests: int = 2) -> tuple[Classifier, int]:
+def train_sessions(sessions: Sequence[TrainingSession], trees: int = 100, forests: int = 2,
+                   chunk_trees: int | None = None, should_stop: Callable[[], bool] | None = None
+                   ) -> tuple[Classifier, int]:
     """One classifier from the labels of several images (a project's lanes, sharing one feature selection) as
-    they are now, and the number of labelled voxels it used."""
+    they are now, and the number of labelled voxels it used; ``chunk_trees`` and ``should_stop`` as
+    :func:`~backend.io.training.train_classifier` takes them (asked first once the samples are there)."""
     parts = [session.samples() for session in sessions]
     x = np.concatenate([x for x, _ in parts]) if parts else np.empty((0, 0), np.float32)
     y = np.concatenate([y for _, y in parts]) if parts else np.empty(0, np.int64)
     if len(np.unique(y)) < 2:
         raise UserError("label at least two classes before training")
-    return train_classifier(x, y, sessions[0].features.column_names(), trees, forests), len(y)
+    return train_classifier(x, y, sessions[0].features.column_names(), trees, forests, chunk_trees=chunk_trees,
+                            should_stop=should_stop), len(y)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from PyQt5 import QtCore, QtGui, QtWidgets
 
 from backend.compute.geometry import Roi
+from backend.io.training import collect_frozen_garbage
 from backend.service.export import default_block_shape
 from ilastik_desktop._qt.dialogs.features import FeatureDialog
 from ilastik_desktop._qt.panels.training import ERASER, TrainingPanel
@@ -42,7 +43,7 @@ class TrainingBinding(QtCore.QObject):
         self.timer = QtCore.QTimer(self, singleShot=True, interval=round(services.config.training.debounce_s * 1000))
         self.timer.timeout.connect(controller.train)
         # Qt's own methods take their arguments from psygnal through lambdas (it cannot see their signatures)
-        controller.training_wanted.connect(lambda: self.timer.start())
+        controller.training_wanted.connect(self._training_wanted)
         controller.message.connect(lambda text: self.panel.status.setText(text))
         controller.trained.connect(lambda text: self.trained.emit(text))
         controller.saved.connect(lambda text: self.saved.emit(text))
@@ -122,6 +123,13 @@ class TrainingBinding(QtCore.QObject):
         self.controller.begin_stroke(tuple(self.window.model.position), view.rows_axis, view.cols_axis,
                                      self.panel.radius(), self.panel.label())
         self.controller.stroke_to(row, col)
+
+    def _training_wanted(self) -> None:
+        """Train once no other stroke follows for a moment; meanwhile the workers stop prefetching under the
+        classifier about to be replaced."""
+        self.timer.start()
+        if self.window.loader is not None and self.document is self.window.document:
+            self.window.loader.drop_prefetch()
 
     def _moved(self, _axis: str) -> None:
         self.repaint()
@@ -229,6 +237,9 @@ class TrainingBinding(QtCore.QObject):
                        self.controller.pipeline_changed, self.controller.training_wanted,
                        self.controller.lanes_changed, self.controller.lane_shown):
             signal.disconnect()  # results posted before closing find no widget of a closed project
+        # once the window has let go of the project: its garbage, kept out of collections with the trainer's
+        # objects, is collected (a pause while switching projects rather than while labelling)
+        QtCore.QTimer.singleShot(0, collect_frozen_garbage)
 
 
 def _standard(key: QtGui.QKeySequence.StandardKey) -> str:

@@ -3,8 +3,9 @@
 Strokes, undo and redo go into the shown lane's label store; with live training on, each change asks for a training
 (``training_wanted``: the window debounces it); one forest is trained off the caller's thread from the labelled
 blocks' features of every lane (computed on the workers), and the shown document's gateway then uses it (another
-lane's, once shown). Images are added as lanes, and any lane is shown with its labels and undo history kept. Classes
-are added, renamed, recoloured and deleted; Save writes classes, labels, features, forest and thresholds into the
+lane's, once shown); a training that a newer one made outdated stops between chunks of trees. Images are added as
+lanes, and any lane is shown with its labels and undo history kept. Classes are added, renamed, recoloured and
+deleted; Save writes classes, labels, features, forest and thresholds into the
 project, atomically, in the background. Until then, labels, class edits and added lanes are journalled beside the
 project, and :meth:`TrainingController.restore` takes them back after a crash.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -32,14 +33,14 @@ from backend.io.project import Classifier, FeatureSelection
 from backend.io.project_pipeline import build_pipeline, feature_set
 from backend.io.project_writer import Training, save_training
 from backend.io.sources import DataSource
-from backend.io.training import load_trainer
+from backend.io.training import TrainingStopped, load_trainer
 from backend.private_files import config_dir
 from backend.service import label_classes
 from backend.service.gateway import Gateway
 from backend.service.labels import LabelStore
-from backend.service.live_training import train_sessions
 from ilastik_desktop.runtime.document import Document
 from ilastik_desktop.runtime.lanes import ProjectLanes
+from ilastik_desktop.runtime.training_run import Trained, train_lanes
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,10 @@ class TrainingController:
         self.live = True
         self.closed = False
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training")
-        self._trainer_loaded = False
+        self._loader: ThreadPoolExecutor | None = None  # imports the trainer while a first training can start
         self._wanted_lane = document.lane
         self._training: Future | None = None
+        self._stop: threading.Event | None = None  # set: the latest training is outdated
 
     @property
     def store(self) -> LabelStore:
@@ -107,9 +109,9 @@ class TrainingController:
     def take_brush(self) -> None:
         """The user means to label: load the trainer in the background before the first stroke (not at
         opening: there it slowed the first overlay, 0.55 -> 0.72-0.96 s)."""
-        if not self._trainer_loaded:
-            self._trainer_loaded = True
-            self.pool.submit(load_trainer)
+        if self._loader is None:
+            self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer-import")
+            self._loader.submit(load_trainer)
 
     # -- labels ---------------------------------------------------------------------------------------
     def stroke(self, position: tuple[int, int, int, int], rows_axis: str, cols_axis: str,
@@ -234,46 +236,39 @@ class TrainingController:
 
     # -- training -------------------------------------------------------------------------------------
     def train(self) -> bool:
-        """Train in the background; False (and ``training_wanted`` again) while a training still runs."""
-        if self._training is not None and not self._training.done():
-            self.training_wanted.emit()
-            return False
+        """Train in the background from the labels as they are now. A training still running was given labels
+        that changed since: it stops at its next check (between chunks of trees) and this one starts then."""
+        if self._stop is not None:
+            self._stop.set()
+        stop = self._stop = threading.Event()
         self.message.emit("training ...")
-        self._training = self.pool.submit(self._train)
+        self._training = self.pool.submit(self._train, stop)
         return True
 
-    def _train(self) -> None:
-        started = time.perf_counter()
+    def _train(self, stop: threading.Event) -> None:
         try:
-            sessions = self.lanes.sessions()
-            classifier, rows = train_sessions(sessions)
-            project, source = self.document.project, self.document.source
-            pipeline = build_pipeline(project, source.channels, source.shape[1] > 1, classifier)
-            # here, not on the owner's thread: with Dask it is a network call; the reference is given back once
-            # the gateway holds its own
-            fingerprint = self.executor.add_pipeline(pipeline) if self.executor is not None else None
+            if not stop.is_set():  # else replaced before it started
+                trained = train_lanes(self.lanes, self.document, self.executor, self.config.chunk_trees, stop.is_set)
+                self.call_soon(self._use, trained)
+        except TrainingStopped:
+            return  # the training that replaced it reports
         except UserError as exc:
             self.call_soon(self._report_training, str(exc))
-            return
         except Exception as exc:  # shown in the panel rather than lost
             log.exception("training failed")
             self.call_soon(self._report_training, f"training failed: {type(exc).__name__}: {exc}")
-            return
-        of_lanes = f" of {len(sessions)} lanes" if len(sessions) > 1 else ""
-        left_out = "".join(f"; left out {failure}" for failure in self.lanes.failures())
-        self.call_soon(self._use, classifier, rows, pipeline, fingerprint,
-                       f"{of_lanes} in {time.perf_counter() - started:.1f} s{left_out}")
 
-    def _use(self, classifier: Classifier, rows: int, pipeline, fingerprint: str | None, how: str) -> None:
+    def _use(self, trained: Trained) -> None:
         try:
             if self.closed:
                 return  # the project was closed meanwhile
-            self.classifier, self.rows, self.stale = classifier, rows, False
-            self._set_pipeline(pipeline)
+            self.classifier, self.rows, self.stale = trained.classifier, trained.rows, False
+            self._set_pipeline(trained.pipeline)
         finally:
-            if fingerprint is not None:
-                self.executor.remove_pipeline(fingerprint)  # the reference _train took
-        self._report_training(f"trained {classifier.tree_count} trees on {rows} labelled voxels{how}")
+            if trained.fingerprint is not None:
+                self.executor.remove_pipeline(trained.fingerprint)  # the reference the training took
+        self._report_training(f"trained {trained.classifier.tree_count} trees on {trained.rows} labelled voxels"
+                              f"{trained.how}")
 
     def _report_training(self, text: str) -> None:
         if not self.closed:
@@ -393,5 +388,7 @@ class TrainingController:
         labels were saved or discarded)."""
         self.closed = True
         self.pool.shutdown(wait=True, cancel_futures=False)
+        if self._loader is not None:
+            self._loader.shutdown(wait=True)
         self.lanes.close(keep=self.document)
         self.journal.close()

@@ -2,11 +2,13 @@
 overlay recomputed under the new classifier where the labels were painted, Save writing what reopens."""
 
 
+import gc
 import os
 
 import numpy as np
 import pytest
 from PyQt5 import QtCore, QtWidgets
+from PyQt5.QtTest import QTest
 
 from backend.compute.geometry import Roi
 from backend.io.project import open_project
@@ -15,6 +17,7 @@ from backend.service.labels import LabelStore
 from ilastik_desktop.runtime.demo import write_demo_project
 from tests.conftest import run_cli
 from tests.gui.conftest import open_and_settle
+from tests.gui.test_brush import LEFT, NO_KEYS, at
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -217,3 +220,46 @@ def test_the_labels_are_a_layer_to_hide_and_fade(qtbot, window, tmp_path):
     assert not xy.overlays["Labels"].isVisible()
     window.model.move_layer("Labels", -3)  # listed lower, still drawn above the results
     assert xy.overlays["Labels"].zValue() > max(item.zValue() for name, item in xy.overlays.items() if name != "Labels")
+
+
+def drag(window, view, column: int, rows: range) -> None:
+    """A real stroke down ``column`` of ``view``: the left button pressed, moved with it held, released."""
+    handle = window.windowHandle()
+    QTest.mousePress(handle, LEFT, NO_KEYS, at(view, rows[0], column))
+    for row in rows[1:]:
+        QTest.mouseMove(handle, at(view, row, column))
+    QTest.mouseRelease(handle, LEFT, NO_KEYS, at(view, rows[-1], column))
+
+
+def test_a_stroke_painted_during_a_training_replaces_it_and_the_overlay_follows_both(qtbot, window, tmp_path):
+    path = write_demo_project(str(tmp_path / "demo"), shape=(48, 96, 96), trees=10)
+    open_and_settle(qtbot, window, path)
+    training, xy = window.training, window.views[0]
+    controller = training.controller
+    before = window.loader.shown("xy", "Probabilities")[0].copy()
+    losing = [int(np.argmin(before[25, column])) + 1 for column in (20, 70)]  # where each class loses now
+    training.panel.live.setChecked(True)
+    training.panel.size.setValue(5)
+    training.panel.paint.setChecked(True)
+    trained: list[str] = []
+    training.trained.connect(trained.append)
+    training.panel.classes.button(losing[0]).setChecked(True)
+    slot = window.loader.slots[("xy", "Probabilities")]
+    assert slot.prefetch is not None  # the next slices, under the project's classifier
+    drag(window, xy, 20, range(10, 41, 3))
+    assert slot.prefetch is None  # dropped: a new classifier is coming
+    qtbot.waitUntil(lambda: controller._training is not None, timeout=10_000)  # the first training runs
+    training.panel.classes.button(losing[1]).setChecked(True)
+    drag(window, xy, 70, range(10, 41, 3))  # outdates it
+    qtbot.waitUntil(lambda: bool(trained), timeout=120_000)
+    qtbot.waitUntil(window.loader.is_settled, timeout=120_000)
+    controller.pool.submit(lambda: None).result(60)  # the training thread has nothing more to report
+    labelled = int((controller.store.region(Roi.from_shape(window.document.source.spatial_shape)) > 0).sum())
+    assert len(trained) == 1 and f"on {labelled} labelled voxels" in trained[0], trained
+    shown = window.loader.shown("xy", "Probabilities")[0]
+    for column, label in zip((20, 70), losing):
+        assert before[25, column, label - 1] < 0.5 < shown[25, column, label - 1]  # now it wins where painted
+    frozen = gc.get_freeze_count()
+    assert frozen > 0  # the trainer's import kept what the process held out of collections
+    window.close_document()  # then collects the closed project's garbage among it, and freezes the rest again
+    qtbot.waitUntil(lambda: gc.get_freeze_count() != frozen, timeout=10_000)

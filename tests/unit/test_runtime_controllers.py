@@ -75,7 +75,6 @@ def test_training_gives_the_gateway_a_classifier_the_labels_agree_with(trainer):
     paint(trainer, 1, 30)
     paint(trainer, 2, 150)
     assert trainer.train()
-    assert not trainer.train()  # one training at a time: asked again once it is done
     wait_for(lambda: trained.values, 120)
     assert trained.values[-1].startswith("trained 100 trees on") and len(renewed.values) == 1
     gateway = trainer.document.gateway
@@ -83,6 +82,22 @@ def test_training_gives_the_gateway_a_classifier_the_labels_agree_with(trainer):
     roi = Roi((0, 0, 28, 20), (1, 1, 32, 100))
     probabilities = gateway.request("Probabilities", roi).result(60)
     assert probabilities[..., 0].mean() > 0.5  # painted as class 1 there
+
+
+def test_strokes_during_a_training_replace_it_with_one_from_every_label(trainer):
+    trained = Heard(trainer.trained)
+    paint(trainer, 1, 30)
+    paint(trainer, 2, 150)
+    assert trainer.train()
+    first = trainer._training
+    paint(trainer, 2, 90)  # while the first training runs: it is outdated
+    assert trainer.train()
+    wait_for(lambda: trained.values, 120)
+    trainer.pool.submit(lambda: None).result(60)  # nothing more to come from the training thread
+    assert first.done() and first.exception() is None
+    labelled = int((trainer.store.region(Roi.from_shape(trainer.document.source.spatial_shape)) > 0).sum())
+    assert trained.values == [trained.values[0]] and f"on {labelled} labelled voxels" in trained.values[0]
+    assert trainer.rows == labelled
 
 
 def test_a_new_classifier_reaches_the_workers_from_the_training_thread(seed, services):
