@@ -21,7 +21,7 @@ from functools import partial
 
 from backend.compute.pipeline import BlockTask
 from backend.config import ExecutorConfig
-from backend.distributed.futures import TaskError, TaskFuture, settle
+from backend.distributed.futures import TaskError, TaskFuture, guarded, settle
 from backend.distributed.settling import settle_all
 from backend.errors import TransientError
 
@@ -39,7 +39,7 @@ class TaskBatches:
         self.lost_message = lost_message
         self._lock = threading.Lock()
         self._closed = False
-        self._outbox: list[tuple[BlockTask, int, TaskFuture]] = []
+        self._outbox: list[tuple[tuple, int, TaskFuture]] = []  # ((fingerprint, key, frames), priority, future)
         self._withdrawn: list = []  # cluster futures to cancel in the next turn
         self._pending: dict[int, tuple[TaskFuture, object]] = {}  # id(caller's future) -> (it, cluster future)
         self._by_key: dict[str, TaskFuture] = {}  # a sent task's Dask key -> the caller's future
@@ -55,10 +55,11 @@ class TaskBatches:
 
     def queue(self, task: BlockTask, priority: int, outer: TaskFuture) -> bool:
         """Send ``task`` in the next batch (lower ``priority`` values sooner); False once closed."""
+        sending = (task.pipeline, f"ilastik-{task.pipeline}-{task.kind}-{task.key}", self.encode(task))
         with self._lock:
             if self._closed:
                 return False
-            self._outbox.append((task, priority, outer))
+            self._outbox.append((sending, priority, outer))
             self._pending[id(outer)] = (outer, None)
         self._send_wake.set()
         return True
@@ -90,18 +91,18 @@ class TaskBatches:
             if withdrawn:
                 self._cancel_on_cluster(withdrawn)
             groups: dict[int, list] = {}
-            for task, priority, outer in outbox:
+            for sending, priority, outer in outbox:
                 if not outer.done():  # withdrawn before it was sent
-                    groups.setdefault(priority, []).append((task, outer))
+                    groups.setdefault(priority, []).append((sending, outer))
             for priority in sorted(groups):
-                self._send(groups[priority], priority)
+                guarded(self._send, groups[priority], priority)
 
-    def _send(self, items: list[tuple[BlockTask, TaskFuture]], priority: int) -> None:
+    def _send(self, items: list[tuple[tuple, TaskFuture]], priority: int) -> None:
         """One ``client.map`` of ``items`` at ``priority`` (Dask's sense is the opposite: higher is sooner)."""
-        keys = [f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(self._counter)}" for task, _ in items]
+        keys = [f"{key}-{next(self._counter)}" for (_, key, _), _ in items]
         try:
-            inners = self.client.map(self.compute, [task.pipeline for task, _ in items],
-                                     [self.encode(task) for task, _ in items], key=keys, priority=-priority,
+            inners = self.client.map(self.compute, [fingerprint for (fingerprint, _, _), _ in items],
+                                     [frames for (_, _, frames), _ in items], key=keys, priority=-priority,
                                      pure=False, retries=1, fifo_timeout=0)
         except Exception as exc:  # the client is closed or the scheduler gone
             error = TransientError(f"{self.lost_message()} ({type(exc).__name__}: {exc})")
@@ -142,7 +143,7 @@ class TaskBatches:
             self._results_wake.clear()
             while self._finished and not self._closed:
                 count = min(len(self._finished), self.config.dask_gather_batch)
-                self._collect([self._finished.popleft() for _ in range(count)])
+                guarded(self._collect, [self._finished.popleft() for _ in range(count)])
             if self._closed:
                 return
 
