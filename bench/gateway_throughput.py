@@ -10,7 +10,8 @@ the futures, storing every result in Redis (lz4 and signature included) and asse
 sizes: small (8^3 blocks, 4 KiB of float32 per result: the bookkeeping rate) and large (64^3 x 2 float32, 2
 MiB per result, random values that do not compress: the data rate, compared with the machine's memory-copy
 bandwidth). Each is then requested again, all from the cache. CPU seconds are the gateway process's (every
-thread: gateway, executor, notices) and the redis-server's, per block.
+thread: gateway, executor, notices; with Dask also the LocalCluster's scheduler), the redis-server's and the
+worker processes', per block.
 
 With ``--engine dask`` the workers are a Dask LocalCluster (as ``--dask local:N``) of ``--connections``
 single-threaded worker processes whose pipeline plugin answers every task at once (:class:`InstantPlugin`):
@@ -181,21 +182,30 @@ def volume_for(blocks: int, edge: int) -> tuple[int, int, int]:
     return (z * edge, side * edge, side * edge)
 
 
-def cpu_seconds(redis_pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) used so far by this process and by the redis-server."""
+def cpu_seconds(redis_pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) used so far by this process, by the redis-server and by the worker
+    processes (every other process below this one)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     times = psutil.Process(redis_pid).cpu_times()
-    return own.ru_utime + own.ru_stime, times.user + times.system
+    workers = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid != redis_pid:
+                workers += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return own.ru_utime + own.ru_stime, times.user + times.system, workers
 
 
 def timed_request(gateway: Gateway, roi: Roi, redis_pid: int) -> dict:
     """Request ``roi`` whole at batch priority; wall and CPU seconds of the gateway and Redis."""
-    cpu_before, redis_before = cpu_seconds(redis_pid)
+    cpu_before, redis_before, workers_before = cpu_seconds(redis_pid)
     started = time.perf_counter()
     gateway.request("Probabilities", roi, BATCH).result(timeout=3600)
     wall = time.perf_counter() - started
-    cpu_after, redis_after = cpu_seconds(redis_pid)
-    return {"wall": wall, "cpu": cpu_after - cpu_before, "redis_cpu": redis_after - redis_before}
+    cpu_after, redis_after, workers_after = cpu_seconds(redis_pid)
+    return {"wall": wall, "cpu": cpu_after - cpu_before, "redis_cpu": redis_after - redis_before,
+            "workers_cpu": workers_after - workers_before}
 
 
 def run_case(connections: int, size: str, blocks: int, processes: int, folder: str, copy_gb_s: float,
@@ -229,6 +239,7 @@ def run_case(connections: int, size: str, blocks: int, processes: int, folder: s
                      "wall_ms_per_block": round(1000 / rate, 3),
                      "gateway_cpu_ms_per_block": round(1000 * numbers["cpu"] / count, 3),
                      "redis_cpu_ms_per_block": round(1000 * numbers["redis_cpu"] / count, 3),
+                     "workers_cpu_ms_per_block": round(1000 * numbers["workers_cpu"] / count, 3),
                      "data_mb_s": round(rate * block_bytes / 1e6, 1),
                      "of_memcpy_pct": round(100 * rate * block_bytes / (copy_gb_s * 1e9), 2)})
     return rows
