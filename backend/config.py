@@ -68,8 +68,8 @@ class ExecutorConfig:
                                             "for this long fails (--worker-timeout)", 1, 86400)
     rate_window_s: float = setting(10.0, "a worker's blocks per second are counted over this window", 0.1, 3600)
     dask_status_s: float = setting(1.0, "how often the Dask scheduler is asked for its workers", 0.05, 600)
-    dask_lost_resends: int = setting(3, "a Dask block whose result dies with its worker is sent again this often",
-                                     0, 100)
+    dask_gather_batch: int = setting(32, "at most this many Dask results are fetched from the workers in one "
+                                         "round trip (the others wait on their workers)", 1, 10_000)
     dask_connect_timeout_s: float = setting(10.0, "a Dask scheduler (--dask tcp://...) must have answered like one "
                                                   "within this", 0.1, 600)
 

@@ -1,7 +1,7 @@
 """Gateway throughput: blocks per second one gateway sustains when computing costs nothing.
 
     python bench/gateway_throughput.py [--connections 1,2,4,8] [--small 4096] [--large 128] [--repeat 1]
-                                       [--processes 4] [--json bench/out/gateway_throughput.json]
+                                       [--processes 4] [--engine zeromq|dask] [--json bench/out/gateway_throughput.json]
 
 Real worker processes (``--instant-worker``, below; at most 8, each with its share of the connections) speak
 the ZeroMQ worker protocol and answer every task at once with the same block, so what is measured is the
@@ -10,7 +10,13 @@ the futures, storing every result in Redis (lz4 and signature included) and asse
 sizes: small (8^3 blocks, 4 KiB of float32 per result: the bookkeeping rate) and large (64^3 x 2 float32, 2
 MiB per result, random values that do not compress: the data rate, compared with the machine's memory-copy
 bandwidth). Each is then requested again, all from the cache. CPU seconds are the gateway process's (every
-thread: gateway, executor, notices) and the redis-server's, per block.
+thread: gateway, executor, notices; with Dask also the LocalCluster's scheduler), the redis-server's and the
+worker processes', per block.
+
+With ``--engine dask`` the workers are a Dask LocalCluster (as ``--dask local:N``) of ``--connections``
+single-threaded worker processes whose pipeline plugin answers every task at once (:class:`InstantPlugin`):
+what is measured is the gateway plus Dask's scheduler, client and worker hand-over; the wall time per block
+is then all overhead.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from unittest import mock
 
 import numpy as np
 import psutil
@@ -36,6 +44,8 @@ from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E40
 from backend.compute.features import FeatureSet, FeatureSpec  # noqa: E402
 from backend.compute.geometry import Roi  # noqa: E402
 from backend.compute.pipeline import Pipeline  # noqa: E402
+from backend.distributed import dask_executor  # noqa: E402
+from backend.distributed.dask_clusters import DaskSettings, start_dask  # noqa: E402
 from backend.distributed.protocol import decode, encode  # noqa: E402
 from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
 from backend.io.sources.arrays import ArraySource  # noqa: E402
@@ -93,6 +103,47 @@ def run_instant_worker(address: str, processes: int, connections: int) -> None:
     context.term()
 
 
+class InstantPipeline:
+    """Stands in for the pipeline on a Dask worker: the same block of the task's shape, at once."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[tuple[int, ...], np.ndarray] = {}
+
+    def run(self, task, workspace: dict) -> np.ndarray:
+        """A constant float32 block of the task's target shape and the pipeline's channels."""
+        shape = tuple(b - a for a, b in task.target) + (LABELS,)
+        if shape not in self.blocks:
+            self.blocks[shape] = np.random.default_rng(0).random(shape, dtype=np.float32)
+        return self.blocks[shape]
+
+
+class InstantPlugin(dask_executor.PipelinePlugin):
+    """The Dask executor's pipeline plugin with :class:`InstantPipeline` instead of the real one (nothing
+    built or compiled)."""
+
+    def setup(self, worker) -> None:
+        """Hold the instant pipeline and the per-thread workspaces."""
+        self.pipeline = InstantPipeline()
+        self._local = threading.local()
+
+
+@contextlib.contextmanager
+def instant_dask(workers: int):
+    """A Dask executor on a LocalCluster of ``workers`` processes whose pipelines answer at once."""
+    with mock.patch.object(dask_executor, "PipelinePlugin", InstantPlugin), \
+            start_dask(DaskSettings(address=f"local:{workers}")) as executor:
+        if not executor.wait_for_workers(workers, timeout=300):
+            raise RuntimeError("the Dask workers did not start")
+        yield executor
+
+
+@contextlib.contextmanager
+def instant_zeromq(connections: int, processes: int, folder: str, name: str):
+    """A ZeroMQ executor with ``connections`` instant worker connections."""
+    with ZmqExecutor(bind=f"ipc://{folder}/{name}") as executor, instant_workers(executor, connections, processes):
+        yield executor
+
+
 @contextlib.contextmanager
 def instant_workers(executor: ZmqExecutor, connections: int, processes: int, most_processes: int = 8):
     """``connections`` instant worker connections (``processes`` task slots each) registered with ``executor``,
@@ -131,31 +182,42 @@ def volume_for(blocks: int, edge: int) -> tuple[int, int, int]:
     return (z * edge, side * edge, side * edge)
 
 
-def cpu_seconds(redis_pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) used so far by this process and by the redis-server."""
+def cpu_seconds(redis_pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) used so far by this process, by the redis-server and by the worker
+    processes (every other process below this one)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     times = psutil.Process(redis_pid).cpu_times()
-    return own.ru_utime + own.ru_stime, times.user + times.system
+    workers = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid != redis_pid:
+                workers += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return own.ru_utime + own.ru_stime, times.user + times.system, workers
 
 
 def timed_request(gateway: Gateway, roi: Roi, redis_pid: int) -> dict:
     """Request ``roi`` whole at batch priority; wall and CPU seconds of the gateway and Redis."""
-    cpu_before, redis_before = cpu_seconds(redis_pid)
+    cpu_before, redis_before, workers_before = cpu_seconds(redis_pid)
     started = time.perf_counter()
     gateway.request("Probabilities", roi, BATCH).result(timeout=3600)
     wall = time.perf_counter() - started
-    cpu_after, redis_after = cpu_seconds(redis_pid)
-    return {"wall": wall, "cpu": cpu_after - cpu_before, "redis_cpu": redis_after - redis_before}
+    cpu_after, redis_after, workers_after = cpu_seconds(redis_pid)
+    return {"wall": wall, "cpu": cpu_after - cpu_before, "redis_cpu": redis_after - redis_before,
+            "workers_cpu": workers_after - workers_before}
 
 
-def run_case(connections: int, size: str, blocks: int, processes: int, folder: str, copy_gb_s: float) -> list[dict]:
-    """One result size through ``connections`` instant workers: computed once, then again all from the cache."""
+def run_case(connections: int, size: str, blocks: int, processes: int, folder: str, copy_gb_s: float,
+             engine: str = "zeromq") -> list[dict]:
+    """One result size through ``connections`` instant workers (Dask: worker processes) of ``engine``:
+    computed once, then again all from the cache."""
     edge = SIZES[size]
     shape = volume_for(blocks, edge)
     source = ArraySource(np.zeros(shape, np.uint8), "zyx")
-    with EmbeddedRedis(RedisSettings(maxmemory_mb=4096)) as server, \
-            ZmqExecutor(bind=f"ipc://{folder}/w{connections}{size}") as executor, \
-            instant_workers(executor, connections, processes):
+    workers = instant_dask(connections) if engine == "dask" else \
+        instant_zeromq(connections, processes, folder, f"w{connections}{size}")
+    with EmbeddedRedis(RedisSettings(maxmemory_mb=4096)) as server, workers as executor:
         gateway = Gateway(source, trivial_pipeline(), executor, BlockCache(server.client(socket_timeout=30)),
                           GatewayConfig(block_shape=(1, edge, edge, edge)))
         try:
@@ -172,10 +234,12 @@ def run_case(connections: int, size: str, blocks: int, processes: int, folder: s
     rows = []
     for case, numbers in (("computed", computed), ("cached", cached)):
         rate = count / numbers["wall"]
-        rows.append({"size": size, "case": case, "connections": connections, "blocks": count,
+        rows.append({"engine": engine, "size": size, "case": case, "connections": connections, "blocks": count,
                      "wall_s": round(numbers["wall"], 3), "blocks_per_s": round(rate, 1),
+                     "wall_ms_per_block": round(1000 / rate, 3),
                      "gateway_cpu_ms_per_block": round(1000 * numbers["cpu"] / count, 3),
                      "redis_cpu_ms_per_block": round(1000 * numbers["redis_cpu"] / count, 3),
+                     "workers_cpu_ms_per_block": round(1000 * numbers["workers_cpu"] / count, 3),
                      "data_mb_s": round(rate * block_bytes / 1e6, 1),
                      "of_memcpy_pct": round(100 * rate * block_bytes / (copy_gb_s * 1e9), 2)})
     return rows
@@ -190,6 +254,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=128, help="blocks of the large-result case")
     parser.add_argument("--processes", type=int, default=4, help="task slots each worker announces (2 tasks each)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (spread)")
+    parser.add_argument("--engine", default="zeromq", choices=("zeromq", "dask"),
+                        help="our ZeroMQ workers, or a Dask LocalCluster of --connections worker processes")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--instant-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--per-process", type=int, default=1, help=argparse.SUPPRESS)
@@ -204,7 +270,7 @@ def main() -> None:
             for connections in (int(n) for n in args.connections.split(",")):
                 for size, blocks in (("small", args.small), ("large", args.large)):
                     if blocks > 0:
-                        rows += run_case(connections, size, blocks, args.processes, folder, copy_gb_s)
+                        rows += run_case(connections, size, blocks, args.processes, folder, copy_gb_s, args.engine)
     report("gateway_throughput", rows, {"memcpy_gb_s": copy_gb_s, "cores": os.cpu_count(),
                                         "load_average": [round(v, 2) for v in os.getloadavg()],
                                         "processes_per_connection": args.processes}, args.json)

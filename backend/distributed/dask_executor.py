@@ -5,13 +5,14 @@ Each pipeline goes to every worker once, as a worker plugin named by its fingerp
 compiled kernels, and is unregistered (from the scheduler and every worker) once it was removed as often as
 added and none of its tasks is pending; tasks travel as our own TASK message (JSON header and raw array
 frames) and name that fingerprint in their Dask key, so a worker never computes a block with another
-classifier. Dask itself reschedules the tasks of a worker that died. Dask's own protocol pickles task
+classifier. Tasks go to the scheduler and results come back in batches (:mod:`backend.distributed.dask_batches`).
+Dask itself reschedules the tasks of a worker that died, and recomputes a result that died with its worker
+before it was fetched. Dask's own protocol pickles task
 functions and plugins: only connect to schedulers you trust (as for any Dask cluster).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -23,8 +24,9 @@ from distributed import Client, WorkerPlugin, get_worker
 from backend.compute.objects_pipeline import pipeline_from_message
 from backend.compute.pipeline import BlockTask, Pipeline
 from backend.config import ExecutorConfig
+from backend.distributed.dask_batches import TaskBatches
 from backend.distributed.executor import Executor, ExecutorStatus, WorkerStatus
-from backend.distributed.futures import FutureRelay, TaskError, TaskFuture, settle
+from backend.distributed.futures import TaskFuture, settle
 from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
 from backend.errors import TransientError
@@ -115,7 +117,9 @@ def read_raw(reference: dict, opened: dict) -> np.ndarray:
 
 
 class DaskExecutor(Executor):
-    """Block tasks on a Dask cluster through ``client``; futures carry ``compute_s`` like the other executors."""
+    """Block tasks on a Dask cluster through ``client``, sent and fetched in batches
+    (:class:`~backend.distributed.dask_batches.TaskBatches`); futures carry ``compute_s`` like the other
+    executors."""
 
     def __init__(self, client: Client, description: str = "", on_close=None,
                  config: ExecutorConfig = ExecutorConfig()):
@@ -123,10 +127,8 @@ class DaskExecutor(Executor):
         self._refs = PipelineRefs()
         self._plugins = threading.Lock()  # orders registering and unregistering plugins
         self._lock = threading.Lock()
-        self._relay = FutureRelay()
-        self._counter = itertools.count()
-        self._submitted = self._done = 0
-        self.compute_s = 0.0
+        self._submitted = 0
+        self._batches = TaskBatches(client, compute_block, task_frames, config, self.lost_message)
         self._workers: tuple[WorkerStatus, ...] = ()
         self._no_workers_since: float | None = time.monotonic()
         self._stop = threading.Event()
@@ -178,7 +180,7 @@ class DaskExecutor(Executor):
         self._wake.set()
 
     def submit(self, task: BlockTask, priority: int = 0) -> TaskFuture:
-        """Queue ``task`` on the scheduler (lower values first; Dask runs higher priorities first)."""
+        """Queue ``task`` for the next batch sent to the scheduler (lower values first)."""
         if not self._refs.known(task.pipeline):
             raise ValueError(f"task refers to pipeline {task.pipeline}, which was never added")
         outer = TaskFuture()
@@ -186,68 +188,34 @@ class DaskExecutor(Executor):
         outer.add_done_callback(lambda _: self._refs.task_ended(task.pipeline))
         with self._lock:
             self._submitted += 1
-        _Sending(self, task, priority, outer).send()
+        if not self._batches.queue(task, priority, outer):
+            settle(outer, error=TransientError("the Dask executor was closed"))
         return outer
-
-    def _finished(self, outer: TaskFuture, inner, send, sends: int) -> None:
-        if inner.status == "lost" and not outer.done() and sends <= self.config.dask_lost_resends:
-            # It had finished, but the worker holding its result died before this callback ran (more likely
-            # the faster blocks are): send it again under a new key.
-            send()
-            return
-        self._relay.detach(outer)
-        with self._lock:
-            self._done += 1
-        if outer.done():
-            return
-        if inner.status == "finished":
-            self._relay.relay(outer, lambda: self._fetched(inner.result), lambda result: self._unpacked(outer, result))
-        elif inner.status == "cancelled" and self.client.status == "running":
-            outer.cancel()
-        elif inner.status == "cancelled":  # not by us: the scheduler went away
-            settle(outer, error=TransientError(self.lost_message()))
-        elif inner.status == "lost":
-            settle(outer, error=TransientError(f"the block's result was lost with its worker {sends} times"))
-        else:
-            self._relay.relay(outer, lambda: _task_error(self._fetched(inner.exception)))
-
-    def _fetched(self, read):
-        """``read()`` from the cluster; a cluster that no longer answers is a TransientError (try again later)."""
-        try:
-            return read()
-        except Exception as exc:
-            raise TransientError(f"{self.lost_message()} ({type(exc).__name__}: {str(exc)[:200]})") from None
-
-    def _unpacked(self, outer: TaskFuture, result) -> np.ndarray:
-        values, outer.compute_s = result
-        with self._lock:
-            self.compute_s += outer.compute_s
-        return values
 
     def lost_message(self) -> str:
         """What to tell the user when the scheduler is gone."""
         return f"lost the Dask scheduler {self.description or self.client.scheduler.address}"
 
     def cancel(self, future: TaskFuture) -> bool:
-        """Withdraw a task; its result, if it was already running, is dropped. False once it is settled.
-
-        The caller's future is cancelled before the cluster's: cancelling the cluster's first released a result
-        that a completion callback might be reading at that moment, which settled the caller's future with a
-        "lost the scheduler" error instead."""
+        """Withdraw a task (on the cluster with the next batch); its result, if it was already running, is
+        dropped. False once it is settled."""
         if not future.cancel():
             return False
-        inner = self._relay.detach(future)
-        if inner is not None:
-            inner.cancel()
+        self._batches.withdraw(future)
         return True
+
+    @property
+    def batches_sent(self) -> int:
+        """How many graph updates (``client.map`` calls) carried the tasks so far."""
+        return self._batches.batches_sent
 
     def status(self) -> ExecutorStatus:
         """The Dask workers (address, threads, memory, tasks; as last asked), queued and finished counts."""
         with self._lock:
-            submitted, done, compute_s = self._submitted, self._done, self.compute_s
-        since = self._no_workers_since
-        return ExecutorStatus("dask", self.description, self._workers, queued=self._relay.pending(),
-                              submitted=submitted, done=done, compute_s=round(compute_s, 3),
+            submitted = self._submitted
+        batches, since = self._batches, self._no_workers_since
+        return ExecutorStatus("dask", self.description, self._workers, queued=batches.pending(),
+                              submitted=submitted, done=batches.done, compute_s=round(batches.compute_s, 3),
                               no_workers_s=round(time.monotonic() - since, 1) if since is not None else 0.0)
 
     def _ask_scheduler(self) -> tuple[WorkerStatus, ...]:
@@ -281,43 +249,10 @@ class DaskExecutor(Executor):
         self._stop.set()
         self._wake.set()
         self._poller.join(timeout=15)
-        for inner in self._relay.drain():
-            inner.cancel()
+        self._batches.close()
         self.client.close(timeout=10)
         if self._on_close is not None:
             self._on_close()
-
-
-class _Sending:
-    """One task on its way to the cluster, sent again under a new key when its result is lost. No reference
-    cycle: the cluster's future holds this, this holds the caller's future (which holds the caller's state),
-    so everything is freed as soon as the cluster's future is, not at the next garbage collection."""
-
-    def __init__(self, executor: DaskExecutor, task: BlockTask, priority: int, outer: TaskFuture):
-        self.executor, self.task, self.priority, self.outer = executor, task, priority, outer
-        self.frames = task_frames(task)
-        self.sends = 0
-
-    def send(self) -> None:
-        """Submit the task (again) to the cluster."""
-        executor, task, outer = self.executor, self.task, self.outer
-        self.sends += 1
-        key = f"ilastik-{task.pipeline}-{task.kind}-{task.key}-{next(executor._counter)}"
-        try:
-            inner = executor.client.submit(compute_block, task.pipeline, self.frames, key=key,
-                                           priority=-self.priority, pure=False, retries=1)
-        except Exception as exc:  # the client is closed or the scheduler gone
-            executor._relay.detach(outer)
-            settle(outer, error=TransientError(f"{executor.lost_message()} ({type(exc).__name__}: {exc})"))
-            return
-        executor._relay.attach(outer, inner)  # replaces (and so releases) a lost one
-        sends = self.sends
-        inner.add_done_callback(lambda f: executor._finished(outer, f, self.send, sends))
-
-
-def _task_error(error: BaseException) -> None:
-    """Raise a failed Dask task's error as a TaskError (its remote traceback stays on the worker)."""
-    raise TaskError(f"{type(error).__name__}: {error}"[:1000])
 
 
 def task_frames(task: BlockTask) -> list[bytes]:
