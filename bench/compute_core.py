@@ -35,7 +35,8 @@ REFERENCE = os.path.join(HERE, "..", "..", "shared", "tools", "vigra_reference.p
 
 
 def stage_seconds(project: str, raw: str, block_shape: tuple[int, ...] | None) -> dict:
-    """Seconds of features and forest over the export's blocks, computed one after the other here."""
+    """CPU seconds of features and forest over the export's blocks, computed one after the other in this thread
+    (CPU time, so that other processes on the machine do not count)."""
     keep_freed_memory()  # as in the compute processes
     source = open_source(raw)
     pipeline = build_pipeline(open_project(project), source.channels, True)
@@ -48,14 +49,14 @@ def stage_seconds(project: str, raw: str, block_shape: tuple[int, ...] | None) -
     for i, block in enumerate([blocks[len(blocks) // 2], *blocks]):  # the first one compiles, untimed
         data = source.read(block.halo_roi)[0]
         target = tuple(zip(block.roi.start[1:], block.roi.stop[1:]))
-        started = time.perf_counter()
+        started = time.thread_time()
         planar = pipeline.features.compute_planar(data, block.halo_roi.start[1:], source.spatial_shape[1:], target,
                                                   out=planar_buffer)
-        featured = time.perf_counter()
+        featured = time.thread_time()
         pipeline.forests.predict_planar(planar.reshape(len(planar), -1))  # as Pipeline.run does
         if i:
             seconds["features"] += featured - started
-            seconds["forest"] += time.perf_counter() - featured
+            seconds["forest"] += time.thread_time() - featured
     trees = pipeline.forests.roots.size
     voxels = int(np.prod(source.spatial_shape))
     return {"features_s": round(seconds["features"], 2), "forest_s": round(seconds["forest"], 2),
