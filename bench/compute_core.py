@@ -5,9 +5,9 @@
 Builds the prototype's benchmark (384 x 384 x 192 uint8, 30 3D features at scales 1.0, 3.5, 10.0,
 100 trees in 2 forests), times ``ilastik-desktop --headless`` and ``vigra_reference.py --threads 2``
 on the same volume and project, checks they agree within ilastik's tolerance, prints JSON and a table.
-Then it times the compute core's stages in this one process over the export's blocks: features (with
-the copy into rows), forest, and what remains of our wall time (I/O, gateway, cache, start-up). Our
-kernels are compiled into numba's on-disk cache before anything is timed.
+Then it times the compute core's stages in this one process over the export's blocks: features, forest
+(on the planar features, as the export computes them), and what remains of our wall time (I/O, gateway,
+cache, start-up). Our kernels are compiled into numba's on-disk cache before anything is timed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backend.compute.features import to_rows  # noqa: E402
 from backend.compute.geometry import BlockGrid  # noqa: E402
 from backend.compute.warmup import warm_up  # noqa: E402
 from backend.io.project import open_project  # noqa: E402
@@ -36,7 +35,8 @@ REFERENCE = os.path.join(HERE, "..", "..", "shared", "tools", "vigra_reference.p
 
 
 def stage_seconds(project: str, raw: str, block_shape: tuple[int, ...] | None) -> dict:
-    """Seconds of features and forest over the export's blocks, computed one after the other here."""
+    """CPU seconds of features and forest over the export's blocks, computed one after the other in this thread
+    (CPU time, so that other processes on the machine do not count)."""
     keep_freed_memory()  # as in the compute processes
     source = open_source(raw)
     pipeline = build_pipeline(open_project(project), source.channels, True)
@@ -45,19 +45,18 @@ def stage_seconds(project: str, raw: str, block_shape: tuple[int, ...] | None) -
     seconds = {"features": 0.0, "forest": 0.0}
     blocks = list(grid)
     most = pipeline.features.column_count * max(b.roi.size for b in blocks)
-    planar_buffer, rows_buffer = np.empty(most, np.float32), np.empty(most, np.float32)  # reused, as workers do
+    planar_buffer = np.empty(most, np.float32)  # reused, as workers do
     for i, block in enumerate([blocks[len(blocks) // 2], *blocks]):  # the first one compiles, untimed
         data = source.read(block.halo_roi)[0]
         target = tuple(zip(block.roi.start[1:], block.roi.stop[1:]))
-        started = time.perf_counter()
+        started = time.thread_time()
         planar = pipeline.features.compute_planar(data, block.halo_roi.start[1:], source.spatial_shape[1:], target,
                                                   out=planar_buffer)
-        rows = to_rows(planar, rows_buffer[: planar.size].reshape(planar[0].size, len(planar)))
-        featured = time.perf_counter()
-        pipeline.probabilities(rows)
+        featured = time.thread_time()
+        pipeline.forests.predict_planar(planar.reshape(len(planar), -1))  # as Pipeline.run does
         if i:
             seconds["features"] += featured - started
-            seconds["forest"] += time.perf_counter() - featured
+            seconds["forest"] += time.thread_time() - featured
     trees = pipeline.forests.roots.size
     voxels = int(np.prod(source.spatial_shape))
     return {"features_s": round(seconds["features"], 2), "forest_s": round(seconds["forest"], 2),

@@ -74,12 +74,17 @@ class Pipeline:
         voxels, columns = int(np.prod(shape)), self.features.column_count
         planar = self.features.compute_planar(task.raw, task.start, task.image, task.target,
                                               out=_buffer(ws, "planar", voxels * columns))
-        rows = to_rows(planar, _buffer(ws, "rows", voxels * columns)[: voxels * columns].reshape(voxels, columns))
-        feats = rows.reshape(shape + (columns,))
         parts = split_kind(task.kind)
         if any(part not in RESULT_KINDS for part in parts):
             raise ValueError(f"unknown result kind '{task.kind}'")
-        probs = self.probabilities(feats) if parts != ("Features",) else None
+        feats = None
+        if "Features" in parts:  # the forest reads the planar features; only this result needs them as rows
+            rows = to_rows(planar, _buffer(ws, "rows", voxels * columns)[: voxels * columns].reshape(voxels, columns))
+            feats = rows.reshape(shape + (columns,))
+        probs = None
+        if parts != ("Features",):
+            probs = self._label_columns(self._forests().predict_planar(planar.reshape(columns, voxels)))
+            probs = probs.reshape(shape + (self.label_count,))
         results = [self._result(part, feats, probs) for part in parts]
         if len(results) == 1:
             return results[0].copy() if parts == ("Features",) else results[0]
@@ -103,15 +108,21 @@ class Pipeline:
 
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
         """Per-label probabilities (ilastik's channel order) for a feature block."""
+        flat = feats.reshape(-1, feats.shape[-1])
+        return self._label_columns(self._forests().predict(flat)).reshape(feats.shape[:-1] + (self.label_count,))
+
+    def _forests(self) -> CompiledForests:
         if self.forests is None:
             raise ProjectError("the project has no trained classifier")
-        flat = feats.reshape(-1, feats.shape[-1])
-        known = self.forests.predict(flat)
-        out = np.zeros((flat.shape[0], self.label_count), np.float32)
+        return self.forests
+
+    def _label_columns(self, known: np.ndarray) -> np.ndarray:
+        """The forests' class columns ``(n, classes)`` placed in ilastik's label channels ``(n, labels)``."""
+        out = np.zeros((known.shape[0], self.label_count), np.float32)
         for column, label in enumerate(self.known_labels):
             if 1 <= label <= self.label_count:
                 out[:, label - 1] = known[:, column]
-        return out.reshape(feats.shape[:-1] + (self.label_count,))
+        return out
 
     def fingerprint(self) -> str:
         """Digest of everything the results depend on (features and classifier)."""

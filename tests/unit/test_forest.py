@@ -110,3 +110,34 @@ def test_infinite_features_walk_like_the_largest_finite_ones():
     finite = np.nan_to_num(test_x, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
     assert np.array_equal(compiled.predict(test_x), compiled.predict(finite))
     assert np.allclose(compiled.predict(test_x).sum(axis=1), 1, atol=1e-5)  # a leaf never stepped past
+
+
+def test_every_prediction_path_is_bit_identical_to_vigra(tmp_path, vigra_python):
+    """Trees of up to 32 leaves and up to 64 (QuickScorer in one and two words), larger ones (walked), leaves of
+    one class (votes counted) and mixed ones (leaf weights added), a chunk and a part of one: all as vigra."""
+    from tests.conftest import run_oracle
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1500, 6)).astype(np.float32)
+    y = 1 + (x[:, 0] + 0.5 * x[:, 1] ** 2 + rng.normal(scale=0.7, size=len(x)) > 0.3).astype(int)
+    test_x = rng.normal(size=(300, 6)).astype(np.float32)
+    test_x[7, 3] = np.nan
+    grown = {n: {"n": n} for n in (60, 400, 1500)}  # grown until pure: leaves of one class
+    limited = {leaves: {"max_leaf_nodes": leaves, "min_samples_leaf": 6} for leaves in (20, 50, None)}
+    for name, kinds in {"pure": grown, "mixed": limited}.items():
+        fitted = [RandomForestClassifier(n_estimators=4, random_state=i, **{k: v for k, v in kind.items() if k != "n"})
+                  .fit(x[:kind.get("n")], y[:kind.get("n")]) for i, kind in enumerate(kinds.values())]
+        sizes = [tree.get_n_leaves() for rf in fitted for tree in rf.estimators_]
+        forests = [forest_from_sklearn(rf, 6) for rf in fitted]
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            for i, forest in enumerate(forests):
+                write_forest(f.create_group(f"Forests/Forest{i:04d}"), forest, len(y))
+        np.save(tmp_path / "x.npy", test_x)
+        run_oracle(vigra_python, "predict", f"{tmp_path / name}.h5:Forests", str(tmp_path / "x.npy"),
+                   str(tmp_path / "p.npy"))
+        compiled = CompiledForests.build(forests)
+        assert compiled._bit_tables[-1] == (name == "pure")  # votes counted, or leaf weights added
+        assert min(sizes) <= 32 < max(s for s in sizes if s <= 64) and max(sizes) > 64
+        assert np.array_equal(compiled.predict(test_x), np.load(tmp_path / "p.npy"))
+        assert np.array_equal(compiled.predict_planar(np.ascontiguousarray(test_x[:131].T)),
+                              np.load(tmp_path / "p.npy")[:131])
