@@ -29,8 +29,8 @@ from backend.service.shared_export import open_output
 from tests.conftest import run_cli
 from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
-from tests.integration.test_faults import FEATURES
-from tests.integration.workers import ZmqWithWorkers, compute_processes
+from tests.integration.test_faults import FEATURES, assert_all_gone
+from tests.integration.workers import ZmqWithWorkers, compute_processes, kill_worker, start_worker
 
 pytestmark = pytest.mark.timeout(300)
 BLOCK = (1, 16, 32, 32)
@@ -165,3 +165,34 @@ def test_headless_shared_export_of_a_real_project_equals_the_ordinary_one(data_d
     assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in shared.stderr
     array = zarr.open_group(str(tmp_path / "shared.zarr"), mode="r")["0"][...]
     assert real_ordinary.shape == (2, 64, 64, 64) and np.array_equal(array, real_ordinary)
+
+
+def test_an_ilastik_worker_process_killed_mid_export_leaves_the_output_whole_and_nothing_running(cluster, ordinary):
+    """The acceptance's fault: a second real ``ilastik-worker`` joins, and is SIGKILLed (the worker process
+    itself, not a compute process) while it computes blocks of the export; the first worker finishes them."""
+    gateway, _, _, folder = cluster
+    executor = gateway.executor
+    second = start_worker("--connect", executor.address, processes=1)
+    try:
+        assert executor.wait_for_workers(3, timeout=60)
+        compute = wait_for(lambda: compute_processes(psutil.Process(second.pid)), 30, interval=0.05,
+                           message="the second worker started no compute process")
+        tree = {second.pid} | {p.pid for p in compute}
+        redispatched = executor.status().redispatched
+        killed = []
+
+        def kill_the_second_worker(done: int, total: int) -> None:
+            if done >= 3 and not killed:
+                wait_for(lambda: [w for w in executor.status().workers if w.processes == 1 and w.in_flight], 30,
+                         interval=0.02, message=lambda: f"the second worker has no task: {executor.status().workers}")
+                second.send_signal(signal.SIGKILL)
+                killed.append((done, total))
+
+        result = _shared(gateway, folder, "worker_killed", on_progress=kill_the_second_worker)
+    finally:
+        kill_worker(second)
+    assert killed and killed[0][0] < killed[0][1]  # killed while blocks were still to come
+    assert executor.status().redispatched > redispatched  # its blocks were sent again
+    _assert_equal(result.path, ordinary[0]["Probabilities"])  # also: no .partial file left
+    assert result.shared.computed == 24 and result.shared.result_bytes == 0
+    assert_all_gone(tree, within=5)  # its compute process followed it
