@@ -52,6 +52,10 @@ class CacheConfig:
                                100000)
     batch_mb: float = setting(16.0, "a gateway reads, or writes, cached blocks in one round trip up to about "
                                     "this many MB of values", 0.01, 4096)
+    written_ttl_s: float = setting(120.0, "how long a --shared-filesystem export's 'written' marker of a block is "
+                                          "kept (the chunk files are the record: a block whose marker lapsed is "
+                                          "found on disk, not recomputed); longer than the shared file system "
+                                          "takes to show one machine's new file to the others", 1, 1e7)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import RESULT_KINDS, combined_kind
+from backend.config import CacheConfig
 from backend.errors import UserError
-from backend.io.chunk_store import PARTIAL
+from backend.io.chunk_store import ATTRIBUTE, PARTIAL
 from backend.io.sources import open_source
 from backend.service.export import ExportOptions, run_export
 from backend.service.gateway import Gateway, GatewayConfig
@@ -35,6 +36,7 @@ from tests.integration.workers import ZmqWithWorkers, compute_processes, kill_wo
 pytestmark = pytest.mark.timeout(300)
 BLOCK = (1, 16, 32, 32)
 SHAPE = (32, 96, 128)  # 2 x 3 x 4 = 24 blocks
+SMALL_BLOCK = (1, 8, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +198,30 @@ def test_an_ilastik_worker_process_killed_mid_export_leaves_the_output_whole_and
     _assert_equal(result.path, ordinary[0]["Probabilities"])  # also: no .partial file left
     assert result.shared.computed == 24 and result.shared.result_bytes == 0
     assert_all_gone(tree, within=5)  # its compute process followed it
+
+
+def test_written_markers_lapse_and_the_chunks_on_disk_keep_a_rerun_from_recomputing(cluster):
+    """96 small blocks with markers kept 1 s: none is left in the cache a few seconds after the export; the same
+    export again computes only the block whose chunk was damaged meanwhile, finding the others on disk."""
+    gateway, client, _, folder = cluster
+    cache = BlockCache(client, CacheConfig(written_ttl_s=1))
+    small = Gateway(gateway.source, gateway.snapshot.pipeline, gateway.executor, cache, GatewayConfig(SMALL_BLOCK))
+    options = ExportOptions(kind="Probabilities", fmt="zarr", progress=False, block_shape=SMALL_BLOCK,
+                            shared_filesystem=True, filename_pattern=str(folder / "lapsing"),
+                            region=Roi((0, 0, 0, 0), (1, 16, 96, 128)))
+    try:
+        first = run_export(small, "raw", options, max_in_flight=64)
+        pattern = f"*:written:{zarr.open_group(first.path, mode='r').attrs[ATTRIBUTE]['run']}"
+        markers = client.keys(pattern)
+        assert first.shared.computed == first.blocks == 96 and 0 < len(markers) <= 96
+        assert all(0 < client.pttl(key) <= 1000 for key in markers)
+        wait_for(lambda: not client.keys(pattern), 10, message="the written markers did not lapse")
+        assert not client.keys("*:lease")
+        values = zarr.open_group(first.path, mode="r")["0"][...]
+        with open(os.path.join(first.path, "0", "1.1.2.3"), "wb") as f:
+            f.write(b"\x02\x01half a chunk")
+        again = run_export(small, "raw", options, max_in_flight=64)
+    finally:
+        small.close()
+    assert again.shared.computed == 1 and again.shared.written_before == 95
+    assert np.array_equal(zarr.open_group(again.path, mode="r")["0"][...], values)
