@@ -72,6 +72,9 @@ class ExecutorConfig:
                                             "for this long fails (--worker-timeout)", 1, 86400)
     rate_window_s: float = setting(10.0, "a worker's blocks per second are counted over this window", 0.1, 3600)
     dask_status_s: float = setting(1.0, "how often the Dask scheduler is asked for its workers", 0.05, 600)
+    h5_writer_timeout_s: float = setting(120.0, "--shared-filesystem with hdf5: a compute process waits this long "
+                                                "for the writer process to confirm a block, the gateway as long for "
+                                                "it to start and to finish the file", 1, 86400)
     dask_lost_resends: int = setting(3, "a Dask block whose result dies with its worker is sent again this often",
                                      0, 100)
     dask_connect_timeout_s: float = setting(10.0, "a Dask scheduler (--dask tcp://...) must have answered like one "

@@ -139,7 +139,14 @@ def _join(path: str, axes: str, region: Roi, chunks: dict, wanted: dict) -> Shar
 
 
 def check_target(target) -> dict:
-    """``target`` if it has the fields of :meth:`SharedOutput.target` with sane values; ValueError if not."""
+    """``target`` if it has the fields of :meth:`SharedOutput.target` (or of an HDF5 writer's,
+    :meth:`~backend.io.h5_writer.H5Output.target`) with sane values; ValueError if not."""
+    from backend.io.h5_writer import check_writer_target, is_writer_target
+
+    if isinstance(target, dict) and is_writer_target(target):
+        if not (_bounds(target.get("region")) and _bounds(target.get("block"))):
+            raise ValueError("a task's output has malformed region or block")
+        return check_writer_target(target)
     if not isinstance(target, dict) or not isinstance(target.get("array"), str) \
             or not os.path.isabs(target["array"]) or not isinstance(target.get("axes"), str) \
             or not set(target["axes"]) <= set("tczyx"):
@@ -178,7 +185,12 @@ def stored(task: BlockTask, values: np.ndarray) -> np.ndarray:
     """The answer to ``task``: its values, or, when it names its output, :data:`WRITTEN` once they are there."""
     if task.output is None:
         return values
-    write_block(task.output, values)
+    from backend.io.h5_writer import is_writer_target, send_block
+
+    if is_writer_target(task.output):
+        send_block(task.output, values)
+    else:
+        write_block(task.output, values)
     return WRITTEN
 
 

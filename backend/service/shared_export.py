@@ -21,13 +21,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from backend.cache.block_cache import CACHED, CLAIMED, FAILED
 from backend.compute.geometry import Block, BlockGrid, Roi
 from backend.compute.pipeline import RESULT_KINDS, WRITTEN, BlockTask
+from backend.config import ExecutorConfig, WorkerConfig
 from backend.errors import UserError
 from backend.io.chunk_store import SharedOutput, create_or_join
+from backend.io.h5_writer import H5Output
 from backend.io.ngff import ngff_axes
 from backend.io.writers import output_axes
 from backend.service.gateway import BATCH, Gateway
@@ -107,6 +110,46 @@ def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, sl
     counts = SharedExport(gateway, kind, output, part, max_in_flight, on_written, check).run()
     counts.voxels = part.size
     return counts
+
+
+def export_shared_h5(gateway: Gateway, path: str, kind: str, region: Roi | None, internal_path: str,
+                     max_in_flight: int, on_written: Callable[[int], None], check: Callable[[], None]) -> SharedCounts:
+    """Have the workers send ``kind`` over ``region`` to one writer process that writes the HDF5 file ``path``
+    (:mod:`backend.io.h5_writer`); the file gets its name only once whole (removed if the export fails)."""
+    check_kind(kind)
+    source, snapshot = gateway.source, gateway.snapshot
+    whole = region or Roi.from_shape(source.spatial_shape)
+    grid = snapshot.grid(gateway.config.block_shape)
+    check_aligned(whole, grid)
+    voxel = source.voxel_size
+    spec = {"axes": output_axes(source.axes), "region": [list(whole.start), list(whole.stop)],
+            "channels": snapshot.pipeline.channels(kind), "dtype": np.dtype(snapshot.pipeline.dtype(kind)).str,
+            "block_shape": list(grid.block_shape), "internal_path": internal_path,
+            "voxel_size": [voxel.unit, [list(pair) for pair in voxel.sizes]] if voxel else None}
+    config = getattr(gateway.executor, "config", None) or ExecutorConfig()
+    output = H5Output(path, spec, writer_host(gateway.executor), config.h5_writer_timeout_s,
+                      WorkerConfig().parent_poll_s)
+    try:
+        def check_both() -> None:
+            check()
+            output.check()
+
+        counts = SharedExport(gateway, kind, output, whole, max_in_flight, on_written, check_both).run()
+        output.check()
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    counts.voxels = whole.size
+    return counts
+
+
+def writer_host(executor) -> str:
+    """The address the HDF5 writer listens on: the one our ZeroMQ workers reach the gateway at, else loopback."""
+    address = getattr(executor, "address", None) or ""
+    if address.startswith("tcp://"):
+        return address.removeprefix("tcp://").rsplit(":", 1)[0]
+    return "127.0.0.1"
 
 
 def open_output(gateway: Gateway, path: str, kind: str, region: Roi | None) -> SharedOutput:
@@ -251,6 +294,7 @@ class SharedExport:
                 continue
             error = future.exception()
             if error is not None:
+                self.check()  # the cause first, when there is one (the HDF5 writer ended, a cancellation)
                 raise UserError(f"the export failed ({error}); the blocks written so far stay in "
                                 f"{self.output.path}: run the same command again to finish it")
             self.counts.result_bytes += future.result().nbytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
+import h5py
 import numpy as np
 import psutil
 import pytest
@@ -134,8 +135,8 @@ def test_a_damaged_chunk_and_the_temporary_file_of_a_killed_writer_are_replaced(
 def test_what_the_shared_mode_refuses_is_said_in_one_line(cluster, ordinary):
     gateway, _, _, folder = cluster
     with pytest.raises(UserError, match="needs --output_format zarr"):
-        run_export(gateway, "raw", ExportOptions(fmt="hdf5", shared_filesystem=True, block_shape=BLOCK,
-                                                 filename_pattern=str(folder / "h5"), progress=False))
+        run_export(gateway, "raw", ExportOptions(fmt="npy", shared_filesystem=True, block_shape=BLOCK,
+                                                 filename_pattern=str(folder / "npy"), progress=False))
     with pytest.raises(UserError, match="multiple of the block shape"):
         _shared(gateway, folder, "unaligned", region=Roi((0, 8, 0, 0), (1, 32, 96, 128)))
     open_output(gateway, str(folder / "uncertainty.zarr"), "Uncertainty", None)
@@ -225,3 +226,59 @@ def test_written_markers_lapse_and_the_chunks_on_disk_keep_a_rerun_from_recomput
         small.close()
     assert again.shared.computed == 1 and again.shared.written_before == 95
     assert np.array_equal(zarr.open_group(again.path, mode="r")["0"][...], values)
+
+
+@pytest.fixture(scope="module")
+def ordinary_h5(cluster):
+    """The ordinary hdf5 export of the probabilities (results through the gateway)."""
+    gateway, _, _, folder = cluster
+    options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK,
+                            filename_pattern=str(folder / "ordinary_h5"))
+    with h5py.File(run_export(gateway, "raw", options, max_in_flight=8).path, "r") as f:
+        return f["exported_data"][...], dict(f["exported_data"].attrs)
+
+
+def _shared_h5(gateway, folder, name: str, on_progress=None):
+    options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK,
+                            shared_filesystem=True, filename_pattern=str(folder / name))
+    return run_export(gateway, "raw", options, max_in_flight=64, on_progress=on_progress)
+
+
+def test_hdf5_through_one_writer_process_equals_the_ordinary_export_with_a_compute_process_killed(
+        cluster, ordinary_h5):
+    gateway, _, worker, folder = cluster
+    killed = []
+
+    def kill_one(done: int, total: int) -> None:
+        if done >= 3 and not killed:
+            victim = compute_processes(psutil.Process(worker.pid))[0]
+            victim.send_signal(signal.SIGKILL)
+            killed.append((done, total))
+
+    result = _shared_h5(gateway, folder, "shared_h5", on_progress=kill_one)
+    assert killed and killed[0][0] < killed[0][1]
+    assert result.shared.computed == 24 and result.shared.result_bytes == 0
+    with h5py.File(result.path, "r") as f:
+        assert np.array_equal(f["exported_data"][...], ordinary_h5[0])
+        assert f["exported_data"].attrs["axistags"] == ordinary_h5[1]["axistags"]
+    assert sorted(os.listdir(folder)) == sorted(set(os.listdir(folder)))  # no hidden partial file of it
+    assert not [name for name in os.listdir(folder) if name.startswith(".shared_h5")]
+
+
+def test_a_killed_hdf5_writer_fails_the_export_in_one_line_and_leaves_no_file(cluster, ordinary_h5):
+    gateway, _, _, folder = cluster
+    writers = []
+
+    def kill_the_writer(done: int, total: int) -> None:
+        if done >= 2 and not writers:
+            writers.extend(p for p in psutil.Process().children() if "backend.io.h5_writer" in " ".join(p.cmdline()))
+            for writer in writers:
+                writer.send_signal(signal.SIGKILL)
+
+    with pytest.raises(UserError, match="the HDF5 writer process ended .* nothing was written there") as caught:
+        _shared_h5(gateway, folder, "writer_killed", on_progress=kill_the_writer)
+    assert len(writers) == 1 and "\n" not in str(caught.value)
+    assert not [name for name in os.listdir(folder) if "writer_killed" in name]
+    assert_all_gone({writers[0].pid}, within=5)
+    after = _shared(gateway, folder, "after_the_writer")  # no compute process still waits for the dead writer
+    assert after.shared.computed == 24 and after.seconds < 60  # (it would for h5_writer_timeout_s, 120 s)
