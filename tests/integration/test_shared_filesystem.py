@@ -282,3 +282,18 @@ def test_a_killed_hdf5_writer_fails_the_export_in_one_line_and_leaves_no_file(cl
     assert_all_gone({writers[0].pid}, within=5)
     after = _shared(gateway, folder, "after_the_writer")  # no compute process still waits for the dead writer
     assert after.shared.computed == 24 and after.seconds < 60  # (it would for h5_writer_timeout_s, 120 s)
+
+
+def test_headless_hdf5_through_the_writer_process_equals_the_ordinary_hdf5_export(data_dir, tmp_path):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    arrays = {}
+    for name, more in (("ordinary", ()), ("shared", ("--shared-filesystem",))):
+        done = run_cli("--headless", "--no-progress", "--project", project, "--output_format", "hdf5",
+                       "--block_shape", "32,32,32", "--output_filename_format", str(tmp_path / name), "--workers", "1",
+                       *more)
+        assert done.returncode == 0, done.stderr
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            arrays[name] = f["exported_data"][...]
+    assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in done.stderr
+    assert arrays["ordinary"].shape == (64, 64, 64, 2) and np.array_equal(arrays["shared"], arrays["ordinary"])
+    assert sorted(os.listdir(tmp_path)) == ["ordinary.h5", "shared.h5"]
