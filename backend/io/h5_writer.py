@@ -207,7 +207,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the gateway stops us
     try:
         code = serve(json.loads(sys.stdin.readline()))
-    except UserError as exc:
-        print(f"ilastik-desktop: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # the gateway says it in its own error line
+        print(exc, file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -265,6 +265,21 @@ def test_hdf5_through_one_writer_process_equals_the_ordinary_export_with_a_compu
     assert not [name for name in os.listdir(folder) if name.startswith(".shared_h5")]
 
 
+def test_hdf5_of_a_region_cutting_blocks_equals_the_ordinary_export_and_a_bad_folder_is_one_line(cluster):
+    gateway, _, _, folder = cluster
+    region = Roi((0, 0, 0, 0), (1, 20, 50, 70))  # ends inside blocks on every axis
+    results = {}
+    for name, shared in (("cut_ordinary", False), ("cut_shared", True)):
+        options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK, region=region,
+                                shared_filesystem=shared, filename_pattern=str(folder / name))
+        with h5py.File(run_export(gateway, "raw", options, max_in_flight=64).path, "r") as f:
+            results[name] = f["exported_data"][...]
+    assert results["cut_shared"].shape == (20, 50, 70, 2)
+    assert np.array_equal(results["cut_shared"], results["cut_ordinary"])
+    with pytest.raises(UserError, match="^[^\n]*missing[^\n]*does not exist$"):
+        _shared_h5(gateway, folder / "missing", "out")
+
+
 def test_a_killed_hdf5_writer_fails_the_export_in_one_line_and_leaves_no_file(cluster, ordinary_h5):
     gateway, _, _, folder = cluster
     writers = []
