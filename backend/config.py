@@ -52,6 +52,10 @@ class CacheConfig:
                                100000)
     batch_mb: float = setting(16.0, "a gateway reads, or writes, cached blocks in one round trip up to about "
                                     "this many MB of values", 0.01, 4096)
+    written_ttl_s: float = setting(120.0, "how long a --shared-filesystem export's 'written' marker of a block is "
+                                          "kept (the chunk files are the record: a block whose marker lapsed is "
+                                          "found on disk, not recomputed); longer than the shared file system "
+                                          "takes to show one machine's new file to the others", 1, 1e7)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class ExecutorConfig:
     dask_status_s: float = setting(1.0, "how often the Dask scheduler is asked for its workers", 0.05, 600)
     dask_gather_batch: int = setting(32, "at most this many Dask results are fetched from the workers in one "
                                          "round trip (the others wait on their workers)", 1, 10_000)
+    h5_writer_timeout_s: float = setting(120.0, "--shared-filesystem with hdf5: a compute process waits this long "
+                                                "for the writer process to confirm a block, the gateway as long for "
+                                                "it to start and to finish the file", 1, 86400)
     dask_connect_timeout_s: float = setting(10.0, "a Dask scheduler (--dask tcp://...) must have answered like one "
                                                   "within this", 0.1, 600)
 

@@ -9,8 +9,10 @@ sends each task (raw data by reference, output chunk named), and marks each bloc
 workers are real processes (``--instant-worker``, below) speaking the ZeroMQ worker protocol that answer every
 task at once with "written": in case ``notice`` they write nothing (the gateway's bookkeeping alone); in case
 ``chunk`` they write the task's chunk for real (a constant block through the output's codec and an atomic
-rename, as a worker does), on the same cores as the gateway. CPU seconds are the gateway process's (every
-thread) and the redis-server's, per block; ``result_bytes`` are the bytes of results that reached the gateway.
+rename, as a worker does), on the same cores as the gateway; in case ``h5`` they send the constant block to
+the export's HDF5 writer process and answer once it confirms (``--output_format hdf5``). CPU seconds are the
+gateway process's (every thread) and the redis-server's, per block; ``result_bytes`` are the bytes of results
+that reached the gateway.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from backend.compute.pipeline import WRITTEN  # noqa: E402
 from backend.distributed.protocol import decode, encode  # noqa: E402
 from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
 from backend.io.chunk_store import write_block  # noqa: E402
+from backend.io.h5_writer import is_writer_target, send_block  # noqa: E402
 from backend.io.sources.arrays import ArraySource  # noqa: E402
 from backend.service.gateway import Gateway, GatewayConfig  # noqa: E402
-from backend.service.shared_export import export_shared  # noqa: E402
+from backend.service.shared_export import export_shared, export_shared_h5  # noqa: E402
 from bench.common import report  # noqa: E402
 from bench.gateway_throughput import LABELS, cpu_seconds, trivial_pipeline, volume_for  # noqa: E402
 
@@ -71,7 +74,11 @@ def run_instant_worker(address: str, processes: int, connections: int, write: bo
                     shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
                     if shape not in blocks:
                         blocks[shape] = np.full(shape, 0.5, np.float32)
-                    write_block(message.fields["output"], blocks[shape])
+                    target = message.fields["output"]
+                    if is_writer_target(target):
+                        send_block(target, blocks[shape])  # case h5: to the writer process, confirmed
+                    else:
+                        write_block(target, blocks[shape])
                 sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0}, [WRITTEN]))
         if last_heard - last_beat > 1.0:
             last_beat = last_heard
@@ -108,15 +115,19 @@ def run_case(case: str, connections: int, blocks: int, edge: int, processes: int
     source = ArraySource(np.zeros(shape, np.uint8), "zyx")
     with EmbeddedRedis(RedisSettings(maxmemory_mb=1024)) as server, \
             ZmqExecutor(bind=f"ipc://{folder}/w{case}{connections}") as executor, \
-            instant_workers(executor, connections, processes, case == "chunk"):
+            instant_workers(executor, connections, processes, case in ("chunk", "h5")):
         gateway = Gateway(source, trivial_pipeline(), executor, BlockCache(server.client(socket_timeout=30)),
                           GatewayConfig(block_shape=(1, edge, edge, edge)))
         try:
-            path = os.path.join(folder, f"{case}{connections}-{time.monotonic_ns()}.zarr")
+            path = os.path.join(folder, f"{case}{connections}-{time.monotonic_ns()}")
             cpu_before, redis_before = cpu_seconds(server.pid)
             started = time.perf_counter()
-            counts = export_shared(gateway, path, "Probabilities", None, None, 8 * connections * processes,
-                                   lambda count: None, lambda: None)
+            if case == "h5":
+                counts = export_shared_h5(gateway, path + ".h5", "Probabilities", None, "exported_data",
+                                          8 * connections * processes, lambda count: None, lambda: None)
+            else:
+                counts = export_shared(gateway, path + ".zarr", "Probabilities", None, None,
+                                       8 * connections * processes, lambda count: None, lambda: None)
             wall = time.perf_counter() - started
             cpu_after, redis_after = cpu_seconds(server.pid)
             keys = server.client().dbsize()
@@ -139,7 +150,8 @@ def main() -> None:
     parser.add_argument("--edge", type=int, default=8, help="block edge in voxels")
     parser.add_argument("--processes", type=int, default=4, help="task slots each worker announces")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times")
-    parser.add_argument("--cases", default="notice,chunk", help="notice (write nothing), chunk (write chunks)")
+    parser.add_argument("--cases", default="notice,chunk", help="notice (write nothing), chunk (write chunks), h5 "
+                        "(send blocks to the HDF5 writer process)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--instant-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--per-process", type=int, default=1, help=argparse.SUPPRESS)

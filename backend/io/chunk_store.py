@@ -53,6 +53,21 @@ class SharedOutput:
                 "block": [list(block.start), list(block.stop)], "chunks": [self.chunks[a] for a in self.axes],
                 "dtype": self.meta["dtype"], "compressor": self.meta["compressor"]}
 
+    def holds(self, block: Roi, channels: int) -> bool:
+        """Whether every chunk of ``block`` (its ``channels``) is on disk and whole: what a finished write left."""
+        target = self.target(block)
+        size = int(np.prod(target["chunks"])) * np.dtype(target["dtype"]).itemsize
+        codec = _codec(target)
+        for name in chunk_names(target, channels):
+            try:
+                with open(os.path.join(self.array_path, name), "rb") as f:
+                    data = f.read()
+                if len(codec.decode(data) if codec is not None else data) != size:
+                    return False
+            except (OSError, ValueError, RuntimeError, TypeError):  # missing, or not a chunk of this array
+                return False
+        return True
+
     def remove_partials(self, mine: Callable[[tuple[int, ...]], bool]) -> int:
         """Delete the ``.partial`` files of killed writers whose chunk index ``mine`` accepts; how many."""
         removed = 0
@@ -124,7 +139,14 @@ def _join(path: str, axes: str, region: Roi, chunks: dict, wanted: dict) -> Shar
 
 
 def check_target(target) -> dict:
-    """``target`` if it has the fields of :meth:`SharedOutput.target` with sane values; ValueError if not."""
+    """``target`` if it has the fields of :meth:`SharedOutput.target` (or of an HDF5 writer's,
+    :meth:`~backend.io.h5_writer.H5Output.target`) with sane values; ValueError if not."""
+    from backend.io.h5_writer import check_writer_target, is_writer_target
+
+    if isinstance(target, dict) and is_writer_target(target):
+        if not (_bounds(target.get("region")) and _bounds(target.get("block"))):
+            raise ValueError("a task's output has malformed region or block")
+        return check_writer_target(target)
     if not isinstance(target, dict) or not isinstance(target.get("array"), str) \
             or not os.path.isabs(target["array"]) or not isinstance(target.get("axes"), str) \
             or not set(target["axes"]) <= set("tczyx"):
@@ -163,34 +185,48 @@ def stored(task: BlockTask, values: np.ndarray) -> np.ndarray:
     """The answer to ``task``: its values, or, when it names its output, :data:`WRITTEN` once they are there."""
     if task.output is None:
         return values
-    write_block(task.output, values)
+    from backend.io.h5_writer import is_writer_target, send_block
+
+    if is_writer_target(task.output):
+        send_block(task.output, values)
+    else:
+        write_block(task.output, values)
     return WRITTEN
 
 
 def write_block(target: dict, values: np.ndarray) -> int:
     """Write a block's ``values`` (z, y, x, c over the target's block) into its chunks, each atomically; the part
     outside the region is left out and a chunk's edge padding is the fill value 0. Returns the chunks written."""
-    import numcodecs
-
     axes, dtype = target["axes"], np.dtype(target["dtype"])
-    region_start, region_stop = target["region"]
-    block_start, block_stop = target["block"]
-    local = {a: b - r for a, b, r in zip("tzyx", block_start, region_start)}
+    region_stop, block_start, block_stop = target["region"][1], *target["block"]
     extent = {a: min(stop, end) - start for a, start, stop, end in zip("tzyx", block_start, block_stop, region_stop)}
     chunks = dict(zip(axes, target["chunks"]))
-    codec = numcodecs.get_codec(target["compressor"]) if target["compressor"] else None
+    codec = _codec(target)
     values = values[:extent["z"], :extent["y"], :extent["x"]]
-    written = 0
-    for channel in range(values.shape[-1]):
-        index = {**{a: local[a] // chunks.get(a, 1) for a in "tzyx"}, "c": channel // chunks.get("c", 1)}
+    for channel, name in enumerate(chunk_names(target, values.shape[-1])):
         padded = np.zeros([chunks[a] for a in axes], dtype)
         padded[tuple(slice(0, 1) if a in "tc" else slice(0, extent[a]) for a in axes)] = \
             values[..., channel].reshape([1 if a in "tc" else extent[a] for a in axes])
         data = np.ascontiguousarray(padded).tobytes()
-        _replace(target["array"], SEPARATOR.join(str(index[a]) for a in axes),
-                 codec.encode(data) if codec is not None else data)
-        written += 1
-    return written
+        _replace(target["array"], name, codec.encode(data) if codec is not None else data)
+    return values.shape[-1]
+
+
+def chunk_names(target: dict, channels: int) -> list[str]:
+    """The file names of the chunks of the target's block, one per channel (each chunk holds one channel)."""
+    axes, chunks = target["axes"], dict(zip(target["axes"], target["chunks"]))
+    local = {a: b - r for a, b, r in zip("tzyx", target["block"][0], target["region"][0])}
+    names = []
+    for channel in range(channels):
+        index = {**{a: local[a] // chunks.get(a, 1) for a in "tzyx"}, "c": channel // chunks.get("c", 1)}
+        names.append(SEPARATOR.join(str(index[a]) for a in axes))
+    return names
+
+
+def _codec(target: dict):
+    import numcodecs
+
+    return numcodecs.get_codec(target["compressor"]) if target["compressor"] else None
 
 
 def _replace(folder: str, name: str, data: bytes) -> None:

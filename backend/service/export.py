@@ -23,7 +23,7 @@ from backend.io.writers import FORMATS, BlockWriter, output_axes
 from backend.service.gateway import BATCH, Gateway
 from backend.service.object_table import OBJECT_FEATURES, TABLE_FORMATS, check_table_format, stream_tables, write_table
 from backend.service.objects import OBJECTS, frame_roi, object_blocks, request_objects
-from backend.service.shared_export import SharedCounts, export_shared, slab_region
+from backend.service.shared_export import SharedCounts, export_shared, export_shared_h5, slab_region
 from backend.service.snapshot import PipelineSnapshot
 
 EXPORT_SOURCES = (*RESULT_KINDS, OBJECTS, OBJECT_FEATURES)
@@ -212,9 +212,11 @@ def _export_table(gateway: Gateway, nickname: str, options: ExportOptions, max_i
 
 def _export_shared(gateway: Gateway, nickname: str, options: ExportOptions, max_in_flight: int,
                    on_progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> ExportResult:
-    """The export written by the workers straight into a zarr output (:mod:`backend.service.shared_export`)."""
-    if options.fmt != "zarr":
-        raise UserError("--shared-filesystem needs --output_format zarr (the workers write its chunks themselves)")
+    """The export written by the workers straight into a zarr output, or sent by them to one HDF5 writer process
+    (:mod:`backend.service.shared_export`)."""
+    if options.fmt not in ("zarr", "hdf5") or (options.fmt == "hdf5" and options.slab):
+        raise UserError("--shared-filesystem needs --output_format zarr (the workers write its chunks themselves) "
+                        "or hdf5 (without --slab: one writer process the workers send their blocks to)")
     path = output_path(options.filename_pattern, options.fmt, gateway.source, nickname, options.kind)
     region = options.region or Roi.from_shape(gateway.source.spatial_shape)
     region = slab_region(region, gateway.snapshot.grid(gateway.config.block_shape), options.slab) \
@@ -225,8 +227,13 @@ def _export_shared(gateway: Gateway, nickname: str, options: ExportOptions, max_
     progress = _Progress(bar, total, on_progress, cancel)
     try:
         progress.update(0)
-        counts = export_shared(gateway, path, options.kind, options.region, options.slab, max_in_flight,
-                               progress.update, progress.check)
+        if options.fmt == "hdf5":
+            counts = export_shared_h5(gateway, path, options.kind, options.region,
+                                      check_internal_path(options.internal_path), max_in_flight, progress.update,
+                                      progress.check)
+        else:
+            counts = export_shared(gateway, path, options.kind, options.region, options.slab, max_in_flight,
+                                   progress.update, progress.check)
     finally:
         bar.close()
     return ExportResult(path, counts.blocks, counts.seconds, counts.voxels, (path,), shared=counts)

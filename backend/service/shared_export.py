@@ -5,7 +5,9 @@ when another gateway (``--slab K/N``) or an earlier run made it with the same se
 its raw data by file and region and its output chunks; the computing process reads, computes, writes and
 answers "written". The cache's claims keep every block computed once however many gateways share it: a block
 is claimed under a key of its own output (:func:`written_key`), and once written that key holds a marker of
-no values, so the data never passes the gateway or the cache. A block whose worker dies is sent again by the
+no values for ``cache.written_ttl_s``, so the data never passes the gateway or the cache and the markers stay
+bounded; after that the chunk files are the record: a claimed block whose chunks are all on disk and whole is
+counted as written before, not computed. A block whose worker dies is sent again by the
 executor and its chunks written again, whole.
 """
 
@@ -19,13 +21,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from backend.cache.block_cache import CACHED, CLAIMED, FAILED
 from backend.compute.geometry import Block, BlockGrid, Roi
 from backend.compute.pipeline import RESULT_KINDS, WRITTEN, BlockTask
+from backend.config import ExecutorConfig, WorkerConfig
 from backend.errors import UserError
 from backend.io.chunk_store import SharedOutput, create_or_join
+from backend.io.h5_writer import H5Output
 from backend.io.ngff import ngff_axes
 from backend.io.writers import output_axes
 from backend.service.gateway import BATCH, Gateway
@@ -107,6 +112,46 @@ def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, sl
     return counts
 
 
+def export_shared_h5(gateway: Gateway, path: str, kind: str, region: Roi | None, internal_path: str,
+                     max_in_flight: int, on_written: Callable[[int], None], check: Callable[[], None]) -> SharedCounts:
+    """Have the workers send ``kind`` over ``region`` to one writer process that writes the HDF5 file ``path``
+    (:mod:`backend.io.h5_writer`); the file gets its name only once whole (removed if the export fails)."""
+    check_kind(kind)
+    source, snapshot = gateway.source, gateway.snapshot
+    whole = region or Roi.from_shape(source.spatial_shape)
+    grid = snapshot.grid(gateway.config.block_shape)
+    check_aligned(whole, grid)
+    voxel = source.voxel_size
+    spec = {"axes": output_axes(source.axes), "region": [list(whole.start), list(whole.stop)],
+            "channels": snapshot.pipeline.channels(kind), "dtype": np.dtype(snapshot.pipeline.dtype(kind)).str,
+            "block_shape": list(grid.block_shape), "internal_path": internal_path,
+            "voxel_size": [voxel.unit, [list(pair) for pair in voxel.sizes]] if voxel else None}
+    config = getattr(gateway.executor, "config", None) or ExecutorConfig()
+    output = H5Output(path, spec, writer_host(gateway.executor), config.h5_writer_timeout_s,
+                      WorkerConfig().parent_poll_s)
+    try:
+        def check_both() -> None:
+            check()
+            output.check()
+
+        counts = SharedExport(gateway, kind, output, whole, max_in_flight, on_written, check_both).run()
+        output.check()
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    counts.voxels = whole.size
+    return counts
+
+
+def writer_host(executor) -> str:
+    """The address the HDF5 writer listens on: the one our ZeroMQ workers reach the gateway at, else loopback."""
+    address = getattr(executor, "address", None) or ""
+    if address.startswith("tcp://"):
+        return address.removeprefix("tcp://").rsplit(":", 1)[0]
+    return "127.0.0.1"
+
+
 def open_output(gateway: Gateway, path: str, kind: str, region: Roi | None) -> SharedOutput:
     """Create or join the zarr output at ``path`` for ``kind`` over ``region`` (None: the whole image) under the
     gateway's current pipeline; UserError for what this mode cannot write."""
@@ -132,6 +177,8 @@ class SharedExport:
         self.max_in_flight, self.on_written, self.check = max_in_flight, on_written, check
         self.interval = self.cache.config.lease_s / 3
         self.batch = self.cache.config.claim_batch
+        self.marker_ms = int(self.cache.config.written_ttl_s * 1000)
+        self.channels = self.snapshot.pipeline.channels(kind)
         self.counts = SharedCounts(blocks=self.grid.count_in(region))
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._held: dict[str, tuple[str, Block]] = {}  # our claims: key -> (token, block)
@@ -184,9 +231,12 @@ class SharedExport:
             return
         tokens = {key: f"{self._token}-{key}" for key, _ in batch}
         outcomes = self._cache_call(lambda: self.cache.claim_many(tokens))
+        on_disk = []
         for (key, block), outcome in zip(batch, outcomes):
             held_before = self._elsewhere.pop(key, None) is not None
-            if outcome == CLAIMED:
+            if outcome == CLAIMED and self.output.holds(block.roi, self.channels):
+                on_disk.append(key)  # written before, its marker lapsed (or was evicted)
+            elif outcome == CLAIMED:
                 self._held[key] = (tokens[key], block)
                 self._queued.append((key, block))
             elif outcome == CACHED:
@@ -198,6 +248,19 @@ class SharedExport:
             else:
                 self._elsewhere[key] = block
                 self.counts.waited += not held_before
+        if on_disk:
+            self._mark_written(on_disk)
+            self.counts.written_before += len(on_disk)
+            self.on_written(len(on_disk))
+
+    def _mark_written(self, keys: list[str]) -> None:
+        """Mark blocks written (dropping their leases, telling everyone), the markers lapsing after
+        ``cache.written_ttl_s``: the cache holds at most that long's worth of them, the chunk files stay."""
+        self._cache_call(lambda: self.cache.complete_many([(key, WRITTEN) for key in keys]))
+        pipe = self.cache.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.pexpire(key, self.marker_ms)
+        self._cache_call(pipe.execute)
 
     def _look_again(self) -> None:
         """Blocks another gateway held: written by now, still held, or ours to compute (its owner went away)."""
@@ -225,19 +288,20 @@ class SharedExport:
                 finished.append(self._done.get_nowait())
         except queue.Empty:
             pass
-        written = []
+        written: list[str] = []
         for key, future in finished:
             if self._futures.pop(key, None) is not future:
                 continue
             error = future.exception()
             if error is not None:
+                self.check()  # the cause first, when there is one (the HDF5 writer ended, a cancellation)
                 raise UserError(f"the export failed ({error}); the blocks written so far stay in "
                                 f"{self.output.path}: run the same command again to finish it")
             self.counts.result_bytes += future.result().nbytes
-            written.append((key, WRITTEN))
+            written.append(key)
         if written:
-            self._cache_call(lambda: self.cache.complete_many(written))
-            for key, _ in written:
+            self._mark_written(written)
+            for key in written:
                 self._held.pop(key, None)
             self.counts.computed += len(written)
             self.on_written(len(written))

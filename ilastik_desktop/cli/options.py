@@ -106,8 +106,9 @@ def add_dask_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-filesystem", action="store_true",
                    help="with --headless and --output_format zarr: the workers (ours or Dask's) read their raw "
                    "blocks by path and write their results straight into the zarr output, which they must see at "
-                   "the same path; the gateway only coordinates (other formats, with --dask or --cluster only: "
-                   "the workers read the raw data by path and send their results back)")
+                   "the same path; the gateway only coordinates (hdf5 with our workers: they send their blocks to "
+                   "one writer process on this machine; other formats, with --dask or --cluster only: the workers "
+                   "read the raw data by path and send their results back)")
     g.add_argument("--slab", metavar="K/N",
                    help="with --shared-filesystem: export only the K-th of N block-aligned slabs into the shared "
                    "output (N gateways, one per slab, share the workers' cache server through --redis-url)")
@@ -119,10 +120,10 @@ def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | N
     if args.dask and args.cluster:
         raise UserError("use either --dask or --cluster, not both")
     if not (args.dask or args.cluster):
-        if args.shared_filesystem and getattr(args, "output_format", None) != "zarr":
+        if args.shared_filesystem and getattr(args, "output_format", None) not in ("zarr", "hdf5"):
             raise UserError("--shared-filesystem needs --output_format zarr, whose chunks our workers then write "
-                            "themselves; hdf5, npy and tif outputs need --dask or --cluster, whose workers then only "
-                            "read the raw data by path")
+                            "themselves, or hdf5, which they send to one writer process; npy and tif outputs need "
+                            "--dask or --cluster, whose workers then only read the raw data by path")
         if args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
             raise UserError("--cluster-dry-run, --cluster-host and --cluster-dashboard need --dask or --cluster")
         return None
@@ -214,7 +215,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         internal_path=args.output_internal_path,
         block_shape=parse_block_shape(args.block_shape),
         progress=not args.no_progress,
-        shared_filesystem=args.shared_filesystem and args.output_format == "zarr",  # else Dask's raw data by path
+        shared_filesystem=args.shared_filesystem and (args.output_format == "zarr" or (  # else Dask's raw data by path
+            args.output_format == "hdf5" and not (args.dask or args.cluster))),
         slab=shared_slab(args),
     )
     return Settings(project=project, raw_data=raw_data, input_axes=args.input_axes, lane=args.lane,

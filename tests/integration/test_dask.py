@@ -149,7 +149,7 @@ def test_shared_filesystem_names_the_file_a_worker_cannot_open(project, tmp_path
 
 def test_dask_options_that_do_not_fit_are_refused_in_one_line():
     for args, message in ((["--dask", "local:0"], "local:N"), (["--dask", "local:2", "--workers", "2"], "replace"),
-                          (["--shared-filesystem"], "need --dask"), (["--dask", "udp://x"], "tcp://")):
+                          (["--shared-filesystem", "--output_format", "npy"], "need --dask"), (["--dask", "udp://x"], "tcp://")):
         result = run_cli("--headless", "--project", "p.ilp", *args)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1, args
 

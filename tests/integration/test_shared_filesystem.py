@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
+import h5py
 import numpy as np
 import psutil
 import pytest
@@ -20,8 +21,9 @@ from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.compute.geometry import Roi
 from backend.compute.pipeline import RESULT_KINDS, combined_kind
+from backend.config import CacheConfig
 from backend.errors import UserError
-from backend.io.chunk_store import PARTIAL
+from backend.io.chunk_store import ATTRIBUTE, PARTIAL
 from backend.io.sources import open_source
 from backend.service.export import ExportOptions, run_export
 from backend.service.gateway import Gateway, GatewayConfig
@@ -29,12 +31,13 @@ from backend.service.shared_export import open_output
 from tests.conftest import run_cli
 from tests.helpers import wait_for
 from tests.integration.test_executor import _pipeline, small_project
-from tests.integration.test_faults import FEATURES
-from tests.integration.workers import ZmqWithWorkers, compute_processes
+from tests.integration.test_faults import FEATURES, assert_all_gone
+from tests.integration.workers import ZmqWithWorkers, compute_processes, kill_worker, start_worker
 
 pytestmark = pytest.mark.timeout(300)
 BLOCK = (1, 16, 32, 32)
 SHAPE = (32, 96, 128)  # 2 x 3 x 4 = 24 blocks
+SMALL_BLOCK = (1, 8, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +135,8 @@ def test_a_damaged_chunk_and_the_temporary_file_of_a_killed_writer_are_replaced(
 def test_what_the_shared_mode_refuses_is_said_in_one_line(cluster, ordinary):
     gateway, _, _, folder = cluster
     with pytest.raises(UserError, match="needs --output_format zarr"):
-        run_export(gateway, "raw", ExportOptions(fmt="hdf5", shared_filesystem=True, block_shape=BLOCK,
-                                                 filename_pattern=str(folder / "h5"), progress=False))
+        run_export(gateway, "raw", ExportOptions(fmt="npy", shared_filesystem=True, block_shape=BLOCK,
+                                                 filename_pattern=str(folder / "npy"), progress=False))
     with pytest.raises(UserError, match="multiple of the block shape"):
         _shared(gateway, folder, "unaligned", region=Roi((0, 8, 0, 0), (1, 32, 96, 128)))
     open_output(gateway, str(folder / "uncertainty.zarr"), "Uncertainty", None)
@@ -165,3 +168,147 @@ def test_headless_shared_export_of_a_real_project_equals_the_ordinary_one(data_d
     assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in shared.stderr
     array = zarr.open_group(str(tmp_path / "shared.zarr"), mode="r")["0"][...]
     assert real_ordinary.shape == (2, 64, 64, 64) and np.array_equal(array, real_ordinary)
+
+
+def test_an_ilastik_worker_process_killed_mid_export_leaves_the_output_whole_and_nothing_running(cluster, ordinary):
+    """The acceptance's fault: a second real ``ilastik-worker`` joins, and is SIGKILLed (the worker process
+    itself, not a compute process) while it computes blocks of the export; the first worker finishes them."""
+    gateway, _, _, folder = cluster
+    executor = gateway.executor
+    second = start_worker("--connect", executor.address, processes=1)
+    try:
+        assert executor.wait_for_workers(3, timeout=60)
+        compute = wait_for(lambda: compute_processes(psutil.Process(second.pid)), 30, interval=0.05,
+                           message="the second worker started no compute process")
+        tree = {second.pid} | {p.pid for p in compute}
+        redispatched = executor.status().redispatched
+        killed = []
+
+        def kill_the_second_worker(done: int, total: int) -> None:
+            if done >= 3 and not killed:
+                wait_for(lambda: [w for w in executor.status().workers if w.processes == 1 and w.in_flight], 30,
+                         interval=0.02, message=lambda: f"the second worker has no task: {executor.status().workers}")
+                second.send_signal(signal.SIGKILL)
+                killed.append((done, total))
+
+        result = _shared(gateway, folder, "worker_killed", on_progress=kill_the_second_worker)
+    finally:
+        kill_worker(second)
+    assert killed and killed[0][0] < killed[0][1]  # killed while blocks were still to come
+    assert executor.status().redispatched > redispatched  # its blocks were sent again
+    _assert_equal(result.path, ordinary[0]["Probabilities"])  # also: no .partial file left
+    assert result.shared.computed == 24 and result.shared.result_bytes == 0
+    assert_all_gone(tree, within=5)  # its compute process followed it
+
+
+def test_written_markers_lapse_and_the_chunks_on_disk_keep_a_rerun_from_recomputing(cluster):
+    """96 small blocks with markers kept 1 s: none is left in the cache a few seconds after the export; the same
+    export again computes only the block whose chunk was damaged meanwhile, finding the others on disk."""
+    gateway, client, _, folder = cluster
+    cache = BlockCache(client, CacheConfig(written_ttl_s=1))
+    small = Gateway(gateway.source, gateway.snapshot.pipeline, gateway.executor, cache, GatewayConfig(SMALL_BLOCK))
+    options = ExportOptions(kind="Probabilities", fmt="zarr", progress=False, block_shape=SMALL_BLOCK,
+                            shared_filesystem=True, filename_pattern=str(folder / "lapsing"),
+                            region=Roi((0, 0, 0, 0), (1, 16, 96, 128)))
+    try:
+        first = run_export(small, "raw", options, max_in_flight=64)
+        pattern = f"*:written:{zarr.open_group(first.path, mode='r').attrs[ATTRIBUTE]['run']}"
+        markers = client.keys(pattern)
+        assert first.shared.computed == first.blocks == 96 and 0 < len(markers) <= 96
+        assert all(0 < client.pttl(key) <= 1000 for key in markers)
+        wait_for(lambda: not client.keys(pattern), 10, message="the written markers did not lapse")
+        assert not client.keys("*:lease")
+        values = zarr.open_group(first.path, mode="r")["0"][...]
+        with open(os.path.join(first.path, "0", "1.1.2.3"), "wb") as f:
+            f.write(b"\x02\x01half a chunk")
+        again = run_export(small, "raw", options, max_in_flight=64)
+    finally:
+        small.close()
+    assert again.shared.computed == 1 and again.shared.written_before == 95
+    assert np.array_equal(zarr.open_group(again.path, mode="r")["0"][...], values)
+
+
+@pytest.fixture(scope="module")
+def ordinary_h5(cluster):
+    """The ordinary hdf5 export of the probabilities (results through the gateway)."""
+    gateway, _, _, folder = cluster
+    options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK,
+                            filename_pattern=str(folder / "ordinary_h5"))
+    with h5py.File(run_export(gateway, "raw", options, max_in_flight=8).path, "r") as f:
+        return f["exported_data"][...], dict(f["exported_data"].attrs)
+
+
+def _shared_h5(gateway, folder, name: str, on_progress=None):
+    options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK,
+                            shared_filesystem=True, filename_pattern=str(folder / name))
+    return run_export(gateway, "raw", options, max_in_flight=64, on_progress=on_progress)
+
+
+def test_hdf5_through_one_writer_process_equals_the_ordinary_export_with_a_compute_process_killed(
+        cluster, ordinary_h5):
+    gateway, _, worker, folder = cluster
+    killed = []
+
+    def kill_one(done: int, total: int) -> None:
+        if done >= 3 and not killed:
+            victim = compute_processes(psutil.Process(worker.pid))[0]
+            victim.send_signal(signal.SIGKILL)
+            killed.append((done, total))
+
+    result = _shared_h5(gateway, folder, "shared_h5", on_progress=kill_one)
+    assert killed and killed[0][0] < killed[0][1]
+    assert result.shared.computed == 24 and result.shared.result_bytes == 0
+    with h5py.File(result.path, "r") as f:
+        assert np.array_equal(f["exported_data"][...], ordinary_h5[0])
+        assert f["exported_data"].attrs["axistags"] == ordinary_h5[1]["axistags"]
+    assert sorted(os.listdir(folder)) == sorted(set(os.listdir(folder)))  # no hidden partial file of it
+    assert not [name for name in os.listdir(folder) if name.startswith(".shared_h5")]
+
+
+def test_hdf5_of_a_region_cutting_blocks_equals_the_ordinary_export_and_a_bad_folder_is_one_line(cluster):
+    gateway, _, _, folder = cluster
+    region = Roi((0, 0, 0, 0), (1, 20, 50, 70))  # ends inside blocks on every axis
+    results = {}
+    for name, shared in (("cut_ordinary", False), ("cut_shared", True)):
+        options = ExportOptions(kind="Probabilities", fmt="hdf5", progress=False, block_shape=BLOCK, region=region,
+                                shared_filesystem=shared, filename_pattern=str(folder / name))
+        with h5py.File(run_export(gateway, "raw", options, max_in_flight=64).path, "r") as f:
+            results[name] = f["exported_data"][...]
+    assert results["cut_shared"].shape == (20, 50, 70, 2)
+    assert np.array_equal(results["cut_shared"], results["cut_ordinary"])
+    with pytest.raises(UserError, match="^[^\n]*missing[^\n]*does not exist$"):
+        _shared_h5(gateway, folder / "missing", "out")
+
+
+def test_a_killed_hdf5_writer_fails_the_export_in_one_line_and_leaves_no_file(cluster, ordinary_h5):
+    gateway, _, _, folder = cluster
+    writers = []
+
+    def kill_the_writer(done: int, total: int) -> None:
+        if done >= 2 and not writers:
+            writers.extend(p for p in psutil.Process().children() if "backend.io.h5_writer" in " ".join(p.cmdline()))
+            for writer in writers:
+                writer.send_signal(signal.SIGKILL)
+
+    with pytest.raises(UserError, match="the HDF5 writer process ended .* nothing was written there") as caught:
+        _shared_h5(gateway, folder, "writer_killed", on_progress=kill_the_writer)
+    assert len(writers) == 1 and "\n" not in str(caught.value)
+    assert not [name for name in os.listdir(folder) if "writer_killed" in name]
+    assert_all_gone({writers[0].pid}, within=5)
+    after = _shared(gateway, folder, "after_the_writer")  # no compute process still waits for the dead writer
+    assert after.shared.computed == 24 and after.seconds < 60  # (it would for h5_writer_timeout_s, 120 s)
+
+
+def test_headless_hdf5_through_the_writer_process_equals_the_ordinary_hdf5_export(data_dir, tmp_path):
+    project = os.path.join(data_dir, "ilastik-api", "PixelClass3D.ilp")
+    arrays = {}
+    for name, more in (("ordinary", ()), ("shared", ("--shared-filesystem",))):
+        done = run_cli("--headless", "--no-progress", "--project", project, "--output_format", "hdf5",
+                       "--block_shape", "32,32,32", "--output_filename_format", str(tmp_path / name), "--workers", "1",
+                       *more)
+        assert done.returncode == 0, done.stderr
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            arrays[name] = f["exported_data"][...]
+    assert "8 written by the workers, 0 written before, 0 bytes of results through this gateway" in done.stderr
+    assert arrays["ordinary"].shape == (64, 64, 64, 2) and np.array_equal(arrays["shared"], arrays["ordinary"])
+    assert sorted(os.listdir(tmp_path)) == ["ordinary.h5", "shared.h5"]
