@@ -14,6 +14,7 @@ removed, so a torn file never has the output's name.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -164,9 +165,12 @@ def serve(description: dict) -> int:
                          description["internal_path"], voxel_size)
     socket = zmq.Context.instance().socket(zmq.ROUTER)
     socket.setsockopt(zmq.LINGER, 0)
+    block_bytes = math.prod(description["block_shape"]) * description["channels"] * writer.dtype.itemsize
+    socket.setsockopt(zmq.MAXMSGSIZE, block_bytes + 4096)  # one block and its header: larger frames never arrive
     socket.bind(f"tcp://{description['host']}:*")
     print(socket.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
     token = description["token"].encode()
+    dropped = 0
     try:
         while True:
             if not socket.poll(description["poll_s"] * 1000):
@@ -175,13 +179,16 @@ def serve(description: dict) -> int:
                 continue
             frames = socket.recv_multipart(copy=True)
             if len(frames) < 3 or frames[1] != token:
-                continue  # not from one of our tasks
+                dropped += 1  # not from one of our tasks
+                continue
             if frames[2] == COMMIT:
                 writer.commit()
                 socket.send_multipart([frames[0], COMMIT])
                 return 0
             socket.send_multipart([frames[0], *_write(writer, frames[2:])])
     finally:
+        if dropped:
+            print(f"the HDF5 writer dropped {dropped} message(s) without its token", file=sys.stderr)
         if writer.array is not None:
             writer.abort()
         socket.close()
@@ -194,6 +201,10 @@ def _write(writer: BlockWriter, frames: list[bytes]) -> list[bytes]:
         header = json.loads(frames[0])
         values = np.frombuffer(frames[1], np.dtype(header["dtype"])).reshape(header["shape"])
         roi = Roi(tuple(header["start"]), tuple(header["stop"]))
+        inside = all(lo <= a < b <= hi for a, b, lo, hi in zip(roi.start, roi.stop, writer.region.start,
+                                                                 writer.region.stop))
+        if not inside or values.shape[:3] != roi.shape[1:]:
+            raise ValueError(f"block {roi} with values of shape {values.shape} is not a block of the output")
         writer.write(roi, values[None])
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         return [b"error", str(exc)[:200].encode()]

@@ -41,6 +41,13 @@ def test_blocks_sent_with_the_token_are_in_the_file_once_committed_and_others_ar
         malformed = output.target(Roi((0, 0, 0, 0), (1, 8, 8, 8)))
         with pytest.raises(OSError, match="refused a block"):
             send_block(malformed, np.zeros((8, 8, 8, 3), np.float32))  # three channels where the file has two
+        outside = {**malformed, "block": [[0, 0, -8, 0], [1, 8, 0, 8]]}
+        with pytest.raises(OSError, match="is not a block of the output"):
+            send_block(outside, values * 0)  # before the region: never written anywhere
+        oversized = {**malformed, "block": [[0, 0, 0, 0], [1, 8, 16, 16]], "timeout_s": 1}
+        with pytest.raises(OSError):
+            send_block(oversized, np.zeros((8, 16, 16, 2), np.float32))  # four blocks in one message: cut off
+        send_block(output.target(Roi((0, 0, 0, 0), (1, 8, 8, 8))), values)  # the writer still serves
         output.commit()
     finally:
         output.abort()  # nothing left to do after a commit
