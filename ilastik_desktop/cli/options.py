@@ -124,6 +124,10 @@ def dask_from_args(args: argparse.Namespace, config: Config) -> DaskSettings | N
             raise UserError("--shared-filesystem needs --output_format zarr, whose chunks our workers then write "
                             "themselves, or hdf5, which they send to one writer process; npy and tif outputs need "
                             "--dask or --cluster, whose workers then only read the raw data by path")
+        if args.shared_filesystem and args.output_format == "hdf5" and (args.connect or args.listen):
+            raise UserError("--shared-filesystem with hdf5 sends every block to a writer process that only workers "
+                            "on this machine reach; with remote workers (--connect, --listen) use --output_format "
+                            "zarr, whose chunks they write themselves")
         if args.cluster_dry_run or args.cluster_host or args.cluster_dashboard:
             raise UserError("--cluster-dry-run, --cluster-host and --cluster-dashboard need --dask or --cluster")
         return None

@@ -148,3 +148,9 @@ def test_both_programs_print_their_version():
     assert worker.returncode == 0 and worker.stdout.strip() == f"ilastik-worker {__version__}"
     app = run_cli("--version")
     assert app.returncode == 0 and app.stdout.strip() == f"ilastik-desktop {__version__}"
+
+
+def test_shared_hdf5_with_remote_workers_is_refused_before_anything_starts(tmp_path):
+    result = run_cli("--headless", "--project", str(tmp_path / "any.ilp"), "--shared-filesystem",
+                     "--output_format", "hdf5", "--listen", "tcp://127.0.0.1:0")
+    _assert_one_line_error(result, "writer process that only workers on this machine reach", "use --output_format zarr")
