@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import re
@@ -140,9 +141,7 @@ def concatenate_rows(parts: list[tuple[np.ndarray, np.ndarray]], columns: int) -
     return np.concatenate(xs), np.concatenate(ys)
 
 
-_trainer = {"loaded": False}  # load_trainer ran in this process
-
-
+@functools.cache  # once per process
 def load_trainer() -> None:
     """Import scikit-learn's forests now (about half a second), so that the first training does not wait.
 
@@ -150,9 +149,6 @@ def load_trainer() -> None:
     mostly) is kept out of later collections: a full collection over it paused every thread (the GUI's too) for
     0.2 s, once during the import and once just after the first training. :func:`collect_frozen_garbage` collects
     what became garbage among it since."""
-    if _trainer["loaded"]:
-        return
-    _trainer["loaded"] = True
     enabled = gc.isenabled()
     gc.disable()
     try:
