@@ -134,3 +134,14 @@ def test_every_module_with_a_kernel_stamps_the_cache_and_every_kernel_uses_it():
         if re.search(r"^@kernel\(", text, re.M):
             with_kernels.add(name)
     assert with_kernels == set(kernel_cache.KERNEL_SOURCES)
+
+
+def test_the_first_start_message_only_when_the_kernels_must_be_compiled(monkeypatch, capsys):
+    from ilastik_desktop.runtime import frozen
+
+    monkeypatch.setattr(kernel_cache, "kernels_compiled", lambda: True)
+    frozen.announce_first_start()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(kernel_cache, "kernels_compiled", lambda: False)
+    frozen.announce_first_start()
+    assert "first start: compiling the compute kernels once" in capsys.readouterr().err
