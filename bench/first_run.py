@@ -117,7 +117,7 @@ def main() -> None:
                 os.makedirs(os.path.join(tmp, "install"))
                 program = make(os.path.abspath(glob.glob(artefact)[0]), os.path.join(tmp, "install"))
                 packages = os.path.join(tmp, "install") if install == "wheel" else None
-                if scenario == "window":
+                if scenario == "window" and packages:
                     program, packages = [sys.executable], packages + os.pathsep + REPO
                 command = program + [argument.replace("{tmp}", tmp) for argument in arguments]
                 rows.append(first_and_second(f"{install} {a.label}".strip(), scenario, command,
