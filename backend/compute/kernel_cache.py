@@ -14,7 +14,8 @@ gives each kernel a cache that
 - never writes into a read-only install: without a writable folder it only loads.
 
 An entry is used only when numba's version, the Python version, the function's bytecode, the kernel sources
-and the target all match; anything else compiles as numba always does.
+and the target all match; anything else compiles as numba always does. The files are numba's own cache
+format, read only from the install itself and the folders above, as numba's default cache does.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 import numba
 from numba.core import config as numba_config
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, IndexDataCacheFile, _CacheLocator
+from numba.core.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 PACKAGE_FOLDER = os.path.dirname(os.path.abspath(__file__))
@@ -159,7 +162,8 @@ class KernelCache(FunctionCache):
     def __init__(self, py_func) -> None:
         super().__init__(py_func)
         self._shipped = IndexDataCacheFile(SHIPPED_FOLDER, self._impl.filename_base, source_stamp())
-        self.loaded_from = ""  # "host" or a shipped target: where the last overload came from
+        self.loaded_from = ""  # where the last overload was loaded from: "host" (compiled on this machine) or
+        # a shipped target; "" when it was compiled
 
     def _load_overload(self, sig, target_context):
         found = super()._load_overload(sig, target_context)
@@ -177,7 +181,7 @@ class KernelCache(FunctionCache):
 
     def save_overload(self, sig, data) -> None:
         """Save code compiled here; a read-only install without a user cache folder only loads."""
-        if self._impl.locator.get_cache_path() == SHIPPED_FOLDER and writable_folder() is None:
+        if writable_folder() is None:
             return
         try:
             super().save_overload(sig, data)
@@ -185,11 +189,11 @@ class KernelCache(FunctionCache):
             log.warning("compiled kernel not cached: %s", exc)
 
 
-def kernel(**options):
+def kernel(**options) -> Callable[[Callable], Dispatcher]:
     """``numba.njit(**options)`` whose on-disk cache is :class:`KernelCache` (``cache`` is implied)."""
     options.pop("cache", None)
 
-    def decorate(func):
+    def decorate(func: Callable) -> Dispatcher:
         dispatcher = numba.njit(**options)(func)
         dispatcher._cache = KernelCache(dispatcher.py_func)
         return dispatcher
