@@ -72,15 +72,6 @@ def open_externally(target: str) -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def use_user_kernel_cache() -> None:
-    """In the bundle, before numba is imported: keep compiled kernels in the user's cache folder only.
-
-    The bundle's code objects carry relative source paths; numba's default search would cache next to any
-    source tree of ours that happens to lie under the working folder."""
-    if is_frozen():
-        os.environ["NUMBA_CACHE_LOCATOR_CLASSES"] = "UserWideCacheLocator"
-
-
 def announce_first_start() -> None:
     """Before the first computation: say that the compute kernels are compiled once (it takes seconds) when
     no compiled kernel fits this install yet: none shipped for this CPU and numba, none cached before."""
