@@ -6,8 +6,9 @@ functions; it agrees with vigra's formula to 3e-15 of the largest eigenvalue and
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from backend.compute.kernel_cache import kernel
 
 
 def eigenvalues_2d(a00: np.ndarray, a01: np.ndarray, a11: np.ndarray, out: np.ndarray) -> None:
@@ -20,7 +21,7 @@ def eigenvalues_2d(a00: np.ndarray, a01: np.ndarray, a11: np.ndarray, out: np.nd
     out[1] = 0.5 * (trace - d)
 
 
-@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+@kernel(nogil=True, inline="always", error_model="numpy")
 def _third_of_angle(x, y):  # pragma: no cover - compiled
     """cos and sin of ``atan2(y, x) / 3`` for ``y >= 0``: the cube root of the unit vector (x, y) in the sector
     [0, pi/3], by Newton's method from that sector's middle: over the whole sector, 5 steps leave an error of
@@ -37,7 +38,7 @@ def _third_of_angle(x, y):  # pragma: no cover - compiled
     return wr, wi
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel(nogil=True, error_model="numpy")
 def _eig3(a00, a01, a02, a11, a12, a22, out):  # pragma: no cover - compiled
     """vigra's closed form (``symmetric3x3Eigenvalues``) in float64, rounded to float32 and sorted."""
     inv3 = 1.0 / 3.0

@@ -11,11 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from backend.compute.eigen import eigenvalues_2d, eigenvalues_3d
 from backend.compute.filters import Patch, SeparableBank, gaussian_kernel, kernel_radius
+from backend.compute.kernel_cache import kernel
 
 FEATURE_IDS = (
     "GaussianSmoothing",
@@ -229,7 +229,7 @@ def _eigenvalues(comps: dict[tuple[int, int], np.ndarray], n: int, out: np.ndarr
         eigenvalues_3d(comps[0, 0], comps[0, 1], comps[0, 2], comps[1, 1], comps[1, 2], comps[2, 2], out)
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _transpose(planar, rows):  # pragma: no cover - compiled
     columns, n = planar.shape
     for i0 in range(0, n, 256):

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numba
 import numpy as np
+
+from backend.compute.kernel_cache import kernel
 
 
 def kernel_radius(sigma: float, window_ratio: float) -> int:
@@ -58,13 +59,13 @@ def valid_convolve(src: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray
     return out
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@kernel(nogil=True, inline="always")
 def _tap_pairs(kernel, sign):  # pragma: no cover - compiled
     """How many leading taps are paired with their mirror image (all other taps are taken singly)."""
     return kernel.size // 2 if sign != 0 else 0
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _convolve_outer(src, kernel, sign, out):  # pragma: no cover - compiled
     n, pairs = kernel.size, _tap_pairs(kernel, sign)
     depth, rows, cols = out.shape
@@ -86,7 +87,7 @@ def _convolve_outer(src, kernel, sign, out):  # pragma: no cover - compiled
                 out[z, y, x] = acc[y, x]
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _convolve_middle(src, kernel, sign, out):  # pragma: no cover - compiled
     n, pairs = kernel.size, _tap_pairs(kernel, sign)
     depth, rows, cols = out.shape
@@ -106,7 +107,7 @@ def _convolve_middle(src, kernel, sign, out):  # pragma: no cover - compiled
                 out[z, y, x] = acc[x]
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel(nogil=True)
 def _convolve_inner(src, kernel, sign, out):  # pragma: no cover - compiled
     """Along the contiguous axis. Taps address shifted views of each line: with an index that cannot be
     negative, numba leaves out its wrap-around code and the loops vectorise (4x faster)."""

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-import numba
 import numpy as np
 
 from backend.compute.forest_bits import CHUNK, LEAF, exit_bits, exit_rows, leaf_bits, vote
+from backend.compute.kernel_cache import kernel
 from backend.errors import ProjectError
 
 THRESHOLD_NODE = 0
@@ -206,7 +206,7 @@ def _breadth_first(topology: np.ndarray, starts: np.ndarray, sizes: np.ndarray, 
 _CHILDREN = np.array([2, 3])  # where a threshold node keeps its children's positions
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def _step(node, column, child_at, thresholds, x, row_start):  # pragma: no cover - compiled
     """The next node (times 4, an offset into the node table) of a walk at ``node`` for the voxel at
     ``row_start``; ``column`` is the node's feature field (a leaf's LEAF becomes column 0, and a leaf never
@@ -215,7 +215,7 @@ def _step(node, column, child_at, thresholds, x, row_start):  # pragma: no cover
     return np.uint64(4 * (child_at[node] + np.int32(x[row_start + column] >= thresholds[node])))
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def _walk8(table, thresholds, x, root, row0, columns, leaves):  # pragma: no cover - compiled
     """Eight neighbouring voxels walk one tree together (their paths are alike and independent)."""
     feature_at, child_at, row_at = table[1:], table[2:], table[3:]  # node fields at an offset of 4 * node
@@ -243,7 +243,7 @@ def _walk8(table, thresholds, x, root, row0, columns, leaves):  # pragma: no cov
     leaves[4], leaves[5], leaves[6], leaves[7] = row_at[e], row_at[g], row_at[h], row_at[k]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@kernel(nogil=True, boundscheck=False)
 def _walk_each(table, thresholds, x, root, row0, columns, m, leaves):  # pragma: no cover - compiled
     """The leaf rows of ``m`` voxels (fewer than eight), one after the other."""
     feature_at, child_at, row_at = table[1:], table[2:], table[3:]
@@ -254,7 +254,7 @@ def _walk_each(table, thresholds, x, root, row0, columns, m, leaves):  # pragma:
         leaves[j] = row_at[node]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def _accumulate(rows, m, leaf32, leaf64, acc, weight):  # pragma: no cover - compiled
     """Add one tree's leaves (``rows``) as vigra does: class weights in float32, their total in float64, class by
     class. ``acc`` is (classes, voxels), so each class is one vectorised loop over the voxels."""
@@ -272,7 +272,7 @@ def _accumulate(rows, m, leaf32, leaf64, acc, weight):  # pragma: no cover - com
             weight[j] += leaf64[row, c]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False)
+@kernel(nogil=True, boundscheck=False)
 def _predict(x2, nodes, leaf32, leaf64, roots, forest_ends, bits, out):  # pragma: no cover - compiled
     """Each forest's average of its trees' normalised leaves, averaged over forests by tree count (vigra's
     arithmetic), for planar features ``x2`` (feature-major); rows with a NaN feature get zeros, as in vigra.

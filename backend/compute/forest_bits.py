@@ -11,10 +11,11 @@ one feature of many neighbouring voxels at once.
 
 from __future__ import annotations
 
-import numba
 import numba.extending
 import numpy as np
 from llvmlite import ir as llvm_ir
+
+from backend.compute.kernel_cache import kernel
 
 LEAF = np.int32(-(2**31))  # the feature field of a leaf in the node table of backend.compute.forest
 CHUNK = 256  # voxels predicted together: their features stay in the first-level cache
@@ -87,7 +88,7 @@ def _trailing_zeros(typingctx, value):  # pragma: no cover - compiled
     return value(value), codegen
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def exit_bits(x, n, i0, m, bits, tree, masks):  # pragma: no cover - compiled
     """QuickScorer for voxels ``i0 .. i0 + m`` of planar features ``x`` (feature-major, ``n`` voxels a feature) in
     one tree of at most 64 leaves: each inner node clears the bits of the leaves left of it (in-order, in two
@@ -106,7 +107,7 @@ def exit_bits(x, n, i0, m, bits, tree, masks):  # pragma: no cover - compiled
             masks[word + np.uint64(j)] &= mask if x[base + np.uint64(j)] >= threshold else everything
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def exit_rows(masks, m, leaf_rows, tree, rows):  # pragma: no cover - compiled
     """The leaf row of each voxel from its leaf bits (:func:`exit_bits`)."""
     table, chunk = np.uint64(tree) * np.uint64(64), np.uint64(CHUNK)
@@ -116,7 +117,7 @@ def exit_rows(masks, m, leaf_rows, tree, rows):  # pragma: no cover - compiled
         rows[j] = leaf_rows[table + np.uint64(rank)]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+@kernel(nogil=True, boundscheck=False, inline="always")
 def vote(masks, m, class_bits, tree, votes):  # pragma: no cover - compiled
     """Count each voxel's leaf (:func:`exit_bits`) as a vote for its class, for forests of one-class leaves."""
     zero, chunk = np.uint32(0), np.uint64(CHUNK)

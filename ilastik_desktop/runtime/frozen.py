@@ -4,7 +4,8 @@ One executable serves every role in the bundle: ``ilastik-desktop`` (window, ``-
 ``ilastik-desktop worker ...``. There ``sys.executable`` is the bundle's program and ``-m module`` does
 not exist, so the app starts its local workers through :func:`worker_command`. The bundle puts its own
 libraries first on the library path; programs outside it get the user's path back
-(:func:`external_environment`). Compiled kernels are cached in a per-user folder, never in the bundle.
+(:func:`external_environment`). Compiled kernels come with the bundle (``backend/compute/kernels``); any
+compiled on the user's machine are cached in a per-user folder, never in the bundle.
 """
 
 from __future__ import annotations
@@ -71,29 +72,11 @@ def open_externally(target: str) -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def use_user_kernel_cache() -> None:
-    """In the bundle, before numba is imported: keep compiled kernels in the user's cache folder only.
-
-    The bundle's code objects carry relative source paths; numba's default search would cache next to any
-    source tree of ours that happens to lie under the working folder."""
-    if is_frozen():
-        os.environ["NUMBA_CACHE_LOCATOR_CLASSES"] = "UserWideCacheLocator"
-
-
-def _kernel_cache_folder() -> str:
-    from platformdirs import user_cache_dir
-
-    return user_cache_dir("numba")
-
-
 def announce_first_start() -> None:
-    """In the bundle, before the first computation: say that the kernels are compiled once (it takes seconds).
+    """Before the first computation: say that the compute kernels are compiled once (it takes seconds) when
+    no compiled kernel fits this install yet: none shipped for this CPU and numba, none cached before."""
+    from backend.compute.kernel_cache import kernels_compiled, writable_folder
 
-    The kernels are cached in the user's cache folder (``~/.cache/numba`` on Linux), never next to the
-    bundle's files (:func:`use_user_kernel_cache`)."""
-    if not is_frozen():
-        return
-    folder = _kernel_cache_folder()
-    if not any(name.endswith(".nbi") for _, _, names in os.walk(folder) for name in names):
-        print(f"ilastik-desktop: first start: compiling the compute kernels once (cached in {folder})",
+    if not kernels_compiled():
+        print(f"ilastik-desktop: first start: compiling the compute kernels once (cached in {writable_folder()})",
               file=sys.stderr)
