@@ -30,7 +30,7 @@ from backend.distributed.futures import TaskFuture, settle
 from backend.distributed.pipeline_refs import PipelineRefs
 from backend.distributed.protocol import Message, decode, encode, task_fields, task_from_message, task_message
 from backend.errors import TransientError
-from backend.io.chunk_store import stored
+from backend.io.chunk_store import read_raw, stored
 from backend.processes import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -99,21 +99,6 @@ def compute_block(fingerprint: str, frames: list[bytes]) -> tuple[np.ndarray, fl
     started = time.perf_counter()
     values = stored(task, plugin.pipeline.run(task, plugin.workspace()))  # a task naming its output: written here
     return values, time.perf_counter() - started
-
-
-def read_raw(reference: dict, opened: dict) -> np.ndarray:
-    """Raw data (z, y, x, c) a task names by file and region (workers on a shared file system); each file is
-    opened once per worker and kept in ``opened``."""
-    from backend.compute.geometry import Roi
-    from backend.io.sources import open_source
-
-    name = (reference["spec"], reference["axes"])
-    if name not in opened:
-        try:
-            opened[name] = open_source(reference["spec"], axes=reference["axes"])
-        except Exception as exc:
-            raise OSError(f"worker cannot open {reference['spec']}: {exc}") from None
-    return opened[name].read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
 
 
 class DaskExecutor(Executor):

@@ -169,16 +169,21 @@ def with_raw(task: BlockTask, opened: dict) -> BlockTask:
     (each file opened once and kept in ``opened``)."""
     if task.raw_ref is None or task.raw.size:
         return task
+    return replace(task, raw=read_raw(task.raw_ref, opened))
+
+
+def read_raw(reference: dict, opened: dict) -> np.ndarray:
+    """Raw data (z, y, x, c) a task names by file and region (workers on a shared file system); each file is
+    opened once per process and kept in ``opened``."""
     from backend.io.sources import open_source
 
-    reference = task.raw_ref
     name = (reference["spec"], reference["axes"])
     if name not in opened:
         try:
             opened[name] = open_source(reference["spec"], axes=reference["axes"])
         except Exception as exc:
             raise OSError(f"worker cannot open {reference['spec']}: {exc}") from None
-    return replace(task, raw=opened[name].read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0])
+    return opened[name].read(Roi(tuple(reference["start"]), tuple(reference["stop"])))[0]
 
 
 def stored(task: BlockTask, values: np.ndarray) -> np.ndarray:
