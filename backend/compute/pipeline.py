@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from backend.checks import whole_number
+from backend.compute.feature_memo import FeatureMemo, feature_key, process_memo
 from backend.compute.features import FeatureSet, FeatureSpec, to_rows
 from backend.compute.forest import CompiledForests
 from backend.errors import ProjectError
@@ -63,17 +65,28 @@ class Pipeline:
         """Output dtype of a result kind (float32 for a combined kind: it holds every part exactly)."""
         return np.dtype(np.uint8 if kind == "Simple Segmentation" else np.float32)
 
-    def run(self, task: BlockTask, workspace: dict | None = None) -> np.ndarray:
+    def run(self, task: BlockTask, workspace: dict | None = None, memo: FeatureMemo | None = None) -> np.ndarray:
         """The result of one block, shaped (z, y, x, channels).
 
         ``workspace`` (a dict kept by the caller between blocks) lets large buffers be reused, which
-        saves the page faults of fresh allocations.
+        saves the page faults of fresh allocations. A small block's features come from ``memo`` (the
+        process's :func:`~backend.compute.feature_memo.process_memo` if not given) when it computed them
+        before, under any classifier.
         """
         ws = {} if workspace is None else workspace
+        memo = process_memo() if memo is None else memo
         shape = tuple(b - a for a, b in task.target)
         voxels, columns = int(np.prod(shape)), self.features.column_count
-        planar = self.features.compute_planar(task.raw, task.start, task.image, task.target,
-                                              out=_buffer(ws, "planar", voxels * columns))
+        planar = _buffer(ws, "planar", voxels * columns)[: voxels * columns].reshape((columns,) + shape)
+
+        def compute(out: np.ndarray) -> None:
+            self.features.compute_planar(task.raw, task.start, task.image, task.target, out=out)
+
+        if memo.keeps(planar.nbytes):
+            memo.fill(feature_key(task.raw, task.start, task.image, task.target, self._feature_fingerprint), planar,
+                      compute)
+        else:
+            compute(planar)
         parts = split_kind(task.kind)
         if any(part not in RESULT_KINDS for part in parts):
             raise ValueError(f"unknown result kind '{task.kind}'")
@@ -123,6 +136,13 @@ class Pipeline:
             if 1 <= label <= self.label_count:
                 out[:, label - 1] = known[:, column]
         return out
+
+    @cached_property
+    def _feature_fingerprint(self) -> str:
+        """Digest of the feature selection alone (what a block's features depend on besides its voxels)."""
+        header = {k: v for k, v in self.to_message()[0].items() if k in ("specs", "named_in_2d", "channels",
+                                                                           "volumetric")}
+        return hashlib.sha1(json.dumps(header, sort_keys=True).encode()).hexdigest()[:20]
 
     def fingerprint(self) -> str:
         """Digest of everything the results depend on (features and classifier)."""
