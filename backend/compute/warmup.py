@@ -35,7 +35,7 @@ def _tiny_pipeline(volumetric: bool) -> Pipeline:
 
 
 def warm_up() -> float:
-    """Run the 2D and 3D feature and forest kernels once on small images; returns the seconds it took."""
+    """Run the 2D and 3D feature, row-copy and forest kernels once on small images; returns the seconds it took."""
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     try:
@@ -44,7 +44,8 @@ def warm_up() -> float:
             raw = rng.integers(0, 255, image + (1,)).astype(np.uint8)
             target = ((8, 12), (4, 20), (4, 20)) if volumetric else ((0, 1), (4, 20), (4, 20))
             pipeline = _tiny_pipeline(volumetric)
-            pipeline.run(BlockTask("warm-up", "Probabilities", raw, (0, 0, 0), image, target, ""), {})
+            for kind in ("Probabilities", "Features"):  # Features: the copy into rows, as training's samples use
+                pipeline.run(BlockTask("warm-up", kind, raw, (0, 0, 0), image, target, ""), {})
     except Exception:  # never stop a worker from starting; real blocks will report the problem
         log.exception("warm-up failed")
     return time.perf_counter() - started
