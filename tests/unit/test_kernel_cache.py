@@ -140,3 +140,29 @@ def test_the_first_start_message_only_when_the_kernels_must_be_compiled(monkeypa
     monkeypatch.setattr(kernel_cache, "kernels_compiled", lambda: False)
     frozen.announce_first_start()
     assert "first start: compiling the compute kernels once" in capsys.readouterr().err
+
+
+WARMED = """
+import importlib, json
+from backend.compute.kernel_cache import KERNEL_SOURCES, KernelCache
+from backend.compute.warmup import warm_up
+warm_up()
+counts = {}
+for name in KERNEL_SOURCES:
+    module = importlib.import_module("backend.compute." + name[:-3])
+    for attribute, value in vars(module).items():
+        if isinstance(getattr(value, "_cache", None), KernelCache) and value.targetoptions.get("inline") != "always":
+            counts[attribute] = len(value.signatures)
+print(json.dumps(counts))
+"""
+CALLED_ONLY_BY_KERNELS = {"_walk_each"}  # compiled into _predict, never called from Python
+
+
+def test_the_warm_up_the_shipped_kernels_are_built_from_calls_every_kernel():
+    """What warm_up does not call is not shipped, and a new install compiles it on first use."""
+    from tests.conftest import REPO
+
+    result = subprocess.run([sys.executable, "-c", WARMED], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert {name for name, signatures in counts.items() if not signatures} == CALLED_ONLY_BY_KERNELS, counts
