@@ -217,7 +217,8 @@ def _export_shared(gateway: Gateway, nickname: str, options: ExportOptions, max_
     if options.fmt not in ("zarr", "hdf5") or (options.fmt == "hdf5" and options.slab):
         raise UserError("--shared-filesystem needs --output_format zarr (the workers write its chunks themselves) "
                         "or hdf5 (without --slab: one writer process the workers send their blocks to)")
-    path = output_path(options.filename_pattern, options.fmt, gateway.source, nickname, options.kind)
+    # absolute: the workers write there from their own working folders
+    path = os.path.abspath(output_path(options.filename_pattern, options.fmt, gateway.source, nickname, options.kind))
     region = options.region or Roi.from_shape(gateway.source.spatial_shape)
     region = slab_region(region, gateway.snapshot.grid(gateway.config.block_shape), options.slab) \
         if options.slab else region

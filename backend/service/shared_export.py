@@ -97,6 +97,7 @@ class SharedCounts:
     voxels: int = 0  # in this gateway's region (or slab)
     seconds: float = 0.0
     waited: int = 0  # blocks another gateway held when we came to them
+    slab: tuple[int, int] | None = None  # (K, N) when this gateway exported one slab
 
 
 def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, slab: tuple[int, int] | None,
@@ -108,7 +109,7 @@ def export_shared(gateway: Gateway, path: str, kind: str, region: Roi | None, sl
     part = slab_region(output.region, gateway.snapshot.grid(gateway.config.block_shape), slab) if slab \
         else output.region
     counts = SharedExport(gateway, kind, output, part, max_in_flight, on_written, check).run()
-    counts.voxels = part.size
+    counts.voxels, counts.slab = part.size, slab
     return counts
 
 

@@ -60,6 +60,12 @@ def run_headless(settings: Settings) -> int:
     previous = {signum: signal.signal(signum, interrupt) for signum in INTERRUPTING}
     try:
         return _run(settings, interrupted)
+    except KeyboardInterrupt:
+        if not (settings.export.shared_filesystem and settings.export.fmt == "zarr"):
+            raise  # the partial output was removed
+        print("ilastik-desktop: interrupted; the blocks written so far stay in the zarr output (unwritten ones "
+              "read as zeros): the same command again finishes it", file=sys.stderr)
+        return 130
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -135,9 +141,13 @@ def shared_line(result: ExportResult, processes: int) -> str:
     that reached this gateway."""
     counts = result.shared
     rate = result.voxels / max(result.seconds, 1e-9)
-    return (f"wrote {result.path} ({counted(result.blocks, 'block')}, {result.seconds:.1f} s, {rate / 1e6:.2f} "
-            f"Mvoxel/s; {counts.computed} written by the workers, {counts.written_before} written before, "
-            f"{counts.result_bytes} bytes of results through this gateway, {counted(processes, 'worker process')})")
+    speed = f", {rate / 1e6:.2f} Mvoxel/s" if counts.computed else ""
+    part = f"slab {counts.slab[0]}/{counts.slab[1]} of " if counts.slab else ""
+    pending = "; the other slabs' gateways write the rest" if counts.slab and counts.slab[1] > 1 else ""
+    return (f"wrote {part}{result.path} ({counted(result.blocks, 'block')}, {result.seconds:.1f} s{speed}; "
+            f"{counts.computed} written by the workers, {counts.written_before} written before, "
+            f"{counts.result_bytes} bytes of results through this gateway, "
+            f"{counted(processes, 'worker process')}){pending}")
 
 
 def written_without_objects(result: ExportResult, options: ExportOptions, source: DataSource) -> tuple[int, int]:

@@ -125,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         from ilastik_desktop.cli.headless import run_headless
 
         return run_headless(settings_from_args(args))
+    if args.slab or (args.shared_filesystem and not (args.dask or args.cluster)):  # (Dask's: raw data by path)
+        raise UserError("--slab, and --shared-filesystem with our own workers, are for exports: add --headless")
     check_display()
     from ilastik_desktop._qt.app import run_gui
 

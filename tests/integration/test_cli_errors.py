@@ -154,3 +154,9 @@ def test_shared_hdf5_with_remote_workers_is_refused_before_anything_starts(tmp_p
     result = run_cli("--headless", "--project", str(tmp_path / "any.ilp"), "--shared-filesystem",
                      "--output_format", "hdf5", "--listen", "tcp://127.0.0.1:0")
     _assert_one_line_error(result, "writer process that only workers on this machine reach", "use --output_format zarr")
+
+
+def test_batch_mode_options_without_headless_are_refused_not_ignored(tmp_path):
+    for extra in (("--shared-filesystem",), ("--slab", "1/2")):
+        result = run_cli("--project", str(tmp_path / "any.ilp"), *extra)
+        _assert_one_line_error(result, "are for exports: add --headless")

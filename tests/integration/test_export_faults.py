@@ -134,3 +134,23 @@ def test_an_export_that_cannot_fit_on_the_disk_is_refused_in_one_line(project, h
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr[-3000:]
     assert "result.h5: the output needs 70,368.7 GB but only" in stderr
     assert_clean_end(run, out, tmp)
+
+
+@pytest.mark.timeout(240)
+def test_an_interrupted_shared_filesystem_export_says_its_written_blocks_stay(project, huge, tmp_path, tmp):
+    run, out = start(project[0], tmp_path, tmp, "--raw_data", huge, "--output_format", "zarr", "--shared-filesystem")
+    try:
+        wait_for(lambda: run.done >= 10 or run.process.poll() is not None, 120, interval=0.05,
+                 message=lambda: f"at {run.done} blocks")
+        run.tree()
+        code, took = run.interrupt(signal.SIGINT)
+    finally:
+        if run.process.poll() is None:
+            run.kill()
+    stderr = "".join(run.stderr)
+    assert code == 130 and took < 5, (took, stderr[-3000:])
+    assert "Traceback" not in stderr and "unfinished output was removed" not in stderr, stderr[-3000:]
+    assert "interrupted; the blocks written so far stay in the zarr output" in stderr, stderr[-3000:]
+    assert os.listdir(out) == ["result.zarr"]  # what the workers wrote, for the same command to finish
+    assert os.listdir(tmp) == []
+    assert_all_gone(run.seen - {run.process.pid}, within=5)

@@ -133,12 +133,12 @@ def test_a_gateway_with_other_settings_refuses_the_shared_output(setup):
 def test_two_headless_gateways_on_one_cache_server_write_the_two_slabs(setup, tmp_path):
     project, server = setup[0], setup[3]
     common = ["--headless", "--no-progress", "--project", project, "--output_format", "zarr", "--block_shape",
-              "16,32,32", "--output_filename_format", str(tmp_path / "out"), "--shared-filesystem", "--redis-url",
+              "16,32,32", "--output_filename_format", "out", "--shared-filesystem", "--redis-url",  # relative: in cwd
               server.url, "--workers", "1"]
     results = [None, None]
 
     def run(index: int) -> None:
-        results[index] = run_cli(*common, "--slab", f"{index + 1}/2", timeout=240)
+        results[index] = run_cli(*common, "--slab", f"{index + 1}/2", cwd=str(tmp_path), timeout=240)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for thread in threads:
@@ -148,5 +148,9 @@ def test_two_headless_gateways_on_one_cache_server_write_the_two_slabs(setup, tm
     assert all(r is not None and r.returncode == 0 for r in results), [r and r.stderr[-1500:] for r in results]
     written = [re.search(r"(\d+) written by the workers, (\d+) written before, 0 bytes", r.stderr) for r in results]
     assert all(written) and sum(int(m.group(1)) for m in written) == 24, [r.stderr for r in results]
+    output = tmp_path / "out.zarr"
+    for number, result in enumerate(results, 1):
+        assert f"wrote slab {number}/2 of {output} (" in result.stderr, result.stderr
+        assert result.stderr.rstrip().endswith("the other slabs' gateways write the rest"), result.stderr
     refused = run_cli(*common, "--slab", "3/2")
     assert refused.returncode == 2 and "--slab '3/2'" in refused.stderr and len(refused.stderr.splitlines()) == 1
