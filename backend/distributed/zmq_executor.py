@@ -336,7 +336,7 @@ class ZmqExecutor(Executor):
         try:
             return decode(frames)
         except VersionMismatch as exc:
-            self._refuse(f"a worker speaking {exc}")
+            self._refuse(f"refused a worker speaking {exc}")
         except ProtocolError as exc:
             with self._lock:
                 self.roster.counters["dropped_messages"] += 1
@@ -385,7 +385,7 @@ class ZmqExecutor(Executor):
     def _refuse(self, why: str) -> None:
         if not why:
             return
-        log.warning("refused %s", why)
+        log.warning("%s", why)
         with self._lock:
             self._refused = (self._refused + [why])[-20:]
             self._changed.notify_all()

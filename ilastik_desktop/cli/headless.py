@@ -102,8 +102,7 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
     check_internal_path(options.internal_path)
     with Services(settings.compute) as services:
         if services.listen_address:
-            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
-                  file=sys.stderr)
+            print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()
         gateway = services.gateway(source, pipeline, block_shape)
         try:
@@ -206,8 +205,7 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
                              settings.cutout)
         runner.file_finished.connect(lambda index, outcome: _report(index, len(files), outcome))
         if services.listen_address:
-            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
-                  file=sys.stderr)
+            print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()
         summary = runner.run(files)
     print(summary.line, file=sys.stderr)

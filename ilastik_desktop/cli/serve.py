@@ -116,8 +116,7 @@ def serve(argv: list[str]) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with Services(compute) as services:
         if services.listen_address:
-            print(f"accepting workers at {services.listen_address}; start them with: {services.worker_command()}",
-                  file=sys.stderr)
+            print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()
         lanes = open_lanes(project, services, args)
         server = WebServer(lanes, describe_project(project), dataclasses.replace(settings, limits=services.config.web),

@@ -156,9 +156,10 @@ class Services:
                     "still be queued: see --worker-timeout)")
         if self.local:
             return f"no local workers registered within {timeout:.0f} s (log: {self.local.log_path})"
-        refused = self.executor.status().refused[-3:]
+        refused = list(dict.fromkeys(self.executor.status().refused))[-3:]
         if refused:
-            return f"no worker registered within {timeout:.0f} s: {'; '.join(refused)}"
+            return (f"no worker registered within {timeout:.0f} s; refused the unknown worker key(s) "
+                    f"{', '.join(refused)}: allow a worker with --worker-key KEY")
         hints = [f"no worker answered at {endpoint} (is 'ilastik-worker --listen' running there"
                  + (", and is the key after the comma its key, see ilastik-worker --print-key?)" if key else "?)")
                  for endpoint, key in self.settings.connect]
@@ -229,6 +230,13 @@ class Services:
             host = machine_name()  # bound to every interface
         return (f"ilastik-worker --connect tcp://{host}:{port} "
                 f"--gateway-key '{self.identity.public.decode()}'")
+
+    def accepting_line(self) -> str:
+        """What a run that accepts workers prints: where, the command that starts one, and (when no worker key is
+        allowed yet) how to allow its key."""
+        allow = "" if self.identity.allowed else (" and allow its key here with --worker-key KEY (ilastik-worker "
+                                                  "--print-key prints it)")
+        return f"accepting workers at {self.listen_address}; start them with: {self.worker_command()}{allow}"
 
     def gateway(self, source: DataSource, pipeline: Pipeline, block_shape: tuple[int, int, int, int]) -> Gateway:
         """A gateway for one image on these services (close it before the services)."""

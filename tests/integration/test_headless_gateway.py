@@ -69,7 +69,19 @@ def test_export_on_an_authenticated_worker_that_connects_to_the_gateway(project,
     finally:
         kill_worker(worker)
     assert np.array_equal(ours, local_result)
-    assert "accepting workers at" in err and gateway_key in err
+    assert "accepting workers at" in err and gateway_key in err and "allow its key" not in err  # allowed already
+
+    worker = start_worker("--connect", endpoint, "--gateway-key", gateway_key, "--config-dir", str(worker_dir))
+    try:  # as the printed line says, without --worker-key here
+        refused = run_cli("--headless", "--no-progress", "--project", project, "--output_format", "npy",
+                          "--output_filename_format", str(tmp_path / "refused"), "--workers", "0", "--listen",
+                          endpoint, "--worker-timeout", "8", "--config-dir", str(gateway_dir))
+    finally:
+        kill_worker(worker)
+    assert refused.returncode == 2, refused.stderr
+    assert "allow its key here with --worker-key KEY" in refused.stderr
+    assert (f"refused the unknown worker key(s) {worker_key}: allow a worker with --worker-key KEY"
+            in refused.stderr.splitlines()[-1]), refused.stderr
 
 
 @pytest.mark.timeout(240)
