@@ -342,7 +342,7 @@ class MainWindow(ProjectOpening, QtWidgets.QMainWindow):
         looked_up = status.hits + status.misses
         rate = f"{100 * status.hits / looked_up:.0f} %" if looked_up else "-"
         memory = status.cache_memory_mb
-        self.workers_label.setText(workers_summary(status.executor))
+        self.workers_label.setText(workers_summary(status.executor, self.services.compiling_kernels))
         self.pending.show_all(status.blocks_in_progress)
         self.cache_label.setText(f"cache hits {rate}, {memory if memory is not None else '-'} MB")
 

@@ -17,6 +17,7 @@ import redis
 from backend.cache.block_cache import BlockCache
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings
 from backend.cache.signing import signing_key
+from backend.compute.kernel_cache import kernels_compiled
 from backend.compute.pipeline import Pipeline
 from backend.distributed.dask_clusters import local_worker_count, start_dask
 from backend.distributed.executor import Executor, WorkerStatus, default_workers
@@ -78,6 +79,7 @@ class Services:
         self.embedded: EmbeddedRedis | None = None
         self.executor: Executor | None = None
         self.local: LocalWorkers | None = None
+        self.compiling_kernels = False  # no compiled kernel fitted when the local workers started (a first start)
         self.listen_address: str | None = None
         self._restart_lock = threading.Lock()
         try:
@@ -97,6 +99,7 @@ class Services:
             if workers:
                 self.local = LocalWorkers(self.executor.address, workers, self.folder, self.config,
                                           silence=self.executor.silence)
+                self.compiling_kernels = not kernels_compiled()  # the local workers compile them as they start
         except BaseException:
             self.close()
             raise

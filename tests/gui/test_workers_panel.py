@@ -153,3 +153,18 @@ def test_one_process_is_singular_and_the_users_column_widths_stay_between_polls(
         with qtbot.waitSignal(window.status_timer.timeout, timeout=10_000):
             pass
     assert header.sectionSize(0) == 333  # every poll fitted the columns to their contents again before
+
+
+def test_a_first_start_says_the_local_workers_compile_the_kernels(monkeypatch, tmp_path):
+    from backend.distributed.executor import ExecutorStatus
+    from ilastik_desktop._qt.panels.workers import workers_summary
+    from ilastik_desktop.runtime import services as services_module
+    from ilastik_desktop.runtime.settings import ComputeSettings
+
+    monkeypatch.setattr(services_module, "kernels_compiled", lambda: False)  # nothing shipped or cached fits
+    with services_module.Services(ComputeSettings(workers=1)) as first_start:
+        assert first_start.compiling_kernels
+    waiting = ExecutorStatus("zmq", None, no_workers_s=12, queued=3)
+    assert workers_summary(waiting, True) == ("starting the local workers: first start, compiling the compute "
+                                              "kernels once (12 s; queue 3)")
+    assert workers_summary(waiting, False).startswith("no workers for 12 s: blocks wait (queue 3)")

@@ -34,8 +34,12 @@ def in_background(pool: ThreadPoolExecutor, bridge: GuiBridge, work, done) -> No
     pool.submit(run)
 
 
-def workers_summary(status: ExecutorStatus) -> str:
-    """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers'."""
+def workers_summary(status: ExecutorStatus, compiling_kernels: bool = False) -> str:
+    """One line for the status bar and the workers panel: workers, processes and queue, or 'no workers' (the
+    local workers compiling the compute kernels, on a first start)."""
+    if not status.workers and compiling_kernels:
+        return (f"starting the local workers: first start, compiling the compute kernels once "
+                f"({status.no_workers_s:.0f} s; queue {status.queued})")
     if not status.workers:
         return f"no workers for {status.no_workers_s:.0f} s: blocks wait (queue {status.queued}); see Workers"
     return f"workers: {len(status.workers)} ({counted(status.processes, 'process')}), queue {status.queued}"
@@ -84,7 +88,7 @@ class WorkersPanel(QtWidgets.QWidget):
         workers = [(w, w.state) for w in status.workers]
         lost = [(w, f"lost {w.ago_s:.0f} s ago: {w.reason}")
                 for w in reversed(status.lost)] if isinstance(status, ZmqStatus) else []
-        self.summary.setText(workers_summary(status))
+        self.summary.setText(workers_summary(status, self.services.compiling_kernels))
         self.summary.setStyleSheet("" if workers else "color: #c0392b; font-weight: bold")
         self.table.setRowCount(len(workers) + len(lost))
         for r, (worker, state) in enumerate(workers + lost):
