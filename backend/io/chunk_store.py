@@ -93,7 +93,8 @@ def create_or_join(path: str, axes: str, region: Roi, channels: int, dtype: np.d
     chunks = dict(zip("tzyx", block_shape), t=1, c=1)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise UserError(f"{path}: the output folder {parent} does not exist")
+        what = "is a file, not a folder" if os.path.exists(parent) else "does not exist"
+        raise UserError(f"{path}: the output folder {parent} {what}")
     wanted = {**identity, "region": [list(region.start), list(region.stop)], "axes": axes}
     if not os.path.exists(path):
         temporary = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.creating")
@@ -132,7 +133,8 @@ def _join(path: str, axes: str, region: Roi, chunks: dict, wanted: dict) -> Shar
                         "another --output_filename_format")
     differs = sorted(k for k in set(wanted) | set(found) - {"run"} if found.get(k) != wanted.get(k))
     if differs:
-        raise UserError(f"{path} is there already with other settings ({', '.join(differs)} differ: another "
+        verb = "differs" if len(differs) == 1 else "differ"
+        raise UserError(f"{path} is there already with other settings ({', '.join(differs)} {verb}: another "
                         "classifier, source, region or block shape); remove it or choose another "
                         "--output_filename_format")
     return SharedOutput(path, axes, region, chunks, meta, str(found["run"]))

@@ -45,9 +45,13 @@ def test_an_output_is_joined_with_the_same_settings_and_refused_with_others(tmp_
     first = create_or_join(path, "czyx", region, 2, np.dtype(np.float32), (1, 4, 8, 8), None, IDENTITY)
     again = create_or_join(path, "czyx", region, 2, np.dtype(np.float32), (1, 4, 8, 8), None, IDENTITY)
     assert again.run == first.run  # the cache's records of one output go on
-    with pytest.raises(UserError, match="pipeline differ"):
+    with pytest.raises(UserError, match=r"\(pipeline differs: "):
         create_or_join(path, "czyx", region, 2, np.dtype(np.float32), (1, 4, 8, 8), None, dict(IDENTITY, pipeline="q"))
     assert sorted(os.listdir(tmp_path)) == ["o.zarr"]  # no temporary folder left
+    (tmp_path / "file.h5").write_bytes(b"")
+    with pytest.raises(UserError, match="file.h5 is a file, not a folder$"):
+        create_or_join(str(tmp_path / "file.h5" / "o.zarr"), "czyx", region, 2, np.dtype(np.float32), (1, 4, 8, 8),
+                       None, IDENTITY)
 
 
 def test_slabs_are_whole_blocks_along_the_slowest_axis_that_has_enough():
