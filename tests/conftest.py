@@ -90,6 +90,15 @@ def copy_of(tmp_path):
     return _copy
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Once per run, before the test processes start (in the controller): the compute kernels compiled and
+    cached, as on any machine after its first start, so that no test sees the first start's line or waits."""
+    if hasattr(config, "workerinput"):
+        return
+    subprocess.run([sys.executable, "-c", "from backend.compute.warmup import warm_up; warm_up()"], cwd=REPO,
+                   env=dict(os.environ, PYTHONPATH=REPO), timeout=900, check=True)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the client matrix last: CI makes its clients' virtualenvs while the other tests run."""
     clients = os.path.join("tests", "clients") + os.sep

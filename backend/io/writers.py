@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -97,6 +98,18 @@ def chunk_shape(shape: tuple[int, ...], block: tuple[int, ...], itemsize: int,
     return tuple(chunks)
 
 
+def check_output_folder(path: str) -> str:
+    """The folder the output ``path`` goes into; UserError when it does not exist or cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"{path}: the output folder {parent} does not exist")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the output here ({exc.strerror or exc})") from None
+    return parent
+
+
 class BlockWriter:
     """Writes ``(t, z, y, x, c)`` blocks of the region ``region`` (tzyx) into an array-like target, recording
     ``voxel_size`` in the format's own metadata. zarr output is an OME-Zarr image, so its axes are put in NGFF
@@ -116,9 +129,7 @@ class BlockWriter:
         shape = tuple(sizes[a] for a in axes)
         block = dict(zip("tzyx", block_shape), t=1, c=1)  # a chunk per time step and channel, as ilastik's
         chunks = chunk_shape(shape, tuple(block[a] for a in axes), self.dtype.itemsize)
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UserError(f"{path}: the output folder {parent} does not exist")
+        parent = check_output_folder(path)
         self._file, self.array = None, None
         self._chunks, self._internal_path, self._attributes = chunks, internal_path, {}
         try:

@@ -24,7 +24,7 @@ from backend.io.project import Project, open_project
 from backend.io.project_pipeline import build_pipeline
 from backend.io.sources import DataSource, open_source
 from backend.io.sources.base import SourceReadError
-from backend.io.writers import output_axes
+from backend.io.writers import check_output_folder, output_axes
 from backend.service.export import (
     ExportCancelled,
     ExportOptions,
@@ -41,6 +41,7 @@ from backend.service.objects import OBJECTS
 from backend.service.prediction_maps import check_map_sources, export_objects, map_outputs, open_input
 from backend.wording import counted
 from ilastik_desktop.runtime.batch import FAILED, BatchRunner, FileOutcome, expand_raw_data, nickname_of
+from ilastik_desktop.runtime.frozen import announce_first_start
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.settings import Settings, export_threshold, no_objects_line, parse_cutout
 
@@ -98,9 +99,11 @@ def _run(settings: Settings, interrupted: threading.Event) -> int:
     block_shape = options.block_shape or default_block_shape(source.spatial_shape)
     nickname = nickname_of(raw_data) if raw_data else project.lanes[settings.lane].nickname
     for kind in check_sources(split_kind(options.kind), options.filename_pattern):  # checked before any
-        output_path(options.filename_pattern, options.fmt, source, nickname, kind)  # process starts
+        check_output_folder(output_path(options.filename_pattern, options.fmt, source, nickname, kind))  # starts
     check_internal_path(options.internal_path)
     with Services(settings.compute) as services:
+        if services.compiling_kernels:
+            announce_first_start()
         if services.listen_address:
             print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()
@@ -204,6 +207,8 @@ def run_batch(settings: Settings, project: Project, files: list[str]) -> int:
         runner = BatchRunner(services, project, options, pipeline_for, settings.lane, settings.input_axes,
                              settings.cutout)
         runner.file_finished.connect(lambda index, outcome: _report(index, len(files), outcome))
+        if services.compiling_kernels:
+            announce_first_start()
         if services.listen_address:
             print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()

@@ -92,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(argv: list[str]) -> int:
     from ilastik_desktop.cli.serve import serve
 
-    announce_first_start()
     return serve(argv)
 
 
@@ -113,10 +112,10 @@ def _run(args: argparse.Namespace) -> int:
     answered = answer_at_once(args)
     if answered is not None:
         return answered
-    announce_first_start()
     if args.demo_project:
         from ilastik_desktop.runtime.demo import open_or_write_demo
 
+        announce_first_start()  # writing the demo trains its forest
         path, written = open_or_write_demo(args.demo_project)
         print(f"demo project written: {path}" if written else
               f"demo project: {path} (the one written before; delete it for a new one)", file=sys.stderr)

@@ -26,6 +26,7 @@ from ilastik_desktop.cli.options import (
     attach_key_values,
     compute_from_args,
 )
+from ilastik_desktop.runtime.frozen import announce_first_start
 from ilastik_desktop.runtime.services import Services
 from ilastik_desktop.runtime.serving import describe_project, open_served_lane, viewer_url
 from ilastik_desktop.runtime.settings import parse_block_shape
@@ -115,6 +116,8 @@ def serve(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with Services(compute) as services:
+        if services.compiling_kernels:
+            announce_first_start()
         if services.listen_address:
             print(services.accepting_line(), file=sys.stderr)
         services.wait_for_workers()

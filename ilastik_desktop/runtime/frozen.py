@@ -10,6 +10,7 @@ compiled on the user's machine are cached in a per-user folder, never in the bun
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -72,6 +73,7 @@ def open_externally(target: str) -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+@functools.cache  # once per run (the demo written, then opened)
 def announce_first_start() -> None:
     """Before the first computation: say that the compute kernels are compiled once (it takes seconds) when
     no compiled kernel fits this install yet: none shipped for this CPU and numba, none cached before."""

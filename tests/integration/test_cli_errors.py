@@ -160,3 +160,9 @@ def test_batch_mode_options_without_headless_are_refused_not_ignored(tmp_path):
     for extra in (("--shared-filesystem",), ("--slab", "1/2")):
         result = run_cli("--project", str(tmp_path / "any.ilp"), *extra)
         _assert_one_line_error(result, "are for exports: add --headless")
+
+
+def test_a_bad_option_on_a_first_start_is_still_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "no-kernels-yet"))  # nothing compiled or shipped fits
+    _assert_one_line_error(run_cli("--headless", "--project", str(tmp_path / "any.ilp"), "--workers", "100000"),
+                           "--workers 100000: this machine runs at most")
