@@ -178,7 +178,9 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
     """A classifier of ``forests`` random forests with ``trees`` trees in total, in vigra's layout.
 
     With ``chunk_trees``, each forest grows that many trees at a time (the same trees as all at once) and
-    ``should_stop()`` is asked between chunks: True gives up with :class:`TrainingStopped`."""
+    ``should_stop()`` is asked between chunks while fewer than half of the trees are grown: True gives up with
+    :class:`TrainingStopped`. Past half the training ends, so that labels that change faster than trainings
+    take still get results shown."""
     load_trainer()
     from sklearn.ensemble import RandomForestClassifier
 
@@ -189,7 +191,8 @@ def train_classifier(x: np.ndarray, y: np.ndarray, feature_names: list[str], tre
                                     warm_start=True)
         step = chunk_trees or n
         for grown in [*range(step, n, step), n]:
-            if should_stop is not None and should_stop():
+            trees_grown = sum(per[:i]) + len(getattr(rf, "estimators_", ()))
+            if should_stop is not None and 2 * trees_grown < trees and should_stop():
                 raise TrainingStopped()
             rf.set_params(n_estimators=grown).fit(x, y)  # warm start: the trees grown so far are kept
         fitted.append(forest_from_sklearn(rf, x.shape[1]))

@@ -55,6 +55,20 @@ def test_a_training_asked_to_stop_stops_between_chunks(samples):
     assert len(asked) == 3
 
 
+def test_a_training_past_half_its_trees_ends_however_outdated(samples):
+    """Labels changing faster than trainings take (a stroke a second) still get a result shown."""
+    x, y = samples
+    asked: list[int] = []
+
+    def outdated() -> bool:
+        asked.append(1)
+        return len(asked) > 4  # outdated once the first forest (20 of 40 trees) is grown
+
+    classifier = train_classifier(x, y, [f"f{i}" for i in range(11)], trees=40, forests=2, chunk_trees=5,
+                                  should_stop=outdated)
+    assert len(asked) == 4 and len(classifier.forests) == 2  # not asked again past half: it ended
+
+
 def test_loading_the_trainer_keeps_what_the_process_holds_out_of_garbage_collections():
     code = ("import gc, time, weakref\n"
             "from backend.io.training import collect_frozen_garbage, load_trainer\n"
