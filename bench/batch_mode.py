@@ -20,21 +20,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backend.cache.block_cache import BlockCache  # noqa: E402
 from backend.cache.redis_server import EmbeddedRedis, RedisSettings  # noqa: E402
 from backend.compute.pipeline import WRITTEN  # noqa: E402
-from backend.distributed.protocol import decode, encode  # noqa: E402
 from backend.distributed.zmq_executor import ZmqExecutor  # noqa: E402
 from backend.io.chunk_store import write_block  # noqa: E402
 from backend.io.h5_writer import is_writer_target, send_block  # noqa: E402
@@ -42,51 +39,32 @@ from backend.io.sources.arrays import ArraySource  # noqa: E402
 from backend.service.gateway import Gateway, GatewayConfig  # noqa: E402
 from backend.service.shared_export import export_shared, export_shared_h5  # noqa: E402
 from bench.common import report  # noqa: E402
-from bench.gateway_throughput import LABELS, cpu_seconds, trivial_pipeline, volume_for  # noqa: E402
+from bench.gateway_throughput import (  # noqa: E402
+    LABELS,
+    cpu_seconds,
+    run_instant_worker,
+    trivial_pipeline,
+    volume_for,
+)
 
 
-def run_instant_worker(address: str, processes: int, connections: int, write: bool) -> None:
-    """A worker process with ``connections`` connections to the gateway that answers every TASK at once with
-    WRITTEN (after writing its chunk with ``write``), until the gateway says goodbye or is silent for 10 s."""
-    context = zmq.Context()
-    poller = zmq.Poller()
-    sockets = [context.socket(zmq.DEALER) for _ in range(connections)]
-    for sock in sockets:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        sock.send_multipart(encode("READY", {"processes": processes, "version": "ilastik-desktop/1",
-                                             "host": platform.node(), "pid": os.getpid(), "heartbeat_s": 1.0}))
-        poller.register(sock, zmq.POLLIN)
-    blocks: dict[tuple[int, ...], np.ndarray] = {}
-    last_heard = last_beat = time.monotonic()
-    while time.monotonic() - last_heard < 10 and sockets:
-        ready = [sock for sock, _ in poller.poll(500)]
-        if ready:
-            last_heard = time.monotonic()
-        for sock in ready:
-            message = decode(sock.recv_multipart())
-            if message.type == "DISCONNECT":
-                poller.unregister(sock)
-                sockets.remove(sock)
-                sock.close(linger=0)
-            elif message.type == "TASK":
-                if write:
-                    shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
-                    if shape not in blocks:
-                        blocks[shape] = np.full(shape, 0.5, np.float32)
-                    target = message.fields["output"]
-                    if is_writer_target(target):
-                        send_block(target, blocks[shape])  # case h5: to the writer process, confirmed
-                    else:
-                        write_block(target, blocks[shape])
-                sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0}, [WRITTEN]))
-        if last_heard - last_beat > 1.0:
-            last_beat = last_heard
-            for sock in sockets:
-                sock.send_multipart(encode("HEARTBEAT"))
-    for sock in sockets:
-        sock.close(linger=0)
-    context.term()
+def written(fields: dict, blocks: dict) -> list:
+    """An instant worker's answer in case notice: "written", writing nothing."""
+    return [WRITTEN]
+
+
+def write_then_written(fields: dict, blocks: dict) -> list:
+    """An instant worker's answer in cases chunk and h5: a constant block written (zarr chunk) or sent to the
+    export's HDF5 writer process (confirmed), then "written"."""
+    shape = tuple(b - a for a, b in fields["target"]) + (LABELS,)
+    if shape not in blocks:
+        blocks[shape] = np.full(shape, 0.5, np.float32)
+    target = fields["output"]
+    if is_writer_target(target):
+        send_block(target, blocks[shape])
+    else:
+        write_block(target, blocks[shape])
+    return [WRITTEN]
 
 
 @contextlib.contextmanager
@@ -120,7 +98,7 @@ def run_case(case: str, connections: int, blocks: int, edge: int, processes: int
                           GatewayConfig(block_shape=(1, edge, edge, edge)))
         try:
             path = os.path.join(folder, f"{case}{connections}-{time.monotonic_ns()}")
-            cpu_before, redis_before = cpu_seconds(server.pid)
+            cpu_before, redis_before, _ = cpu_seconds(server.pid)
             started = time.perf_counter()
             if case == "h5":
                 counts = export_shared_h5(gateway, path + ".h5", "Probabilities", None, "exported_data",
@@ -129,7 +107,7 @@ def run_case(case: str, connections: int, blocks: int, edge: int, processes: int
                 counts = export_shared(gateway, path + ".zarr", "Probabilities", None, None,
                                        8 * connections * processes, lambda count: None, lambda: None)
             wall = time.perf_counter() - started
-            cpu_after, redis_after = cpu_seconds(server.pid)
+            cpu_after, redis_after, _ = cpu_seconds(server.pid)
             keys = server.client().dbsize()
             redis_mb = server.client().info("memory")["used_memory"] / 2**20
         finally:
@@ -158,7 +136,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.instant_worker:
-        run_instant_worker(args.instant_worker, args.processes, args.per_process, args.write)
+        run_instant_worker(args.instant_worker, args.processes, args.per_process,
+                           write_then_written if args.write else written)
         return
     import numcodecs  # noqa: F401  (imported before the clock starts: the workers' codec, the output's metadata)
     import zarr  # noqa: F401

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from unittest import mock
 
 import numpy as np
@@ -62,10 +63,20 @@ def trivial_pipeline() -> Pipeline:
     return Pipeline(FeatureSet((FeatureSpec("GaussianSmoothing", 0.7, False),), 1, True), None, (), LABELS)
 
 
-def run_instant_worker(address: str, processes: int, connections: int) -> None:
+def random_block(fields: dict, blocks: dict) -> list[np.ndarray]:
+    """An instant worker's answer to a TASK: the same random block for every task of its shape (float32, the
+    pipeline's channels), kept in ``blocks``."""
+    shape = tuple(b - a for a, b in fields["target"]) + (LABELS,)
+    if shape not in blocks:
+        blocks[shape] = np.random.default_rng(os.getpid()).random(shape, dtype=np.float32)
+    return [blocks[shape]]
+
+
+def run_instant_worker(address: str, processes: int, connections: int,
+                       answer: Callable[[dict, dict], list] = random_block) -> None:
     """A worker process with ``connections`` connections to the gateway (each a worker to it) that answers
-    every TASK at once with the same block of the task's shape (float32, the pipeline's channels), until the
-    gateway says goodbye or goes silent for 10 s."""
+    every TASK at once with ``answer(task fields, a dict it may keep blocks in)``, until the gateway says
+    goodbye or goes silent for 10 s."""
     context = zmq.Context()
     poller = zmq.Poller()
     sockets = [context.socket(zmq.DEALER) for _ in range(connections)]
@@ -76,7 +87,6 @@ def run_instant_worker(address: str, processes: int, connections: int) -> None:
                                              "host": platform.node(), "pid": os.getpid(), "heartbeat_s": 1.0}))
         poller.register(sock, zmq.POLLIN)
     blocks: dict[tuple[int, ...], np.ndarray] = {}
-    rng = np.random.default_rng(os.getpid())
     last_heard = last_beat = time.monotonic()
     while time.monotonic() - last_heard < 10 and sockets:
         ready = [sock for sock, _ in poller.poll(500)]
@@ -89,11 +99,8 @@ def run_instant_worker(address: str, processes: int, connections: int) -> None:
                 sockets.remove(sock)
                 sock.close(linger=0)
             elif message.type == "TASK":
-                shape = tuple(b - a for a, b in message.fields["target"]) + (LABELS,)
-                if shape not in blocks:
-                    blocks[shape] = rng.random(shape, dtype=np.float32)
                 sock.send_multipart(encode("RESULT", {"key": message.fields["key"], "compute_s": 0.0},
-                                           [blocks[shape]]))
+                                           answer(message.fields, blocks)))
         if last_heard - last_beat > 1.0:
             last_beat = last_heard
             for sock in sockets:
