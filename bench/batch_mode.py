@@ -18,9 +18,7 @@ that reached the gateway.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ from bench.common import report  # noqa: E402
 from bench.gateway_throughput import (  # noqa: E402
     LABELS,
     cpu_seconds,
+    instant_workers,
     run_instant_worker,
     trivial_pipeline,
     volume_for,
@@ -67,33 +66,14 @@ def write_then_written(fields: dict, blocks: dict) -> list:
     return [WRITTEN]
 
 
-@contextlib.contextmanager
-def instant_workers(executor: ZmqExecutor, connections: int, processes: int, write: bool, most_processes: int = 8):
-    """``connections`` instant worker connections registered with ``executor``, from at most ``most_processes``
-    processes."""
-    spread = min(connections, most_processes)
-    shares = [connections // spread + (i < connections % spread) for i in range(spread)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--instant-worker", executor.address,
-                               "--processes", str(processes), "--per-process", str(share),
-                               *(["--write"] if write else [])]) for share in shares]
-    try:
-        if not executor.wait_for_workers(connections * processes, timeout=60):
-            raise RuntimeError("the instant workers did not register")
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
-
-
 def run_case(case: str, connections: int, blocks: int, edge: int, processes: int, folder: str) -> dict:
     """One shared export of about ``blocks`` blocks through ``connections`` instant workers."""
     shape = volume_for(blocks, edge)
     source = ArraySource(np.zeros(shape, np.uint8), "zyx")
     with EmbeddedRedis(RedisSettings(maxmemory_mb=1024)) as server, \
             ZmqExecutor(bind=f"ipc://{folder}/w{case}{connections}") as executor, \
-            instant_workers(executor, connections, processes, case in ("chunk", "h5")):
+            instant_workers(executor, connections, processes, script=__file__,
+                            extra=("--write",) if case in ("chunk", "h5") else ()):
         gateway = Gateway(source, trivial_pipeline(), executor, BlockCache(server.client(socket_timeout=30)),
                           GatewayConfig(block_shape=(1, edge, edge, edge)))
         try:

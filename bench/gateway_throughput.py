@@ -152,13 +152,15 @@ def instant_zeromq(connections: int, processes: int, folder: str, name: str):
 
 
 @contextlib.contextmanager
-def instant_workers(executor: ZmqExecutor, connections: int, processes: int, most_processes: int = 8):
+def instant_workers(executor: ZmqExecutor, connections: int, processes: int, most_processes: int = 8,
+                    script: str = __file__, extra: tuple[str, ...] = ()):
     """``connections`` instant worker connections (``processes`` task slots each) registered with ``executor``,
-    from at most ``most_processes`` worker processes."""
+    from at most ``most_processes`` worker processes running ``script --instant-worker ... *extra``."""
     spread = min(connections, most_processes)
     shares = [connections // spread + (i < connections % spread) for i in range(spread)]
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--instant-worker", executor.address,
-                               "--processes", str(processes), "--per-process", str(share)]) for share in shares]
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(script), "--instant-worker", executor.address,
+                               "--processes", str(processes), "--per-process", str(share), *extra])
+             for share in shares]
     try:
         if not executor.wait_for_workers(connections * processes, timeout=60):
             raise RuntimeError("the instant workers did not register")
